@@ -1,0 +1,102 @@
+/* Crash targets for the crash tests.  usage: crash HOOK_COMMAND NAME MODE
+ * Runs the hook through system() as Postfix's debug_process() does, prints
+ * "hook=RC", waits for one byte on stdin, then does MODE:
+ *   segv     null dereference three calls deep (crash_here < level_two < level_one < main)
+ *   abort    abort()
+ *   thread   a second thread dereferences NULL (thread_crash < thread_main)
+ *   handler  its own SIGSEGV handler catches a raise(SIGSEGV), prints "handled", exits 7
+ *   exit3    exit(3)
+ *   wait     print "waiting" and block in read() until the next byte (for signals from outside)
+ * MODE may also be given with HOOK_COMMAND "-" to skip the hook (untraced baseline).
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static volatile int *null_pointer;
+
+__attribute__((noinline)) static int crash_here(int depth)
+{
+    return *null_pointer + depth;
+}
+
+__attribute__((noinline)) static int level_two(int depth)
+{
+    return crash_here(depth + 1) + 1;
+}
+
+__attribute__((noinline)) static int level_one(int depth)
+{
+    return level_two(depth + 1) + 1;
+}
+
+__attribute__((noinline)) static void thread_crash(void)
+{
+    *null_pointer = 42;
+}
+
+static void *thread_main(void *arg)
+{
+    (void) arg;
+    thread_crash();
+    return NULL;
+}
+
+static void on_segv(int sig)
+{
+    (void) sig;
+    if (write(1, "handled\n", 8) != 8)
+        _exit(9);
+    _exit(7);
+}
+
+int main(int argc, char **argv)
+{
+    char command[8192];
+    char buf[1];
+    int status = 0;
+    pthread_t thread;
+
+    if (argc != 4) {
+        fprintf(stderr, "usage: crash HOOK_COMMAND NAME MODE\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "-") != 0) {
+        snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
+        status = system(command);
+        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    printf("hook=%d\n", status);
+    fflush(stdout);
+    if (read(0, buf, 1) < 0)
+        return 2;
+    if (strcmp(argv[3], "segv") == 0)
+        return level_one(0);
+    if (strcmp(argv[3], "abort") == 0)
+        abort();
+    if (strcmp(argv[3], "thread") == 0) {
+        pthread_create(&thread, NULL, thread_main, NULL);
+        pthread_join(thread, NULL);
+        return 0;
+    }
+    if (strcmp(argv[3], "handler") == 0) {
+        signal(SIGSEGV, on_segv);
+        raise(SIGSEGV);
+        return 1;
+    }
+    if (strcmp(argv[3], "exit3") == 0)
+        exit(3);
+    if (strcmp(argv[3], "wait") == 0) {
+        printf("waiting\n");
+        fflush(stdout);
+        for (;;) {
+            if (read(0, buf, 1) <= 0)
+                return 0;
+        }
+    }
+    return 2;
+}

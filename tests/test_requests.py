@@ -1,0 +1,141 @@
+"""Hostile and malformed requests: each gets a clear error, the daemon serves on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracerd.protocol import MAX_REQUEST_BYTES
+
+
+def hook_request(name: Any, pid: Any) -> bytes:
+    return json.dumps({"op": "hook", "name": name, "pid": pid}).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b"{not json\n", "malformed JSON"),
+        (b"[1, 2]\n", "must be a JSON object"),
+        (b'{"op": "explode"}\n', "unknown op"),
+        (b'{"op": "hook", "pid": 5}\n', "missing field name"),
+        (b'{"op": "status", "extra": 1}\n', "unknown field"),
+        (b'\xff\xfe\x00garbage\n', "malformed JSON"),
+        (hook_request("../x", os.getpid()), "bad process name"),
+        (hook_request("", os.getpid()), "bad process name"),
+        (hook_request("a" * 65, os.getpid()), "bad process name"),
+        (hook_request("smtpd\nfake", os.getpid()), "bad process name"),
+        (hook_request(".hidden", os.getpid()), "bad process name"),
+        (hook_request(7, os.getpid()), "name must be a string"),
+        (hook_request("smtpd", 0), "bad pid 0"),
+        (hook_request("smtpd", -1), "bad pid -1"),
+        (hook_request("smtpd", "12"), "pid must be an integer"),
+        (hook_request("smtpd", True), "pid must be an integer"),
+        (hook_request("smtpd", 1.5), "pid must be an integer"),
+    ],
+)
+def test_bad_requests_get_a_clear_error(daemon: Any, payload: bytes, needle: str) -> None:
+    """Every malformed request: ok false, code bad_request, a message naming the fault."""
+    reply = daemon.request(payload)
+    assert reply["ok"] is False
+    assert reply["error"] == "bad_request"
+    assert needle in reply["message"]
+    assert daemon.status()["counters"]["bad_requests"] >= 1
+
+
+def test_oversize_request_is_refused_and_connection_closed(daemon: Any) -> None:
+    """A frame over the cap: one error reply, then the connection is closed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(daemon.socket))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"{" + b" " * (MAX_REQUEST_BYTES * 4) + b"}\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data.splitlines()[0])
+    assert reply["error"] == "bad_request"
+    assert "too large" in reply["message"]
+    assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
+
+
+def test_nonexistent_pid(daemon: Any) -> None:
+    """A pid that names no process: no_such_process."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    reply = daemon.request(hook_request("smtpd", pid_max))
+    assert reply == {"ok": False, "error": "no_such_process", "message": f"no such process {pid_max}"}
+
+
+def test_pid_that_is_not_an_ancestor_is_refused(daemon: Any, cbin: Any, spawn: Any) -> None:
+    """A root caller naming a sibling process with a hook request is refused."""
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    reply = daemon.request(hook_request("smtpd", sleeper.pid))
+    assert reply["ok"] is False
+    assert reply["error"] == "denied"
+    assert "not an ancestor" in reply["message"]
+    assert daemon.status()["counters"]["refused"] >= 1
+    # the sibling was not traced
+    assert "TracerPid:\t0" in Path(f"/proc/{sleeper.pid}/status").read_text()
+
+
+def _as_nobody(socket_path: str, payload: bytes) -> tuple[int, str]:
+    """Send payload from a child that dropped to uid/gid nobody."""
+    code = (
+        "import os, socket, sys\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "try:\n"
+        f"    s.connect({socket_path!r})\n"
+        "except PermissionError:\n"
+        "    print('EACCES'); sys.exit(0)\n"
+        f"s.sendall({payload!r})\n"
+        "print(s.recv(65536).decode())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    return result.returncode, result.stdout.strip()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
+def test_non_root_caller_cannot_connect_without_socket_group(daemon: Any) -> None:
+    """Without socket_group the socket is root-only (0600): connect is refused."""
+    assert oct(daemon.socket.stat().st_mode & 0o777) == "0o600"
+    code, out = _as_nobody(str(daemon.socket), b'{"op": "status"}\n')
+    assert (code, out) == (0, "EACCES")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
+def test_socket_group_member_reads_status_but_cannot_attach(daemon_factory: Any) -> None:
+    """A socket_group member may read status; attach and hook are refused."""
+    daemon = daemon_factory('socket_group = "nogroup"')
+    _, out = _as_nobody(str(daemon.socket), b'{"op": "status"}\n')
+    assert json.loads(out)["ok"] is True
+    _, out = _as_nobody(str(daemon.socket), b'{"op": "attach", "pid": 1}\n')
+    reply = json.loads(out)
+    assert reply["ok"] is False
+    assert reply["error"] == "denied"
+    assert reply["message"] == "attach needs root (caller uid 65534)"
+    _, out = _as_nobody(str(daemon.socket), hook_request("smtpd", 1))
+    assert json.loads(out)["error"] == "denied"
+    assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
+
+
+def test_one_bad_client_does_not_harm_another(daemon: Any) -> None:
+    """A client that connects and sends half a frame does not block others."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+        slow.connect(str(daemon.socket))
+        slow.sendall(b'{"op": "sta')
+        for _ in range(5):
+            assert daemon.status()["daemon"]["pid"] == daemon.proc.pid

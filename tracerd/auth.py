@@ -1,0 +1,90 @@
+"""Who may ask what: SO_PEERCRED credentials and the ancestor rule.
+
+Security (DESIGN.md, "Security model"):
+- hook, attach, detach and where need uid 0 (or the daemon's own uid, so that
+  an unprivileged tracerd serves the user who runs it and nobody else);
+- status, show, crashes and crash also admit members of ``socket_group``
+  (primary or supplementary group of the connecting process);
+- a hook request may only name an *ancestor* of the connecting process:
+  Postfix's daemon is the hook's grandparent through ``sh -c``.  So a hook
+  cannot be abused to attach a debugger to an arbitrary process.
+
+Credentials come from the kernel (SO_PEERCRED), never from the request.
+Diagnostics: a refusal raises :class:`~tracerd.errors.AccessDenied` with the
+reason in one line.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from tracerd import procinfo
+from tracerd.errors import AccessDenied, TargetGone
+from tracerd.procinfo import ProcessIdentity
+from tracerd.protocol import READ_ONLY_OPS
+
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return Peer(pid, uid, gid)
+
+
+def group_id(name: str | None) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+class Authorizer:
+    def __init__(self, socket_group: str | None) -> None:
+        self.group_gid = group_id(socket_group)
+        self.group_name = socket_group
+
+    def privileged(self, peer: Peer) -> bool:
+        return peer.uid in (0, os.geteuid())
+
+    def in_group(self, peer: Peer) -> bool:
+        if self.group_gid is None:
+            return False
+        return peer.gid == self.group_gid or self.group_gid in procinfo.groups_of(peer.pid)
+
+    def check(self, op: str, peer: Peer) -> None:
+        """Raise AccessDenied unless ``peer`` may perform ``op`` at all."""
+        if self.privileged(peer):
+            return
+        if op in READ_ONLY_OPS and self.in_group(peer):
+            return
+        if op in READ_ONLY_OPS:
+            group = f" or group {self.group_name}" if self.group_name else ""
+            raise AccessDenied(f"{op} needs root{group} (caller uid {peer.uid})")
+        raise AccessDenied(f"{op} needs root (caller uid {peer.uid})")
+
+    @staticmethod
+    def check_ancestor(target: ProcessIdentity, peer: Peer) -> None:
+        """Raise AccessDenied unless ``target`` is an ancestor of the caller."""
+        try:
+            chain = procinfo.ancestors(peer.pid)
+        except TargetGone as err:
+            raise AccessDenied("the calling process is gone") from err
+        if target not in chain:
+            raise AccessDenied(
+                f"pid {target.pid} is not an ancestor of the calling process;"
+                " use 'tracerctl attach' to trace an unrelated process"
+            )

@@ -1,0 +1,153 @@
+"""tracerd: the resident daemon, in the foreground (systemd supervises).
+
+``tracerd [--config FILE] [--check]``.  Start-up is the ladder of severity:
+a bad config or an unusable socket is fatal (exit 1 with the reason); after
+that nothing a client or tracer does stops the daemon.
+
+Signals: SIGTERM/SIGINT detach every tracer, close every log with a final
+line and exit 0 (traced processes run on); SIGHUP reloads the config for new
+sessions and reopens every log (logrotate).  With ``NOTIFY_SOCKET`` set it
+tells systemd READY=1 once the socket listens.
+
+Its own log is structlog JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import structlog
+
+from tracerd import config as configmod
+from tracerd.auth import group_id
+from tracerd.config import Config
+from tracerd.errors import ConfigError
+from tracerd.server import Server
+from tracerd.service import TracerdService
+from tracerd.sinks.logfile import LogDir, LogWriter
+from tracerd.sinks.syslog import SyslogSink
+
+log = structlog.get_logger("tracerd")
+
+
+def setup_logging() -> None:
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) how we are; a no-op without NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as err:
+        log.warning("sd_notify_failed", error=str(err))
+
+
+def prepare_dirs(config: Config) -> None:
+    """state_dir must exist and be ours; log_dir is LogDir's concern."""
+    config.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if config.state_dir.is_symlink():
+        raise ConfigError(f"{config.state_dir} is a symlink", key="state_dir")
+
+
+async def serve(config: Config, config_path: Path | None) -> int:
+    prepare_dirs(config)
+    writer = LogWriter()
+    writer.start()
+    logdir = LogDir(config.log_dir, max_log_bytes=config.max_log_bytes, writer=writer)
+    sink = SyslogSink(config.syslog)
+    service = TracerdService(config, logdir, sink)
+
+    def bad_request() -> None:
+        service.counters["bad_requests"] += 1
+
+    server = Server(
+        config.socket, service.handle, group_gid=group_id(config.socket_group),
+        on_bad_request=bad_request,
+    )  # fmt: skip
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    def reload() -> None:
+        try:
+            new = configmod.load(config_path)
+        except ConfigError as err:
+            log.error("reload_failed", error=str(err))
+            return
+        service.reload(new)
+        log.info("reloaded", config=str(new.source or "built-in defaults"))
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    log.info("ready", socket=str(config.socket), pid=os.getpid(), log_dir=str(config.log_dir),
+             default_tracer=config.default_tracer)  # fmt: skip
+    sd_notify("READY=1")
+    await stop.wait()
+    sd_notify("STOPPING=1")
+    log.info("stopping", sessions=len(service.registry))
+    await server.close()
+    await service.shutdown()
+    writer.stop()
+    logdir.close()
+    sink.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tracerd", description="Attach tracers to Postfix daemons.")
+    parser.add_argument("--config", type=Path, help="TOML file (default $TRACERD_CONFIG, /etc/tracerd/tracerd.toml)")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    args = parser.parse_args(argv)
+    try:
+        config = configmod.load(args.config)
+    except ConfigError as err:
+        print(f"tracerd: {err}", file=sys.stderr)
+        return 1
+    if args.check:
+        problems = []
+        if config.socket_group and group_id(config.socket_group) is None:
+            problems.append(f"socket_group: no such group {config.socket_group!r}")
+        for problem in problems:
+            print(f"tracerd: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"tracerd: configuration OK ({config.source or 'built-in defaults'})")
+        return 0
+    setup_logging()
+    try:
+        return asyncio.run(serve(config, args.config))
+    except ConfigError as err:
+        log.error("fatal", error=str(err))
+        print(f"tracerd: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""What the kernel says about a process, read from /proc.
+
+A process is identified by (pid, start time in clock ticks since boot), never
+by pid alone: pids are recycled, and acting on a recycled pid would trace,
+signal or report on the wrong process.
+
+Security: every value read here comes from the kernel for a pid the caller
+chose; nothing is trusted beyond that.  The command name in /proc/PID/stat is
+chosen by the process itself, so it is skipped by looking for the *last* ')'.
+
+Diagnostics: a process that is gone, or whose pid now names another process,
+raises :class:`~tracerd.errors.TargetGone`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from tracerd.errors import TargetGone
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    pid: int
+    start: int  # field 22 of /proc/PID/stat: start time in clock ticks since boot
+
+    def alive(self) -> bool:
+        """True while this very process (not a recycled pid) exists."""
+        try:
+            return identify(self.pid).start == self.start
+        except TargetGone:
+            return False
+
+    def require(self) -> None:
+        """Raise TargetGone unless this very process still exists."""
+        if not self.alive():
+            raise TargetGone(f"process {self.pid} is gone (or its pid was reused)")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            raw = stat.read()
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise TargetGone(f"no such process {pid}") from err
+    except OSError as err:
+        raise TargetGone(f"cannot read process {pid}: {err.strerror}") from err
+    # fields after the comm, which may itself hold spaces and parentheses
+    return raw[raw.rindex(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def identify(pid: int) -> ProcessIdentity:
+    """The identity of the process now holding ``pid``."""
+    fields = _stat_fields(pid)
+    return ProcessIdentity(pid, int(fields[19]))
+
+
+def state_of(pid: int) -> str:
+    """One-letter state: R S D T t Z X ... ('t' is tracing stop)."""
+    return _stat_fields(pid)[0]
+
+
+def parent_of(pid: int) -> int:
+    return int(_stat_fields(pid)[1])
+
+
+def ancestors(pid: int, limit: int = 32) -> list[ProcessIdentity]:
+    """The chain of parents of ``pid``, nearest first, up to (not including) pid 0."""
+    chain: list[ProcessIdentity] = []
+    current = pid
+    for _ in range(limit):
+        parent = parent_of(current)
+        if parent <= 0:
+            break
+        chain.append(identify(parent))
+        current = parent
+    return chain
+
+
+def tracer_pid(pid: int) -> int:
+    """TracerPid from /proc/PID/status: 0 when nobody traces the process."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"TracerPid:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise TargetGone(f"no such process {pid}") from err
+    except OSError as err:
+        raise TargetGone(f"cannot read process {pid}: {err.strerror}") from err
+    return 0
+
+
+def groups_of(pid: int) -> set[int]:
+    """The supplementary groups of a process, for socket_group checks."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Groups:"):
+                    return {int(gid) for gid in line.split()[1:]}
+    except OSError:
+        return set()
+    return set()
+
+
+def threads_of(pid: int) -> list[int]:
+    try:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError as err:
+        raise TargetGone(f"no such process {pid}") from err
+
+
+def open_pidfd(identity: ProcessIdentity) -> int:
+    """A pidfd for exactly this process (re-checked after opening, against reuse)."""
+    try:
+        fd = os.pidfd_open(identity.pid)
+    except ProcessLookupError as err:
+        raise TargetGone(f"no such process {identity.pid}") from err
+    if not identity.alive():
+        os.close(fd)
+        raise TargetGone(f"process {identity.pid} is gone (or its pid was reused)")
+    return fd

@@ -1,0 +1,184 @@
+"""The unix-socket server: framing, peer credentials, per-connection isolation.
+
+Security: this is where hostile bytes arrive.  A frame is capped at
+``MAX_REQUEST_BYTES`` (an oversize one gets an error and the connection is
+closed, since the rest of its stream cannot be trusted to be framed); an idle
+connection is closed after ``idle_timeout``; the number of connections at
+once, and per peer uid, is capped.  Every exception raised for one
+connection becomes an error reply to that connection only; cancellation is
+re-raised.  Peer credentials come from SO_PEERCRED, taken once at accept.
+
+The socket is created with a umask that leaves no window in which it is
+world-writable, then given mode 0660 and ``socket_group`` (0600 without one).
+An existing socket file is replaced only when nobody listens on it.
+
+Diagnostics: a refusal is a JSON error reply ``{"ok": false, "error": CODE,
+"message": TEXT}``; the daemon's own log records each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tracerd.auth import Peer, peer_of
+from tracerd.errors import ConfigError, TracerdError
+from tracerd.protocol import MAX_REQUEST_BYTES, ProtocolError, Request, encode, error_reply, parse_request
+
+log = structlog.get_logger("tracerd.server")
+
+Handler = Callable[[Request, Peer], Awaitable[dict[str, Any]]]
+
+
+class Server:
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        *,
+        group_gid: int | None = None,
+        idle_timeout: float = 30.0,
+        max_connections: int = 512,
+        max_per_uid: int = 64,
+        on_bad_request: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.handler = handler
+        self.group_gid = group_gid
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_per_uid = max_per_uid
+        self.on_bad_request = on_bad_request or (lambda: None)
+        self._server: asyncio.AbstractServer | None = None
+        self._per_uid: Counter[int] = Counter()
+        self._connections = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        sock = bind_socket(self.path, self.group_gid)
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=sock, limit=MAX_REQUEST_BYTES + 1
+        )
+
+    async def close(self) -> None:
+        """Stop accepting; requests in flight are cancelled."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peer = peer_of(writer.get_extra_info("socket"))
+        self._connections += 1
+        self._per_uid[peer.uid] += 1
+        try:
+            if self._connections > self.max_connections or self._per_uid[peer.uid] > self.max_per_uid:
+                await self._reply(writer, error_reply("busy", "too many connections; try again"))
+                return
+            await self._converse(reader, writer, peer)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or stopped reading: its problem only
+        except Exception:
+            log.exception("connection_failed", peer=peer.pid)
+        finally:
+            self._connections -= 1
+            self._per_uid[peer.uid] -= 1
+            if self._per_uid[peer.uid] <= 0:
+                del self._per_uid[peer.uid]
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
+            self._tasks.discard(task)
+
+    async def _converse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
+        while True:
+            try:
+                frame = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)
+            except asyncio.IncompleteReadError as err:
+                if err.partial.strip():
+                    self.on_bad_request()
+                    await self._reply(writer, error_reply("bad_request", "request not terminated by a newline"))
+                return
+            except asyncio.LimitOverrunError:
+                self.on_bad_request()
+                await self._reply(
+                    writer, error_reply("bad_request", f"request too large (over {MAX_REQUEST_BYTES} bytes)")
+                )
+                return
+            except TimeoutError:
+                return
+            if not frame.strip():
+                continue
+            try:
+                request = parse_request(frame)
+            except ProtocolError as err:
+                self.on_bad_request()
+                await self._reply(writer, error_reply("bad_request", str(err)))
+                continue
+            try:
+                reply = await self.handler(request, peer)
+            except TracerdError as err:
+                reply = error_reply(err.code, str(err))
+            except Exception as err:
+                log.exception("request_failed", op=request.op)
+                reply = error_reply("internal", f"internal error: {type(err).__name__}: {err}")
+            await self._reply(writer, reply)
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+        writer.write(encode(reply))
+        await asyncio.wait_for(writer.drain(), self.idle_timeout)
+
+
+def bind_socket(path: Path, group_gid: int | None) -> socket.socket:
+    """A listening unix socket at ``path``, replacing only a dead socket file."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"refusing to replace {path}: it is not a socket", key="socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody listens
+        else:
+            raise ConfigError(f"another tracerd already listens on {path}", key="socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot bind {path}: {err.strerror}", key="socket") from err
+    finally:
+        os.umask(old_umask)
+    if group_gid is not None:
+        os.chown(path, -1, group_gid)
+        os.chmod(path, 0o660)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

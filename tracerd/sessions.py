@@ -1,0 +1,142 @@
+"""Sessions: one traced process each, their state machine, limits and history.
+
+State runs ``attaching -> attached -> exited | crashed | detached | failed``
+(or ``attaching -> failed``).  Active sessions are keyed by pid; an ended
+session moves to a bounded history so that ``status`` still shows it, and a
+pid recycled later starts a new session of its own.
+
+Security: a session holds the process identity (pid, start time) it was
+created for; nothing here acts on a pid alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracerd.errors import Busy, NotFound
+from tracerd.procinfo import ProcessIdentity
+from tracerd.tracers.base import Ending
+
+ACTIVE_STATES = frozenset({"attaching", "attached"})
+STATES = ACTIVE_STATES | {"exited", "crashed", "detached", "failed"}
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Session:
+    identity: ProcessIdentity
+    name: str
+    tracer: str
+    log: str
+    state: str = "attaching"
+    started: str = field(default_factory=utcnow)
+    ended: str | None = None
+    lines: int = 0
+    bytes: int = 0
+    exit_code: int | None = None
+    signal: str | None = None
+    crash: str | None = None
+    error: str | None = None
+    tracer_pid: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.identity.pid
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}[{self.pid}]"
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def end(self, ending: Ending) -> None:
+        self.state = ending.state
+        self.exit_code = ending.exit_code
+        self.signal = ending.signal
+        self.crash = ending.crash or self.crash
+        if ending.state == "failed":
+            self.error = ending.reason
+        self.ended = utcnow()
+
+    def to_json(self) -> dict[str, Any]:
+        """The session as DESIGN.md's status JSON lists it (plus a few extras)."""
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "tracer": self.tracer,
+            "state": self.state,
+            "started": self.started,
+            "ended": self.ended,
+            "log": self.log,
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "crash": self.crash,
+            "error": self.error,
+            "tracer_pid": self.tracer_pid,
+        }
+
+
+class SessionRegistry:
+    """Active sessions by pid, plus a bounded history of ended ones."""
+
+    def __init__(self, max_sessions: int, history: int) -> None:
+        self.max_sessions = max_sessions
+        self._active: dict[int, Session] = {}
+        self._history: collections.deque[Session] = collections.deque(maxlen=max(history, 0))
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def active(self) -> list[Session]:
+        return list(self._active.values())
+
+    def all(self) -> list[Session]:
+        return [*self._history, *self._active.values()]
+
+    def current(self, identity: ProcessIdentity) -> Session | None:
+        """The active session for exactly this process, if any."""
+        session = self._active.get(identity.pid)
+        if session is not None and session.identity == identity:
+            return session
+        return None
+
+    def add(self, session: Session) -> None:
+        old = self._active.get(session.pid)
+        if old is not None:
+            if old.identity == session.identity:
+                raise Busy(f"process {session.pid} is already traced ({old.tracer}, {old.state})")
+            # the pid was recycled: the old session's process is gone
+            self.retire(old)
+        if len(self._active) >= self.max_sessions:
+            raise Busy(f"max_sessions ({self.max_sessions}) reached")
+        self._active[session.pid] = session
+
+    def retire(self, session: Session) -> None:
+        """Move an ended session to the history."""
+        if self._active.get(session.pid) is session:
+            del self._active[session.pid]
+            self._history.append(session)
+
+    def find(self, pid: int) -> Session:
+        """The active session for pid, else the newest ended one."""
+        if pid in self._active:
+            return self._active[pid]
+        for session in reversed(self._history):
+            if session.pid == pid:
+                return session
+        raise NotFound(f"no session for pid {pid}")
+
+    def resize(self, max_sessions: int, history: int) -> None:
+        self.max_sessions = max_sessions
+        if history != self._history.maxlen:
+            self._history = collections.deque(self._history, maxlen=max(history, 0))

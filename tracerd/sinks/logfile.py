@@ -1,0 +1,409 @@
+"""Per-process log files: ``{log_dir}/{name}.{pid}.log``.
+
+A :class:`LogDir` keeps an fd on the log directory and opens every log
+relative to it, so that a directory renamed or replaced under our feet cannot
+redirect a log elsewhere until SIGHUP says so (:meth:`LogDir.reopen_dir`).
+One :class:`LogWriter` thread does all the writing for every log: the asyncio
+loop that drains the tracers' pipes only queues bytes
+(:meth:`LogFile.write_line`), so a slow or full disk can never stall a
+tracer, and through it a traced Postfix daemon.
+
+Security: ``log_dir`` is trusted only after checking it: not a symlink, owned
+by us, writable by nobody else (otherwise anyone could plant files in it).
+Inside it nothing is trusted.  A log is opened with O_NOFOLLOW, so that nobody
+can lure us into clobbering a file through a planted symlink; with O_NONBLOCK,
+so that a planted FIFO cannot hang the daemon in open(); never with O_TRUNC,
+because a recycled pid must not wipe the previous process's log; and the
+opened file must then be a regular file, owned by us, with one link (a hard
+link to, say, /etc/shadow is refused like a symlink).  A name that could
+leave the directory is refused even though the caller validated it already.
+
+Diagnostics: :class:`LogDir` raises :class:`~tracerd.errors.ConfigError`
+(key ``log_dir``) when the directory is unusable: fatal at start-up.
+:meth:`LogDir.open_log` raises :class:`OSError` when a log cannot be opened,
+:class:`UnsafeLogFile` (an OSError) when something is planted at its path;
+the session fails, the daemon goes on.  Once open, a log never raises: what
+cannot be queued or written is dropped and counted (``dropped``), the last
+write error is kept in ``error`` and reported once per failure through
+``on_error``, and writing resumes by itself when the disk has space again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from tracerd.errors import ConfigError
+
+DEFAULT_QUEUE_BYTES = 8 << 20
+TRUNCATION_LINE = "tracerd: log truncated at {limit} bytes; further output dropped"
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Consecutive queued chunks for one file are joined up to this size: one
+# write(2) per burst instead of one per line.
+_COALESCE_BYTES = 64 << 10
+_WRITE, _REOPEN, _CLOSE = "write", "reopen", "close"
+
+
+class UnsafeLogFile(OSError):
+    """Something that must not be written is at a log's path (symlink, FIFO, hard link)."""
+
+
+def check_log_name(filename: str) -> None:
+    """Refuse a name that is not one plain entry of the directory (ValueError)."""
+    if not filename or "/" in filename or "\0" in filename or filename.startswith("."):
+        raise ValueError(f"unsafe log file name {filename!r}")
+
+
+class LogDir:
+    """The log directory, held open by fd; opens logs below it."""
+
+    def __init__(self, path: Path, *, max_log_bytes: int, writer: LogWriter) -> None:
+        self.path = path
+        self.max_log_bytes = max_log_bytes
+        self.writer = writer
+        # Guards _fd: the loop opens logs, the writer thread reopens them, and
+        # SIGHUP swaps the fd; an fd closed under a concurrent openat() could
+        # be reused by an unrelated open.
+        self._lock = threading.Lock()
+        self._fd: int | None = _open_dir(path)
+
+    def open_log(self, filename: str) -> LogFile:
+        """Open (create or append to) ``filename`` in the directory."""
+        check_log_name(filename)
+        return LogFile(self, filename, self._open_file(filename))
+
+    def reopen_dir(self) -> None:
+        """SIGHUP: open the directory afresh (it may have been recreated).
+
+        Raises ConfigError when the new one is unusable; the old fd is then kept.
+        """
+        fd = _open_dir(self.path)
+        with self._lock:
+            old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
+    def close(self) -> None:
+        with self._lock:
+            old, self._fd = self._fd, None
+        if old is not None:
+            os.close(old)
+
+    def _open_file(self, filename: str) -> int:
+        path = str(self.path / filename)
+        with self._lock:
+            if self._fd is None:
+                raise OSError(errno.EBADF, "log directory is closed", path)
+            try:
+                fd = os.open(filename, _FILE_FLAGS, 0o640, dir_fd=self._fd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise UnsafeLogFile(errno.ELOOP, "is a symlink; refused", path) from err
+                if err.errno == errno.ENXIO:  # O_NONBLOCK open of a FIFO or socket
+                    raise UnsafeLogFile(errno.ENXIO, "not a regular file; refused", path) from err
+                raise
+        try:
+            _check_log_fd(fd, path)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _open_dir(path: Path) -> int:
+    # The lstat gives the clear message; O_NOFOLLOW closes the race after it.
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symlink; refusing to write logs through it", key="log_dir")
+    try:
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symlink; refusing to write logs through it",
+                              key="log_dir") from err  # fmt: skip
+        raise ConfigError(f"cannot open {path}: {err.strerror}", key="log_dir") from err
+    info = os.fstat(fd)
+    problem = None
+    if info.st_uid != os.geteuid():
+        problem = f"{path} is owned by uid {info.st_uid}, not {os.geteuid()}; chown it"
+    elif info.st_mode & 0o022:
+        problem = f"{path} is writable by group or others; chmod go-w {path}"
+    if problem:
+        os.close(fd)
+        raise ConfigError(problem, key="log_dir")
+    return fd
+
+
+def _check_log_fd(fd: int, path: str) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeLogFile(errno.EINVAL, "not a regular file; refused", path)
+    if info.st_nlink > 1:
+        raise UnsafeLogFile(errno.EMLINK, f"has {info.st_nlink} hard links; refused", path)
+    if info.st_uid != os.geteuid():
+        raise UnsafeLogFile(errno.EPERM, f"is owned by uid {info.st_uid}; refused", path)
+
+
+class LogFile:
+    """One process's log.  Loop thread: write_*, reopen, close.  Writer thread: the rest.
+
+    ``lines`` and ``bytes`` count what was accepted for the file (tracer
+    output plus tracerd's own truncation and closing lines); ``dropped``
+    counts lines refused at the door (queue full, over the cap, closed) plus
+    lines accepted but lost to a write error.  The size cap counts this
+    object's bytes, not the file's: a log appended after pid reuse or reopened
+    after rotation keeps one budget per traced process.
+    """
+
+    def __init__(self, logdir: LogDir, filename: str, fd: int) -> None:
+        self.name = filename
+        self.path = logdir.path / filename
+        self.lines = 0
+        self.bytes = 0
+        self.truncated = False
+        self.error: str | None = None
+        self.on_error: Callable[[str], None] | None = None
+        self._logdir = logdir
+        self._writer = logdir.writer
+        self._limit = logdir.max_log_bytes
+        self._fd: int | None = fd  # after construction, touched by the writer thread only
+        # Two counters so that each is incremented by one thread only.
+        self._refused = 0  # loop thread
+        self._lost = 0  # writer thread
+        self._closed = False
+        self._midline = False  # writer: a partial write left the file mid-line
+
+    @property
+    def dropped(self) -> int:
+        return self._refused + self._lost
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write_line(self, text: str) -> None:
+        """Queue one line; never blocks.  Dropped and counted when it cannot be queued."""
+        self._accept([text])
+
+    def write_block(self, text: str) -> None:
+        """Queue several lines at once (a backtrace), under the same rules."""
+        lines = text.split("\n")
+        if len(lines) > 1 and lines[-1] == "":
+            lines.pop()
+        self._accept(lines)
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen by name, in order with the queued lines (logrotate)."""
+        if not self._closed:
+            self._writer.submit(self, _REOPEN, b"", 0, force=True)
+
+    def close(self, final_line: str | None = None) -> None:
+        """Queue ``final_line`` (past the cap too), then close once it is written."""
+        if self._closed:
+            return
+        self._closed = True
+        if final_line is not None:
+            data = _encode(final_line.rstrip("\n"))
+            if self._writer.submit(self, _WRITE, data, 1, force=True):
+                self.lines += 1
+                self.bytes += len(data)
+            else:
+                self._refused += 1
+        self._writer.submit(self, _CLOSE, b"", 0, force=True)
+
+    def _accept(self, lines: list[str]) -> None:
+        if self._closed or self.truncated:
+            self._refused += len(lines)
+            return
+        chunk = bytearray()
+        taken = 0
+        for line in lines:
+            data = _encode(line)
+            if self.bytes + len(chunk) + len(data) > self._limit:
+                break
+            chunk += data
+            taken += 1
+        if chunk:
+            if self._writer.submit(self, _WRITE, bytes(chunk), taken):
+                self.lines += taken
+                self.bytes += len(chunk)
+            else:
+                self._refused += taken
+        if taken < len(lines):
+            self._refused += len(lines) - taken
+            # Forced past the queue budget: the reader of the log must learn
+            # why it stops, and it is one line per file.
+            self.truncated = True
+            marker = _encode(TRUNCATION_LINE.format(limit=self._limit))
+            if self._writer.submit(self, _WRITE, marker, 1, force=True):
+                self.lines += 1
+                self.bytes += len(marker)
+
+    # -- writer thread ------------------------------------------------------
+
+    def _write(self, data: bytes, nlines: int) -> None:
+        if self._fd is None:
+            self._lost += nlines
+            return
+        if self._midline:
+            # the previous chunk was cut by a write error: start a fresh line
+            data = b"\n" + data
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError as err:
+            if written:
+                self._midline = data[written - 1] != ord("\n")
+            self._lost += min(nlines, data.count(b"\n", written))
+            self._fail(err.strerror or str(err))
+            return
+        self._midline = False
+        self.error = None
+
+    def _reopen(self) -> None:
+        try:
+            fd = self._logdir._open_file(self.name)
+        except OSError as err:
+            self._fail(f"reopen failed: {err.strerror or err}")
+            return
+        old, self._fd = self._fd, fd
+        self._midline = False
+        if old is not None:
+            os.close(old)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _fail(self, message: str) -> None:
+        first = self.error is None
+        self.error = message
+        if first and self.on_error is not None:
+            # a broken reporter must not stop the writer for every other log
+            with contextlib.suppress(Exception):
+                self.on_error(message)
+
+
+def _encode(line: str) -> bytes:
+    return line.encode("utf-8", "replace") + b"\n"
+
+
+_Item = tuple[LogFile, str, bytes, int]  # (file, op, data, lines in data)
+
+
+class LogWriter:
+    """One daemon thread writing for every log, fed by a byte-bounded queue."""
+
+    def __init__(self, max_queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+        self.max_queue_bytes = max_queue_bytes
+        self._items: deque[_Item] = deque()
+        self._queued = 0
+        self._busy = False
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._ended = False
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tracerd-logwriter",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._items and not self._busy, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then end the thread (started first if it never was)."""
+        self.start()
+        self.flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._work.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def submit(self, logfile: LogFile, op: str, data: bytes, nlines: int,
+               *, force: bool = False) -> bool:  # fmt: skip
+        """Queue an operation; False when over budget (unless forced) or stopped."""
+        with self._lock:
+            if not self._ended:
+                if not force and self._queued + len(data) > self.max_queue_bytes:
+                    return False
+                self._items.append((logfile, op, data, nlines))
+                self._queued += len(data)
+                self._work.notify()
+                return True
+        # The thread has ended: nobody else touches the fd any more.
+        if op == _CLOSE:
+            logfile._close_fd()
+            return True
+        return False
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._items and not self._stopping:
+                    self._work.wait()
+                if not self._items:
+                    self._ended = True
+                    return
+                item = self._take()
+                self._busy = True
+            try:
+                self._perform(item)
+            finally:
+                with self._lock:
+                    self._queued -= len(item[2])
+                    self._busy = False
+                    self._idle.notify_all()
+
+    def _take(self) -> _Item:
+        logfile, op, data, nlines = self._items.popleft()
+        if op != _WRITE:
+            return logfile, op, data, nlines
+        parts = [data]
+        size = len(data)
+        while self._items and size < _COALESCE_BYTES:
+            nxt = self._items[0]
+            if nxt[0] is not logfile or nxt[1] != _WRITE:
+                break
+            self._items.popleft()
+            parts.append(nxt[2])
+            size += len(nxt[2])
+            nlines += nxt[3]
+        return logfile, op, b"".join(parts), nlines
+
+    @staticmethod
+    def _perform(item: _Item) -> None:
+        logfile, op, data, nlines = item
+        try:
+            if op == _WRITE:
+                logfile._write(data, nlines)
+            elif op == _REOPEN:
+                logfile._reopen()
+            else:
+                logfile._close_fd()
+        except Exception as err:  # a bug here must not end writing for every log
+            logfile._lost += nlines
+            logfile._fail(f"internal error: {err}")

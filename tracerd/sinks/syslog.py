@@ -1,0 +1,412 @@
+"""Syslog forwarding: tracer output and session summaries, like ``logger -p mail.info``.
+
+:class:`SyslogSink` owns one connection to ``[syslog] address``: a unix
+socket path (``/dev/log``: the traditional local format that rsyslog and
+journald parse), ``udp://HOST:PORT`` (RFC 5424) or ``tcp://HOST:PORT``
+(RFC 5424 with RFC 6587 octet counting).  :class:`SessionSyslog` is one
+session's view of it: every message tagged ``NAME[PID]: ``, tracer lines
+rate limited per second, summaries not.
+
+Security: the address is root's configuration and trusted.  Message text is
+not: a tracer line can hold anything the traced process wrote, so control
+characters (C0 but tab, DEL, C1) become ``?`` (no forged second record, no
+terminal escapes in a log viewer), text is sent as UTF-8 with undecodable
+characters replaced, and a record is cut at 8 KiB on a character boundary.
+
+Diagnostics: :meth:`SyslogSink.send` never blocks and never raises: what
+cannot go out at once is dropped and counted (``dropped``; ``last_error``
+says why).  Datagrams go with MSG_DONTWAIT; a receiver that is absent or
+restarted is reconnected lazily, at most once a second.  TCP connects without
+blocking, keeps at most 256 KiB waiting (kept across reconnects, so a central
+rsyslog restart loses little), and backs off from 1 s to 30 s after errors.
+A host name is resolved on a short-lived background thread, never in send().
+
+Threads: a sink and its sessions are used from the asyncio loop thread only;
+nothing here takes a lock.  Other threads hop onto the loop first (the log
+writer's error reports do, through ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tracerd.config import SyslogConfig
+from tracerd.errors import ConfigError
+
+LOG_CRIT, LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO = 2, 3, 4, 5, 6
+DEFAULT_PORT = 514
+MAX_RECORD_BYTES = 8192
+MAX_PENDING_BYTES = 256 << 10
+RETRY_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+CONNECT_TIMEOUT = 10.0
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_CONTROLS = {c: "?" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
+# The receiver is there but busy, or this record is too big: drop this one,
+# keep the socket.  Any other error means reconnecting (later).
+_BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EMSGSIZE}
+_SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
+_INET = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.]+)\](?::(?P<p6>\d*))?|(?P<host>[^\[\]/:\s]+)(?::(?P<port>\d*))?")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: str  # "unix", "udp" or "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = DEFAULT_PORT
+
+
+def parse_address(address: str) -> Endpoint:
+    """``/dev/log``, ``udp://HOST[:PORT]``, ``tcp://[V6]:PORT`` -> Endpoint (ConfigError)."""
+    for kind in ("udp", "tcp"):
+        if address.startswith(f"{kind}://"):
+            found = _INET.fullmatch(address[len(kind) + 3 :])
+            if found is None:
+                break
+            host = found["v6"] or found["host"]
+            port = int(found["p6"] or found["port"] or DEFAULT_PORT)
+            if not 0 < port < 65536:
+                break
+            return Endpoint(kind, host=host, port=port)
+    else:
+        if address.startswith("/") and "\0" not in address:
+            return Endpoint("unix", path=address)
+    raise ConfigError(f"bad address {address!r}", key="syslog.address")
+
+
+def clean(text: str) -> str:
+    """The text with control characters other than tab replaced by '?'."""
+    return text.translate(_CONTROLS)
+
+
+def fit(record: bytes, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """``record`` cut to ``limit`` bytes without splitting a UTF-8 character."""
+    if len(record) <= limit:
+        return record
+    cut = limit
+    while cut > 0 and record[cut] & 0xC0 == 0x80:  # a continuation byte
+        cut -= 1
+    return record[:cut]
+
+
+def format_local(pri: int, app: str, pid: int, message: str, *, now: float) -> bytes:
+    """``<PRI>Mmm dd hh:mm:ss APP[PID]: MESSAGE``: what /dev/log readers expect.
+
+    Local time, English month, day padded with a space (RFC 3164, glibc).
+    """
+    t = time.localtime(now)
+    stamp = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    return f"<{pri}>{stamp} {app}[{pid}]: {message}".encode("utf-8", "replace")
+
+
+def format_rfc5424(
+    pri: int, hostname: str, app: str, pid: int, message: str, *, now: float
+) -> bytes:
+    """``<PRI>1 TIMESTAMP HOST APP PID - - MESSAGE`` (no MSGID, no structured data)."""
+    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds")
+    return f"<{pri}>1 {stamp} {hostname} {app} {pid} - - {message}".encode("utf-8", "replace")
+
+
+def _header_field(value: str, limit: int) -> str:
+    # RFC 5424 header fields are printable US-ASCII without spaces.
+    return "".join(c if 33 <= ord(c) <= 126 else "_" for c in value)[:limit] or "-"
+
+
+class SyslogSink:
+    """One connection to the syslog receiver; send() from the loop thread only."""
+
+    def __init__(self, config: SyslogConfig, *, app: str = "tracerd", hostname: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.config = config
+        self.endpoint = parse_address(config.address)
+        self.app = _header_field(app, 48)
+        self.hostname = _header_field(hostname or socket.gethostname(), 255)
+        self.pid = os.getpid()
+        self.sent = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._clock = clock
+        self._closed = False
+        self._sock: socket.socket | None = None
+        self._stream = self.endpoint.kind == "tcp"  # a unix path may turn out to be a stream
+        self._connected = False
+        self._connect_started = 0.0
+        self._retry_at = 0.0
+        self._backoff = RETRY_SECONDS
+        self._frames: deque[bytes] = deque()  # stream: whole frames waiting to go
+        self._offset = 0  # bytes of _frames[0] already sent
+        self._pending = 0
+        self._addr: tuple[int, Any] | None = None
+        self._resolving = False
+        if self.endpoint.kind != "unix":
+            self._resolve()
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending
+
+    def send(self, severity: int, message: str) -> bool:
+        """Send one record now or queue it (tcp); False when dropped.  Never blocks."""
+        if not self.config.enabled or self._closed:
+            return False
+        try:
+            return self._send(severity, message)
+        except Exception as err:  # last line of defence: a sink bug must not reach the loop
+            self._note(f"internal error: {err}")
+            self.dropped += 1
+            return False
+
+    def flush(self) -> None:
+        """Stream: push waiting frames now (send() does it too); for a periodic timer.
+
+        Without it, the last frames before a quiet spell wait for the next send().
+        """
+        if self._closed or not self._stream:
+            return
+        with contextlib.suppress(Exception):
+            self._maybe_connect()
+            self._pump()
+
+    def close(self) -> None:
+        """Push out what the socket takes now, drop (and count) the rest, close."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            self._pump()
+        self._closed = True
+        self.dropped += len(self._frames)
+        self._frames.clear()
+        self._pending = 0
+        self._disconnect()
+
+    # -- internals ----------------------------------------------------------
+
+    def _send(self, severity: int, message: str) -> bool:
+        pri = self.config.facility_code * 8 + severity
+        now = time.time()
+        if self.endpoint.kind == "unix":
+            record = format_local(pri, self.app, self.pid, clean(message), now=now)
+        else:
+            record = format_rfc5424(pri, self.hostname, self.app, self.pid, clean(message), now=now)
+        record = fit(record)
+        self._maybe_connect()
+        if self._stream:
+            accepted = self._queue(record)
+            self._pump()
+            return accepted
+        if self._sock is None:
+            self.dropped += 1
+            return False
+        try:
+            self._sock.send(record, _SEND_FLAGS)
+        except OSError as err:
+            self.dropped += 1
+            self._note(f"send to {self.config.address}: {err.strerror or err}")
+            if err.errno not in _BUSY:
+                # receiver gone or restarted: a fresh socket, but not before a second
+                self._disconnect()
+                self._retry_at = self._clock() + RETRY_SECONDS
+            return False
+        self.sent += 1
+        self.last_error = None
+        return True
+
+    def _queue(self, record: bytes) -> bool:
+        # tcp: RFC 6587 octet counting; a unix stream: NUL-terminated, like glibc
+        tcp = self.endpoint.kind == "tcp"
+        frame = b"%d %s" % (len(record), record) if tcp else record + b"\0"
+        if self._pending + len(frame) > MAX_PENDING_BYTES:
+            self.dropped += 1
+            if self.last_error is None:  # keep the cause (say, connection refused)
+                self._note(f"{self.config.address}: {MAX_PENDING_BYTES} bytes waiting; dropping")
+            return False
+        self._frames.append(frame)
+        self._pending += len(frame)
+        return True
+
+    def _maybe_connect(self) -> None:
+        if self._sock is not None or self._clock() < self._retry_at:
+            return
+        try:
+            self._sock = self._open()
+        except OSError as err:
+            self._note(f"connect {self.config.address}: {err.strerror or err}")
+            self._back_off()
+
+    def _open(self) -> socket.socket:
+        endpoint = self.endpoint
+        family: int
+        target: Any
+        if endpoint.kind == "unix":
+            if not self._stream:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                try:
+                    sock.setblocking(False)
+                    sock.connect(endpoint.path)
+                except OSError as err:
+                    sock.close()
+                    if err.errno != errno.EPROTOTYPE:
+                        raise
+                    self._stream = True  # a stream /dev/log (syslog-ng style)
+                else:
+                    return sock
+            family, kind, target = socket.AF_UNIX, socket.SOCK_STREAM, endpoint.path
+        else:
+            if self._addr is None:
+                self._resolve()
+                raise OSError(errno.EAGAIN, f"resolving {endpoint.host}")
+            family, target = self._addr
+            kind = socket.SOCK_DGRAM if endpoint.kind == "udp" else socket.SOCK_STREAM
+        sock = socket.socket(family, kind)
+        sock.setblocking(False)
+        code = sock.connect_ex(target)
+        # A unix stream connect never says EINPROGRESS: EAGAIN there is a full backlog.
+        if code not in (0, errno.EISCONN) and not (kind == socket.SOCK_STREAM
+                                                    and code == errno.EINPROGRESS):  # fmt: skip
+            sock.close()
+            raise OSError(code, os.strerror(code))
+        self._connected = code != errno.EINPROGRESS
+        self._connect_started = self._clock()
+        return sock
+
+    def _pump(self) -> None:
+        """Stream: hand waiting frames to the kernel until it would block."""
+        sock = self._sock
+        if sock is None or (not self._connected and not self._check_connected(sock)):
+            return
+        while self._frames:
+            head = self._frames[0]
+            try:
+                count = sock.send(memoryview(head)[self._offset :], _SEND_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                self._broken(err)
+                return
+            self._offset += count
+            if self._offset == len(head):
+                self._frames.popleft()
+                self._pending -= len(head)
+                self._offset = 0
+                self.sent += 1
+                self.last_error = None
+
+    def _check_connected(self, sock: socket.socket) -> bool:
+        # poll, not select: the daemon may hold more than FD_SETSIZE fds
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(0):
+            if self._clock() - self._connect_started > CONNECT_TIMEOUT:
+                self._broken(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)))
+            return False
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._broken(OSError(code, os.strerror(code)))
+            return False
+        self._connected = True
+        self._backoff = RETRY_SECONDS
+        return True
+
+    def _broken(self, err: OSError) -> None:
+        self._note(f"{self.config.address}: {err.strerror or err}")
+        if self._offset:
+            # half a frame went out: the rest would garble the next connection
+            self._pending -= len(self._frames.popleft())
+            self._offset = 0
+            self.dropped += 1
+        self._disconnect()
+        self._back_off()
+
+    def _back_off(self) -> None:
+        self._retry_at = self._clock() + self._backoff
+        if self.endpoint.kind == "tcp":
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _disconnect(self) -> None:
+        sock, self._sock = self._sock, None
+        self._connected = False
+        if sock is not None:
+            sock.close()
+
+    def _note(self, error: str) -> None:
+        self.last_error = error
+
+    def _resolve(self) -> None:
+        """Numeric addresses at once; names on a background thread (DNS may hang)."""
+        try:
+            self._addr = _lookup(self.endpoint, socket.AI_NUMERICHOST)
+        except OSError:
+            pass
+        else:
+            return
+        if not self._resolving:
+            self._resolving = True
+            threading.Thread(target=self._resolve_name, name="tracerd-syslog-dns",
+                             daemon=True).start()  # fmt: skip
+
+    def _resolve_name(self) -> None:
+        try:
+            self._addr = _lookup(self.endpoint, 0)
+        except (OSError, UnicodeError) as err:
+            self._note(f"resolve {self.endpoint.host}: {err}")
+        finally:
+            self._resolving = False
+
+
+def _lookup(endpoint: Endpoint, flags: int) -> tuple[int, Any]:
+    kind = socket.SOCK_DGRAM if endpoint.kind == "udp" else socket.SOCK_STREAM
+    family, _, _, _, addr = socket.getaddrinfo(endpoint.host, endpoint.port, type=kind,
+                                               flags=flags)[0]  # fmt: skip
+    return family, addr
+
+
+class SessionSyslog:
+    """One session's messages: ``NAME[PID]: `` on each, tracer lines rate limited."""
+
+    def __init__(self, sink: SyslogSink, tag: str, max_lines_per_second: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.sink = sink
+        self.tag = tag
+        self.max_lines_per_second = max(1, max_lines_per_second)
+        self.suppressed = 0
+        self._clock = clock
+        self._unreported = 0
+        self._window: float | None = None
+        self._in_window = 0
+
+    def line(self, text: str) -> None:
+        """One line of tracer output at info; over the per-second budget it is counted."""
+        now = self._clock()
+        if self._window is None or not self._window <= now < self._window + 1.0:
+            self.flush()
+            self._window = now
+            self._in_window = 0
+        if self._in_window >= self.max_lines_per_second:
+            self.suppressed += 1
+            self._unreported += 1
+            return
+        self._in_window += 1
+        self.sink.send(LOG_INFO, f"{self.tag}: {text}")
+
+    def notice(self, severity: int, text: str) -> None:
+        """A summary (crash at crit, failure at warning): never rate limited."""
+        self.sink.send(severity, f"{self.tag}: {text}")
+
+    def flush(self) -> None:
+        """Say how many lines the rate limit ate since the last time it was said."""
+        if self._unreported:
+            count, self._unreported = self._unreported, 0
+            self.sink.send(LOG_INFO, f"{self.tag}: tracerd: {count} lines suppressed (rate limit)")

@@ -1,0 +1,146 @@
+"""Tracer child processes, run from argv lists and drained by the event loop.
+
+Tracers are started with :class:`subprocess.Popen` (never a shell), in a
+session of their own so that a ^C meant for tracerd does not reach them
+before tracerd has decided how to detach.  Their exit is watched through a
+pidfd registered with the event loop, not through a SIGCHLD child watcher:
+tracerd may hold a thousand tracers, and a thread per child (asyncio's
+default watcher on Python 3.11) would be a thousand threads.
+
+Output is always drained: the reader callback runs as soon as the pipe is
+readable and hands whole lines on at once, so a tracer never blocks on a full
+pipe because of us.  What the line consumer cannot keep is its business (the
+log writer drops and counts); nothing here waits on it.
+
+Diagnostics: a program that cannot be started raises
+:class:`~tracerd.errors.TracerUnavailable` (not installed) or
+:class:`~tracerd.errors.TracerFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+
+from tracerd.errors import TracerFailed, TracerUnavailable
+
+MAX_LINE = 64 * 1024
+
+
+class Child:
+    """One tracer process: argv, merged stdout+stderr split into lines, exit status."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], None],
+        *,
+        stdin: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self._on_line = on_line
+        self._loop = asyncio.get_running_loop()
+        self._partial = b""
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._eof = asyncio.Event()
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+        except FileNotFoundError as err:
+            raise TracerUnavailable(f"{self.argv[0]} is not installed on this system") from err
+        except OSError as err:
+            raise TracerFailed(f"cannot start {self.argv[0]}: {err.strerror}") from err
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None
+        self._out = self.proc.stdout.fileno()
+        os.set_blocking(self._out, False)
+        self._loop.add_reader(self._out, self._read)
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._reap)
+
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self._out, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._loop.remove_reader(self._out)
+            if self._partial:
+                self._emit(self._partial)
+                self._partial = b""
+            self._eof.set()
+            return
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            self._emit(line)
+        while len(self._partial) > MAX_LINE:
+            self._emit(self._partial[:MAX_LINE])
+            self._partial = self._partial[MAX_LINE:]
+
+    def _emit(self, raw: bytes) -> None:
+        self._on_line(raw.decode("utf-8", "replace").rstrip("\r"))
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        code = self.proc.wait()
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        """Wait for exit and for the last of the output; returns Popen's returncode."""
+        code = await asyncio.shield(self._exited)
+        # the pipe may hold the tracer's last words: read them before reporting
+        # a grandchild may hold the pipe open: what we have by then is enough
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._eof.wait(), timeout=2.0)
+        return code
+
+    def write(self, data: bytes) -> None:
+        if self.proc.stdin is None:
+            raise TracerFailed("tracer has no stdin")
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    async def stop(self, signum: int = signal.SIGTERM, grace: float = 3.0) -> int:
+        """Ask the tracer to end with ``signum``; SIGKILL it after ``grace`` seconds."""
+        self.send_signal(signum)
+        try:
+            return await asyncio.wait_for(self.wait(), timeout=grace)
+        except TimeoutError:
+            self.send_signal(signal.SIGKILL)
+            return await self.wait()
+
+    def close(self) -> None:
+        """Release the pipes once the child is gone."""
+        if self._out >= 0:
+            self._loop.remove_reader(self._out)
+        for stream in (self.proc.stdout, self.proc.stdin):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._out = -1

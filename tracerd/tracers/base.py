@@ -1,0 +1,138 @@
+"""The one interface every tracer backend implements.
+
+A backend is given a :class:`Target` (a process identity, its name, the
+rule's extra args and the attach timeout) and a :class:`Output` to report
+through.  The session runner (:mod:`tracerd.service`) drives it:
+
+1. ``await attach()`` returns once the tracer is attached, as the kernel or
+   the tracer itself confirms it (TracerPid, or the tracer's own word); it
+   raises :class:`~tracerd.errors.TracerFailed` or ``TargetGone`` otherwise.
+2. ``await wait()`` returns an :class:`Ending` when the process ended (exit,
+   signal, crash), the tracer died (``failed``) or ``detach()`` was called.
+3. ``await detach()`` lets go of the process, leaving it running, never
+   stopped.
+
+Backends never raise OS errors past their edge: those become the project's
+exceptions with ``raise ... from err``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from tracerd.procinfo import ProcessIdentity
+
+if TYPE_CHECKING:
+    from tracerd.crash import CrashReport
+
+FATAL_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
+
+
+@dataclass(frozen=True)
+class Target:
+    identity: ProcessIdentity
+    name: str
+    args: tuple[str, ...] = ()
+    attach_timeout: float = 10.0
+
+    @property
+    def pid(self) -> int:
+        return self.identity.pid
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a session ended: state is exited, crashed, detached or failed."""
+
+    state: str
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    crash: str | None = None
+
+    def describe(self, tag: str) -> str:
+        """The closing line of the per-process log."""
+        if self.state == "detached":
+            return f"tracerd: {tag} detached ({self.reason or 'on request'}); it runs on untraced"
+        if self.state == "failed":
+            return f"tracerd: {tag} tracer failed: {self.reason}; the process runs on untraced"
+        if self.signal:
+            how = "crashed" if self.state == "crashed" else "ended"
+            return f"tracerd: {tag} {how}: killed by {self.signal}"
+        if self.exit_code is not None:
+            return f"tracerd: {tag} exited with status {self.exit_code}"
+        return f"tracerd: {tag} ended ({self.reason or 'exit status unknown'})"
+
+
+class Output(Protocol):
+    """Where a backend sends what it learns; the session fans it out to log and syslog."""
+
+    log_path: str
+
+    def line(self, text: str) -> None:
+        """One line of tracer output (log at info, syslog at info, rate limited)."""
+
+    def block(self, text: str) -> None:
+        """A multi-line block for the log only (a backtrace)."""
+
+    def warn(self, text: str) -> None:
+        """A problem worth one syslog warning."""
+
+    async def crash(self, report: CrashReport) -> str | None:
+        """Store a crash report (atomically), log its backtrace, syslog its summary.
+
+        Returns the crash id, or None when it could not be stored; the
+        summary reaches syslog either way.
+        """
+
+
+class Tracer(abc.ABC):
+    """A tracer backend; one instance per traced process."""
+
+    name: ClassVar[str]
+    program: ClassVar[str | None] = None
+
+    def __init__(self, target: Target, output: Output) -> None:
+        self.target = target
+        self.output = output
+        self.tracer_pid: int | None = None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this backend cannot run here, or None when it can."""
+        if cls.program and shutil.which(cls.program) is None:
+            return f"{cls.program} is not installed on this system"
+        return None
+
+    @abc.abstractmethod
+    async def attach(self) -> None: ...
+
+    @abc.abstractmethod
+    async def wait(self) -> Ending: ...
+
+    @abc.abstractmethod
+    async def detach(self) -> None: ...
+
+
+async def poll_until(check: Check, timeout: float, what: str) -> None:
+    """Poll ``check`` with a short back-off until it returns True, bounded.
+
+    Used to *see* an attachment happen (TracerPid), never as a fixed sleep:
+    the first look is immediate and the interval grows from 1 ms to 20 ms.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    interval = 0.001
+    while not check():
+        if loop.time() >= deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, 0.02)
+
+
+class Check(Protocol):
+    def __call__(self) -> bool: ...

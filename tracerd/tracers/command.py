@@ -1,0 +1,162 @@
+"""Shared machinery of the command-line tracers: strace, ltrace, truss, ktrace.
+
+Each is one program run from an argv list as ``PROGRAM [ARGS] -p PID``.  The
+attachment is confirmed by the kernel: /proc/PID/status names the tracer's
+pid as TracerPid.  The end of the traced process is seen through a pidfd; how
+it ended (exit status or signal) is read from the tracer's own closing line
+(``+++ exited with 3 +++``), since only the real parent can wait for it.
+
+Security: arguments come from root's config file only; the pid is an identity
+checked by the caller and re-checked through the pidfd.
+
+Diagnostics: a tracer that exits before attaching fails the session with its
+last output line as the reason ("strace: attach: ptrace(PTRACE_SEIZE, 42):
+Operation not permitted"); a tracer that dies while the process lives marks
+the session ``failed`` and the process runs on untraced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections import deque
+from typing import Any, ClassVar
+
+from tracerd import procinfo
+from tracerd.errors import Busy, TargetGone, TracerFailed
+from tracerd.spawn import Child
+from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
+
+
+class CommandTracer(Tracer):
+    """A tracer that is a separate program attached with ``-p PID``."""
+
+    program: ClassVar[str]
+    # group "pid" (optional), then "code" or "signal"
+    ending_re: ClassVar[re.Pattern[str] | None] = None
+    detach_signal: ClassVar[int] = signal.SIGTERM
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.child: Child | None = None
+        self._pidfd = -1
+        self._gone: asyncio.Future[None] | None = None
+        self._ending: Ending | None = None
+        self._recent: deque[str] = deque(maxlen=4)
+        self._detaching = False
+
+    def argv(self) -> list[str]:
+        return [self.program, *self.target.args, "-p", str(self.target.pid)]
+
+    def parse_ending(self, line: str) -> Ending | None:
+        """The traced process's end, when ``line`` is the tracer's word on it."""
+        if self.ending_re is None:
+            return None
+        match = self.ending_re.search(line)
+        if not match:
+            return None
+        pid = match.groupdict().get("pid")
+        if pid is not None and int(pid) != self.target.pid:
+            return None  # a thread or child under -f, not the process itself
+        if match.group("signal"):
+            name = match.group("signal")
+            return Ending("crashed" if name in FATAL_SIGNALS else "exited", signal=name)
+        return Ending("exited", exit_code=int(match.group("code")))
+
+    def _on_line(self, line: str) -> None:
+        if self._ending is None:
+            self._ending = self.parse_ending(line)
+        self._recent.append(line)
+        self.output.line(line)
+
+    async def attach(self) -> None:
+        pid = self.target.pid
+        current = procinfo.tracer_pid(pid)
+        if current:
+            raise Busy(f"process {pid} is already traced by pid {current}")
+        self._pidfd = procinfo.open_pidfd(self.target.identity)
+        loop = asyncio.get_running_loop()
+        self._gone = loop.create_future()
+        loop.add_reader(self._pidfd, self._process_gone)
+        self.child = child = Child(self.argv(), self._on_line)
+        self.tracer_pid = child.pid
+
+        def attached() -> bool:
+            if child.returncode is not None:
+                return True
+            try:
+                return procinfo.tracer_pid(pid) == child.pid
+            except TargetGone:
+                return True
+
+        try:
+            await poll_until(attached, self.target.attach_timeout, "attach")
+        except TimeoutError:
+            await child.stop(signal.SIGKILL)
+            self._release()
+            raise TracerFailed(
+                f"{self.program} did not attach within {self.target.attach_timeout} s"
+                " (raise attach_timeout?)"
+            ) from None
+        if child.returncode is not None:
+            await child.wait()
+            self._release()
+            reason = self._recent[-1] if self._recent else f"exit status {child.returncode}"
+            raise TracerFailed(f"{self.program} could not attach: {reason}")
+        if not self.target.identity.alive():
+            await child.stop()
+            self._release()
+            raise TargetGone(f"process {pid} ended while {self.program} attached")
+
+    def _process_gone(self) -> None:
+        if self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
+    async def wait(self) -> Ending:
+        assert self.child is not None
+        assert self._gone is not None
+        child = self.child
+        tracer_done = asyncio.ensure_future(child.wait())
+        waiting: set[asyncio.Future[Any]] = {tracer_done, self._gone}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._detaching:
+                await tracer_done
+                return Ending("detached")
+            if self._gone.done():
+                # The process is gone; the tracer has its last words to say.
+                try:
+                    await asyncio.wait_for(asyncio.shield(tracer_done), timeout=5.0)
+                except TimeoutError:
+                    await child.stop(signal.SIGKILL)
+                return self._ending or Ending("exited", reason="exit status unknown")
+            code = tracer_done.result()
+            if self._gone.done() or not self.target.identity.alive():
+                return self._ending or Ending("exited", reason="exit status unknown")
+            last = self._recent[-1] if self._recent else ""
+            return Ending("failed", reason=f"{self.program} ended with status {code} {last}".strip())
+        finally:
+            if not tracer_done.done():
+                tracer_done.cancel()
+            self._release()
+
+    async def detach(self) -> None:
+        if self.child is None or self.child.returncode is not None:
+            return
+        self._detaching = True
+        await self.child.stop(self.detach_signal)
+
+    def _release(self) -> None:
+        if self._pidfd >= 0:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._pidfd)
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = -1
+        if self.child is not None and self.child.returncode is not None:
+            self.child.close()

@@ -1,0 +1,208 @@
+"""The gdb backend: one gdb per process, through MI, for the process's life.
+
+What the seed's ``(echo cont; echo where; sleep 8640000) | gdb`` recipe
+meant, done right:
+
+- attach, and only then confirm the hook (gdb's ``^done`` for
+  ``-target-attach`` and TracerPid naming gdb);
+- every signal but the fatal ones passes without stopping or printing, so a
+  SIGPIPE or SIGTERM reaches the daemon as it would untraced;
+- a fatal signal (SEGV, BUS, ILL, FPE, ABRT, SYS, TRAP) that will really kill
+  the process stops it: the crash report is captured and written first,
+  then gdb detaches *delivering that same signal*, so the process dies of it
+  and its parent sees exactly the wait status it would see untraced
+  (Postfix's master logs "killed by signal 11"); then gdb exits;
+- a fatal signal the program handles itself is passed on: its handler runs;
+- gdb dying on its own fails the session; the kernel has detached the
+  process, which runs on untraced.
+
+Diagnostics: gdb's own error messages (``&"..."`` log records) are kept and
+reported when an attach or capture fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+from tracerd import procinfo
+from tracerd.capture import capture, signal_is_fatal
+from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
+from tracerd.gdbmi import GdbMI, MIError
+from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
+
+FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
+
+
+class GdbTracer(Tracer):
+    name = "gdb"
+    program = "gdb"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mi = GdbMI()
+        self._pidfd = -1
+        self._gone: asyncio.Future[None] | None = None
+        self._detach_requested = asyncio.Event()
+        self._detached = asyncio.Event()
+
+    async def attach(self) -> None:
+        pid = self.target.pid
+        current = procinfo.tracer_pid(pid)
+        if current:
+            raise Busy(f"process {pid} is already traced by pid {current}")
+        self._watch_exit()
+        await self.mi.start()
+        self.tracer_pid = self.mi.pid
+        try:
+            await self._attach_and_continue(pid)
+        except BaseException:
+            await self._end_gdb()
+            self._release_pidfd()
+            raise
+
+    def _watch_exit(self) -> None:
+        self._pidfd = procinfo.open_pidfd(self.target.identity)
+        loop = asyncio.get_running_loop()
+        self._gone = loop.create_future()
+
+        def gone() -> None:
+            loop.remove_reader(self._pidfd)
+            if self._gone is not None and not self._gone.done():
+                self._gone.set_result(None)
+
+        loop.add_reader(self._pidfd, gone)
+
+    async def _attach_and_continue(self, pid: int) -> None:
+        timeout = self.target.attach_timeout
+        try:
+            await self.mi.command(f"-target-attach {pid}", timeout=timeout)
+        except MIError as err:
+            raise TracerFailed(f"gdb could not attach: {err}") from err
+        await asyncio.wait_for(self.mi.stops.get(), timeout)  # attaching stops the process
+        if not self.target.identity.alive():
+            raise TargetGone(f"process {pid} ended while gdb attached")
+        await self.mi.console("handle all nostop noprint pass")
+        await self.mi.console(f"handle {FATAL_HANDLE} stop print pass")
+        await self.mi.command("-exec-continue", timeout=timeout)
+        gdb_pid = self.mi.pid
+        await poll_until(lambda: procinfo.tracer_pid(pid) == gdb_pid, timeout, "gdb attach")
+
+    async def wait(self) -> Ending:
+        assert self._gone is not None
+        assert self.mi.child is not None
+        gdb_exit = asyncio.ensure_future(self.mi.child.wait())
+        detach = asyncio.ensure_future(self._detach_requested.wait())
+        try:
+            while True:
+                stop = asyncio.ensure_future(self.mi.stops.get())
+                done, _ = await asyncio.wait({stop, gdb_exit, detach}, return_when=asyncio.FIRST_COMPLETED)
+                if stop not in done:
+                    stop.cancel()
+                if detach in done:
+                    return await self._detach_now()
+                if stop in done:
+                    ending = await self._on_stop(stop.result())
+                    if ending is not None:
+                        return ending
+                    continue
+                # gdb is gone; the kernel detached the process (if it still lives)
+                if self._gone.done() or not self.target.identity.alive():
+                    return Ending("exited", reason="exit status unknown (gdb ended with it)")
+                return Ending("failed", reason=f"gdb exited unexpectedly ({self.mi.last_complaint()})")
+        finally:
+            for future in (gdb_exit, detach):
+                future.cancel()
+            await self._end_gdb()
+            self._release_pidfd()
+
+    async def _on_stop(self, stop: dict[str, Any]) -> Ending | None:
+        reason = str(stop.get("reason", ""))
+        if reason == "exited-normally":
+            return Ending("exited", exit_code=0)
+        if reason == "exited":
+            return Ending("exited", exit_code=int(str(stop.get("exit-code", "0")), 8))
+        if reason == "exited-signalled":
+            name = str(stop.get("signal-name"))
+            return Ending("crashed" if name in FATAL_SIGNALS else "exited", signal=name)
+        if reason == "signal-received":
+            name = str(stop.get("signal-name"))
+            if name in FATAL_SIGNALS and await self._fatal(stop, name):
+                return await self._crash(stop, name)
+        # anything else: let it run on (a handled fatal signal goes to its handler)
+        await self._continue()
+        return None
+
+    async def _fatal(self, stop: dict[str, Any], name: str) -> bool:
+        """Will this signal kill the process if delivered (no handler of its own)?"""
+        si_code_text = await self.mi.evaluate("$_siginfo.si_code")
+        si_code = int(si_code_text) if si_code_text and si_code_text.lstrip("-").isdigit() else None
+        tid = None
+        with contextlib.suppress(TracerdError, KeyError, IndexError, ValueError):
+            info = await self.mi.command(f"-thread-info {int(str(stop.get('thread-id')))}")
+            target_id = str(info.payload["threads"][0]["target-id"])
+            tid = int(target_id.split("LWP ")[1].rstrip(")"))
+        return signal_is_fatal(self.target.pid, tid, name, si_code)
+
+    async def _continue(self) -> None:
+        try:
+            await self.mi.command("-exec-continue", timeout=10.0)
+        except TracerdError as err:
+            self.output.warn(f"gdb could not resume the process: {err}")
+
+    async def _crash(self, stop: dict[str, Any], name: str) -> Ending:
+        """Report first, then let the process die of the same signal."""
+        crash_id: str | None = None
+        try:
+            report = await capture(
+                self.mi, self.target.identity, self.target.name, stop,
+                tracer=self.name, log_path=self.output.log_path,
+            )  # fmt: skip
+            crash_id = await self.output.crash(report)
+        except Exception as err:  # the process must be released whatever happened
+            self.output.warn(f"crash capture failed: {err}")
+        await self._release_with_signal()
+        return Ending("crashed", signal=name, crash=crash_id)
+
+    async def _release_with_signal(self) -> None:
+        # gdb's detach delivers the pending signal (its handle state is "pass"),
+        # so the process dies of it untraced, and its parent reaps it as usual.
+        try:
+            await self.mi.command("-target-detach", timeout=10.0)
+        except TracerdError as err:
+            self.output.warn(f"gdb detach failed ({err}); ending gdb to release the process")
+        await self._end_gdb()
+        assert self._gone is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._gone), timeout=5.0)
+
+    async def detach(self) -> None:
+        if self.mi.child is None or self.mi.child.returncode is not None:
+            return
+        self._detach_requested.set()
+        await self._detached.wait()
+
+    async def _detach_now(self) -> Ending:
+        try:
+            await self.mi.command("-exec-interrupt", timeout=5.0)
+            await asyncio.wait_for(self.mi.stops.get(), timeout=5.0)
+            await self.mi.command("-target-detach", timeout=5.0)
+        except (TracerdError, TimeoutError) as err:
+            self.output.warn(f"gdb detach was not clean ({err}); ending gdb")
+        await self._end_gdb()
+        self._detached.set()
+        return Ending("detached")
+
+    async def _end_gdb(self) -> None:
+        await self.mi.close()
+        self._detached.set()
+
+    def _release_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = -1

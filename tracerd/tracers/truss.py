@@ -1,0 +1,17 @@
+"""The truss backend (Solaris, illumos, FreeBSD): ``truss [ARGS] -p PID``.
+
+Not part of Linux: where truss is absent the session fails at once with
+"truss is not installed on this system" and the hook fails open.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tracerd.tracers.command import CommandTracer
+
+
+class TrussTracer(CommandTracer):
+    name = "truss"
+    program = "truss"
+    ending_re = re.compile(r"_exit\((?P<code>\d+)\)|(?P<signal>SIG[A-Z0-9]+) .*Killed")
