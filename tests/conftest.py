@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,21 +58,37 @@ def cbin(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 class SyslogReceiver:
-    """A unix datagram socket of the test's own standing in for /dev/log."""
+    """A unix datagram socket of the test's own standing in for /dev/log.
+
+    A thread reads it all the time, as a real syslog daemon would: a unix
+    datagram queue holds only max_dgram_qlen (10) messages.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
+        self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(data.decode("utf-8", "replace"))
 
     def collect(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode("utf-8", "replace"))
-            except (TimeoutError, BlockingIOError):
-                return self.messages
+        with self._lock:
+            return list(self.messages)
 
     def wait_for(self, text: str, timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout
@@ -78,9 +96,12 @@ class SyslogReceiver:
             for message in self.collect():
                 if text in message:
                     return message
-        raise AssertionError(f"no syslog message with {text!r}; got {self.messages[-5:]!r}")
+            time.sleep(0.02)
+        raise AssertionError(f"no syslog message with {text!r}; got {self.collect()[-5:]!r}")
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
         self.sock.close()
 
 
@@ -94,9 +115,9 @@ def syslog_receiver(tmp_path: Path) -> Iterator[SyslogReceiver]:
 class Daemon:
     """A real tracerd subprocess with its own socket, dirs and syslog."""
 
-    def __init__(self, root: Path, syslog: Path, extra_config: str = "") -> None:
+    def __init__(self, root: Path, syslog: Path, extra_config: str = "", socket_path: Path | None = None) -> None:
         self.root = root
-        self.socket = root / "run" / "tracerd.sock"
+        self.socket = socket_path or root / "run" / "tracerd.sock"
         self.log_dir = root / "log"
         self.state_dir = root / "state"
         self.config = root / "tracerd.toml"
@@ -203,10 +224,10 @@ class Daemon:
 def daemon_factory(tmp_path: Path, syslog_receiver: SyslogReceiver) -> Iterator[Any]:
     daemons: list[Daemon] = []
 
-    def make(extra_config: str = "", start: bool = True) -> Daemon:
+    def make(extra_config: str = "", start: bool = True, socket_path: Path | None = None) -> Daemon:
         root = tmp_path / f"d{len(daemons)}"
         root.mkdir()
-        daemon = Daemon(root, syslog_receiver.path, extra_config)
+        daemon = Daemon(root, syslog_receiver.path, extra_config, socket_path)
         daemons.append(daemon)
         if start:
             daemon.start()
@@ -217,6 +238,15 @@ def daemon_factory(tmp_path: Path, syslog_receiver: SyslogReceiver) -> Iterator[
         if daemon.proc is not None and daemon.proc.poll() is None:
             os.kill(daemon.proc.pid, signal.SIGCONT)  # a test may have stopped it
         daemon.stop()
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory everyone may traverse (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="tracerd-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

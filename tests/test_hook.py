@@ -73,8 +73,20 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert result.stderr.startswith("pftrace-hook: "), args
 
 
-def test_refusal_is_reported_with_the_daemons_reason(daemon: Any) -> None:
-    """The hook naming a non-ancestor (here pid 1): exit 1, the daemon's reason."""
-    result, _ = run_hook("--socket", str(daemon.socket), "smtpd", "1")
+def test_refusal_is_reported_with_the_daemons_reason(daemon: Any, cbin: Any, spawn: Any) -> None:
+    """The hook naming a non-ancestor: exit 1 with the daemon's reason; pid 1 never."""
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    result, _ = run_hook("--socket", str(daemon.socket), "smtpd", str(sleeper.pid))
     assert result.returncode == 1
     assert "not an ancestor" in result.stderr
+    result, _ = run_hook("--socket", str(daemon.socket), "smtpd", "1")
+    assert result.returncode == 1
+    assert result.stderr == "pftrace-hook: smtpd[1]: not traced: refusing to trace pid 1 (init)\n"
+
+
+def test_daemon_refuses_to_trace_itself(daemon: Any) -> None:
+    """attach of tracerd's own pid is refused, even for root."""
+    result = daemon.ctl("attach", str(daemon.proc.pid))
+    assert result.returncode == 1
+    assert "tracerd itself" in result.stderr

@@ -109,17 +109,18 @@ def _as_nobody(socket_path: str, payload: bytes) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
-def test_non_root_caller_cannot_connect_without_socket_group(daemon: Any) -> None:
+def test_non_root_caller_cannot_connect_without_socket_group(daemon_factory: Any, public_dir: Path) -> None:
     """Without socket_group the socket is root-only (0600): connect is refused."""
+    daemon = daemon_factory(socket_path=public_dir / "tracerd.sock")
     assert oct(daemon.socket.stat().st_mode & 0o777) == "0o600"
     code, out = _as_nobody(str(daemon.socket), b'{"op": "status"}\n')
     assert (code, out) == (0, "EACCES")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
-def test_socket_group_member_reads_status_but_cannot_attach(daemon_factory: Any) -> None:
+def test_socket_group_member_reads_status_but_cannot_attach(daemon_factory: Any, public_dir: Path) -> None:
     """A socket_group member may read status; attach and hook are refused."""
-    daemon = daemon_factory('socket_group = "nogroup"')
+    daemon = daemon_factory('socket_group = "nogroup"', socket_path=public_dir / "tracerd.sock")
     _, out = _as_nobody(str(daemon.socket), b'{"op": "status"}\n')
     assert json.loads(out)["ok"] is True
     _, out = _as_nobody(str(daemon.socket), b'{"op": "attach", "pid": 1}\n')

@@ -5,9 +5,13 @@ Security (DESIGN.md, "Security model"):
   an unprivileged tracerd serves the user who runs it and nobody else);
 - status, show, crashes and crash also admit members of ``socket_group``
   (primary or supplementary group of the connecting process);
-- a hook request may only name an *ancestor* of the connecting process:
-  Postfix's daemon is the hook's grandparent through ``sh -c``.  So a hook
-  cannot be abused to attach a debugger to an arbitrary process.
+- a hook request may only name one of the *nearest* ancestors of the
+  connecting process (``MAX_HOOK_DEPTH``): Postfix's daemon is the hook's
+  parent or grandparent through ``sh -c`` (one more for a subshell).  So a
+  hook cannot be abused to attach a debugger to an arbitrary process, nor to
+  Postfix's master or init further up the chain;
+- nobody, root included, may trace pid 1, tracerd itself or its ancestors,
+  or one of tracerd's own tracers.
 
 Credentials come from the kernel (SO_PEERCRED), never from the request.
 Diagnostics: a refusal raises :class:`~tracerd.errors.AccessDenied` with the
@@ -28,6 +32,7 @@ from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import READ_ONLY_OPS
 
 _UCRED = struct.Struct("3i")
+MAX_HOOK_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,23 @@ class Authorizer:
     def check_ancestor(target: ProcessIdentity, peer: Peer) -> None:
         """Raise AccessDenied unless ``target`` is an ancestor of the caller."""
         try:
-            chain = procinfo.ancestors(peer.pid)
+            chain = procinfo.ancestors(peer.pid, limit=MAX_HOOK_DEPTH)
         except TargetGone as err:
             raise AccessDenied("the calling process is gone") from err
         if target not in chain:
             raise AccessDenied(
-                f"pid {target.pid} is not an ancestor of the calling process;"
+                f"pid {target.pid} is not an ancestor of the calling process"
+                f" (within {MAX_HOOK_DEPTH} generations);"
                 " use 'tracerctl attach' to trace an unrelated process"
             )
+
+    @staticmethod
+    def check_traceable(target: ProcessIdentity, tracer_pids: set[int]) -> None:
+        """Refuse targets whose tracing would harm the system or tracerd itself."""
+        if target.pid == 1:
+            raise AccessDenied("refusing to trace pid 1 (init)")
+        own = {os.getpid(), *(p.pid for p in procinfo.ancestors(os.getpid()))}
+        if target.pid in own:
+            raise AccessDenied(f"refusing to trace pid {target.pid}: tracerd itself or its ancestor")
+        if target.pid in tracer_pids:
+            raise AccessDenied(f"refusing to trace pid {target.pid}: one of tracerd's own tracers")

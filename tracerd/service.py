@@ -138,6 +138,7 @@ class TracerdService:
         if op in ("hook", "attach"):
             assert request.pid is not None
             identity = procinfo.identify(request.pid)
+            self.auth.check_traceable(identity, self.tracer_pids())
             if op == "hook":
                 assert request.name is not None
                 self.auth.check_ancestor(identity, peer)
@@ -158,6 +159,9 @@ class TracerdService:
         if op == "where":
             raise NotFound(f"{op}: not available in this version")
         raise TracerdError(f"unhandled op {op}")  # parse_request admits only known ops
+
+    def tracer_pids(self) -> set[int]:
+        return {r.backend.tracer_pid for r in self.running.values() if r.backend.tracer_pid}
 
     def status(self) -> dict[str, Any]:
         return {

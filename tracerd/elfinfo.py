@@ -1,0 +1,211 @@
+"""ELF facts a crash report needs: the GNU build-id, and who ships the symbols.
+
+:func:`build_id` reads the ``NT_GNU_BUILD_ID`` note of an ELF file (32- or
+64-bit, little or big endian) with :mod:`struct`: from the ``PT_NOTE``
+segments when the file has program headers (executables, shared objects),
+else from its ``SHT_NOTE`` sections (detached ``.debug`` files, objects).
+
+:func:`debug_package` names the Debian package that would give symbols for
+an object without them: the owner of ``/usr/lib/debug/.build-id/xx/rest.debug``
+when that file exists, else the owner of the object itself plus ``-dbgsym``
+(``libc6`` ships ``libc6-dbg`` instead).
+
+Security: the files read are the crashed process's objects, so they are
+untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
+library's name cannot hang us) and read only if it is a regular file; every
+offset and size read from the file is checked against the file's size, and
+the note area read is capped.  dpkg runs from an argv list, no shell, with a
+5 s timeout, and is only ever given an absolute path without glob characters
+(``dpkg -S`` treats anything else as a search pattern).
+
+Diagnostics: none raise.  A file that is not ELF, is truncated, has no
+build-id or cannot be read gives None; so do a missing or slow dpkg and a
+file no package owns.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+from pathlib import Path
+from typing import BinaryIO
+
+PT_NOTE = 4
+SHT_NOTE = 7
+NT_GNU_BUILD_ID = 3
+MAX_NOTE_BYTES = 1 << 20  # a real note area is a few hundred bytes
+MAX_NOTE_AREAS = 256
+DPKG_TIMEOUT = 5.0
+DEBUG_ROOT = "/usr/lib/debug/.build-id"
+
+# Packages whose symbols are not in PACKAGE-dbgsym.
+DEBUG_PACKAGE_EXCEPTIONS = {"libc6": "libc6-dbg"}
+
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+_HEX_RE = re.compile(r"[0-9a-f]{4,512}")
+# usrmerge: dpkg knows a file by the path its package shipped, which may be
+# the other side of a /lib -> usr/lib symlink.
+_MERGED = (("/usr/lib/", "/lib/"), ("/usr/lib64/", "/lib64/"), ("/usr/bin/", "/bin/"), ("/usr/sbin/", "/sbin/"))
+
+# Per ELF class: the header after e_ident, then the program and section
+# header rows with where their (type, offset, size, align) fields sit.
+_HEADER = {1: "HHIIIIIHHHHHH", 2: "HHIQQQIHHHHHH"}
+_PHDR = {1: ("IIIIIIII", (0, 1, 4, 7)), 2: ("IIQQQQQQ", (0, 2, 5, 7))}
+_SHDR = {1: ("IIIIIIIIII", (1, 4, 5, 8)), 2: ("IIQQQQIIQQ", (1, 4, 5, 8))}
+
+
+def build_id(path: str | Path) -> str | None:
+    """The GNU build-id of the ELF file at ``path`` as hex, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError, TypeError):
+        return None
+    try:
+        with os.fdopen(fd, "rb") as elf:
+            info = os.fstat(elf.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            return _build_id(elf, info.st_size)
+    except (OSError, ValueError, struct.error, OverflowError):
+        return None
+
+
+def _read(elf: BinaryIO, offset: int, size: int, file_size: int) -> bytes | None:
+    if offset < 0 or size < 0 or offset + size > file_size:
+        return None
+    elf.seek(offset)
+    data = elf.read(size)
+    return data if len(data) == size else None
+
+
+def _build_id(elf: BinaryIO, file_size: int) -> str | None:
+    ident = _read(elf, 0, 16, file_size)
+    if ident is None or ident[:4] != b"\x7fELF" or ident[4] not in _HEADER or ident[5] not in (1, 2):
+        return None
+    order = "<" if ident[5] == 1 else ">"
+    header_fmt = order + _HEADER[ident[4]]
+    header = _read(elf, 16, struct.calcsize(header_fmt), file_size)
+    if header is None:
+        return None
+    fields = struct.unpack(header_fmt, header)
+    phoff, shoff, phentsize, phnum, shentsize, shnum = fields[4], fields[5], *fields[8:12]
+    # Program headers first: they are what the loader (and gdb) see.
+    areas = [
+        row[1:]
+        for row in _table(elf, file_size, (phoff, phentsize, phnum), order, _PHDR[ident[4]])
+        if row[0] == PT_NOTE
+    ]
+    areas += [
+        row[1:]
+        for row in _table(elf, file_size, (shoff, shentsize, shnum), order, _SHDR[ident[4]])
+        if row[0] == SHT_NOTE
+    ]
+    for offset, size, align in areas[:MAX_NOTE_AREAS]:
+        blob = _read(elf, offset, min(size, MAX_NOTE_BYTES), file_size)
+        found = _gnu_build_id(blob, order, align) if blob else None
+        if found:
+            return found
+    return None
+
+
+def _table(
+    elf: BinaryIO, file_size: int, where: tuple[int, int, int], order: str, layout: tuple[str, tuple[int, ...]]
+) -> list[tuple[int, int, int, int]]:
+    """Rows of the header table at ``where`` (offset, entry size, count) as (type, offset, size, align)."""
+    offset, entsize, count = where
+    fmt, (kind, at, size, align) = order + layout[0], layout[1]
+    if not offset or not count or entsize < struct.calcsize(fmt):
+        return []
+    raw = _read(elf, offset, entsize * count, file_size)
+    if raw is None:
+        return []
+    rows = []
+    for index in range(count):
+        row = struct.unpack_from(fmt, raw, index * entsize)
+        rows.append((row[kind], row[at], row[size], row[align]))
+    return rows
+
+
+def _gnu_build_id(blob: bytes, order: str, align: int) -> str | None:
+    """Walk one note area; notes are padded to 4 bytes, or 8 in an 8-aligned area."""
+    step = 8 if align == 8 else 4
+    pos = 0
+    while pos + 12 <= len(blob):
+        namesz, descsz, kind = struct.unpack_from(order + "III", blob, pos)
+        name_at = pos + 12
+        desc_at = name_at + -(-namesz // step) * step
+        pos = desc_at + -(-descsz // step) * step
+        if desc_at + descsz > len(blob):
+            return None
+        if kind == NT_GNU_BUILD_ID and blob[name_at : name_at + namesz] == b"GNU\x00" and 0 < descsz <= 256:
+            return blob[desc_at : desc_at + descsz].hex()
+    return None
+
+
+def debug_package(path: str, build_id: str | None) -> str | None:
+    """The Debian package that would give symbols for ``path``, where dpkg can tell."""
+    return _debug_package(str(path), build_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _debug_package(path: str, build_id: str | None) -> str | None:
+    dpkg = shutil.which("dpkg", path=os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/bin:/bin")
+    if dpkg is None:
+        return None
+    if build_id and _HEX_RE.fullmatch(build_id):
+        debug_file = f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
+        if os.path.isfile(debug_file):
+            owner = _dpkg_owner(dpkg, debug_file)
+            if owner:
+                return owner  # already the debug package (libc6-dbg, foo-dbgsym)
+    for candidate in _candidates(path):
+        owner = _dpkg_owner(dpkg, candidate)
+        if owner:
+            if owner.endswith(("-dbg", "-dbgsym")):
+                return owner
+            return DEBUG_PACKAGE_EXCEPTIONS.get(owner, owner + "-dbgsym")
+    return None
+
+
+def _candidates(path: str) -> list[str]:
+    """The names dpkg may know the file by: as given, resolved, and its usrmerge twin."""
+    if not os.path.isabs(path) or any(char in path for char in "*?[]\\\n"):
+        return []
+    names = [path, os.path.realpath(path)]
+    for name in list(names):
+        for merged, legacy in _MERGED:
+            if name.startswith(merged):
+                names.append(legacy + name[len(merged) :])
+            elif name.startswith(legacy):
+                names.append(merged + name[len(legacy) :])
+    return list(dict.fromkeys(names))
+
+
+def _dpkg_owner(dpkg: str, path: str) -> str | None:
+    """The package (without architecture) that ``dpkg -S`` says owns ``path``."""
+    try:
+        done = subprocess.run(
+            [dpkg, "-S", path],
+            capture_output=True,
+            text=True,
+            timeout=DPKG_TIMEOUT,
+            check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    for line in done.stdout.splitlines():
+        if line.startswith("diversion by") or ": " not in line:
+            continue
+        packages, _, _owned = line.partition(": ")
+        first = packages.split(",")[0].strip().split(":")[0]
+        if _PACKAGE_RE.fullmatch(first):
+            return first
+    return None
