@@ -206,6 +206,15 @@ def test_readable_block_puts_the_crashed_thread_first() -> None:
     assert "no symbols for /usr/lib/postfix/sbin/smtpd: install postfix-dbgsym" in lines
 
 
+def test_a_report_without_threads_is_still_usable(open_store: Callable[..., CrashStore]) -> None:
+    """When gdb could list no thread, the report still has a signature, a summary, a log block and is stored."""
+    report = make_report("x")
+    report.threads = []
+    assert report.summary("r") == "smtpd[1234]: crashed: SIGSEGV in ??; report r"
+    assert "SIGSEGV" in report.readable()
+    assert open_store().record(report)["top"] == []
+
+
 # -- ELF build-id -------------------------------------------------------------
 
 
@@ -359,6 +368,9 @@ def test_repeats_within_the_flood_window_only_count(
     assert again["id"] != first["id"]
     assert again["first_seen"] == first["first_seen"]
     assert len(report_files(tmp_path / "crashes")) == 2
+
+    clock.now -= 3600  # the clock stepped back: not a reason to stay silent for an hour
+    assert store.record(make_report("crash_here", "main", pid=106))["full"] is True
 
 
 def test_repeats_keep_the_newest_hundred(open_store: Callable[..., CrashStore], clock: FakeClock) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SyslogReceiver
 from tracerd.config import SyslogConfig
 from tracerd.errors import ConfigError
 from tracerd.sinks.syslog import (
@@ -54,6 +53,34 @@ class FakeClock:
 def make_sink(address: str, clock: Callable[[], float] = time.monotonic) -> SyslogSink:
     config = SyslogConfig(address=address, facility="mail")
     return SyslogSink(config, hostname="testhost", clock=clock)
+
+
+class SyslogReceiver:
+    """A plain unix datagram socket read by the test itself, datagram by datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+
+    def collect(self) -> list[str]:
+        out = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                out.append(self.sock.recv(65536).decode("utf-8", "replace"))
+        except BlockingIOError:
+            return out
+        finally:
+            self.sock.setblocking(True)
+
+
+@pytest.fixture
+def syslog_receiver(tmp_path: Path) -> Iterator[SyslogReceiver]:
+    """Overrides conftest's threaded receiver: these tests read the socket directly."""
+    receiver = SyslogReceiver(tmp_path / "syslog.sock")
+    yield receiver
+    receiver.sock.close()
 
 
 @pytest.fixture

@@ -7,10 +7,6 @@ collects every thread's frames and ``bt full``, the registers,
 ``$_siginfo`` (si_code, fault address), ``x/16i $pc`` and the shared
 libraries with build-ids, into a :class:`~tracerd.crash.CrashReport`.
 
-Also here: :func:`signal_is_fatal`, which decides from /proc whether the
-pending signal will kill the process (no handler) or is the program's own
-business (its handler runs, as it would untraced).
-
 Security: all of it reads the target through gdb and /proc; the report's
 strings are the target's own and are treated as data only.
 
@@ -37,39 +33,6 @@ from tracerd.procinfo import ProcessIdentity
 _THREAD_HEAD = re.compile(r"^Thread (\d+) \(", re.MULTILINE)
 _LWP = re.compile(r"LWP (\d+)")
 _REGISTER = re.compile(r"^(\w+)\s+(0x[0-9a-f]+)", re.MULTILINE)
-
-
-def _mask(pid: int, field: str, tid: int | None = None) -> int:
-    path = f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status"
-    try:
-        with open(path, "rb") as status:
-            for line in status:
-                if line.startswith(field.encode() + b":"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        return 0
-    return 0
-
-
-def signal_is_fatal(pid: int, tid: int | None, signal_name: str, si_code: int | None) -> bool:
-    """Will delivering this signal kill the process, as it would untraced?
-
-    A handler that is installed and not blocked runs instead (the program's
-    own SIGSEGV handler); an ignored signal sent by kill() is dropped.  A
-    fault (si_code > 0) that is blocked or ignored is forced on by the kernel.
-    """
-    try:
-        signo = int(getattr(signalmod.Signals, signal_name))
-    except AttributeError:
-        return False
-    bit = 1 << (signo - 1)
-    caught = bool(_mask(pid, "SigCgt") & bit)
-    ignored = bool(_mask(pid, "SigIgn") & bit)
-    blocked = bool(_mask(pid, "SigBlk", tid) & bit)
-    fault = si_code is not None and si_code > 0
-    if caught and not blocked:
-        return False
-    return not (ignored and not fault)
 
 
 def _frame(raw: dict[str, Any]) -> Frame:

@@ -261,13 +261,15 @@ class CrashStore:
             now = self._clock()
             sig, pid, name = report.signature, report.process.get("pid"), report.process.get("name")
             entry = self._entries.get(sig)
-            full = entry is None or entry["report"] is None or now - _epoch(entry["last_full"]) >= self.flood_window
+            # A clock stepped back (elapsed < 0) must not silence full reports for as long.
+            flooding = entry is not None and 0 <= now - _epoch(entry["last_full"]) < self.flood_window
+            full = entry is None or entry["report"] is None or not flooding
             crash_id = None
             if full:
                 crash_id = self._new_id(now, sig, pid)
-                report.id = crash_id
-                body = {**report.to_json(), "stored": iso_utc(now)}
+                body = {**report.to_json(), "id": crash_id, "stored": iso_utc(now)}
                 self._write_atomic(f"{crash_id}.json", json.dumps(body, indent=2, default=str).encode())
+                report.id = crash_id
                 entry = self._merge(body, entry)
             else:
                 assert entry is not None

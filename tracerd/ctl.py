@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--tracer")
     detach = sub.add_parser("detach", help="stop tracing a process; it runs on")
     detach.add_argument("pid", type=_pid)
+    where = sub.add_parser("where", help="live backtrace of every thread of a traced process")
+    where.add_argument("pid", type=_pid)
     sub.add_parser("crashes", help="crash inventory: signature, count, first and last seen")
     crash = sub.add_parser("crash", help="one full crash report (by id, id prefix or signature)")
     crash.add_argument("id", type=_crash_id)
@@ -147,6 +149,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
         return render_status(reply)
     if command == "crashes":
         return render_crashes(reply["crashes"])
+    if command == "where":
+        return str(reply["where"])
     if command == "crash":
         return render_crash(reply["crash"])
     return render_session(reply["session"])

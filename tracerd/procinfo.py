@@ -15,6 +15,7 @@ raises :class:`~tracerd.errors.TargetGone`.
 from __future__ import annotations
 
 import os
+import signal as signalmod
 from dataclasses import dataclass
 
 from tracerd.errors import TargetGone
@@ -121,3 +122,36 @@ def open_pidfd(identity: ProcessIdentity) -> int:
         os.close(fd)
         raise TargetGone(f"process {identity.pid} is gone (or its pid was reused)")
     return fd
+
+
+def _mask(pid: int, field: str, tid: int | None = None) -> int:
+    path = f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status"
+    try:
+        with open(path, "rb") as status:
+            for line in status:
+                if line.startswith(field.encode() + b":"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        return 0
+    return 0
+
+
+def signal_is_fatal(pid: int, tid: int | None, signal_name: str, si_code: int | None) -> bool:
+    """Will delivering this signal kill the process, as it would untraced?
+
+    A handler that is installed and not blocked runs instead (the program's
+    own SIGSEGV handler); an ignored signal sent by kill() is dropped.  A
+    fault (si_code > 0) that is blocked or ignored is forced on by the kernel.
+    """
+    try:
+        signo = int(getattr(signalmod.Signals, signal_name))
+    except AttributeError:
+        return False
+    bit = 1 << (signo - 1)
+    caught = bool(_mask(pid, "SigCgt") & bit)
+    ignored = bool(_mask(pid, "SigIgn") & bit)
+    blocked = bool(_mask(pid, "SigBlk", tid) & bit)
+    fault = si_code is not None and si_code > 0
+    if caught and not blocked:
+        return False
+    return not (ignored and not fault)

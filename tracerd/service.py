@@ -36,6 +36,7 @@ from tracerd.sessions import Session, SessionRegistry
 from tracerd.sinks.logfile import LogDir, LogFile, LogWriter
 from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
 from tracerd.tracers.base import Ending, Target, Tracer
+from tracerd.watchclient import supervisor
 
 log = structlog.get_logger("tracerd")
 
@@ -157,7 +158,13 @@ class TracerdService:
             assert request.id is not None
             return {"ok": True, "crash": self.crashes.get(request.id)}
         if op == "where":
-            raise NotFound(f"{op}: not available in this version")
+            assert request.pid is not None
+            running = self.running.get(request.pid)
+            if running is None:
+                raise NotFound(f"pid {request.pid} is not traced")
+            running.output.session.identity.require()
+            text = await running.backend.where()
+            return {"ok": True, "pid": request.pid, "where": text}
         raise TracerdError(f"unhandled op {op}")  # parse_request admits only known ops
 
     def tracer_pids(self) -> set[int]:
@@ -257,6 +264,16 @@ class TracerdService:
             await _quietly(backend.detach())
             ending = Ending("failed", reason=f"internal error: {err}")
         self._finish(session, running, ending)
+        if ending.reattach and session.identity.alive():
+            self._loop.create_task(self._reattach(session))
+
+    async def _reattach(self, session: Session) -> None:
+        """The tracer went away, the process did not: trace it again."""
+        try:
+            await self.start(session.identity, session.name, session.tracer)
+            log.info("reattached", pid=session.pid, name=session.name)
+        except TracerdError as err:
+            log.warning("reattach_failed", pid=session.pid, error=str(err))
 
     def _finish(self, session: Session, running: Running, ending: Ending) -> None:
         session.end(ending)
@@ -297,6 +314,8 @@ class TracerdService:
         )
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        await supervisor().stop()
+        self.crashes.close()
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new settings for new sessions; every open log is reopened."""

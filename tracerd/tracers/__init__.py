@@ -13,9 +13,10 @@ from tracerd.tracers.ktrace import KtraceTracer
 from tracerd.tracers.ltrace import LtraceTracer
 from tracerd.tracers.strace import StraceTracer
 from tracerd.tracers.truss import TrussTracer
+from tracerd.tracers.watch import WatchTracer
 
 BACKENDS: dict[str, type[Tracer]] = {
-    cls.name: cls for cls in (StraceTracer, LtraceTracer, GdbTracer, TrussTracer, KtraceTracer)
+    cls.name: cls for cls in (WatchTracer, StraceTracer, LtraceTracer, GdbTracer, TrussTracer, KtraceTracer)
 }
 
 

@@ -24,6 +24,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from tracerd.errors import TracerFailed
 from tracerd.procinfo import ProcessIdentity
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Ending:
     signal: str | None = None
     reason: str | None = None
     crash: str | None = None
+    reattach: bool = False  # the tracer (not the process) went away: trace it again
 
     def describe(self, tag: str) -> str:
         """The closing line of the per-process log."""
@@ -116,6 +118,10 @@ class Tracer(abc.ABC):
 
     @abc.abstractmethod
     async def detach(self) -> None: ...
+
+    async def where(self) -> str:
+        """A live backtrace of every thread; the process keeps running, still traced."""
+        raise TracerFailed(f"where needs the watch or gdb tracer (this session uses {self.name})")
 
 
 async def poll_until(check: Check, timeout: float, what: str) -> None:

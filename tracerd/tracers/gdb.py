@@ -28,9 +28,10 @@ import os
 from typing import Any
 
 from tracerd import procinfo
-from tracerd.capture import capture, signal_is_fatal
+from tracerd.capture import capture
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI, MIError
+from tracerd.procinfo import signal_is_fatal
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
 
 FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
@@ -45,7 +46,8 @@ class GdbTracer(Tracer):
         self.mi = GdbMI()
         self._pidfd = -1
         self._gone: asyncio.Future[None] | None = None
-        self._detach_requested = asyncio.Event()
+        self._requests: asyncio.Queue[str] = asyncio.Queue()
+        self._where: asyncio.Future[str] | None = None
         self._detached = asyncio.Event()
 
     async def attach(self) -> None:
@@ -94,15 +96,20 @@ class GdbTracer(Tracer):
         assert self._gone is not None
         assert self.mi.child is not None
         gdb_exit = asyncio.ensure_future(self.mi.child.wait())
-        detach = asyncio.ensure_future(self._detach_requested.wait())
+        request = asyncio.ensure_future(self._requests.get())
         try:
             while True:
                 stop = asyncio.ensure_future(self.mi.stops.get())
-                done, _ = await asyncio.wait({stop, gdb_exit, detach}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {stop, gdb_exit, request}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if stop not in done:
                     stop.cancel()
-                if detach in done:
-                    return await self._detach_now()
+                if request in done:
+                    if request.result() == "detach":
+                        return await self._detach_now()
+                    await self._where_now()
+                    request = asyncio.ensure_future(self._requests.get())
+                    continue
                 if stop in done:
                     ending = await self._on_stop(stop.result())
                     if ending is not None:
@@ -113,7 +120,7 @@ class GdbTracer(Tracer):
                     return Ending("exited", reason="exit status unknown (gdb ended with it)")
                 return Ending("failed", reason=f"gdb exited unexpectedly ({self.mi.last_complaint()})")
         finally:
-            for future in (gdb_exit, detach):
+            for future in (gdb_exit, request):
                 future.cancel()
             await self._end_gdb()
             self._release_pidfd()
@@ -178,10 +185,31 @@ class GdbTracer(Tracer):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._gone), timeout=5.0)
 
+    async def where(self) -> str:
+        """Interrupt, take every thread's backtrace, continue (done by wait()'s loop,
+        which owns gdb's stop records)."""
+        if self.mi.child is None or self.mi.child.returncode is not None:
+            raise TracerFailed("gdb is not running")
+        self._where = asyncio.get_running_loop().create_future()
+        self._requests.put_nowait("where")
+        return await asyncio.wait_for(self._where, timeout=120.0)
+
+    async def _where_now(self) -> None:
+        assert self._where is not None
+        try:
+            await self.mi.command("-exec-interrupt", timeout=5.0)
+            await asyncio.wait_for(self.mi.stops.get(), timeout=10.0)
+            text = await self.mi.console("thread apply all bt", timeout=60.0)
+            self._where.set_result(text.strip())
+        except (TracerdError, TimeoutError) as err:
+            self._where.set_exception(TracerFailed(f"where failed: {err}"))
+        finally:
+            await self._continue()
+
     async def detach(self) -> None:
         if self.mi.child is None or self.mi.child.returncode is not None:
             return
-        self._detach_requested.set()
+        self._requests.put_nowait("detach")
         await self._detached.wait()
 
     async def _detach_now(self) -> Ending:

@@ -1,6 +1,7 @@
-"""The gdb tracer: crash reports from real crashes, then the process dies of
-its own signal exactly as untraced; harmless signals pass; nothing is left
-stopped and no gdb is left running."""
+"""The crash contract, run against every crash-capable tracer (gdb, watch):
+crash reports from real crashes, then the process dies of its own signal
+exactly as untraced; harmless signals pass; nothing is left stopped and no
+gdb is left running."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from tests.conftest import have, proc_state
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
-GDB_RULE = '[[rule]]\nprocess = "crash*"\ntracer = "gdb"\n'
 
 
 def crash_bin(cbin: Any) -> Path:
@@ -48,7 +48,7 @@ def traced_status(daemon: Any, cbin: Any, spawn: Any, mode: str, send: int | Non
     assert target.readline() == "hook=0\n"
     session = daemon.session(target.pid)
     assert session["state"] == "attached"
-    assert session["tracer"] == "gdb"
+    assert session["tracer"] in ("gdb", "watch")
     code, rest = _drive(target, mode, send)
     return code, rest, target
 
@@ -70,9 +70,10 @@ def assert_clean(daemon: Any, pid: int) -> None:
     assert gdb_children(daemon) == []
 
 
-@pytest.fixture
-def gdb_daemon(daemon_factory: Any) -> Any:
-    return daemon_factory(GDB_RULE)
+@pytest.fixture(params=["gdb", "watch"])
+def gdb_daemon(daemon_factory: Any, request: pytest.FixtureRequest) -> Any:
+    """A daemon tracing crash* processes with the tracer under test."""
+    return daemon_factory(f'[[rule]]\nprocess = "crash*"\ntracer = "{request.param}"\n')
 
 
 def crash_report(daemon: Any, crash_id: str) -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""tracerd's side of the ptrace watcher: start it, talk to it, restart it.
+
+One :class:`WatchSupervisor` per daemon owns the watcher process
+(:mod:`tracerd.watcher`), sends it seize and release commands, and routes its
+events to the :class:`~tracerd.tracers.watch.WatchTracer` of each session.
+When the watcher dies (even by SIGKILL) the kernel has already detached every
+watched process, so they run on; the supervisor tells every session, which
+ends ``failed`` and asks to be traced again, and the next seize starts a new
+watcher.
+
+Diagnostics: the watcher's stderr lines are logged; a command that gets no
+answer within its bound fails that one request with TracerFailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any, Protocol
+
+import structlog
+
+from tracerd.errors import TargetGone, TracerFailed
+from tracerd.spawn import Child
+
+log = structlog.get_logger("tracerd.watch")
+
+
+class WatchClient(Protocol):
+    def on_event(self, event: dict[str, Any]) -> None: ...
+
+    def on_watcher_died(self) -> None: ...
+
+
+class WatchSupervisor:
+    def __init__(self) -> None:
+        self.child: Child | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._waiting: dict[tuple[str, int], asyncio.Future[dict[str, Any]]] = {}
+        self.clients: dict[int, WatchClient] = {}
+        self._start_lock = asyncio.Lock()
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child and self.child.returncode is None else None
+
+    async def ensure_started(self) -> None:
+        async with self._start_lock:
+            if self.child is not None and self.child.returncode is None:
+                return
+            loop = asyncio.get_running_loop()
+            self._ready = loop.create_future()
+            self.child = Child([sys.executable, "-m", "tracerd.watcher"], self._on_line, stdin=True)
+            asyncio.get_running_loop().create_task(self._monitor(self.child))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ready), timeout=30.0)
+            except TimeoutError:
+                raise TracerFailed("the ptrace watcher did not start within 30 s") from None
+            log.info("watcher_started", pid=self.child.pid)
+
+    def _on_line(self, line: str) -> None:
+        if not line.startswith("{"):
+            log.warning("watcher_says", line=line[:300])
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            log.warning("watcher_says", line=line[:300])
+            return
+        kind = event.get("event")
+        if kind == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        pid = int(event.get("pid", 0))
+        if kind in ("seized", "seize_failed"):
+            self._resolve(("seize", pid), event)
+        elif kind == "released":
+            self._resolve(("release", pid), event)
+        elif kind == "pong":
+            self._resolve(("ping", 0), event)
+        root = int(event.get("root", pid))
+        client = self.clients.get(root)
+        if client is not None and kind in ("exited", "killed", "fatal", "released"):
+            client.on_event(event)
+
+    def _resolve(self, key: tuple[str, int], event: dict[str, Any]) -> None:
+        future = self._waiting.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+    async def _monitor(self, child: Child) -> None:
+        code = await child.wait()
+        child.close()
+        if self.child is not child:
+            return
+        self.child = None
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(TracerFailed("the ptrace watcher died"))
+        self._waiting.clear()
+        clients = list(self.clients.values())
+        self.clients.clear()
+        if clients:
+            self.restarts += 1
+            log.warning("watcher_died", status=code, sessions=len(clients))
+        for client in clients:
+            client.on_watcher_died()
+
+    async def _request(self, key: tuple[str, int], command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        await self.ensure_started()
+        assert self.child is not None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        try:
+            self.child.write(json.dumps(command).encode() + b"\n")
+        except OSError as err:
+            self._waiting.pop(key, None)
+            raise TracerFailed("the ptrace watcher is gone") from err
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._waiting.pop(key, None)
+            raise TracerFailed(f"the ptrace watcher did not answer {command['op']} within {timeout} s") from None
+
+    async def seize(self, client: WatchClient, pid: int, start: int, follow_forks: bool, timeout: float) -> None:
+        self.clients[pid] = client
+        command = {"op": "seize", "pid": pid, "start": start, "follow_forks": follow_forks}
+        try:
+            event = await self._request(("seize", pid), command, timeout)
+        except BaseException:
+            self.clients.pop(pid, None)
+            raise
+        if event.get("event") != "seized":
+            self.clients.pop(pid, None)
+            error = str(event.get("error", "seize failed"))
+            if "reused" in error or "ended" in error or "no such process" in error:
+                raise TargetGone(error)
+            raise TracerFailed(f"watch could not attach: {error}")
+
+    async def release(self, pid: int, timeout: float = 10.0) -> None:
+        """Detach from pid, leaving it running; the client stops hearing of it."""
+        if self.child is None or self.child.returncode is not None:
+            self.clients.pop(pid, None)
+            return
+        try:
+            await self._request(("release", pid), {"op": "release", "pid": pid}, timeout)
+        finally:
+            self.clients.pop(pid, None)
+
+    def forget(self, pid: int) -> None:
+        self.clients.pop(pid, None)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """End of input: the watcher releases everything and exits."""
+        child = self.child
+        if child is None or child.returncode is not None:
+            return
+        if child.proc.stdin is not None:
+            child.proc.stdin.close()
+        await _bounded(child, timeout)
+
+
+async def _bounded(child: Child, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(child.wait()), timeout)
+    except TimeoutError:
+        await child.stop(grace=1.0)
+
+
+_supervisors: dict[int, WatchSupervisor] = {}
+
+
+def supervisor() -> WatchSupervisor:
+    """The supervisor of the running event loop (one daemon, one watcher)."""
+    key = id(asyncio.get_running_loop())
+    if key not in _supervisors:
+        _supervisors.clear()
+        _supervisors[key] = WatchSupervisor()
+    return _supervisors[key]

@@ -1,0 +1,384 @@
+"""The ptrace watcher: one small process that watches every ``watch`` session.
+
+tracerd starts it as ``python -m tracerd.watcher`` and speaks JSON lines with
+it over its stdin (commands) and stdout (events).  It is a process of its
+own, single-threaded, because ptrace requests must come from the thread that
+attached, and because ``waitpid(-1)`` would steal the statuses of tracerd's
+other children (strace, gdb).
+
+It seizes each process with PTRACE_SEIZE (python-ptrace's raw ``ptrace()``
+binding: the library has no SEIZE helpers), every thread, and new threads
+through PTRACE_O_TRACECLONE.  No syscall stops: a watched process runs at
+full speed and stops only for signals, clone/fork/exec events and exits.
+
+- Non-fatal signals are re-injected at once; group-stops are answered with
+  PTRACE_LISTEN so that ``kill -STOP``/``-CONT`` behave as untraced.
+- An exiting process is reaped here (as its tracer) right away, which is
+  what lets its own parent reap it as usual.
+- A fatal signal that would kill the process (no handler of its own) is
+  held: the watcher detaches the crashing thread with SIGSTOP instead of
+  the signal, detaches the other threads as they reach the group-stop, and
+  reports ``fatal`` with the siginfo.  The process is then stopped, untraced,
+  ready for gdb; tracerd makes sure it dies of that same signal afterwards.
+
+Commands: ``{"op": "seize", "pid", "start", "follow_forks"}``,
+``{"op": "release", "pid"}`` (detach, leaving it running), ``{"op":
+"ping"}``.  Events: ``seized``, ``seize_failed``, ``released``, ``exited``
+(code), ``killed`` (signal), ``fatal`` (signal, tid, si_code,
+fault_address), ``pong``.  On end of input it releases everything and exits.
+
+Security: commands come only from tracerd through a pipe; a pid is checked
+against its start time before it is seized.  The watcher dying (even by
+SIGKILL) detaches every tracee in the kernel: they run on, none stopped
+(we never set PTRACE_O_EXITKILL).
+
+Diagnostics: errors go to stderr as one line each, and a failed command is
+answered with an event carrying ``error``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptrace.binding.func import (
+    PTRACE_CONT,
+    PTRACE_DETACH,
+    PTRACE_EVENT_CLONE,
+    PTRACE_EVENT_EXEC,
+    PTRACE_EVENT_FORK,
+    PTRACE_EVENT_VFORK,
+    PTRACE_O_TRACECLONE,
+    PTRACE_O_TRACEEXEC,
+    PTRACE_O_TRACEFORK,
+    PTRACE_O_TRACEVFORK,
+    ptrace,
+    ptrace_geteventmsg,
+    ptrace_getsiginfo,
+)
+from ptrace.error import PtraceError
+
+from tracerd.errors import TargetGone
+from tracerd.procinfo import identify, signal_is_fatal
+
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children alike
+STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+FATAL = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
+
+
+@dataclass
+class Watched:
+    pid: int
+    root: int  # the session's pid (differs for a followed fork child)
+    follow_forks: bool
+    threads: set[int] = field(default_factory=set)
+    mode: str = "run"  # run | releasing | handoff
+    fatal: dict[str, Any] | None = None
+
+
+class Watcher:
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.processes: dict[int, Watched] = {}
+        self.owner: dict[int, int] = {}  # tid -> pid
+
+    # -- output ---------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.out.write(json.dumps({"event": event, **fields}) + "\n")
+        self.out.flush()
+
+    @staticmethod
+    def complain(message: str) -> None:
+        print(f"watcher: {message}", file=sys.stderr, flush=True)
+
+    # -- commands -------------------------------------------------------------
+
+    def command(self, line: str) -> None:
+        try:
+            request = json.loads(line)
+            op = request["op"]
+        except (ValueError, KeyError, TypeError):
+            self.complain(f"bad command {line[:80]!r}")
+            return
+        if op == "seize":
+            self.seize(int(request["pid"]), int(request["start"]), bool(request.get("follow_forks")))
+        elif op == "release":
+            self.release(int(request["pid"]))
+        elif op == "ping":
+            self.emit("pong", watched=len(self.processes), threads=len(self.owner))
+        else:
+            self.complain(f"unknown op {op!r}")
+
+    def seize(self, pid: int, start: int, follow_forks: bool) -> None:
+        try:
+            if identify(pid).start != start:
+                raise TargetGone(f"pid {pid} was reused")
+        except TargetGone as err:
+            self.emit("seize_failed", pid=pid, error=str(err))
+            return
+        if pid in self.processes:
+            self.emit("seized", pid=pid, threads=len(self.processes[pid].threads))
+            return
+        watched = Watched(pid, pid, follow_forks)
+        options = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC
+        if follow_forks:
+            options |= PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
+        self.processes[pid] = watched
+        # Threads may be born while we seize: list again until nothing is new
+        # (threads born of a seized thread are auto-attached by TRACECLONE).
+        for _ in range(100):
+            try:
+                tids = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+            except OSError:
+                tids = set()
+            new = tids - watched.threads
+            if not new:
+                break
+            for tid in sorted(new):
+                try:
+                    ptrace(PTRACE_SEIZE, tid, 0, options)
+                except PtraceError as err:
+                    if err.errno == errno.ESRCH:
+                        continue  # the thread just ended
+                    self._abandon(watched)
+                    self.emit("seize_failed", pid=pid, error=f"PTRACE_SEIZE {tid}: {os.strerror(err.errno)}")
+                    return
+                watched.threads.add(tid)
+                self.owner[tid] = pid
+        try:
+            if identify(pid).start != start or not watched.threads:
+                raise TargetGone(f"process {pid} ended while being seized")
+        except TargetGone as err:
+            self._abandon(watched)
+            self.emit("seize_failed", pid=pid, error=str(err))
+            return
+        self.emit("seized", pid=pid, threads=len(watched.threads))
+
+    def _abandon(self, watched: Watched) -> None:
+        """Let go of a half-seized process at once (it keeps running)."""
+        watched.mode = "releasing"
+        for tid in list(watched.threads):
+            self._interrupt(tid)
+
+    def release(self, pid: int) -> None:
+        watched = self.processes.get(pid)
+        if watched is None:
+            self.emit("released", pid=pid)
+            return
+        watched.mode = "releasing"
+        # a thread can only be detached from a ptrace-stop: interrupt them all,
+        # each is detached when its stop is reported
+        for tid in list(watched.threads):
+            self._interrupt(tid)
+        self._maybe_done(watched)
+
+    def release_all(self) -> None:
+        for pid in list(self.processes):
+            self.release(pid)
+
+    def _interrupt(self, tid: int) -> None:
+        try:
+            ptrace(PTRACE_INTERRUPT, tid)
+        except PtraceError as err:
+            if err.errno == errno.ESRCH:
+                self._forget_thread(tid)
+            else:
+                self.complain(f"PTRACE_INTERRUPT {tid}: {os.strerror(err.errno)}")
+
+    # -- events ---------------------------------------------------------------
+
+    def reap(self) -> None:
+        while True:
+            try:
+                tid, status = os.waitpid(-1, os.WNOHANG | WALL)
+            except ChildProcessError:
+                return
+            if tid == 0:
+                return
+            try:
+                self.on_status(tid, status)
+            except PtraceError as err:
+                if err.errno != errno.ESRCH:
+                    self.complain(f"ptrace on {tid}: {os.strerror(err.errno)}")
+            except Exception as err:  # a bug here must not leave a thread stopped
+                self.complain(f"handling {tid} status {status:#x}: {type(err).__name__}: {err}")
+                if os.WIFSTOPPED(status):
+                    self._resume(tid, os.WSTOPSIG(status) if status >> 16 == 0 else 0)
+
+    def _adopt(self, tid: int) -> Watched | None:
+        """A tid we have not heard of: a new thread or forked child of a watched process."""
+        try:
+            with open(f"/proc/{tid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            tgid, ppid = int(fields["Tgid"]), int(fields["PPid"])
+        except (OSError, KeyError, ValueError):
+            return None
+        if tgid in self.processes:
+            watched = self.processes[tgid]
+        elif ppid in self.processes and self.processes[ppid].follow_forks:
+            parent = self.processes[ppid]
+            watched = self.processes.setdefault(tgid, Watched(tgid, parent.root, True))
+        else:
+            return None
+        watched.threads.add(tid)
+        self.owner[tid] = watched.pid
+        return watched
+
+    def on_status(self, tid: int, status: int) -> None:
+        pid = self.owner.get(tid)
+        watched = self.processes.get(pid) if pid is not None else self._adopt(tid)
+        if watched is None:
+            return
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._forget_thread(tid)
+            if tid == watched.pid:
+                if os.WIFEXITED(status):
+                    self.emit("exited", pid=watched.pid, root=watched.root, code=os.WEXITSTATUS(status))
+                else:
+                    name = signal.Signals(os.WTERMSIG(status)).name
+                    self.emit("killed", pid=watched.pid, root=watched.root, signal=name)
+                self._drop(watched)
+            else:
+                self._maybe_done(watched)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        if watched.mode != "run":
+            # releasing or handing off: detach each thread at its first stop,
+            # re-injecting a signal it was about to receive
+            deliver = sig if event == 0 else 0
+            self._detach(tid, deliver)
+            self._forget_thread(tid)
+            self._maybe_done(watched)
+            return
+        if event == PTRACE_EVENT_STOP:
+            if sig in STOP_SIGNALS:
+                ptrace(PTRACE_LISTEN, tid)  # stay in group-stop until SIGCONT, as untraced
+            else:
+                ptrace(PTRACE_CONT, tid, 0, 0)  # a new thread's first stop, or an interrupt
+            return
+        if event in (PTRACE_EVENT_CLONE, PTRACE_EVENT_FORK, PTRACE_EVENT_VFORK):
+            new = ptrace_geteventmsg(tid)
+            if event == PTRACE_EVENT_CLONE:
+                watched.threads.add(new)
+                self.owner[new] = watched.pid
+            else:
+                child = self.processes.setdefault(new, Watched(new, watched.root, True))
+                child.threads.add(new)
+                self.owner[new] = new
+            ptrace(PTRACE_CONT, tid, 0, 0)
+            return
+        if event == PTRACE_EVENT_EXEC:
+            # after exec only the leader's tid remains; the others were reaped above
+            ptrace(PTRACE_CONT, tid, 0, 0)
+            return
+        if event == 0:
+            self._signal_stop(watched, tid, sig)
+            return
+        ptrace(PTRACE_CONT, tid, 0, 0)
+
+    def _signal_stop(self, watched: Watched, tid: int, sig: int) -> None:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"SIG{sig}"
+        if name in FATAL:
+            info = ptrace_getsiginfo(tid)
+            si_code = int(info.si_code)
+            if signal_is_fatal(watched.pid, tid, name, si_code):
+                fault = info._sifields._sigfault._addr if si_code > 0 else None
+                watched.mode = "handoff"
+                watched.fatal = {
+                    "pid": watched.pid, "root": watched.root, "tid": tid, "signal": name,
+                    "si_code": si_code, "fault_address": hex(fault or 0) if si_code > 0 else None,
+                }  # fmt: skip
+                # Hold it: SIGSTOP instead of the fatal signal, so the whole
+                # process group-stops, and we detach thread by thread.
+                self._detach(tid, signal.SIGSTOP)
+                self._forget_thread(tid)
+                for other in list(watched.threads):
+                    self._interrupt(other)
+                self._maybe_done(watched)
+                return
+        ptrace(PTRACE_CONT, tid, 0, sig)  # re-inject at once
+
+    def _resume(self, tid: int, sig: int) -> None:
+        try:
+            ptrace(PTRACE_CONT, tid, 0, sig)
+        except PtraceError as err:
+            self.complain(f"PTRACE_CONT {tid}: {os.strerror(err.errno)}")
+
+    def _detach(self, tid: int, sig: int) -> None:
+        try:
+            ptrace(PTRACE_DETACH, tid, 0, sig)
+        except PtraceError as err:
+            if err.errno != errno.ESRCH:
+                self.complain(f"PTRACE_DETACH {tid}: {os.strerror(err.errno)}")
+
+    def _forget_thread(self, tid: int) -> None:
+        pid = self.owner.pop(tid, None)
+        if pid is not None and pid in self.processes:
+            self.processes[pid].threads.discard(tid)
+
+    def _maybe_done(self, watched: Watched) -> None:
+        if watched.threads or watched.mode == "run":
+            return
+        if watched.mode == "handoff" and watched.fatal is not None:
+            self.emit("fatal", **watched.fatal)
+        elif watched.root == watched.pid:
+            self.emit("released", pid=watched.pid)
+        self._drop(watched)
+
+    def _drop(self, watched: Watched) -> None:
+        for tid in list(watched.threads):
+            self.owner.pop(tid, None)
+        self.processes.pop(watched.pid, None)
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # tracerd decides when we end
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stdin = sys.stdin.fileno()
+    os.set_blocking(stdin, False)
+    watcher = Watcher(sys.stdout)
+    buffer = b""
+    eof = False
+    watcher.emit("ready", pid=os.getpid())
+    while not (eof and not watcher.processes):
+        readable, _, _ = select.select([wake_r] + ([] if eof else [stdin]), [], [], 1.0)
+        if wake_r in readable:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        if stdin in readable:
+            chunk = os.read(stdin, 65536)
+            if not chunk:
+                eof = True
+                watcher.release_all()
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    watcher.command(line.decode("utf-8", "replace"))
+        watcher.reap()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
