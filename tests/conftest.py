@@ -259,8 +259,9 @@ class Target:
     """A C target process, always reaped."""
 
     def __init__(self, argv: list[str]) -> None:
+        # unbuffered: readline() must not read ahead past what select() saw
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
         )
         self.pid = self.proc.pid
 
