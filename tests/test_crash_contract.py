@@ -107,10 +107,11 @@ def test_null_dereference_three_calls_deep(gdb_daemon: Any, cbin: Any, spawn: An
     assert any(lib["build_id"] for lib in report["libraries"])
     assert report["process"]["pid"] == target.pid
     assert Path(report["log"]).read_text().count("crash_here") >= 1
-    crit = syslog_receiver.wait_for(f"crashd[{target.pid}]: ")
-    assert crit
-    summary = syslog_receiver.wait_for("crash_here")
+    summary = syslog_receiver.wait_for(f"crashd[{target.pid}]: crashed: SIGSEGV in crash_here < level_two < level_one")
     assert summary.startswith("<18>")  # mail.crit
+    assert summary.endswith(f"; report {gdb_daemon.state_dir / 'crashes' / session['crash']}.json")
+    crits = [m for m in syslog_receiver.collect() if m.startswith("<18>")]
+    assert len(crits) == 1
     assert_clean(gdb_daemon, target.pid)
 
 
@@ -202,3 +203,29 @@ def test_same_crash_in_five_pids_one_signature(gdb_daemon: Any, cbin: Any, spawn
     full = gdb_daemon.ctl("crash", entry["id"]).stdout
     assert "crash_here" in full
     assert "SIGSEGV" in full
+
+
+def test_frames_without_symbols_name_object_and_build_id(gdb_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+    """A stripped binary: unnamed frames are listed with their object and
+    build-id (no package owns a test binary, so none is named)."""
+    stripped = tmp_path / "crash-stripped"
+    import shutil
+    import subprocess
+
+    shutil.copy(crash_bin(cbin), stripped)
+    subprocess.run(["strip", "-s", str(stripped)], check=True)
+    target = spawn(stripped, gdb_daemon.hook_command(), "crashd", "segv")
+    assert target.readline() == "hook=0\n"
+    target.release()
+    assert target.wait() == -signal.SIGSEGV
+    session = gdb_daemon.wait_session(target.pid, "crashed")
+    report = crash_report(gdb_daemon, session["crash"])
+    crashed = next(t for t in report["threads"] if t["crashed"])
+    assert crashed["frames"][0]["function"] is None
+    missing = {m["object"]: m for m in report["missing_symbols"]}
+    assert str(stripped) in missing
+    entry = missing[str(stripped)]
+    readelf = subprocess.run(["readelf", "-n", str(stripped)], capture_output=True, text=True, check=True).stdout
+    assert entry["build_id"] and entry["build_id"] in readelf
+    assert entry["package"] is None
+    assert_clean(gdb_daemon, target.pid)

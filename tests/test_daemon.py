@@ -118,3 +118,24 @@ def test_sighup_with_broken_config_keeps_the_old_one(daemon: Any) -> None:
         time.sleep(0.05)
     assert "bogus_key: unknown key" in daemon.stderr()
     assert daemon.status()["daemon"]["default_tracer"] == "strace"
+
+
+def test_sighup_reopens_logs_for_logrotate(daemon: Any, cbin: Any, spawn: Any) -> None:
+    """A log renamed away (logrotate) and SIGHUP: output goes on in a new file
+    at the log path; the rotated file is kept as it was."""
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    assert daemon.ctl("attach", str(sleeper.pid), "--tracer", "strace").returncode == 0
+    log = Path(daemon.session(sleeper.pid)["log"])
+    deadline = time.monotonic() + 10
+    while "tick" not in log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rotated = log.with_name(log.name + ".1")
+    log.rename(rotated)
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not (log.exists() and "tick" in log.read_text()):
+        assert time.monotonic() < deadline, "no new log after SIGHUP"
+        time.sleep(0.05)
+    assert "tick" in rotated.read_text()

@@ -47,6 +47,34 @@ def _frame(raw: dict[str, Any]) -> Frame:
     )
 
 
+def _mappings(pid: int) -> list[tuple[int, int, str]]:
+    """(start, end, path) of the file-backed mappings, to name a frame's object."""
+    out = []
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    out.append((start, end, fields[5].strip()))
+    except OSError:
+        pass
+    return out
+
+
+def _fill_objects(threads: list[Thread], maps: list[tuple[int, int, str]]) -> None:
+    """gdb names a frame's object only for shared libraries: the rest from the maps."""
+    for thread in threads:
+        for frame in thread.frames:
+            if frame.object or not frame.address:
+                continue
+            try:
+                address = int(frame.address, 16)
+            except ValueError:
+                continue
+            frame.object = next((path for start, end, path in maps if start <= address < end), None)
+
+
 def _process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
     info: dict[str, Any] = {"name": name, "pid": identity.pid, "exe": None, "cmdline": [], "uid": None}
     try:
@@ -97,6 +125,7 @@ async def capture(
                 frames=[_frame(frame) for frame in payload.get("stack", [])],
             )
         )
+    _fill_objects(threads, _mappings(identity.pid))
     full = await step("bt full", cli="thread apply all bt full") or ""
     _attach_text(threads, full)
     await step("select", mi_command=f"-thread-select {crashed_id}")

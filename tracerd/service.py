@@ -69,7 +69,8 @@ class SessionOutput:
         self.logfile.write_block(report.readable())
         entry = await self._service.record_crash(report)
         where = entry["report"] if entry and entry.get("report") else "not stored (see the log)"
-        self.syslog.notice(LOG_CRIT, report.summary(str(where)))
+        # the summary names NAME[PID] itself: straight to the sink, untagged
+        self.syslog.sink.send(LOG_CRIT, report.summary(str(where)))
         self.session.crash = entry["id"] if entry else None
         return self.session.crash
 
