@@ -6,7 +6,9 @@ gdb is left running."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -205,13 +207,12 @@ def test_same_crash_in_five_pids_one_signature(gdb_daemon: Any, cbin: Any, spawn
     assert "SIGSEGV" in full
 
 
-def test_frames_without_symbols_name_object_and_build_id(gdb_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+def test_frames_without_symbols_name_object_and_build_id(
+    gdb_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path
+) -> None:
     """A stripped binary: unnamed frames are listed with their object and
     build-id (no package owns a test binary, so none is named)."""
     stripped = tmp_path / "crash-stripped"
-    import shutil
-    import subprocess
-
     shutil.copy(crash_bin(cbin), stripped)
     subprocess.run(["strip", "-s", str(stripped)], check=True)
     target = spawn(stripped, gdb_daemon.hook_command(), "crashd", "segv")
@@ -226,6 +227,7 @@ def test_frames_without_symbols_name_object_and_build_id(gdb_daemon: Any, cbin: 
     assert str(stripped) in missing
     entry = missing[str(stripped)]
     readelf = subprocess.run(["readelf", "-n", str(stripped)], capture_output=True, text=True, check=True).stdout
-    assert entry["build_id"] and entry["build_id"] in readelf
+    assert entry["build_id"]
+    assert entry["build_id"] in readelf
     assert entry["package"] is None
     assert_clean(gdb_daemon, target.pid)
