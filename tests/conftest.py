@@ -7,6 +7,7 @@ and reaps every one it starts (PID 1 here does not reap orphans).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -24,7 +25,19 @@ from typing import Any
 
 import pytest
 
+from tests.postfix_instance import PostfixInstance
+from tests.postfix_instance import available as postfix_available
+
 HERE = Path(__file__).parent
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Become a child subreaper: daemons' orphans (Postfix's processes, a
+    killed tracerd's tracers) come back to us to be reaped, not to PID 1,
+    which here reaps nothing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 C_DIR = HERE / "c"
 BIN = Path(sys.executable).parent
 
@@ -314,6 +327,21 @@ def proc_state(pid: int) -> str:
     except OSError:
         return ""
     return raw[raw.rindex(b")") + 2 :].split()[0].decode()
+
+
+@pytest.fixture
+def postfix() -> Iterator[PostfixInstance]:
+    """A private Postfix instance (not yet created: the test chooses flags).
+
+    In a directory of its own under /tmp that user postfix may traverse
+    (pytest's tmp_path is root-only)."""
+    if not postfix_available():
+        pytest.skip("postfix is not installed")
+    root = Path(tempfile.mkdtemp(prefix="tracerd-postfix-"))
+    instance = PostfixInstance(root)
+    yield instance
+    instance.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def have(program: str) -> bool:

@@ -14,6 +14,7 @@ Diagnostics: one line ``tracerctl: REASON`` on stderr for every failure.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from tracerd.config import default_socket
 from tracerd.protocol import CRASH_ID_RE, check_name, check_pid
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+LOCAL_COMMANDS: tuple[str, ...] = ()
 
 
 class Unreachable(Exception):
@@ -99,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("crashes", help="crash inventory: signature, count, first and last seen")
     crash = sub.add_parser("crash", help="one full crash report (by id, id prefix or signature)")
     crash.add_argument("id", type=_crash_id)
+    for module in LOCAL_COMMANDS:
+        # commands that work on files and Postfix rather than the socket; each
+        # module adds its own subparser and sets ``run`` (args -> exit code)
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -123,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
+    if getattr(args, "run", None) is not None:
+        code: int = args.run(args)
+        return code
     try:
         reply = call(args.socket, request_for(args), timeout=args.timeout)
     except Unreachable as err:
