@@ -6,9 +6,11 @@ machine, so that the ratio means something on a shared, noisy host.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -18,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 C_DIR = ROOT / "tests" / "c"
@@ -25,9 +28,9 @@ BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def compile_c(name: str, out: Path) -> Path:
+def compile_c(name: str, out: Path, *flags: str) -> Path:
     exe = out / name
-    subprocess.run(["gcc", "-g", "-O2", "-o", str(exe), str(C_DIR / f"{name}.c")], check=True)
+    subprocess.run(["gcc", "-g", "-O2", "-o", str(exe), str(C_DIR / f"{name}.c"), *flags], check=True)
     return exe
 
 
@@ -50,8 +53,14 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def private_tracerd(extra_config: str = "") -> Iterator[tuple[Path, Path]]:
-    """A tracerd of the bench's own; yields (socket, root dir)."""
+def private_tracerd(extra_config: str = "", nofile: int | None = None) -> Iterator[tuple[Path, Path]]:
+    """A tracerd of the bench's own; yields (socket, root dir).
+
+    The daemon's stderr (structlog JSON lines) is ROOT/stderr; when the bench
+    fails inside the block, its last lines are printed before the temporary
+    directory goes.  ``nofile`` sets the daemon's soft RLIMIT_NOFILE (as a
+    unit file's LimitNOFILE would); None keeps the bench's own.
+    """
     with tempfile.TemporaryDirectory(prefix="tracerd-bench-") as tmp:
         root = Path(tmp)
         sock = root / "tracerd.sock"
@@ -66,13 +75,88 @@ def private_tracerd(extra_config: str = "") -> Iterator[tuple[Path, Path]]:
         env = dict(os.environ, NOTIFY_SOCKET=str(root / "notify"))
         with open(root / "stderr", "wb") as stderr:
             proc = subprocess.Popen([str(BIN / "tracerd"), "--config", str(config)], env=env, stderr=stderr)
+        if nofile is not None:
+            # at once, long before it has a session; its children (watcher, gdb) inherit it
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         try:
             assert notify.recv(64) == b"READY=1"
             notify.close()
             yield sock, root
+        except BaseException:
+            print_stderr_tail(root)
+            raise
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("tracerd did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
+
+def print_stderr_tail(root: Path, lines: int = 20) -> None:
+    """The daemon's last stderr lines, on the bench's stderr."""
+    with contextlib.suppress(OSError):
+        tail = (root / "stderr").read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last {len(tail)} lines of tracerd's stderr ---", file=sys.stderr)
+        for line in tail:
+            print(line, file=sys.stderr)
+
+
+def stderr_events(root: Path) -> collections.Counter[str]:
+    """Count tracerd's stderr lines by "level event" (warnings and errors tell a failure)."""
+    counts: collections.Counter[str] = collections.Counter()
+    with contextlib.suppress(OSError):
+        for line in (root / "stderr").read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                counts[f"{record.get('level', '?')} {record.get('event', '?')}"] += 1
+            except ValueError:
+                counts["(not JSON) " + line[:60]] += 1
+    return counts
+
+
+def stderr_lines(root: Path, *words: str, limit: int = 10) -> list[str]:
+    """Up to ``limit`` distinct stderr lines containing every one of ``words``."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in (root / "stderr").read_text(errors="replace").splitlines():
+            if all(word in line for word in words) and line not in found:
+                found.append(line)
+                if len(found) >= limit:
+                    break
+    return found
+
+
+def request(sock: Path, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    """One request to tracerd's socket (as tracerctl sends it); returns the reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(sock))
+        conn.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    reply: dict[str, Any] = json.loads(data) if data else {}
+    return reply
+
+
+def proc_state(pid: int) -> str:
+    """One-letter state of a process ('t' = tracing stop), '' when gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ""
+    return raw[raw.rindex(b")") + 2 :].split()[0].decode()
+
+
+def no_core_dumps() -> None:
+    """Crashing targets (and everything else the bench starts) dump no core."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 
 def save(name: str, data: dict[str, object]) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from tracerd.config import default_socket
 from tracerd.protocol import CRASH_ID_RE, check_name, check_pid
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-LOCAL_COMMANDS: tuple[str, ...] = ()
+LOCAL_COMMANDS: tuple[str, ...] = ("tracerd.postfix", "tracerd.triage", "tracerd.bugreport")
 
 
 class Unreachable(Exception):
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in LOCAL_COMMANDS:
         # commands that work on files and Postfix rather than the socket; each
         # module adds its own subparser and sets ``run`` (args -> exit code)
-        importlib.import_module(module).register(sub)
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)
     return parser
 
 
