@@ -4,7 +4,8 @@ Security: this is where hostile bytes arrive.  A frame is capped at
 ``MAX_REQUEST_BYTES`` (an oversize one gets an error and the connection is
 closed, since the rest of its stream cannot be trusted to be framed); an idle
 connection is closed after ``idle_timeout``; the number of connections at
-once, and per peer uid, is capped.  Every exception raised for one
+once is capped, and so is each peer's share (per uid, or per process for
+root).  Every exception raised for one
 connection becomes an error reply to that connection only; cancellation is
 re-raised.  Peer credentials come from SO_PEERCRED, taken once at accept.
 
@@ -48,7 +49,7 @@ class Server:
         group_gid: int | None = None,
         idle_timeout: float = 30.0,
         max_connections: int = 512,
-        max_per_uid: int = 64,
+        max_per_peer: int = 32,
         on_bad_request: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
@@ -56,10 +57,10 @@ class Server:
         self.group_gid = group_gid
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.max_per_uid = max_per_uid
+        self.max_per_peer = max_per_peer
         self.on_bad_request = on_bad_request or (lambda: None)
         self._server: asyncio.AbstractServer | None = None
-        self._per_uid: Counter[int] = Counter()
+        self._per_peer: Counter[tuple[str, int]] = Counter()
         self._connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -85,10 +86,11 @@ class Server:
         assert task is not None
         self._tasks.add(task)
         peer = peer_of(writer.get_extra_info("socket"))
+        key = _peer_key(peer)
         self._connections += 1
-        self._per_uid[peer.uid] += 1
+        self._per_peer[key] += 1
         try:
-            if self._connections > self.max_connections or self._per_uid[peer.uid] > self.max_per_uid:
+            if self._connections > self.max_connections or self._per_peer[key] > self.max_per_peer:
                 await self._reply(writer, error_reply("busy", "too many connections; try again"))
                 return
             await self._converse(reader, writer, peer)
@@ -98,9 +100,9 @@ class Server:
             log.exception("connection_failed", peer=peer.pid)
         finally:
             self._connections -= 1
-            self._per_uid[peer.uid] -= 1
-            if self._per_uid[peer.uid] <= 0:
-                del self._per_uid[peer.uid]
+            self._per_peer[key] -= 1
+            if self._per_peer[key] <= 0:
+                del self._per_peer[key]
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
@@ -145,6 +147,13 @@ class Server:
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
         writer.write(encode(reply))
         await asyncio.wait_for(writer.drain(), self.idle_timeout)
+
+
+def _peer_key(peer: Peer) -> tuple[str, int]:
+    """Whose share of the connections this is: a non-root uid as a whole (one
+    user cannot starve the others), root per process (every Postfix daemon
+    start is a root hook of its own, and a burst of them must all get in)."""
+    return ("pid", peer.pid) if peer.uid == 0 else ("uid", peer.uid)
 
 
 def bind_socket(path: Path, group_gid: int | None) -> socket.socket:

@@ -136,6 +136,7 @@ class TracerdService:
             return {"ok": True, **self.status()}
         if op == "show":
             assert request.pid is not None
+            self._refresh()
             return {"ok": True, "session": self.registry.find(request.pid).to_json()}
         if op in ("hook", "attach"):
             assert request.pid is not None
@@ -171,7 +172,15 @@ class TracerdService:
     def tracer_pids(self) -> set[int]:
         return {r.backend.tracer_pid for r in self.running.values() if r.backend.tracer_pid}
 
+    def _refresh(self) -> None:
+        """Copy each live log's health onto its session (for status and show)."""
+        for running in self.running.values():
+            logfile, session = running.output.logfile, running.output.session
+            session.log_error = logfile.error
+            session.log_dropped = logfile.dropped
+
     def status(self) -> dict[str, Any]:
+        self._refresh()
         return {
             "daemon": {
                 "pid": os.getpid(),
@@ -278,6 +287,8 @@ class TracerdService:
 
     def _finish(self, session: Session, running: Running, ending: Ending) -> None:
         session.end(ending)
+        session.log_error = running.output.logfile.error
+        session.log_dropped = running.output.logfile.dropped
         closing = ending.describe(session.tag)
         running.output.logfile.close(final_line=closing)
         running.output.syslog.flush()

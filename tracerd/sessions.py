@@ -44,6 +44,8 @@ class Session:
     crash: str | None = None
     error: str | None = None
     tracer_pid: int | None = None
+    log_error: str | None = None  # the log cannot be written (disk full...): flagged
+    log_dropped: int = 0
 
     @property
     def pid(self) -> int:
@@ -83,6 +85,8 @@ class Session:
             "crash": self.crash,
             "error": self.error,
             "tracer_pid": self.tracer_pid,
+            "log_error": self.log_error,
+            "log_dropped": self.log_dropped,
         }
 
 

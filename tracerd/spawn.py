@@ -12,6 +12,12 @@ readable and hands whole lines on at once, so a tracer never blocks on a full
 pipe because of us.  What the line consumer cannot keep is its business (the
 log writer drops and counts); nothing here waits on it.
 
+Tracers die with tracerd: each is started through ``setpriv --pdeathsig
+TERM`` (util-linux) when it is there, so that even a SIGKILLed tracerd
+leaves no strace or gdb holding a process; on SIGTERM both detach cleanly.
+(Popen's preexec_fn could call prctl itself, but it is unsafe in a process
+that has threads, as tracerd has.)
+
 Diagnostics: a program that cannot be started raises
 :class:`~tracerd.errors.TracerUnavailable` (not installed) or
 :class:`~tracerd.errors.TracerFailed`.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
@@ -29,6 +36,7 @@ from collections.abc import Callable, Sequence
 from tracerd.errors import TracerFailed, TracerUnavailable
 
 MAX_LINE = 64 * 1024
+SETPRIV = shutil.which("setpriv")
 
 
 class Child:
@@ -41,8 +49,11 @@ class Child:
         *,
         stdin: bool = False,
         env: dict[str, str] | None = None,
+        pdeathsig: bool = True,
     ) -> None:
         self.argv = list(argv)
+        if pdeathsig and SETPRIV and shutil.which(self.argv[0]):
+            argv = [SETPRIV, "--pdeathsig", "TERM", "--", *self.argv]
         self._on_line = on_line
         self._loop = asyncio.get_running_loop()
         self._partial = b""
@@ -50,7 +61,7 @@ class Child:
         self._eof = asyncio.Event()
         try:
             self.proc = subprocess.Popen(
-                self.argv,
+                list(argv),
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

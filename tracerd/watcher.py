@@ -44,6 +44,7 @@ import os
 import select
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,6 +349,9 @@ class Watcher:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # tracerd decides when we end
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    terminated = []
+    # SIGTERM (also our parent-death signal): release everything, then go
+    signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -357,9 +361,17 @@ def main() -> int:
     watcher = Watcher(sys.stdout)
     buffer = b""
     eof = False
+    give_up = float("inf")
     watcher.emit("ready", pid=os.getpid())
-    while not (eof and not watcher.processes):
-        readable, _, _ = select.select([wake_r] + ([] if eof else [stdin]), [], [], 1.0)
+    while not (eof and not watcher.processes) and time.monotonic() < give_up:
+        if terminated and not eof:
+            eof = True
+            watcher.release_all()
+        if eof and give_up == float("inf"):
+            # a thread that never reports must not keep us: the kernel detaches
+            # whatever is left when we exit
+            give_up = time.monotonic() + 3.0
+        readable, _, _ = select.select([wake_r] + ([] if eof else [stdin]), [], [], 0.2 if eof else 1.0)
         if wake_r in readable:
             try:
                 while os.read(wake_r, 4096):

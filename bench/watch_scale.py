@@ -1,0 +1,329 @@
+"""bench/watch_scale: N processes watched at once by the watch tracer, as Postfix starts them.
+
+Each target (tests/c/bench_idle.c) runs ``pftrace-hook NAME PID`` through
+system() as Postfix's debug_process() does, prints the time it spent in
+system(), then sleeps in pause() until killed.  N of them (default 1000) are
+started and stay watched together:
+
+- the first 20 one at a time (1..20 watched): hook latency with no load;
+- the middle ones 20 at a time (a master starting many daemons at once);
+- the last 20 one at a time (with N-20..N already watched): hook latency at scale.
+
+Measured against the same daemon before the load (same run): the RSS of
+tracerd plus all its children (the watcher), cold (no session yet) and warm
+(one watched process, the watcher started), then with N; the increment per
+watched process; tracerd's open fds and its RLIMIT_NOFILE (it keeps one log
+open per session).  Then one more process crashes (tests/c/crash.c segv,
+watch tracer) among the N: it must be reported (session ``crashed``, report
+file on disk) while all N still run, none in tracing stop ('t' in
+/proc/PID/stat), all ``attached`` in ``tracerctl --json status``.  Finally
+all N are killed, and the bench waits for tracerd to end every session.
+
+Goals printed beside the figures: <= 0.1 MB per watched process; hook p50
+<= 40 ms (one at a time).  Prints a table and writes
+bench/results/watch_scale.json.
+
+Usage: .venv/bin/python bench/watch_scale.py [--count 1000] [--concurrency 20] [--nofile SOFT]
+(``--nofile 1024`` runs tracerd with that soft fd limit, as systemd's default would.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    BIN,
+    compile_c,
+    no_core_dumps,
+    private_tracerd,
+    proc_state,
+    request,
+    save,
+    stderr_events,
+    stderr_lines,
+    summary,
+)
+
+GOAL_MB_PER_PROCESS = 0.1
+GOAL_P50_MS = 40.0
+SEQUENTIAL = 20
+NAME = "bench-idle"
+ELAPSED = re.compile(r"elapsed_us=(\d+) status=(-?\d+)")
+
+
+class Target:
+    """One bench_idle process; stdout is closed once its one line is read."""
+
+    def __init__(self, exe: Path, hook: str) -> None:
+        self.proc = subprocess.Popen([str(exe), hook, NAME], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self.pid = self.proc.pid
+        self.elapsed_ms: float | None = None
+        self.status: int | None = None
+
+    def take_line(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        self.proc.stdout.close()
+        match = ELAPSED.search(line)
+        if match:
+            self.elapsed_ms = int(match.group(1)) / 1000.0
+            self.status = int(match.group(2))
+        else:
+            self.status = -1000  # ended before saying anything
+
+    def reap(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        self.proc.wait(timeout=60)
+        if self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdout.close()
+
+
+def launch(exe: Path, hook: str, count: int, concurrency: int, out: list[Target]) -> list[Target]:
+    """Start ``count`` targets, at most ``concurrency`` in their hook at once; return them."""
+    batch: list[Target] = []
+    selector = selectors.DefaultSelector()
+    inflight = 0
+    try:
+        while len(batch) < count or inflight:
+            while inflight < concurrency and len(batch) < count:
+                target = Target(exe, hook)
+                out.append(target)
+                batch.append(target)
+                assert target.proc.stdout is not None
+                selector.register(target.proc.stdout, selectors.EVENT_READ, target)
+                inflight += 1
+            ready = selector.select(timeout=120)
+            if not ready:
+                raise RuntimeError(f"no target finished its hook within 120 s ({inflight} in flight)")
+            for key, _ in ready:
+                selector.unregister(key.fileobj)
+                key.data.take_line()
+                inflight -= 1
+    finally:
+        selector.close()
+    return batch
+
+
+def tree(daemon: psutil.Process) -> dict[str, Any]:
+    """RSS of tracerd and of all its children, and tracerd's open fds."""
+    procs = [daemon, *daemon.children(recursive=True)]
+    rss = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            rss += proc.memory_info().rss
+    watcher = [p for p in procs[1:] if "tracerd.watcher" in " ".join(p.cmdline())]
+    return {
+        "rss": rss,
+        "daemon_rss": daemon.memory_info().rss,
+        "watcher_rss": sum(p.memory_info().rss for p in watcher),
+        "processes": len(procs),
+        "fds": daemon.num_fds(),
+    }
+
+
+def tracerctl_status(sock: Path) -> tuple[dict[str, Any], float]:
+    start = time.monotonic()
+    out = subprocess.run(
+        [str(BIN / "tracerctl"), "--socket", str(sock), "--json", "status"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout), (time.monotonic() - start) * 1000
+
+
+def check_running(targets: list[Target], status: dict[str, Any]) -> dict[str, int]:
+    """How the N look from /proc and from tracerd."""
+    states = {t.pid: proc_state(t.pid) for t in targets}
+    sessions = {s["pid"]: s for s in status["sessions"] if s["pid"] in states}
+    return {
+        "alive": sum(1 for t in targets if t.proc.poll() is None and states[t.pid] not in ("", "Z")),
+        "tracing_stop": sum(1 for state in states.values() if state == "t"),
+        "stopped": sum(1 for state in states.values() if state == "T"),
+        "attached": sum(1 for s in sessions.values() if s["state"] == "attached"),
+    }
+
+
+def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
+    """One more process, watched, crashes; is it reported?"""
+    proc = subprocess.Popen(
+        [str(exe), hook, "bench-crash", "segv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+    )
+    result: dict[str, Any] = {"pid": proc.pid}
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        result["hook"] = proc.stdout.readline().decode().strip()
+        fault = time.monotonic()
+        proc.stdin.write(b"x")
+        proc.wait(timeout=60)
+        result["gone_ms"] = (time.monotonic() - fault) * 1000
+        result["status"] = proc.returncode
+        deadline = time.monotonic() + 60
+        session: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            session = request(sock, "show", pid=proc.pid).get("session") or {}
+            if session.get("state") not in (None, "attaching", "attached"):
+                break
+            time.sleep(0.05)
+        result["state"] = session.get("state")
+        result["crash"] = session.get("crash")
+        report = root / "state" / "crashes" / f"{session.get('crash')}.json"
+        result["report_on_disk"] = bool(session.get("crash")) and report.exists()
+        return result
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def wait_sessions_end(sock: Path, timeout: float = 300.0) -> tuple[float, int]:
+    """Seconds until tracerd has no active session, and how many were left then."""
+    start = time.monotonic()
+    active = -1
+    while time.monotonic() - start < timeout:
+        active = int(request(sock, "status")["counters"]["active"])
+        if active == 0:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - start, active
+
+
+def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Target]) -> dict[str, Any]:
+    count = args.count
+    sequential = min(SEQUENTIAL, max(1, count // 4))
+    extra = f"max_sessions = {max(1024, count + 16)}\n"
+    data: dict[str, Any] = {"count": count, "concurrency": args.concurrency, "nofile": args.nofile}
+    with private_tracerd(extra, nofile=args.nofile) as (sock, root):
+        hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
+        daemon = psutil.Process(int(request(sock, "status")["daemon"]["pid"]))
+        data["rlimit_nofile"] = list(resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE))
+        data["cold"] = tree(daemon)
+        first = launch(exe, hook, 1, 1, targets)
+        data["warm"] = tree(daemon)
+        first += launch(exe, hook, sequential - 1, 1, targets)
+        start = time.monotonic()
+        middle = launch(exe, hook, count - 2 * sequential, args.concurrency, targets)
+        data["concurrent_seconds"] = time.monotonic() - start
+        last = launch(exe, hook, sequential, 1, targets)
+        time.sleep(1.0)  # let the log writer and the allocator settle
+        data["loaded"] = tree(daemon)
+        phases = {"one at a time, 1st..": first, "concurrent": middle, "one at a time, last": last}
+        data["hooks"] = {
+            label: {
+                "n": len(batch),
+                "failed": sum(1 for t in batch if t.status != 0),
+                "ms": summary([t.elapsed_ms for t in batch if t.elapsed_ms is not None]),
+            }
+            for label, batch in phases.items()
+        }
+        status, data["status_ms"] = tracerctl_status(sock)
+        data["before_crash"] = check_running(targets, status)
+        data["crash"] = crash_one(crash_exe, hook, sock, root)
+        status, _ = tracerctl_status(sock)
+        data["after_crash"] = check_running(targets, status)
+        data["counters_before_kill"] = status["counters"]
+        for target in targets:
+            with contextlib.suppress(ProcessLookupError):
+                target.proc.send_signal(signal.SIGKILL)
+        for target in targets:
+            target.reap()
+        data["drain_seconds"], data["active_left"] = wait_sessions_end(sock)
+        data["counters_end"] = request(sock, "status")["counters"]
+        data["daemon_events"] = dict(stderr_events(root))
+        data["failure_lines"] = stderr_lines(root, '"level": "warning"') + stderr_lines(root, '"level": "error"')
+    return data
+
+
+def report(data: dict[str, Any]) -> None:
+    count = data["count"]
+    cold, warm, loaded = data["cold"], data["warm"], data["loaded"]
+    per = (loaded["rss"] - warm["rss"]) / max(1, count - 1) / 1e6
+    print(f"{count} processes watched at once (watch tracer), concurrency {data['concurrency']} in the middle phase\n")
+    print(f"{'memory (tracerd + children)':34} {'RSS MB':>8} {'tracerd':>8} {'watcher':>8} {'fds':>6}")
+    for label, row in (("cold: no session, no watcher", cold), ("warm: 1 watched", warm), (f"{count} watched", loaded)):
+        print(f"{label:34} {row['rss'] / 1e6:8.1f} {row['daemon_rss'] / 1e6:8.1f} "
+              f"{row['watcher_rss'] / 1e6:8.1f} {row['fds']:6d}")  # fmt: skip
+    print(f"per watched process: {per:.3f} MB  (goal <= {GOAL_MB_PER_PROCESS} MB)  "
+          f"[tracerd {(loaded['daemon_rss'] - warm['daemon_rss']) / max(1, count - 1) / 1e3:.1f} kB, "
+          f"watcher {(loaded['watcher_rss'] - warm['watcher_rss']) / max(1, count - 1) / 1e3:.1f} kB]")  # fmt: skip
+    soft, hard = data["rlimit_nofile"]
+    fds_per = (loaded["fds"] - warm["fds"]) / max(1, count - 1)
+    print(f"tracerd fds: {fds_per:.2f} per session; RLIMIT_NOFILE soft {soft} hard {hard}; "
+          f"with a soft limit of 1024 (systemd's default) it would run out near "
+          f"{int((1024 - warm['fds']) / fds_per) if fds_per > 0 else 'never'} sessions")  # fmt: skip
+    print(f"\n{'hook latency (time in system())':34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'failed':>7}")
+    for label, row in data["hooks"].items():
+        ms = row["ms"]
+        goal = f"  (goal p50 <= {GOAL_P50_MS:.0f} ms)" if label.startswith("one") else ""
+        print(f"{label:34} {row['n']:5d} {ms['p50']:8.1f} {ms['p95']:8.1f} {ms['max']:8.1f} {row['failed']:7d}{goal}")
+    middle = data["hooks"]["concurrent"]["n"]
+    print(f"concurrent phase: {middle} processes in {data['concurrent_seconds']:.1f} s "
+          f"({middle / max(data['concurrent_seconds'], 1e-9):.0f}/s)")  # fmt: skip
+    print(f"tracerctl --json status with {count} sessions took {data['status_ms']:.0f} ms")
+    crash = data["crash"]
+    print(f"\none more process crashed among them: {crash['hook']}, exit status {crash['status']}, "
+          f"gone {crash['gone_ms']:.0f} ms after the fault; session {crash['state']}, "
+          f"report on disk: {crash['report_on_disk']}")  # fmt: skip
+    for label in ("before_crash", "after_crash"):
+        row = data[label]
+        print(f"{label.replace('_', ' '):13}: alive {row['alive']}/{count}, attached {row['attached']}/{count}, "
+              f"in tracing stop 't' {row['tracing_stop']}, stopped 'T' {row['stopped']}")  # fmt: skip
+    print(f"\nkilled all {count}: tracerd ended every session in {data['drain_seconds']:.1f} s "
+          f"(active left: {data['active_left']})")  # fmt: skip
+    counters = data["counters_end"]
+    print("counters: " + ", ".join(f"{k} {counters[k]}" for k in
+                                   ("sessions_started", "sessions_failed", "exited", "crashes", "refused")))  # fmt: skip
+    noteworthy = {k: v for k, v in data["daemon_events"].items() if not k.startswith("info")}
+    if noteworthy:
+        print(f"tracerd warnings/errors: {noteworthy}")
+        for line in data["failure_lines"][:10]:
+            print(f"  {line[:300]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=1000, help="processes watched at once")
+    parser.add_argument("--concurrency", type=int, default=20, help="hooks at once in the middle phase")
+    parser.add_argument("--nofile", type=int, default=None, help="tracerd's soft RLIMIT_NOFILE (default: inherited)")
+    args = parser.parse_args()
+    if args.count < 4:
+        parser.error("--count must be at least 4")
+    no_core_dumps()
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = compile_c("bench_idle", Path(tmp))
+        crash_exe = compile_c("crash", Path(tmp), "-pthread")
+        try:
+            data = run(args, exe, crash_exe, targets)
+        finally:
+            for target in targets:
+                target.reap()
+    report(data)
+    path = save("watch_scale", data)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
