@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import resource
 import selectors
@@ -123,6 +122,16 @@ def launch(exe: Path, hook: str, count: int, concurrency: int, out: list[Target]
     return batch
 
 
+def cpu_seconds(daemon: psutil.Process) -> float:
+    """User+system CPU of tracerd and its live children (the watcher), so far."""
+    total = 0.0
+    for proc in [daemon, *daemon.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def tree(daemon: psutil.Process) -> dict[str, Any]:
     """RSS of tracerd and of all its children, and tracerd's open fds."""
     procs = [daemon, *daemon.children(recursive=True)]
@@ -168,7 +177,8 @@ def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
     )
     result: dict[str, Any] = {"pid": proc.pid}
     try:
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         result["hook"] = proc.stdout.readline().decode().strip()
         fault = time.monotonic()
         proc.stdin.write(b"x")
@@ -197,9 +207,8 @@ def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
                     stream.close()
 
 
-def wait_sessions_end(sock: Path, timeout: float = 300.0) -> tuple[float, int]:
-    """Seconds until tracerd has no active session, and how many were left then."""
-    start = time.monotonic()
+def wait_sessions_end(sock: Path, start: float, timeout: float = 300.0) -> tuple[float, int]:
+    """Seconds from ``start`` until tracerd has no active session, and how many were left then."""
     active = -1
     while time.monotonic() - start < timeout:
         active = int(request(sock, "status")["counters"]["active"])
@@ -222,9 +231,14 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         first = launch(exe, hook, 1, 1, targets)
         data["warm"] = tree(daemon)
         first += launch(exe, hook, sequential - 1, 1, targets)
-        start = time.monotonic()
+        start, cpu, machine = time.monotonic(), cpu_seconds(daemon), psutil.cpu_times()
         middle = launch(exe, hook, count - 2 * sequential, args.concurrency, targets)
         data["concurrent_seconds"] = time.monotonic() - start
+        data["concurrent_tracerd_cpu"] = cpu_seconds(daemon) - cpu
+        after = psutil.cpu_times()
+        data["concurrent_machine_busy"] = sum(
+            getattr(after, f) - getattr(machine, f) for f in ("user", "system", "nice", "irq", "softirq")
+        )
         last = launch(exe, hook, sequential, 1, targets)
         time.sleep(1.0)  # let the log writer and the allocator settle
         data["loaded"] = tree(daemon)
@@ -243,12 +257,13 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         status, _ = tracerctl_status(sock)
         data["after_crash"] = check_running(targets, status)
         data["counters_before_kill"] = status["counters"]
+        killed = time.monotonic()
         for target in targets:
             with contextlib.suppress(ProcessLookupError):
                 target.proc.send_signal(signal.SIGKILL)
         for target in targets:
             target.reap()
-        data["drain_seconds"], data["active_left"] = wait_sessions_end(sock)
+        data["drain_seconds"], data["active_left"] = wait_sessions_end(sock, killed)
         data["counters_end"] = request(sock, "status")["counters"]
         data["daemon_events"] = dict(stderr_events(root))
         data["failure_lines"] = stderr_lines(root, '"level": "warning"') + stderr_lines(root, '"level": "error"')
@@ -278,8 +293,11 @@ def report(data: dict[str, Any]) -> None:
         goal = f"  (goal p50 <= {GOAL_P50_MS:.0f} ms)" if label.startswith("one") else ""
         print(f"{label:34} {row['n']:5d} {ms['p50']:8.1f} {ms['p95']:8.1f} {ms['max']:8.1f} {row['failed']:7d}{goal}")
     middle = data["hooks"]["concurrent"]["n"]
-    print(f"concurrent phase: {middle} processes in {data['concurrent_seconds']:.1f} s "
-          f"({middle / max(data['concurrent_seconds'], 1e-9):.0f}/s)")  # fmt: skip
+    seconds = max(data["concurrent_seconds"], 1e-9)
+    print(f"concurrent phase: {middle} processes in {seconds:.1f} s ({middle / seconds:.0f}/s); "
+          f"CPU busy {data['concurrent_machine_busy'] / seconds * 100:.0f}% of one core on average "
+          f"({psutil.cpu_count()} cores), tracerd+watcher "
+          f"{data['concurrent_tracerd_cpu'] * 1000 / max(middle, 1):.1f} ms CPU per hook")  # fmt: skip
     print(f"tracerctl --json status with {count} sessions took {data['status_ms']:.0f} ms")
     crash = data["crash"]
     print(f"\none more process crashed among them: {crash['hook']}, exit status {crash['status']}, "
@@ -289,11 +307,11 @@ def report(data: dict[str, Any]) -> None:
         row = data[label]
         print(f"{label.replace('_', ' '):13}: alive {row['alive']}/{count}, attached {row['attached']}/{count}, "
               f"in tracing stop 't' {row['tracing_stop']}, stopped 'T' {row['stopped']}")  # fmt: skip
-    print(f"\nkilled all {count}: tracerd ended every session in {data['drain_seconds']:.1f} s "
+    print(f"\nkilled all {count} (SIGKILL): tracerd had ended every session {data['drain_seconds']:.2f} s after the kill "
           f"(active left: {data['active_left']})")  # fmt: skip
     counters = data["counters_end"]
-    print("counters: " + ", ".join(f"{k} {counters[k]}" for k in
-                                   ("sessions_started", "sessions_failed", "exited", "crashes", "refused")))  # fmt: skip
+    keys = ("sessions_started", "sessions_failed", "exited", "crashes", "refused")
+    print("counters: " + ", ".join(f"{key} {counters[key]}" for key in keys))
     noteworthy = {k: v for k, v in data["daemon_events"].items() if not k.startswith("info")}
     if noteworthy:
         print(f"tracerd warnings/errors: {noteworthy}")

@@ -18,6 +18,7 @@ other sessions or the daemon.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import time
@@ -106,6 +107,7 @@ class TracerdService:
             config.state_dir / "crashes", flood_window=config.crash_flood_window, max_bytes=config.max_crash_bytes
         )
         self._crash_lock = asyncio.Lock()
+        self._shutting_down = False
 
     async def record_crash(self, report: CrashReport) -> dict[str, Any] | None:
         """Store a report off the event loop (it fsyncs), one at a time."""
@@ -286,6 +288,9 @@ class TracerdService:
             log.warning("reattach_failed", pid=session.pid, error=str(err))
 
     def _finish(self, session: Session, running: Running, ending: Ending) -> None:
+        if ending.state == "detached" and ending.reason is None:
+            reason = "tracerd shutting down" if self._shutting_down else "on request"
+            ending = dataclasses.replace(ending, reason=reason)
         session.end(ending)
         session.log_error = running.output.logfile.error
         session.log_dropped = running.output.logfile.dropped
@@ -320,6 +325,7 @@ class TracerdService:
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Detach every tracer; every log gets its closing line."""
+        self._shutting_down = True
         tasks = [r.task for r in self.running.values() if r.task is not None]
         await asyncio.gather(
             *(_quietly(r.backend.detach()) for r in list(self.running.values()))

@@ -1,0 +1,171 @@
+"""Faults under load: kill -9 of tracerd, SIGTERM, and pid reuse.
+
+The load is the issue's: 100 watched, 10 strace and 5 gdb sessions, plus a
+private Postfix instance whose smtpd is traced through the hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import have, proc_state, reap_zombies
+
+pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
+
+LOAD_RULES = (
+    '[[rule]]\nprocess = "gdbload*"\ntracer = "gdb"\n'
+    '[[rule]]\nprocess = "straceload*"\ntracer = "strace"\n'
+    '[[rule]]\nprocess = "*"\ntracer = "watch"\n'
+)
+TRACER_NAMES = {"strace", "gdb", "python", "python3", "setpriv"}
+
+
+def tracer_pid(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(text.split("TracerPid:")[1].split()[0])
+
+
+def start_load(daemon: Any, cbin: Any, spawn: Any, watched: int = 100, straced: int = 10, gdbed: int = 5) -> list[Any]:
+    crash = cbin("crash", "-pthread")
+    names = ["watchload"] * watched + ["straceload"] * straced + ["gdbload"] * gdbed
+    targets = []
+    for name in names:
+        target = spawn(crash, daemon.hook_command(), name, "wait")
+        targets.append(target)
+    for target in targets:
+        assert target.readline() == "hook=0\n"
+    sessions = {s["pid"]: s for s in daemon.status()["sessions"]}
+    assert all(sessions[t.pid]["state"] == "attached" for t in targets)
+    return targets
+
+
+def assert_all_run_untraced(targets: list[Any], within: float = 2.0) -> None:
+    """Within `within` s none is in tracing stop and all live; soon none is traced."""
+    time.sleep(within)
+    states = {t.pid: proc_state(t.pid) for t in targets}
+    assert all(state in ("S", "R") for state in states.values()), states
+    deadline = time.monotonic() + 15
+    while any(tracer_pid(t.pid) for t in targets):
+        assert time.monotonic() < deadline, [t.pid for t in targets if tracer_pid(t.pid)]
+        time.sleep(0.1)
+
+
+def crash_one(daemon: Any, cbin: Any, spawn: Any) -> str:
+    target = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "crasher", "segv")
+    assert target.readline() == "hook=0\n"
+    target.release()
+    assert target.wait() == -signal.SIGSEGV
+    crash_id: str = daemon.wait_session(target.pid, "crashed")["crash"]
+    return crash_id
+
+
+@pytest.mark.slow
+def test_kill9_of_tracerd_under_load_leaves_everything_running(
+    daemon_factory: Any, cbin: Any, spawn: Any, postfix: Any
+) -> None:
+    """kill -9 of tracerd holding 100 watched, 10 strace, 5 gdb sessions and a
+    traced smtpd: within 2 s nothing is in tracing stop, all run on untraced,
+    Postfix still serves SMTP; after a restart tracerd serves new hooks and still
+    lists its earlier crash reports."""
+    daemon = daemon_factory(LOAD_RULES)
+    postfix.create(smtpd_flags=" -D", debugger_command=daemon.hook_command() + " $process_name $process_id")
+    postfix.start()
+    crash_id = crash_one(daemon, cbin, spawn)
+    targets = start_load(daemon, cbin, spawn)
+    postfix.smtp_source(messages=10)
+    postfix.wait_log("status=sent", 10)
+    assert any(s["name"] == "smtpd" for s in daemon.status()["sessions"])
+    daemon.proc.kill()
+    daemon.proc.wait()
+    try:
+        assert_all_run_untraced(targets)
+        postfix.smtp_source(messages=10)
+        postfix.wait_log("status=sent", 20)
+    finally:
+        reap_zombies(TRACER_NAMES)
+    daemon.start()
+    crashes = json.loads(daemon.ctl("--json", "crashes").stdout)["crashes"]
+    assert [c["id"] for c in crashes] == [crash_id]
+    fresh = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "fresh", "exit3")
+    assert fresh.readline() == "hook=0\n"
+    assert daemon.session(fresh.pid)["state"] == "attached"
+    fresh.release()
+    assert fresh.wait() == 3
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_detaches_all_and_exits_0(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """SIGTERM with 115 sessions: every session detached, every log closed with
+    its final line, exit 0 within 5 s, every process running untraced."""
+    daemon = daemon_factory(LOAD_RULES)
+    targets = start_load(daemon, cbin, spawn)
+    logs = [Path(daemon.session(t.pid)["log"]) for t in targets]
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=5) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 5
+    for log in logs:
+        assert log.read_text().rstrip().endswith("detached (tracerd shutting down); it runs on untraced"), log
+    assert_all_run_untraced(targets, within=0.0)
+    reap_zombies(TRACER_NAMES)
+
+
+def spawn_with_pid(want: int, argv: list[str], tries: int = 50) -> subprocess.Popen[bytes] | None:
+    """Start argv so that it gets pid `want` (pid reuse on purpose, via ns_last_pid)."""
+    for _ in range(tries):
+        with contextlib.suppress(OSError):
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(want - 1))
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        if proc.pid == want:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ns_last_pid needs root")
+def test_recycled_pid_is_never_acted_upon(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """A process ends; a new one gets its pid: detach and where refuse it, show
+    shows the old session, not the new process; attach makes a new session."""
+    daemon = daemon_factory('[[rule]]\nprocess = "*"\ntracer = "watch"\n')
+    old = spawn(cbin("sleeper"))
+    assert old.readline() == "ready\n"
+    assert daemon.ctl("attach", str(old.pid), "--name", "old").returncode == 0
+    pid = old.pid
+    old.proc.kill()
+    old.wait()
+    daemon.wait_session(pid, "exited")
+    new = spawn_with_pid(pid, [str(cbin("sleeper"))])
+    if new is None:
+        pytest.skip("could not make the kernel recycle the pid (busy machine)")
+    try:
+        assert new.stdout is not None
+        assert new.stdout.readline() == b"ready\n"
+        for command in ("detach", "where"):
+            result = daemon.ctl(command, str(pid))
+            assert result.returncode == 1, command
+            assert f"pid {pid} is not traced" in result.stderr
+        shown = daemon.session(pid)
+        assert shown["name"] == "old"
+        assert shown["state"] == "exited"
+        assert tracer_pid(pid) == 0
+        assert daemon.ctl("attach", str(pid), "--name", "new").returncode == 0
+        session = daemon.session(pid)
+        assert session["name"] == "new"
+        assert session["state"] == "attached"
+    finally:
+        new.kill()
+        new.wait()
+        for stream in (new.stdin, new.stdout):
+            if stream is not None:
+                stream.close()
