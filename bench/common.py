@@ -105,7 +105,12 @@ def print_stderr_tail(root: Path, lines: int = 20) -> None:
 
 
 def stderr_events(root: Path) -> collections.Counter[str]:
-    """Count tracerd's stderr lines by "level event" (warnings and errors tell a failure)."""
+    """Count tracerd's stderr lines by "level event" (warnings and errors tell a failure).
+
+    Lines that are not structlog JSON (a traceback printed by asyncio's default
+    exception handler, say) count by their first 80 characters, traceback
+    bodies left out.
+    """
     counts: collections.Counter[str] = collections.Counter()
     with contextlib.suppress(OSError):
         for line in (root / "stderr").read_text(errors="replace").splitlines():
@@ -113,7 +118,8 @@ def stderr_events(root: Path) -> collections.Counter[str]:
                 record = json.loads(line)
                 counts[f"{record.get('level', '?')} {record.get('event', '?')}"] += 1
             except ValueError:
-                counts["(not JSON) " + line[:60]] += 1
+                if line.strip() and not line.startswith((" ", "Traceback")):
+                    counts["not JSON: " + line[:80]] += 1
     return counts
 
 

@@ -30,8 +30,10 @@ Usage: .venv/bin/python bench/watch_scale.py [--count 1000] [--concurrency 20] [
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
+import os
 import re
 import resource
 import selectors
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +70,15 @@ ELAPSED = re.compile(r"elapsed_us=(\d+) status=(-?\d+)")
 
 
 class Target:
-    """One bench_idle process; stdout is closed once its one line is read."""
+    """One bench_idle process; stdout is closed once its one line is read.
 
-    def __init__(self, exe: Path, hook: str) -> None:
-        self.proc = subprocess.Popen([str(exe), hook, NAME], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    Its stderr (where the hook says why it failed) goes to one file shared by all.
+    """
+
+    def __init__(self, exe: Path, hook: str, stderr: int) -> None:
+        self.proc = subprocess.Popen(
+            [str(exe), hook, NAME], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
         self.pid = self.proc.pid
         self.elapsed_ms: float | None = None
         self.status: int | None = None
@@ -96,15 +104,27 @@ class Target:
                 self.proc.stdout.close()
 
 
-def launch(exe: Path, hook: str, count: int, concurrency: int, out: list[Target]) -> list[Target]:
+@dataclass
+class Launcher:
+    exe: Path
+    hook: str
+    out: list[Target]  # every target ever started, to be reaped
+    stderr: int
+
+    def __call__(self, count: int, concurrency: int) -> list[Target]:
+        return launch(self, count, concurrency)
+
+
+def launch(how: Launcher, count: int, concurrency: int) -> list[Target]:
     """Start ``count`` targets, at most ``concurrency`` in their hook at once; return them."""
+    exe, hook, out, stderr = how.exe, how.hook, how.out, how.stderr
     batch: list[Target] = []
     selector = selectors.DefaultSelector()
     inflight = 0
     try:
         while len(batch) < count or inflight:
             while inflight < concurrency and len(batch) < count:
-                target = Target(exe, hook)
+                target = Target(exe, hook, stderr)
                 out.append(target)
                 batch.append(target)
                 assert target.proc.stdout is not None
@@ -120,6 +140,14 @@ def launch(exe: Path, hook: str, count: int, concurrency: int, out: list[Target]
     finally:
         selector.close()
     return batch
+
+
+def hook_reasons(path: Path) -> collections.Counter[str]:
+    """The hooks' failure lines, counted by reason (pids taken out)."""
+    reasons: collections.Counter[str] = collections.Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        reasons[re.sub(r"\d+", "N", line)] += 1
+    return reasons
 
 
 def cpu_seconds(daemon: psutil.Process) -> float:
@@ -218,7 +246,7 @@ def wait_sessions_end(sock: Path, start: float, timeout: float = 300.0) -> tuple
     return time.monotonic() - start, active
 
 
-def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Target]) -> dict[str, Any]:
+def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Target], errors: Path) -> dict[str, Any]:
     count = args.count
     sequential = min(SEQUENTIAL, max(1, count // 4))
     extra = f"max_sessions = {max(1024, count + 16)}\n"
@@ -228,21 +256,27 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         daemon = psutil.Process(int(request(sock, "status")["daemon"]["pid"]))
         data["rlimit_nofile"] = list(resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE))
         data["cold"] = tree(daemon)
-        first = launch(exe, hook, 1, 1, targets)
-        data["warm"] = tree(daemon)
-        first += launch(exe, hook, sequential - 1, 1, targets)
-        start, cpu, machine = time.monotonic(), cpu_seconds(daemon), psutil.cpu_times()
-        middle = launch(exe, hook, count - 2 * sequential, args.concurrency, targets)
-        data["concurrent_seconds"] = time.monotonic() - start
-        data["concurrent_tracerd_cpu"] = cpu_seconds(daemon) - cpu
-        after = psutil.cpu_times()
-        data["concurrent_machine_busy"] = sum(
-            getattr(after, f) - getattr(machine, f) for f in ("user", "system", "nice", "irq", "softirq")
-        )
-        last = launch(exe, hook, sequential, 1, targets)
+        stderr = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            start_targets = Launcher(exe, hook, targets, stderr)
+            first = start_targets(1, 1)
+            data["warm"] = tree(daemon)
+            first += start_targets(sequential - 1, 1)
+            start, cpu, machine = time.monotonic(), cpu_seconds(daemon), psutil.cpu_times()
+            middle = start_targets(count - 2 * sequential, args.concurrency)
+            data["concurrent_seconds"] = time.monotonic() - start
+            data["concurrent_tracerd_cpu"] = cpu_seconds(daemon) - cpu
+            after = psutil.cpu_times()
+            data["concurrent_machine_busy"] = sum(
+                getattr(after, f) - getattr(machine, f) for f in ("user", "system", "nice", "irq", "softirq")
+            )
+            last = start_targets(sequential, 1)
+        finally:
+            os.close(stderr)
+        data["hook_errors"] = dict(hook_reasons(errors))
         time.sleep(1.0)  # let the log writer and the allocator settle
         data["loaded"] = tree(daemon)
-        phases = {"one at a time, 1st..": first, "concurrent": middle, "one at a time, last": last}
+        phases = {f"one at a time, first {sequential}": first, "concurrent": middle, f"one at a time, last {sequential}": last}
         data["hooks"] = {
             label: {
                 "n": len(batch),
@@ -266,7 +300,11 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         data["drain_seconds"], data["active_left"] = wait_sessions_end(sock, killed)
         data["counters_end"] = request(sock, "status")["counters"]
         data["daemon_events"] = dict(stderr_events(root))
-        data["failure_lines"] = stderr_lines(root, '"level": "warning"') + stderr_lines(root, '"level": "error"')
+        data["failure_lines"] = [
+            *stderr_lines(root, '"event": "request_refused"', limit=3),
+            *stderr_lines(root, '"level": "warning"', limit=3),
+            *stderr_lines(root, '"level": "error"', limit=3),
+        ]
     return data
 
 
@@ -307,15 +345,20 @@ def report(data: dict[str, Any]) -> None:
         row = data[label]
         print(f"{label.replace('_', ' '):13}: alive {row['alive']}/{count}, attached {row['attached']}/{count}, "
               f"in tracing stop 't' {row['tracing_stop']}, stopped 'T' {row['stopped']}")  # fmt: skip
-    print(f"\nkilled all {count} (SIGKILL): tracerd had ended every session {data['drain_seconds']:.2f} s after the kill "
-          f"(active left: {data['active_left']})")  # fmt: skip
+    print(f"\nkilled all {count} (SIGKILL): tracerd had ended every session "
+          f"{data['drain_seconds']:.2f} s after the kill (active left: {data['active_left']})")  # fmt: skip
     counters = data["counters_end"]
     keys = ("sessions_started", "sessions_failed", "exited", "crashes", "refused")
     print("counters: " + ", ".join(f"{key} {counters[key]}" for key in keys))
-    noteworthy = {k: v for k, v in data["daemon_events"].items() if not k.startswith("info")}
+    for reason, times in sorted(data["hook_errors"].items(), key=lambda item: -item[1]):
+        print(f"hook failed {times}x: {reason}")
+    noteworthy = {k: v for k, v in data["daemon_events"].items() if not k.startswith("info") or "refused" in k}
     if noteworthy:
-        print(f"tracerd warnings/errors: {noteworthy}")
-        for line in data["failure_lines"][:10]:
+        print("tracerd stderr, lines that are not info (by count):")
+        for key, times in sorted(noteworthy.items(), key=lambda item: -item[1]):
+            print(f"  {times:7d}  {key}")
+        print("first of them:")
+        for line in data["failure_lines"]:
             print(f"  {line[:300]}")
 
 
@@ -333,7 +376,7 @@ def main() -> int:
         exe = compile_c("bench_idle", Path(tmp))
         crash_exe = compile_c("crash", Path(tmp), "-pthread")
         try:
-            data = run(args, exe, crash_exe, targets)
+            data = run(args, exe, crash_exe, targets, Path(tmp) / "hook-stderr")
         finally:
             for target in targets:
                 target.reap()

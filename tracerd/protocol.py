@@ -85,6 +85,8 @@ def parse_request(frame: bytes) -> Request:
         data = json.loads(frame)
     except (UnicodeDecodeError, ValueError) as err:
         raise ProtocolError(f"malformed JSON: {err}") from err
+    except RecursionError as err:  # "[[[[..." within the size cap
+        raise ProtocolError("malformed JSON: nested too deeply") from err
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object")
     op = data.get("op")

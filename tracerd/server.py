@@ -188,6 +188,7 @@ def bind_socket(path: Path, group_gid: int | None) -> socket.socket:
     if group_gid is not None:
         os.chown(path, -1, group_gid)
         os.chmod(path, 0o660)
-    sock.listen(128)
+    # a burst of Postfix daemon starts must not find the backlog full
+    sock.listen(1024)
     sock.setblocking(False)
     return sock
