@@ -34,7 +34,9 @@ def tracer_pid(pid: int) -> int:
     return int(text.split("TracerPid:")[1].split()[0])
 
 
-def start_load(daemon: Any, cbin: Any, spawn: Any, watched: int = 100, straced: int = 10, gdbed: int = 5) -> list[Any]:
+def start_load(
+    daemon: Any, cbin: Any, spawn: Any, *, watched: int = 100, straced: int = 10, gdbed: int = 5
+) -> list[Any]:
     crash = cbin("crash", "-pthread")
     names = ["watchload"] * watched + ["straceload"] * straced + ["gdbload"] * gdbed
     targets = []
