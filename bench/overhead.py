@@ -48,29 +48,99 @@ OUTPUT = re.compile(r"hook=(-?\d+) elapsed_us=(\d+)")
 
 
 def run_once(exe: Path, kind: str, hook: str, iterations: int, sock: Path) -> dict[str, Any]:
+    """One target, start to end; then waits for its session (if any) to end."""
     argv = [str(exe), "-" if kind == "untraced" else hook, f"syscalls-{kind}", str(iterations)]
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
-    wall = time.monotonic() - start
-    match = OUTPUT.search(proc.stdout)
-    result: dict[str, Any] = {"kind": kind, "status": proc.returncode, "wall_s": wall}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=1800)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    result: dict[str, Any] = {"kind": kind, "pid": proc.pid, "status": proc.returncode}
+    result["wall_s"] = time.monotonic() - start
+    match = OUTPUT.search(out)
     if not match:
-        result["error"] = f"no output: {proc.stdout!r} {proc.stderr[-300:]!r}"
+        result["error"] = f"no output: {out!r} {err[-300:]!r}"
         return result
     result["hook"] = int(match.group(1))
     result["loop_ms"] = int(match.group(2)) / 1000.0
     if kind != "untraced":
-        # the session must have ended before the next run starts (strace drains its output)
+        # the next run starts only once tracerd is done with this one (strace's output drained)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            session = request(sock, "show", pid=proc.args and _pid_of(proc)).get("session") or {}
+            session = request(sock, "show", pid=proc.pid).get("session") or {}
             if session.get("state") not in ("attaching", "attached"):
                 result["state"] = session.get("state")
                 result["log_lines"] = session.get("lines")
                 break
             time.sleep(0.05)
+        result["session_end_s"] = time.monotonic() - start
     return result
 
 
-def _pid_of(proc: subprocess.CompletedProcess[str]) -> int:
-    raise NotImplementedError
+def schedule(runs: int, strace_runs: int) -> list[str]:
+    """untraced and watched alternate (order flipped every round); strace spread among them."""
+    order: list[str] = []
+    every = max(1, runs // max(strace_runs, 1))
+    for round_ in range(runs):
+        order += ["untraced", "watched"] if round_ % 2 == 0 else ["watched", "untraced"]
+        if strace_runs and round_ % every == every - 1 and order.count("strace") < strace_runs:
+            order.append("strace")
+    order += ["strace"] * (strace_runs - order.count("strace"))
+    return order
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5, help="runs untraced and watched, each")
+    parser.add_argument("--strace-runs", type=int, default=3, help="runs under strace (0: none)")
+    parser.add_argument("--iterations", type=int, default=2_000_000, help="getppid() calls per run")
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = compile_c("bench_syscalls", Path(tmp))
+        with private_tracerd(EXTRA_CONFIG) as (sock, root):
+            hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
+            run_once(exe, "watched", hook, 1000, sock)  # warm-up: starts the watcher, fills caches
+            for kind in schedule(args.runs, args.strace_runs):
+                results.append(run_once(exe, kind, hook, args.iterations, sock))
+            events = stderr_events(root)
+    medians = report(args, results)
+    noteworthy = {k: v for k, v in events.items() if not k.startswith("info")}
+    if noteworthy:
+        print(f"tracerd warnings/errors: {noteworthy}")
+    path = save("overhead", {"iterations": args.iterations, "medians_ms": medians, "runs": results})
+    print(f"saved {path}")
+    return 0
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, float]:
+    print(f"{args.iterations} getppid() calls per run; loop time in ms, in run order\n")
+    print(f"{'run':>4} {'kind':9} {'loop ms':>10} {'hook':>5} {'session':>9} {'log lines':>10} {'wall s':>8}")
+    for number, row in enumerate(results, start=1):
+        if "error" in row:
+            print(f"{number:4d} {row['kind']:9} {row['error']}")
+            continue
+        print(f"{number:4d} {row['kind']:9} {row['loop_ms']:10.1f} {row['hook']:5d} {row.get('state') or '-':>9} "
+              f"{row.get('log_lines') if row.get('log_lines') is not None else '-':>10} "
+              f"{row.get('session_end_s', row['wall_s']):8.1f}")  # fmt: skip
+    medians: dict[str, float] = {}
+    print(f"\n{'kind':9} {'runs':>5} {'median ms':>10} {'ns/call':>8} {'untraced/kind':>14}")
+    for kind in KINDS:
+        times = [r["loop_ms"] for r in results if r["kind"] == kind and "error" not in r and r["hook"] == 0]
+        if times:
+            medians[kind] = statistics.median(times)
+    for kind, median in medians.items():
+        ratio = medians["untraced"] / median if "untraced" in medians else float("nan")
+        goal = f"  (goal >= {GOAL_RATIO})" if kind == "watched" else ""
+        count = sum(1 for r in results if r["kind"] == kind and "loop_ms" in r)
+        print(f"{kind:9} {count:5d} {median:10.1f} {median * 1e6 / args.iterations:8.0f} {ratio:14.3f}{goal}")
+    failed = [r for r in results if "error" in r or r.get("hook") != 0 or r.get("status") != 0]
+    print(f"failed runs (no output, hook not 0 or exit not 0): {len(failed)}")
+    return medians
+
+
+if __name__ == "__main__":
+    sys.exit(main())

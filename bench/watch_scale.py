@@ -276,7 +276,11 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         data["hook_errors"] = dict(hook_reasons(errors))
         time.sleep(1.0)  # let the log writer and the allocator settle
         data["loaded"] = tree(daemon)
-        phases = {f"one at a time, first {sequential}": first, "concurrent": middle, f"one at a time, last {sequential}": last}
+        phases = {
+            f"one at a time, first {sequential}": first,
+            "concurrent": middle,
+            f"one at a time, last {sequential}": last,
+        }
         data["hooks"] = {
             label: {
                 "n": len(batch),

@@ -129,11 +129,18 @@ def syslog_receiver(tmp_path: Path) -> Iterator[SyslogReceiver]:
 class Daemon:
     """A real tracerd subprocess with its own socket, dirs and syslog."""
 
-    def __init__(self, root: Path, syslog: Path, extra_config: str = "", socket_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        syslog: Path,
+        extra_config: str = "",
+        socket_path: Path | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.root = root
         self.socket = socket_path or root / "run" / "tracerd.sock"
-        self.log_dir = root / "log"
-        self.state_dir = root / "state"
+        self.log_dir = (data_dir or root) / "log"
+        self.state_dir = (data_dir or root) / "state"
         self.config = root / "tracerd.toml"
         self.config.write_text(
             f'socket = "{self.socket}"\n'
@@ -238,10 +245,16 @@ class Daemon:
 def daemon_factory(tmp_path: Path, syslog_receiver: SyslogReceiver) -> Iterator[Any]:
     daemons: list[Daemon] = []
 
-    def make(extra_config: str = "", start: bool = True, socket_path: Path | None = None) -> Daemon:
+    def make(
+        extra_config: str = "",
+        start: bool = True,
+        socket_path: Path | None = None,
+        syslog_path: Path | None = None,
+        data_dir: Path | None = None,
+    ) -> Daemon:
         root = tmp_path / f"d{len(daemons)}"
         root.mkdir()
-        daemon = Daemon(root, syslog_receiver.path, extra_config, socket_path)
+        daemon = Daemon(root, syslog_path or syslog_receiver.path, extra_config, socket_path, data_dir)
         daemons.append(daemon)
         if start:
             daemon.start()

@@ -1,0 +1,192 @@
+"""A hostile or failing environment: planted symlinks, a swapped log_dir, a
+full disk, and a syslog that is down or not reading."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import have, proc_state
+
+pytestmark = pytest.mark.skipif(not have("strace"), reason="strace not installed")
+
+
+def syscw(pid: int) -> int:
+    """Write system calls so far: proof that a process makes progress."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw")
+
+
+def progresses(pid: int) -> bool:
+    before = syscw(pid)
+    time.sleep(0.5)
+    return syscw(pid) > before
+
+
+def sleeper_attached(daemon: Any, cbin: Any, spawn: Any, name: str = "sleeper") -> Any:
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    result = daemon.ctl("attach", str(sleeper.pid), "--name", name, "--tracer", "strace")
+    assert result.returncode == 0, result.stderr
+    return sleeper
+
+
+def test_symlink_planted_at_log_path_is_refused(daemon: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+    """A symlink at {log_dir}/NAME.PID.log: the session fails, the link's target
+    is untouched, the process is not traced."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    daemon.log_dir.mkdir(exist_ok=True)
+    (daemon.log_dir / f"planted.{sleeper.pid}.log").symlink_to(victim)
+    result = daemon.ctl("attach", str(sleeper.pid), "--name", "planted")
+    assert result.returncode == 1
+    assert "cannot open log" in result.stderr
+    assert victim.read_text() == "precious\n"
+    assert "TracerPid:\t0" in Path(f"/proc/{sleeper.pid}/status").read_text()
+
+
+def test_log_dir_swapped_for_a_symlink_never_redirects_writes(
+    daemon: Any, cbin: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """log_dir renamed and replaced by a symlink to elsewhere: new logs still go
+    to the directory tracerd holds; after SIGHUP it refuses the symlink and
+    keeps the old one; nothing is ever written elsewhere."""
+    first = sleeper_attached(daemon, cbin, spawn, "first")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    held = daemon.log_dir.with_name("log.old")
+    daemon.log_dir.rename(held)
+    daemon.log_dir.symlink_to(elsewhere)
+    second = sleeper_attached(daemon, cbin, spawn, "second")
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "log_dir_reopen_failed" not in daemon.stderr():
+        assert time.monotonic() < deadline, daemon.stderr()[-2000:]
+        time.sleep(0.05)
+    third = sleeper_attached(daemon, cbin, spawn, "third")
+    time.sleep(0.3)
+    assert list(elsewhere.iterdir()) == []
+    names = {p.name for p in held.iterdir()}
+    assert {f"first.{first.pid}.log", f"second.{second.pid}.log", f"third.{third.pid}.log"} <= names
+
+
+@pytest.fixture
+def small_fs() -> Iterator[Path]:
+    """A 512 KiB tmpfs that everyone may traverse, unmounted afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="tracerd-fs-"))
+    root.chmod(0o755)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(root)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        root.rmdir()
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem to the last byte."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_flags_sessions_warns_once_and_recovers(
+    daemon_factory: Any, cbin: Any, spawn: Any, small_fs: Path, syslog_receiver: Any
+) -> None:
+    """log_dir and state_dir on a full tmpfs: the traced process runs on
+    unaffected, its session is flagged, one syslog warning is sent, a crash
+    summary still reaches syslog, and logging resumes once space returns."""
+    daemon = daemon_factory('[[rule]]\nprocess = "crash*"\ntracer = "watch"\n', data_dir=small_fs)
+    sleeper = sleeper_attached(daemon, cbin, spawn)
+    log = Path(daemon.session(sleeper.pid)["log"])
+    filler = fill(small_fs)
+    deadline = time.monotonic() + 15
+    while daemon.session(sleeper.pid)["log_error"] is None:
+        assert time.monotonic() < deadline, daemon.session(sleeper.pid)
+        time.sleep(0.1)
+    session = daemon.session(sleeper.pid)
+    assert "No space left on device" in session["log_error"]
+    assert progresses(sleeper.pid)
+    assert proc_state(sleeper.pid) in "SR"
+    time.sleep(1.0)
+    assert session["log_dropped"] >= 0
+    warnings = [m for m in syslog_receiver.collect() if m.startswith("<20>") and "cannot write" in m]
+    assert len(warnings) == 1, warnings
+    # a crash while the disk is full: its summary still reaches syslog
+    crasher = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "crashfull", "segv")
+    assert crasher.readline() == "hook=0\n"
+    crasher.release()
+    assert crasher.wait() == -signal.SIGSEGV
+    summary = syslog_receiver.wait_for(f"crashfull[{crasher.pid}]: crashed: SIGSEGV")
+    assert summary.startswith("<18>")
+    # space returns: logging resumes, the flag clears
+    filler.unlink()
+    size = log.stat().st_size
+    deadline = time.monotonic() + 15
+    while daemon.session(sleeper.pid)["log_error"] is not None or log.stat().st_size <= size:
+        assert time.monotonic() < deadline, daemon.session(sleeper.pid)
+        time.sleep(0.1)
+    assert daemon.session(sleeper.pid)["log_dropped"] > 0
+
+
+def test_syslog_not_reading_never_blocks_and_counts_drops(
+    daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """A syslog socket nobody reads: tracer output still reaches the log, the
+    lines syslog cannot take are dropped and counted, the process runs on."""
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(tmp_path / "deaf.sock"))
+    try:
+        daemon = daemon_factory(syslog_path=tmp_path / "deaf.sock")
+        sleeper = sleeper_attached(daemon, cbin, spawn)
+        log = Path(daemon.session(sleeper.pid)["log"])
+        time.sleep(1.5)
+        first = log.stat().st_size
+        assert progresses(sleeper.pid)
+        time.sleep(0.5)
+        assert log.stat().st_size > first
+        counters = daemon.status()["counters"]
+        assert counters["syslog_dropped"] > 0
+        assert daemon.session(sleeper.pid)["lines"] > 20
+    finally:
+        deaf.close()
+
+
+def test_syslog_absent_counts_drops(daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+    """No syslog socket at all: output still goes to the log, drops counted."""
+    daemon = daemon_factory(syslog_path=tmp_path / "absent.sock")
+    sleeper = sleeper_attached(daemon, cbin, spawn)
+    log = Path(daemon.session(sleeper.pid)["log"])
+    deadline = time.monotonic() + 10
+    while "tick" not in log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert daemon.status()["counters"]["syslog_dropped"] > 0
+    assert progresses(sleeper.pid)

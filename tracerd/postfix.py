@@ -1,0 +1,522 @@
+"""tracerctl postfix: trace a Postfix service through tracerd, and stop.
+
+``tracerctl postfix enable SERVICE [-c DIR] [--tracer T] [--dry-run] [--force]``
+adds ``-D`` to SERVICE's command in master.cf, points ``debugger_command`` at
+the installed pftrace-hook and reloads the instance if it runs.  ``disable
+SERVICE`` takes the ``-D`` away and, once no service has one, puts the old
+``debugger_command`` back.  ``status`` lists the ``-D`` services and asks
+tracerd whether their processes are traced now.  SERVICE is what ``postconf
+-M`` names (``smtp/inet``; ``smtp`` when one type has that name) or a program
+that exactly one service runs (``smtpd``).
+
+Every edit is made by postconf, which parses and locks main.cf and master.cf
+as Postfix does.  But postconf re-lays-out whatever entry it writes (columns,
+continuation lines), so postconf alone cannot undo its own edit byte for byte.
+So each edit is recorded as the lines postconf replaced and the lines it
+wrote, in ``$config_directory/tracerd-postfix.json``; ``disable`` puts the old
+lines back where postconf's lines still stand (found exactly once, and
+checked with postconf afterwards), else it falls back to a postconf edit and
+says that the layout was not restored.  Why that file: a main.cf parameter
+such as ``tracerd_saved_debugger_command`` would make every Postfix program
+warn "unused parameter" and would lose the old value's line layout; tracerd's
+state_dir is the daemon's, which tracerctl need not know; the config
+directory goes with the instance (one per postmulti instance), is root's, and
+is backed up along with main.cf.
+
+Security: trusted are postconf's output (Postfix's own parser) and the state
+file, which must be a regular file, not a symlink, owned by us and writable
+by nobody else, since its lines end up in main.cf, where debugger_command runs
+as root.  Never a shell: every command is an argv list.  SERVICE must match
+:data:`SERVICE_RE` before it reaches postconf, and every word put into
+debugger_command must match :data:`SAFE_WORD` (no ``$``, which Postfix
+expands, nor anything /bin/sh would interpret).
+
+Diagnostics: one line ``tracerctl: postfix: REASON`` and exit 1 when a step
+fails or is refused; ``tracerctl: warning: ...`` for what goes on regardless
+(a layout that could not be restored); exit 3 from ``status`` when tracerd
+does not answer (the services are listed all the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tracerd import ctl
+from tracerd.config import TRACER_NAMES
+
+SERVICE_RE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]+-]{0,127}(?:/(?:inet|unix|unix-dgram|fifo|pass))?")
+SAFE_WORD = re.compile(r"[A-Za-z0-9._/+:@%,-]+")
+COMMAND_LINE = re.compile(r"(?P<key>[^\s=]+/(?:inet|unix|unix-dgram|fifo|pass))/command = (?P<command>.*)")
+HOOK_SOCKET = "/run/tracerd/tracerd.sock"  # the hook's default as root, which is how Postfix runs it
+STATE_NAME = "tracerd-postfix.json"
+ACTIVE = ("attaching", "attached")
+
+
+class PostfixError(Exception):
+    """This operation failed or was refused; the message says why."""
+
+
+def _service(text: str) -> str:
+    if not SERVICE_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a master.cf service name: {text!r} (e.g. smtp, smtp/inet)")
+    return text
+
+
+def _program(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        raise PostfixError(f"{name} not found: is Postfix installed?")
+    return found
+
+
+def command_words(command: str) -> list[str]:
+    """master.cf command words; a ``{ ... }`` group is one word."""
+    words, i = [], 0
+    while i < len(command):
+        if command[i].isspace():
+            i += 1
+            continue
+        end = command.find("}", i) + 1 or len(command) if command[i] == "{" else i
+        while end < len(command) and not command[end].isspace():
+            end += 1
+        words.append(command[i:end])
+        i = end
+    return words
+
+
+def debug_flag(words: list[str]) -> int | None:
+    """Index of the ``-D`` option among a command's words (never an ``-o`` value)."""
+    after_o = False
+    for index, word in enumerate(words[1:], 1):
+        if word == "-D" and not after_o:
+            return index
+        after_o = word == "-o" and not after_o
+    return None
+
+
+def with_debug(command: str) -> str:
+    words = command_words(command)
+    return " ".join([words[0], "-D", *words[1:]])
+
+
+def without_debug(command: str) -> str:
+    words = command_words(command)
+    index = debug_flag(words)
+    return " ".join(w for i, w in enumerate(words) if i != index)
+
+
+def hook_command(hook: str, socket: str, tracer: str | None) -> str:
+    words = [hook] + (["--socket", socket] if socket != HOOK_SOCKET else []) + (["--tracer", tracer] if tracer else [])
+    for word in words:
+        # debugger_command goes through Postfix's $-expansion, then /bin/sh
+        if not SAFE_WORD.fullmatch(word):
+            raise PostfixError(f"{word!r} cannot go into debugger_command as is ($ or shell characters)")
+    return " ".join([*words, "$process_name", "$process_id"])
+
+
+def is_hook(value: str | None) -> bool:
+    return bool(value) and os.path.basename((value or "").split()[0]) == "pftrace-hook"
+
+
+def find_hook() -> str:
+    beside = Path(sys.executable).parent / "pftrace-hook"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("pftrace-hook")
+    if found is None:
+        raise PostfixError(f"pftrace-hook is neither next to {sys.executable} nor on PATH")
+    return os.path.abspath(found)
+
+
+# -- undoing postconf's edits byte for byte ---------------------------------
+
+
+def hunk(before: bytes, after: bytes) -> dict[str, str]:
+    """The lines an edit replaced and the lines it wrote (common ends trimmed)."""
+    old = before.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    new = after.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    head = 0
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    return {"before": "".join(old[head : len(old) - tail]), "after": "".join(new[head : len(new) - tail])}
+
+
+def undo(text: bytes, patch: dict[str, str] | None) -> bytes | None:
+    """``text`` with the patch's written lines put back, if they stand exactly once."""
+    if not patch or not patch["after"]:
+        return None
+    lines = text.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    wrote = patch["after"].splitlines(keepends=True)
+    hits = [i for i in range(len(lines) - len(wrote) + 1) if lines[i : i + len(wrote)] == wrote]
+    if len(hits) != 1:
+        return None
+    lines[hits[0] : hits[0] + len(wrote)] = patch["before"].splitlines(keepends=True)
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o600, owner: os.stat_result | None = None) -> None:
+    """Atomic: a temporary file beside it, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(f".{path.name}.tracerd-tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+class Instance:
+    """One Postfix instance, seen and edited through postconf and postfix."""
+
+    def __init__(self, config_dir: str | None) -> None:
+        if config_dir is None:
+            config_dir = self._run([_program("postconf"), "-h", "config_directory"]).strip()
+        self.config_dir = Path(config_dir).absolute()
+        self.main_cf, self.master_cf = self.config_dir / "main.cf", self.config_dir / "master.cf"
+        self.state_path = self.config_dir / STATE_NAME
+
+    @staticmethod
+    def _run(argv: list[str]) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise PostfixError(f"{shlex.join(argv)}: {reason}")
+        return proc.stdout
+
+    def postconf_argv(self, *args: str) -> list[str]:
+        return [_program("postconf"), "-c", str(self.config_dir), *args]
+
+    def postfix_argv(self, action: str) -> list[str]:
+        return [_program("postfix"), "-c", str(self.config_dir), action]
+
+    def postconf(self, *args: str) -> str:
+        return self._run(self.postconf_argv(*args))
+
+    def services(self) -> dict[str, str]:
+        """``name/type`` -> command (with its arguments) of every master.cf entry."""
+        found = {}
+        for line in self.postconf("-F", "*/*/command").splitlines():
+            if match := COMMAND_LINE.fullmatch(line):
+                found[match["key"]] = match["command"]
+        return found
+
+    def debugger_command(self) -> str | None:
+        """main.cf's own value (None when main.cf does not set it)."""
+        line = self.postconf("-n", "debugger_command").rstrip("\n")
+        return line.partition(" =")[2][1:] if line else None
+
+    def running(self) -> bool:
+        argv = self.postfix_argv("status")
+        return subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
+
+    def master(self) -> psutil.Process | None:
+        pid_file = Path(self.postconf("-h", "queue_directory").strip()) / "pid" / "master.pid"
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            master = psutil.Process(int(pid_file.read_text().strip()))
+            if master.name() == "master":
+                return master
+        return None
+
+    def resolve(self, service: str, services: dict[str, str]) -> str:
+        if "/" in service:
+            matches = [service] if service in services else []
+        else:
+            matches = [key for key in services if key.rpartition("/")[0] == service]
+            matches = matches or [key for key, command in services.items() if command.split()[0] == service]
+        if len(matches) > 1:
+            raise PostfixError(f"{service} is ambiguous: {', '.join(sorted(matches))}: name one")
+        if not matches:
+            raise PostfixError(f"no service or program {service} in {self.master_cf} (see postconf -M)")
+        return matches[0]
+
+    def edit(self, path: Path, *args: str) -> dict[str, str]:
+        before = path.read_bytes()
+        self.postconf(*args)
+        return hunk(before, path.read_bytes())
+
+    def restore(self, path: Path, patch: dict[str, str] | None, check: Callable[[], bool]) -> bool:
+        """Put a patch's old lines back; False (file as it was) unless ``check()`` then holds."""
+        current = path.read_bytes()
+        restored = undo(current, patch)
+        if restored is None:
+            return False
+        owner = path.stat()
+        replace_file(path, restored, stat.S_IMODE(owner.st_mode), owner)
+        if check():
+            return True
+        replace_file(path, current, stat.S_IMODE(owner.st_mode), owner)
+        return False
+
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            fd = os.open(self.state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise PostfixError(f"{self.state_path}: {err.strerror}") from None
+        with os.fdopen(fd, encoding="utf-8") as file:
+            info = os.fstat(file.fileno())
+            # its lines go back into main.cf, whose debugger_command runs as root
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                raise PostfixError(f"{self.state_path}: not a regular file of uid {os.geteuid()} writable by it alone")
+            try:
+                state = json.load(file)
+            except ValueError:
+                raise PostfixError(f"{self.state_path}: not valid JSON") from None
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise PostfixError(f"{self.state_path}: not a state file of this tracerctl")
+        return state
+
+    def save_state(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.state_path.unlink(missing_ok=True)
+        else:
+            replace_file(self.state_path, (json.dumps(state, indent=2) + "\n").encode())
+
+
+@contextlib.contextmanager
+def locked(directory: Path, timeout: float = 30.0) -> Iterator[None]:
+    """One tracerctl postfix at a time per instance (postconf locks each edit only)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PostfixError(f"another tracerctl postfix holds {directory} for over {timeout} s") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- the three actions ------------------------------------------------------
+
+Step = tuple[str, Callable[[], None]]
+
+
+def enable(inst: Instance, args: argparse.Namespace) -> tuple[str, list[Step], list[str]]:
+    services = inst.services()
+    key = inst.resolve(args.service, services)
+    wanted = hook_command(find_hook(), os.path.abspath(args.socket), args.tracer)
+    state = inst.load_state() or {"version": 1, "original": inst.debugger_command(), "main_cf": None, "services": {}}
+    current, steps, notes = inst.debugger_command(), [], []
+    if current != wanted:
+        if current and not is_hook(current) and current != state.get("ours"):
+            if not args.force:
+                raise PostfixError(f"debugger_command already holds something else: {current!r};"
+                                   " --force replaces it (disable then restores it)")  # fmt: skip
+            if current != state["original"]:
+                notes.append(f"replacing debugger_command = {current}; disable restores {state['original']!r}")
+
+        def set_hook() -> None:
+            patch = inst.edit(inst.main_cf, "-e", f"debugger_command={wanted}")
+            previous = state["main_cf"]
+            # a second edit of our own line: one patch from the original to the newest
+            state["main_cf"] = {"before": previous["before"], "after": patch["after"]} if (
+                previous and patch["before"] == previous["after"]) else None if previous else patch  # fmt: skip
+            state["ours"] = wanted
+            inst.save_state(state)
+
+        steps.append((shlex.join(inst.postconf_argv("-e", f"debugger_command={wanted}")), set_hook))
+    command = services[key]
+    if debug_flag(command_words(command)) is None:
+        field = f"{key}/command={with_debug(command)}"
+
+        def add_flag() -> None:
+            state["services"][key] = {"command": command, "master_cf": inst.edit(inst.master_cf, "-F", field)}
+            inst.save_state(state)
+
+        steps.append((shlex.join(inst.postconf_argv("-F", field)), add_flag))
+    return key, steps, notes
+
+
+def disable(inst: Instance, args: argparse.Namespace) -> tuple[str, list[Step], list[str]]:
+    services = inst.services()
+    key = inst.resolve(args.service, services)
+    state = inst.load_state()
+    steps: list[Step] = []
+    notes: list[str] = []
+    command = services[key]
+    if debug_flag(command_words(command)) is not None:
+        saved = (state or {}).get("services", {}).get(key)
+        field = f"{key}/command={without_debug(command)}"
+
+        def drop_flag() -> None:
+            check = lambda: inst.services().get(key) == saved["command"]  # noqa: E731
+            if not (saved and inst.restore(inst.master_cf, saved["master_cf"], check)):
+                inst.postconf("-F", field)
+                if saved:
+                    notes.append(f"{inst.master_cf}: {key} edited since enable: -D removed, its layout not restored")
+            if state:
+                state["services"].pop(key, None)
+                inst.save_state(state)
+
+        exact = saved and undo(inst.master_cf.read_bytes(), saved["master_cf"]) is not None
+        steps.append((f"restore {key} in {inst.master_cf} as saved at enable" if exact
+                      else shlex.join(inst.postconf_argv("-F", field)), drop_flag))  # fmt: skip
+        services[key] = without_debug(command)
+    still = sorted(k for k, c in services.items() if debug_flag(command_words(c)) is not None)
+    if still:
+        notes.append(f"debugger_command kept: still used by {', '.join(still)}")
+    elif state and inst.debugger_command() != state.get("ours"):
+        notes.append("debugger_command was changed since enable: left as it is")
+        steps.append((f"remove {inst.state_path}", lambda: inst.save_state(None)))
+    elif state:
+        original = state["original"]
+        argv = ["-e", f"debugger_command={original}"] if original is not None else ["-X", "debugger_command"]
+
+        def put_back() -> None:
+            if not inst.restore(inst.main_cf, state["main_cf"], lambda: inst.debugger_command() == original):
+                inst.postconf(*argv)
+            inst.save_state(None)
+
+        exact = undo(inst.main_cf.read_bytes(), state["main_cf"]) is not None
+        steps.append((f"restore debugger_command in {inst.main_cf} as saved at enable" if exact
+                      else shlex.join(inst.postconf_argv(*argv)), put_back))  # fmt: skip
+    elif inst.debugger_command() is not None:
+        notes.append("debugger_command left as it is (tracerctl did not set it: no saved value)")
+    return key, steps, notes
+
+
+def change(args: argparse.Namespace) -> int:
+    inst = Instance(args.config_dir)
+    with locked(inst.config_dir):
+        key, steps, notes = (enable if args.postfix_command == "enable" else disable)(inst, args)
+        reload = bool(steps) and inst.running()
+        done = [text for text, _ in steps]
+        if reload:
+            done.append(shlex.join(inst.postfix_argv("reload")))
+        if not args.dry_run:
+            for _, apply in steps:
+                apply()
+            if reload:
+                Instance._run(inst.postfix_argv("reload"))
+    if args.json:
+        print(json.dumps({"service": key, "config_directory": str(inst.config_dir), "dry_run": args.dry_run,
+                          "changed": bool(steps), "actions": done, "reloaded": reload and not args.dry_run,
+                          "notes": notes}, indent=2))  # fmt: skip
+    else:
+        print("\n".join(done) if done else f"{key}: nothing to do ({args.postfix_command}d already)")
+        for note in notes:
+            print(f"tracerctl: warning: {note}", file=sys.stderr)
+    return ctl.EXIT_OK
+
+
+def status(args: argparse.Namespace) -> dict[str, Any]:
+    inst = Instance(args.config_dir)
+    master = inst.master()
+    children = master.children() if master else []
+    sessions: dict[int, dict[str, Any]] = {}
+    daemon: dict[str, Any] = {"socket": args.socket, "reachable": True, "error": None}
+    try:
+        reply = ctl.call(args.socket, {"op": "status"}, timeout=args.timeout)
+        if reply.get("ok") is not True:
+            raise ctl.Unreachable(str(reply.get("message") or reply.get("error")))
+        sessions = {s["pid"]: s for s in reply["sessions"] if s["state"] in ACTIVE}
+    except ctl.Unreachable as err:
+        daemon.update(reachable=False, error=str(err))
+    services = []
+    for key, command in sorted(inst.services().items()):
+        if debug_flag(command_words(command)) is None:
+            continue
+        name, _, kind = key.rpartition("/")
+        processes = []
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                argv = child.cmdline()
+                if child.status() != psutil.STATUS_ZOMBIE and _option(argv, "-n") == name and _option(argv, "-t") == kind:
+                    session = sessions.get(child.pid)
+                    processes.append({"pid": child.pid, "traced": session is not None,
+                                      "state": session["state"] if session else None,
+                                      "tracer": session["tracer"] if session else None})  # fmt: skip
+        services.append({"service": key, "command": command, "processes": processes})
+    current = inst.debugger_command()
+    return {"config_directory": str(inst.config_dir), "running": master is not None,
+            "master_pid": master.pid if master else None, "debugger_command": current, "hook": is_hook(current),
+            "daemon": daemon, "services": services}  # fmt: skip
+
+
+def _option(argv: list[str], flag: str) -> str | None:
+    # master starts each child as "PROGRAM -n SERVICE -t TYPE [options]"
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def render_status(report: dict[str, Any]) -> str:
+    master = f"running (master pid {report['master_pid']})" if report["running"] else "not running"
+    hook = "tracerd's hook" if report["hook"] else "not tracerd's hook"
+    daemon = report["daemon"]
+    lines = [f"postfix {report['config_directory']}: {master}",
+             f"debugger_command = {report['debugger_command'] or ''}  ({hook})",
+             f"tracerd {daemon['socket']}: " + ("reachable" if daemon["reachable"] else
+                                                f"NOT reachable ({daemon['error']})"), ""]  # fmt: skip
+    if not report["services"]:
+        return "\n".join([*lines, "no service has -D"])
+    rows = [("SERVICE", "COMMAND", "PID", "TRACED")]
+    for service in report["services"]:
+        if not service["processes"]:
+            rows.append((service["service"], service["command"], "-", "no process now"))
+        for proc in service["processes"]:
+            traced = f"{proc['state']} ({proc['tracer']})" if proc["traced"] else "not traced"
+            traced = traced if daemon["reachable"] else "unknown (tracerd not reachable)"
+            rows.append((service["service"], service["command"], str(proc["pid"]), traced))
+    return "\n".join(lines + ctl._table(rows))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.postfix_command != "status":
+            return change(args)
+        report = status(args)
+    except (PostfixError, OSError) as err:
+        print(f"tracerctl: postfix: {err}", file=sys.stderr)
+        return ctl.EXIT_FAILED
+    print(json.dumps(report, indent=2) if args.json else render_status(report))
+    return ctl.EXIT_OK if report["daemon"]["reachable"] else ctl.EXIT_UNREACHABLE
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("postfix", help="trace Postfix services: enable, disable, status (through postconf)")
+    actions = parser.add_subparsers(dest="postfix_command", required=True, metavar="ACTION")
+    for action, text in (("enable", "add -D to SERVICE and point debugger_command at pftrace-hook"),
+                         ("disable", "remove -D from SERVICE; restore debugger_command when no -D is left"),
+                         ("status", "services with -D and whether their processes are traced now")):  # fmt: skip
+        one = actions.add_parser(action, help=text)
+        if action != "status":
+            one.add_argument("service", type=_service, metavar="SERVICE", help="smtp, smtp/inet, 127.0.0.1:10025/inet")
+            one.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
+        if action == "enable":
+            one.add_argument("--tracer", choices=TRACER_NAMES, help="the hook's --tracer (else tracerd's rules)")
+            one.add_argument("--force", action="store_true", help="replace a debugger_command of someone else's")
+        one.add_argument("-c", dest="config_dir", metavar="CONFIG_DIR", help="Postfix configuration directory")
+    parser.set_defaults(run=run)
