@@ -105,6 +105,42 @@ def test_kill9_of_tracerd_under_load_leaves_everything_running(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("victim", ["watcher", "gdb"])
+def test_kill9_of_watcher_or_one_gdb_under_load(daemon_factory: Any, cbin: Any, spawn: Any, victim: str) -> None:
+    """kill -9 of the watcher, or of one gdb, under the same load: within 2 s no
+    process is in tracing stop and all run on; the watched ones are watched
+    again by a new watcher; the gdb's session fails; every other session is
+    untouched."""
+    daemon = daemon_factory(LOAD_RULES)
+    targets = start_load(daemon, cbin, spawn)
+    sessions = {s["pid"]: s for s in daemon.status()["sessions"]}
+    kind = "watch" if victim == "watcher" else "gdb"
+    hit = [t for t in targets if sessions[t.pid]["tracer"] == kind]
+    killed = sessions[hit[0].pid]["tracer_pid"]
+    if victim == "gdb":
+        hit = hit[:1]
+    os.kill(killed, signal.SIGKILL)
+    time.sleep(2.0)
+    assert all(proc_state(t.pid) in ("S", "R") for t in targets)
+    deadline = time.monotonic() + 30
+    while True:
+        now = {s["pid"]: s for s in daemon.status()["sessions"] if s["state"] == "attached"}
+        if victim == "watcher":
+            done = all(t.pid in now and now[t.pid]["tracer_pid"] != killed for t in hit)
+        else:
+            done = daemon.session(hit[0].pid)["state"] == "failed"
+        if done:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    untouched = [t for t in targets if t not in hit]
+    assert all(now[t.pid]["tracer_pid"] == sessions[t.pid]["tracer_pid"] for t in untouched)
+    if victim == "gdb":
+        assert tracer_pid(hit[0].pid) == 0
+    reap_zombies(TRACER_NAMES)
+
+
+@pytest.mark.slow
 def test_sigterm_under_load_detaches_all_and_exits_0(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
     """SIGTERM with 115 sessions: every session detached, every log closed with
     its final line, exit 0 within 5 s, every process running untraced."""

@@ -111,13 +111,27 @@ def _as_nobody(socket_path: str, payload: bytes) -> tuple[int, str]:
     return result.returncode, result.stdout.strip()
 
 
+ALL_OPS = [
+    b'{"op": "status"}\n', b'{"op": "show", "pid": 1}\n', b'{"op": "crashes"}\n', b'{"op": "crash", "id": "x"}\n',
+    b'{"op": "attach", "pid": 1}\n', b'{"op": "detach", "pid": 1}\n', b'{"op": "where", "pid": 1}\n',
+    b'{"op": "hook", "name": "smtpd", "pid": 1}\n',
+]  # fmt: skip
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
-def test_non_root_caller_cannot_connect_without_socket_group(daemon_factory: Any, public_dir: Path) -> None:
-    """Without socket_group the socket is root-only (0600): connect is refused."""
-    daemon = daemon_factory(socket_path=public_dir / "tracerd.sock")
-    assert oct(daemon.socket.stat().st_mode & 0o777) == "0o600"
-    code, out = _as_nobody(str(daemon.socket), b'{"op": "status"}\n')
-    assert (code, out) == (0, "EACCES")
+@pytest.mark.parametrize("group", [None, "adm"])
+def test_non_root_outside_socket_group_is_refused_everything(
+    daemon_factory: Any, public_dir: Path, group: str | None
+) -> None:
+    """A uid outside socket_group (or with none set) cannot even connect: the
+    socket is 0600 root, or 0660 root:group; every operation is refused."""
+    extra = f'socket_group = "{group}"' if group else ""
+    daemon = daemon_factory(extra, socket_path=public_dir / "tracerd.sock")
+    mode = daemon.socket.stat().st_mode & 0o777
+    assert mode == (0o660 if group else 0o600)
+    for payload in ALL_OPS:
+        code, out = _as_nobody(str(daemon.socket), payload)
+        assert (code, out) == (0, "EACCES"), payload
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
@@ -131,8 +145,13 @@ def test_socket_group_member_reads_status_but_cannot_attach(daemon_factory: Any,
     assert reply["ok"] is False
     assert reply["error"] == "denied"
     assert reply["message"] == "attach needs root (caller uid 65534)"
-    _, out = _as_nobody(str(daemon.socket), hook_request("smtpd", 1))
-    assert json.loads(out)["error"] == "denied"
+    for payload in ALL_OPS[4:]:
+        _, out = _as_nobody(str(daemon.socket), payload)
+        reply = json.loads(out)
+        assert reply["error"] == "denied", payload
+    for payload in ALL_OPS[:4]:
+        _, out = _as_nobody(str(daemon.socket), payload)
+        assert json.loads(out).get("error") != "denied", payload
     assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
 
 

@@ -1,0 +1,274 @@
+"""The crash inventory for the commands that are not the daemon (triage, bugreport).
+
+:func:`load_inventory` asks the daemon (``crashes`` and ``status`` requests
+on its socket) and, when nobody answers or the daemon refuses, reads the
+store's ``{state_dir}/crashes/index.json`` directly.  :meth:`CrashInventory.match`
+answers triage's question "is there a crash report for the smtpd pid 4567
+that master says was killed by signal 11 at 16:56:57?":
+
+- candidates are every full report's pid (the index entry's latest one, the
+  sessions the daemon still lists, or, from the files, every report id a
+  signature lists) and every repeat's pid (a crash within the flood window
+  of an earlier one with the same signature: no report of its own, so the
+  match names the signature's full report and says it is a repeat);
+- a candidate matches on pid, on the program name when both are known, and
+  on time when both are known: the report at most :data:`LATE` before the
+  log line and :data:`EARLY` after it, so that a recycled pid in an old log
+  is not tied to today's crash.  The closest in time wins.
+
+Security: the index and reports are tracerd's files, but they hold strings
+taken from crashed programs, so they are data only: sizes are capped
+(:data:`MAX_JSON`), a crash id is checked against the protocol's pattern
+before it names a file, files are opened with ``O_NOFOLLOW`` relative to the
+crash directory, and nothing is evaluated.
+
+Diagnostics: the inventory says where it came from (``source``: ``daemon``,
+``index`` or None) and why not (``error``: "tracerd is not running (no
+socket ...); crash index: permission denied"), so that the caller can print
+it; a report that cannot be read is None, never an exception.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracerd.ctl import Unreachable, call
+from tracerd.protocol import CRASH_ID_RE
+
+MAX_JSON = 64 << 20
+LATE = dt.timedelta(minutes=15)  # gdb's backtrace and the store's fsync come before master's log line
+EARLY = dt.timedelta(seconds=5)  # log times are truncated to the second
+_ID_PID = re.compile(r"[0-9TZ]+-[0-9a-f]+-(?P<pid>\d+)(?:-\d+)?")
+
+
+@dataclass
+class CrashMatch:
+    """One crash of one pid, as far as the inventory knows it."""
+
+    crash_id: str  # the full report to read (for a repeat: the signature's, of another pid)
+    pid: int
+    name: str | None
+    time: dt.datetime | None
+    signal: str | None
+    top: list[str]
+    signature: str | None
+    report: str | None  # the report's path, when known
+    repeat: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.crash_id, "pid": self.pid, "name": self.name,
+            "time": self.time.isoformat() if self.time else None, "signal": self.signal,
+            "top": self.top, "signature": self.signature, "report": self.report, "repeat": self.repeat,
+        }  # fmt: skip
+
+    def describe(self) -> str:
+        """One line: ``crash ID: smtpd[4567] SIGSEGV in a < b < c (report PATH)``."""
+        where = " < ".join(self.top) or "??"
+        text = f"crash {self.crash_id}: {self.name or '?'}[{self.pid}] {self.signal or '?'} in {where}"
+        if self.repeat:
+            text += " (a repeat: same signature as this report, which is another pid's)"
+        if self.report:
+            text += f"; report {self.report}"
+        return text
+
+
+@dataclass
+class CrashInventory:
+    source: str | None = None  # "daemon", "index" or None
+    error: str | None = None
+    entries: list[dict[str, Any]] = field(default_factory=list)  # the crash JSON of the README
+    socket: str | None = None
+    directory: Path | None = None
+    _extra: list[CrashMatch] = field(default_factory=list)  # sessions' and older reports' crashes
+    _reports: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    def candidates(self) -> list[CrashMatch]:
+        found: list[CrashMatch] = []
+        for entry in self.entries:
+            full = _from_entry(entry)
+            if full is not None:
+                found.append(full)
+            for repeat in entry.get("repeats") or []:
+                if isinstance(repeat, dict) and isinstance(repeat.get("pid"), int) and isinstance(entry.get("id"), str):
+                    found.append(CrashMatch(
+                        entry["id"], repeat["pid"], _str(repeat.get("name")), _time(repeat.get("time")),
+                        _str(repeat.get("signal")), _names(repeat.get("top")), _str(entry.get("signature")),
+                        _str(entry.get("report")), repeat=True,
+                    ))  # fmt: skip
+        known = {(c.crash_id, c.pid) for c in found}
+        found += [c for c in self._extra if (c.crash_id, c.pid) not in known]
+        return found
+
+    def match(self, pid: int, name: str | None, when: dt.datetime | None) -> CrashMatch | None:
+        """The crash of ``pid`` (named ``name``) closest to ``when``; None when there is none."""
+        best: tuple[float, CrashMatch] | None = None
+        for candidate in self.candidates():
+            if candidate.pid != pid:
+                continue
+            if candidate.time is None or not candidate.top:
+                self._complete(candidate)
+            if name and candidate.name and candidate.name != name:
+                continue
+            if when is not None and candidate.time is not None:
+                if not (when - LATE <= candidate.time <= when + EARLY):
+                    continue
+                distance = abs((when - candidate.time).total_seconds())
+            else:
+                distance = float("inf")
+            if best is None or distance < best[0]:
+                best = (distance, candidate)
+        return best[1] if best else None
+
+    def report(self, crash_id: str) -> dict[str, Any] | None:
+        """The full report (the crash JSON's ``crash``), or None when it cannot be had."""
+        if crash_id not in self._reports:
+            self._reports[crash_id] = self._fetch(crash_id)
+        return self._reports[crash_id]
+
+    def _complete(self, candidate: CrashMatch) -> None:
+        # A session or an older report knows its id but not (all of) its time and frames.
+        if candidate.repeat:
+            return
+        report = self.report(candidate.crash_id)
+        if not report:
+            return
+        process = report.get("process")
+        if isinstance(process, dict):
+            candidate.name = candidate.name or _str(process.get("name"))
+        candidate.time = candidate.time or _time(report.get("time"))
+        candidate.top = candidate.top or _names(report.get("top"))
+        signal = report.get("signal")
+        if isinstance(signal, dict):
+            candidate.signal = candidate.signal or _str(signal.get("name"))
+        candidate.signature = candidate.signature or _str(report.get("signature"))
+
+    def _fetch(self, crash_id: str) -> dict[str, Any] | None:
+        if not CRASH_ID_RE.fullmatch(crash_id):
+            return None
+        if self.source == "daemon" and self.socket:
+            try:
+                reply = call(self.socket, {"op": "crash", "id": crash_id})
+            except Unreachable:
+                return None
+            crash = reply.get("crash")
+            return crash if reply.get("ok") and isinstance(crash, dict) else None
+        if self.directory is not None:
+            try:
+                data = read_json(self.directory, f"{crash_id}.json")
+            except (OSError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+        return None
+
+
+def load_inventory(socket_path: str | None, state_dir: Path | None, timeout: float = 10.0) -> CrashInventory:
+    """Ask the daemon; failing that, read ``{state_dir}/crashes``; failing that, say why."""
+    reasons: list[str] = []
+    if socket_path:
+        try:
+            reply = call(socket_path, {"op": "crashes"}, timeout=timeout)
+            if reply.get("ok") is True and isinstance(reply.get("crashes"), list):
+                inventory = CrashInventory("daemon", None, [e for e in reply["crashes"] if isinstance(e, dict)],
+                                           socket=socket_path)  # fmt: skip
+                inventory._extra = _from_sessions(socket_path, timeout)
+                return inventory
+            reasons.append(f"tracerd refused: {reply.get('message') or reply.get('error')}")
+        except Unreachable as err:
+            reasons.append(str(err))
+    if state_dir is not None:
+        directory = state_dir / "crashes"
+        try:
+            data = read_json(directory, "index.json")
+            entries = data.get("crashes") if isinstance(data, dict) else None
+            if not isinstance(entries, list):
+                raise ValueError("no crash list")
+        except FileNotFoundError:
+            reasons.append(f"no crash index in {directory}")
+        except PermissionError:
+            reasons.append(f"crash index in {directory}: permission denied")
+        except (OSError, ValueError) as err:
+            reasons.append(f"crash index in {directory}: unreadable ({err})")
+        else:
+            inventory = CrashInventory("index", "; ".join(reasons) or None, [e for e in entries if isinstance(e, dict)],
+                                       directory=directory)  # fmt: skip
+            inventory._extra = _from_report_lists(inventory.entries)
+            return inventory
+    return CrashInventory(None, "; ".join(reasons) or "no crash inventory")
+
+
+def read_json(directory: Path, name: str) -> Any:
+    """A JSON file of the crash directory, never through a symlink, at most MAX_JSON bytes."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError(f"{name}: not a regular file")
+        data = handle.read(MAX_JSON + 1)
+    if len(data) > MAX_JSON:
+        raise ValueError(f"{name}: larger than {MAX_JSON} bytes")
+    return json.loads(data)
+
+
+def _from_entry(entry: dict[str, Any]) -> CrashMatch | None:
+    if not isinstance(entry.get("pid"), int) or not isinstance(entry.get("id"), str):
+        return None
+    # last_full (index file only) is the full report's time; last_seen may be a later repeat's.
+    when = _time(entry.get("last_full")) if "last_full" in entry else None
+    return CrashMatch(entry["id"], entry["pid"], _str(entry.get("name")), when, _str(entry.get("signal")),
+                      _names(entry.get("top")), _str(entry.get("signature")), _str(entry.get("report")))  # fmt: skip
+
+
+def _from_sessions(socket_path: str, timeout: float) -> list[CrashMatch]:
+    """Crashed sessions the daemon still lists: older full reports the index entry no longer names."""
+    try:
+        reply = call(socket_path, {"op": "status"}, timeout=timeout)
+    except Unreachable:
+        return []
+    found = []
+    for session in reply.get("sessions") or []:
+        if isinstance(session, dict) and isinstance(session.get("crash"), str) and isinstance(session.get("pid"), int):
+            found.append(CrashMatch(session["crash"], session["pid"], _str(session.get("name")), None,
+                                    _str(session.get("signal")), [], None, None))  # fmt: skip
+    return found
+
+
+def _from_report_lists(entries: list[dict[str, Any]]) -> list[CrashMatch]:
+    """Every full report a signature lists in the index file (its pid is the id's last number)."""
+    found = []
+    for entry in entries:
+        for crash_id in entry.get("reports") or []:
+            parsed = _ID_PID.fullmatch(crash_id) if isinstance(crash_id, str) else None
+            if parsed and crash_id != entry.get("id"):
+                report = str(Path(entry["report"]).with_name(f"{crash_id}.json")) if entry.get("report") else None
+                found.append(CrashMatch(crash_id, int(parsed.group("pid")), None, None, None, [],
+                                        _str(entry.get("signature")), report))  # fmt: skip
+    return found
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _names(value: object) -> list[str]:
+    return [str(v) for v in value][:5] if isinstance(value, list) else []
+
+
+def _time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.astimezone()
