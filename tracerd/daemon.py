@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -74,8 +75,21 @@ def prepare_dirs(config: Config) -> None:
         raise ConfigError(f"{config.state_dir} is a symlink", key="state_dir")
 
 
+def raise_fd_limit() -> None:
+    """Each session holds a log file, and tracers pipes and pidfds: a thousand
+    sessions need more than the usual soft limit of 1024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as err:
+            log.warning("fd_limit", soft=soft, hard=hard, error=str(err))
+
+
 async def serve(config: Config, config_path: Path | None) -> int:
     prepare_dirs(config)
+    raise_fd_limit()
     writer = LogWriter()
     writer.start()
     logdir = LogDir(config.log_dir, max_log_bytes=config.max_log_bytes, writer=writer)
