@@ -15,13 +15,17 @@ answer within its bound fails that one request with TracerFailed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 from typing import Any, Protocol
 
 import structlog
 
-from tracerd.errors import TargetGone, TracerFailed
+from tracerd import procinfo
+from tracerd.errors import TargetGone, TracerdError, TracerFailed
+from tracerd.release import make_it_die
 from tracerd.spawn import Child
 
 log = structlog.get_logger("tracerd.watch")
@@ -85,6 +89,27 @@ class WatchSupervisor:
         client = self.clients.get(root)
         if client is not None and kind in ("exited", "killed", "fatal", "released"):
             client.on_event(event)
+        elif kind == "fatal":
+            # nobody to capture it (its session gave up): it must not stay
+            # stopped; let it die of its signal as it would untraced
+            asyncio.get_running_loop().create_task(self.orphan_crash(event))
+
+    @staticmethod
+    async def orphan_crash(event: dict[str, Any]) -> None:
+        log.warning("crash_without_session", pid=event.get("pid"), signal=event.get("signal"))
+        with contextlib.suppress(TracerdError):
+            identity = procinfo.identify(int(event["pid"]))
+            pidfd = procinfo.open_pidfd(identity)
+            try:
+                await make_it_die(pidfd, identity, str(event["signal"]), int(event.get("si_code") or 0), log.warning)
+            finally:
+                os.close(pidfd)
+
+    def _send(self, command: dict[str, Any]) -> None:
+        """Fire and forget (no answer awaited)."""
+        if self.child is not None and self.child.returncode is None:
+            with contextlib.suppress(OSError):
+                self.child.write(json.dumps(command).encode() + b"\n")
 
     def _resolve(self, key: tuple[str, int], event: dict[str, Any]) -> None:
         future = self._waiting.pop(key, None)
@@ -132,6 +157,8 @@ class WatchSupervisor:
             event = await self._request(("seize", pid), command, timeout)
         except BaseException:
             self.clients.pop(pid, None)
+            # the seize may still succeed in the watcher: let go of it then
+            self._send({"op": "release", "pid": pid})
             raise
         if event.get("event") != "seized":
             self.clients.pop(pid, None)

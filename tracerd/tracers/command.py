@@ -94,6 +94,11 @@ class CommandTracer(Tracer):
 
         try:
             await poll_until(attached, self.target.attach_timeout, "attach")
+        except asyncio.CancelledError:
+            # given up on from above: a tracer must not attach after we left
+            await asyncio.shield(child.stop(signal.SIGKILL))
+            self._release()
+            raise
         except TimeoutError:
             await child.stop(signal.SIGKILL)
             self._release()

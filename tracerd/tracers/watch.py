@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal as signalmod
 from typing import Any
 
 from tracerd import procinfo
@@ -30,6 +29,7 @@ from tracerd.capture import capture
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI
 from tracerd.procinfo import ProcessIdentity
+from tracerd.release import make_it_die
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer
 from tracerd.watchclient import supervisor
 
@@ -132,7 +132,7 @@ class WatchTracer(Tracer):
         except Exception as err:  # whatever happened, the process must be released
             self.output.warn(f"crash capture failed: {err}")
         finally:
-            await _make_it_die(pidfd, identity, signal_name, int(event.get("si_code") or 0), self.output.warn)
+            await make_it_die(pidfd, identity, signal_name, int(event.get("si_code") or 0), self.output.warn)
             os.close(pidfd)
         return crash_id
 
@@ -178,37 +178,3 @@ async def _gdb_backtrace(identity: ProcessIdentity) -> str:
         with contextlib.suppress(TracerdError):
             await mi.command("-target-detach", timeout=10.0)
         await mi.close()
-
-
-async def _make_it_die(pidfd: int, identity: ProcessIdentity, signal_name: str, si_code: int, warn: Any) -> None:
-    """After the capture: the process must die of its signal, as untraced.
-
-    A fault (si_code > 0) happens again as soon as the thread runs; a signal
-    sent by kill()/raise() is sent again.  SIGCONT first: a process that gdb
-    left stopped would otherwise wait forever.
-    """
-    signo = int(getattr(signalmod.Signals, signal_name))
-    loop = asyncio.get_running_loop()
-    dead: asyncio.Future[None] = loop.create_future()
-
-    def on_death() -> None:
-        if not dead.done():
-            dead.set_result(None)
-
-    loop.add_reader(pidfd, on_death)
-    try:
-        with contextlib.suppress(ProcessLookupError):
-            if si_code <= 0:
-                signalmod.pidfd_send_signal(pidfd, signo)
-            signalmod.pidfd_send_signal(pidfd, signalmod.SIGCONT)
-        for _ in range(2):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(dead), timeout=5.0)
-            if dead.done():
-                return
-            with contextlib.suppress(ProcessLookupError):
-                signalmod.pidfd_send_signal(pidfd, signo)
-                signalmod.pidfd_send_signal(pidfd, signalmod.SIGCONT)
-        warn(f"process {identity.pid} did not die of {signal_name} after its crash report")
-    finally:
-        loop.remove_reader(pidfd)
