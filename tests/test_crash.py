@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracerd import elfinfo
-from tracerd.crash import CrashReport, CrashStore, Frame, Library, Thread, signature, top_functions
+from tracerd.crash import CrashReport, Frame, Library, Thread, signature, top_functions
+from tracerd.crashstore import CrashStore
 from tracerd.errors import ConfigError, NotFound
 
 # -- helpers ------------------------------------------------------------------

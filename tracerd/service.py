@@ -29,7 +29,8 @@ import structlog
 from tracerd import __version__, procinfo, tracers
 from tracerd.auth import Authorizer, Peer
 from tracerd.config import Config
-from tracerd.crash import CrashReport, CrashStore
+from tracerd.crash import CrashReport
+from tracerd.crashstore import CrashStore
 from tracerd.errors import ConfigError, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import Request

@@ -1,0 +1,328 @@
+"""The crash store: reports on disk, deduplicated by signature, capped in size.
+
+The store keeps one full report per signature per flood window in
+``ID.json``; repeats within the window only bump the signature's entry in
+``index.json`` (the crash JSON of DESIGN.md, plus ``repeats``).  Every file
+is written atomically: temp file ``.tmp-*`` beside it, fsync, rename, fsync
+of the directory.
+
+Security: the directory must be ours, not a symlink, not writable by group
+or others (ConfigError otherwise); it is held open and every file is reached
+relative to it with ``O_NOFOLLOW`` (temp files also ``O_EXCL``), so a planted
+or swapped-in symlink cannot redirect a write.  A client's crash id must
+match ``[A-Za-z0-9._-]{1,128}`` and is only compared with names listed in the
+directory, never joined into a path.  Reports and index together are capped
+at ``max_bytes``, the oldest reports deleted first, so a crash loop never
+fills the disk.
+
+Diagnostics: :meth:`CrashStore.record` raises OSError (ENOSPC...) when the
+report cannot be written, after removing its temp file, leaving the store as
+it was.  A failed index write alone does not fail the record (the report is
+safe; the index is rebuilt from the reports at start): it is returned as
+``index_error``.  A missing or corrupt index is rebuilt at start; a report
+file that cannot be parsed is skipped, and deleted first when space is
+needed.  :meth:`CrashStore.get` raises NotFound with the reason.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tracerd.crash import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch, iso_utc
+from tracerd.errors import ConfigError, NotFound
+from tracerd.protocol import CRASH_ID_RE
+
+
+class CrashStore:
+    """Crash reports on disk, deduplicated by signature, capped in size."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        flood_window: float = 60.0,
+        max_bytes: int = 256 << 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.flood_window = flood_window
+        self.max_bytes = max_bytes
+        self._clock = clock
+        # record() runs in a worker thread and fsyncs; list() and get() run on the
+        # event loop and must not wait for it, so they read a snapshot that
+        # record() replaces whole when it is done.
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] = {}  # signature -> index entry
+        self._snapshot: dict[str, dict[str, Any]] = {}
+        self._fd = _open_directory(self.directory)
+        self._load()
+        self._publish()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> CrashStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public ---------------------------------------------------------------
+
+    def record(self, report: CrashReport) -> dict[str, Any]:
+        """Store a crash: a full report, or only a count if its signature is flooding."""
+        with self._lock:
+            now = self._clock()
+            sig, pid, name = report.signature, report.process.get("pid"), report.process.get("name")
+            entry = self._entries.get(sig)
+            # A clock stepped back (elapsed < 0) must not silence full reports for as long.
+            flooding = entry is not None and 0 <= now - _epoch(entry["last_full"]) < self.flood_window
+            full = entry is None or entry["report"] is None or not flooding
+            crash_id = None
+            if full:
+                crash_id = self._new_id(now, sig, pid)
+                body = {**report.to_json(), "id": crash_id, "stored": iso_utc(now)}
+                self._write_atomic(f"{crash_id}.json", json.dumps(body, indent=2, default=str).encode())
+                report.id = crash_id
+                entry = self._merge(body, entry)
+            else:
+                assert entry is not None
+                entry["count"] += 1
+                entry["last_seen"] = iso_utc(now)
+                repeat = {"time": iso_utc(now), "pid": pid, "name": name, "signal": report.signal.get("name")}
+                entry["repeats"] = [*entry["repeats"], {**repeat, "top": report.top}][-MAX_REPEATS:]
+            self._enforce_cap(keep=crash_id, keep_signature=sig)
+            self._publish()
+            result = {**self._public(entry), "full": full}
+            try:
+                self._save_index()
+            except OSError as err:
+                result["index_error"] = str(err)
+            return result
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """Every signature's entry, the most recently seen first."""
+        entries = sorted(self._snapshot.values(), key=lambda e: (_epoch(e["last_seen"]), e["id"]), reverse=True)
+        return [self._public(entry) for entry in entries]
+
+    def get(self, crash_id: str) -> dict[str, Any]:
+        """The full report by id, signature or unique id prefix."""
+        if not isinstance(crash_id, str) or not CRASH_ID_RE.fullmatch(crash_id):
+            raise NotFound("not a crash id")
+        names = self._report_ids()
+        entry = self._snapshot.get(crash_id)
+        if crash_id in names:
+            wanted = crash_id
+        elif entry is not None:
+            if entry["report"] is None:
+                raise NotFound(f"crash {crash_id}: its report was deleted to stay under max_crash_bytes")
+            wanted = entry["id"]
+        else:
+            matches = [name for name in names if name.startswith(crash_id)]
+            if len(matches) != 1:
+                raise NotFound(f"{len(matches)} crashes match {crash_id!r}" if matches else f"no crash {crash_id}")
+            wanted = matches[0]
+        try:
+            data = self._read_json(f"{wanted}.json")
+        except (OSError, ValueError) as err:
+            raise NotFound(f"crash {wanted}: report unreadable: {err}") from err
+        if not isinstance(data, dict):
+            raise NotFound(f"crash {wanted}: report unreadable")
+        return data
+
+    # -- index ----------------------------------------------------------------
+
+    def _publish(self) -> None:
+        self._snapshot = copy.deepcopy(self._entries)
+
+    def _public(self, entry: dict[str, Any]) -> dict[str, Any]:
+        public = {key: entry.get(key) for key in PUBLIC_FIELDS}
+        public["repeats"] = copy.deepcopy(entry.get("repeats", []))
+        return public
+
+    def _merge(self, report: dict[str, Any], entry: dict[str, Any] | None) -> dict[str, Any]:
+        """Count one full report into its signature's entry (new, or one on disk at start)."""
+        seen = str(report.get("stored") or report.get("time") or "")
+        process, sig = report.get("process") or {}, report.get("signal") or {}
+        latest = {
+            "id": report["id"],
+            "report": str(self.directory / f"{report['id']}.json"),
+            "name": process.get("name"),
+            "pid": process.get("pid"),
+            "signal": sig.get("name"),
+            "top": report.get("top") or [],
+            "last_seen": seen,
+            "last_full": seen,
+        }
+        if entry is None:
+            entry = {"signature": report["signature"], "count": 0, "first_seen": seen, "repeats": [], "reports": []}
+            entry.update(latest)
+        elif _epoch(seen) >= _epoch(entry["last_full"]):
+            entry.update(latest)
+        entry["first_seen"] = min(entry["first_seen"], seen, key=_epoch)
+        entry["count"] += 1
+        entry["reports"] = sorted({*entry["reports"], report["id"]})
+        self._entries[entry["signature"]] = entry
+        return entry
+
+    def _load(self) -> None:
+        """Read the index, then reconcile it with the report files actually there."""
+        for name in os.listdir(self._fd):
+            if name.startswith(TEMP_PREFIX):  # left by a crash of tracerd mid-write
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self._fd)
+        try:
+            entries = self._read_json(INDEX)["crashes"]
+            if not all(_valid_entry(entry) for entry in entries):
+                raise ValueError("bad entry")
+            self._entries = {entry["signature"]: entry for entry in entries}
+        except (OSError, ValueError, KeyError, TypeError):
+            self._entries = {}  # missing or corrupt: rebuilt from the reports below
+        on_disk = set(self._report_ids())
+        for entry in self._entries.values():
+            entry["reports"] = [rid for rid in entry["reports"] if rid in on_disk]
+            if entry["id"] not in on_disk:
+                entry["report"] = None
+        known = {rid for entry in self._entries.values() for rid in entry["reports"]}
+        for rid in sorted(on_disk - known):  # written, but tracerd stopped before the index was
+            try:
+                report = self._read_json(f"{rid}.json")
+                if report["id"] != rid or not isinstance(report["signature"], str):
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours or damaged: counted against the cap, deleted first in line
+            self._merge(report, self._entries.get(report["signature"]))
+        with contextlib.suppress(OSError):  # a full disk must not stop the daemon: the next record retries
+            self._save_index()
+
+    def _index_bytes(self) -> bytes:
+        return json.dumps({"format": 1, "crashes": list(self._entries.values())}, indent=1, default=str).encode()
+
+    def _save_index(self) -> None:
+        self._write_atomic(INDEX, self._index_bytes())
+
+    def _enforce_cap(self, *, keep: str | None, keep_signature: str) -> None:
+        """Delete the oldest reports (never ``keep``) until reports and index fit ``max_bytes``."""
+        files = []
+        for rid in self._report_ids():
+            with contextlib.suppress(FileNotFoundError):
+                info = os.stat(f"{rid}.json", dir_fd=self._fd, follow_symlinks=False)
+                files.append((info.st_mtime_ns, rid, info.st_size))
+        files.sort()
+        files_total = sum(size for _, _, size in files)
+        index_size = len(self._index_bytes())  # only shrinks as reports go: an upper bound below
+        for _, rid, size in files:
+            if files_total + index_size <= self.max_bytes:
+                return
+            if rid == keep:
+                continue
+            try:
+                os.unlink(f"{rid}.json", dir_fd=self._fd)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            files_total -= size
+            for entry in self._entries.values():
+                if rid in entry["reports"]:
+                    entry["reports"].remove(rid)
+                if entry["id"] == rid:
+                    entry["report"] = None
+        # Still too big: the index itself has grown; forget the oldest signatures whose reports are gone.
+        stale = sorted(
+            (e for e in self._entries.values() if e["report"] is None and e["signature"] != keep_signature),
+            key=lambda e: _epoch(e["last_seen"]),
+        )
+        for entry in stale:
+            if files_total + len(self._index_bytes()) <= self.max_bytes:
+                break
+            del self._entries[entry["signature"]]
+
+    # -- files ----------------------------------------------------------------
+
+    def _report_ids(self) -> builtins.list[str]:
+        ids = []
+        for name in os.listdir(self._fd):
+            stem = name[:-5]
+            if name.endswith(".json") and name != INDEX and not name.startswith(".") and CRASH_ID_RE.fullmatch(stem):
+                ids.append(stem)
+        return sorted(ids)
+
+    def _new_id(self, now: float, sig: str, pid: object) -> str:
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        base = f"{stamp}-{sig[:8]}-{pid if isinstance(pid, int) else 0}"
+        taken = set(self._report_ids()) | {e["id"] for e in self._entries.values()}
+        crash_id, n = base, 0
+        while crash_id in taken:
+            n += 1
+            crash_id = f"{base}-{n}"
+        return crash_id
+
+    def _read_json(self, name: str) -> Any:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ValueError(f"{name}: not a regular file")
+            return json.loads(handle.read())
+
+    def _write_atomic(self, name: str, data: bytes) -> None:
+        """Write ``name`` so that readers see the old file or all of the new one."""
+        temp = TEMP_PREFIX + secrets.token_hex(8)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o640, dir_fd=self._fd)
+        try:
+            try:
+                os.fchmod(fd, 0o640)  # whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=self._fd)
+            raise
+        # The rename itself must survive a power cut, or the report may vanish.
+        os.fsync(self._fd)
+
+
+def _valid_entry(entry: object) -> bool:
+    keys = {"signature": str, "id": str, "first_seen": str, "last_seen": str, "last_full": str, "count": int}
+    keys |= {"reports": builtins.list, "repeats": builtins.list}
+    return isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in keys.items())
+
+
+def _open_directory(directory: Path) -> int:
+    """Create (0o750) and open the store's directory; refuse one that is not safely ours."""
+    if not directory.is_symlink() and not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o750)
+            os.chmod(directory, 0o750)  # noqa: S103 -- the contract's mode: socket_group may read; umask filtered mkdir's
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise ConfigError(f"crash directory {directory}: {err.strerror} (a symlink is refused)") from err
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        os.close(fd)
+        raise ConfigError(
+            f"crash directory {directory}: must be owned by uid {os.geteuid()} and not writable by group or others"
+        )
+    return fd
