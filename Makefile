@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := strace ltrace gdb gcc libc6-dev make postfix elfutils procps
+APT_PACKAGES := strace ltrace gdb gcc libc6-dev make binutils util-linux procps systemd postfix
 STAMP := $(VENV)/.installed
 
 .PHONY: run test deps apt venv lint bench clean
