@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import re
 import tomllib
@@ -35,7 +36,9 @@ FACILITIES = {
     "local0": 16, "local1": 17, "local2": 18, "local3": 19,
     "local4": 20, "local5": 21, "local6": 22, "local7": 23,
 }  # fmt: skip
-_SYSLOG_ADDRESS = re.compile(r"^(?:/\S+|(?:udp|tcp)://[^/\s:]+|(?:udp|tcp)://\[[0-9a-fA-F:]+\]):?\d*$")
+# The grammar of tracerd.sinks.syslog.parse_address (which cannot be imported
+# here: it imports this module), so that what --check accepts the sink accepts.
+_SYSLOG_INET = re.compile(r"(?:udp|tcp)://(?:\[[0-9A-Fa-f:.]+\]|[^\[\]/:\s]+)(?::(?P<port>\d+))?")
 
 
 def default_runtime_dir() -> Path:
@@ -192,7 +195,9 @@ def _build_top(values: dict[str, Any], locate: _Locator) -> Config:
                 raise _bad(key, _TOP_KEYS, locate)
             out[key] = float(value)
         elif key == "crash_flood_window":
-            if value < 0:
+            # TOML has nan and inf; `nan < 0` is false, and a nan window would
+            # silently turn the flood protection off.
+            if not (math.isfinite(value) and value >= 0):
                 raise _bad(key, _TOP_KEYS, locate)
             out[key] = float(value)
         elif key in ("max_sessions", "max_log_bytes", "max_crash_bytes", "history"):
@@ -214,13 +219,21 @@ def _parse_syslog(value: object, locate: _Locator) -> SyslogConfig:
         raise ConfigError("must be a table", key="syslog", line=locate(None, "syslog"))
     for key, item in value.items():
         _check(key, item, _SYSLOG_KEYS, locate, section="syslog")
-    if "address" in value and not _SYSLOG_ADDRESS.match(value["address"]):
+    if "address" in value and not _syslog_address_ok(value["address"]):
         raise _bad("address", _SYSLOG_KEYS, locate, section="syslog")
     if "facility" in value and value["facility"] not in FACILITIES:
         raise _bad("facility", _SYSLOG_KEYS, locate, section="syslog")
     if value.get("max_lines_per_second", 1) < 1:
         raise _bad("max_lines_per_second", _SYSLOG_KEYS, locate, section="syslog")
     return SyslogConfig(**value)
+
+
+def _syslog_address_ok(address: str) -> bool:
+    if address.startswith("/"):
+        return "\0" not in address and not any(char.isspace() for char in address)
+    found = _SYSLOG_INET.fullmatch(address)
+    # a port out of range would pass --check and then stop the daemon at start
+    return found is not None and (found["port"] is None or 0 < int(found["port"]) < 65536)
 
 
 def _parse_rules(value: object, locate: _Locator) -> tuple[Rule, ...]:

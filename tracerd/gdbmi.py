@@ -41,6 +41,10 @@ SETTINGS = (
     "-gdb-set height 0",
     "-gdb-set print thread-events off",
     "-gdb-set print inferior-events off",
+    # the default sysroot "target:" enters the target's mount namespace, which
+    # needs CAP_SYS_ADMIN; under systemd's ProtectSystem= tracerd has its own
+    # namespace, and every file would fail ("?? ()" frames): read ours
+    "-gdb-set sysroot /",
     # no network here, and a prompt would stall the session
     "-gdb-set debuginfod enabled off",
 )

@@ -1,0 +1,415 @@
+"""Configuration: defaults, the shipped example, rule matching, and every refusal.
+
+Pure parsing: no daemon, no processes.  The only thing faked is the euid
+(to see the non-root defaults while running as root), which touches neither
+ptrace, sockets nor /proc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tracerd import config as configmod
+from tracerd import hook
+from tracerd.config import FACILITIES, TRACER_NAMES, Config, Rule, SyslogConfig, load, parse, replace
+from tracerd.errors import ConfigError
+from tracerd.sinks.syslog import parse_address
+
+EXAMPLE = Path(__file__).parent.parent / "contrib" / "tracerd.toml.example"
+
+
+@pytest.fixture
+def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+
+@pytest.fixture
+def as_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+
+
+# -- defaults ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("as_root")
+def test_root_defaults_are_the_system_paths_and_design_values() -> None:
+    """As root, an empty file gives DESIGN.md's paths and limits, no group and no rules."""
+    config = parse("")
+    assert config.socket == Path("/run/tracerd/tracerd.sock")
+    assert config.log_dir == Path("/var/log/tracerd")
+    assert config.state_dir == Path("/var/lib/tracerd")
+    assert config.socket_group is None
+    assert config.default_tracer == "watch"
+    assert config.attach_timeout == 10.0
+    assert config.max_sessions == 1024
+    assert config.max_log_bytes == 64 * 1024 * 1024
+    assert config.crash_flood_window == 60.0
+    assert config.max_crash_bytes == 256 * 1024 * 1024
+    assert config.history == 256
+    assert config.syslog == SyslogConfig(enabled=True, address="/dev/log", facility="mail", max_lines_per_second=200)
+    assert config.rules == ()
+    assert config.source is None
+    assert config == Config()
+
+
+@pytest.mark.usefixtures("as_user")
+def test_user_defaults_live_under_xdg_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root: socket, logs and state all go under $XDG_RUNTIME_DIR/tracerd."""
+    # no tmp_path here: pytest's own temp dir checks the (faked) uid
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    config = Config()
+    assert config.socket == Path("/run/user/1000/tracerd/tracerd.sock")
+    assert config.log_dir == Path("/run/user/1000/tracerd/log")
+    assert config.state_dir == Path("/run/user/1000/tracerd/state")
+
+
+@pytest.mark.usefixtures("as_user")
+@pytest.mark.parametrize("xdg", [None, "", "relative/run"])
+def test_user_defaults_fall_back_to_tmp_without_a_usable_xdg(monkeypatch: pytest.MonkeyPatch, xdg: str | None) -> None:
+    """Not root and no absolute $XDG_RUNTIME_DIR: everything goes under /tmp/tracerd-UID."""
+    if xdg is None:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    else:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
+    config = Config()
+    assert config.socket == Path("/tmp/tracerd-1000/tracerd.sock")
+    assert config.log_dir == Path("/tmp/tracerd-1000/log")
+    assert config.state_dir == Path("/tmp/tracerd-1000/state")
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+@pytest.mark.parametrize("xdg", [None, "/run/user/1000"])
+def test_hook_and_daemon_agree_on_the_default_socket(
+    monkeypatch: pytest.MonkeyPatch, euid: int, xdg: str | None
+) -> None:
+    """pftrace-hook restates the default-socket rule (stdlib only); both give the same path."""
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    monkeypatch.setattr(os, "getuid", lambda: euid)
+    if xdg is None:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    else:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
+    assert hook.default_socket() == str(configmod.default_socket())
+
+
+# -- load: where the file comes from ----------------------------------------
+
+
+def test_load_order_is_flag_then_env_then_system_file_then_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--config beats $TRACERD_CONFIG, which beats /etc/tracerd/tracerd.toml, which beats defaults."""
+    flag, env, system = (tmp_path / name for name in ("flag.toml", "env.toml", "system.toml"))
+    for index, path in enumerate((flag, env, system), start=1):
+        path.write_text(f"max_sessions = {index}\n")
+    monkeypatch.setattr(configmod, "SYSTEM_CONFIG", system)
+    monkeypatch.setenv("TRACERD_CONFIG", str(env))
+    assert load(flag).max_sessions == 1
+    assert load(flag).source == flag
+    assert load().max_sessions == 2
+    monkeypatch.delenv("TRACERD_CONFIG")
+    assert load().max_sessions == 3
+    assert load().source == system
+    monkeypatch.setattr(configmod, "SYSTEM_CONFIG", tmp_path / "absent.toml")
+    assert load() == Config()
+
+
+def test_load_of_an_unreadable_file_names_it(tmp_path: Path) -> None:
+    """A missing or non-UTF-8 file is a ConfigError naming the path, not a traceback."""
+    absent = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match=re.escape(str(absent))):
+        load(absent)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'socket = "\xff"\n')
+    with pytest.raises(ConfigError, match=re.escape(str(binary))):
+        load(binary)
+
+
+# -- the shipped example -----------------------------------------------------
+
+
+@pytest.mark.usefixtures("as_root")
+def test_example_file_parses_to_the_expected_config() -> None:
+    """contrib/tracerd.toml.example loads as exactly the documented values and its one rule."""
+    config = load(EXAMPLE)
+    assert config == Config(
+        socket=Path("/run/tracerd/tracerd.sock"),
+        socket_group=None,
+        log_dir=Path("/var/log/tracerd"),
+        state_dir=Path("/var/lib/tracerd"),
+        default_tracer="watch",
+        attach_timeout=10.0,
+        max_sessions=1024,
+        max_log_bytes=67108864,
+        crash_flood_window=60.0,
+        max_crash_bytes=268435456,
+        history=256,
+        syslog=SyslogConfig(enabled=True, address="/dev/log", facility="mail", max_lines_per_second=200),
+        rules=(Rule(process="smtpd", tracer="strace", args=("-f", "-tt", "-s", "256")),),
+        source=EXAMPLE,
+    )
+
+
+@pytest.mark.usefixtures("as_root")
+def test_example_file_shows_the_defaults() -> None:
+    """Apart from its example rule, the example changes nothing: each value shown is the default."""
+    assert replace(load(EXAMPLE), rules=(), source=None) == Config()
+
+
+def test_example_file_mentions_every_key() -> None:
+    """Every configurable key appears in the example, set or (socket_group) commented out."""
+    text = EXAMPLE.read_text()
+    data = tomllib.loads(text)
+    top = {f.name for f in dataclasses.fields(Config)} - {"syslog", "rules", "source"}
+    for key in top:
+        assert key in data or f"# {key} = " in text, key
+    assert set(data["syslog"]) == {f.name for f in dataclasses.fields(SyslogConfig)}
+    assert set(data["rule"][0]) == {f.name for f in dataclasses.fields(Rule)}
+
+
+# -- rules -------------------------------------------------------------------
+
+RULES = """
+[[rule]]
+process = "smtpd"
+tracer = "strace"
+args = ["-f"]
+
+[[rule]]
+process = "smtp*"
+tracer = "gdb"
+
+[[rule]]
+process = "[cq]*"
+args = ["-s", "64"]
+
+[[rule]]
+process = "?ickup"
+tracer = "ltrace"
+"""
+
+
+def test_first_matching_rule_wins() -> None:
+    """Rules are tried in file order; a later, broader rule never shadows an earlier one."""
+    config = parse(RULES)
+    assert config.rule_for("smtpd") == Rule("smtpd", "strace", ("-f",))
+    assert config.rule_for("smtp") == Rule("smtp*", "gdb")
+    reversed_config = replace(config, rules=config.rules[::-1])
+    assert reversed_config.rule_for("smtpd") == Rule("smtp*", "gdb")
+
+
+@pytest.mark.parametrize(
+    ("name", "process"),
+    [
+        ("smtpd", "smtpd"),
+        ("smtp", "smtp*"),
+        ("smtpd2", "smtp*"),
+        ("cleanup", "[cq]*"),
+        ("qmgr", "[cq]*"),
+        ("pickup", "?ickup"),
+        ("SMTPD", None),  # fnmatch here is case-sensitive, like Postfix's names
+        ("bounce", None),
+        ("ickup", None),  # ? is exactly one character
+    ],
+)
+def test_rule_patterns_are_case_sensitive_fnmatch(name: str, process: str | None) -> None:
+    """`process` is an fnmatch pattern (*, ?, [...]) matched case-sensitively on the whole name."""
+    rule = parse(RULES).rule_for(name)
+    assert (rule.process if rule else None) == process
+
+
+@pytest.mark.parametrize(
+    ("name", "requested", "expected"),
+    [
+        ("bounce", None, ("watch", ())),  # no rule: the default tracer, no args
+        ("smtpd", None, ("strace", ("-f",))),  # the rule's tracer and args
+        ("smtpd", "strace", ("strace", ("-f",))),  # asking for the rule's tracer keeps its args
+        ("smtpd", "gdb", ("gdb", ())),  # the request wins; strace's args do not go to gdb
+        ("smtp", "watch", ("watch", ())),
+        ("qmgr", None, ("watch", ("-s", "64"))),  # a rule without tracer: default tracer, its args
+        ("pickup", None, ("ltrace", ())),
+    ],
+)
+def test_tracer_for_prefers_request_then_rule_then_default(
+    name: str, requested: str | None, expected: tuple[str, tuple[str, ...]]
+) -> None:
+    """tracer_for: the requested tracer, else the first matching rule's, else default_tracer."""
+    assert parse(RULES).tracer_for(name, requested) == expected
+
+
+def test_default_tracer_applies_when_no_rule_names_one() -> None:
+    """default_tracer is what an unmatched name, or a rule without tracer, gets."""
+    config = parse('default_tracer = "gdb"\n' + RULES)
+    assert config.tracer_for("bounce") == ("gdb", ())
+    assert config.tracer_for("qmgr") == ("gdb", ("-s", "64"))
+
+
+# -- accepted values ---------------------------------------------------------
+
+
+def test_limits_accept_their_boundaries() -> None:
+    """The smallest allowed values are accepted, and integers stand in for seconds."""
+    config = parse(
+        "attach_timeout = 300\ncrash_flood_window = 0\nmax_sessions = 1\n"
+        "max_log_bytes = 4096\nmax_crash_bytes = 65536\nhistory = 0\n"
+        "[syslog]\nmax_lines_per_second = 1\nenabled = false\n"
+    )
+    assert config.attach_timeout == 300.0
+    assert isinstance(config.attach_timeout, float)
+    assert config.crash_flood_window == 0.0
+    assert (config.max_sessions, config.max_log_bytes, config.max_crash_bytes, config.history) == (1, 4096, 65536, 0)
+    assert config.syslog.max_lines_per_second == 1
+    assert config.syslog.enabled is False
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "/dev/log",
+        "/run/systemd/journal/dev-log",
+        "udp://loghost",
+        "udp://10.1.2.3:1514",
+        "tcp://loghost.example.org:6514",
+        "tcp://[2001:db8::1]:6514",
+        "tcp://[::1]",
+        "udp://[::ffff:192.0.2.1]:514",
+    ],
+)
+def test_syslog_addresses_accepted_are_usable_by_the_sink(address: str) -> None:
+    """Every address the config accepts is one the syslog sink can use (no late failure at start)."""
+    config = parse(f'[syslog]\naddress = "{address}"\n')
+    assert config.syslog.address == address
+    parse_address(address)  # raises ConfigError if the sink disagrees
+
+
+def test_facility_names_map_to_syslog_codes() -> None:
+    """facility_code is the RFC 5424 number: mail is 2, local7 is 23."""
+    assert parse('[syslog]\nfacility = "mail"\n').syslog.facility_code == 2
+    assert parse('[syslog]\nfacility = "local7"\n').syslog.facility_code == 23
+    assert FACILITIES["authpriv"] == 10
+
+
+@pytest.mark.parametrize("tracer", TRACER_NAMES)
+def test_every_tracer_name_is_accepted(tracer: str) -> None:
+    """Each name of TRACER_NAMES is valid as default_tracer and as a rule's tracer."""
+    config = parse(f'default_tracer = "{tracer}"\n[[rule]]\nprocess = "x"\ntracer = "{tracer}"\n')
+    assert config.default_tracer == tracer
+    assert config.rules[0].tracer == tracer
+
+
+def test_replace_returns_a_changed_copy() -> None:
+    """replace() leaves the frozen original alone."""
+    config = parse("max_sessions = 5\n")
+    changed = replace(config, max_sessions=6)
+    assert (config.max_sessions, changed.max_sessions) == (5, 6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_sessions = 7  # type: ignore[misc]
+
+
+# -- refusals ----------------------------------------------------------------
+
+PREAMBLE = "# tracerd.toml\n\n"  # so that no error is on line 1 by chance
+
+BAD = [
+    # unknown keys, at each level
+    pytest.param("max_session = 5", "max_session", 3, id="unknown-top-key"),
+    pytest.param("[syslog]\nfacilty = \"mail\"", "syslog.facilty", 4, id="unknown-syslog-key"),
+    pytest.param("[[rule]]\nprocess = \"a\"\n[[rule]]\nprocess = \"b\"\ntracr = \"gdb\"", "rule[1].tracr", 7,
+                 id="unknown-rule-key"),
+    pytest.param("[sysloog]\nenabled = true", "sysloog", 3, id="unknown-table"),
+    # wrong types
+    pytest.param("max_sessions = \"5\"", "max_sessions", 3, id="string-for-int"),
+    pytest.param("max_sessions = true", "max_sessions", 3, id="true-for-int"),
+    pytest.param("max_log_bytes = 4096.0", "max_log_bytes", 3, id="float-for-int"),
+    pytest.param("attach_timeout = true", "attach_timeout", 3, id="true-for-seconds"),
+    pytest.param("attach_timeout = \"10\"", "attach_timeout", 3, id="string-for-seconds"),
+    pytest.param("[syslog]\nenabled = 1", "syslog.enabled", 4, id="int-for-bool"),
+    pytest.param("socket = 5", "socket", 3, id="int-for-path"),
+    pytest.param("syslog = \"/dev/log\"", "syslog", 3, id="syslog-not-a-table"),
+    pytest.param("[rule]\nprocess = \"smtpd\"", "rule", 3, id="rule-not-an-array"),
+    # out of range
+    pytest.param("max_sessions = 0", "max_sessions", 3, id="max_sessions-0"),
+    pytest.param("max_log_bytes = 4095", "max_log_bytes", 3, id="max_log_bytes-small"),
+    pytest.param("max_crash_bytes = 65535", "max_crash_bytes", 3, id="max_crash_bytes-small"),
+    pytest.param("history = -1", "history", 3, id="history-negative"),
+    pytest.param("attach_timeout = 0", "attach_timeout", 3, id="attach_timeout-0"),
+    pytest.param("attach_timeout = 300.5", "attach_timeout", 3, id="attach_timeout-large"),
+    pytest.param("attach_timeout = nan", "attach_timeout", 3, id="attach_timeout-nan"),
+    pytest.param("crash_flood_window = -1", "crash_flood_window", 3, id="flood-negative"),
+    pytest.param("crash_flood_window = nan", "crash_flood_window", 3, id="flood-nan"),
+    pytest.param("crash_flood_window = inf", "crash_flood_window", 3, id="flood-inf"),
+    pytest.param("[syslog]\nmax_lines_per_second = 0", "syslog.max_lines_per_second", 4, id="lines-per-second-0"),
+    # paths must be absolute
+    pytest.param("log_dir = \"var/log/tracerd\"", "log_dir", 3, id="relative-log_dir"),
+    pytest.param("state_dir = \"~/tracerd\"", "state_dir", 3, id="home-state_dir"),
+    pytest.param("max_sessions = 2\nsocket = \"tracerd.sock\"", "socket", 4, id="relative-socket"),
+    # names
+    pytest.param("default_tracer = \"dtrace\"", "default_tracer", 3, id="unknown-default-tracer"),
+    pytest.param("socket_group = \"mail users\"", "socket_group", 3, id="bad-group-name"),
+    pytest.param("[syslog]\nfacility = \"mail2\"", "syslog.facility", 4, id="bad-facility"),
+    pytest.param("[syslog]\nfacility = \"MAIL\"", "syslog.facility", 4, id="uppercase-facility"),
+    # syslog addresses
+    pytest.param("[syslog]\naddress = \"dev/log\"", "syslog.address", 4, id="relative-unix-address"),
+    pytest.param("[syslog]\naddress = \"http://loghost:514\"", "syslog.address", 4, id="http-address"),
+    pytest.param("[syslog]\naddress = \"udp://\"", "syslog.address", 4, id="udp-without-host"),
+    pytest.param("[syslog]\naddress = \"udp://loghost:0\"", "syslog.address", 4, id="port-0"),
+    pytest.param("[syslog]\naddress = \"tcp://loghost:65536\"", "syslog.address", 4, id="port-too-large"),
+    pytest.param("[syslog]\naddress = \"tcp://loghost/514\"", "syslog.address", 4, id="path-after-host"),
+    pytest.param("[syslog]\naddress = \"/dev/log\\u0000x\"", "syslog.address", 4, id="nul-in-path"),
+    # rules
+    pytest.param("[[rule]]\ntracer = \"gdb\"", "rule[0]", 3, id="rule-without-process"),
+    pytest.param("[[rule]]\nprocess = \"a\"\n[[rule]]\ntracer = \"gdb\"", "rule[1]", 5,
+                 id="second-rule-without-process"),
+    pytest.param("[[rule]]\nprocess = \"a\"\ntracer = \"perf\"", "rule[0].tracer", 5, id="rule-unknown-tracer"),
+    pytest.param("[[rule]]\nprocess = \"a\"\nargs = [\"-f\", 1]", "rule[0].args", 5, id="rule-args-int"),
+    pytest.param("[[rule]]\nprocess = \"a\"\nargs = \"-f\"", "rule[0].args", 5, id="rule-args-string"),
+    pytest.param("[[rule]]\nprocess = \"a\"\nargs = [\"a\\u0000b\"]", "rule[0].args", 5, id="rule-args-nul"),
+    pytest.param("[[rule]]\nprocess = 5", "rule[0].process", 4, id="rule-process-int"),
+    pytest.param("[[rule]]\nprocess = \"a\"\ntracer = \"gdb\"\n[[rule]]\nprocess = \"b\"\ntracer = \"gbd\"",
+                 "rule[1].tracer", 8, id="error-in-second-rule-found-there"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "key", "line"), BAD)
+def test_bad_config_names_key_and_line(body: str, key: str, line: int) -> None:
+    """Each mistake is a ConfigError whose message starts with the dotted key and ends with its line."""
+    with pytest.raises(ConfigError) as caught:
+        parse(PREAMBLE + body + "\n")
+    err = caught.value
+    assert err.key == key
+    assert err.line == line
+    assert str(err).startswith(f"{key}: ")
+    assert str(err).endswith(f"(line {line})")
+    assert err.code == "config"
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        pytest.param("max_sessions = \n", 3, id="missing-value"),
+        pytest.param("max_sessions = 5\nmax_sessions = 6\n", 4, id="duplicate-key"),
+        pytest.param("[syslog\nenabled = true\n", 3, id="unclosed-header"),
+    ],
+)
+def test_invalid_toml_reports_tomllib_line(body: str, line: int) -> None:
+    """TOML syntax errors are ConfigErrors carrying the line tomllib found, and no key."""
+    with pytest.raises(ConfigError, match=r"not valid TOML") as caught:
+        parse(PREAMBLE + body)
+    assert caught.value.key is None
+    assert caught.value.line == line
+    assert str(caught.value).endswith(f"(line {line})")
+
+
+def test_load_reports_errors_with_the_file_line(tmp_path: Path) -> None:
+    """Through load(), a bad value still names key and line of the file on disk."""
+    path = tmp_path / "tracerd.toml"
+    path.write_text('# comment\n\n[syslog]\nenabled = true\nfacility = "bogus"\n')
+    with pytest.raises(ConfigError, match=r"^syslog\.facility: .*\(line 5\)$"):
+        load(path)
