@@ -53,13 +53,14 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def private_tracerd(extra_config: str = "", nofile: int | None = None) -> Iterator[tuple[Path, Path]]:
+def private_tracerd(extra_config: str = "", nofile: tuple[int, int] | None = None) -> Iterator[tuple[Path, Path]]:
     """A tracerd of the bench's own; yields (socket, root dir).
 
     The daemon's stderr (structlog JSON lines) is ROOT/stderr; when the bench
     fails inside the block, its last lines are printed before the temporary
-    directory goes.  ``nofile`` sets the daemon's soft RLIMIT_NOFILE (as a
-    unit file's LimitNOFILE would); None keeps the bench's own.
+    directory goes.  ``nofile`` = (soft, hard) sets the daemon's RLIMIT_NOFILE
+    (as a unit file's LimitNOFILE=soft:hard would; tracerd may raise its soft
+    limit up to the hard one itself); None keeps the bench's own.
     """
     with tempfile.TemporaryDirectory(prefix="tracerd-bench-") as tmp:
         root = Path(tmp)
@@ -77,7 +78,7 @@ def private_tracerd(extra_config: str = "", nofile: int | None = None) -> Iterat
             proc = subprocess.Popen([str(BIN / "tracerd"), "--config", str(config)], env=env, stderr=stderr)
         if nofile is not None:
             # at once, long before it has a session; its children (watcher, gdb) inherit it
-            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, nofile)
         try:
             assert notify.recv(64) == b"READY=1"
             notify.close()

@@ -71,6 +71,7 @@ IN_MOVED_TO = 0x80
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 REPORT_NAME = re.compile(r"^[A-Za-z0-9._-]+\.json$")
+EXPECTED_TOP = ["crash_here", "level_two", "level_one"]
 ENDED = ("exited", "crashed", "detached", "failed")
 
 
@@ -167,7 +168,12 @@ def one_crash(setup: Setup, kind: str) -> dict[str, Any]:
         if line != "hook=0":
             return {"kind": kind, "pid": proc.pid, "error": f"hook failed: {line}"}
         watch.names()  # forget anything older than this crash
-        waiter = threading.Thread(target=lambda: (proc.wait(), gone.append(time.monotonic())), daemon=True)
+
+        def wait_for_it() -> None:  # the parent's waitpid(), timed when it returns
+            proc.wait()
+            gone.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait_for_it, daemon=True)
         waiter.start()
         assert proc.stdin is not None
         fault = time.monotonic()
@@ -188,6 +194,8 @@ def one_crash(setup: Setup, kind: str) -> dict[str, Any]:
             result["report_ms"] = (report[0] - fault) * 1000
             body = json.loads((crashes / report[1]).read_text())
             result["report_pid_ok"] = body.get("process", {}).get("pid") == proc.pid
+            result["report_top_ok"] = body.get("top", [])[:3] == EXPECTED_TOP
+            result["report_libraries"] = len(body.get("libraries") or [])
             result["report_bytes"] = (crashes / report[1]).stat().st_size
         return result
     finally:
@@ -323,8 +331,10 @@ def print_latency(runs: int, results: list[dict[str, Any]]) -> dict[str, dict[st
         ]
         print(f"{kind:10} {' '.join(cells)} {failed:7d}")
     wrong_pid = sum(1 for r in results if r.get("report_pid_ok") is False)
+    wrong_top = sum(1 for r in results if r.get("report_top_ok") is False)
     errors = [r for r in results if "error" in r or r.get("status") != -11]
-    print(f"\nreports naming another pid: {wrong_pid}; targets not killed by SIGSEGV or failing: {len(errors)}")
+    print(f"\nreports naming another pid: {wrong_pid}; without {' < '.join(EXPECTED_TOP)} on top: {wrong_top}; "
+          f"targets not killed by SIGSEGV or failing: {len(errors)}")  # fmt: skip
     for r in errors[:5]:
         print(f"  {r}")
     base = table["untraced"]["gone_ms"]

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, compile_c, private_tracerd, request, save, stderr_events
 
@@ -47,8 +49,16 @@ tracer = "strace"
 OUTPUT = re.compile(r"hook=(-?\d+) elapsed_us=(\d+)")
 
 
+def cpu(daemon: psutil.Process) -> tuple[float, float]:
+    """(tracerd's own CPU seconds, its reaped children's: strace, gdb) so far."""
+    times = daemon.cpu_times()
+    return times.user + times.system, times.children_user + times.children_system
+
+
 def run_once(exe: Path, kind: str, hook: str, iterations: int, sock: Path) -> dict[str, Any]:
     """One target, start to end; then waits for its session (if any) to end."""
+    daemon = psutil.Process(int(request(sock, "status")["daemon"]["pid"]))
+    cpu_before = cpu(daemon)
     argv = [str(exe), "-" if kind == "untraced" else hook, f"syscalls-{kind}", str(iterations)]
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -77,19 +87,21 @@ def run_once(exe: Path, kind: str, hook: str, iterations: int, sock: Path) -> di
                 break
             time.sleep(0.05)
         result["session_end_s"] = time.monotonic() - start
+    cpu_after = cpu(daemon)
+    result["tracerd_cpu_s"] = cpu_after[0] - cpu_before[0]
+    result["tracer_cpu_s"] = cpu_after[1] - cpu_before[1]
     return result
 
 
 def schedule(runs: int, strace_runs: int) -> list[str]:
-    """untraced and watched alternate (order flipped every round); strace spread among them."""
+    """untraced and watched alternate (order flipped every round); strace runs spread evenly among them."""
+    after = {min(runs - 1, int((i + 0.5) * runs / strace_runs)) for i in range(strace_runs)} if strace_runs else set()
     order: list[str] = []
-    every = max(1, runs // max(strace_runs, 1))
     for round_ in range(runs):
         order += ["untraced", "watched"] if round_ % 2 == 0 else ["watched", "untraced"]
-        if strace_runs and round_ % every == every - 1 and order.count("strace") < strace_runs:
+        if round_ in after:
             order.append("strace")
-    order += ["strace"] * (strace_runs - order.count("strace"))
-    return order
+    return order + ["strace"] * (strace_runs - order.count("strace"))
 
 
 def main() -> int:
@@ -118,14 +130,16 @@ def main() -> int:
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, float]:
     print(f"{args.iterations} getppid() calls per run; loop time in ms, in run order\n")
-    print(f"{'run':>4} {'kind':9} {'loop ms':>10} {'hook':>5} {'session':>9} {'log lines':>10} {'wall s':>8}")
+    print(f"{'run':>4} {'kind':9} {'loop ms':>10} {'hook':>5} {'session':>9} {'log lines':>10} {'wall s':>8} "
+          f"{'tracerd CPU s':>14} {'strace CPU s':>13}")  # fmt: skip
     for number, row in enumerate(results, start=1):
         if "error" in row:
             print(f"{number:4d} {row['kind']:9} {row['error']}")
             continue
         print(f"{number:4d} {row['kind']:9} {row['loop_ms']:10.1f} {row['hook']:5d} {row.get('state') or '-':>9} "
               f"{row.get('log_lines') if row.get('log_lines') is not None else '-':>10} "
-              f"{row.get('session_end_s', row['wall_s']):8.1f}")  # fmt: skip
+              f"{row.get('session_end_s', row['wall_s']):8.1f} {row['tracerd_cpu_s']:14.2f} "
+              f"{row['tracer_cpu_s']:13.2f}")  # fmt: skip
     medians: dict[str, float] = {}
     print(f"\n{'kind':9} {'runs':>5} {'median ms':>10} {'ns/call':>8} {'untraced/kind':>14}")
     for kind in KINDS:
@@ -137,6 +151,10 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         goal = f"  (goal >= {GOAL_RATIO})" if kind == "watched" else ""
         count = sum(1 for r in results if r["kind"] == kind and "loop_ms" in r)
         print(f"{kind:9} {count:5d} {median:10.1f} {median * 1e6 / args.iterations:8.0f} {ratio:14.3f}{goal}")
+    for row in results:
+        if row["kind"] == "strace" and row.get("log_lines"):
+            print(f"strace run: tracerd spent {row['tracerd_cpu_s'] * 1e6 / row['log_lines']:.1f} us CPU "
+                  f"per line of strace output ({row['log_lines']} lines)")  # fmt: skip
     failed = [r for r in results if "error" in r or r.get("hook") != 0 or r.get("status") != 0]
     print(f"failed runs (no output, hook not 0 or exit not 0): {len(failed)}")
     return medians

@@ -23,8 +23,9 @@ Goals printed beside the figures: <= 0.1 MB per watched process; hook p50
 <= 40 ms (one at a time).  Prints a table and writes
 bench/results/watch_scale.json.
 
-Usage: .venv/bin/python bench/watch_scale.py [--count 1000] [--concurrency 20] [--nofile SOFT]
-(``--nofile 1024`` runs tracerd with that soft fd limit, as systemd's default would.)
+Usage: .venv/bin/python bench/watch_scale.py [--count 1000] [--concurrency 20] [--nofile SOFT[:HARD]]
+(``--nofile 1024`` runs tracerd under RLIMIT_NOFILE 1024:1024, as a unit with
+LimitNOFILE=1024 would; results then go to watch_scale-nofile1024-1024.json.)
 """
 
 from __future__ import annotations
@@ -213,6 +214,9 @@ def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
         proc.wait(timeout=60)
         result["gone_ms"] = (time.monotonic() - fault) * 1000
         result["status"] = proc.returncode
+        result.update(state=None, crash=None, report_on_disk=False)
+        if result["hook"] != "hook=0":
+            return result  # not traced: no session to wait for
         deadline = time.monotonic() + 60
         session: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -254,8 +258,8 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
     with private_tracerd(extra, nofile=args.nofile) as (sock, root):
         hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
         daemon = psutil.Process(int(request(sock, "status")["daemon"]["pid"]))
-        data["rlimit_nofile"] = list(resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE))
         data["cold"] = tree(daemon)
+        data["rlimit_nofile"] = list(resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE))
         stderr = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             start_targets = Launcher(exe, hook, targets, stderr)
@@ -304,6 +308,7 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         data["drain_seconds"], data["active_left"] = wait_sessions_end(sock, killed)
         data["counters_end"] = request(sock, "status")["counters"]
         data["daemon_events"] = dict(stderr_events(root))
+        data["daemon_stderr_bytes"] = (root / "stderr").stat().st_size
         data["failure_lines"] = [
             *stderr_lines(root, '"event": "request_refused"', limit=3),
             *stderr_lines(root, '"level": "warning"', limit=3),
@@ -326,9 +331,8 @@ def report(data: dict[str, Any]) -> None:
           f"watcher {(loaded['watcher_rss'] - warm['watcher_rss']) / max(1, count - 1) / 1e3:.1f} kB]")  # fmt: skip
     soft, hard = data["rlimit_nofile"]
     fds_per = (loaded["fds"] - warm["fds"]) / max(1, count - 1)
-    print(f"tracerd fds: {fds_per:.2f} per session; RLIMIT_NOFILE soft {soft} hard {hard}; "
-          f"with a soft limit of 1024 (systemd's default) it would run out near "
-          f"{int((1024 - warm['fds']) / fds_per) if fds_per > 0 else 'never'} sessions")  # fmt: skip
+    room = f"room for about {int((soft - warm['fds']) / fds_per)} sessions" if fds_per > 0 else "no fd per session"
+    print(f"tracerd fds: {fds_per:.2f} per session; its RLIMIT_NOFILE (as it runs) soft {soft} hard {hard}: {room}")
     print(f"\n{'hook latency (time in system())':34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'failed':>7}")
     for label, row in data["hooks"].items():
         ms = row["ms"]
@@ -358,7 +362,7 @@ def report(data: dict[str, Any]) -> None:
         print(f"hook failed {times}x: {reason}")
     noteworthy = {k: v for k, v in data["daemon_events"].items() if not k.startswith("info") or "refused" in k}
     if noteworthy:
-        print("tracerd stderr, lines that are not info (by count):")
+        print(f"tracerd stderr ({data['daemon_stderr_bytes'] / 1e6:.1f} MB), lines that are not info (by count):")
         for key, times in sorted(noteworthy.items(), key=lambda item: -item[1]):
             print(f"  {times:7d}  {key}")
         print("first of them:")
@@ -370,8 +374,14 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=1000, help="processes watched at once")
     parser.add_argument("--concurrency", type=int, default=20, help="hooks at once in the middle phase")
-    parser.add_argument("--nofile", type=int, default=None, help="tracerd's soft RLIMIT_NOFILE (default: inherited)")
+    parser.add_argument(
+        "--nofile", default=None, metavar="SOFT[:HARD]",
+        help="tracerd's RLIMIT_NOFILE, HARD defaulting to SOFT as a unit's LimitNOFILE=N (default: inherited)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.nofile:
+        soft, _, hard = args.nofile.partition(":")
+        args.nofile = (int(soft), int(hard or soft))
     if args.count < 4:
         parser.error("--count must be at least 4")
     no_core_dumps()
@@ -385,7 +395,7 @@ def main() -> int:
             for target in targets:
                 target.reap()
     report(data)
-    path = save("watch_scale", data)
+    path = save("watch_scale" + ("-nofile{}-{}".format(*args.nofile) if args.nofile else ""), data)
     print(f"saved {path}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -190,3 +191,29 @@ def test_syslog_absent_counts_drops(daemon_factory: Any, cbin: Any, spawn: Any, 
         time.sleep(0.05)
     assert daemon.status()["counters"]["syslog_dropped"] > 0
     assert progresses(sleeper.pid)
+
+
+@pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
+def test_fd_limit_refuses_new_sessions_but_keeps_crash_capture(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """Under a low RLIMIT_NOFILE, new sessions are refused ('busy', the hook
+    fails open) before descriptors run out, so that a crash of a process
+    already watched still gets its full report, and status still answers."""
+    daemon = daemon_factory('[[rule]]\nprocess = "*"\ntracer = "watch"\n')
+    resource.prlimit(daemon.proc.pid, resource.RLIMIT_NOFILE, (120, 120))
+    crash = cbin("crash", "-pthread")
+    victim = spawn(crash, daemon.hook_command(), "victim", "segv")
+    assert victim.readline() == "hook=0\n"
+    outcomes = []
+    for _ in range(120):
+        target = spawn(crash, daemon.hook_command(), "filler", "wait")
+        outcomes.append(target.readline())
+        if outcomes[-1] == "hook=1\n":
+            break
+    assert outcomes[-1] == "hook=1\n", "no refusal before 120 sessions"
+    assert outcomes.count("hook=0\n") >= 10
+    assert "too few file descriptors" in daemon.stderr()
+    victim.release()
+    assert victim.wait() == -signal.SIGSEGV
+    session = daemon.wait_session(victim.pid, "crashed")
+    assert session["crash"], session
+    assert daemon.ctl("status").returncode == 0

@@ -22,7 +22,10 @@ import resource
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -87,6 +90,23 @@ def raise_fd_limit() -> None:
             log.warning("fd_limit", soft=soft, hard=hard, error=str(err))
 
 
+def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio's own errors (e.g. accept() failing with EMFILE, which it retries
+    in a loop) as structlog lines, at most one a second with a count."""
+    last = [0.0, 0]
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        now = time.monotonic()
+        last[1] += 1
+        if now - last[0] >= 1.0:
+            error = context.get("exception")
+            log.error("event_loop_error", message=str(context.get("message")),
+                      error=repr(error) if error else None, repeats=last[1])  # fmt: skip
+            last[0], last[1] = now, 0
+
+    return handle
+
+
 async def serve(config: Config, config_path: Path | None) -> int:
     prepare_dirs(config)
     raise_fd_limit()
@@ -105,6 +125,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
     )  # fmt: skip
     await server.start()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

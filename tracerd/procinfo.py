@@ -14,11 +14,34 @@ raises :class:`~tracerd.errors.TargetGone`.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal as signalmod
 from dataclasses import dataclass
 
-from tracerd.errors import TargetGone
+from tracerd.errors import Busy, TargetGone, TracerdError
+
+
+def _translate(pid: int, err: OSError) -> TracerdError:
+    """An OSError reading /proc: our own resource shortage is not the target's fault."""
+    if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return Busy(f"tracerd is short of resources ({err.strerror}); raise LimitNOFILE or max_sessions")
+    if err.errno == errno.ESRCH:
+        return TargetGone(f"no such process {pid}")
+    return TargetGone(f"cannot read process {pid}: {err.strerror}")
+
+
+def free_fds(reserve: int) -> bool:
+    """Whether at least ``reserve`` more descriptors may be opened (RLIMIT_NOFILE)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return True
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return False
+    return soft - used >= reserve
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,7 @@ def _stat_fields(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError) as err:
         raise TargetGone(f"no such process {pid}") from err
     except OSError as err:
-        raise TargetGone(f"cannot read process {pid}: {err.strerror}") from err
+        raise _translate(pid, err) from err
     # fields after the comm, which may itself hold spaces and parentheses
     return raw[raw.rindex(b")") + 2 :].decode("ascii", "replace").split()
 
@@ -89,7 +112,7 @@ def tracer_pid(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError) as err:
         raise TargetGone(f"no such process {pid}") from err
     except OSError as err:
-        raise TargetGone(f"cannot read process {pid}: {err.strerror}") from err
+        raise _translate(pid, err) from err
     return 0
 
 

@@ -31,7 +31,7 @@ from tracerd.auth import Authorizer, Peer
 from tracerd.config import Config
 from tracerd.crash import CrashReport
 from tracerd.crashstore import CrashStore
-from tracerd.errors import ConfigError, NotFound, TracerdError, TracerFailed
+from tracerd.errors import Busy, ConfigError, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import Request
 from tracerd.sessions import Session, SessionRegistry
@@ -41,6 +41,7 @@ from tracerd.tracers.base import Ending, Target, Tracer
 from tracerd.watchclient import supervisor
 
 log = structlog.get_logger("tracerd")
+FD_RESERVE = 64
 
 
 class SessionOutput:
@@ -213,6 +214,10 @@ class TracerdService:
             # a second hook for the same process: it is (being) traced already
             await asyncio.shield(self.running[existing.pid].attached)
             return existing
+        if not procinfo.free_fds(FD_RESERVE):
+            # keep descriptors for what must not fail: crash capture (gdb's
+            # pipes), the log of a crash, and clients asking what is going on
+            raise Busy("too few file descriptors left for a new session (RLIMIT_NOFILE); raise LimitNOFILE")
         tracer_name, args = self.config.tracer_for(name, requested)
         backend_cls = tracers.backend(tracer_name)
         log_name = f"{name}.{identity.pid}.log"

@@ -1,0 +1,218 @@
+"""bench/postfix: a private Postfix instance's smtpd, untraced and traced.
+
+Four ways to run smtpd, alternated run by run (5 runs each) on one private
+instance (tests/postfix_instance.py; master started and stopped for each run):
+
+- untraced:         smtpd without -D;
+- tracerd watch:    smtpd -D, ``pftrace-hook --tracer watch``;
+- tracerd strace:   smtpd -D, ``pftrace-hook --tracer strace``;
+- seed gdb recipe:  smtpd -D, DEBUG_README's
+  ``(echo cont; echo where; sleep 8640000) | gdb ... & sleep 5``.
+
+Per run, two figures:
+
+- banner delay: from connect() to the 220 banner on a connection that makes
+  master start a new smtpd (every smtpd alive is first given a client of its
+  own, and the serving pid is checked to be new);
+- throughput: ``smtp-source -s 10 -m 1000`` (one SMTP session per message,
+  10 in parallel) wall time, as messages per second; every message is then
+  waited for in the maillog (``status=sent``, discard transport).
+
+The bench is a child subreaper: Postfix's processes and the recipe's gdb,
+sleep and subshells come back to it, and it kills and reaps every one of them
+(the recipe's ``sleep 8640000`` never ends by itself, and a gdb keeps its
+smtpd stopped at master's SIGTERM).  Prints a table and writes
+bench/results/postfix.json.
+Usage: .venv/bin/python bench/postfix.py [--runs 5] [--messages 1000] [--sessions 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import BIN, no_core_dumps, private_tracerd, request, save, summary
+
+from tests.postfix_instance import PostfixInstance, available
+
+PR_SET_CHILD_SUBREAPER = 36
+SEED_GDB = (
+    "PATH=/bin:/usr/bin:/usr/local/bin; export PATH; (echo cont; echo where; sleep 8640000) | "
+    "gdb $daemon_directory/$process_name $process_id 2>&1 >$config_directory/$process_name.$process_id.log & sleep 5"
+)
+MODES = ("untraced", "tracerd watch", "tracerd strace", "seed gdb recipe")
+
+
+def debugger_command(mode: str, sock: Path) -> str | None:
+    if mode == "untraced":
+        return None
+    if mode == "seed gdb recipe":
+        return SEED_GDB
+    return f"{BIN / 'pftrace-hook'} --socket {sock} --tracer {mode.split()[1]} $process_name $process_id"
+
+
+def configure(instance: PostfixInstance, command: str | None) -> None:
+    """-D and debugger_command for the next run (master is stopped)."""
+    service = f"{instance.listen}/inet/command"
+    instance.postconf("-F", f"{service}={'smtpd -D' if command else 'smtpd'}")
+    if command:
+        instance.postconf("-e", f"debugger_command={command}")
+    else:
+        instance.postconf("-X", "debugger_command")
+    with contextlib.suppress(FileNotFoundError):
+        instance.maillog.unlink()
+
+
+def serving_pid(instance: PostfixInstance, conn: socket.socket) -> int | None:
+    port = conn.getsockname()[1]
+    for proc in instance.processes("smtpd"):
+        with contextlib.suppress(psutil.Error):
+            if any(c.raddr and c.raddr.port == port for c in proc.net_connections("tcp")):
+                return proc.pid
+    return None
+
+
+def banner_delay(instance: PostfixInstance) -> float:
+    """ms from connect() to the banner, served by an smtpd started for it."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(5):
+            # give every smtpd alive a client, so that only a new one can answer
+            for _proc in instance.processes("smtpd"):
+                conn = socket.create_connection(("127.0.0.1", instance.port), timeout=60)
+                held.append(conn)
+                conn.makefile("rb").readline()
+            before = {p.pid for p in instance.processes("smtpd")}
+            start = time.monotonic()
+            conn = socket.create_connection(("127.0.0.1", instance.port), timeout=60)
+            held.append(conn)
+            line = conn.makefile("rb").readline()
+            elapsed = (time.monotonic() - start) * 1000
+            assert line.startswith(b"220 "), line
+            pid = serving_pid(instance, conn)
+            if pid is not None and pid not in before:
+                return elapsed
+        raise AssertionError("no connection was served by a new smtpd in 5 tries")
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def throughput(instance: PostfixInstance, messages: int, sessions: int) -> float:
+    start = time.monotonic()
+    subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-f", "sender@example.com",
+         "-t", "rcpt@example.com", instance.listen],
+        check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    instance.wait_log("status=sent", count=messages, timeout=300)
+    return messages / elapsed
+
+
+def kill_recipe_leftovers() -> int:
+    """Kill the recipe's gdb first (it lets its smtpd go), then its sleeps."""
+    killed = 0
+    for names in (("gdb",), ("sleep",)):
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if proc.name() in names:
+                    proc.kill()
+                    killed += 1
+    return killed
+
+
+def reap_all(keep: int, timeout: float = 30.0) -> None:
+    """Wait for, and reap, every child but ``keep`` (tracerd, a Popen of common.py)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        others = [p for p in psutil.Process().children() if p.pid != keep]
+        if not others:
+            return
+        for proc in others:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, os.WNOHANG)
+        time.sleep(0.05)
+    left = [(p.pid, p.name()) for p in psutil.Process().children() if p.pid != keep]
+    raise AssertionError(f"children left after {timeout} s: {left}")
+
+
+def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
+        float, float]:  # fmt: skip
+    configure(instance, debugger_command(mode, sock))
+    instance.start(timeout=60)
+    try:
+        delay = banner_delay(instance)
+        rate = throughput(instance, args.messages, args.sessions)
+    finally:
+        kill_recipe_leftovers()
+        instance.stop()
+        kill_recipe_leftovers()  # a subshell's sleep whose gdb was gone already
+        reap_all(keep=tracerd_pid)
+    return rate, delay
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=10)
+    args = parser.parse_args()
+    if not available() or shutil.which("smtp-source") is None:
+        print("bench/postfix: Postfix (master, postconf, smtp-source) is not installed", file=sys.stderr)
+        return 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("bench/postfix: cannot become a child subreaper", file=sys.stderr)
+        return 1
+    no_core_dumps()
+    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    delays: dict[str, list[float]] = {mode: [] for mode in MODES}
+    root = Path(tempfile.mkdtemp(prefix="tracerd-bench-postfix-"))
+    try:
+        instance = PostfixInstance(root)
+        instance.create()
+        with private_tracerd() as (sock, _tracerd_root):
+            tracerd_pid = int(request(sock, "status")["daemon"]["pid"])
+            for run in range(args.runs):
+                for mode in MODES:
+                    rate, delay = one_run(instance, mode, sock, args, tracerd_pid)
+                    rates[mode].append(rate)
+                    delays[mode].append(delay)
+                    print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms", flush=True)
+            counters = request(sock, "status")["counters"]
+    finally:
+        kill_recipe_leftovers()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nsmtp-source -s {args.sessions} -m {args.messages}, {args.runs} runs per mode, alternated\n")
+    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8}   {'banner ms p50':>13} {'min':>8} {'max':>8}")
+    for mode in MODES:
+        rate, delay = summary(rates[mode]), summary(delays[mode])
+        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f}   "
+              f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}")  # fmt: skip
+    print(f"\ntracerd: {counters['sessions_started']} sessions, {counters['sessions_failed']} failed")
+    path = save("postfix", {"runs": args.runs, "messages": args.messages, "sessions": args.sessions,
+                            "throughput": {m: summary(v) for m, v in rates.items()},
+                            "banner_ms": {m: summary(v) for m, v in delays.items()},
+                            "tracerd_counters": counters})  # fmt: skip
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly (finally blocks) on SIGTERM too
+    sys.exit(main())
