@@ -33,7 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, compile_c, private_tracerd, proc_state, request, save  # noqa: E402
+from common import BIN, compile_c, private_tracerd, proc_state, request, save
 
 RULES = (
     '[[rule]]\nprocess = "gdbload*"\ntracer = "gdb"\n'
