@@ -39,7 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracerd.config import Config
+from tracerd.config import load as load_config
 from tracerd.ctl import Unreachable, call
+from tracerd.errors import ConfigError
 from tracerd.protocol import CRASH_ID_RE
 
 MAX_JSON = 64 << 20
@@ -89,8 +92,15 @@ class CrashInventory:
     directory: Path | None = None
     _extra: list[CrashMatch] = field(default_factory=list)  # sessions' and older reports' crashes
     _reports: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    _candidates: list[CrashMatch] | None = None
 
     def candidates(self) -> list[CrashMatch]:
+        """Every (crash, pid) the inventory knows, built once (match() completes them in place)."""
+        if self._candidates is None:
+            self._candidates = self._build_candidates()
+        return self._candidates
+
+    def _build_candidates(self) -> list[CrashMatch]:
         found: list[CrashMatch] = []
         for entry in self.entries:
             full = _from_entry(entry)
@@ -189,7 +199,7 @@ def load_inventory(socket_path: str | None, state_dir: Path | None, timeout: flo
             data = read_json(directory, "index.json")
             entries = data.get("crashes") if isinstance(data, dict) else None
             if not isinstance(entries, list):
-                raise ValueError("no crash list")
+                raise ValueError("no crash list")  # noqa: TRY004 -- reported with the other ValueErrors
         except FileNotFoundError:
             reasons.append(f"no crash index in {directory}")
         except PermissionError:
@@ -197,11 +207,21 @@ def load_inventory(socket_path: str | None, state_dir: Path | None, timeout: flo
         except (OSError, ValueError) as err:
             reasons.append(f"crash index in {directory}: unreadable ({err})")
         else:
-            inventory = CrashInventory("index", "; ".join(reasons) or None, [e for e in entries if isinstance(e, dict)],
-                                       directory=directory)  # fmt: skip
+            # most recently seen first, as the daemon lists them
+            usable = sorted((e for e in entries if isinstance(e, dict)), key=lambda e: str(e.get("last_seen")),
+                            reverse=True)  # fmt: skip
+            inventory = CrashInventory("index", "; ".join(reasons) or None, usable, directory=directory)
             inventory._extra = _from_report_lists(inventory.entries)
             return inventory
     return CrashInventory(None, "; ".join(reasons) or "no crash inventory")
+
+
+def default_state_dir() -> Path:
+    """tracerd's state_dir as its configuration says ($TRACERD_CONFIG, /etc/tracerd/tracerd.toml, defaults)."""
+    try:
+        return load_config().state_dir
+    except ConfigError:
+        return Config().state_dir  # a broken config is tracerd --check's to report, not ours
 
 
 def read_json(directory: Path, name: str) -> Any:
@@ -250,7 +270,8 @@ def _from_report_lists(entries: list[dict[str, Any]]) -> list[CrashMatch]:
         for crash_id in entry.get("reports") or []:
             parsed = _ID_PID.fullmatch(crash_id) if isinstance(crash_id, str) else None
             if parsed and crash_id != entry.get("id"):
-                report = str(Path(entry["report"]).with_name(f"{crash_id}.json")) if entry.get("report") else None
+                latest = entry.get("report")
+                report = str(Path(latest).with_name(f"{crash_id}.json")) if isinstance(latest, str) else None
                 found.append(CrashMatch(crash_id, int(parsed.group("pid")), None, None, None, [],
                                         _str(entry.get("signature")), report))  # fmt: skip
     return found

@@ -87,13 +87,17 @@ class GdbMI:
         return self.child.pid if self.child else None
 
     async def start(self, *extra: str) -> None:
-        self.child = Child([*GDB_ARGV, *extra], self._on_line, stdin=True)
+        self.child = Child([*GDB_ARGV, *extra], self._on_lines, stdin=True)
         for setting in SETTINGS:
             try:
                 await self.command(setting, timeout=30.0)
             except MIError:
                 if "debuginfod" not in setting:  # older gdb has no debuginfod
                     raise
+
+    def _on_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            self._on_line(line)
 
     def _on_line(self, line: str) -> None:
         if not line or line.startswith("(gdb)"):

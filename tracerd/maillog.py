@@ -43,8 +43,10 @@ compressed file yields the lines read before the damage, then raises.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import datetime as dt
 import gzip
+import io
 import lzma
 import os
 import re
@@ -53,7 +55,6 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 MAX_LINE = 8192
 POSTCONF_TIMEOUT = 15.0
@@ -66,13 +67,10 @@ _SYSLOG_STAMP = re.compile(
     r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}(?P<day>\d{1,2})"
     r" (?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)(?:\.(?P<frac>\d{1,9}))? "
 )
-_RFC3339_STAMP = re.compile(
-    r"(?P<stamp>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) "
-)
+_RFC3339_STAMP = re.compile(r"(?P<stamp>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) ")
 _TAG = re.compile(r"(?P<host>\S+) (?P<program>[^\s\[\]:]{1,128})(?:\[(?P<pid>\d{1,10})\])?: ")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ROTATED = r"(?:\.(?P<number>\d{1,4})|-(?P<date>\d{8}(?:\d{2})?))(?:\.(?:gz|bz2|xz))?"
-_MAGIC = ((b"\x1f\x8b", gzip.GzipFile), (b"BZh", bz2.BZ2File), (b"\xfd7zXZ\x00", lzma.LZMAFile))
 
 
 class LogError(Exception):
@@ -170,8 +168,9 @@ def with_rotated(path: Path) -> list[Path]:
 # -- reading ------------------------------------------------------------------
 
 
-def open_log(path: Path) -> tuple[IO[bytes], float]:
-    """Open a log (decompressing by magic bytes); returns the stream and the file's mtime."""
+@contextlib.contextmanager
+def open_log(path: Path) -> Iterator[tuple[io.BufferedIOBase, float]]:
+    """Open a log (decompressing by magic bytes): the stream and the file's mtime; closes both."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; we refuse it below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -181,30 +180,36 @@ def open_log(path: Path) -> tuple[IO[bytes], float]:
         raise LogError(f"{path}: permission denied (mail logs are often readable by root or group adm only)") from None
     except OSError as err:
         raise LogError(f"{path}: {err.strerror}") from None
-    raw = os.fdopen(fd, "rb")
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raw.close()
-        raise LogError(f"{path}: not a regular file")
-    try:
-        magic = raw.read(6)
-        raw.seek(0)
-    except OSError as err:
-        raw.close()
-        raise LogError(f"{path}: {err.strerror}") from None
-    for prefix, opener in _MAGIC:
-        if magic.startswith(prefix):
-            return opener(raw), info.st_mtime
-    return raw, info.st_mtime
+    with os.fdopen(fd, "rb") as raw:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LogError(f"{path}: not a regular file")
+        try:
+            magic = raw.read(6)
+            raw.seek(0)
+        except OSError as err:
+            raise LogError(f"{path}: {err.strerror}") from None
+        # a decompressor does not close the file it was given: the outer ``with`` does
+        with _decompressed(magic, raw) as stream:
+            yield stream, info.st_mtime
+
+
+def _decompressed(magic: bytes, raw: io.BufferedReader) -> io.BufferedIOBase:
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw, mode="rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw, mode="rb")
+    return raw
 
 
 def read_log(path: Path, now: dt.datetime | None = None) -> Iterator[LogLine]:
     """Every line of one log file, in file order; raises LogError (after the good lines) on damage."""
-    stream, mtime = open_log(path)
     now = now or dt.datetime.now().astimezone()
-    reference = min(now, dt.datetime.fromtimestamp(mtime).astimezone())
     number = 0
-    with stream:
+    with open_log(path) as (stream, mtime):
+        reference = min(now, dt.datetime.fromtimestamp(mtime).astimezone())
         try:
             while True:
                 chunk = stream.readline(MAX_LINE + 1)
@@ -221,7 +226,7 @@ def read_log(path: Path, now: dt.datetime | None = None) -> Iterator[LogLine]:
             raise LogError(f"{path}: damaged after line {number}: {err}") from None
 
 
-def _skip_rest_of_line(stream: IO[bytes]) -> None:
+def _skip_rest_of_line(stream: io.BufferedIOBase) -> None:
     while True:
         rest = stream.readline(MAX_LINE)
         if not rest or rest.endswith(b"\n"):

@@ -1,40 +1,36 @@
 """tracerctl postfix: trace a Postfix service through tracerd, and stop.
 
-``tracerctl postfix enable SERVICE [-c DIR] [--tracer T] [--dry-run] [--force]``
-adds ``-D`` to SERVICE's command in master.cf, points ``debugger_command`` at
-the installed pftrace-hook and reloads the instance if it runs.  ``disable
-SERVICE`` takes the ``-D`` away and, once no service has one, puts the old
-``debugger_command`` back.  ``status`` lists the ``-D`` services and asks
-tracerd whether their processes are traced now.  SERVICE is what ``postconf
--M`` names (``smtp/inet``; ``smtp`` when one type has that name) or a program
-that exactly one service runs (``smtpd``).
+``enable SERVICE [-c DIR] [--tracer T] [--dry-run] [--force]`` adds ``-D`` to
+SERVICE's command in master.cf, points ``debugger_command`` at the installed
+pftrace-hook, and reloads the instance if it runs; ``disable SERVICE`` takes
+the ``-D`` away and, once no service has one, puts the old debugger_command
+back; ``status`` lists the ``-D`` services and asks tracerd whether their
+processes are traced now.  SERVICE is what ``postconf -M`` names (``smtp/inet``;
+``smtp`` when one type has that name) or a program one service runs (``smtpd``).
 
 Every edit is made by postconf, which parses and locks main.cf and master.cf
-as Postfix does.  But postconf re-lays-out whatever entry it writes (columns,
-continuation lines), so postconf alone cannot undo its own edit byte for byte.
-So each edit is recorded as the lines postconf replaced and the lines it
-wrote, in ``$config_directory/tracerd-postfix.json``; ``disable`` puts the old
-lines back where postconf's lines still stand (found exactly once, and
-checked with postconf afterwards), else it falls back to a postconf edit and
-says that the layout was not restored.  Why that file: a main.cf parameter
-such as ``tracerd_saved_debugger_command`` would make every Postfix program
-warn "unused parameter" and would lose the old value's line layout; tracerd's
-state_dir is the daemon's, which tracerctl need not know; the config
-directory goes with the instance (one per postmulti instance), is root's, and
-is backed up along with main.cf.
+as Postfix does.  postconf re-lays-out any entry it writes (columns,
+continuation lines), so it cannot undo its own edit byte for byte: each edit
+is recorded as the lines postconf replaced and the lines it wrote, in
+``$config_directory/tracerd-postfix.json``.  ``disable`` puts the old lines
+back where postconf's still stand (exactly once; checked with postconf after),
+else it edits with postconf and warns that the layout was not restored.  Why
+that file: a main.cf parameter (``tracerd_saved_debugger_command``) would make
+Postfix warn "unused parameter" and lose the old value's layout; tracerd's
+state_dir belongs to the daemon's config, which tracerctl does not read; the
+config directory goes with the instance (postmulti), is root's, and is backed
+up along with main.cf.
 
-Security: trusted are postconf's output (Postfix's own parser) and the state
-file, which must be a regular file, not a symlink, owned by us and writable
-by nobody else, since its lines end up in main.cf, where debugger_command runs
-as root.  Never a shell: every command is an argv list.  SERVICE must match
-:data:`SERVICE_RE` before it reaches postconf, and every word put into
-debugger_command must match :data:`SAFE_WORD` (no ``$``, which Postfix
-expands, nor anything /bin/sh would interpret).
+Security: trusted are postconf's output and the state file, which must be a
+regular file (not a symlink) owned by us and writable by nobody else: its
+lines go back into main.cf, where debugger_command runs as root.  Never a
+shell: argv lists only.  SERVICE must match :data:`SERVICE_RE` before it
+reaches postconf; each word put into debugger_command must match
+:data:`SAFE_WORD` (no ``$``, which Postfix expands, nor shell syntax).
 
-Diagnostics: one line ``tracerctl: postfix: REASON`` and exit 1 when a step
-fails or is refused; ``tracerctl: warning: ...`` for what goes on regardless
-(a layout that could not be restored); exit 3 from ``status`` when tracerd
-does not answer (the services are listed all the same).
+Diagnostics: ``tracerctl: postfix: REASON`` and exit 1 when a step fails or
+is refused; ``tracerctl: warning: ...`` for what goes on regardless; exit 3
+from ``status`` when tracerd does not answer (services are listed anyway).
 """
 
 from __future__ import annotations
@@ -87,17 +83,7 @@ def _program(name: str) -> str:
 
 def command_words(command: str) -> list[str]:
     """master.cf command words; a ``{ ... }`` group is one word."""
-    words, i = [], 0
-    while i < len(command):
-        if command[i].isspace():
-            i += 1
-            continue
-        end = command.find("}", i) + 1 or len(command) if command[i] == "{" else i
-        while end < len(command) and not command[end].isspace():
-            end += 1
-        words.append(command[i:end])
-        i = end
-    return words
+    return re.findall(r"\{[^}]*\}|\S+", command)
 
 
 def debug_flag(words: list[str]) -> int | None:
@@ -149,13 +135,13 @@ def hunk(before: bytes, after: bytes) -> dict[str, str]:
     """The lines an edit replaced and the lines it wrote (common ends trimmed)."""
     old = before.decode("utf-8", "surrogateescape").splitlines(keepends=True)
     new = after.decode("utf-8", "surrogateescape").splitlines(keepends=True)
-    head = 0
-    while head < min(len(old), len(new)) and old[head] == new[head]:
-        head += 1
-    tail = 0
-    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
-        tail += 1
+    head = _common(old, new)
+    tail = _common(old[head:][::-1], new[head:][::-1])
     return {"before": "".join(old[head : len(old) - tail]), "after": "".join(new[head : len(new) - tail])}
+
+
+def _common(one: list[str], two: list[str]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(one, two, strict=False)) if x != y), min(len(one), len(two)))
 
 
 def undo(text: bytes, patch: dict[str, str] | None) -> bytes | None:
@@ -193,14 +179,18 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600, owner: os.stat_resu
 
 
 class Instance:
-    """One Postfix instance, seen and edited through postconf and postfix."""
+    """One Postfix instance, read and edited through postconf and postfix.
 
-    def __init__(self, config_dir: str | None) -> None:
+    Every change goes through :meth:`edit`, :meth:`restore`, :meth:`save_state`
+    or :meth:`reload`, which in a dry run only record what they would do."""
+
+    def __init__(self, config_dir: str | None, dry_run: bool = False) -> None:
         if config_dir is None:
             config_dir = self._run([_program("postconf"), "-h", "config_directory"]).strip()
         self.config_dir = Path(config_dir).absolute()
         self.main_cf, self.master_cf = self.config_dir / "main.cf", self.config_dir / "master.cf"
         self.state_path = self.config_dir / STATE_NAME
+        self.dry_run, self.actions, self.notes = dry_run, list[str](), list[str]()
 
     @staticmethod
     def _run(argv: list[str]) -> str:
@@ -213,28 +203,18 @@ class Instance:
     def postconf_argv(self, *args: str) -> list[str]:
         return [_program("postconf"), "-c", str(self.config_dir), *args]
 
-    def postfix_argv(self, action: str) -> list[str]:
-        return [_program("postfix"), "-c", str(self.config_dir), action]
-
     def postconf(self, *args: str) -> str:
         return self._run(self.postconf_argv(*args))
 
     def services(self) -> dict[str, str]:
         """``name/type`` -> command (with its arguments) of every master.cf entry."""
-        found = {}
-        for line in self.postconf("-F", "*/*/command").splitlines():
-            if match := COMMAND_LINE.fullmatch(line):
-                found[match["key"]] = match["command"]
-        return found
+        lines = (COMMAND_LINE.fullmatch(line) for line in self.postconf("-F", "*/*/command").splitlines())
+        return {match["key"]: match["command"] for match in lines if match}
 
     def debugger_command(self) -> str | None:
         """main.cf's own value (None when main.cf does not set it)."""
         line = self.postconf("-n", "debugger_command").rstrip("\n")
         return line.partition(" =")[2][1:] if line else None
-
-    def running(self) -> bool:
-        argv = self.postfix_argv("status")
-        return subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
 
     def master(self) -> psutil.Process | None:
         pid_file = Path(self.postconf("-h", "queue_directory").strip()) / "pid" / "master.pid"
@@ -257,22 +237,40 @@ class Instance:
         return matches[0]
 
     def edit(self, path: Path, *args: str) -> dict[str, str]:
+        """Run one postconf edit; returns the lines it replaced and the lines it wrote."""
+        self.actions.append(shlex.join(self.postconf_argv(*args)))
+        if self.dry_run:
+            return {"before": "", "after": ""}
         before = path.read_bytes()
         self.postconf(*args)
         return hunk(before, path.read_bytes())
 
     def restore(self, path: Path, patch: dict[str, str] | None, check: Callable[[], bool]) -> bool:
-        """Put a patch's old lines back; False (file as it was) unless ``check()`` then holds."""
+        """Put a patch's old lines back; False (file left as it was) unless ``check()`` holds then."""
         current = path.read_bytes()
         restored = undo(current, patch)
         if restored is None:
             return False
+        lines = [len(patch[side].splitlines()) if patch else 0 for side in ("after", "before")]
+        self.actions.append(f"restore {path} as it was before enable: -{lines[0]} +{lines[1]} lines")
+        if self.dry_run:
+            return True
         owner = path.stat()
         replace_file(path, restored, stat.S_IMODE(owner.st_mode), owner)
         if check():
             return True
+        self.actions[-1] += " (undone: postconf disagreed)"
         replace_file(path, current, stat.S_IMODE(owner.st_mode), owner)
         return False
+
+    def reload(self) -> None:
+        status = subprocess.run([_program("postfix"), "-c", str(self.config_dir), "status"],
+                                capture_output=True, timeout=60, check=False)  # fmt: skip
+        if status.returncode == 0:  # running: make master read the new configuration
+            argv = [_program("postfix"), "-c", str(self.config_dir), "reload"]
+            self.actions.append(shlex.join(argv))
+            if not self.dry_run:
+                self._run(argv)
 
     def load_state(self) -> dict[str, Any] | None:
         try:
@@ -289,12 +287,14 @@ class Instance:
             try:
                 state = json.load(file)
             except ValueError:
-                raise PostfixError(f"{self.state_path}: not valid JSON") from None
+                state = None
         if not isinstance(state, dict) or state.get("version") != 1:
             raise PostfixError(f"{self.state_path}: not a state file of this tracerctl")
         return state
 
     def save_state(self, state: dict[str, Any] | None) -> None:
+        if self.dry_run:
+            return
         if state is None:
             self.state_path.unlink(missing_ok=True)
         else:
@@ -307,190 +307,147 @@ def locked(directory: Path, timeout: float = 30.0) -> Iterator[None]:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PostfixError(f"another tracerctl postfix holds {directory} for over {timeout} s") from None
-                time.sleep(0.1)
+        while not _try_lock(fd):
+            if time.monotonic() > deadline:
+                raise PostfixError(f"another tracerctl postfix holds {directory} for over {timeout} s")
+            time.sleep(0.1)
         yield
     finally:
         os.close(fd)
 
 
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 # -- the three actions ------------------------------------------------------
 
-Step = tuple[str, Callable[[], None]]
 
-
-def enable(inst: Instance, args: argparse.Namespace) -> tuple[str, list[Step], list[str]]:
+def enable(inst: Instance, args: argparse.Namespace) -> str:
     services = inst.services()
     key = inst.resolve(args.service, services)
     wanted = hook_command(find_hook(), os.path.abspath(args.socket), args.tracer)
-    state = inst.load_state() or {"version": 1, "original": inst.debugger_command(), "main_cf": None, "services": {}}
-    current, steps, notes = inst.debugger_command(), [], []
+    current = inst.debugger_command()
+    state = inst.load_state() or {"version": 1, "original": current, "ours": None, "main_cf": None, "services": {}}
     if current != wanted:
-        if current and not is_hook(current) and current != state.get("ours"):
+        if current and not is_hook(current) and current != state["ours"]:
             if not args.force:
                 raise PostfixError(f"debugger_command already holds something else: {current!r};"
-                                   " --force replaces it (disable then restores it)")  # fmt: skip
+                                   " --force replaces it (and disable restores it)")  # fmt: skip
             if current != state["original"]:
-                notes.append(f"replacing debugger_command = {current}; disable restores {state['original']!r}")
-
-        def set_hook() -> None:
-            patch = inst.edit(inst.main_cf, "-e", f"debugger_command={wanted}")
-            previous = state["main_cf"]
-            # a second edit of our own line: one patch from the original to the newest
-            state["main_cf"] = {"before": previous["before"], "after": patch["after"]} if (
-                previous and patch["before"] == previous["after"]) else None if previous else patch  # fmt: skip
-            state["ours"] = wanted
-            inst.save_state(state)
-
-        steps.append((shlex.join(inst.postconf_argv("-e", f"debugger_command={wanted}")), set_hook))
+                inst.notes.append(f"replacing debugger_command = {current}; disable restores {state['original']!r}")
+        patch, first = inst.edit(inst.main_cf, "-e", f"debugger_command={wanted}"), state["main_cf"]
+        if first:  # our second edit of our own line: one patch from the original, if they chain
+            patch = {"before": first["before"], "after": patch["after"]} if patch["before"] == first["after"] else {}
+        state.update(main_cf=patch or None, ours=wanted)
+        inst.save_state(state)
     command = services[key]
     if debug_flag(command_words(command)) is None:
-        field = f"{key}/command={with_debug(command)}"
-
-        def add_flag() -> None:
-            state["services"][key] = {"command": command, "master_cf": inst.edit(inst.master_cf, "-F", field)}
-            inst.save_state(state)
-
-        steps.append((shlex.join(inst.postconf_argv("-F", field)), add_flag))
-    return key, steps, notes
+        patch = inst.edit(inst.master_cf, "-F", f"{key}/command={with_debug(command)}")
+        state["services"][key] = {"command": command, "master_cf": patch}
+        inst.save_state(state)
+    return key
 
 
-def disable(inst: Instance, args: argparse.Namespace) -> tuple[str, list[Step], list[str]]:
+def disable(inst: Instance, args: argparse.Namespace) -> str:
     services = inst.services()
     key = inst.resolve(args.service, services)
     state = inst.load_state()
-    steps: list[Step] = []
-    notes: list[str] = []
     command = services[key]
     if debug_flag(command_words(command)) is not None:
-        saved = (state or {}).get("services", {}).get(key)
-        field = f"{key}/command={without_debug(command)}"
-
-        def drop_flag() -> None:
-            check = lambda: inst.services().get(key) == saved["command"]  # noqa: E731
-            if not (saved and inst.restore(inst.master_cf, saved["master_cf"], check)):
-                inst.postconf("-F", field)
-                if saved:
-                    notes.append(f"{inst.master_cf}: {key} edited since enable: -D removed, its layout not restored")
-            if state:
-                state["services"].pop(key, None)
-                inst.save_state(state)
-
-        exact = saved and undo(inst.master_cf.read_bytes(), saved["master_cf"]) is not None
-        steps.append((f"restore {key} in {inst.master_cf} as saved at enable" if exact
-                      else shlex.join(inst.postconf_argv("-F", field)), drop_flag))  # fmt: skip
+        saved = state["services"].pop(key, None) if state else None
         services[key] = without_debug(command)
-    still = sorted(k for k, c in services.items() if debug_flag(command_words(c)) is not None)
+        if not (saved and inst.restore(inst.master_cf, saved["master_cf"],
+                                       lambda: inst.services().get(key) == saved["command"])):  # fmt: skip
+            inst.edit(inst.master_cf, "-F", f"{key}/command={services[key]}")
+            if saved:
+                inst.notes.append(f"{key} was edited since enable: -D removed, its old layout not restored")
+        inst.save_state(state)
+    still = sorted(key for key, command in services.items() if debug_flag(command_words(command)) is not None)
+    current = inst.debugger_command()
     if still:
-        notes.append(f"debugger_command kept: still used by {', '.join(still)}")
-    elif state and inst.debugger_command() != state.get("ours"):
-        notes.append("debugger_command was changed since enable: left as it is")
-        steps.append((f"remove {inst.state_path}", lambda: inst.save_state(None)))
-    elif state:
+        inst.notes.append(f"debugger_command kept: still used by {', '.join(still)}")
+        return key
+    if state and current not in (state["ours"], state["original"]):
+        inst.notes.append("debugger_command was changed since enable: left as it is")
+    elif state and current != state["original"]:
         original = state["original"]
-        argv = ["-e", f"debugger_command={original}"] if original is not None else ["-X", "debugger_command"]
-
-        def put_back() -> None:
-            if not inst.restore(inst.main_cf, state["main_cf"], lambda: inst.debugger_command() == original):
-                inst.postconf(*argv)
-            inst.save_state(None)
-
-        exact = undo(inst.main_cf.read_bytes(), state["main_cf"]) is not None
-        steps.append((f"restore debugger_command in {inst.main_cf} as saved at enable" if exact
-                      else shlex.join(inst.postconf_argv(*argv)), put_back))  # fmt: skip
-    elif inst.debugger_command() is not None:
-        notes.append("debugger_command left as it is (tracerctl did not set it: no saved value)")
-    return key, steps, notes
+        if not inst.restore(inst.main_cf, state["main_cf"], lambda: inst.debugger_command() == original):
+            inst.edit(inst.main_cf, *(["-e", f"debugger_command={original}"] if original is not None
+                                      else ["-X", "debugger_command"]))  # fmt: skip
+    elif not state and current:
+        inst.notes.append("debugger_command left as it is: tracerctl did not set it")
+    inst.save_state(None)
+    return key
 
 
 def change(args: argparse.Namespace) -> int:
-    inst = Instance(args.config_dir)
+    inst = Instance(args.config_dir, dry_run=args.dry_run)
     with locked(inst.config_dir):
-        key, steps, notes = (enable if args.postfix_command == "enable" else disable)(inst, args)
-        reload = bool(steps) and inst.running()
-        done = [text for text, _ in steps]
-        if reload:
-            done.append(shlex.join(inst.postfix_argv("reload")))
-        if not args.dry_run:
-            for _, apply in steps:
-                apply()
-            if reload:
-                Instance._run(inst.postfix_argv("reload"))
+        key = (enable if args.postfix_command == "enable" else disable)(inst, args)
+        if inst.actions:
+            inst.reload()
     if args.json:
         print(json.dumps({"service": key, "config_directory": str(inst.config_dir), "dry_run": args.dry_run,
-                          "changed": bool(steps), "actions": done, "reloaded": reload and not args.dry_run,
-                          "notes": notes}, indent=2))  # fmt: skip
-    else:
-        print("\n".join(done) if done else f"{key}: nothing to do ({args.postfix_command}d already)")
-        for note in notes:
-            print(f"tracerctl: warning: {note}", file=sys.stderr)
+                          "actions": inst.actions, "notes": inst.notes}, indent=2))  # fmt: skip
+        return ctl.EXIT_OK
+    print("\n".join(inst.actions) or f"{key}: nothing to do ({args.postfix_command}d already)")
+    for note in inst.notes:
+        print(f"tracerctl: warning: {note}", file=sys.stderr)
     return ctl.EXIT_OK
 
 
 def status(args: argparse.Namespace) -> dict[str, Any]:
     inst = Instance(args.config_dir)
-    master = inst.master()
-    children = master.children() if master else []
-    sessions: dict[int, dict[str, Any]] = {}
+    master, sessions = inst.master(), {}
     daemon: dict[str, Any] = {"socket": args.socket, "reachable": True, "error": None}
     try:
         reply = ctl.call(args.socket, {"op": "status"}, timeout=args.timeout)
+        sessions = {s["pid"]: s for s in reply.get("sessions", []) if s["state"] in ACTIVE}
         if reply.get("ok") is not True:
             raise ctl.Unreachable(str(reply.get("message") or reply.get("error")))
-        sessions = {s["pid"]: s for s in reply["sessions"] if s["state"] in ACTIVE}
     except ctl.Unreachable as err:
         daemon.update(reachable=False, error=str(err))
+    children: list[tuple[int, list[str]]] = []
+    for child in master.children() if master else []:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                children.append((child.pid, child.cmdline()))
     services = []
     for key, command in sorted(inst.services().items()):
-        if debug_flag(command_words(command)) is None:
-            continue
-        name, _, kind = key.rpartition("/")
-        processes = []
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                argv = child.cmdline()
-                if child.status() != psutil.STATUS_ZOMBIE and _option(argv, "-n") == name and _option(argv, "-t") == kind:
-                    session = sessions.get(child.pid)
-                    processes.append({"pid": child.pid, "traced": session is not None,
-                                      "state": session["state"] if session else None,
-                                      "tracer": session["tracer"] if session else None})  # fmt: skip
-        services.append({"service": key, "command": command, "processes": processes})
+        if debug_flag(command_words(command)) is not None:
+            name, _, kind = key.rpartition("/")
+            # master starts each child as "PROGRAM -n SERVICE -t TYPE [options]"
+            pids = [pid for pid, argv in children if argv[1:5] == ["-n", name, "-t", kind]]
+            processes = [{"pid": pid, "traced": pid in sessions, "state": sessions.get(pid, {}).get("state"),
+                          "tracer": sessions.get(pid, {}).get("tracer")} for pid in pids]  # fmt: skip
+            services.append({"service": key, "command": command, "processes": processes})
     current = inst.debugger_command()
-    return {"config_directory": str(inst.config_dir), "running": master is not None,
-            "master_pid": master.pid if master else None, "debugger_command": current, "hook": is_hook(current),
-            "daemon": daemon, "services": services}  # fmt: skip
-
-
-def _option(argv: list[str], flag: str) -> str | None:
-    # master starts each child as "PROGRAM -n SERVICE -t TYPE [options]"
-    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+    return {"config_directory": str(inst.config_dir), "master_pid": master.pid if master else None,
+            "debugger_command": current, "hook": is_hook(current), "daemon": daemon, "services": services}  # fmt: skip
 
 
 def render_status(report: dict[str, Any]) -> str:
-    master = f"running (master pid {report['master_pid']})" if report["running"] else "not running"
-    hook = "tracerd's hook" if report["hook"] else "not tracerd's hook"
     daemon = report["daemon"]
-    lines = [f"postfix {report['config_directory']}: {master}",
-             f"debugger_command = {report['debugger_command'] or ''}  ({hook})",
+    lines = [f"postfix {report['config_directory']}: "
+             + (f"running (master pid {report['master_pid']})" if report["master_pid"] else "not running"),
+             f"debugger_command = {report['debugger_command'] or ''}"
+             + ("  (tracerd's hook)" if report["hook"] else "  (not tracerd's hook)"),
              f"tracerd {daemon['socket']}: " + ("reachable" if daemon["reachable"] else
-                                                f"NOT reachable ({daemon['error']})"), ""]  # fmt: skip
-    if not report["services"]:
-        return "\n".join([*lines, "no service has -D"])
+                                                f"NOT reachable: {daemon['error']}"), ""]  # fmt: skip
     rows = [("SERVICE", "COMMAND", "PID", "TRACED")]
     for service in report["services"]:
         if not service["processes"]:
             rows.append((service["service"], service["command"], "-", "no process now"))
         for proc in service["processes"]:
             traced = f"{proc['state']} ({proc['tracer']})" if proc["traced"] else "not traced"
-            traced = traced if daemon["reachable"] else "unknown (tracerd not reachable)"
-            rows.append((service["service"], service["command"], str(proc["pid"]), traced))
-    return "\n".join(lines + ctl._table(rows))
+            rows.append((service["service"], service["command"], str(proc["pid"]),
+                         traced if daemon["reachable"] else "unknown"))  # fmt: skip
+    return "\n".join(lines + (ctl._table(rows) if report["services"] else ["no service has -D"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -517,6 +474,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             one.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
         if action == "enable":
             one.add_argument("--tracer", choices=TRACER_NAMES, help="the hook's --tracer (else tracerd's rules)")
-            one.add_argument("--force", action="store_true", help="replace a debugger_command of someone else's")
+            one.add_argument("--force", action="store_true", help="replace someone else's debugger_command")
         one.add_argument("-c", dest="config_dir", metavar="CONFIG_DIR", help="Postfix configuration directory")
     parser.set_defaults(run=run)

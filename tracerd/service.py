@@ -55,10 +55,15 @@ class SessionOutput:
         self._service = service
 
     def line(self, text: str) -> None:
-        self.session.lines += 1
-        self.session.bytes += len(text) + 1
-        self.logfile.write_line(text)
-        self.syslog.line(text)
+        self.lines([text])
+
+    def lines(self, texts: list[str]) -> None:
+        self.session.lines += len(texts)
+        self.session.bytes += sum(map(len, texts)) + len(texts)
+        self.logfile.write_lines(texts)
+        if self.syslog.sink.config.enabled:
+            for text in texts:
+                self.syslog.line(text)
 
     def block(self, text: str) -> None:
         self.logfile.write_block(text)

@@ -45,7 +45,7 @@ class Child:
     def __init__(
         self,
         argv: Sequence[str],
-        on_line: Callable[[str], None],
+        on_lines: Callable[[list[str]], None],
         *,
         stdin: bool = False,
         env: dict[str, str] | None = None,
@@ -54,7 +54,7 @@ class Child:
         self.argv = list(argv)
         if pdeathsig and SETPRIV and shutil.which(self.argv[0]):
             argv = [SETPRIV, "--pdeathsig", "TERM", "--", *self.argv]
-        self._on_line = on_line
+        self._on_lines = on_lines
         self._loop = asyncio.get_running_loop()
         self._partial = b""
         self._exited: asyncio.Future[int] = self._loop.create_future()
@@ -91,20 +91,21 @@ class Child:
         if not chunk:
             self._loop.remove_reader(self._out)
             if self._partial:
-                self._emit(self._partial)
+                self._emit([self._partial])
                 self._partial = b""
             self._eof.set()
             return
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
-        for line in lines:
-            self._emit(line)
         while len(self._partial) > MAX_LINE:
-            self._emit(self._partial[:MAX_LINE])
+            lines.append(self._partial[:MAX_LINE])
             self._partial = self._partial[MAX_LINE:]
+        if lines:
+            self._emit(lines)
 
-    def _emit(self, raw: bytes) -> None:
-        self._on_line(raw.decode("utf-8", "replace").rstrip("\r"))
+    def _emit(self, raw: list[bytes]) -> None:
+        # one call per read, not per line: a chatty strace costs us per chunk
+        self._on_lines([line.decode("utf-8", "replace").rstrip("\r") for line in raw])
 
     def _reap(self) -> None:
         self._loop.remove_reader(self._pidfd)

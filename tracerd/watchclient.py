@@ -56,13 +56,17 @@ class WatchSupervisor:
                 return
             loop = asyncio.get_running_loop()
             self._ready = loop.create_future()
-            self.child = Child([sys.executable, "-m", "tracerd.watcher"], self._on_line, stdin=True)
+            self.child = Child([sys.executable, "-m", "tracerd.watcher"], self._on_lines, stdin=True)
             asyncio.get_running_loop().create_task(self._monitor(self.child))
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), timeout=30.0)
             except TimeoutError:
                 raise TracerFailed("the ptrace watcher did not start within 30 s") from None
             log.info("watcher_started", pid=self.child.pid)
+
+    def _on_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            self._on_line(line)
 
     def _on_line(self, line: str) -> None:
         if not line.startswith("{"):

@@ -192,6 +192,10 @@ class LogFile:
         """Queue one line; never blocks.  Dropped and counted when it cannot be queued."""
         self._accept([text])
 
+    def write_lines(self, lines: list[str]) -> None:
+        """Queue several lines as one write (what one read of a tracer brought)."""
+        self._accept(lines)
+
     def write_block(self, text: str) -> None:
         """Queue several lines at once (a backtrace), under the same rules."""
         lines = text.split("\n")

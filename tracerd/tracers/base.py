@@ -78,6 +78,9 @@ class Output(Protocol):
     def line(self, text: str) -> None:
         """One line of tracer output (log at info, syslog at info, rate limited)."""
 
+    def lines(self, texts: list[str]) -> None:
+        """Several lines of tracer output at once (what one read brought)."""
+
     def block(self, text: str) -> None:
         """A multi-line block for the log only (a backtrace)."""
 

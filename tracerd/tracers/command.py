@@ -66,11 +66,16 @@ class CommandTracer(Tracer):
             return Ending("crashed" if name in FATAL_SIGNALS else "exited", signal=name)
         return Ending("exited", exit_code=int(match.group("code")))
 
-    def _on_line(self, line: str) -> None:
+    def _on_lines(self, lines: list[str]) -> None:
         if self._ending is None:
-            self._ending = self.parse_ending(line)
-        self._recent.append(line)
-        self.output.line(line)
+            for line in lines:
+                # the closing line starts with "+++" (or "[pid N] +++" under -f)
+                if "+++" in line[:24]:
+                    self._ending = self.parse_ending(line)
+                    if self._ending is not None:
+                        break
+        self._recent.extend(lines[-4:])
+        self.output.lines(lines)
 
     async def attach(self) -> None:
         pid = self.target.pid
@@ -81,7 +86,7 @@ class CommandTracer(Tracer):
         loop = asyncio.get_running_loop()
         self._gone = loop.create_future()
         loop.add_reader(self._pidfd, self._process_gone)
-        self.child = child = Child(self.argv(), self._on_line)
+        self.child = child = Child(self.argv(), self._on_lines)
         self.tracer_pid = child.pid
 
         def attached() -> bool:

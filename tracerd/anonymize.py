@@ -1,0 +1,281 @@
+"""Finding email addresses, host names and IP addresses in text, and masking them.
+
+DEBUG_README asks for bug reports where "each letter in an email address or
+host name is replaced by A and each digit by D", keeping the punctuation,
+so that a syntax error in an address stays visible.  :class:`Anonymizer`
+does that to a whole report, consistently: the mask is a pure function of
+the text (``mx1.example.com`` is ``AAD.AAAAAAA.AAA`` wherever it appears),
+and a name recognised in one place (say ``myhostname = pftest``) is masked
+in every other place it occurs as a whole word, even where it would not be
+recognised on its own.  IP addresses and networks are masked the same way
+(``192.168.1.0/24`` becomes ``DDD.DDD.D.D/DD``; hex letters of IPv6 become A).
+
+What is recognised (:func:`find_spans`), first rule first, never overlapping:
+
+1. ``<...>`` after ``from=``, ``to=``, ``orig_to=``, ``helo=``, ``sasl_username=``
+   and ``sasl_sender=``, and any ``<...>`` holding an ``@``: the whole content;
+2. email addresses ``local@domain`` (also ``@domain``, as in virtual maps);
+3. ``host[ip]`` as Postfix logs clients and servers: both parts (``unknown``
+   stays: it is Postfix's word for "no name", not a name);
+4. ``[host]`` and ``[ip]`` not glued to a word (``relayhost = [smtp.example.com]:587``);
+5. the host field of a syslog line (``Nov 24 16:53:38 HOST postfix/smtpd[1]:``);
+6. the values of parameters known to hold host names, domains, networks or
+   addresses (:data:`HOST_PARAMETERS` and names ending in :data:`HOST_SUFFIXES`),
+   in ``name = value`` lines (``postconf -n``) and ``-o name=value`` (master.cf):
+   every word that is not ``$parameter``, a lookup table (``type:/path``) or a
+   table-free keyword; ``transport:nexthop`` masks the next hop only;
+7. IPv4 and IPv6 addresses, with an optional ``/prefix``;
+8. dotted names whose last label is 2 to 63 letters (a TLD-like label), unless
+   the name is a path component (right after ``/``) or ends in a file suffix
+   of :data:`FILE_SUFFIXES` (``main.cf``, ``aliases.db``, ``smtpd.pid``).
+
+Never masked: Postfix parameter names (``_`` cannot occur in a host name, and
+a ``name =`` is never a value), daemon and program names, paths, numbers
+that are not addresses, and any other word.  Known gaps, on purpose: a host
+name in a TLD of :data:`FILE_SUFFIXES` (``.cf``, ``.so``...) or a single-label
+host name is masked only where rules 1 to 6 see it (or where it was learned);
+the file suffixes keep ``main.cf`` readable, which a report needs more.
+
+Security: the input is untrusted (logs); every pattern is linear (no nested
+quantifiers over the same characters), and lines are handled one at a time.
+
+Diagnostics: none; masking cannot fail.  What no rule recognises stays as it
+is, so a report is still to be read before it is sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+HOST_PARAMETERS = frozenset({
+    "myhostname", "mydomain", "myorigin", "mydestination", "relayhost", "mynetworks",
+    "default_transport", "relay_transport", "fallback_relay", "smtp_fallback_relay",
+    "smtp_helo_name", "lmtp_helo_name", "masquerade_domains", "debug_peer_list",
+    "smtp_bind_address", "smtp_bind_address6", "lmtp_bind_address", "lmtp_bind_address6",
+    "proxy_interfaces", "luser_relay", "address_verify_relayhost", "smtpd_authorized_xclient_hosts",
+    "smtpd_authorized_xforward_hosts", "smtpd_client_event_limit_exceptions", "postscreen_access_list",
+    "header_checks_relayhost", "empty_address_recipient", "always_bcc", "sender_bcc_maps_relayhost",
+})  # fmt: skip
+HOST_SUFFIXES = ("_domains", "_networks", "_relayhost", "_helo_name", "_hostname", "_relay", "_hosts")
+FILE_SUFFIXES = frozenset({
+    "cf", "db", "lmdb", "cdb", "dbm", "pid", "json", "log", "txt", "gz", "bz2", "xz", "tgz", "tar",
+    "conf", "cfg", "ini", "toml", "yaml", "yml", "pem", "crt", "csr", "key", "lock", "sock", "tmp",
+    "bak", "dat", "orig", "old", "cidr", "pcre", "regexp", "proto", "out", "err", "so", "py", "html",
+})  # fmt: skip
+KEYWORDS = frozenset({"unknown", "all", "none", "loopback-only", "subnet", "host", "class", "localhost"})
+# Learned single-label names that are also everyday words of a report are masked
+# only where a rule sees them, not everywhere (a host called "mail" must not
+# turn "mail_version" or "postfix/smtpd" into mush).
+RESERVED = frozenset({
+    "postfix", "mail", "smtp", "smtpd", "lmtp", "local", "master", "localhost", "localdomain", "unknown",
+    "relay", "virtual", "pipe", "error", "discard", "root", "postmaster", "nobody",
+})  # fmt: skip
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTISH = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_KEYED = re.compile(r"\b(?:from|to|orig_to|helo|sasl_username|sasl_sender)=<(?P<in>[^<>\s]+)>")
+_ANGLE_AT = re.compile(r"<(?P<in>[^<>\s]*@[^<>\s]*)>")
+# no "=" in the local part: in a log, "sasl_username=dave@example.com" is key=address
+_EMAIL = re.compile(r"(?<![\w.+%!-])(?:[\w.+%!-]{1,64})?@(?P<domain>" + _LABEL + r"(?:\.(?:" + _LABEL + r"))+)")
+_IP4 = r"(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,2})?"
+_IP6 = r"(?:ipv6:)?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/\d{1,3})?"
+_HOST_IP = re.compile(rf"(?<![\w.-])(?P<host>[\w.-]{{1,253}})\[(?P<ip>{_IP4}|{_IP6})\]")
+_BRACKET = re.compile(rf"(?<![\w\]])\[(?P<in>{_IP4}|{_IP6}|{_LABEL}(?:\.{_LABEL})*)\](?P<len>/\d{{1,3}})?")
+_SYSLOG_HOST = re.compile(
+    r"(?:(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?"
+    r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S*) (?P<host>[A-Za-z0-9][\w.-]{0,252}) (?=[^\s\[\]:]+(?:\[\d+\])?: )"
+)
+_PARAM_LINE = re.compile(r"^\s*(?P<name>[a-z0-9_]{2,64})\s*=[ \t]*(?P<value>.*)$")
+_PARAM_OPTION = re.compile(r"-o\s+(?P<name>[a-z0-9_]{2,64})=(?P<value>\S*)")
+_VALUE_WORD = re.compile(r"[^\s,]+")
+_IP_ANY = re.compile(rf"(?<![\w.:])(?:{_IP4}|{_IP6})(?![\w.]|:[0-9A-Fa-f]*:)")
+_WORD = re.compile(r"[\w@+%!.-]+")
+_DOTTED = re.compile(rf"(?<![\w.@-])(?P<name>{_LABEL}(?:\.{_LABEL})+)\.?(?![\w-])")
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    kind: str  # "address" (inside <>), "email", "host", "ip"
+
+
+def mask(text: str) -> str:
+    """Every letter becomes A, every digit D; punctuation stays."""
+    return "".join("A" if c.isalpha() else "D" if c.isdigit() else c for c in text)
+
+
+def is_ip(text: str) -> bool:
+    """An IPv4 or IPv6 address or network (``ipv6:`` prefix allowed, as Postfix writes it)."""
+    text = text.removeprefix("ipv6:").removeprefix("IPv6:")
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return ":" in text or text.count(".") == 3
+
+
+def is_hostname(name: str) -> bool:
+    """A dotted name with a TLD-like last label that is not a file suffix."""
+    labels = name.rstrip(".").split(".")
+    last = labels[-1]
+    return len(labels) >= 2 and last.isalpha() and 2 <= len(last) <= 63 and last.lower() not in FILE_SUFFIXES
+
+
+def find_spans(line: str) -> list[Span]:
+    """Every address, host name and IP in one line, by the module's rules, left to right."""
+    spans: list[Span] = []
+
+    def add(start: int, end: int, kind: str) -> None:
+        if start < end and all(end <= s.start or start >= s.end for s in spans):
+            spans.append(Span(start, end, kind))
+
+    for found in _KEYED.finditer(line):
+        add(found.start("in"), found.end("in"), "address")
+    for found in _ANGLE_AT.finditer(line):
+        add(found.start("in"), found.end("in"), "address")
+    for found in _EMAIL.finditer(line):
+        add(found.start(), found.end(), "email")
+    for found in _HOST_IP.finditer(line):
+        if found.group("host").lower() != "unknown":
+            add(found.start("host"), found.end("host"), "host")
+        if is_ip(found.group("ip")):
+            add(found.start("ip") + _ipv6_prefix(found.group("ip")), found.end("ip"), "ip")
+    for found in _BRACKET.finditer(line):
+        if is_ip(found.group("in")):
+            # [::1]/128: Postfix writes an IPv6 network's length after the bracket
+            end = found.end("len") if found.group("len") else found.end("in")
+            add(found.start("in") + _ipv6_prefix(found.group("in")), end, "ip")
+        else:
+            add(found.start("in"), found.end("in"), "host")
+    for found in _SYSLOG_HOST.finditer(line):
+        add(found.start("host"), found.end("host"), "ip" if is_ip(found.group("host")) else "host")
+    for start, end, kind in _parameter_spans(line):
+        add(start, end, kind)
+    for found in _IP_ANY.finditer(line):
+        text = found.group()
+        if not is_ip(text):
+            text = text.rstrip(":")  # "address 2001:db8::1: Name or service not known"
+        if is_ip(text):
+            add(found.start() + _ipv6_prefix(text), found.start() + len(text), "ip")
+    for found in _DOTTED.finditer(line):
+        before = line[found.start() - 1] if found.start() else ""
+        after_path = before == "/" and line[max(0, found.start() - 2) : found.start()] != "//"
+        if not after_path and before != "$" and is_hostname(found.group("name")):
+            add(found.start("name"), found.end("name"), "host")
+    return sorted(spans, key=lambda s: s.start)
+
+
+def _ipv6_prefix(text: str) -> int:
+    """Postfix's ``ipv6:`` is syntax, not address: it stays unmasked."""
+    return 5 if text[:5].lower() == "ipv6:" else 0
+
+
+def _is_host_parameter(name: str) -> bool:
+    return name in HOST_PARAMETERS or name.endswith(HOST_SUFFIXES)
+
+
+def _parameter_spans(line: str) -> list[tuple[int, int, str]]:
+    found_spans: list[tuple[int, int, str]] = []
+    values: list[tuple[int, str, bool]] = []
+    whole = _PARAM_LINE.match(line)
+    if whole and _is_host_parameter(whole.group("name")):
+        values.append((whole.start("value"), whole.group("value"), whole.group("name").endswith("_transport")))
+    for option in _PARAM_OPTION.finditer(line):
+        if _is_host_parameter(option.group("name")):
+            values.append((option.start("value"), option.group("value"), option.group("name").endswith("_transport")))
+    for offset, value, nexthop_only in values:
+        for word in _VALUE_WORD.finditer(value):
+            span = _value_word_span(word.group(), nexthop_only=nexthop_only)
+            if span is not None:
+                start, end, kind = span
+                found_spans.append((offset + word.start() + start, offset + word.start() + end, kind))
+    return found_spans
+
+
+def _value_word_span(word: str, *, nexthop_only: bool = False) -> tuple[int, int, str] | None:
+    """The part of one parameter-value word that names a host, network or address.
+
+    ``nexthop_only``: a ``*_transport`` value, where a bare word is a transport
+    name (``discard``, ``smtp``) and only what follows ``transport:`` is a host.
+    """
+    start = 0
+    if word.startswith(("$", "{", "(")) or ":/" in word or word.lower() in KEYWORDS:
+        return None
+    if word.startswith("!"):
+        start = 1
+    transport = re.match(r"[a-z][a-z0-9-]*:(?!/)", word[start:])
+    if transport and not is_ip(word[start:]):
+        start += transport.end()  # smtp:[relay.example.com]: the transport is not a host
+    elif nexthop_only:
+        return None
+    if word[start:].startswith("["):
+        start += 1
+    core = re.match(r"[^\]\s]*", word[start:])
+    assert core is not None
+    text = core.group()
+    if text and not is_ip(text):
+        text = text.split(":", 1)[0]  # host:port
+    if not text or text.startswith("$"):
+        return None
+    if is_ip(text):
+        # [::1]/128: Postfix writes an IPv6 network's length after the bracket
+        length = re.match(r"\]/\d{1,3}", word[start + len(text) :])
+        return start, start + len(text) + (length.end() if length else 0), "ip"
+    if "@" in text:
+        return start, start + len(text), "email"
+    if _HOSTISH.fullmatch(text) and text.lower() not in KEYWORDS:
+        return start, start + len(text), "host"
+    return None
+
+
+class Anonymizer:
+    """Mask a report consistently: :meth:`learn` every part first, then :meth:`apply` each.
+
+    Learned names are kept in a set and looked up word by word, so a report
+    with thousands of distinct names costs a set lookup per word, not a
+    regular expression of thousands of alternatives.  Only names the rules
+    would miss elsewhere are learned (single labels such as a syslog host
+    ``pftest``, names in a :data:`FILE_SUFFIXES` TLD, addresses without a
+    dotted domain); a dotted host name or an email address is recognised
+    wherever it appears anyway.
+    """
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+
+    def learn(self, text: str) -> None:
+        """Remember every name recognised in ``text``, to mask it wherever else it appears."""
+        for line in text.splitlines():
+            for span in find_spans(line):
+                if span.kind == "ip":
+                    continue
+                name = line[span.start : span.end].rstrip(".")
+                if len(name) < 3 or name.lower() in RESERVED | KEYWORDS:
+                    continue
+                if is_hostname(name) or _EMAIL.fullmatch(name):
+                    continue
+                self._names.add(name.lower())
+
+    def apply(self, text: str) -> str:
+        """``text`` with every recognised or learned address, host name and IP masked."""
+        return "\n".join(self._line(line) for line in text.split("\n"))
+
+    def _line(self, line: str) -> str:
+        spans = [(s.start, s.end) for s in find_spans(line)]
+        if self._names:
+            for word in _WORD.finditer(line):
+                token = word.group().rstrip(".")
+                start, end = word.start(), word.start() + len(token)
+                if token.lower() not in self._names or (start and line[start - 1] == "/"):
+                    continue  # a path component is a file, whatever its name
+                if all(end <= a or start >= b for a, b in spans):
+                    spans.append((start, end))
+        out, last = [], 0
+        for start, end in sorted(spans):
+            out += [line[last:start], mask(line[start:end])]
+            last = end
+        out.append(line[last:])
+        return "".join(out)
