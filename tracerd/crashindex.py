@@ -153,7 +153,12 @@ class CrashInventory:
         process = report.get("process")
         if isinstance(process, dict):
             candidate.name = candidate.name or _str(process.get("name"))
-        candidate.time = candidate.time or _time(report.get("time"))
+            if process.get("pid") != candidate.pid:
+                # a session whose crash was a repeat names its signature's report, another pid's:
+                # that report's time is not this crash's
+                candidate.repeat = True
+        if not candidate.repeat:
+            candidate.time = candidate.time or _time(report.get("time"))
         candidate.top = candidate.top or _names(report.get("top"))
         signal = report.get("signal")
         if isinstance(signal, dict):

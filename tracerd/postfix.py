@@ -57,7 +57,7 @@ from tracerd import ctl
 from tracerd.config import TRACER_NAMES
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]+-]{0,127}(?:/(?:inet|unix|unix-dgram|fifo|pass))?")
-SAFE_WORD = re.compile(r"[A-Za-z0-9._/+:@%,-]+")
+SAFE_WORD = re.compile(r"[A-Za-z0-9._/+:@,-]+")
 COMMAND_LINE = re.compile(r"(?P<key>[^\s=]+/(?:inet|unix|unix-dgram|fifo|pass))/command = (?P<command>.*)")
 HOOK_SOCKET = "/run/tracerd/tracerd.sock"  # the hook's default as root, which is how Postfix runs it
 STATE_NAME = "tracerd-postfix.json"
@@ -117,7 +117,8 @@ def hook_command(hook: str, socket: str, tracer: str | None) -> str:
 
 
 def is_hook(value: str | None) -> bool:
-    return bool(value) and os.path.basename((value or "").split()[0]) == "pftrace-hook"
+    words = (value or "").split()
+    return bool(words) and os.path.basename(words[0]) == "pftrace-hook"
 
 
 def find_hook() -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -36,6 +37,9 @@ from collections.abc import Callable, Sequence
 from tracerd.errors import TracerFailed, TracerUnavailable
 
 MAX_LINE = 64 * 1024
+READ_SIZE = 256 * 1024
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
 SETPRIV = shutil.which("setpriv")
 
 
@@ -50,11 +54,13 @@ class Child:
         stdin: bool = False,
         env: dict[str, str] | None = None,
         pdeathsig: bool = True,
+        coalesce: float = 0.0,
     ) -> None:
         self.argv = list(argv)
         if pdeathsig and SETPRIV and shutil.which(self.argv[0]):
             argv = [SETPRIV, "--pdeathsig", "TERM", "--", *self.argv]
         self._on_lines = on_lines
+        self._coalesce = coalesce
         self._loop = asyncio.get_running_loop()
         self._partial = b""
         self._exited: asyncio.Future[int] = self._loop.create_future()
@@ -77,13 +83,17 @@ class Child:
         assert self.proc.stdout is not None
         self._out = self.proc.stdout.fileno()
         os.set_blocking(self._out, False)
+        if coalesce:
+            # room for bursts while we let the pipe gather (pipe-max-size permitting)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._out, F_SETPIPE_SZ, PIPE_SIZE)
         self._loop.add_reader(self._out, self._read)
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._reap)
 
     def _read(self) -> None:
         try:
-            chunk = os.read(self._out, 65536)
+            chunk = os.read(self._out, READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -102,6 +112,17 @@ class Child:
             self._partial = self._partial[MAX_LINE:]
         if lines:
             self._emit(lines)
+        if self._coalesce and len(chunk) < READ_SIZE and self._out >= 0:
+            # A chatty tracer writes a line per write(): waking up for each
+            # costs more than the line.  Let the pipe gather for a moment (it
+            # holds 1 MiB; a full read re-arms at once, so the tracer never
+            # waits on us).
+            self._loop.remove_reader(self._out)
+            self._loop.call_later(self._coalesce, self._rearm)
+
+    def _rearm(self) -> None:
+        if self._out >= 0 and not self._eof.is_set():
+            self._loop.add_reader(self._out, self._read)
 
     def _emit(self, raw: list[bytes]) -> None:
         # one call per read, not per line: a chatty strace costs us per chunk

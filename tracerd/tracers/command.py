@@ -86,7 +86,7 @@ class CommandTracer(Tracer):
         loop = asyncio.get_running_loop()
         self._gone = loop.create_future()
         loop.add_reader(self._pidfd, self._process_gone)
-        self.child = child = Child(self.argv(), self._on_lines)
+        self.child = child = Child(self.argv(), self._on_lines, coalesce=0.01)
         self.tracer_pid = child.pid
 
         def attached() -> bool:
