@@ -44,6 +44,11 @@ $(STAMP): pyproject.toml
 
 bench: deps
 	$(BIN)/python bench/hook_latency.py
+	$(BIN)/python bench/crash_latency.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/watch_scale.py
+	$(BIN)/python bench/reliability.py
+	$(BIN)/python bench/postfix.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

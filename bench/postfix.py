@@ -194,7 +194,9 @@ def main() -> int:
                     rates[mode].append(rate)
                     delays[mode].append(delay)
                     print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms", flush=True)
-            counters = request(sock, "status")["counters"]
+            status = request(sock, "status")
+            counters = status["counters"]
+            failed = [s for s in status["sessions"] if s["state"] == "failed"]
     finally:
         kill_recipe_leftovers()
         shutil.rmtree(root, ignore_errors=True)
@@ -205,10 +207,12 @@ def main() -> int:
         print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f}   "
               f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}")  # fmt: skip
     print(f"\ntracerd: {counters['sessions_started']} sessions, {counters['sessions_failed']} failed")
+    for session in failed:
+        print(f"  failed: {session['name']}[{session['pid']}] {session['tracer']}: {session['error']}")
     path = save("postfix", {"runs": args.runs, "messages": args.messages, "sessions": args.sessions,
                             "throughput": {m: summary(v) for m, v in rates.items()},
                             "banner_ms": {m: summary(v) for m, v in delays.items()},
-                            "tracerd_counters": counters})  # fmt: skip
+                            "tracerd_counters": counters, "failed_sessions": failed})  # fmt: skip
     print(f"saved {path}")
     return 0
 

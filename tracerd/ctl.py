@@ -194,7 +194,7 @@ def render_crashes(crashes: list[dict[str, Any]]) -> str:
                 str(crash["id"]),
             )
         )
-    return "\n".join(_table(rows))
+    return "\n".join(table(rows))
 
 
 def render_crash(report: dict[str, Any]) -> str:
@@ -265,7 +265,7 @@ def render_status(reply: dict[str, Any]) -> str:
                 session["log"],
             )
         )
-    lines += _table(rows)
+    lines += table(rows)
     return "\n".join(lines)
 
 
@@ -279,7 +279,7 @@ def _ending(session: dict[str, Any]) -> str:
     return "-"
 
 
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 

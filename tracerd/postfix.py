@@ -46,7 +46,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,8 +102,7 @@ def with_debug(command: str) -> str:
 
 def without_debug(command: str) -> str:
     words = command_words(command)
-    index = debug_flag(words)
-    return " ".join(w for i, w in enumerate(words) if i != index)
+    return " ".join(word for i, word in enumerate(words) if i != debug_flag(words))
 
 
 def hook_command(hook: str, socket: str, tracer: str | None) -> str:
@@ -158,25 +156,23 @@ def undo(text: bytes, patch: dict[str, str] | None) -> bytes | None:
     return "".join(lines).encode("utf-8", "surrogateescape")
 
 
-def replace_file(path: Path, data: bytes, mode: int = 0o600, owner: os.stat_result | None = None) -> None:
-    """Atomic: a temporary file beside it, fsync, rename, fsync of the directory."""
+def replace_file(path: Path, data: bytes, like: os.stat_result | None = None) -> None:
+    """Atomic, with the owner and mode of ``like`` (else ours, 0600): a temporary
+    file beside it, fsync, rename, fsync of the directory."""
     tmp = path.with_name(f".{path.name}.tracerd-tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        if owner is not None:
-            os.fchown(fd, owner.st_uid, owner.st_gid)
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    mode = stat.S_IMODE(like.st_mode) if like else 0o600
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode), "wb") as file:
+        if like is not None:
+            os.fchown(file.fileno(), like.st_uid, like.st_gid)
+        os.fchmod(file.fileno(), mode)
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
     dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    os.fsync(dirfd)
+    os.close(dirfd)
 
 
 class Instance:
@@ -256,12 +252,11 @@ class Instance:
         self.actions.append(f"restore {path} as it was before enable: -{lines[0]} +{lines[1]} lines")
         if self.dry_run:
             return True
-        owner = path.stat()
-        replace_file(path, restored, stat.S_IMODE(owner.st_mode), owner)
+        replace_file(path, restored, like := path.stat())
         if check():
             return True
         self.actions[-1] += " (undone: postconf disagreed)"
-        replace_file(path, current, stat.S_IMODE(owner.st_mode), owner)
+        replace_file(path, current, like)
         return False
 
     def reload(self) -> None:
@@ -303,26 +298,16 @@ class Instance:
 
 
 @contextlib.contextmanager
-def locked(directory: Path, timeout: float = 30.0) -> Iterator[None]:
-    """One tracerctl postfix at a time per instance (postconf locks each edit only)."""
+def locked(directory: Path) -> Iterator[None]:
+    """One tracerctl postfix at a time per instance (postconf locks each edit only).
+
+    The wait is bounded: the holder runs only postconf and postfix, each within 60 s."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        deadline = time.monotonic() + timeout
-        while not _try_lock(fd):
-            if time.monotonic() > deadline:
-                raise PostfixError(f"another tracerctl postfix holds {directory} for over {timeout} s")
-            time.sleep(0.1)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 # -- the three actions ------------------------------------------------------
@@ -414,11 +399,10 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
     except ctl.Unreachable as err:
         daemon.update(reachable=False, error=str(err))
     children: list[tuple[int, list[str]]] = []
+    services: list[dict[str, Any]] = []
     for child in master.children() if master else []:
         with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE:
-                children.append((child.pid, child.cmdline()))
-    services = []
+            children.append((child.pid, child.cmdline()))  # a zombie's is empty
     for key, command in sorted(inst.services().items()):
         if debug_flag(command_words(command)) is not None:
             name, _, kind = key.rpartition("/")
@@ -448,7 +432,7 @@ def render_status(report: dict[str, Any]) -> str:
             traced = f"{proc['state']} ({proc['tracer']})" if proc["traced"] else "not traced"
             rows.append((service["service"], service["command"], str(proc["pid"]),
                          traced if daemon["reachable"] else "unknown"))  # fmt: skip
-    return "\n".join(lines + (ctl._table(rows) if report["services"] else ["no service has -D"]))
+    return "\n".join(lines + (ctl.table(rows) if report["services"] else ["no service has -D"]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -124,6 +124,9 @@ class TracerdService:
             except OSError as err:
                 log.error("crash_store_failed", error=str(err))
                 return None
+            except Exception:  # a bug in the store must not cost the process its release
+                log.exception("crash_store_failed")
+                return None
 
     # -- requests -------------------------------------------------------------
 

@@ -1,0 +1,217 @@
+"""End to end on a private Postfix instance: ``tracerctl postfix enable`` puts
+smtpd under tracerd, mail flows, a crash is reported and master restarts the
+service, a missing tracerd costs nothing but a warning, and ``disable`` leaves
+the configuration as it found it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import have, proc_state
+from tests.postfix_instance import PostfixInstance
+
+pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="gdb and strace are needed")
+
+SEED_GDB_RECIPE = (
+    "PATH=/bin:/usr/bin:/usr/local/bin; export PATH; (echo cont; echo where; sleep 8640000) | gdb\n"
+    "    $daemon_directory/$process_name $process_id 2>&1 >$config_directory/$process_name.$process_id.log & sleep 5"
+)
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def smtpd_generation(postfix: PostfixInstance, debug: bool) -> None:
+    """Wait until every smtpd of the instance has (or lacks) -D: after a
+    reload, master retires the processes started from the old master.cf."""
+    wait_for(
+        f"every smtpd {'with' if debug else 'without'} -D",
+        lambda: all(("-D" in p.cmdline()) == debug for p in postfix.processes("smtpd")) or None,
+    )
+
+
+# epoll_wait and epoll_pwait: where an idle Postfix daemon sits, in event_loop()
+EPOLL_SYSCALLS = {"x86_64": ("232", "281"), "aarch64": ("22",)}.get(platform.machine(), ())
+
+
+def wait_idle(pid: int) -> None:
+    """Wait until a daemon that has served a client is back in its event loop.
+
+    Only then has it told master it is available again, so that master counts
+    it as used and a crash is no "bad command startup" (which throttles the
+    service for service_throttle_time, 60 s)."""
+    if not EPOLL_SYSCALLS:
+        pytest.skip(f"no epoll_wait syscall number known for {platform.machine()}")
+    wait_for(f"{pid} in epoll_wait", lambda: Path(f"/proc/{pid}/syscall").read_text().split()[0] in EPOLL_SYSCALLS)
+
+
+class Client:
+    """One SMTP connection to the instance, and the smtpd pid serving it."""
+
+    def __init__(self, postfix: PostfixInstance) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", postfix.port), timeout=30)
+        self.banner = self.sock.makefile("rb").readline().decode()
+        port = self.sock.getsockname()[1]
+        # the smtpd holding the server end of this very connection
+        self.pid: int = wait_for("the smtpd serving the connection", lambda: next(
+            (p.pid for p in postfix.processes("smtpd") for c in _tcp(p) if c.raddr and c.raddr.port == port), None
+        ))  # fmt: skip
+
+    def quit(self) -> None:
+        self.sock.sendall(b"QUIT\r\n")
+        assert self.sock.recv(100).startswith(b"221")
+        self.sock.close()
+
+
+def _tcp(proc: psutil.Process) -> list[Any]:
+    try:
+        return list(proc.net_connections("tcp"))
+    except psutil.Error:
+        return []
+
+
+def enable(daemon: Any, postfix: PostfixInstance, *extra: str) -> str:
+    result = daemon.ctl("postfix", "enable", "smtpd", "-c", str(postfix.config_dir), *extra)
+    assert result.returncode == 0, result.stderr
+    assert f"{postfix.listen}/inet/command=smtpd -D" in result.stdout
+    assert "reload" in result.stdout.splitlines()[-1]
+    smtpd_generation(postfix, debug=True)
+    return str(result.stdout)
+
+
+def test_watch_attaches_before_the_banner_and_mail_flows(daemon_factory: Any, postfix: PostfixInstance) -> None:
+    """With the watch tracer, a new smtpd's tracer is attached before the
+    smtpd sends its banner (the hook returned on tracerd's confirmation, not
+    after a sleep); tracerctl postfix status shows the session attached; 200
+    messages pass through traced smtpd processes."""
+    daemon = daemon_factory()
+    postfix.create()
+    postfix.start()
+    enable(daemon, postfix, "--tracer", "watch")
+    client = Client(postfix)
+    assert client.banner.startswith("220 ")
+    # read at once, no polling: attached already when the banner arrived
+    session = daemon.session(client.pid)
+    assert (session["state"], session["tracer"], session["name"]) == ("attached", "watch", "smtpd")
+    result = daemon.ctl("--json", "postfix", "status", "-c", str(postfix.config_dir))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (service,) = report["services"]
+    assert service["service"] == f"{postfix.listen}/inet"
+    assert {"pid": client.pid, "traced": True, "state": "attached", "tracer": "watch"} in service["processes"]
+    table = daemon.ctl("postfix", "status", "-c", str(postfix.config_dir)).stdout
+    assert f"{client.pid}  attached (watch)" in table
+    client.quit()
+    postfix.smtp_source(messages=200)
+    log = postfix.wait_log("status=sent", count=200, timeout=120)
+    assert log.count("status=sent") == 200
+    # every smtpd was traced; those that reached max_use exited normally
+    endings = {(s["state"], s["exit_code"]) for s in daemon.status()["sessions"] if s["name"] == "smtpd"}
+    assert endings <= {("attached", None), ("exited", 0)}, endings
+    assert daemon.status()["counters"]["sessions_failed"] == 0
+
+
+@pytest.mark.parametrize("tracer", ["watch", "gdb", "strace"])
+def test_sigsegv_of_a_traced_smtpd(daemon_factory: Any, postfix: PostfixInstance, tracer: str) -> None:
+    """kill -SEGV of a traced, idle smtpd: tracerd records the crash (watch
+    and gdb: a report whose frames are Postfix's event loop; strace: the
+    session ends crashed with SIGSEGV, and no report, strace captures none),
+    master sees the death ("killed by signal 11"), nothing is left stopped,
+    and the next connection is served by a new, traced smtpd."""
+    daemon = daemon_factory()
+    postfix.create()
+    postfix.start()
+    enable(daemon, postfix, "--tracer", tracer)
+    client = Client(postfix)
+    daemon.wait_session(client.pid, "attached")
+    client.quit()
+    wait_idle(client.pid)
+    os.kill(client.pid, signal.SIGSEGV)
+    session = daemon.wait_session(client.pid, "crashed", timeout=60)
+    assert session["signal"] == "SIGSEGV"
+    postfix.wait_log(f"pid {client.pid} killed by signal 11")
+    assert proc_state(client.pid) in ("", "Z")
+    if tracer == "strace":
+        assert session["crash"] is None
+        assert "+++ killed by SIGSEGV" in Path(session["log"]).read_text()
+    else:
+        assert session["crash"], (session, daemon.stderr()[-4000:], Path(session["log"]).read_text()[-2000:])
+        report = json.loads(daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]
+        crashed = next(t for t in report["threads"] if t["crashed"])
+        names = [frame["function"] for frame in crashed["frames"]]
+        assert names.index("event_loop") < names.index("single_server_main"), names
+        assert report["signal"]["name"] == "SIGSEGV"
+        assert report["signal"]["si_code"] == 0  # SI_USER: sent by kill, not a fault
+        assert report["process"]["name"] == "smtpd"
+    following = Client(postfix)
+    assert following.banner.startswith("220 ")
+    assert following.pid != client.pid
+    assert daemon.session(following.pid)["state"] == "attached"
+    following.quit()
+
+
+def test_tracerd_stopped_mail_flows_with_a_warning(
+    daemon_factory: Any, postfix: PostfixInstance, syslog_receiver: Any
+) -> None:
+    """With tracerd stopped, the hook fails at once (no socket: not a timeout),
+    warns at mail.warning through syslog, and smtpd serves mail untraced."""
+    daemon = daemon_factory()
+    hook = daemon.hook_command(syslog=syslog_receiver.path) + " $process_name $process_id"
+    postfix.create(smtpd_flags=" -D", debugger_command=hook)
+    daemon.stop()
+    postfix.start()
+    client = Client(postfix)
+    assert client.banner.startswith("220 ")
+    warning = syslog_receiver.wait_for(f"smtpd[{client.pid}]: not traced: tracerd is not running (no socket")
+    assert warning.startswith("<20>")  # mail.warning
+    assert "pftrace-hook[" in warning
+    client.quit()
+    postfix.smtp_source(messages=5)
+    postfix.wait_log("status=sent", count=5)
+
+
+def test_enable_disable_round_trip_restores_the_configuration(daemon_factory: Any, postfix: PostfixInstance) -> None:
+    """enable --force over the seed's gdb recipe, then disable, on a running
+    instance: master.cf and main.cf are byte for byte as before, the recipe is
+    debugger_command again, and new smtpd processes run without -D."""
+    daemon = daemon_factory()
+    postfix.create(debugger_command=SEED_GDB_RECIPE)
+    postfix.start()
+    master_cf, main_cf = postfix.config_dir / "master.cf", postfix.config_dir / "main.cf"
+    before = (master_cf.read_bytes(), main_cf.read_bytes())
+    recipe = postfix.postconf("-nh", "debugger_command")
+    refused = daemon.ctl("postfix", "enable", "smtpd", "-c", str(postfix.config_dir))
+    assert refused.returncode == 1
+    assert "already holds something else" in refused.stderr
+    assert (master_cf.read_bytes(), main_cf.read_bytes()) == before
+    enable(daemon, postfix, "--force")
+    client = Client(postfix)
+    assert daemon.session(client.pid)["state"] == "attached"
+    client.quit()
+    result = daemon.ctl("postfix", "disable", "smtpd", "-c", str(postfix.config_dir))
+    assert result.returncode == 0, result.stderr
+    assert "reload" in result.stdout.splitlines()[-1]
+    assert (master_cf.read_bytes(), main_cf.read_bytes()) == before
+    assert postfix.postconf("-nh", "debugger_command") == recipe
+    assert not (postfix.config_dir / "tracerd-postfix.json").exists()
+    smtpd_generation(postfix, debug=False)
+    untraced = Client(postfix)
+    assert "-D" not in psutil.Process(untraced.pid).cmdline()
+    untraced.quit()
