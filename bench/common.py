@@ -22,6 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tracerd.ctl import call
+from tracerd.errors import TargetGone
+from tracerd.procinfo import state_of
+
 ROOT = Path(__file__).resolve().parent.parent
 C_DIR = ROOT / "tests" / "c"
 BIN = Path(sys.executable).parent
@@ -137,28 +141,16 @@ def stderr_lines(root: Path, *words: str, limit: int = 10) -> list[str]:
 
 
 def request(sock: Path, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
-    """One request to tracerd's socket (as tracerctl sends it); returns the reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)
-        conn.connect(str(sock))
-        conn.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data) if data else {}
-    return reply
+    """One request to tracerd's socket, exactly as tracerctl sends it."""
+    return call(str(sock), {"op": op, **fields}, timeout=timeout)
 
 
 def proc_state(pid: int) -> str:
     """One-letter state of a process ('t' = tracing stop), '' when gone."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
+        return state_of(pid)
+    except TargetGone:
         return ""
-    return raw[raw.rindex(b")") + 2 :].split()[0].decode()
 
 
 def no_core_dumps() -> None:

@@ -28,6 +28,8 @@ import pytest
 
 from tests.postfix_instance import PostfixInstance
 from tests.postfix_instance import available as postfix_available
+from tracerd.errors import TargetGone
+from tracerd.procinfo import state_of
 
 HERE = Path(__file__).parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -337,10 +339,9 @@ def spawn() -> Iterator[Any]:
 def proc_state(pid: int) -> str:
     """One-letter state of a process ('t' = tracing stop), '' when gone."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
+        return state_of(pid)
+    except TargetGone:
         return ""
-    return raw[raw.rindex(b")") + 2 :].split()[0].decode()
 
 
 @pytest.fixture
