@@ -354,6 +354,9 @@ class TracerdService:
         self.config = config
         self.auth = Authorizer(config.socket_group)
         self.registry.resize(config.max_sessions, config.history)
+        # the crash store's limits apply to the next crash (its directory stays)
+        self.crashes.flood_window = config.crash_flood_window
+        self.crashes.max_bytes = config.max_crash_bytes
         try:
             self.logdir.reopen_dir()
         except ConfigError as err:
