@@ -4,7 +4,8 @@
 Postfix's debug_process() does, and time it.  Three commands, in one run:
 
 - baseline: ``true`` (what system() itself costs, untraced);
-- tracerd:  ``pftrace-hook NAME PID`` with the strace tracer;
+- tracerd:  ``pftrace-hook NAME PID`` with the strace tracer, and with the
+  watch tracer (the default);
 - seed:     ``(strace -p PID 2>&1 | logger -p mail.info) & sleep 5``.
 
 Prints p50/p95 per command and writes bench/results/hook_latency.json.
@@ -26,9 +27,9 @@ from common import BIN, compile_c, private_tracerd, save, summary
 SEED = "PATH=/bin:/usr/bin:/usr/local/bin; (strace -p $PID 2>&1 | logger -p mail.info) & sleep 5 #"
 
 
-def run_once(exe: Path, command: str) -> tuple[float, int]:
+def run_once(exe: Path, command: str, name: str) -> tuple[float, int]:
     """One target; returns (ms spent in system(), the command's status)."""
-    proc = subprocess.run([str(exe), command, "benchd"], capture_output=True, text=True, timeout=120, check=True)
+    proc = subprocess.run([str(exe), command, name], capture_output=True, text=True, timeout=120, check=True)
     match = re.search(r"elapsed_us=(\d+) status=(-?\d+)", proc.stdout)
     assert match, proc.stdout
     return int(match.group(1)) / 1000.0, int(match.group(2))
@@ -42,19 +43,22 @@ def main() -> int:
         exe = compile_c("timed_hook", Path(tmp))
         results: dict[str, dict[str, float]] = {}
         failures: dict[str, int] = {}
-        with private_tracerd('default_tracer = "strace"') as (sock, _root):
+        rules = '[[rule]]\nprocess = "benchw"\ntracer = "watch"\n[[rule]]\nprocess = "*"\ntracer = "strace"\n'
+        with private_tracerd(rules) as (sock, _root):
+            hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
             commands = {
-                "untraced (true)": "true",
-                "tracerd hook (strace)": f"{BIN / 'pftrace-hook'} --socket {sock}",
+                "untraced (true)": ("true", "benchd"),
+                "tracerd hook (strace)": (hook, "benchd"),
+                "tracerd hook (watch)": (hook, "benchw"),
                 # the seed's recipe; the target pid is the last word system() appends,
                 # so the recipe reads it from $PPID's child: sh's parent is the target
-                "seed recipe (strace & sleep 5)": SEED.replace("$PID", "$PPID"),
+                "seed recipe (strace & sleep 5)": (SEED.replace("$PID", "$PPID"), "benchd"),
             }
-            for label, command in commands.items():
+            for label, (command, name) in commands.items():
                 times = []
                 failures[label] = 0
                 for _ in range(args.runs):
-                    elapsed, status = run_once(exe, command)
+                    elapsed, status = run_once(exe, command, name)
                     times.append(elapsed)
                     failures[label] += status != 0
                 results[label] = summary(times)
