@@ -165,3 +165,15 @@ def save(name: str, data: dict[str, object]) -> Path:
     data["host"] = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill (if still running), wait for and close one process the bench started."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    proc.wait(timeout=30)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()

@@ -52,7 +52,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, compile_c, no_core_dumps, private_tracerd, request, save, stderr_events, summary
+from common import BIN, compile_c, no_core_dumps, private_tracerd, reap, request, save, stderr_events, summary
 
 TRACERS = ("watch", "gdb")
 KINDS = ("watch", "gdb", "untraced")
@@ -121,17 +121,6 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
     if not ready:
         raise RuntimeError(f"target {proc.pid} printed nothing within {timeout} s")
     return proc.stdout.readline().decode().strip()
-
-
-def reap(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    proc.wait(timeout=30)
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
 
 
 def wait_ended(sock: Path, pid: int, timeout: float = 60.0) -> dict[str, Any]:

@@ -33,7 +33,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, compile_c, private_tracerd, proc_state, request, save
+from common import BIN, compile_c, private_tracerd, proc_state, reap, request, save
+
+from tracerd.procinfo import tracer_pid
 
 RULES = (
     '[[rule]]\nprocess = "gdbload*"\ntracer = "gdb"\n'
@@ -55,17 +57,12 @@ def start_load(exe: Path, sock: Path, watched: int) -> list[subprocess.Popen[byt
 
 
 def traced(pid: int) -> bool:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(text.split("TracerPid:")[1].split()[0]) != 0
+    return tracer_pid(pid) != 0
 
 
 def end(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        reap(proc)
 
 
 def reap_orphans() -> None:

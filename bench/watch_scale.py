@@ -56,6 +56,7 @@ from common import (
     no_core_dumps,
     private_tracerd,
     proc_state,
+    reap,
     request,
     save,
     stderr_events,
@@ -96,13 +97,7 @@ class Target:
             self.status = -1000  # ended before saying anything
 
     def reap(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        self.proc.wait(timeout=60)
-        if self.proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
+        reap(self.proc)
 
 
 @dataclass
@@ -230,13 +225,7 @@ def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
         result["report_on_disk"] = bool(session.get("crash")) and report.exists()
         return result
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        reap(proc)
 
 
 def wait_sessions_end(sock: Path, start: float, timeout: float = 300.0) -> tuple[float, int]:
