@@ -1,8 +1,11 @@
-"""Releasing a crashed process: it must die of its own signal, as untraced.
+"""After a crash capture: make sure the process has died of its own signal.
 
-After a crash report was taken (or could not be), the process is stopped
-and untraced; this sends what is needed, through a pidfd so that a recycled
-pid can never receive it, and waits (bounded) until the process is gone.
+The tracer that held the crashed process lets it go delivering its signal
+(the watcher's ``finish``, gdb's detach).  This waits, bounded, for the
+process to be gone, watching a pidfd so that a recycled pid can never be
+mistaken for it.  A process still there after the wait is sent its own
+signal again (and SIGCONT, in case something stopped it), through that
+pidfd.
 
 Diagnostics: a process that will not die is reported through ``warn``; it
 is never killed with another signal than its own.
@@ -18,17 +21,12 @@ from typing import Any
 
 from tracerd.procinfo import ProcessIdentity
 
+FIRST_WAIT = 2.0  # the README's bound: dead of its signal within 2 s of its release
 
-async def make_it_die(
-    pidfd: int, identity: ProcessIdentity, signal_name: str, si_code: int, warn: Callable[..., Any]
-) -> None:
-    """After the capture: the process must die of its signal, as untraced.
 
-    A fault (si_code > 0) happens again as soon as the thread runs; a signal
-    sent by kill()/raise() is sent again.  SIGCONT first: a process that gdb
-    left stopped would otherwise wait forever.
-    """
-    signo = int(getattr(signalmod.Signals, signal_name))
+async def wait_for_death(pidfd: int, identity: ProcessIdentity, signal_name: str, warn: Callable[..., Any]) -> bool:
+    """True once the process is gone; False (after a warning) if it would not die."""
+    signo = int(getattr(signalmod.Signals, signal_name, signalmod.SIGSEGV))
     loop = asyncio.get_running_loop()
     dead: asyncio.Future[None] = loop.create_future()
 
@@ -38,18 +36,15 @@ async def make_it_die(
 
     loop.add_reader(pidfd, on_death)
     try:
-        with contextlib.suppress(ProcessLookupError):
-            if si_code <= 0:
-                signalmod.pidfd_send_signal(pidfd, signo)
-            signalmod.pidfd_send_signal(pidfd, signalmod.SIGCONT)
-        for _ in range(2):
+        for wait in (FIRST_WAIT, 3.0):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(dead), timeout=5.0)
+                await asyncio.wait_for(asyncio.shield(dead), timeout=wait)
             if dead.done():
-                return
+                return True
             with contextlib.suppress(ProcessLookupError):
                 signalmod.pidfd_send_signal(pidfd, signo)
                 signalmod.pidfd_send_signal(pidfd, signalmod.SIGCONT)
         warn(f"process {identity.pid} did not die of {signal_name} after its crash report")
+        return False
     finally:
         loop.remove_reader(pidfd)

@@ -18,15 +18,17 @@ other sessions or the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from tracerd import __version__, procinfo, tracers
+from tracerd import __version__, inflight, procinfo, tracers
 from tracerd.auth import Authorizer, Peer
 from tracerd.config import Config
 from tracerd.crash import CrashReport
@@ -34,7 +36,7 @@ from tracerd.crashstore import CrashStore
 from tracerd.errors import Busy, ConfigError, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import Request
-from tracerd.sessions import Session, SessionRegistry
+from tracerd.sessions import Session, SessionRegistry, utcnow
 from tracerd.sinks.logfile import LogDir, LogFile, LogWriter
 from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
 from tracerd.tracers.base import Ending, Target, Tracer
@@ -71,6 +73,14 @@ class SessionOutput:
     def warn(self, text: str) -> None:
         self.syslog.notice(LOG_WARNING, text)
         log.warning("session_warning", pid=self.session.pid, name=self.session.name, message=text)
+
+    def capturing(self, identity: ProcessIdentity, name: str, signal: str) -> contextlib.AbstractContextManager[Any]:
+        """A marker that lives exactly as long as this crash's capture (see inflight)."""
+        record = {
+            "pid": identity.pid, "start": identity.start, "name": name, "signal": signal,
+            "tracer": self.session.tracer, "log": self.log_path, "time": utcnow(),
+        }  # fmt: skip
+        return inflight.marker(self._service.capture_dir, record)
 
     async def crash(self, report: CrashReport) -> str | None:
         """Backtrace to the log, report to the store (atomically), summary to syslog."""
@@ -115,6 +125,32 @@ class TracerdService:
         )
         self._crash_lock = asyncio.Lock()
         self._shutting_down = False
+        self.capture_dir: Path | None = None
+        try:
+            self.capture_dir = inflight.prepare(config.state_dir / "capture")
+            self._record_interrupted(inflight.leftovers(self.capture_dir))
+        except (OSError, ConfigError) as err:
+            log.error("capture_dir_unusable", error=str(err))
+        watch = supervisor()
+        watch.capture_dir = str(self.capture_dir) if self.capture_dir else None
+
+    def _record_interrupted(self, markers: list[dict[str, Any]]) -> None:
+        """Crashes whose capture a previous tracerd did not live to finish."""
+        for mark in markers:
+            report = CrashReport(
+                process={"name": str(mark.get("name")), "pid": mark.get("pid"), "exe": None, "cmdline": [],
+                         "uid": None, "capture": "interrupted",
+                         "capture_errors": ["capture interrupted: tracerd stopped while it ran; "
+                                            "the process died of its signal untraced"]},
+                signal={"number": None, "name": str(mark.get("signal")), "si_code": None, "fault_address": None},
+                time=str(mark.get("time")), threads=[], registers={}, disassembly="", libraries=[],
+                log=mark.get("log") if isinstance(mark.get("log"), str) else None, tracer=str(mark.get("tracer")),
+            )  # fmt: skip
+            try:
+                entry = self.crashes.record(report)
+                log.warning("capture_interrupted", pid=mark.get("pid"), name=mark.get("name"), crash=entry.get("id"))
+            except OSError as err:
+                log.error("crash_store_failed", error=str(err))
 
     async def record_crash(self, report: CrashReport) -> dict[str, Any] | None:
         """Store a report off the event loop (it fsyncs), one at a time."""

@@ -23,9 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from tracerd import procinfo
-from tracerd.errors import TargetGone, TracerdError, TracerFailed
-from tracerd.release import make_it_die
+from tracerd.errors import TargetGone, TracerFailed
 from tracerd.spawn import Child
 
 log = structlog.get_logger("tracerd.watch")
@@ -45,6 +43,9 @@ class WatchSupervisor:
         self.clients: dict[int, WatchClient] = {}
         self._start_lock = asyncio.Lock()
         self.restarts = 0
+        self.capture_dir: str | None = None  # where the watcher writes crash cores
+        self.core_limit = 1 << 30
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -56,8 +57,11 @@ class WatchSupervisor:
                 return
             loop = asyncio.get_running_loop()
             self._ready = loop.create_future()
-            self.child = Child([sys.executable, "-m", "tracerd.watcher"], self._on_lines, stdin=True)
-            asyncio.get_running_loop().create_task(self._monitor(self.child))
+            argv = [sys.executable, "-m", "tracerd.watcher", "--core-limit", str(self.core_limit)]
+            if self.capture_dir:
+                argv += ["--capture-dir", self.capture_dir]
+            self.child = Child(argv, self._on_lines, stdin=True)
+            self._spawn(self._monitor(self.child))
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), timeout=30.0)
             except TimeoutError:
@@ -87,6 +91,8 @@ class WatchSupervisor:
             self._resolve(("seize", pid), event)
         elif kind == "released":
             self._resolve(("release", pid), event)
+        elif kind == "finished":
+            self._resolve(("finish", pid), event)
         elif kind == "pong":
             self._resolve(("ping", 0), event)
         root = int(event.get("root", pid))
@@ -95,19 +101,16 @@ class WatchSupervisor:
             client.on_event(event)
         elif kind == "fatal":
             # nobody to capture it (its session gave up): it must not stay
-            # stopped; let it die of its signal as it would untraced
-            asyncio.get_running_loop().create_task(self.orphan_crash(event))
+            # held; let it die of its signal as it would untraced
+            log.warning("crash_without_session", pid=event.get("pid"), signal=event.get("signal"))
+            self._send({"op": "finish", "pid": pid})
+            discard_core(event)
 
-    @staticmethod
-    async def orphan_crash(event: dict[str, Any]) -> None:
-        log.warning("crash_without_session", pid=event.get("pid"), signal=event.get("signal"))
-        with contextlib.suppress(TracerdError):
-            identity = procinfo.identify(int(event["pid"]))
-            pidfd = procinfo.open_pidfd(identity)
-            try:
-                await make_it_die(pidfd, identity, str(event["signal"]), int(event.get("si_code") or 0), log.warning)
-            finally:
-                os.close(pidfd)
+    def _spawn(self, coro: Any) -> None:
+        """A background task we keep a reference to until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _send(self, command: dict[str, Any]) -> None:
         """Fire and forget (no answer awaited)."""
@@ -181,6 +184,13 @@ class WatchSupervisor:
         finally:
             self.clients.pop(pid, None)
 
+    async def finish(self, pid: int, timeout: float = 5.0) -> None:
+        """Let a held crash die of its signal (the watcher detaches it delivering it)."""
+        if self.child is None or self.child.returncode is not None:
+            return  # a dead watcher has already let it die
+        with contextlib.suppress(TracerFailed):
+            await self._request(("finish", pid), {"op": "finish", "pid": pid}, timeout)
+
     def forget(self, pid: int) -> None:
         self.clients.pop(pid, None)
 
@@ -202,6 +212,14 @@ async def _bounded(child: Child, timeout: float) -> None:
 
 
 _supervisors: dict[int, WatchSupervisor] = {}
+
+
+def discard_core(event: dict[str, Any]) -> None:
+    """Remove the core the watcher wrote for a crash, once it has been read."""
+    core = event.get("core")
+    if isinstance(core, str) and core:
+        with contextlib.suppress(OSError):
+            os.unlink(core)
 
 
 def supervisor() -> WatchSupervisor:

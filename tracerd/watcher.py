@@ -16,21 +16,35 @@ full speed and stops only for signals, clone/fork/exec events and exits.
 - An exiting process is reaped here (as its tracer) right away, which is
   what lets its own parent reap it as usual.
 - A fatal signal that would kill the process (no handler of its own) is
-  held: the watcher detaches the crashing thread with SIGSTOP instead of
-  the signal, detaches the other threads as they reach the group-stop, and
-  reports ``fatal`` with the siginfo.  The process is then stopped, untraced,
-  ready for gdb; tracerd makes sure it dies of that same signal afterwards.
+  *held*, never let go of: the crashing thread stays in its
+  signal-delivery-stop, the other threads are stopped with
+  PTRACE_INTERRUPT, and the watcher writes a core file of the process
+  (:mod:`tracerd.coredump`) for gdb to read, then reports ``fatal``.  Only
+  ``finish`` (or the end of tracerd, or a hold past ``HOLD_LIMIT``) lets
+  go: the crashing thread is detached *delivering its signal*, so the
+  process dies of it as it would untraced.
+
+Why this holds at every instant: a process in a ptrace-stop is released by
+the kernel when its tracer dies, and the same signal is also queued again
+on the crashing thread (tgkill) the moment it is caught, so a release by
+anybody's death delivers it.  Nothing is ever left in a group-stop that
+only a living process could end.
 
 Commands: ``{"op": "seize", "pid", "start", "follow_forks"}``,
 ``{"op": "release", "pid"}`` (detach, leaving it running), ``{"op":
+"finish", "pid"}`` (let a held crash die of its signal), ``{"op":
 "ping"}``.  Events: ``seized``, ``seize_failed``, ``released``, ``exited``
 (code), ``killed`` (signal), ``fatal`` (signal, tid, si_code,
-fault_address), ``pong``.  On end of input it releases everything and exits.
+fault_address, core, core_bytes, core_error), ``finished``, ``pong``.  On
+end of input (or SIGTERM, our parent-death signal) it releases everything,
+lets every held crash die, and exits.
 
 Security: commands come only from tracerd through a pipe; a pid is checked
-against its start time before it is seized.  The watcher dying (even by
-SIGKILL) detaches every tracee in the kernel: they run on, none stopped
-(we never set PTRACE_O_EXITKILL).
+against its start time before it is seized.  Cores are written 0600 with
+O_EXCL|O_NOFOLLOW into the capture directory tracerd names (its own).  The
+watcher dying (even by SIGKILL) detaches every tracee in the kernel: they
+run on, none stopped (we never set PTRACE_O_EXITKILL), and a held crash
+dies of its signal.
 
 Diagnostics: errors go to stderr as one line each, and a failed command is
 answered with an event carrying ``error``.
@@ -38,6 +52,8 @@ answered with an event carrying ``error``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -65,6 +81,7 @@ from ptrace.binding.func import (
 )
 from ptrace.error import PtraceError
 
+from tracerd import coredump
 from tracerd.errors import TargetGone
 from tracerd.procinfo import identify, signal_is_fatal
 
@@ -75,6 +92,9 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children alike
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 FATAL = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
+HOLD_LIMIT = 120.0  # seconds a crash is held at most, whatever tracerd does
+SYS_TGKILL = 234  # x86-64
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -83,13 +103,19 @@ class Watched:
     root: int  # the session's pid (differs for a followed fork child)
     follow_forks: bool
     threads: set[int] = field(default_factory=set)
-    mode: str = "run"  # run | releasing | handoff
+    mode: str = "run"  # run | releasing | holding (stopping threads) | held (core written)
     fatal: dict[str, Any] | None = None
+    crash_tid: int = 0
+    crash_signal: int = 0
+    stopped: set[int] = field(default_factory=set)  # threads held in a ptrace-stop
+    held_since: float = 0.0
 
 
 class Watcher:
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, capture_dir: str | None = None, core_limit: int = 1 << 30) -> None:
         self.out = out
+        self.capture_dir = capture_dir
+        self.core_limit = core_limit
         self.processes: dict[int, Watched] = {}
         self.owner: dict[int, int] = {}  # tid -> pid
 
@@ -116,6 +142,8 @@ class Watcher:
             self.seize(int(request["pid"]), int(request["start"]), bool(request.get("follow_forks")))
         elif op == "release":
             self.release(int(request["pid"]))
+        elif op == "finish":
+            self.finish(int(request["pid"]))
         elif op == "ping":
             self.emit("pong", watched=len(self.processes), threads=len(self.owner))
         else:
@@ -177,6 +205,9 @@ class Watcher:
         if watched is None:
             self.emit("released", pid=pid)
             return
+        if watched.mode in ("holding", "held"):
+            self.finish(pid)  # a crash is never released into service: it dies
+            return
         watched.mode = "releasing"
         # a thread can only be detached from a ptrace-stop: interrupt them all,
         # each is detached when its stop is reported
@@ -187,6 +218,29 @@ class Watcher:
     def release_all(self) -> None:
         for pid in list(self.processes):
             self.release(pid)
+
+    def finish(self, pid: int) -> None:
+        """Let a held crash die of its own signal: detach its crashing thread
+        delivering the signal (the other threads are taken down with it)."""
+        watched = self.processes.get(pid)
+        if watched is None or watched.mode not in ("holding", "held"):
+            self.emit("finished", pid=pid)
+            return
+        self._detach(watched.crash_tid, watched.crash_signal)
+        for tid in sorted(watched.stopped - {watched.crash_tid}):
+            self._detach(tid, 0)
+        # threads still running (not yet stopped) die with the process; we
+        # reap whatever status they still report to us
+        self.emit("finished", pid=pid)
+        self._drop(watched)
+
+    def expire_holds(self) -> None:
+        """A crash is never held past HOLD_LIMIT, even if tracerd forgot it."""
+        now = time.monotonic()
+        for watched in list(self.processes.values()):
+            if watched.mode in ("holding", "held") and now - watched.held_since > HOLD_LIMIT:
+                self.complain(f"crash of {watched.pid} held {HOLD_LIMIT:.0f} s: letting it die")
+                self.finish(watched.pid)
 
     def _interrupt(self, tid: int) -> None:
         try:
@@ -250,6 +304,8 @@ class Watcher:
                     name = signal.Signals(os.WTERMSIG(status)).name
                     self.emit("killed", pid=watched.pid, root=watched.root, signal=name)
                 self._drop(watched)
+            elif watched.mode == "holding":
+                self._maybe_held(watched)
             else:
                 self._maybe_done(watched)
             return
@@ -257,6 +313,11 @@ class Watcher:
             return
         sig = os.WSTOPSIG(status)
         event = status >> 16
+        if watched.mode in ("holding", "held"):
+            # keep every thread of a crashed process stopped until finish
+            watched.stopped.add(tid)
+            self._maybe_held(watched)
+            return
         if watched.mode != "run":
             # releasing or handing off: detach each thread at its first stop,
             # re-injecting a signal it was about to receive
@@ -297,21 +358,61 @@ class Watcher:
             info = ptrace_getsiginfo(tid)
             si_code = int(info.si_code)
             if signal_is_fatal(watched.pid, tid, name, si_code):
-                fault = info._sifields._sigfault._addr if si_code > 0 else None
-                watched.mode = "handoff"
-                watched.fatal = {
-                    "pid": watched.pid, "root": watched.root, "tid": tid, "signal": name,
-                    "si_code": si_code, "fault_address": hex(fault or 0) if si_code > 0 else None,
-                }  # fmt: skip
-                # Hold it: SIGSTOP instead of the fatal signal, so the whole
-                # process group-stops, and we detach thread by thread.
-                self._detach(tid, signal.SIGSTOP)
-                self._forget_thread(tid)
-                for other in list(watched.threads):
-                    self._interrupt(other)
-                self._maybe_done(watched)
+                self._hold(watched, tid, sig, info)
                 return
         ptrace(PTRACE_CONT, tid, 0, sig)  # re-inject at once
+
+    def _hold(self, watched: Watched, tid: int, sig: int, info: Any) -> None:
+        """Keep a crashed process: this thread in its signal-delivery-stop,
+        the others stopped; queue the signal again so that whoever dies
+        from here on, the process dies of it."""
+        name, si_code = signal.Signals(sig).name, int(info.si_code)
+        fault = info._sifields._sigfault._addr if si_code > 0 else None
+        watched.mode = "holding"
+        watched.crash_tid, watched.crash_signal = tid, sig
+        watched.held_since = time.monotonic()
+        watched.stopped = {tid}
+        watched.fatal = {
+            "pid": watched.pid, "root": watched.root, "tid": tid, "signal": name,
+            "si_code": si_code, "fault_address": hex(fault or 0) if si_code > 0 else None,
+        }  # fmt: skip
+        try:
+            watched.fatal["siginfo"] = coredump.read_siginfo(tid).hex()
+        except OSError as err:
+            self.complain(f"siginfo of {tid}: {err}")
+        # The kernel drops the signal of a thread in signal-delivery-stop
+        # whose tracer dies; a second copy queued on the thread survives it.
+        # The thread is stopped under us, so its tid cannot be recycled.
+        if _libc.syscall(SYS_TGKILL, watched.pid, tid, sig) != 0:
+            self.complain(f"tgkill {tid}: {os.strerror(ctypes.get_errno())}")
+        for other in list(watched.threads - {tid}):
+            self._interrupt(other)
+        self._maybe_held(watched)
+
+    def _maybe_held(self, watched: Watched) -> None:
+        """Once every thread is stopped: write the core, report ``fatal``."""
+        if watched.mode != "holding" or watched.threads - watched.stopped:
+            return
+        watched.mode = "held"
+        assert watched.fatal is not None
+        fatal = dict(watched.fatal)
+        if self.capture_dir and coredump.supported():
+            path = os.path.join(self.capture_dir, f"{watched.pid}.{time.time_ns()}.core")
+            try:
+                order = [watched.crash_tid, *sorted(watched.stopped - {watched.crash_tid})]
+                states = [coredump.ThreadState.read(t, watched.crash_signal if t == watched.crash_tid else 0)
+                          for t in order if t in watched.threads]  # fmt: skip
+                siginfo = bytes.fromhex(fatal.get("siginfo") or "") or coredump.read_siginfo(watched.crash_tid)
+                core = coredump.write_core(watched.pid, states, siginfo, path, self.core_limit)
+                fatal.update(core=core.path, core_bytes=core.size, core_skipped=core.skipped)
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                fatal["core_error"] = f"core of {watched.pid}: {err}"
+        else:
+            fatal["core_error"] = "no capture directory" if coredump.supported() else "cores need x86-64"
+        fatal.pop("siginfo", None)
+        self.emit("fatal", **fatal)
 
     def _resume(self, tid: int, sig: int) -> None:
         try:
@@ -334,9 +435,7 @@ class Watcher:
     def _maybe_done(self, watched: Watched) -> None:
         if watched.threads or watched.mode == "run":
             return
-        if watched.mode == "handoff" and watched.fatal is not None:
-            self.emit("fatal", **watched.fatal)
-        elif watched.root == watched.pid:
+        if watched.root == watched.pid:
             self.emit("released", pid=watched.pid)
         self._drop(watched)
 
@@ -358,7 +457,13 @@ def main() -> int:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     stdin = sys.stdin.fileno()
     os.set_blocking(stdin, False)
-    watcher = Watcher(sys.stdout)
+    capture_dir, core_limit = None, 1 << 30
+    args = sys.argv[1:]
+    if "--capture-dir" in args:
+        capture_dir = args[args.index("--capture-dir") + 1]
+    if "--core-limit" in args:
+        core_limit = int(args[args.index("--core-limit") + 1])
+    watcher = Watcher(sys.stdout, capture_dir, core_limit)
     buffer = b""
     eof = False
     give_up = float("inf")
@@ -389,6 +494,7 @@ def main() -> int:
                 if line.strip():
                     watcher.command(line.decode("utf-8", "replace"))
         watcher.reap()
+        watcher.expire_holds()
     return 0
 
 

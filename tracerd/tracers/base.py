@@ -21,8 +21,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from tracerd.errors import TracerFailed
 from tracerd.procinfo import ProcessIdentity
@@ -86,6 +87,13 @@ class Output(Protocol):
 
     def warn(self, text: str) -> None:
         """A problem worth one syslog warning."""
+
+    def capturing(self, identity: ProcessIdentity, name: str, signal: str) -> AbstractContextManager[Any]:
+        """Mark a crash capture as running, for as long as the context lasts.
+
+        A marker still there when tracerd next starts is listed as an
+        interrupted capture.
+        """
 
     async def crash(self, report: CrashReport) -> str | None:
         """Store a crash report (atomically), log its backtrace, syslog its summary.

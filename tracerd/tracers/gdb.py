@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from typing import Any
 
 from tracerd import procinfo
@@ -161,16 +162,22 @@ class GdbTracer(Tracer):
 
     async def _crash(self, stop: dict[str, Any], name: str) -> Ending:
         """Report first, then let the process die of the same signal."""
+        # The kernel drops the signal of a thread in signal-delivery-stop
+        # whose tracer dies (gdb killed with -9): a second copy, queued now
+        # while every thread is stopped, makes the process die of it anyway.
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self._pidfd, int(getattr(signal.Signals, name)))
         crash_id: str | None = None
-        try:
-            report = await capture(
-                self.mi, self.target.identity, self.target.name, stop,
-                tracer=self.name, log_path=self.output.log_path,
-            )  # fmt: skip
-            crash_id = await self.output.crash(report)
-        except Exception as err:  # the process must be released whatever happened
-            self.output.warn(f"crash capture failed: {err}")
-        await self._release_with_signal()
+        with self.output.capturing(self.target.identity, self.target.name, name):
+            try:
+                report = await capture(
+                    self.mi, self.target.identity, self.target.name, stop,
+                    tracer=self.name, log_path=self.output.log_path,
+                )  # fmt: skip
+                crash_id = await self.output.crash(report)
+            except Exception as err:  # the process must be released whatever happened
+                self.output.warn(f"crash capture failed: {err}")
+            await self._release_with_signal()
         return Ending("crashed", signal=name, crash=crash_id)
 
     async def _release_with_signal(self) -> None:

@@ -2,11 +2,16 @@
 
 A session costs a few kilobytes in the watcher and no process of its own.
 The hook is confirmed as soon as PTRACE_SEIZE succeeded on every thread.
-When the watcher reports ``fatal``, the process is stopped and untraced: one
-gdb is started for this crash only, captures the full report (the same as
-the gdb tracer's), detaches, and exits; then we make sure the process dies
-of that same signal (a fault re-faults at once; a signal sent by kill() is
-sent again through a pidfd, so a recycled pid can never receive it).
+When the watcher reports ``fatal``, the process is *held* by the watcher (in
+its ptrace signal-delivery-stop, every thread stopped) and a core file of it
+is written: one gdb is started for this crash only and reads that core
+(never the live process, which it could not attach to), the full report is
+written (the same as the gdb tracer's), and only then is the watcher told
+to ``finish``: it detaches the process delivering its signal, so it dies of
+it as it would untraced.  If tracerd, the watcher or gdb dies at any
+instant of this, the process still dies of its signal (see
+:mod:`tracerd.watcher`), and a marker left in the capture directory makes
+the next tracerd list the crash as an interrupted capture.
 
 ``where`` hands the process to gdb for a live backtrace and seizes it again.
 
@@ -22,18 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from typing import Any
 
 from tracerd import procinfo
 from tracerd.capture import capture
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
-from tracerd.gdbmi import GdbMI
+from tracerd.gdbmi import GdbMI, quote
 from tracerd.procinfo import ProcessIdentity
-from tracerd.release import make_it_die
+from tracerd.release import wait_for_death
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer
-from tracerd.watchclient import supervisor
+from tracerd.watchclient import discard_core, supervisor
 
 FOLLOW_FORKS = "follow-forks"
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 
 class WatchTracer(Tracer):
@@ -119,41 +126,60 @@ class WatchTracer(Tracer):
     # -- crashes --------------------------------------------------------------
 
     async def _crash(self, event: dict[str, Any]) -> str | None:
-        """One gdb for this crash: capture, detach, exit; then the process dies."""
+        """One gdb for this crash, on the core the watcher wrote; then the process dies."""
         pid, signal_name = int(event["pid"]), str(event["signal"])
         try:
             identity = procinfo.identify(pid)
             pidfd = procinfo.open_pidfd(identity)
         except TargetGone:
+            discard_core(event)
             return None
         crash_id = None
+        name = self.target.name if identity.pid == self.target.pid else f"{self.target.name}-child"
         try:
-            crash_id = await self._capture(identity, event)
-        except Exception as err:  # whatever happened, the process must be released
-            self.output.warn(f"crash capture failed: {err}")
+            with self.output.capturing(identity, name, signal_name):
+                try:
+                    crash_id = await self._capture(identity, name, event)
+                except Exception as err:  # whatever happened, the process must be released
+                    self.output.warn(f"crash capture failed: {err}")
+                finally:
+                    discard_core(event)
+                    await self.supervisor.finish(pid)
+                    await wait_for_death(pidfd, identity, signal_name, self.output.warn)
         finally:
-            await make_it_die(pidfd, identity, signal_name, int(event.get("si_code") or 0), self.output.warn)
             os.close(pidfd)
         return crash_id
 
-    async def _capture(self, identity: ProcessIdentity, event: dict[str, Any]) -> str | None:
+    async def _capture(self, identity: ProcessIdentity, name: str, event: dict[str, Any]) -> str | None:
+        core = event.get("core")
+        if not core:
+            raise TracerFailed(str(event.get("core_error") or "the watcher wrote no core"))
         mi = GdbMI()
         try:
             await mi.start()
-            await mi.command(f"-target-attach {identity.pid}", timeout=30.0)
-            await asyncio.wait_for(mi.stops.get(), 30.0)
+            await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid))}", timeout=30.0)
+            if not _PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
+                raise TracerFailed(f"gdb cannot open a core at {core!r}: use a plain state_dir path")
+            await mi.command(f"-target-select core {core}", timeout=30.0)
             thread_id = await _gdb_thread_of(mi, int(event["tid"]))
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
-            name = self.target.name if identity.pid == self.target.pid else f"{self.target.name}-child"
             report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
-            # gdb saw our SIGSTOP; the watcher saw the real signal
-            report.signal["si_code"] = event.get("si_code")
-            report.signal["fault_address"] = event.get("fault_address")
+            if event.get("core_skipped"):
+                report.process.setdefault("capture_errors", []).append(
+                    "memory left out of the core (over its size limit): " + "; ".join(event["core_skipped"])
+                )
             return await self.output.crash(report)
         finally:
-            with contextlib.suppress(TracerdError):
-                await mi.command("-target-detach", timeout=10.0)
             await mi.close()
+
+
+def _executable(pid: int) -> str:
+    """The program's path for gdb; /proc/PID/exe when it was replaced or deleted."""
+    try:
+        path = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return f"/proc/{pid}/exe"
+    return f"/proc/{pid}/exe" if path.endswith(" (deleted)") or not os.path.exists(path) else path
 
 
 async def _gdb_thread_of(mi: GdbMI, tid: int) -> str:

@@ -1,0 +1,273 @@
+"""An ELF core file of a process the watcher holds stopped, for gdb to read.
+
+The watch tracer must never let go of a crashed process before it dies: the
+process stays in its ptrace signal-delivery-stop, held by the watcher, whose
+death (or tracerd's) lets it die of its own signal.  gdb cannot attach to a
+process that is already traced, so the watcher writes what gdb needs into a
+core file, as the kernel would, and gdb reads that instead of the live
+process:
+
+- one ``NT_PRSTATUS`` and ``NT_FPREGSET`` per thread (the crashing thread
+  first: gdb takes the first as the current thread), ``NT_PRPSINFO``,
+  ``NT_SIGINFO`` (so ``$_siginfo`` is the real one), ``NT_AUXV`` and
+  ``NT_FILE`` (the file-backed mappings, so gdb finds the objects);
+- the memory, chosen as the kernel's default ``coredump_filter`` does:
+  anonymous and written private mappings whole, file-backed ones only their
+  first page when it holds an ELF header (gdb reads code from the files);
+  zero pages are left as holes, so thread stacks cost nothing on disk.
+
+x86-64 Linux only (the register layouts are the kernel's ``elf_gregset_t``
+and ``user_fpregs_struct``).
+
+Security: every register set and byte of memory comes from the target; the
+file is created with O_EXCL|O_NOFOLLOW, mode 0600, in a directory tracerd
+owns, and is only ever read by gdb.
+
+Diagnostics: a mapping that cannot be read is written as a hole (gdb says
+"Cannot access memory" for it); ptrace failures raise ``OSError``.  A core
+larger than ``limit`` bytes loses its largest anonymous mappings first
+(never a thread's stack), and says which in ``CoreFile.skipped``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+from dataclasses import dataclass, field
+
+PTRACE_GETREGS = 12
+PTRACE_GETFPREGS = 14
+PTRACE_GETSIGINFO = 0x4202
+NT_PRSTATUS = 1
+NT_FPREGSET = 2
+NT_PRPSINFO = 3
+NT_AUXV = 6
+NT_SIGINFO = 0x53494749
+NT_FILE = 0x46494C45
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CHUNK = 1 << 20
+ELF_MAGIC = b"\x7fELF"
+PRSTATUS = struct.Struct("<3ih2xQQ4i8q216sI4x")  # struct elf_prstatus, 336 bytes
+PRPSINFO = struct.Struct("<bcbb4xQII4i16s80s")  # struct elf_prpsinfo, 136 bytes
+RSP = 19  # index of rsp in elf_gregset_t
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def supported() -> bool:
+    return platform.machine() == "x86_64"
+
+
+def _ptrace_read(request: int, tid: int, size: int) -> bytes:
+    buffer = ctypes.create_string_buffer(size)
+    if _libc.ptrace(request, tid, None, buffer) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"ptrace({request}, {tid}): {os.strerror(err)}")
+    return buffer.raw
+
+
+@dataclass
+class ThreadState:
+    """What the kernel would put in a core for one stopped, traced thread."""
+
+    tid: int
+    regs: bytes
+    fpregs: bytes
+    signal: int = 0
+
+    @classmethod
+    def read(cls, tid: int, signal: int = 0) -> ThreadState:
+        return cls(tid, _ptrace_read(PTRACE_GETREGS, tid, 216), _ptrace_read(PTRACE_GETFPREGS, tid, 512), signal)
+
+    @property
+    def stack_pointer(self) -> int:
+        return int(struct.unpack_from("<Q", self.regs, RSP * 8)[0])
+
+
+def read_siginfo(tid: int) -> bytes:
+    """The raw 128-byte siginfo of a thread in signal-delivery-stop."""
+    return _ptrace_read(PTRACE_GETSIGINFO, tid, 128)
+
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    path: str
+    anonymous_kb: int = 0
+    dump: int = 0  # bytes of it to write, from start
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class CoreFile:
+    path: str
+    size: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _mappings(pid: int) -> list[Mapping]:
+    out: list[Mapping] = []
+    with open(f"/proc/{pid}/smaps", "rb") as smaps:
+        for raw in smaps:
+            line = raw.decode("utf-8", "surrogateescape")
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                path = head[5].rstrip("\n") if len(head) == 6 else ""
+                out.append(Mapping(start, end, head[1], int(head[2], 16), path))
+            elif line.startswith("Anonymous:") and out:
+                out[-1].anonymous_kb = int(line.split()[1])
+    return out
+
+
+def _choose(mapping: Mapping, mem: int) -> int:
+    """How many bytes of a mapping go into the core (the kernel's default filter)."""
+    perms, path = mapping.perms, mapping.path
+    if "r" not in perms or path in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
+        return 0
+    file_backed = path.startswith("/") and not path.startswith("/dev/zero") and not path.startswith("/SYSV")
+    if not file_backed:
+        return mapping.size  # heap, stacks, anonymous and shared anonymous memory, vdso
+    if perms[3] == "p" and (mapping.anonymous_kb > 0 or "w" in perms):
+        return mapping.size  # written private file mapping: relocations, .data, .bss, r_debug
+    if mapping.offset == 0:
+        try:
+            if os.pread(mem, 4, mapping.start) == ELF_MAGIC:
+                return PAGE  # the ELF header, so gdb can match build-ids
+        except OSError:
+            pass
+    return 0
+
+
+def _trim(mappings: list[Mapping], stacks: list[int], limit: int, skipped: list[str]) -> None:
+    total = sum(m.dump for m in mappings)
+    def is_stack(m: Mapping) -> bool:
+        return m.path == "[stack]" or any(m.start <= sp < m.end for sp in stacks)
+    for m in sorted(mappings, key=lambda m: m.dump, reverse=True):
+        if total <= limit:
+            return
+        if m.dump and not is_stack(m) and not m.path.startswith("/"):
+            total -= m.dump
+            skipped.append(f"{m.start:#x}-{m.end:#x} {m.path or '[anon]'} ({m.dump} bytes)")
+            m.dump = 0
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _note(name: bytes, kind: int, desc: bytes) -> bytes:
+    name = name + b"\0"
+    return struct.pack("<3I", len(name), len(desc), kind) + _pad4(name) + _pad4(desc)
+
+
+def _prstatus(thread: ThreadState, pid: int, ppid: int, pgrp: int, sid: int) -> bytes:
+    return PRSTATUS.pack(
+        thread.signal, 0, 0, thread.signal, 0, 0, thread.tid, ppid, pgrp, sid,
+        0, 0, 0, 0, 0, 0, 0, 0, thread.regs, 1,
+    )  # fmt: skip
+
+
+def _stat_fields(pid: int) -> tuple[str, list[str]]:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        text = stat.read().decode("utf-8", "replace")
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    return comm, text[text.rindex(")") + 2 :].split()
+
+
+def _prpsinfo(pid: int, comm: str, rest: list[str]) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        args = cmdline.read(80).replace(b"\0", b" ").strip()
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    uid, gid = int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+    state = rest[0]
+    return PRPSINFO.pack(
+        0, state.encode()[:1], 0, int(rest[16]), 0, uid, gid,
+        pid, int(rest[1]), int(rest[2]), int(rest[3]), comm.encode()[:15], args[:79],
+    )  # fmt: skip
+
+
+def _nt_file(mappings: list[Mapping]) -> bytes:
+    files = [m for m in mappings if m.path.startswith("/") and not m.path.endswith(" (deleted)")]
+    head = struct.pack("<2Q", len(files), PAGE)
+    ranges = b"".join(struct.pack("<3Q", m.start, m.end, m.offset // PAGE) for m in files)
+    names = b"".join(os.fsencode(m.path) + b"\0" for m in files)
+    return head + ranges + names
+
+
+def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, limit: int) -> CoreFile:
+    """Write the core of ``pid`` (all ``threads`` stopped by us) to ``path``."""
+    comm, rest = _stat_fields(pid)
+    ppid, pgrp, sid = int(rest[1]), int(rest[2]), int(rest[3])
+    with open(f"/proc/{pid}/auxv", "rb") as auxv_file:
+        auxv = auxv_file.read()
+    core = CoreFile(path)
+    mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mappings = _mappings(pid)
+        for mapping in mappings:
+            mapping.dump = _choose(mapping, mem)
+        _trim(mappings, [t.stack_pointer for t in threads], limit, core.skipped)
+        notes = [_note(b"CORE", NT_PRSTATUS, _prstatus(threads[0], pid, ppid, pgrp, sid))]
+        notes.append(_note(b"CORE", NT_PRPSINFO, _prpsinfo(pid, comm, rest)))
+        notes.append(_note(b"CORE", NT_SIGINFO, siginfo))
+        notes.append(_note(b"CORE", NT_AUXV, auxv))
+        notes.append(_note(b"CORE", NT_FILE, _nt_file(mappings)))
+        notes.append(_note(b"CORE", NT_FPREGSET, threads[0].fpregs))
+        for thread in threads[1:]:
+            notes.append(_note(b"CORE", NT_PRSTATUS, _prstatus(thread, pid, ppid, pgrp, sid)))
+            notes.append(_note(b"CORE", NT_FPREGSET, thread.fpregs))
+        note_bytes = b"".join(notes)
+        phnum = 1 + len(mappings)
+        data_start = 64 + 56 * phnum + len(note_bytes)
+        offset = data_start + (-data_start % PAGE)
+        headers = [struct.pack("<2I6Q", 4, 0, 64 + 56 * phnum, 0, 0, len(note_bytes), 0, 4)]  # PT_NOTE
+        for mapping in mappings:
+            flags = (4 if "r" in mapping.perms else 0) | (2 if "w" in mapping.perms else 0)
+            flags |= 1 if "x" in mapping.perms else 0
+            headers.append(
+                struct.pack("<2I6Q", 1, flags, offset, mapping.start, 0, mapping.dump, mapping.size, PAGE)
+            )
+            offset += mapping.dump
+        elf = ELF_MAGIC + bytes([2, 1, 1, 0]) + bytes(8)
+        elf += struct.pack("<2HI3QI6H", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, elf + b"".join(headers) + note_bytes)
+            offset = data_start + (-data_start % PAGE)
+            zero = bytes(CHUNK)
+            for mapping in mappings:
+                _copy(mem, fd, mapping, offset, zero)
+                offset += mapping.dump
+            os.ftruncate(fd, offset)
+            core.size = offset
+        finally:
+            os.close(fd)
+    finally:
+        os.close(mem)
+    return core
+
+
+def _copy(mem: int, fd: int, mapping: Mapping, offset: int, zero: bytes) -> None:
+    """Copy a mapping's chosen bytes; zero or unreadable chunks stay holes."""
+    done = 0
+    while done < mapping.dump:
+        size = min(CHUNK, mapping.dump - done)
+        try:
+            chunk = os.pread(mem, size, mapping.start + done)
+        except OSError:
+            chunk = b""
+        if chunk and chunk != zero[: len(chunk)]:
+            os.pwrite(fd, chunk, offset + done)
+        done += size
