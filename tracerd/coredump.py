@@ -242,7 +242,9 @@ def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, 
             offset += mapping.dump
         elf = ELF_MAGIC + bytes([2, 1, 1, 0]) + bytes(8)
         elf += struct.pack("<2HI3QI6H", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # written under a temporary name: the core appears whole or not at all
+        partial = path + ".part"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, elf + b"".join(headers) + note_bytes)
             offset = data_start + (-data_start % PAGE)
@@ -252,8 +254,12 @@ def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, 
                 offset += mapping.dump
             os.ftruncate(fd, offset)
             core.size = offset
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(partial)
+            raise
+        os.close(fd)
+        os.rename(partial, path)
     finally:
         os.close(mem)
     return core

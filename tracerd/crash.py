@@ -24,7 +24,9 @@ TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt
 INDEX = "index.json"
 TEMP_PREFIX = ".tmp-"
 MAX_REPEATS = 100
-PUBLIC_FIELDS = ("id", "signature", "count", "first_seen", "last_seen", "name", "pid", "signal", "top", "report")
+PUBLIC_FIELDS = (
+    "id", "signature", "count", "first_seen", "last_seen", "name", "pid", "signal", "top", "report", "capture",
+)  # fmt: skip
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 

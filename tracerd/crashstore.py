@@ -165,6 +165,7 @@ class CrashStore:
             "pid": process.get("pid"),
             "signal": sig.get("name"),
             "top": report.get("top") or [],
+            "capture": process.get("capture") or "complete",  # or "interrupted"
             "last_seen": seen,
             "last_full": seen,
         }

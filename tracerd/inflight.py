@@ -79,7 +79,7 @@ def leftovers(directory: Path) -> list[dict[str, Any]]:
         return found
     for name in names:
         path = directory / name
-        if name.endswith(".core"):
+        if name.endswith((".core", ".core.part")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
             continue

@@ -28,7 +28,7 @@ import os
 import signal
 from typing import Any
 
-from tracerd import procinfo
+from tracerd import failpoint, procinfo
 from tracerd.capture import capture
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI, MIError
@@ -170,14 +170,17 @@ class GdbTracer(Tracer):
         crash_id: str | None = None
         with self.output.capturing(self.target.identity, self.target.name, name):
             try:
+                await failpoint.reached("capture-start")
                 report = await capture(
                     self.mi, self.target.identity, self.target.name, stop,
                     tracer=self.name, log_path=self.output.log_path,
                 )  # fmt: skip
+                await failpoint.reached("capture-running")
                 crash_id = await self.output.crash(report)
             except Exception as err:  # the process must be released whatever happened
                 self.output.warn(f"crash capture failed: {err}")
-            await self._release_with_signal()
+        await failpoint.reached("report-written")
+        await self._release_with_signal()
         return Ending("crashed", signal=name, crash=crash_id)
 
     async def _release_with_signal(self) -> None:

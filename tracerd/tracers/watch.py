@@ -30,7 +30,7 @@ import os
 import re
 from typing import Any
 
-from tracerd import procinfo
+from tracerd import failpoint, procinfo
 from tracerd.capture import capture
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI, quote
@@ -139,13 +139,15 @@ class WatchTracer(Tracer):
         try:
             with self.output.capturing(identity, name, signal_name):
                 try:
+                    await failpoint.reached("capture-start")
                     crash_id = await self._capture(identity, name, event)
                 except Exception as err:  # whatever happened, the process must be released
                     self.output.warn(f"crash capture failed: {err}")
                 finally:
                     discard_core(event)
-                    await self.supervisor.finish(pid)
-                    await wait_for_death(pidfd, identity, signal_name, self.output.warn)
+            await failpoint.reached("report-written")
+            await self.supervisor.finish(pid)
+            await wait_for_death(pidfd, identity, signal_name, self.output.warn)
         finally:
             os.close(pidfd)
         return crash_id
@@ -164,6 +166,7 @@ class WatchTracer(Tracer):
             thread_id = await _gdb_thread_of(mi, int(event["tid"]))
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
             report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
+            await failpoint.reached("capture-running")
             if event.get("core_skipped"):
                 report.process.setdefault("capture_errors", []).append(
                     "memory left out of the core (over its size limit): " + "; ".join(event["core_skipped"])
