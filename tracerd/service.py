@@ -115,6 +115,8 @@ class TracerdService:
         )
         self._crash_lock = asyncio.Lock()
         self._shutting_down = False
+        # why the last SIGHUP's config did not load (None: the one in force loaded fine)
+        self.config_error: str | None = None
 
     async def record_crash(self, report: CrashReport) -> dict[str, Any] | None:
         """Store a report off the event loop (it fsyncs), one at a time."""
@@ -203,6 +205,7 @@ class TracerdService:
                 "log_dir": str(self.config.log_dir),
                 "state_dir": str(self.config.state_dir),
                 "default_tracer": self.config.default_tracer,
+                "config_error": self.config_error,
             },
             "counters": {
                 **self.counters,
