@@ -413,3 +413,79 @@ def test_load_reports_errors_with_the_file_line(tmp_path: Path) -> None:
     path.write_text('# comment\n\n[syslog]\nenabled = true\nfacility = "bogus"\n')
     with pytest.raises(ConfigError, match=r"^syslog\.facility: .*\(line 5\)$"):
         load(path)
+
+
+def test_invalid_toml_names_the_line_once() -> None:
+    """A TOML syntax error says its line once, ours, not tomllib's "(at line N, column M)" as well."""
+    with pytest.raises(ConfigError) as caught:
+        parse(PREAMBLE + "max_sessions = = 3\n")
+    message = str(caught.value)
+    assert message == "not valid TOML: Invalid value at column 16 (line 3)"
+    assert message.count("line") == 1
+
+
+def test_invalid_toml_at_the_end_names_the_last_line() -> None:
+    """An error tomllib finds at the end of the document (an unclosed array) is on the last line."""
+    with pytest.raises(ConfigError) as caught:
+        parse(PREAMBLE + "max_sessions = 3\nargs = [1,\n")
+    assert str(caught.value) == "not valid TOML: Invalid value at the end (line 4)"
+
+
+# -- every error at once (tracerd --check) ------------------------------------
+
+MANY = """# tracerd.toml
+max_sessions = 0
+socket = "relative.sock"
+
+[syslog]
+facility = "nosuch"
+max_lines_per_second = 0
+
+[[rule]]
+process = "smtpd"
+tracer = "perf"
+
+[[rule]]
+tracer = "gdb"
+
+[[rule]]
+process = "qmgr"
+tracer = "ltrace"
+args = ["-f", 1]
+bogus = true
+"""
+
+
+def test_parse_all_reports_every_error_in_line_order() -> None:
+    """parse_all lists every error of the file, sorted by line, whatever order it checked them in
+    (the top-level keys are checked after the tables); parse raises the first of them."""
+    config, errors = configmod.parse_all(MANY)
+    assert [(err.key, err.line) for err in errors] == [
+        ("max_sessions", 2),
+        ("socket", 3),
+        ("syslog.facility", 6),
+        ("syslog.max_lines_per_second", 7),
+        ("rule[0].tracer", 11),
+        ("rule[1]", 13),
+        ("rule[2].args", 19),
+        ("rule[2].bogus", 20),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse(MANY)
+    assert (caught.value.key, caught.value.line) == ("max_sessions", 2)
+    # what is valid is kept, each rule in its place (for --check's later checks)
+    assert config is not None
+    assert [rule.tracer for rule in config.rules] == [None, "gdb", "ltrace"]
+    assert config.rules[2] == Rule("qmgr", "ltrace")
+
+
+def test_parse_all_of_a_good_file_has_no_errors() -> None:
+    """A valid file: the same Config as parse(), and an empty error list."""
+    assert configmod.parse_all(RULES) == (parse(RULES), [])
+
+
+def test_parse_all_of_a_toml_syntax_error_has_one_error_and_no_config() -> None:
+    """tomllib stops at the first syntax error: one error, with its line, and no Config."""
+    config, errors = configmod.parse_all(PREAMBLE + "max_sessions = 0\n[syslog\n")
+    assert config is None
+    assert [err.line for err in errors] == [4]

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import proc_state, script
+import pytest
+
+from tests.conftest import have, proc_state, script
+from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
 
 
-def check(config_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def check(config_text: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "check.toml"
     path.write_text(config_text)
     return subprocess.run(
         [*script("tracerd"), "--config", str(path), "--check"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True, text=True, timeout=30, check=False, env=env,
     )  # fmt: skip
+
+
+def path_with(tmp_path: Path, *programs: str) -> dict[str, str]:
+    """An environment whose PATH holds only links to ``programs`` (those installed)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for program in programs:
+        found = shutil.which(program)
+        if found:
+            (bindir / program).symlink_to(found)
+    return dict(os.environ, PATH=str(bindir))
+
+
+def events(daemon: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in daemon.stderr().splitlines() if line.strip()]
 
 
 def test_check_accepts_a_good_config(tmp_path: Path) -> None:
@@ -43,6 +62,81 @@ def test_check_reports_toml_syntax_errors_with_line(tmp_path: Path) -> None:
     result = check('log_dir = "/var/log/x"\nmax_sessions = = 3\n', tmp_path)
     assert result.returncode == 1
     assert "(line 2)" in result.stderr
+
+
+def test_check_toml_syntax_error_names_the_line_once(tmp_path: Path) -> None:
+    """A TOML syntax error is one line naming its line once (not tomllib's "(at line 2, ...)" too)."""
+    result = check('log_dir = "/var/log/x"\nmax_sessions = = 3\n', tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["tracerd: not valid TOML: Invalid value at column 16 (line 2)"]
+
+
+def test_check_reports_every_error_in_line_order(tmp_path: Path) -> None:
+    """--check lists every error, one line each in line order (the top-level one last in the
+    file is checked after the tables, yet printed in its place), and exits 1."""
+    text = (
+        "# three mistakes\n"
+        "[syslog]\n"
+        'facility = "nosuch"\n'
+        "[[rule]]\n"
+        'process = "smtpd"\n'
+        'tracer = "perf"\n'
+        "[[rule]]\n"
+        'process = "qmgr"\n'
+        "bogus = 1\n"
+    )
+    result = check("max_sessions = 0\n" + text, tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "tracerd: max_sessions: must be an integer >= 1 (line 1)",
+        "tracerd: syslog.facility: must be a syslog facility name such as mail or local0 (line 4)",
+        "tracerd: rule[0].tracer: must be one of watch, gdb, strace, ltrace, truss, ktrace (line 7)",
+        "tracerd: rule[1].bogus: unknown key (line 10)",
+    ]
+
+
+def test_check_warns_about_a_tracer_not_on_path(tmp_path: Path) -> None:
+    """A rule naming a tracer whose program is not on PATH is a warning with its key and line,
+    exit 0; a tracer that is on PATH (strace here) gets none."""
+    env = path_with(tmp_path, "strace")  # ltrace is not on this PATH, installed or not
+    text = 'default_tracer = "strace"\n\n[[rule]]\nprocess = "smtpd"\ntracer = "strace"\n\n' \
+        '[[rule]]\nprocess = "qmgr"\ntracer = "ltrace"\n'
+    result = check(text, tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "tracerd: warning: rule[1].tracer: ltrace is not installed on this system (not on PATH):"
+        " the processes it is chosen for will not be traced (line 9)"
+    ]
+    assert "configuration OK" in result.stdout
+    if have("ltrace"):  # the same file on the full PATH: nothing to say
+        full = check(text, tmp_path)
+        assert (full.returncode, full.stderr) == (0, "")
+
+
+def test_check_warns_about_attach_timeout_above_the_hooks(tmp_path: Path) -> None:
+    """attach_timeout longer than pftrace-hook's default --timeout is a warning, exit 0;
+    exactly the hook's timeout is not."""
+    result = check(f"max_sessions = 5\nattach_timeout = {HOOK_TIMEOUT + 5:g}\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"tracerd: warning: attach_timeout: {HOOK_TIMEOUT + 5:g} s is longer than pftrace-hook waits by default"
+        f" (--timeout {HOOK_TIMEOUT:g} s): the hook gives up first and the process runs untraced (line 2)"
+    ]
+    assert check(f"attach_timeout = {HOOK_TIMEOUT:g}\n", tmp_path).stderr == ""
+
+
+def test_check_lists_errors_and_warnings_together_in_line_order(tmp_path: Path) -> None:
+    """Errors and warnings in one listing by line; any error makes it exit 1."""
+    env = path_with(tmp_path)
+    text = 'attach_timeout = 60\nmax_sessions = 0\n[[rule]]\nprocess = "x"\ntracer = "ltrace"\n'
+    result = check(text, tmp_path, env=env)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[1:3] for line in lines] == [
+        [" warning", " attach_timeout"], [" max_sessions", " must be an integer >= 1 (line 2)"],
+        [" warning", " rule[0].tracer"],
+    ]
 
 
 def test_daemon_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
@@ -139,3 +233,48 @@ def test_sighup_reopens_logs_for_logrotate(daemon: Any, cbin: Any, spawn: Any) -
         assert time.monotonic() < deadline, "no new log after SIGHUP"
         time.sleep(0.05)
     assert "tick" in rotated.read_text()
+
+
+def test_startup_logs_the_config_warnings(daemon_factory: Any) -> None:
+    """At start-up the warnings of --check go to tracerd's own log (and it starts)."""
+    if have("truss"):
+        pytest.skip("truss is installed here")
+    daemon = daemon_factory(start=False)
+    text = daemon.config.read_text().replace("attach_timeout = 10.0", "attach_timeout = 30.0")
+    daemon.config.write_text(text + '\n[[rule]]\nprocess = "none"\ntracer = "truss"\n')
+    daemon.start()
+    warnings = {event["key"]: event for event in events(daemon) if event["event"] == "config_warning"}
+    assert set(warnings) == {"attach_timeout", "rule[0].tracer"}
+    assert warnings["attach_timeout"]["level"] == "warning"
+    assert warnings["attach_timeout"]["line"] == 5
+    assert "truss is not installed on this system" in warnings["rule[0].tracer"]["warning"]
+    assert daemon.status()["daemon"]["config_error"] is None
+
+
+def test_sighup_with_broken_config_goes_to_syslog_and_status(daemon: Any, syslog_receiver: Any) -> None:
+    """A broken config on SIGHUP: a mail.warning syslog line with the reason and line, and
+    status's config_error (JSON and human) says the same while the old config stays in force;
+    a later good reload clears it."""
+    assert daemon.status()["daemon"]["config_error"] is None
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace("attach_timeout = 10.0", "attach_timeout = 10.0\nbogus_key = 1"))
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    message = syslog_receiver.wait_for("not reloaded")
+    assert message.startswith("<20>")  # mail (2) * 8 + warning (4)
+    assert f"tracerd[{daemon.proc.pid}]: " in message
+    assert message.endswith(f"config {daemon.config} not reloaded, the old one stays in force:"
+                            " bogus_key: unknown key (line 6)")
+    status = json.loads(daemon.ctl("--json", "status", check=True).stdout)
+    assert status["daemon"]["config_error"] == "bogus_key: unknown key (line 6)"
+    assert status["daemon"]["default_tracer"] == "strace"  # the old config
+    human = daemon.ctl("status", check=True).stdout.splitlines()
+    assert human[1] == "config error (the previous config stays in force): bogus_key: unknown key (line 6)"
+
+    daemon.config.write_text(good.replace('default_tracer = "strace"', 'default_tracer = "gdb"'))
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while daemon.status()["daemon"]["default_tracer"] != "gdb":
+        assert time.monotonic() < deadline, "good reload not seen"
+        time.sleep(0.05)
+    assert daemon.status()["daemon"]["config_error"] is None
+    assert "config error" not in daemon.ctl("status", check=True).stdout

@@ -1,7 +1,7 @@
 """Configuration: TOML in, frozen dataclasses out.
 
 Every key is optional; what is absent takes the built-in default.  As root
-the defaults are the system paths of DESIGN.md; as anyone else they live
+the defaults are the system paths of README ("Configuration"); as anyone else they live
 under ``$XDG_RUNTIME_DIR/tracerd`` (or ``/tmp/tracerd-UID``), so that
 ``tracerd`` runs anywhere with no set-up.
 
@@ -9,9 +9,14 @@ Security: the file is trusted as far as root wrote it, but every value is
 still type- and range-checked, so that a typo cannot turn into, say, a
 negative size cap or a tracer argv with a non-string in it.
 
-Diagnostics: every problem raises :class:`~tracerd.errors.ConfigError` naming
-the dotted key and, where it can be found, the line in the file.  An unknown
-key is an error too: a misspelt key silently ignored is a bug report later.
+Diagnostics: every problem is a :class:`~tracerd.errors.ConfigError` naming
+the dotted key and, where it can be found, the line in the file.
+:func:`parse_all` collects every one in line order (``tracerd --check`` lists
+them all); :func:`parse` and :func:`load` raise the first.  A TOML syntax
+error stops tomllib, so it is the only one reported.  An unknown key is an
+error too: a misspelt key silently ignored is a bug report later.  What
+depends on the machine rather than the file (is the tracer installed, does
+the group exist) is tracerd.daemon's ``--check``, not this module's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +122,7 @@ def _default_dir(system: str, leaf: str) -> Path:
     return default_runtime_dir() / leaf
 
 
-# key -> (type(s), validator or None, explanation)
+# key -> (type(s), explanation)
 _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "socket": (str, "an absolute path"),
     "socket_group": (str, "a group name"),
@@ -143,89 +149,185 @@ _RULE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
-def load(path: Path | None = None) -> Config:
-    """Load the configuration the way DESIGN.md says: flag, env, system file, defaults."""
+def source_of(path: Path | None = None) -> Path | None:
+    """Which file the config comes from: flag, env, system file, else None (built-in defaults)."""
     if path is None and os.environ.get("TRACERD_CONFIG"):
         path = Path(os.environ["TRACERD_CONFIG"])
     if path is None and SYSTEM_CONFIG.exists():
         path = SYSTEM_CONFIG
-    if path is None:
-        return Config()
+    return path
+
+
+def read(path: Path) -> str:
+    """The file's text, or ConfigError naming the path."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from err
-    return parse(text, source=path)
+
+
+def load(path: Path | None = None) -> Config:
+    """Load the configuration the way README says: flag, env, system file, defaults."""
+    source = source_of(path)
+    if source is None:
+        return Config()
+    return parse(read(source), source=source)
 
 
 def parse(text: str, source: Path | None = None) -> Config:
-    """Parse and validate TOML text; raise ConfigError naming key and line."""
+    """Parse and validate TOML text; raise the first ConfigError in line order."""
+    config, errors = parse_all(text, source)
+    if errors:
+        raise errors[0]
+    assert config is not None
+    return config
+
+
+def parse_all(text: str, source: Path | None = None) -> tuple[Config | None, list[ConfigError]]:
+    """Every error in ``text`` in line order (those without a line last).
+
+    The Config is built from the valid values only (an invalid one keeps its
+    default; each ``[[rule]]`` keeps its place and its valid fields): use it
+    only when there are no errors, or for further checks (``--check``).  None
+    when the text is not TOML at all.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        match = re.search(r"line (\d+)", str(err))
-        raise ConfigError(f"not valid TOML: {err}", line=int(match.group(1)) if match else None) from err
-    locate = _Locator(text)
+        return None, [_toml_error(err, text)]
+    checker = _Checker(Locator(text))
     values: dict[str, Any] = {"source": source}
     for key, value in data.items():
         if key == "syslog":
-            values["syslog"] = _parse_syslog(value, locate)
-            continue
-        if key == "rule":
-            values["rules"] = _parse_rules(value, locate)
-            continue
-        _check(key, value, _TOP_KEYS, locate, section=None)
-        values[key] = value
-    return _build_top(values, locate)
+            syslog = checker.syslog(value)
+            if syslog is not None:
+                values["syslog"] = syslog
+        elif key == "rule":
+            values["rules"] = checker.rules(value)
+        elif checker.check(key, value, _TOP_KEYS, section=None):
+            values[key] = value
+    config = checker.top(values)
+    errors = sorted(checker.errors, key=lambda err: (err.line is None, err.line or 0))
+    return config, errors
 
 
-def _build_top(values: dict[str, Any], locate: _Locator) -> Config:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in ("socket", "log_dir", "state_dir"):
-            if not os.path.isabs(value):
-                raise ConfigError("must be an absolute path", key=key, line=locate(None, key))
-            out[key] = Path(value)
-        elif key == "default_tracer":
-            if value not in TRACER_NAMES:
-                raise _bad(key, _TOP_KEYS, locate)
-            out[key] = value
-        elif key == "attach_timeout":
-            if not 0 < value <= 300:
-                raise _bad(key, _TOP_KEYS, locate)
-            out[key] = float(value)
-        elif key == "crash_flood_window":
-            # TOML has nan and inf; `nan < 0` is false, and a nan window would
-            # silently turn the flood protection off.
-            if not (math.isfinite(value) and value >= 0):
-                raise _bad(key, _TOP_KEYS, locate)
-            out[key] = float(value)
-        elif key in ("max_sessions", "max_log_bytes", "max_crash_bytes", "history"):
-            low = {"max_sessions": 1, "max_log_bytes": 4096, "max_crash_bytes": 65536}.get(key, 0)
-            if value < low:
-                raise _bad(key, _TOP_KEYS, locate)
-            out[key] = value
-        elif key == "socket_group":
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):
-                raise _bad(key, _TOP_KEYS, locate)
-            out[key] = value
-        else:
-            out[key] = value
-    return Config(**out)
+def _toml_error(err: tomllib.TOMLDecodeError, text: str) -> ConfigError:
+    """tomllib's "MESSAGE (at line 3, column 5)" as ours: "MESSAGE at column 5 (line 3)"."""
+    message = str(err)
+    found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if found:
+        return ConfigError(f"not valid TOML: {message[: found.start()]} at column {found[2]}", line=int(found[1]))
+    if message.endswith(" (at end of document)"):
+        last = max(1, len(text.splitlines()))
+        return ConfigError(f"not valid TOML: {message.removesuffix(' (at end of document)')} at the end", line=last)
+    return ConfigError(f"not valid TOML: {message}")
 
 
-def _parse_syslog(value: object, locate: _Locator) -> SyslogConfig:
-    if not isinstance(value, dict):
-        raise ConfigError("must be a table", key="syslog", line=locate(None, "syslog"))
-    for key, item in value.items():
-        _check(key, item, _SYSLOG_KEYS, locate, section="syslog")
-    if "address" in value and not _syslog_address_ok(value["address"]):
-        raise _bad("address", _SYSLOG_KEYS, locate, section="syslog")
-    if "facility" in value and value["facility"] not in FACILITIES:
-        raise _bad("facility", _SYSLOG_KEYS, locate, section="syslog")
-    if value.get("max_lines_per_second", 1) < 1:
-        raise _bad("max_lines_per_second", _SYSLOG_KEYS, locate, section="syslog")
-    return SyslogConfig(**value)
+_Known = dict[str, tuple[type | tuple[type, ...], str]]
+
+
+class _Checker:
+    """Validates one parsed file, collecting every error instead of stopping at the first."""
+
+    def __init__(self, locate: Locator) -> None:
+        self.locate = locate
+        self.errors: list[ConfigError] = []
+
+    def error(self, message: str, key: str, section: str | None = None, *, header: bool = False) -> None:
+        dotted = f"{section}.{key}" if section else key
+        line = self.locate(dotted, None) if header else self.locate(section, key)
+        self.errors.append(ConfigError(message, key=dotted, line=line))
+
+    def bad(self, key: str, known: _Known, section: str | None = None) -> None:
+        self.error(f"must be {known[key][1]}", key, section)
+
+    def check(self, key: str, value: object, known: _Known, section: str | None) -> bool:
+        """Is ``key`` known and ``value`` of its type? (records the error if not)"""
+        if key not in known:
+            self.error("unknown key", key, section)
+            return False
+        expected, _ = known[key]
+        # bool is an int in Python; a number key given `true` is still a mistake.
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            self.bad(key, known, section)
+            return False
+        return True
+
+    def top(self, values: dict[str, Any]) -> Config:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in ("socket", "log_dir", "state_dir"):
+                if os.path.isabs(value):
+                    out[key] = Path(value)
+                else:
+                    self.error("must be an absolute path", key)
+            elif not _top_value_ok(key, value):
+                self.bad(key, _TOP_KEYS)
+            elif key in ("attach_timeout", "crash_flood_window"):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        return Config(**out)
+
+    def syslog(self, value: object) -> SyslogConfig | None:
+        if not isinstance(value, dict):
+            self.error("must be a table", "syslog")
+            return None
+        good = {key: item for key, item in value.items() if self.check(key, item, _SYSLOG_KEYS, "syslog")}
+        checks: dict[str, Callable[[Any], bool]] = {
+            "address": _syslog_address_ok,
+            "facility": lambda facility: facility in FACILITIES,
+            "max_lines_per_second": lambda rate: bool(rate >= 1),
+        }
+        for key, ok in checks.items():
+            if key in good and not ok(good[key]):
+                self.bad(key, _SYSLOG_KEYS, "syslog")
+                del good[key]
+        return SyslogConfig(**good)
+
+    def rules(self, value: object) -> tuple[Rule, ...]:
+        if not isinstance(value, list):
+            self.error("must be an array of tables ([[rule]])", "rule")
+            return ()
+        rules = []
+        for index, item in enumerate(value):
+            section = f"rule[{index}]"
+            good: dict[str, Any] = {}
+            if not isinstance(item, dict):
+                self.error("must be a table", section, header=True)
+            else:
+                good = {key: field_value for key, field_value in item.items()
+                        if self.check(key, field_value, _RULE_KEYS, section)}  # fmt: skip
+                if "process" not in item:
+                    self.error("missing key 'process'", section, header=True)
+            if "tracer" in good and good["tracer"] not in TRACER_NAMES:
+                self.bad("tracer", _RULE_KEYS, section)
+                del good["tracer"]
+            if "args" in good and not all(isinstance(arg, str) and "\0" not in arg for arg in good["args"]):
+                self.bad("args", _RULE_KEYS, section)
+                del good["args"]
+            # one Rule per [[rule]], so that rule[N] stays rule[N] for later checks;
+            # an invalid one keeps its valid fields (no process: "" matches no name)
+            rules.append(Rule(good.get("process", ""), good.get("tracer"), tuple(good.get("args", []))))
+        return tuple(rules)
+
+
+def _top_value_ok(key: str, value: Any) -> bool:
+    """The range and name checks of the top-level keys (their type is checked already)."""
+    if key == "default_tracer":
+        return value in TRACER_NAMES
+    if key == "attach_timeout":
+        return bool(0 < value <= 300)
+    if key == "crash_flood_window":
+        # TOML has nan and inf; `nan < 0` is false, and a nan window would
+        # silently turn the flood protection off.
+        return math.isfinite(value) and value >= 0
+    if key in ("max_sessions", "max_log_bytes", "max_crash_bytes", "history"):
+        low = {"max_sessions": 1, "max_log_bytes": 4096, "max_crash_bytes": 65536}.get(key, 0)
+        return bool(value >= low)
+    if key == "socket_group":
+        return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value) is not None
+    return True
 
 
 def _syslog_address_ok(address: str) -> bool:
@@ -236,56 +338,7 @@ def _syslog_address_ok(address: str) -> bool:
     return found is not None and (found["port"] is None or 0 < int(found["port"]) < 65536)
 
 
-def _parse_rules(value: object, locate: _Locator) -> tuple[Rule, ...]:
-    if not isinstance(value, list):
-        raise ConfigError("must be an array of tables ([[rule]])", key="rule", line=locate(None, "rule"))
-    rules = []
-    for index, item in enumerate(value):
-        section = f"rule[{index}]"
-        if not isinstance(item, dict):
-            raise ConfigError("must be a table", key=section, line=locate(section, None))
-        for key, field_value in item.items():
-            _check(key, field_value, _RULE_KEYS, locate, section=section)
-        if "process" not in item:
-            raise ConfigError("missing key 'process'", key=section, line=locate(section, None))
-        if "tracer" in item and item["tracer"] not in TRACER_NAMES:
-            raise _bad("tracer", _RULE_KEYS, locate, section=section)
-        args = item.get("args", [])
-        if not all(isinstance(arg, str) and "\0" not in arg for arg in args):
-            raise _bad("args", _RULE_KEYS, locate, section=section)
-        rules.append(Rule(process=item["process"], tracer=item.get("tracer"), args=tuple(args)))
-    return tuple(rules)
-
-
-def _check(
-    key: str,
-    value: object,
-    known: dict[str, tuple[type | tuple[type, ...], str]],
-    locate: _Locator,
-    section: str | None,
-) -> None:
-    dotted = f"{section}.{key}" if section else key
-    if key not in known:
-        raise ConfigError("unknown key", key=dotted, line=locate(section, key))
-    expected, _ = known[key]
-    # bool is an int in Python; a number key given `true` is still a mistake.
-    if isinstance(value, bool) and expected is not bool:
-        raise _bad(key, known, locate, section=section)
-    if not isinstance(value, expected):
-        raise _bad(key, known, locate, section=section)
-
-
-def _bad(
-    key: str,
-    known: dict[str, tuple[type | tuple[type, ...], str]],
-    locate: _Locator,
-    section: str | None = None,
-) -> ConfigError:
-    dotted = f"{section}.{key}" if section else key
-    return ConfigError(f"must be {known[key][1]}", key=dotted, line=locate(section, key))
-
-
-class _Locator:
+class Locator:
     """Find the line of a key in the TOML text (tomllib keeps no positions).
 
     Good enough for a config file written by hand: it tracks ``[table]`` and

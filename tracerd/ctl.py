@@ -248,6 +248,8 @@ def render_status(reply: dict[str, Any]) -> str:
         "counters: " + ", ".join(f"{key} {value}" for key, value in counters.items()),
         "",
     ]
+    if daemon.get("config_error"):
+        lines[1:1] = [f"config error (the previous config stays in force): {daemon['config_error']}"]
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)

@@ -4,12 +4,22 @@
 a bad config or an unusable socket is fatal (exit 1 with the reason); after
 that nothing a client or tracer does stops the daemon.
 
+``--check`` lists every error of the file in line order (exit 1 if any), and
+warns about what would fail on this machine although the file is valid: a
+tracer that is not on PATH, an attach_timeout longer than pftrace-hook waits.
+The same warnings go to the log at start-up and on each reload.
+
 Signals: SIGTERM/SIGINT detach every tracer, close every log with a final
 line and exit 0 (traced processes run on); SIGHUP reloads the config for new
-sessions and reopens every log (logrotate).  With ``NOTIFY_SOCKET`` set it
-tells systemd READY=1 once the socket listens.
+sessions and reopens every log (logrotate).  A config that fails to load on
+SIGHUP leaves the old one in force: the reason goes to syslog at warning and
+to ``status`` (``config_error``) until a reload succeeds.  With
+``NOTIFY_SOCKET`` set it tells systemd READY=1 once the socket listens.
 
-Its own log is structlog JSON lines on stderr.
+Security: the config file is root's and trusted as tracerd.config says;
+nothing from a client reaches the config.
+
+Diagnostics: its own log is structlog JSON lines on stderr.
 """
 
 from __future__ import annotations
@@ -30,13 +40,15 @@ from typing import Any
 import structlog
 
 from tracerd import config as configmod
+from tracerd import tracers
 from tracerd.auth import group_id
-from tracerd.config import Config
-from tracerd.errors import ConfigError
+from tracerd.config import Config, Locator
+from tracerd.errors import ConfigError, TracerUnavailable
+from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
 from tracerd.server import Server
 from tracerd.service import TracerdService
 from tracerd.sinks.logfile import LogDir, LogWriter
-from tracerd.sinks.syslog import SyslogSink
+from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
 log = structlog.get_logger("tracerd")
 
@@ -69,6 +81,78 @@ def sd_notify(message: str) -> None:
             sock.sendall(message.encode())
     except OSError as err:
         log.warning("sd_notify_failed", error=str(err))
+
+
+def machine_checks(config: Config, locate: Locator) -> tuple[list[ConfigError], list[ConfigError]]:
+    """What the file cannot say by itself, checked on this machine: (errors, warnings).
+
+    Errors: socket_group names no group.  Warnings: a tracer (default_tracer
+    or a rule's) whose program is not on this PATH, found as its backend
+    finds it at attach (shutil.which); attach_timeout longer than
+    pftrace-hook's default --timeout (hook.DEFAULT_TIMEOUT), so that the hook
+    would give up on an attach tracerd still allows.
+    """
+    errors: list[ConfigError] = []
+    warnings: list[ConfigError] = []
+    if config.socket_group and group_id(config.socket_group) is None:
+        line = locate(None, "socket_group")
+        errors.append(ConfigError(f"no such group {config.socket_group!r}", key="socket_group", line=line))
+    named: list[tuple[str, str | None, str, str]] = [("default_tracer", None, "default_tracer", config.default_tracer)]
+    named += [(f"rule[{i}].tracer", f"rule[{i}]", "tracer", r.tracer) for i, r in enumerate(config.rules) if r.tracer]
+    for dotted, section, key, name in named:
+        try:
+            tracers.backend(name)
+        except TracerUnavailable as err:
+            message = f"{err} (not on PATH): the processes it is chosen for will not be traced"
+            warnings.append(ConfigError(message, key=dotted, line=locate(section, key)))
+    if config.attach_timeout > HOOK_TIMEOUT:
+        message = (
+            f"{config.attach_timeout:g} s is longer than pftrace-hook waits by default"
+            f" (--timeout {HOOK_TIMEOUT:g} s): the hook gives up first and the process runs untraced"
+        )
+        warnings.append(ConfigError(message, key="attach_timeout", line=locate(None, "attach_timeout")))
+    return errors, warnings
+
+
+def _by_line(problem: ConfigError) -> tuple[bool, int]:
+    return problem.line is None, problem.line or 0
+
+
+def check(path: Path | None) -> int:
+    """``--check``: every error and warning in line order on stderr; exit 1 if any error."""
+    source = configmod.source_of(path)
+    try:
+        text = configmod.read(source) if source else ""
+    except ConfigError as err:
+        print(f"tracerd: {err}", file=sys.stderr)
+        return 1
+    config, errors = configmod.parse_all(text, source)
+    warnings: list[ConfigError] = []
+    if config is not None:
+        more, warnings = machine_checks(config, Locator(text))
+        errors += more
+    found = [(problem, "") for problem in errors] + [(problem, "warning: ") for problem in warnings]
+    for problem, prefix in sorted(found, key=lambda item: _by_line(item[0])):
+        print(f"tracerd: {prefix}{problem}", file=sys.stderr)
+    if errors:
+        return 1
+    print(f"tracerd: configuration OK ({source or 'built-in defaults'})")
+    return 0
+
+
+def load_config(path: Path | None) -> tuple[Config, list[ConfigError]]:
+    """The config (or ConfigError: its first error) and, in line order, what
+    machine_checks says about it: at run time all of it is only a warning."""
+    source = configmod.source_of(path)
+    text = configmod.read(source) if source else ""
+    config = configmod.parse(text, source)
+    errors, warnings = machine_checks(config, Locator(text))
+    return config, sorted(errors + warnings, key=_by_line)
+
+
+def log_warnings(warnings: list[ConfigError]) -> None:
+    for warning in warnings:
+        log.warning("config_warning", key=warning.key, line=warning.line, warning=str(warning))
 
 
 def prepare_dirs(config: Config) -> None:
@@ -107,7 +191,8 @@ def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, 
     return handle
 
 
-async def serve(config: Config, config_path: Path | None) -> int:
+async def serve(config: Config, config_path: Path | None, warnings: list[ConfigError]) -> int:
+    log_warnings(warnings)
     prepare_dirs(config)
     raise_fd_limit()
     writer = LogWriter()
@@ -132,11 +217,17 @@ async def serve(config: Config, config_path: Path | None) -> int:
 
     def reload() -> None:
         try:
-            new = configmod.load(config_path)
+            new, warnings = load_config(config_path)
         except ConfigError as err:
-            log.error("reload_failed", error=str(err))
+            # stderr alone is easily missed under systemd: syslog and status too
+            service.config_error = str(err)
+            where = configmod.source_of(config_path) or "built-in defaults"
+            sink.send(LOG_WARNING, f"config {where} not reloaded, the old one stays in force: {err}")
+            log.error("reload_failed", config=str(where), error=str(err))
             return
+        service.config_error = None
         service.reload(new)
+        log_warnings(warnings)
         log.info("reloaded", config=str(new.source or "built-in defaults"))
 
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -160,24 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="TOML file (default $TRACERD_CONFIG, /etc/tracerd/tracerd.toml)")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     args = parser.parse_args(argv)
+    if args.check:
+        return check(args.config)
     try:
-        config = configmod.load(args.config)
+        config, warnings = load_config(args.config)
     except ConfigError as err:
         print(f"tracerd: {err}", file=sys.stderr)
         return 1
-    if args.check:
-        problems = []
-        if config.socket_group and group_id(config.socket_group) is None:
-            problems.append(f"socket_group: no such group {config.socket_group!r}")
-        for problem in problems:
-            print(f"tracerd: {problem}", file=sys.stderr)
-        if problems:
-            return 1
-        print(f"tracerd: configuration OK ({config.source or 'built-in defaults'})")
-        return 0
     setup_logging()
     try:
-        return asyncio.run(serve(config, args.config))
+        return asyncio.run(serve(config, args.config, warnings))
     except ConfigError as err:
         log.error("fatal", error=str(err))
         print(f"tracerd: {err}", file=sys.stderr)

@@ -125,6 +125,8 @@ class TracerdService:
         )
         self._crash_lock = asyncio.Lock()
         self._shutting_down = False
+        # why the last SIGHUP's config did not load (None: the one in force loaded fine)
+        self.config_error: str | None = None
         self.capture_dir: Path | None = None
         try:
             self.capture_dir = inflight.prepare(config.state_dir / "capture")
@@ -239,6 +241,7 @@ class TracerdService:
                 "log_dir": str(self.config.log_dir),
                 "state_dir": str(self.config.state_dir),
                 "default_tracer": self.config.default_tracer,
+                "config_error": self.config_error,
             },
             "counters": {
                 **self.counters,
