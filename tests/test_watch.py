@@ -199,3 +199,19 @@ def test_watcher_killed_leaves_processes_running_and_they_are_watched_again(
         assert target.proc.stdin is not None
         target.proc.stdin.close()
         assert target.wait() == 0
+
+
+def test_clean_shutdown_does_not_report_the_watcher_dead(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """Sessions that ended (exit 3) and sessions still running, then SIGTERM:
+    tracerd's log says the watcher stopped, never ``watcher_died`` at warning."""
+    for mode in ("exit3", "wait"):
+        target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "victim", mode)
+        assert target.readline() == "hook=0\n"
+        target.release()
+        if mode == "exit3":
+            assert target.wait() == 3
+            watch_daemon.wait_session(target.pid, "exited")
+    assert watch_daemon.stop() == 0
+    events = [json.loads(line) for line in watch_daemon.stderr().splitlines() if line.startswith("{")]
+    assert "watcher_died" not in [e["event"] for e in events]
+    assert "watcher_stopped" in [e["event"] for e in events]

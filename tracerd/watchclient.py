@@ -46,6 +46,7 @@ class WatchSupervisor:
         self.capture_dir: str | None = None  # where the watcher writes crash cores
         self.core_limit = 1 << 30
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     @property
     def pid(self) -> int | None:
@@ -135,7 +136,9 @@ class WatchSupervisor:
         self._waiting.clear()
         clients = list(self.clients.values())
         self.clients.clear()
-        if clients:
+        if self._stopping:
+            log.info("watcher_stopped", status=code)
+        elif clients:
             self.restarts += 1
             log.warning("watcher_died", status=code, sessions=len(clients))
         for client in clients:
@@ -191,11 +194,15 @@ class WatchSupervisor:
         with contextlib.suppress(TracerFailed):
             await self._request(("finish", pid), {"op": "finish", "pid": pid}, timeout)
 
-    def forget(self, pid: int) -> None:
-        self.clients.pop(pid, None)
+    def forget(self, pid: int, client: WatchClient | None = None) -> None:
+        """Stop routing pid's events (to ``client`` only, when given: a newer
+        session of the same process keeps its own)."""
+        if client is None or self.clients.get(pid) is client:
+            self.clients.pop(pid, None)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """End of input: the watcher releases everything and exits."""
+        self._stopping = True
         child = self.child
         if child is None or child.returncode is not None:
             return

@@ -75,6 +75,13 @@ class WatchTracer(Tracer):
         self.tracer_pid = self.supervisor.pid
 
     async def wait(self) -> Ending:
+        try:
+            return await self._wait()
+        finally:
+            # the watcher no longer routes this process's events to us
+            self.supervisor.forget(self.target.pid, self)
+
+    async def _wait(self) -> Ending:
         while True:
             event = await self.events.get()
             kind = event.get("event")
@@ -98,7 +105,6 @@ class WatchTracer(Tracer):
             elif kind == "fatal":
                 crash_id = await self._crash(event)
                 if main:
-                    self.supervisor.forget(pid)
                     return Ending("crashed", signal=str(event["signal"]), crash=crash_id)
 
     async def detach(self) -> None:
