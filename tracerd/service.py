@@ -8,7 +8,8 @@ records how each session ended.
 Security: authorization happens first, in :meth:`TracerdService.handle`,
 before any /proc read about the target; hook requests also pass the ancestor
 rule.  Every process is an identity (pid, start time) from the moment the
-request is accepted.
+request is accepted.  A hook request is acknowledged (``ack``) only after
+all of those checks, just before its tracer starts.
 
 Diagnostics: a failing tracer fails its own session (state ``failed``, a
 syslog warning saying why) and the request's reply; it never reaches the
@@ -22,6 +23,7 @@ import dataclasses
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -130,11 +132,12 @@ class TracerdService:
 
     # -- requests -------------------------------------------------------------
 
-    async def handle(self, request: Request, peer: Peer) -> dict[str, Any]:
+    async def handle(self, request: Request, peer: Peer, ack: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        """One request's reply; ``ack`` tells a hook that its request was accepted."""
         self.counters["requests"] += 1
         try:
             self.auth.check(request.op, peer)
-            return await self._dispatch(request, peer)
+            return await self._dispatch(request, peer, ack)
         except TracerdError as err:
             if err.code in ("denied", "busy", "no_such_process", "bad_request"):
                 self.counters["refused"] += 1
@@ -142,7 +145,7 @@ class TracerdService:
                      uid=peer.uid, error=err.code, message=str(err))  # fmt: skip
             raise
 
-    async def _dispatch(self, request: Request, peer: Peer) -> dict[str, Any]:
+    async def _dispatch(self, request: Request, peer: Peer, ack: Callable[[], None]) -> dict[str, Any]:
         op = request.op
         if op == "status":
             return {"ok": True, **self.status()}
@@ -158,6 +161,7 @@ class TracerdService:
                 assert request.name is not None
                 self.auth.check_ancestor(identity, peer)
                 name = request.name
+                ack()  # accepted: the hook now waits its --timeout for the attach
             else:
                 name = request.name or comm_name(request.pid)
             session = await self.start(identity, name, request.tracer)
