@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import script
+from tests.test_postfix_e2e import Client
 from tracerd import ctl
 from tracerd.triage import severity_of
 
@@ -81,6 +83,30 @@ def test_hung_daemon_costs_only_the_ack_timeout(daemon: Any, cbin: Any, spawn: A
     assert message.startswith("<20>")  # mail.warning
     # the daemon still serves once it runs again
     assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
+
+
+def test_stopped_tracerd_costs_smtpd_only_the_ack_timeout(
+    daemon_factory: Any, postfix: Any, syslog_receiver: Any
+) -> None:
+    """Issue 16's case: a real smtpd under Postfix with tracerd SIGSTOPped.
+    The banner comes after the acknowledgement wait, not after --timeout
+    (60 s here: the 30 s client timeout is a liveness bound), the warning says
+    tracerd did not acknowledge, and smtpd serves mail untraced."""
+    daemon = daemon_factory()
+    hook = f"{daemon.hook_command(syslog_receiver.path, timeout=60)} --ack-timeout 0.5 $process_name $process_id"
+    postfix.create(smtpd_flags=" -D", debugger_command=hook)
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        postfix.start()
+        client = Client(postfix)
+        assert client.banner.startswith("220 ")
+        warning = syslog_receiver.wait_for(f"smtpd[{client.pid}]: not traced: tracerd did not acknowledge within 0.5 s")
+        assert warning.startswith("<20>")  # mail.warning
+        assert "]: warning: smtpd[" in warning
+        client.quit()
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert daemon.status()["counters"]["sessions_started"] == 0
 
 
 def test_normal_path_attaches(daemon: Any, cbin: Any, spawn: Any) -> None:
@@ -187,6 +213,39 @@ def test_hook_warning_is_found_by_triage(
     assert "smtpd[4242]: not traced: tracerd is not running" in line["text"]
     # and the stderr line carries the same severity
     assert severity_of(result.stderr) == ("warning", result.stderr.split("warning: ", 1)[1].strip())
+
+
+def test_older_daemon_refusing_ack_is_named(tmp_path: Path) -> None:
+    """A tracerd from before acknowledgements refuses the unknown "ack" field:
+    the hook says that tracerd is older and wants a restart."""
+    path = tmp_path / "old.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.settimeout(30)
+    seen: list[bytes] = []
+
+    def old_daemon() -> None:
+        # the reply the previous parse_request gave to a field it did not know
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            seen.append(conn.recv(65536))
+            conn.sendall(b'{"ok":false,"error":"bad_request","message":"hook: unknown field \\"ack\\""}\n')
+
+    thread = threading.Thread(target=old_daemon)
+    thread.start()
+    try:
+        result, _ = run_hook("--socket", str(path), "smtpd", "4242")
+    finally:
+        thread.join(timeout=30)
+        listener.close()
+    assert json.loads(seen[0]) == {"op": "hook", "name": "smtpd", "pid": 4242, "ack": True}
+    assert result.returncode == 1
+    assert result.stderr == (
+        "pftrace-hook: warning: smtpd[4242]: not traced: tracerd is older than this pftrace-hook"
+        " (no acknowledgements): restart tracerd\n"
+    )
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
