@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -107,6 +108,49 @@ def test_stopped_tracerd_costs_smtpd_only_the_ack_timeout(
     finally:
         os.kill(daemon.proc.pid, signal.SIGCONT)
     assert daemon.status()["counters"]["sessions_started"] == 0
+
+
+def test_full_listen_queue_of_a_hung_tracerd_fails_at_once(daemon: Any) -> None:
+    """After enough process starts against a stopped tracerd its listen queue
+    is full: connect() fails (EAGAIN) and the hook says why, without waiting."""
+    assert daemon.proc is not None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    queued: list[socket.socket] = []
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        while len(queued) < 3000:  # the daemon listens with a backlog of 1024
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(daemon.socket))
+            except BlockingIOError:
+                sock.close()
+                break
+            queued.append(sock)
+        else:
+            raise AssertionError("the listen queue never filled")
+        result, _ = run_hook("--socket", str(daemon.socket), "--timeout", "60", "--ack-timeout", "20", "smtpd", "1",
+                             timeout=15)  # fmt: skip
+    finally:
+        for sock in queued:
+            sock.close()
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"pftrace-hook: warning: smtpd[1]: not traced: tracerd accepts no connections"
+        f" (its queue on {daemon.socket} is full: is it hung?)\n"
+    )
+    # running again, the daemon works through its queue and serves once more
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
+            break
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "the daemon never drained its listen queue"
+            time.sleep(0.1)
 
 
 def test_normal_path_attaches(daemon: Any, cbin: Any, spawn: Any) -> None:

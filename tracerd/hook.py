@@ -135,7 +135,9 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
             raise HookFailed(f"tracerd is not running (nobody listens on {path})") from None
         except PermissionError:
             raise HookFailed(f"permission denied on {path} (the hook must run as root)") from None
-        except TimeoutError:  # the listen backlog is full: tracerd takes nobody
+        except BlockingIOError:  # EAGAIN: the listen queue is full, tracerd takes nobody
+            raise HookFailed(f"tracerd accepts no connections (its queue on {path} is full: is it hung?)") from None
+        except TimeoutError:
             raise HookFailed(unacknowledged) from None
         except OSError as err:
             raise HookFailed(f"cannot connect to {path}: {err.strerror}") from None
