@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,8 @@ def parse_request(frame: bytes) -> Request:
 
 
 ACK: dict[str, Any] = {"ack": True}
+# what a request handler calls once it accepts a hook: sends ACK if asked for
+Ack = Callable[[], None]
 
 
 def encode(reply: dict[str, Any]) -> bytes:

@@ -39,12 +39,12 @@ import structlog
 
 from tracerd.auth import Peer, peer_of
 from tracerd.errors import ConfigError, TracerdError
-from tracerd.protocol import ACK, MAX_REQUEST_BYTES, ProtocolError, Request, encode, error_reply, parse_request
+from tracerd.protocol import ACK, MAX_REQUEST_BYTES, Ack, ProtocolError, Request, encode, error_reply, parse_request
 
 log = structlog.get_logger("tracerd.server")
 
 # (request, caller, ack): ack() sends {"ack": true} if the request asked for it
-Handler = Callable[[Request, Peer, Callable[[], None]], Awaitable[dict[str, Any]]]
+Handler = Callable[[Request, Peer, Ack], Awaitable[dict[str, Any]]]
 
 
 class Server:
@@ -156,7 +156,7 @@ class Server:
         await asyncio.wait_for(writer.drain(), self.idle_timeout)
 
 
-def _acknowledger(writer: asyncio.StreamWriter, request: Request) -> Callable[[], None]:
+def _acknowledger(writer: asyncio.StreamWriter, request: Request) -> Ack:
     """The ``ack`` callback for one request: the first call writes ACK, if asked for.
 
     Only queued on the transport, not drained: a dozen bytes, written at once

@@ -23,7 +23,6 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -35,7 +34,7 @@ from tracerd.crash import CrashReport
 from tracerd.crashstore import CrashStore
 from tracerd.errors import Busy, ConfigError, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
-from tracerd.protocol import Request
+from tracerd.protocol import Ack, Request
 from tracerd.sessions import Session, SessionRegistry
 from tracerd.sinks.logfile import LogDir, LogFile, LogWriter
 from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
@@ -132,7 +131,7 @@ class TracerdService:
 
     # -- requests -------------------------------------------------------------
 
-    async def handle(self, request: Request, peer: Peer, ack: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    async def handle(self, request: Request, peer: Peer, ack: Ack = lambda: None) -> dict[str, Any]:
         """One request's reply; ``ack`` tells a hook that its request was accepted."""
         self.counters["requests"] += 1
         try:
@@ -145,7 +144,7 @@ class TracerdService:
                      uid=peer.uid, error=err.code, message=str(err))  # fmt: skip
             raise
 
-    async def _dispatch(self, request: Request, peer: Peer, ack: Callable[[], None]) -> dict[str, Any]:
+    async def _dispatch(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         op = request.op
         if op == "status":
             return {"ok": True, **self.status()}
