@@ -162,3 +162,81 @@ def test_one_bad_client_does_not_harm_another(daemon: Any) -> None:
         slow.sendall(b'{"op": "sta')
         for _ in range(5):
             assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b'{"op": "hook", "name": "smtpd", "pid": 5, "ack": 1}\n', "ack must be true or false"),
+        (b'{"op": "hook", "name": "smtpd", "pid": 5, "ack": "yes"}\n', "ack must be true or false"),
+        (b'{"op": "status", "ack": true}\n', 'status: unknown field "ack"'),
+        (b'{"op": "attach", "pid": 5, "ack": true}\n', 'attach: unknown field "ack"'),
+    ],
+)
+def test_ack_is_a_hook_only_boolean(daemon: Any, payload: bytes, needle: str) -> None:
+    """``ack`` is admitted on hook requests only, and only as true or false."""
+    reply = daemon.request(payload)
+    assert (reply["ok"], reply["error"]) == (False, "bad_request")
+    assert needle in reply["message"]
+
+
+def test_refused_hook_gets_no_acknowledgement(daemon: Any) -> None:
+    """A hook that asks for an acknowledgement but is refused gets the refusal
+    as its only line (the daemon acknowledges only what it accepted)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(daemon.socket))
+        sock.sendall(b'{"op": "hook", "name": "smtpd", "pid": 1, "ack": true}\n')
+        sock.shutdown(socket.SHUT_WR)  # then the daemon closes after its reply
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert [json.loads(line) for line in data.splitlines()] == [
+        {"ok": False, "error": "denied", "message": "refusing to trace pid 1 (init)"}
+    ]
+
+
+# Run by the "hooked" target as its debugger command: sends one hook request
+# for its grandparent (the target; sh is its parent) and records every line.
+RAW_HOOK = """
+import json, socket, sys
+path, ack, out, name, pid = sys.argv[1:]
+request = {"op": "hook", "name": name, "pid": int(pid)}
+if ack == "ack":
+    request["ack"] = True
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock.settimeout(30)
+    sock.connect(path)
+    sock.sendall(json.dumps(request).encode() + b"\\n")
+    data = b""
+    while data.count(b"\\n") < (2 if ack == "ack" else 1):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(5)
+    while chunk := sock.recv(65536):
+        data += chunk  # anything more before the daemon closes
+open(out, "wb").write(data)
+"""
+
+
+@pytest.mark.parametrize("ack", ["ack", "noack"])
+def test_hook_acknowledgement_on_the_wire(daemon: Any, cbin: Any, spawn: Any, tmp_path: Path, ack: str) -> None:
+    """An accepted hook with ``"ack": true`` gets ``{"ack": true}`` and then the
+    final reply; without it (older hooks) the final reply is the only line."""
+    client = tmp_path / "raw_hook.py"
+    client.write_text(RAW_HOOK)
+    out = tmp_path / "lines"
+    command = f"{sys.executable} {client} {daemon.socket} {ack} {out}"
+    target = spawn(cbin("hooked"), command, "smtpd", "0")
+    assert target.readline() == "hook=0\n"
+    target.release()
+    assert target.wait() == 0
+    lines = [json.loads(line) for line in out.read_bytes().splitlines()]
+    final = lines.pop()
+    assert final["ok"] is True
+    assert final["session"]["pid"] == target.pid
+    assert final["session"]["state"] == "attached"
+    assert lines == ([{"ack": True}] if ack == "ack" else [])

@@ -1,12 +1,17 @@
 """pftrace-hook: what Postfix's debugger_command runs.
 
-``pftrace-hook [--socket PATH] [--timeout S] [--tracer T] NAME PID`` asks the
-resident tracerd to attach a tracer to PID and returns 0 only once tracerd
-confirms that the tracer *is* attached.  Postfix waits for this command, so it
-must never hang: every step is bounded by ``--timeout`` and a missing daemon
-fails at once.  On any failure it exits 1 with one line ``pftrace-hook:
-REASON`` on stderr and the same line at mail.warning to syslog, since Postfix
-throws stderr away; the daemon then runs on untraced ("fail open for mail").
+``pftrace-hook [--socket PATH] [--timeout S] [--ack-timeout S] [--tracer T]
+NAME PID`` asks the resident tracerd to attach a tracer to PID and returns 0
+only once tracerd confirms that the tracer *is* attached.  Postfix waits for
+this command, so it must never hang: a missing daemon fails at once; a daemon
+that does not acknowledge the request (connect, send, its ``{"ack": true}``
+line) within ``--ack-timeout`` (default 1.5 s) is taken for hung and given
+up on; an acknowledged request gets the rest of ``--timeout`` (default 15 s,
+counted from the start) for the attach itself.  On any failure it exits 1
+with one line ``pftrace-hook: warning: NAME[PID]: not traced: REASON`` on
+stderr and the same at mail.warning to syslog (where ``tracerctl triage``
+finds it), since Postfix throws stderr away; the daemon then runs on
+untraced ("fail open for mail").
 
 Security: the hook trusts nothing it is given; tracerd checks the caller's
 credentials (SO_PEERCRED), the name, and that PID is an ancestor of the hook.
@@ -24,9 +29,14 @@ import sys
 import time
 
 DEFAULT_TIMEOUT = 15.0
+DEFAULT_ACK_TIMEOUT = 1.5
 SYSLOG_PATH = "/dev/log"
 LOG_MAIL_WARNING = 2 * 8 + 4
-USAGE = "usage: pftrace-hook [--socket PATH] [--timeout SECONDS] [--tracer NAME] [--syslog PATH] NAME PID"
+USAGE = (
+    "usage: pftrace-hook [--socket PATH] [--timeout SECONDS] [--ack-timeout SECONDS]"
+    " [--tracer NAME] [--syslog PATH] NAME PID"
+)
+OPTIONS = ("socket", "timeout", "ack-timeout", "tracer", "syslog")
 
 
 class HookFailed(Exception):
@@ -49,8 +59,10 @@ def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     opts: dict[str, str | float | int] = {
         "socket": os.environ.get("TRACERD_SOCKET") or default_socket(),
         "timeout": DEFAULT_TIMEOUT,
+        "ack-timeout": os.environ.get("TRACERD_ACK_TIMEOUT") or DEFAULT_ACK_TIMEOUT,
         "syslog": SYSLOG_PATH,
     }
+    given: set[str] = set()
     positional: list[str] = []
     args = iter(argv)
     for arg in args:
@@ -58,23 +70,21 @@ def parse_args(argv: list[str]) -> dict[str, str | float | int]:
             raise SystemExit(USAGE)
         if arg.startswith("--") and arg != "--":
             key, eq, value = arg[2:].partition("=")
-            if key not in ("socket", "timeout", "tracer", "syslog"):
+            if key not in OPTIONS:
                 raise ValueError(f"unknown option --{key}")
             if not eq:
                 value = next(args, "")
             if not value:
                 raise ValueError(f"--{key} needs a value")
             opts[key] = value
+            given.add(key)
         else:
             positional.append(arg)
     if len(positional) != 2:
         raise ValueError("expected NAME and PID")
-    try:
-        opts["timeout"] = float(opts["timeout"])
-    except ValueError as err:
-        raise ValueError("--timeout wants a number of seconds") from err
-    if not 0 < float(opts["timeout"]) <= 3600:
-        raise ValueError("--timeout wants 0 < SECONDS <= 3600")
+    for key in ("timeout", "ack-timeout"):
+        where = f"--{key}" if key in given or key == "timeout" else "TRACERD_ACK_TIMEOUT"
+        opts[key] = seconds(where, opts[key])
     opts["name"] = positional[0]
     try:
         opts["pid"] = int(positional[1])
@@ -83,16 +93,40 @@ def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     return opts
 
 
+def seconds(where: str, value: str | float | int) -> float:
+    """A number of seconds, 0 < SECONDS <= 3600, from option or variable ``where``."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")  # and NaN fails the range test below
+    if not 0 < number <= 3600:
+        raise ValueError(f"{where} wants a number of seconds, 0 < SECONDS <= 3600, not {value!r}")
+    return number
+
+
+def shown(duration: float) -> str:
+    return f"{duration:g} s"
+
+
 def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
-    """Send the hook request and wait, bounded, for tracerd's verdict."""
-    deadline = time.monotonic() + float(opts["timeout"])
-    request: dict[str, object] = {"op": "hook", "name": opts["name"], "pid": opts["pid"]}
+    """Send the hook request and wait, bounded, for tracerd's verdict.
+
+    Two waits: up to ``--ack-timeout`` for tracerd to accept the connection
+    and acknowledge (or refuse) the request, then up to the rest of
+    ``--timeout`` for its final answer.  Neither goes past ``--timeout``."""
+    started = time.monotonic()
+    deadline = started + float(opts["timeout"])
+    ack_deadline = min(deadline, started + float(opts["ack-timeout"]))
+    unacknowledged = (
+        f"tracerd did not acknowledge within {shown(ack_deadline - started)} (is it hung? see --ack-timeout)"
+    )
+    request: dict[str, object] = {"op": "hook", "name": opts["name"], "pid": opts["pid"], "ack": True}
     if "tracer" in opts:
         request["tracer"] = opts["tracer"]
     path = str(opts["socket"])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(float(opts["timeout"]))
+        sock.settimeout(ack_deadline - started)
         try:
             sock.connect(path)
         except FileNotFoundError:
@@ -101,38 +135,56 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
             raise HookFailed(f"tracerd is not running (nobody listens on {path})") from None
         except PermissionError:
             raise HookFailed(f"permission denied on {path} (the hook must run as root)") from None
+        except BlockingIOError:  # EAGAIN: the listen queue is full, tracerd takes nobody
+            raise HookFailed(f"tracerd accepts no connections (its queue on {path} is full: is it hung?)") from None
         except TimeoutError:
-            raise HookFailed(f"tracerd did not accept within {opts['timeout']} s") from None
+            raise HookFailed(unacknowledged) from None
         except OSError as err:
             raise HookFailed(f"cannot connect to {path}: {err.strerror}") from None
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            sock.settimeout(left)
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise HookFailed("tracerd closed the connection without an answer")
-            reply += chunk
-            if len(reply) > 1 << 20:
-                raise HookFailed("tracerd's answer is too long")
-    except TimeoutError:
-        raise HookFailed(
-            f"no answer from tracerd within {opts['timeout']} s (is it hung? see --timeout)"
-        ) from None
+        try:
+            sock.settimeout(max(ack_deadline - time.monotonic(), 0.001))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer, pending = read_line(sock, b"", ack_deadline)
+        except TimeoutError:
+            raise HookFailed(unacknowledged) from None
+        if answer.get("error") == "bad_request" and 'unknown field "ack"' in str(answer.get("message")):
+            raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
+        if answer.get("ack") is True and "ok" not in answer:
+            try:
+                answer, pending = read_line(sock, pending, deadline)
+            except TimeoutError:
+                raise HookFailed(
+                    f"tracerd acknowledged, but no attach confirmed within {shown(float(opts['timeout']))}"
+                    " (see --timeout and tracerd's attach_timeout)"
+                ) from None
     except OSError as err:
         raise HookFailed(f"talking to tracerd: {err.strerror or err}") from None
     finally:
         sock.close()
+    return answer
+
+
+def read_line(sock: socket.socket, pending: bytes, deadline: float) -> tuple[dict[str, object], bytes]:
+    """One JSON object line from tracerd by ``deadline``, and what came after it."""
+    while b"\n" not in pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise HookFailed("tracerd closed the connection without an answer")
+        pending += chunk
+        if len(pending) > 1 << 20:
+            raise HookFailed("tracerd's answer is too long")
+    line, _, rest = pending.partition(b"\n")
     try:
-        answer = json.loads(reply)
+        answer = json.loads(line)
     except ValueError:
         raise HookFailed("tracerd sent a malformed answer") from None
     if not isinstance(answer, dict):
         raise HookFailed("tracerd sent a malformed answer")
-    return answer
+    return answer, rest
 
 
 def warn_syslog(path: str, message: str) -> None:
@@ -159,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if answer.get("ok") is not True:
             raise HookFailed(str(answer.get("message") or answer.get("error") or "refused"))
     except HookFailed as err:
-        reason = f"{opts['name']}[{opts['pid']}]: not traced: {err}"
+        # "warning:" as Postfix's own lines have it: triage and bugreport grep for it
+        reason = f"warning: {opts['name']}[{opts['pid']}]: not traced: {err}"
         print(f"pftrace-hook: {reason}", file=sys.stderr)
         warn_syslog(str(opts["syslog"]), reason)
         return 1

@@ -4,6 +4,14 @@ Each request is one JSON object on one line; each reply is one JSON object on
 one line: ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message":
 TEXT}``.  CODE is one of the stable codes of :mod:`tracerd.errors`.
 
+A hook request may ask for an acknowledgement with ``"ack": true``: once the
+daemon has read and authorised it, before the tracer starts, it writes the
+interim line :data:`ACK` (``{"ack": true}``), then the final reply.  A
+refusal comes instead of the acknowledgement, as the only line.  So the hook
+can tell a hung daemon (no acknowledgement within ``--ack-timeout``) from a
+slow attach (acknowledged, no reply yet within ``--timeout``).  Without the
+field, and for every other op, there is one reply and nothing else.
+
 Security: everything in a request is hostile until :func:`parse_request` has
 checked it.  A frame is capped at :data:`MAX_REQUEST_BYTES`; names must match
 :data:`NAME_RE`; pids are positive integers no larger than the kernel allows;
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +39,7 @@ CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 # op -> (required fields, optional fields)
 OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "hook": (frozenset({"name", "pid"}), frozenset({"tracer"})),
+    "hook": (frozenset({"name", "pid"}), frozenset({"tracer", "ack"})),
     "attach": (frozenset({"pid"}), frozenset({"name", "tracer"})),
     "detach": (frozenset({"pid"}), frozenset()),
     "status": (frozenset(), frozenset()),
@@ -53,6 +62,7 @@ class Request:
     name: str | None = None
     tracer: str | None = None
     id: str | None = None
+    ack: bool = False  # the client wants ACK before the final reply (hook only)
 
 
 def check_name(value: object) -> str:
@@ -110,12 +120,21 @@ def parse_request(frame: bytes) -> Request:
         if not isinstance(tracer, str) or not TRACER_RE.fullmatch(tracer):
             raise ProtocolError("tracer must be a tracer name such as strace")
         values["tracer"] = tracer
+    if "ack" in data:
+        if not isinstance(data["ack"], bool):
+            raise ProtocolError("ack must be true or false")
+        values["ack"] = data["ack"]
     if "id" in data:
         crash_id = data["id"]
         if not isinstance(crash_id, str) or not CRASH_ID_RE.fullmatch(crash_id):
             raise ProtocolError("id must be a crash id")
         values["id"] = crash_id
     return Request(**values)
+
+
+ACK: dict[str, Any] = {"ack": True}
+# what a request handler calls once it accepts a hook: sends ACK if asked for
+Ack = Callable[[], None]
 
 
 def encode(reply: dict[str, Any]) -> bytes:

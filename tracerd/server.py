@@ -13,6 +13,12 @@ The socket is created with a umask that leaves no window in which it is
 world-writable, then given mode 0660 and ``socket_group`` (0600 without one).
 An existing socket file is replaced only when nobody listens on it.
 
+A request that asks for an acknowledgement (a hook's ``"ack": true``) gets
+the interim line ``{"ack": true}`` when its handler calls the ``ack``
+callback it is given (once the request is authorised), then its reply; the
+callback only queues those few bytes (it never blocks nor raises), and does
+nothing for a request that did not ask.
+
 Diagnostics: a refusal is a JSON error reply ``{"ok": false, "error": CODE,
 "message": TEXT}``; the daemon's own log records each one.
 """
@@ -33,11 +39,12 @@ import structlog
 
 from tracerd.auth import Peer, peer_of
 from tracerd.errors import ConfigError, TracerdError
-from tracerd.protocol import MAX_REQUEST_BYTES, ProtocolError, Request, encode, error_reply, parse_request
+from tracerd.protocol import ACK, MAX_REQUEST_BYTES, Ack, ProtocolError, Request, encode, error_reply, parse_request
 
 log = structlog.get_logger("tracerd.server")
 
-Handler = Callable[[Request, Peer], Awaitable[dict[str, Any]]]
+# (request, caller, ack): ack() sends {"ack": true} if the request asked for it
+Handler = Callable[[Request, Peer, Ack], Awaitable[dict[str, Any]]]
 
 
 class Server:
@@ -136,7 +143,7 @@ class Server:
                 await self._reply(writer, error_reply("bad_request", str(err)))
                 continue
             try:
-                reply = await self.handler(request, peer)
+                reply = await self.handler(request, peer, _acknowledger(writer, request))
             except TracerdError as err:
                 reply = error_reply(err.code, str(err))
             except Exception as err:
@@ -147,6 +154,22 @@ class Server:
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
         writer.write(encode(reply))
         await asyncio.wait_for(writer.drain(), self.idle_timeout)
+
+
+def _acknowledger(writer: asyncio.StreamWriter, request: Request) -> Ack:
+    """The ``ack`` callback for one request: the first call writes ACK, if asked for.
+
+    Only queued on the transport, not drained: a dozen bytes, written at once
+    when the client reads at all; the reply that follows is drained.  A client
+    gone already is no error here (its reply will fail the usual way)."""
+    wanted = [request.ack]
+
+    def ack() -> None:
+        if wanted[0] and not writer.is_closing():
+            wanted[0] = False
+            writer.write(encode(ACK))
+
+    return ack
 
 
 def _peer_key(peer: Peer) -> tuple[str, int]:

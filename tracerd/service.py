@@ -8,7 +8,8 @@ records how each session ended.
 Security: authorization happens first, in :meth:`TracerdService.handle`,
 before any /proc read about the target; hook requests also pass the ancestor
 rule.  Every process is an identity (pid, start time) from the moment the
-request is accepted.
+request is accepted.  A hook request is acknowledged (``ack``) only after
+all of those checks, just before its tracer starts.
 
 Diagnostics: a failing tracer fails its own session (state ``failed``, a
 syslog warning saying why) and the request's reply; it never reaches the
@@ -35,7 +36,7 @@ from tracerd.crash import CrashReport
 from tracerd.crashstore import CrashStore
 from tracerd.errors import Busy, ConfigError, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
-from tracerd.protocol import Request
+from tracerd.protocol import Ack, Request
 from tracerd.sessions import Session, SessionRegistry, utcnow
 from tracerd.sinks.logfile import LogDir, LogFile, LogWriter
 from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
@@ -168,11 +169,12 @@ class TracerdService:
 
     # -- requests -------------------------------------------------------------
 
-    async def handle(self, request: Request, peer: Peer) -> dict[str, Any]:
+    async def handle(self, request: Request, peer: Peer, ack: Ack = lambda: None) -> dict[str, Any]:
+        """One request's reply; ``ack`` tells a hook that its request was accepted."""
         self.counters["requests"] += 1
         try:
             self.auth.check(request.op, peer)
-            return await self._dispatch(request, peer)
+            return await self._dispatch(request, peer, ack)
         except TracerdError as err:
             if err.code in ("denied", "busy", "no_such_process", "bad_request"):
                 self.counters["refused"] += 1
@@ -180,7 +182,7 @@ class TracerdService:
                      uid=peer.uid, error=err.code, message=str(err))  # fmt: skip
             raise
 
-    async def _dispatch(self, request: Request, peer: Peer) -> dict[str, Any]:
+    async def _dispatch(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         op = request.op
         if op == "status":
             return {"ok": True, **self.status()}
@@ -196,6 +198,7 @@ class TracerdService:
                 assert request.name is not None
                 self.auth.check_ancestor(identity, peer)
                 name = request.name
+                ack()  # accepted: the hook now waits its --timeout for the attach
             else:
                 name = request.name or comm_name(request.pid)
             session = await self.start(identity, name, request.tracer)
