@@ -27,7 +27,7 @@ import contextlib
 import os
 from typing import Any
 
-from tracerd import procinfo
+from tracerd import procinfo, siginfo
 from tracerd.capture import capture
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI, MIError
@@ -144,8 +144,7 @@ class GdbTracer(Tracer):
 
     async def _fatal(self, stop: dict[str, Any], name: str) -> bool:
         """Will this signal kill the process if delivered (no handler of its own)?"""
-        si_code_text = await self.mi.evaluate("$_siginfo.si_code")
-        si_code = int(si_code_text) if si_code_text and si_code_text.lstrip("-").isdigit() else None
+        si_code = siginfo.parse_int(await self.mi.evaluate(siginfo.CODE))
         tid = None
         with contextlib.suppress(TracerdError, KeyError, IndexError, ValueError):
             info = await self.mi.command(f"-thread-info {int(str(stop.get('thread-id')))}")
