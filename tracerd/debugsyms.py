@@ -186,10 +186,17 @@ def _note(entry: dict[str, Any], debian_debug: str | None) -> str:
     if known:
         return (f"apt knows {debug} only as {', '.join(known)}, not {version}: upgrade {package} to the"
                 " version apt offers, or fetch the symbols by build-id through debuginfod")  # fmt: skip
+    if not _is_debian():
+        return f"apt cannot see {debug}: enable your distribution's debug-symbol archive, or use debuginfod"
     if debian_debug is None:
         return f"apt cannot see {debug}: add the debian-debug archive, apt-get update, then install {debug}={version}"
     return (f"apt cannot see {debug} although {debian_debug} enables debian-debug: apt-get update"
             " (a point-release update may still be in the *-proposed-updates-debug suite), or use debuginfod")
+
+
+def _is_debian() -> bool:
+    release = os_release()
+    return release.get("ID") == "debian" and bool(_CODENAME.fullmatch(release.get("VERSION_CODENAME", "")))
 
 
 def missing_symbols(threads: list[Any], build_ids: Mapping[str, str | None]) -> list[dict[str, Any]]:
@@ -217,10 +224,8 @@ def advice(missing: list[dict[str, Any]], environ: Mapping[str, str] | None = No
     """How to get the symbols of ``missing`` on this system, or None when nothing is missing."""
     if not missing:
         return None
-    release = os_release()
-    codename = release.get("VERSION_CODENAME", "")
-    debian = release.get("ID") == "debian" and bool(_CODENAME.fullmatch(codename))
-    line = f"deb http://deb.debian.org/debian-debug/ {codename}-debug main" if debian else None
+    codename = os_release().get("VERSION_CODENAME", "")
+    line = f"deb http://deb.debian.org/debian-debug/ {codename}-debug main" if _is_debian() else None
     debian_debug = debian_debug_source()
     debuginfod = debuginfod_source(os.environ if environ is None else environ)
     wanted = [entry for entry in missing if entry.get("install") and not entry.get("debug_installed")]
@@ -235,10 +240,11 @@ def advice(missing: list[dict[str, Any]], environ: Mapping[str, str] | None = No
                 text.append(f"debian-debug is configured ({debian_debug}) but apt cannot see every -dbgsym"
                             " package at the installed version: apt-get update first")  # fmt: skip
         text.append(f"install: {install} (a -dbgsym package must match its package's exact version)")
-    ids = [str(entry["build_id"]) for entry in missing if entry.get("build_id")]
+    ids = [str(entry["build_id"]) for entry in missing if entry.get("build_id") and entry.get("package")]
     state = f"configured ({debuginfod})" if debuginfod else "not configured"
-    text.append(f"or debuginfod, {state}: export DEBUGINFOD_URLS={DEBUGINFOD_URL} and gdb fetches symbols by"
-                f" build-id ({', '.join(ids) or 'none known'}); tracerd's own gdb never downloads during a capture")
+    if ids:
+        text.append(f"or debuginfod, {state}: export DEBUGINFOD_URLS={DEBUGINFOD_URL} and gdb fetches the symbols"
+                    f" by build-id ({', '.join(ids)}); tracerd's own gdb never downloads during a capture")
     for entry in missing:
         if entry.get("package") is None:
             text.append(f"{entry['object']}: {entry['note']}")

@@ -5,10 +5,12 @@
 segments when the file has program headers (executables, shared objects),
 else from its ``SHT_NOTE`` sections (detached ``.debug`` files, objects).
 
-:func:`debug_package` names the Debian package that would give symbols for
-an object without them: the owner of ``/usr/lib/debug/.build-id/xx/rest.debug``
-when that file exists, else the owner of the object itself plus ``-dbgsym``
-(``libc6`` ships ``libc6-dbg`` instead).
+:func:`owner` names the Debian package (and architecture) that installed a
+file, per ``dpkg -S``; :func:`debug_package` the package that would give
+symbols for an object without them: the owner of
+``/usr/lib/debug/.build-id/xx/rest.debug`` when that file exists, else the
+owner of the object itself plus ``-dbgsym`` (``libc6`` ships ``libc6-dbg``
+instead).  They run dpkg: call them from a thread (:mod:`tracerd.debugsyms`).
 
 Security: the files read are the crashed process's objects, so they are
 untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
