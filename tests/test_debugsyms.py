@@ -133,12 +133,16 @@ def test_every_object_without_line_info_is_named_with_package_version_and_advice
 @needs_zlib
 def test_lookup_of_a_package_file_and_of_a_stray_file(tmp_path: Path) -> None:
     """lookup(): zlib's library by any of its names gives zlib1g at its installed
-    version; a file no package owns gives no package and no install line."""
+    version, asked of dpkg once per path and build-id (then cached); a file no
+    package owns gives no package and no install line."""
     for name in ("/lib/x86_64-linux-gnu/libz.so.1", os.path.realpath("/lib/x86_64-linux-gnu/libz.so.1")):
         if not os.path.exists(name):
             pytest.skip("not an x86_64 multiarch layout")
         facts = debugsyms.lookup(name, None)
         assert (facts["package"], facts["version"], facts["install"]) == ("zlib1g", ZLIB, f"zlib1g-dbgsym={ZLIB}")
+        hits = debugsyms._owner_facts.cache_info().hits
+        assert debugsyms.lookup(name, None) == facts
+        assert debugsyms._owner_facts.cache_info().hits == hits + 1
     stray = tmp_path / "libstray.so"
     shutil.copy("/lib/x86_64-linux-gnu/libz.so.1", stray)
     facts = debugsyms.lookup(str(stray), None)

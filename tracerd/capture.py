@@ -162,7 +162,7 @@ async def capture(
 
 async def _signal(mi: GdbMI, pid: int, stop_name: object, errors: list[str]) -> dict[str, Any]:
     """The signal dict, decoded from ``$_siginfo`` only; fields it cannot vouch for stay None."""
-    expected = getattr(signalmod.Signals, str(stop_name), None) if stop_name else None
+    expected = signalmod.Signals.__members__.get(str(stop_name))
 
     async def read(expression: str) -> int | None:
         try:

@@ -161,7 +161,7 @@ def _owner_facts(path: str, build_id: str | None) -> dict[str, Any]:
     package, arch = found
     facts["package"] = package
     facts["version"] = version = installed_version(f"{package}:{arch}" if arch else package)
-    debug = elfinfo.debug_package(path, build_id) or elfinfo.debug_package_of(package)
+    debug = elfinfo.debug_file_owner(build_id) or elfinfo.debug_package_of(package)
     facts["debug_package"] = debug
     if version:
         facts["install"] = f"{debug}={version}"

@@ -156,17 +156,23 @@ def debug_package(path: str, build_id: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _debug_package(path: str, build_id: str | None) -> str | None:
-    dpkg = _dpkg()
-    if dpkg is None:
-        return None
-    if build_id and _HEX_RE.fullmatch(build_id):
-        debug_file = f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
-        if os.path.isfile(debug_file):
-            found = _dpkg_owner(dpkg, debug_file)
-            if found:
-                return found[0]  # already the debug package (libc6-dbg, foo-dbgsym)
+    debug = debug_file_owner(build_id)
+    if debug:
+        return debug  # already the debug package
     found = owner(path)
     return debug_package_of(found[0]) if found else None
+
+
+def debug_file_owner(build_id: str | None) -> str | None:
+    """The package owning ``/usr/lib/debug/.build-id/xx/rest.debug`` (libc6-dbg, foo-dbgsym), if installed."""
+    dpkg = _dpkg()
+    if dpkg is None or not build_id or not _HEX_RE.fullmatch(build_id):
+        return None
+    debug_file = f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
+    if not os.path.isfile(debug_file):
+        return None
+    found = _dpkg_owner(dpkg, debug_file)
+    return found[0] if found else None
 
 
 def debug_package_of(package: str) -> str:
