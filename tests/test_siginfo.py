@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import have
 from tracerd import siginfo
@@ -96,6 +98,26 @@ def test_decode_names_the_code_and_keeps_fields_where_they_belong() -> None:
     assert siginfo.decode(signal.SIGSEGV, 77)["si_code_name"] is None
     assert [siginfo.parse_int(t) for t in ("11", "-6", " 4294967295\n", "0x10", "", None)] == [
         11, -6, 4294967295, None, None, None]  # fmt: skip
+
+
+FATAL = [signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP]
+
+
+@given(signo=st.sampled_from(FATAL), si_code=st.integers(-(2**31), 2**31 - 1),
+       pid=st.integers(0, 2**22), address=st.integers(0, 2**64 - 1))  # fmt: skip
+def test_a_signal_never_has_both_a_sender_and_a_fault_address(signo: int, si_code: int, pid: int,
+                                                              address: int) -> None:  # fmt: skip
+    """Whatever the code: user-sent exactly when si_code <= 0, a fault address only
+    when not user-sent, and never both a sender and a fault address."""
+    fields: dict[str, int | None] = {"sender_pid": pid, "sender_uid": 0, "fault_address": address, "syscall": 1}
+    decoded = siginfo.decode(signo, si_code, fields, own_pid=1)
+    assert decoded["user_sent"] is (si_code <= 0)
+    assert decoded["sender_pid"] is None or decoded["fault_address"] is None
+    if decoded["user_sent"]:
+        assert decoded["fault_address"] is None
+    if decoded["fault_address"] is not None:
+        assert int(decoded["fault_address"], 16) == address
+        assert decoded["si_code_name"] is not None
 
 
 def test_signature_of_a_kill_is_program_and_signal_not_frames() -> None:
