@@ -27,11 +27,12 @@ import contextlib
 import os
 from typing import Any
 
-from tracerd import procinfo, siginfo
+from tracerd import procinfo
 from tracerd.capture import capture
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI, MIError
 from tracerd.procinfo import signal_is_fatal
+from tracerd.siginfo import CODE, parse_int
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
 
 FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
@@ -144,7 +145,7 @@ class GdbTracer(Tracer):
 
     async def _fatal(self, stop: dict[str, Any], name: str) -> bool:
         """Will this signal kill the process if delivered (no handler of its own)?"""
-        si_code = siginfo.parse_int(await self.mi.evaluate(siginfo.CODE))
+        si_code = parse_int(await self.mi.evaluate(CODE))
         tid = None
         with contextlib.suppress(TracerdError, KeyError, IndexError, ValueError):
             info = await self.mi.command(f"-thread-info {int(str(stop.get('thread-id')))}")

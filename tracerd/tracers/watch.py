@@ -147,6 +147,8 @@ class WatchTracer(Tracer):
             name = self.target.name if identity.pid == self.target.pid else f"{self.target.name}-child"
             report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
             # gdb saw our SIGSTOP; the watcher saw the real signal
+            report.signal["si_code"] = event.get("si_code")
+            report.signal["fault_address"] = event.get("fault_address")
             return await self.output.crash(report)
         finally:
             with contextlib.suppress(TracerdError):
