@@ -193,7 +193,10 @@ def test_summary_is_one_line_for_syslog() -> None:
 def test_readable_block_puts_the_crashed_thread_first() -> None:
     """The log block: signal line, fault address, gdb-style frames, crashed thread first and marked."""
     report = make_report("crash_here", None, "main", text="#0  crash_here (depth=2) at t.c:12\n        x = 1")
-    report.missing_symbols = [{"object": "/usr/lib/postfix/sbin/smtpd", "build_id": "ab", "package": "postfix-dbgsym"}]
+    report.missing_symbols = [{"object": "/usr/lib/postfix/sbin/smtpd", "build_id": "ab", "frames": 1,
+                               "package": "postfix", "version": "3.7.11-0+deb12u1", "debug_package": "postfix-dbgsym",
+                               "note": "apt can install it now: apt-get install postfix-dbgsym=3.7.11-0+deb12u1"}]
+    report.debug_symbols = {"advice": ["install: apt-get install postfix-dbgsym=3.7.11-0+deb12u1"]}
     text = report.readable()
     lines = text.splitlines()
     assert "SIGSEGV" in lines[0]
@@ -204,7 +207,9 @@ def test_readable_block_puts_the_crashed_thread_first() -> None:
     assert "#0  0x401000 in crash_here () at smtpd.c:10" in lines
     assert "#1  0x401010 in ?? () from /usr/lib/postfix/sbin/smtpd" in lines
     assert "        x = 1" in lines  # bt full of the crashed thread
-    assert "no symbols for /usr/lib/postfix/sbin/smtpd: install postfix-dbgsym" in lines
+    assert ("no line info for /usr/lib/postfix/sbin/smtpd (postfix 3.7.11-0+deb12u1): apt can install it now:"
+            " apt-get install postfix-dbgsym=3.7.11-0+deb12u1") in lines
+    assert lines[-2:] == ["debug symbols:", "  install: apt-get install postfix-dbgsym=3.7.11-0+deb12u1"]
 
 
 def test_a_report_without_threads_is_still_usable(open_store: Callable[..., CrashStore]) -> None:

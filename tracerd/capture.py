@@ -3,12 +3,17 @@
 Shared by the gdb tracer (gdb is attached for the process's life) and the
 watch tracer (gdb is attached only once the signal came).  Given a
 :class:`~tracerd.gdbmi.GdbMI` whose inferior is stopped at the signal, it
-collects every thread's frames and ``bt full``, the registers,
-``$_siginfo`` (si_code, fault address), ``x/16i $pc`` and the shared
-libraries with build-ids, into a :class:`~tracerd.crash.CrashReport`.
+collects every thread's frames and ``bt full``, the registers, the signal
+decoded from gdb's ``$_siginfo`` alone (:mod:`tracerd.siginfo`: si_code by
+name, the sender of a user-sent signal, the fault address of a fault),
+``x/16i $pc``, the shared libraries with build-ids and, for the objects
+whose frames lack file:line, their packages and how to get their symbols
+(:mod:`tracerd.debugsyms`), into a :class:`~tracerd.crash.CrashReport`.
 
 Security: all of it reads the target through gdb and /proc; the report's
-strings are the target's own and are treated as data only.
+strings are the target's own and are treated as data only.  The ELF files
+and the package lookups (dpkg, apt-cache) run in a worker thread, so a slow
+disk or package database never stalls tracerd's event loop.
 
 Diagnostics: each step is bounded and optional: a step that fails or times
 out leaves its part of the report empty and says so in ``errors``, so a
@@ -17,14 +22,16 @@ half-broken target still gets a report and is still released.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 import re
 import signal as signalmod
 from typing import Any
 
 import psutil
 
-from tracerd import elfinfo
+from tracerd import debugsyms, elfinfo, siginfo
 from tracerd.crash import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
 from tracerd.gdbmi import GdbMI
@@ -109,7 +116,6 @@ async def capture(
             errors.append(f"{what}: {err}")
             return None
 
-    signal_name = str(stop.get("signal-name") or "SIGSEGV")
     crashed_id = str(stop.get("thread-id") or "1")
     info = await step("threads", mi_command="-thread-info") or {}
     threads: list[Thread] = []
@@ -132,19 +138,13 @@ async def capture(
     registers_text = await step("registers", cli="info registers") or ""
     registers = {m.group(1): m.group(2) for m in _REGISTER.finditer(registers_text)}
     disassembly = await step("disassembly", cli="x/16i $pc") or ""
-    si_code = await mi.evaluate("$_siginfo.si_code")
-    fault = await mi.evaluate("$_siginfo._sifields._sigfault.si_addr")
+    signal = await _signal(mi, identity.pid, stop.get("signal-name"), errors)
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
-    libraries = _libraries(libs_payload, _process_info(identity, name).get("exe"))
-    signo = int(getattr(signalmod.Signals, signal_name, 0))
+    process = _process_info(identity, name)
+    libraries, missing, advice = await asyncio.to_thread(_objects, libs_payload, process.get("exe"), threads)
     report = CrashReport(
-        process=_process_info(identity, name),
-        signal={
-            "number": signo,
-            "name": signal_name,
-            "si_code": int(si_code) if si_code and si_code.lstrip("-").isdigit() else None,
-            "fault_address": fault.split()[0] if fault else None,
-        },
+        process=process,
+        signal=signal,
         time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         threads=threads,
         registers=registers,
@@ -152,11 +152,63 @@ async def capture(
         libraries=libraries,
         log=log_path,
         tracer=tracer,
+        missing_symbols=missing,
+        debug_symbols=advice,
     )
-    report.missing_symbols = _missing_symbols(report)
     if errors:
         report.process["capture_errors"] = errors
     return report
+
+
+async def _signal(mi: GdbMI, pid: int, stop_name: object, errors: list[str]) -> dict[str, Any]:
+    """The signal dict, decoded from ``$_siginfo`` only; fields it cannot vouch for stay None."""
+    expected = signalmod.Signals.__members__.get(str(stop_name))
+
+    async def read(expression: str) -> int | None:
+        try:
+            return siginfo.parse_int(await mi.evaluate(expression))
+        except TracerFailed as err:
+            errors.append(f"siginfo: {err}")
+            return None
+
+    signo, si_code = await read(siginfo.SIGNO), await read(siginfo.CODE)
+    fallback = int(expected or signalmod.SIGSEGV)
+    if signo is None or si_code is None or not 0 < signo < signalmod.NSIG:
+        errors.append("siginfo: gdb could not read $_siginfo; si_code unknown")
+        return siginfo.decode(fallback, None)
+    if expected is not None and signo != expected:
+        # e.g. gdb attached to a process someone else stopped: the siginfo is the SIGSTOP's
+        errors.append(f"siginfo: $_siginfo is {siginfo.signal_name(signo)}'s, not {expected.name}'s; si_code unknown")
+        return siginfo.decode(fallback, None)
+    fields = {key: await read(expression) for key, expression in siginfo.fields_to_read(signo, si_code).items()}
+    return siginfo.decode(signo, si_code, fields, own_pid=_own_pid(pid))
+
+
+def _own_pid(pid: int) -> int:
+    """The process's pid as it knows itself (innermost NSpid): si_pid is in its namespace."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return pid
+
+
+def _objects(
+    payload: dict[str, Any], exe: str | None, threads: list[Thread]
+) -> tuple[list[Library], list[dict[str, Any]], dict[str, Any] | None]:
+    """Libraries with build-ids, objects lacking line info, the advice: files and dpkg, so in a thread."""
+    libraries = _libraries(payload, exe)
+    build_ids = {lib.path: lib.build_id for lib in libraries}
+    missing = debugsyms.missing_symbols(threads, build_ids)
+    by_path = {lib.path: lib for lib in libraries}
+    for entry in missing:
+        lib = by_path.get(entry["object"])
+        if lib is not None:
+            lib.debug_package = entry.get("debug_package")
+    return libraries, missing, debugsyms.advice(missing, os.environ)
 
 
 def _attach_text(threads: list[Thread], full: str) -> None:
@@ -186,20 +238,3 @@ def _libraries(payload: dict[str, Any], exe: str | None) -> list[Library]:
             )
         )
     return libraries
-
-
-def _missing_symbols(report: CrashReport) -> list[dict[str, str | None]]:
-    """Objects whose frames have no function name, with the package that would name them."""
-    by_path = {lib.path: lib for lib in report.libraries}
-    seen: dict[str, dict[str, str | None]] = {}
-    for thread in report.threads:
-        for frame in thread.frames:
-            if frame.function or not frame.object or frame.object in seen:
-                continue
-            lib = by_path.get(frame.object)
-            build_id = lib.build_id if lib else elfinfo.build_id(frame.object)
-            package = elfinfo.debug_package(frame.object, build_id)
-            if lib is not None:
-                lib.debug_package = package
-            seen[frame.object] = {"object": frame.object, "build_id": build_id, "package": package}
-    return list(seen.values())

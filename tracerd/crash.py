@@ -3,7 +3,10 @@
 A tracer that sees a fatal signal fills a :class:`CrashReport` and hands it
 to :meth:`tracerd.crashstore.CrashStore.record` before releasing the process.
 :func:`signature` hashes the top frames' function names, never addresses, so
-the same bug in another pid (or moved by ASLR) is the same crash.
+the same bug in another pid (or moved by ASLR) is the same crash.  A signal
+another process sent (``kill -SEGV``, see :func:`tracerd.siginfo.sent_by_another`)
+is no bug in the top frame: its signature is :func:`sent_signature`, the
+program and the signal, and the report says so (``signature_basis``).
 
 Security: the report's strings are the target's and are data only; they
 never name a file, and the summary and log block replace control characters
@@ -19,6 +22,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from tracerd import siginfo
 
 TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
 INDEX = "index.json"
@@ -85,6 +90,11 @@ def signature(frames: list[Frame], depth: int = 5) -> str:
     return hashlib.sha256("\n".join(names).encode("utf-8", "replace")).hexdigest()[:16]
 
 
+def sent_signature(program: str, signal_name: str) -> str:
+    """16 hex digits of sha256 over program and signal, for a signal another process sent."""
+    return hashlib.sha256(f"sent by user\n{program}\n{signal_name}".encode("utf-8", "replace")).hexdigest()[:16]
+
+
 def top_functions(frames: list[Frame], n: int = 3) -> list[str]:
     """The names of the top ``n`` frames, innermost first (as in the summary)."""
     return [_frame_token(frame) for frame in _meaningful(frames)[:n]]
@@ -117,7 +127,7 @@ def _epoch(text: object) -> float:
 @dataclass
 class CrashReport:
     process: dict[str, Any]  # name, pid, exe, cmdline (list), uid
-    signal: dict[str, Any]  # number, name, si_code, fault_address
+    signal: dict[str, Any]  # tracerd.siginfo.decode(): number, name, si_code, fault_address, sender...
     time: str  # ISO UTC "...Z"
     threads: list[Thread]
     registers: dict[str, str]
@@ -125,7 +135,8 @@ class CrashReport:
     libraries: list[Library]
     log: str | None  # the per-process log
     tracer: str
-    missing_symbols: list[dict[str, str | None]] = field(default_factory=list)
+    missing_symbols: list[dict[str, Any]] = field(default_factory=list)  # tracerd.debugsyms.missing_symbols()
+    debug_symbols: dict[str, Any] | None = None  # tracerd.debugsyms.advice()
     id: str | None = None  # given by CrashStore.record()
 
     def crashed_thread(self) -> Thread:
@@ -141,7 +152,18 @@ class CrashReport:
         return self.crashed_thread().frames if self.threads else []
 
     @property
+    def sent_by_another(self) -> bool:
+        """The signal came from another process's kill(): the frames are where it was, not a bug."""
+        return siginfo.sent_by_another(self.signal)
+
+    @property
+    def signature_basis(self) -> str:
+        return "sender" if self.sent_by_another else "frames"
+
+    @property
     def signature(self) -> str:
+        if self.sent_by_another:
+            return sent_signature(str(self.process.get("name")), str(self.signal.get("name")))
         return signature(self._crashed_frames())
 
     @property
@@ -151,23 +173,32 @@ class CrashReport:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         del data["id"]
-        return {"id": self.id, "signature": self.signature, "top": self.top, **data}
+        return {"id": self.id, "signature": self.signature, "signature_basis": self.signature_basis, "top": self.top,
+                **data}  # fmt: skip
 
     def summary(self, report_path: str) -> str:
         """The one crit syslog line: who, which signal, where, and the report."""
         where = " < ".join(_clean(name)[:80] for name in self.top) or "??"
         who = f"{_clean(self.process.get('name'))}[{self.process.get('pid')}]"
-        return f"{who}: crashed: {_clean(self.signal.get('name'))} in {where}; report {_clean(report_path)}"
+        sig = self.signal
+        what = _clean(sig.get("name"))
+        if self.sent_by_another:
+            what += (f" sent by pid {sig.get('sender_pid')} uid {sig.get('sender_uid')}"
+                     f" ({_clean(sig.get('si_code_name') or sig.get('si_code'))}, not a fault)")  # fmt: skip
+        return f"{who}: crashed: {what} in {where}; report {_clean(report_path)}"
 
     def readable(self) -> str:
         """The backtrace block for the per-process log, crashed thread first."""
         sig = self.signal
         lines = [
             f"*** {_clean(self.process.get('name'))}[{self.process.get('pid')}] crashed:"
-            f" {_clean(sig.get('name'))} (signal {sig.get('number')}, si_code {sig.get('si_code')}) at {self.time}",
+            f" {_clean(sig.get('name'))} (signal {sig.get('number')}, {_clean(siginfo.describe(sig))}) at {self.time}",
             f"fault address: {_clean(sig.get('fault_address') or 'none')}",
             f"signature: {self.signature}  tracer: {self.tracer}",
         ]
+        if self.sent_by_another:
+            lines.insert(2, f"sent by pid {sig.get('sender_pid')} uid {sig.get('sender_uid')}: not a fault, the frames"
+                            " show where the process was; signature of program and signal, not of the frames")
         crashed = self.crashed_thread() if self.threads else None
         for thread in sorted(self.threads, key=lambda t: t is not crashed):
             mark = "  <- crashed" if thread is crashed else ""
@@ -182,6 +213,9 @@ class CrashReport:
         if self.disassembly:
             lines += ["", "x/16i $pc:", _clean(self.disassembly, lines=True)]
         for missing in self.missing_symbols:
-            package = missing.get("package") or "its debug symbols"
-            lines.append(f"no symbols for {_clean(missing.get('object'))}: install {_clean(package)}")
+            package = missing.get("package")
+            owner = f"{_clean(package)} {_clean(missing.get('version'))}" if package else "no package"
+            lines.append(f"no line info for {_clean(missing.get('object'))} ({owner}): {_clean(missing.get('note'))}")
+        if self.debug_symbols:
+            lines += ["", "debug symbols:"] + ["  " + _clean(text) for text in self.debug_symbols.get("advice", [])]
         return "\n".join(lines)

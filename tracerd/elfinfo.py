@@ -5,10 +5,12 @@
 segments when the file has program headers (executables, shared objects),
 else from its ``SHT_NOTE`` sections (detached ``.debug`` files, objects).
 
-:func:`debug_package` names the Debian package that would give symbols for
-an object without them: the owner of ``/usr/lib/debug/.build-id/xx/rest.debug``
-when that file exists, else the owner of the object itself plus ``-dbgsym``
-(``libc6`` ships ``libc6-dbg`` instead).
+:func:`owner` names the Debian package (and architecture) that installed a
+file, per ``dpkg -S``; :func:`debug_package` the package that would give
+symbols for an object without them: the owner of
+``/usr/lib/debug/.build-id/xx/rest.debug`` when that file exists, else the
+owner of the object itself plus ``-dbgsym`` (``libc6`` ships ``libc6-dbg``
+instead).  They run dpkg: call them from a thread (:mod:`tracerd.debugsyms`).
 
 Security: the files read are the crashed process's objects, so they are
 untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
@@ -154,22 +156,49 @@ def debug_package(path: str, build_id: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _debug_package(path: str, build_id: str | None) -> str | None:
-    dpkg = shutil.which("dpkg", path=os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/bin:/bin")
+    debug = debug_file_owner(build_id)
+    if debug:
+        return debug  # already the debug package
+    found = owner(path)
+    return debug_package_of(found[0]) if found else None
+
+
+def debug_file_owner(build_id: str | None) -> str | None:
+    """The package owning ``/usr/lib/debug/.build-id/xx/rest.debug`` (libc6-dbg, foo-dbgsym), if installed."""
+    dpkg = _dpkg()
+    if dpkg is None or not build_id or not _HEX_RE.fullmatch(build_id):
+        return None
+    debug_file = f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
+    if not os.path.isfile(debug_file):
+        return None
+    found = _dpkg_owner(dpkg, debug_file)
+    return found[0] if found else None
+
+
+def debug_package_of(package: str) -> str:
+    """The package with the detached symbols of binary package ``package``."""
+    if package.endswith(("-dbg", "-dbgsym")):
+        return package
+    return DEBUG_PACKAGE_EXCEPTIONS.get(package, package + "-dbgsym")
+
+
+def owner(path: str) -> tuple[str, str | None] | None:
+    """(package, architecture or None) that ``dpkg -S`` says installed ``path``, or None.
+
+    Tried under each name dpkg may know the file by (see :func:`_candidates`).
+    """
+    dpkg = _dpkg()
     if dpkg is None:
         return None
-    if build_id and _HEX_RE.fullmatch(build_id):
-        debug_file = f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
-        if os.path.isfile(debug_file):
-            owner = _dpkg_owner(dpkg, debug_file)
-            if owner:
-                return owner  # already the debug package (libc6-dbg, foo-dbgsym)
-    for candidate in _candidates(path):
-        owner = _dpkg_owner(dpkg, candidate)
-        if owner:
-            if owner.endswith(("-dbg", "-dbgsym")):
-                return owner
-            return DEBUG_PACKAGE_EXCEPTIONS.get(owner, owner + "-dbgsym")
+    for candidate in _candidates(str(path)):
+        found = _dpkg_owner(dpkg, candidate)
+        if found:
+            return found
     return None
+
+
+def _dpkg() -> str | None:
+    return shutil.which("dpkg", path=os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/bin:/bin")
 
 
 def _candidates(path: str) -> list[str]:
@@ -186,8 +215,8 @@ def _candidates(path: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _dpkg_owner(dpkg: str, path: str) -> str | None:
-    """The package (without architecture) that ``dpkg -S`` says owns ``path``."""
+def _dpkg_owner(dpkg: str, path: str) -> tuple[str, str | None] | None:
+    """(package, architecture or None) that ``dpkg -S`` says owns ``path``."""
     try:
         done = subprocess.run(
             [dpkg, "-S", path],
@@ -205,7 +234,7 @@ def _dpkg_owner(dpkg: str, path: str) -> str | None:
         if line.startswith("diversion by") or ": " not in line:
             continue
         packages, _, _owned = line.partition(": ")
-        first = packages.split(",")[0].strip().split(":")[0]
+        first, _, arch = packages.split(",")[0].strip().partition(":")
         if _PACKAGE_RE.fullmatch(first):
-            return first
+            return first, arch if _PACKAGE_RE.fullmatch(arch) else None
     return None

@@ -7,6 +7,8 @@
  *   handler  its own SIGSEGV handler catches a raise(SIGSEGV), prints "handled", exits 7
  *   exit3    exit(3)
  *   wait     print "waiting" and block in read() until the next byte (for signals from outside)
+ *   fpe      integer division by zero in divide_here (SIGFPE, FPE_INTDIV)
+ *   bus      print "address=ADDRESS" and read a shared mapping of an empty file there (SIGBUS, BUS_ADRERR)
  * MODE may also be given with HOOK_COMMAND "-" to skip the hook (untraced baseline).
  */
 #include <pthread.h>
@@ -14,10 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 static volatile int *null_pointer;
+static volatile int zero;
 
 __attribute__((noinline)) static int crash_here(int depth)
 {
@@ -37,6 +41,28 @@ __attribute__((noinline)) static int level_one(int depth)
 __attribute__((noinline)) static void thread_crash(void)
 {
     *null_pointer = 42;
+}
+
+__attribute__((noinline)) static int divide_here(int dividend)
+{
+    return dividend / zero;
+}
+
+static int bus_error(void)
+{
+    char path[] = "/tmp/tracerd-crash-bus-XXXXXX";
+    volatile char *map;
+    int fd = mkstemp(path);
+
+    if (fd < 0)
+        return 2;
+    unlink(path);
+    map = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        return 2;
+    printf("address=%p\n", (void *) map);
+    fflush(stdout);
+    return map[0];
 }
 
 static void *thread_main(void *arg)
@@ -88,6 +114,10 @@ int main(int argc, char **argv)
         raise(SIGSEGV);
         return 1;
     }
+    if (strcmp(argv[3], "fpe") == 0)
+        return divide_here(1);
+    if (strcmp(argv[3], "bus") == 0)
+        return bus_error();
     if (strcmp(argv[3], "exit3") == 0)
         exit(3);
     if (strcmp(argv[3], "wait") == 0) {

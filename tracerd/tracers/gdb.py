@@ -33,6 +33,7 @@ from tracerd.capture import capture
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdbmi import GdbMI, MIError
 from tracerd.procinfo import signal_is_fatal
+from tracerd.siginfo import CODE, parse_int
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
 
 FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
@@ -145,8 +146,7 @@ class GdbTracer(Tracer):
 
     async def _fatal(self, stop: dict[str, Any], name: str) -> bool:
         """Will this signal kill the process if delivered (no handler of its own)?"""
-        si_code_text = await self.mi.evaluate("$_siginfo.si_code")
-        si_code = int(si_code_text) if si_code_text and si_code_text.lstrip("-").isdigit() else None
+        si_code = parse_int(await self.mi.evaluate(CODE))
         tid = None
         with contextlib.suppress(TracerdError, KeyError, IndexError, ValueError):
             info = await self.mi.command(f"-thread-info {int(str(stop.get('thread-id')))}")
