@@ -95,6 +95,12 @@ def sent_signature(program: str, signal_name: str) -> str:
     return hashlib.sha256(f"sent by user\n{program}\n{signal_name}".encode("utf-8", "replace")).hexdigest()[:16]
 
 
+def program_signature(program: str, signal_name: str) -> str:
+    """16 hex digits of sha256 over program and signal, for a crash without frames
+    (a capture that was interrupted, or a tracer that gives no backtrace)."""
+    return hashlib.sha256(f"no frames\n{program}\n{signal_name}".encode("utf-8", "replace")).hexdigest()[:16]
+
+
 def top_functions(frames: list[Frame], n: int = 3) -> list[str]:
     """The names of the top ``n`` frames, innermost first (as in the summary)."""
     return [_frame_token(frame) for frame in _meaningful(frames)[:n]]
@@ -158,12 +164,18 @@ class CrashReport:
 
     @property
     def signature_basis(self) -> str:
-        return "sender" if self.sent_by_another else "frames"
+        if self.sent_by_another:
+            return "sender"
+        return "frames" if self._crashed_frames() else "program"
 
     @property
     def signature(self) -> str:
-        if self.sent_by_another:
-            return sent_signature(str(self.process.get("name")), str(self.signal.get("name")))
+        basis = self.signature_basis
+        program, signal_name = str(self.process.get("name")), str(self.signal.get("name"))
+        if basis == "sender":
+            return sent_signature(program, signal_name)
+        if basis == "program":
+            return program_signature(program, signal_name)
         return signature(self._crashed_frames())
 
     @property
