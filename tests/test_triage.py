@@ -230,7 +230,7 @@ def test_killed_without_report_says_why(capsys: Any, tmp_path: Path) -> None:
     assert term["note"] == "signal 15 is not a crash signal: no crash report is expected"
     nothing = triage_json(capsys, tmp_path / "no.sock", "--state-dir", str(tmp_path / "nowhere"), str(log))
     assert nothing["crash_index"]["source"] is None
-    assert "no crash index in" in nothing["lines"][0]["note"]
+    assert "no crash store in" in nothing["lines"][0]["note"]
 
 
 # -- files ---------------------------------------------------------------------------
