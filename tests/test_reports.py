@@ -178,8 +178,6 @@ def test_triage_after_a_restart_ties_older_reports_of_a_signature(
     second = daemon_factory("crash_flood_window = 0\n" + WATCH_CRASHD, data_dir=data)
     assert second.status()["sessions"] == []
 
-    (entry,) = json.loads(second.ctl("--json", "crashes").stdout)["crashes"]
-    assert entry["reports"] == sorted([older_id, newer_id])
     log = write_log(tmp_path / "mail.log", [killed_line(older_pid), killed_line(newer_pid)])
     result = second.ctl("--json", "triage", str(log))
     assert result.returncode == 0, result.stderr
@@ -190,6 +188,8 @@ def test_triage_after_a_restart_ties_older_reports_of_a_signature(
     assert all(line["crash"]["repeat"] is False for line in document["lines"])
     text = second.ctl("triage", str(log)).stdout
     assert f"-> crash {older_id}: crashd[{older_pid}] SIGSEGV in crash_here < level_two < level_one" in text
+    (entry,) = json.loads(second.ctl("--json", "crashes").stdout)["crashes"]
+    assert entry["reports"] == sorted([older_id, newer_id])
 
     # and with the new tracerd down too, from the store
     second.stop()
