@@ -20,7 +20,9 @@ only inside gdb's text blocks), so that a hostile string cannot drive the
 terminal or forge lines.  Nothing is evaluated.
 
 Diagnostics: none of its own; a key the report lacks (an older report, a
-capture step that failed) is left out or shown as ``?``, never an error.
+capture step that failed, an interrupted capture with no backtrace) is
+left out or shown as ``?``, never an error; a capture that was interrupted
+or had errors says so on a ``capture`` line.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def render_crashes(crashes: list[dict[str, Any]]) -> str:
                 clean(crash.get("first_seen"))[:19],
                 clean(crash.get("last_seen"))[:19],
                 f"{clean(crash.get('name'))}[{clean(crash.get('pid'))}]",
-                clean(crash.get("signal")),
+                clean(crash.get("signal")) + (" (interrupted)" if crash.get("capture") == "interrupted" else ""),
                 " < ".join(clean(name) for name in crash.get("top") or []),
                 clean(crash.get("id")),
             )
@@ -77,8 +79,8 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     process = _dict(report.get("process"))
     lines = [
         f"crash {clean(report.get('id'))}  signature {clean(report.get('signature'))}",
-        f"process  {clean(process.get('name'))}[{clean(process.get('pid'))}]  uid {clean(process.get('uid'))}"
-        f"  exe {clean(process.get('exe'))}",
+        f"process  {_known(process.get('name'))}[{_known(process.get('pid'))}]  uid {_known(process.get('uid'))}"
+        f"  exe {_known(process.get('exe'))}",
     ]
     cmdline = process.get("cmdline")
     if isinstance(cmdline, list) and cmdline:
@@ -87,8 +89,10 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     lines.append(f"time     {clean(report.get('time'))}  tracer {clean(report.get('tracer'))}")
     lines.append(f"log      {clean(report.get('log') or '(none)')}")
     errors = process.get("capture_errors")
-    if isinstance(errors, list) and errors:
-        lines.append(f"capture  incomplete: {'; '.join(clean(error) for error in errors)}")
+    errors = [clean(error) for error in errors] if isinstance(errors, list) else []
+    state = process.get("capture")  # "complete", or "interrupted": a previous tracerd died while it ran
+    if errors or state not in (None, "complete"):
+        lines.append(f"capture  {clean(state or 'incomplete')}" + (f": {'; '.join(errors)}" if errors else ""))
     lines += _threads(report, full)
     registers = _dict(report.get("registers"))
     if registers:
@@ -106,7 +110,9 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
 
 def signal_line(sig: dict[str, Any]) -> str:
     """``SIGSEGV (11)  si_code 1 SEGV_MAPERR  fault address 0x0``, or the sender of a sent signal."""
-    text = f"{clean(sig.get('name') or '?')} ({clean(sig.get('number'))})"
+    text = clean(sig.get("name") or "?")
+    if sig.get("number") is not None:
+        text += f" ({clean(sig['number'])})"
     if sig.get("si_code") is not None:
         text += f"  si_code {clean(sig['si_code'])}"
         if sig.get("si_code_name"):
@@ -127,7 +133,7 @@ def signal_line(sig: dict[str, Any]) -> str:
 def _threads(report: dict[str, Any], full: bool) -> list[str]:
     threads = [t for t in report.get("threads") or [] if isinstance(t, dict)]
     if not threads:
-        return ["", "no threads in this report (the capture failed: see its log)"]
+        return ["", "no backtrace in this report (see the capture line above, and the log)"]
     crashed = next((t for t in threads if t.get("crashed")), threads[0])
     lines: list[str] = []
     others = [t for t in threads if t is not crashed]
@@ -202,6 +208,10 @@ def _missing_symbols(missing: object) -> list[str]:
                     if key not in ("object", "build_id") and value not in (None, "", [])]  # fmt: skip
         lines.append(f"  {clean(item.get('object') or '?')}: {'; '.join(details)}")
     return lines
+
+
+def _known(value: object) -> str:
+    return "?" if value is None else clean(value)
 
 
 def _dict(value: object) -> dict[str, Any]:
