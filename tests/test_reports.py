@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import have, script
 from tests.test_crash_contract import crash_bin
 from tests.test_triage import syslog_stamp, write_log
-from tracerd.crashview import render_crash, signal_line
+from tracerd.crashview import render_crash, render_crashes, signal_line
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="the watch tracer takes its backtrace with gdb")
 
@@ -288,3 +288,24 @@ def test_signal_line_shows_the_sender_when_the_report_has_one() -> None:
             "sender_pid": 1234, "sender_uid": 0, "user_sent": True}  # fmt: skip
     assert signal_line(sent) == "SIGSEGV (11)  si_code 0 SI_USER  sent by pid 1234 uid 0"
     assert "\x1b" not in signal_line({"name": "SIG\x1b[2J", "number": 11})
+
+
+def test_a_report_without_backtrace_says_why() -> None:
+    """A report whose capture was interrupted (tracerd died while it ran: no
+    threads, no exe, no signal number) renders with a capture line saying
+    so, "?" for what is unknown, and is marked in the crashes table."""
+    report = {
+        "id": "20261124T161814Z-1a2b3c4d-1234", "signature": "1a2b3c4d5e6f7a8b", "time": "2026-11-24T16:18:14Z",
+        "process": {"name": "smtpd", "pid": 1234, "exe": None, "cmdline": [], "uid": None, "capture": "interrupted",
+                    "capture_errors": ["capture interrupted: tracerd stopped while it ran"]},
+        "signal": {"number": None, "name": "SIGSEGV", "si_code": None, "fault_address": None},
+        "threads": [], "registers": {}, "disassembly": "", "libraries": [], "log": None, "tracer": "watch",
+    }  # fmt: skip
+    lines = render_crash(report).splitlines()
+    assert "process  smtpd[1234]  uid ?  exe ?" in lines
+    assert "signal   SIGSEGV" in lines
+    assert "capture  interrupted: capture interrupted: tracerd stopped while it ran" in lines
+    assert lines[-1] == "no backtrace in this report (see the capture line above, and the log)"
+    entry = {"id": report["id"], "signature": report["signature"], "count": 1, "first_seen": "", "last_seen": "",
+             "name": "smtpd", "pid": 1234, "signal": "SIGSEGV", "top": [], "capture": "interrupted"}  # fmt: skip
+    assert "SIGSEGV (interrupted)" in render_crashes([entry])
