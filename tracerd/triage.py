@@ -10,11 +10,13 @@ answer the questions that come next:
   and message *shape*: the message with queue ids, numbers (pids among
   them), IP addresses, email addresses and host names folded
   (``process /usr/lib/postfix/sbin/smtpd pid N killed by signal N``), each
-  group with its count, first and last time and its first line;
+  group with its count, first and last time and its first line (a hex code
+  such as OpenSSL's ``error:0A000086:`` is kept: only where Postfix puts a
+  queue id is a classic hex queue id folded);
 - each severity present is explained as DEBUG_README does;
 - each master ``process ... pid N killed by signal S`` line is tied to
   tracerd's crash report for that pid (see :mod:`tracerd.crashindex`: the
-  daemon's inventory, else ``{state_dir}/crashes/index.json``).
+  daemon's inventory, else the crash store ``{state_dir}/crashes``).
 
 Which log: the LOGFILEs, else Postfix's ``maillog_file`` (``postconf -x -h``,
 with ``-c``), else the first of /var/log/mail.log, /var/log/maillog and
