@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import have, script
+from tests.test_crash import make_report
 from tests.test_crash_contract import crash_bin
 from tests.test_triage import syslog_stamp, write_log
+from tracerd.crashstore import CrashStore
 from tracerd.crashview import render_crash, render_crashes, signal_line
+from tracerd.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="the watch tracer takes its backtrace with gdb")
 
@@ -309,3 +312,32 @@ def test_a_report_without_backtrace_says_why() -> None:
     entry = {"id": report["id"], "signature": report["signature"], "count": 1, "first_seen": "", "last_seen": "",
              "name": "smtpd", "pid": 1234, "signal": "SIGSEGV", "top": [], "capture": "interrupted"}  # fmt: skip
     assert "SIGSEGV (interrupted)" in render_crashes([entry])
+
+
+def test_the_read_only_store_never_writes(tmp_path: Path) -> None:
+    """Opened read-only (tracerctl while tracerd is down), the store lists what
+    is on disk, reconciled in memory (a report the index lost is listed) but
+    writes nothing: no index rebuilt, no temp file removed, no record; a
+    symlink or a group-writable directory is refused."""
+    directory = tmp_path / "crashes"
+    with CrashStore(directory, flood_window=0) as store:
+        first = store.record(make_report("crash_here", "main", pid=11))
+        second = store.record(make_report("crash_here", "main", pid=12))
+    (directory / "index.json").unlink()
+    (directory / ".tmp-leftover").write_text("half a report")
+    before = sorted(p.name for p in directory.iterdir())
+
+    with CrashStore(directory, read_only=True) as reader:
+        (entry,) = reader.list()
+        assert entry["reports"] == sorted([first["id"], second["id"]])
+        assert reader.get(first["id"])["process"]["pid"] == 11
+        with pytest.raises(PermissionError):
+            reader.record(make_report("other", pid=13))
+    assert sorted(p.name for p in directory.iterdir()) == before
+
+    (tmp_path / "link").symlink_to(directory)
+    with pytest.raises(ConfigError, match="symlink"):
+        CrashStore(tmp_path / "link", read_only=True)
+    directory.chmod(0o770)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        CrashStore(directory, read_only=True)
