@@ -148,7 +148,7 @@ def test_report_without_a_daemon_says_why_and_json(capsys: Any, tmp_path: Path) 
     assert list(sections) == SECTIONS
     assert sections["tracerd-status"].startswith("(tracerd is not running (no socket")
     assert sections["crashes"].startswith("(crash reports unavailable: tracerd is not running")
-    assert "no crash index in" in sections["crashes"]
+    assert "no crash store in" in sections["crashes"]
     assert "no such file" in sections["triage"]
 
 

@@ -230,7 +230,7 @@ def test_killed_without_report_says_why(capsys: Any, tmp_path: Path) -> None:
     assert term["note"] == "signal 15 is not a crash signal: no crash report is expected"
     nothing = triage_json(capsys, tmp_path / "no.sock", "--state-dir", str(tmp_path / "nowhere"), str(log))
     assert nothing["crash_index"]["source"] is None
-    assert "no crash index in" in nothing["lines"][0]["note"]
+    assert "no crash store in" in nothing["lines"][0]["note"]
 
 
 # -- files ---------------------------------------------------------------------------
@@ -436,3 +436,34 @@ def test_seeded_log_sample(capsys: Any, tmp_path: Path) -> None:
     messages = [g["message"] for g in report["groups"]]
     assert messages[0] == "hostname HOST does not resolve to address IP: Name or service not known"
     assert "unknown[IP]: SASL LOGIN authentication failed: authentication failure, sasl_username=*@*" in messages
+
+
+def test_hex_codes_are_not_queue_ids(capsys: Any, tmp_path: Path) -> None:
+    """OpenSSL's error code (0A000086) stays in the group's message, so two TLS
+    problems with different codes are two groups; a classic queue id at the
+    start of the message and in a queue file's path is still folded, and so are
+    long queue ids; digits inside a word or a hex code are not numbers."""
+    assert message_shape("TLS library problem: error:0A000086:SSL routines::certificate verify failed:"
+                         "../ssl/statem/statem_clnt.c:1889:") == (
+        "TLS library problem: error:0A000086:SSL routines::certificate verify failed:../ssl/statem/statem_clnt.c:N:"
+    )  # fmt: skip
+    assert message_shape("3F1A2B4C5D: to=<a@example.com>, delay=30") == "QUEUEID: to=<*>, delay=N"
+    assert message_shape('saving corrupt file "deferred/4/4F3A2B1C9D" from queue') == (
+        'saving corrupt file "deferred/QUEUEID" from queue'
+    )
+    assert message_shape("4Wd6Ym4Jw0z9tXn: lost connection after 30s") == "QUEUEID: lost connection after Ns"
+    now = syslog_stamp(dt.datetime.now())
+    tls = "warning: TLS library problem: error"
+    log = write_log(tmp_path / "mail.log", [
+        f"{now} mx postfix/smtp[1]: {tls}:0A000086:SSL routines::certificate verify failed",
+        f"{now} mx postfix/smtp[2]: {tls}:0A000086:SSL routines::certificate verify failed",
+        f"{now} mx postfix/smtp[3]: {tls}:0A00010B:SSL routines::wrong version number",
+        f"{now} mx postfix/smtp[4]: warning: 3F1A2B4C5D: TLS is required, but was not offered by host mx.example.com",
+        f"{now} mx postfix/smtp[5]: warning: 4B2C1D0E9F: TLS is required, but was not offered by host mx.example.org",
+    ])  # fmt: skip
+    report = triage_json(capsys, tmp_path / "no.sock", str(log))
+    assert [(g["message"], g["count"]) for g in report["groups"]] == [
+        ("TLS library problem: error:0A000086:SSL routines::certificate verify failed", 2),
+        ("TLS library problem: error:0A00010B:SSL routines::wrong version number", 1),
+        ("QUEUEID: TLS is required, but was not offered by host HOST", 2),
+    ]

@@ -60,7 +60,8 @@ from typing import Any
 from tracerd import __version__
 from tracerd.anonymize import Anonymizer
 from tracerd.crashindex import CrashInventory, default_state_dir, load_inventory
-from tracerd.ctl import Unreachable, call, render_crash, render_crashes, render_status
+from tracerd.crashview import render_crash, render_crashes
+from tracerd.ctl import Unreachable, call, render_status
 from tracerd.maillog import LogError
 from tracerd.triage import add_log_options, render_text, resolve_logs, triage
 
@@ -180,10 +181,7 @@ def crashes_section(inventory: CrashInventory, limit: int) -> str:
         if report is None:
             parts += [f"(report {crash_id} unavailable: deleted to stay under max_crash_bytes, or unreadable)", ""]
             continue
-        parts.append(_rendered(render_crash, report))
-        crashed = [t for t in report.get("threads") or [] if isinstance(t, dict) and t.get("crashed")]
-        if crashed and crashed[0].get("text"):
-            parts += ["", "bt full of the crashed thread:", str(crashed[0]["text"])]
+        parts.append(_rendered(render_crash, report))  # with the crashed thread's bt full
         repeats = entry.get("repeats") or []
         if repeats:
             pids = ", ".join(str(r.get("pid")) for r in repeats if isinstance(r, dict))

@@ -1,14 +1,19 @@
-"""The crash inventory for the commands that are not the daemon (triage, bugreport).
+"""The crash inventory for the commands that are not the daemon (triage, bugreport, tracerctl).
 
 :func:`load_inventory` asks the daemon (``crashes`` and ``status`` requests
 on its socket) and, when nobody answers or the daemon refuses, reads the
-store's ``{state_dir}/crashes/index.json`` directly.  :meth:`CrashInventory.match`
-answers triage's question "is there a crash report for the smtpd pid 4567
-that master says was killed by signal 11 at 16:56:57?":
+store ``{state_dir}/crashes`` directly (its index reconciled with the report
+files, read-only: :func:`open_store`).  :func:`store_reply` answers
+``tracerctl crashes`` and ``crash ID`` from the store the same way while
+tracerd is down.  :meth:`CrashInventory.match` answers triage's question
+"is there a crash report for the smtpd pid 4567 that master says was killed
+by signal 11 at 16:56:57?":
 
-- candidates are every full report's pid (the index entry's latest one, the
-  sessions the daemon still lists, or, from the files, every report id a
-  signature lists) and every repeat's pid (a crash within the flood window
+- candidates are every full report's pid (every report id a signature
+  lists, whose last number is its pid, whether the list came from the daemon
+  or the files, so that older reports of a signature are found after a
+  restart of tracerd; plus the crashed sessions the daemon still lists) and
+  every repeat's pid (a crash within the flood window
   of an earlier one with the same signature: no report of its own, so the
   match names the signature's full report and says it is a repeat);
 - a candidate matches on pid, on the program name when both are known, and
@@ -24,8 +29,10 @@ crash directory, and nothing is evaluated.
 
 Diagnostics: the inventory says where it came from (``source``: ``daemon``,
 ``index`` or None) and why not (``error``: "tracerd is not running (no
-socket ...); crash index: permission denied"), so that the caller can print
-it; a report that cannot be read is None, never an exception.
+socket ...); crash store ...: permission denied"), so that the caller can
+print it; a report that cannot be read is None, never an exception.
+:class:`StoreUnreadable` carries one line: no store, permission denied, an
+unsafe directory.
 """
 
 from __future__ import annotations
@@ -41,14 +48,15 @@ from typing import Any
 
 from tracerd.config import Config
 from tracerd.config import load as load_config
+from tracerd.crashstore import CrashStore
 from tracerd.ctl import Unreachable, call
-from tracerd.errors import ConfigError
+from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
 
 MAX_JSON = 64 << 20
 LATE = dt.timedelta(minutes=15)  # gdb's backtrace and the store's fsync come before master's log line
 EARLY = dt.timedelta(seconds=5)  # log times are truncated to the second
-_ID_PID = re.compile(r"[0-9TZ]+-[0-9a-f]+-(?P<pid>\d+)(?:-\d+)?")
+_ID_PID = re.compile(r"(?P<stamp>[0-9TZ]+)-[0-9a-f]+-(?P<pid>\d+)(?:-\d+)?")
 
 
 @dataclass
@@ -149,6 +157,10 @@ class CrashInventory:
             return
         report = self.report(candidate.crash_id)
         if not report:
+            # deleted to stay under max_crash_bytes: its id still says when it was stored, and whose it was
+            parsed = _ID_PID.fullmatch(candidate.crash_id)
+            if parsed and int(parsed.group("pid")) == candidate.pid and candidate.time is None:
+                candidate.time = _time_of_id(parsed.group("stamp"))
             return
         process = report.get("process")
         if isinstance(process, dict):
@@ -193,32 +205,61 @@ def load_inventory(socket_path: str | None, state_dir: Path | None, timeout: flo
             if reply.get("ok") is True and isinstance(reply.get("crashes"), list):
                 inventory = CrashInventory("daemon", None, [e for e in reply["crashes"] if isinstance(e, dict)],
                                            socket=socket_path)  # fmt: skip
-                inventory._extra = _from_sessions(socket_path, timeout)
+                lists = _from_report_lists(inventory.entries)
+                known = {(c.crash_id, c.pid) for c in lists}
+                sessions = [c for c in _from_sessions(socket_path, timeout) if (c.crash_id, c.pid) not in known]
+                inventory._extra = lists + sessions
                 return inventory
             reasons.append(f"tracerd refused: {reply.get('message') or reply.get('error')}")
         except Unreachable as err:
             reasons.append(str(err))
     if state_dir is not None:
-        directory = state_dir / "crashes"
         try:
-            data = read_json(directory, "index.json")
-            entries = data.get("crashes") if isinstance(data, dict) else None
-            if not isinstance(entries, list):
-                raise ValueError("no crash list")  # noqa: TRY004 -- reported with the other ValueErrors
-        except FileNotFoundError:
-            reasons.append(f"no crash index in {directory}")
-        except PermissionError:
-            reasons.append(f"crash index in {directory}: permission denied")
-        except (OSError, ValueError) as err:
-            reasons.append(f"crash index in {directory}: unreadable ({err})")
+            with open_store(state_dir) as store:
+                entries = store.list()  # most recently seen first, as the daemon lists them
+        except StoreUnreadable as err:
+            reasons.append(str(err))
         else:
-            # most recently seen first, as the daemon lists them
-            usable = sorted((e for e in entries if isinstance(e, dict)), key=lambda e: str(e.get("last_seen")),
-                            reverse=True)  # fmt: skip
-            inventory = CrashInventory("index", "; ".join(reasons) or None, usable, directory=directory)
-            inventory._extra = _from_report_lists(inventory.entries)
+            inventory = CrashInventory("index", "; ".join(reasons) or None, entries, directory=state_dir / "crashes")
+            inventory._extra = _from_report_lists(entries)
             return inventory
     return CrashInventory(None, "; ".join(reasons) or "no crash inventory")
+
+
+class StoreUnreadable(Exception):
+    """The crash store cannot be read; ``missing`` when there is none at all."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def open_store(state_dir: Path) -> CrashStore:
+    """tracerd's crash store ``{state_dir}/crashes``, read-only; raises StoreUnreadable with a one-line reason."""
+    directory = state_dir / "crashes"
+    try:
+        return CrashStore(directory, read_only=True)
+    except FileNotFoundError:
+        raise StoreUnreadable(f"no crash store in {directory}", missing=True) from None
+    except PermissionError:
+        raise StoreUnreadable(f"crash store {directory}: permission denied"
+                              " (reading it needs root, or read access to tracerd's state_dir)") from None  # fmt: skip
+    except ConfigError as err:
+        raise StoreUnreadable(str(err)) from None
+    except (OSError, ValueError) as err:
+        raise StoreUnreadable(f"crash store {directory}: unreadable ({err})") from None
+
+
+def store_reply(command: str, crash_id: str | None, state_dir: Path) -> dict[str, Any]:
+    """The daemon's reply to ``crashes`` or ``crash ID``, read from the store; raises StoreUnreadable."""
+    with open_store(state_dir) as store:
+        origin = {"source": "store", "store": str(store.directory)}
+        if command == "crashes":
+            return {"ok": True, "crashes": store.list(), **origin}
+        try:
+            return {"ok": True, "crash": store.get(str(crash_id)), **origin}
+        except NotFound as err:
+            return {"ok": False, "error": err.code, "message": str(err), **origin}
 
 
 def default_state_dir() -> Path:
@@ -248,9 +289,8 @@ def read_json(directory: Path, name: str) -> Any:
 def _from_entry(entry: dict[str, Any]) -> CrashMatch | None:
     if not isinstance(entry.get("pid"), int) or not isinstance(entry.get("id"), str):
         return None
-    # last_full (index file only) is the full report's time; last_seen may be a later repeat's.
-    when = _time(entry.get("last_full")) if "last_full" in entry else None
-    return CrashMatch(entry["id"], entry["pid"], _str(entry.get("name")), when, _str(entry.get("signal")),
+    # not last_seen, which may be a later repeat's: the report's own time is read when the pid matches
+    return CrashMatch(entry["id"], entry["pid"], _str(entry.get("name")), None, _str(entry.get("signal")),
                       _names(entry.get("top")), _str(entry.get("signature")), _str(entry.get("report")))  # fmt: skip
 
 
@@ -288,6 +328,13 @@ def _str(value: object) -> str | None:
 
 def _names(value: object) -> list[str]:
     return [str(v) for v in value][:5] if isinstance(value, list) else []
+
+
+def _time_of_id(stamp: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
 
 
 def _time(value: object) -> dt.datetime | None:

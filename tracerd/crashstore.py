@@ -15,13 +15,23 @@ directory, never joined into a path.  Reports and index together are capped
 at ``max_bytes``, the oldest reports deleted first, so a crash loop never
 fills the disk.
 
+Opened with ``read_only=True`` (tracerctl while tracerd is down) the store
+is only read: the directory is not created, its owner may be another uid
+(root's store read by a ``socket_group`` member) but it must still not be a
+symlink nor writable by group or others, nothing is deleted or rewritten,
+the index is reconciled with the report files in memory only, and every
+file is read with a cap of :data:`MAX_FILE` bytes.
+
 Diagnostics: :meth:`CrashStore.record` raises OSError (ENOSPC...) when the
 report cannot be written, after removing its temp file, leaving the store as
 it was.  A failed index write alone does not fail the record (the report is
 safe; the index is rebuilt from the reports at start): it is returned as
 ``index_error``.  A missing or corrupt index is rebuilt at start; a report
 file that cannot be parsed is skipped, and deleted first when space is
-needed.  :meth:`CrashStore.get` raises NotFound with the reason.
+needed.  :meth:`CrashStore.get` raises NotFound with the reason.  A read-only
+store that cannot be opened raises FileNotFoundError, PermissionError or
+ConfigError (symlink, unsafe mode); an index it may not read,
+PermissionError.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import builtins
 import contextlib
 import copy
 import datetime as dt
+import errno
 import json
 import os
 import secrets
@@ -44,6 +55,8 @@ from tracerd.crash import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashR
 from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
 
+MAX_FILE = 64 << 20  # a report or index larger than this is not ours: unreadable
+
 
 class CrashStore:
     """Crash reports on disk, deduplicated by signature, capped in size."""
@@ -55,8 +68,10 @@ class CrashStore:
         flood_window: float = 60.0,
         max_bytes: int = 256 << 20,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        self.read_only = read_only
         self.flood_window = flood_window
         self.max_bytes = max_bytes
         self._clock = clock
@@ -66,8 +81,12 @@ class CrashStore:
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = {}  # signature -> index entry
         self._snapshot: dict[str, dict[str, Any]] = {}
-        self._fd = _open_directory(self.directory)
-        self._load()
+        self._fd = _open_for_reading(self.directory) if read_only else _open_directory(self.directory)
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
         self._publish()
 
     def close(self) -> None:
@@ -85,6 +104,8 @@ class CrashStore:
 
     def record(self, report: CrashReport) -> dict[str, Any]:
         """Store a crash: a full report, or only a count if its signature is flooding."""
+        if self.read_only:
+            raise PermissionError(f"crash store {self.directory} is open read-only")
         with self._lock:
             now = self._clock()
             sig, pid, name = report.signature, report.process.get("pid"), report.process.get("name")
@@ -152,6 +173,8 @@ class CrashStore:
     def _public(self, entry: dict[str, Any]) -> dict[str, Any]:
         public = {key: entry.get(key) for key in PUBLIC_FIELDS}
         public["repeats"] = copy.deepcopy(entry.get("repeats", []))
+        # every full report kept, oldest first: older pids' reports, which "id" no longer names
+        public["reports"] = list(entry.get("reports", []))
         return public
 
     def _merge(self, report: dict[str, Any], entry: dict[str, Any] | None) -> dict[str, Any]:
@@ -183,7 +206,7 @@ class CrashStore:
     def _load(self) -> None:
         """Read the index, then reconcile it with the report files actually there."""
         for name in os.listdir(self._fd):
-            if name.startswith(TEMP_PREFIX):  # left by a crash of tracerd mid-write
+            if name.startswith(TEMP_PREFIX) and not self.read_only:  # left by a crash of tracerd mid-write
                 with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=self._fd)
         try:
@@ -191,6 +214,10 @@ class CrashStore:
             if not all(_valid_entry(entry) for entry in entries):
                 raise ValueError("bad entry")
             self._entries = {entry["signature"]: entry for entry in entries}
+        except PermissionError:
+            if self.read_only:
+                raise  # the reader may not read it: "no crashes" would be a lie
+            self._entries = {}
         except (OSError, ValueError, KeyError, TypeError):
             self._entries = {}  # missing or corrupt: rebuilt from the reports below
         on_disk = set(self._report_ids())
@@ -207,6 +234,8 @@ class CrashStore:
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not ours or damaged: counted against the cap, deleted first in line
             self._merge(report, self._entries.get(report["signature"]))
+        if self.read_only:
+            return
         with contextlib.suppress(OSError):  # a full disk must not stop the daemon: the next record retries
             self._save_index()
 
@@ -278,7 +307,10 @@ class CrashStore:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise ValueError(f"{name}: not a regular file")
-            return json.loads(handle.read())
+            data = handle.read(MAX_FILE + 1)
+        if len(data) > MAX_FILE:
+            raise ValueError(f"{name}: larger than {MAX_FILE} bytes")
+        return json.loads(data)
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         """Write ``name`` so that readers see the old file or all of the new one."""
@@ -326,4 +358,18 @@ def _open_directory(directory: Path) -> int:
         raise ConfigError(
             f"crash directory {directory}: must be owned by uid {os.geteuid()} and not writable by group or others"
         )
+    return fd
+
+
+def _open_for_reading(directory: Path) -> int:
+    """Open a store to read it only: never created, never through a symlink, not writable by others."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfigError(f"crash directory {directory}: a symlink or not a directory") from err
+        raise  # FileNotFoundError, PermissionError: the caller says what that means
+    if os.fstat(fd).st_mode & 0o022:
+        os.close(fd)
+        raise ConfigError(f"crash directory {directory}: writable by group or others, not tracerd's")
     return fd

@@ -6,7 +6,13 @@ the operation failed, 2 usage, 3 the daemon is not reachable.
 
 With ``--json`` the daemon's reply is printed as one JSON document (the
 ``ok`` field dropped on success, so the shape is DESIGN.md's); without it, a
-table made for a terminal.
+table made for a terminal (a crash report: :mod:`tracerd.crashview`).
+
+``crashes`` and ``crash ID`` still answer while tracerd is down: from its
+crash store (``--state-dir``, else tracerd's configured state_dir), read
+only, with a one-line notice on stderr and ``"source": "store"``,
+``"daemon": "unreachable"`` in the JSON; exit 0 when the store was read, 1
+when it may not be read (permission), 3 when there is none.
 
 Diagnostics: one line ``tracerctl: REASON`` on stderr for every failure.
 """
@@ -20,14 +26,17 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tracerd.config import default_socket
+from tracerd.crashview import render_crash, render_crashes
+from tracerd.crashview import table as table  # noqa: PLC0414 -- re-exported: postfix status lays out with it
 from tracerd.protocol import CRASH_ID_RE, check_name, check_pid
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 LOCAL_COMMANDS: tuple[str, ...] = ("tracerd.postfix", "tracerd.triage", "tracerd.bugreport")
+STORE_COMMANDS = frozenset({"crashes", "crash"})  # answered from the crash store when tracerd is down
 
 
 class Unreachable(Exception):
@@ -99,9 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     detach.add_argument("pid", type=_pid)
     where = sub.add_parser("where", help="live backtrace of every thread of a traced process")
     where.add_argument("pid", type=_pid)
-    sub.add_parser("crashes", help="crash inventory: signature, count, first and last seen")
+    crashes = sub.add_parser("crashes", help="crash inventory: signature, count, first and last seen")
     crash = sub.add_parser("crash", help="one full crash report (by id, id prefix or signature)")
     crash.add_argument("id", type=_crash_id)
+    crash.add_argument("--full", action="store_true", help="every thread's bt full, not only the crashing one's")
+    for each in (crashes, crash):
+        each.add_argument("--state-dir", type=Path, metavar="DIR",
+                          help="tracerd's state_dir, read when it is down (default: the configured one)")  # fmt: skip
     for module in LOCAL_COMMANDS:
         # commands that work on files and Postfix rather than the socket; each
         # module adds its own subparser and sets ``run`` (args -> exit code)
@@ -147,8 +160,30 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         reply = call(args.socket, request_for(args), timeout=args.timeout)
     except Unreachable as err:
+        if args.command in STORE_COMMANDS:
+            return from_store(args, str(err))
         print(f"tracerctl: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    return output(args, reply)
+
+
+def from_store(args: argparse.Namespace, unreachable: str) -> int:
+    """``crashes`` and ``crash ID`` while tracerd is down: the same answers, read from its crash store."""
+    # imported here: crashindex asks the daemon through this module's call()
+    from tracerd.crashindex import StoreUnreadable, default_state_dir, store_reply  # noqa: PLC0415
+
+    try:
+        reply = store_reply(args.command, getattr(args, "id", None), args.state_dir or default_state_dir())
+    except StoreUnreadable as err:
+        print(f"tracerctl: {unreachable}; {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE if err.missing else EXIT_FAILED
+    print(f"tracerctl: {unreachable}; read from the crash store {reply['store']}", file=sys.stderr)
+    reply["daemon"] = "unreachable"
+    return output(args, reply)
+
+
+def output(args: argparse.Namespace, reply: dict[str, Any]) -> int:
+    """Print a reply (the daemon's, or the store's in its shape); the exit code."""
     if reply.get("ok") is not True:
         if args.json:
             print(json.dumps(reply, indent=2))
@@ -158,14 +193,14 @@ def _main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
     else:
-        print(render(args.command, reply))
+        print(render(args.command, reply, full=getattr(args, "full", False)))
     return EXIT_OK
 
 
 # -- tables -------------------------------------------------------------------
 
 
-def render(command: str, reply: dict[str, Any]) -> str:
+def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
     if command == "status":
         return render_status(reply)
     if command == "crashes":
@@ -173,60 +208,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
     if command == "where":
         return str(reply["where"])
     if command == "crash":
-        return render_crash(reply["crash"])
+        return render_crash(reply["crash"], full=full)
     return render_session(reply["session"])
-
-
-def render_crashes(crashes: list[dict[str, Any]]) -> str:
-    if not crashes:
-        return "no crashes recorded"
-    rows = [("SIGNATURE", "COUNT", "FIRST SEEN", "LAST SEEN", "PROCESS", "SIGNAL", "TOP FRAMES", "ID")]
-    for crash in crashes:
-        rows.append(
-            (
-                str(crash["signature"]),
-                str(crash["count"]),
-                str(crash["first_seen"])[:19],
-                str(crash["last_seen"])[:19],
-                f"{crash['name']}[{crash['pid']}]",
-                str(crash["signal"]),
-                " < ".join(crash.get("top") or []),
-                str(crash["id"]),
-            )
-        )
-    return "\n".join(table(rows))
-
-
-def render_crash(report: dict[str, Any]) -> str:
-    process, sig = report.get("process", {}), report.get("signal", {})
-    lines = [
-        f"crash {report.get('id')}  signature {report.get('signature')}",
-        f"process  {process.get('name')}[{process.get('pid')}]  exe {process.get('exe')}  uid {process.get('uid')}",
-        f"signal   {sig.get('name')} ({sig.get('number')})  si_code {sig.get('si_code')}"
-        f"  fault address {sig.get('fault_address')}",
-        f"time     {report.get('time')}",
-        f"log      {report.get('log')}",
-        "",
-    ]
-    for thread in sorted(report.get("threads", []), key=lambda t: not t.get("crashed")):
-        mark = "  <- crashed" if thread.get("crashed") else ""
-        lines.append(f"Thread {thread.get('id')} (LWP {thread.get('tid')}) {thread.get('name') or ''}{mark}")
-        for frame in thread.get("frames", []):
-            where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
-            obj = f" from {frame['object']}" if frame.get("object") and not where else ""
-            function = frame.get("function") or "??"
-            lines.append(f"  #{frame.get('level')}  {frame.get('address')} in {function}{where}{obj}")
-        lines.append("")
-    if report.get("registers"):
-        lines.append("registers")
-        lines += [f"  {name:8} {value}" for name, value in report["registers"].items()]
-        lines.append("")
-    if report.get("disassembly"):
-        lines += ["x/16i $pc", report["disassembly"], ""]
-    for missing in report.get("missing_symbols") or []:
-        lines.append(f"no symbols for {missing.get('object')} (build-id {missing.get('build_id')});"
-                     f" install {missing.get('package') or 'its debug symbols'}")
-    return "\n".join(lines).rstrip()
 
 
 def _duration(seconds: float) -> str:
@@ -279,11 +262,6 @@ def _ending(session: dict[str, Any]) -> str:
     if session.get("error"):
         return str(session["error"])[:40]
     return "-"
-
-
-def table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def render_session(session: dict[str, Any]) -> str:

@@ -10,11 +10,13 @@ answer the questions that come next:
   and message *shape*: the message with queue ids, numbers (pids among
   them), IP addresses, email addresses and host names folded
   (``process /usr/lib/postfix/sbin/smtpd pid N killed by signal N``), each
-  group with its count, first and last time and its first line;
+  group with its count, first and last time and its first line (a hex code
+  such as OpenSSL's ``error:0A000086:`` is kept: only where Postfix puts a
+  queue id is a classic hex queue id folded);
 - each severity present is explained as DEBUG_README does;
 - each master ``process ... pid N killed by signal S`` line is tied to
   tracerd's crash report for that pid (see :mod:`tracerd.crashindex`: the
-  daemon's inventory, else ``{state_dir}/crashes/index.json``).
+  daemon's inventory, else the crash store ``{state_dir}/crashes``).
 
 Which log: the LOGFILEs, else Postfix's ``maillog_file`` (``postconf -x -h``,
 with ``-c``), else the first of /var/log/mail.log, /var/log/maillog and
@@ -74,10 +76,19 @@ CRASH_SIGNALS = {4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFP
 
 _SEVERITY = re.compile(r"(?<![A-Za-z])(panic|fatal|error|warning):")
 _KILLED = re.compile(r"process (?P<path>\S+) pid (?P<pid>\d{1,10}) killed by signal (?P<signal>\d{1,3})")
-_LONG_QUEUE_ID = re.compile(r"\b[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]{10,}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]+\b")
-_SHORT_QUEUE_ID = re.compile(r"\b(?=[0-9A-F]*[0-9])[0-9A-F]{6,15}\b")
+# Postfix's queue ids (global/mail_queue.h).  Long (enable_long_queue_ids): seconds and microseconds
+# in base 52 (a "safe" alphabet without vowels), at least 6 + 4 characters, "z", the inode in base 51
+# (no "z"); distinctive enough to fold anywhere.  Short (the classic): 5 hex digits of microseconds and
+# the inode in hex, [0-9A-F]{6,}, which OpenSSL's error codes (error:0A000086:SSL routines::...) and
+# other hex also look like: folded only where Postfix puts a queue id, at the start of the message
+# ("3F1A2B4C5D: to=<...>") and in a queue file's path ("deferred/3/3F1A2B4C5D").
+_LONG_QUEUE_ID = re.compile(r"\b[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]+\b")
+_SHORT_QUEUE_ID = re.compile(r"^(?=[0-9A-F]*[0-9])[0-9A-F]{6,21}(?=:)")
+_QUEUE_FILE = re.compile(r"\b(?P<queue>maildrop|incoming|active|deferred|hold|corrupt|bounce|defer|trace|flush|saved)"
+                         r"/(?:[0-9A-Za-z]/)*[0-9A-Za-z]{6,}\b")  # fmt: skip
 _HEX = re.compile(r"\b0x[0-9a-fA-F]+\b")
-_NUMBER = re.compile(r"(?<![A-Za-z_])\d+(?![A-Za-z_])")
+# a whole number, or one with a short lower-case unit (30s, 10ms); never digits inside a word or a hex code
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_])\d+(?=(?:[a-z]{1,3})?(?![A-Za-z0-9_]))")
 _PLACEHOLDER = {"address": "*", "email": "*@*", "host": "HOST", "ip": "IP"}
 
 
@@ -99,6 +110,7 @@ def message_shape(text: str) -> str:
     shape = "".join(out)
     shape = _LONG_QUEUE_ID.sub("QUEUEID", shape)
     shape = _SHORT_QUEUE_ID.sub("QUEUEID", shape)
+    shape = _QUEUE_FILE.sub(r"\g<queue>/QUEUEID", shape)
     shape = _HEX.sub("0xN", shape)
     return _NUMBER.sub("N", shape)
 

@@ -1,0 +1,218 @@
+"""Crash reports and the crash inventory, rendered for a terminal.
+
+``tracerctl crash ID`` prints what README's Postfix quick start promises, in
+this order: the process, the signal line (name, number, si_code and its
+name, the fault address or the sender's pid and uid, when the report has
+them), the time and the tracer, the per-process log; the crashing thread's
+gdb ``bt full`` (every thread's with ``--full``; without it the other
+threads get one line each); the registers, a few per line; ``x/16i $pc``;
+the shared libraries, one line each with their build-id; and the frames
+without symbols with whatever the report says would name them (its
+``missing_symbols`` items: object, build-id, and any other key, such as a
+package, its version or advice, rendered generically as ``key: value``).
+``tracerctl crashes`` is a table, one signature a row.
+
+Security: a report holds strings taken from a crashed program (thread and
+function names, command lines, gdb's text of its variables), and a report
+read from the store while tracerd is down is a file: everything is data,
+rendered with control characters replaced by ``?`` (newlines and tabs kept
+only inside gdb's text blocks), so that a hostile string cannot drive the
+terminal or forge lines.  Nothing is evaluated.
+
+Diagnostics: none of its own; a key the report lacks (an older report, a
+capture step that failed, an interrupted capture with no backtrace) is
+left out or shown as ``?``, never an error; a capture that was interrupted
+or had errors says so on a ``capture`` line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+REGISTERS_PER_LINE = 4
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SIGNAL_KEYS = frozenset({"number", "name", "si_code", "si_code_name", "fault_address", "sender_pid", "sender_uid",
+                          "user_sent"})  # fmt: skip
+
+
+def clean(value: object) -> str:
+    """One line of untrusted text, safe to print."""
+    return _CONTROL.sub("?", str(value))
+
+
+def clean_block(value: object) -> str:
+    """Untrusted text of several lines (gdb's output), safe to print."""
+    return _CONTROL_BUT_LAYOUT.sub("?", str(value))
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def render_crashes(crashes: list[dict[str, Any]]) -> str:
+    """The inventory: one row per signature, the most recently seen first."""
+    if not crashes:
+        return "no crashes recorded"
+    rows = [("SIGNATURE", "COUNT", "FIRST SEEN", "LAST SEEN", "PROCESS", "SIGNAL", "TOP FRAMES", "ID")]
+    for crash in crashes:
+        rows.append(
+            (
+                clean(crash.get("signature")),
+                clean(crash.get("count")),
+                clean(crash.get("first_seen"))[:19],
+                clean(crash.get("last_seen"))[:19],
+                f"{clean(crash.get('name'))}[{clean(crash.get('pid'))}]",
+                clean(crash.get("signal")) + (" (interrupted)" if crash.get("capture") == "interrupted" else ""),
+                " < ".join(clean(name) for name in crash.get("top") or []),
+                clean(crash.get("id")),
+            )
+        )
+    return "\n".join(table(rows))
+
+
+def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
+    """One crash report for a human; ``full``: every thread's ``bt full``, not only the crashing one's."""
+    process = _dict(report.get("process"))
+    lines = [
+        f"crash {clean(report.get('id'))}  signature {clean(report.get('signature'))}",
+        f"process  {_known(process.get('name'))}[{_known(process.get('pid'))}]  uid {_known(process.get('uid'))}"
+        f"  exe {_known(process.get('exe'))}",
+    ]
+    cmdline = process.get("cmdline")
+    if isinstance(cmdline, list) and cmdline:
+        lines.append(f"cmdline  {' '.join(clean(arg) for arg in cmdline)}")
+    lines.append(f"signal   {signal_line(_dict(report.get('signal')))}")
+    lines.append(f"time     {clean(report.get('time'))}  tracer {clean(report.get('tracer'))}")
+    lines.append(f"log      {clean(report.get('log') or '(none)')}")
+    errors = process.get("capture_errors")
+    errors = [clean(error) for error in errors] if isinstance(errors, list) else []
+    state = process.get("capture")  # "complete", or "interrupted": a previous tracerd died while it ran
+    if errors or state not in (None, "complete"):
+        lines.append(f"capture  {clean(state or 'incomplete')}" + (f": {'; '.join(errors)}" if errors else ""))
+    lines += _threads(report, full)
+    registers = _dict(report.get("registers"))
+    if registers:
+        pairs = [f"{clean(name)} {clean(value)}" for name, value in registers.items()]
+        width = max(len(pair) for pair in pairs)
+        lines += ["", "registers:"]
+        lines += ["  " + "  ".join(pair.ljust(width) for pair in pairs[i : i + REGISTERS_PER_LINE]).rstrip()
+                  for i in range(0, len(pairs), REGISTERS_PER_LINE)]  # fmt: skip
+    if report.get("disassembly"):
+        lines += ["", "x/16i $pc:", clean_block(report["disassembly"])]
+    lines += _libraries(report.get("libraries"))
+    lines += _missing_symbols(report.get("missing_symbols"))
+    return "\n".join(lines).rstrip()
+
+
+def signal_line(sig: dict[str, Any]) -> str:
+    """``SIGSEGV (11)  si_code 1 SEGV_MAPERR  fault address 0x0``, or the sender of a sent signal."""
+    text = clean(sig.get("name") or "?")
+    if sig.get("number") is not None:
+        text += f" ({clean(sig['number'])})"
+    if sig.get("si_code") is not None:
+        text += f"  si_code {clean(sig['si_code'])}"
+        if sig.get("si_code_name"):
+            text += f" {clean(sig['si_code_name'])}"
+    if sig.get("sender_pid") is not None:
+        text += f"  sent by pid {clean(sig['sender_pid'])}"
+        if sig.get("sender_uid") is not None:
+            text += f" uid {clean(sig['sender_uid'])}"
+    elif sig.get("user_sent"):
+        text += "  sent by a process (kill, tgkill, raise)"
+    if sig.get("fault_address") is not None and not sig.get("user_sent") and sig.get("sender_pid") is None:
+        text += f"  fault address {clean(sig['fault_address'])}"
+    extra = [f"{clean(key)} {clean(value)}" for key, value in sig.items()
+             if key not in _SIGNAL_KEYS and value is not None]  # fmt: skip
+    return "  ".join([text, *extra])
+
+
+def _threads(report: dict[str, Any], full: bool) -> list[str]:
+    threads = [t for t in report.get("threads") or [] if isinstance(t, dict)]
+    if not threads:
+        return ["", "no backtrace in this report (see the capture line above, and the log)"]
+    crashed = next((t for t in threads if t.get("crashed")), threads[0])
+    lines: list[str] = []
+    others = [t for t in threads if t is not crashed]
+    for thread in [crashed, *others]:
+        head = f"Thread {clean(thread.get('id'))} (LWP {clean(thread.get('tid'))})"
+        if thread.get("name"):
+            head += f' "{clean(thread["name"])}"'
+        if thread is crashed:
+            lines += ["", f"{head}  <- crashed" if thread.get("crashed") else head]
+            lines += _bt_full(thread)
+        elif full:
+            lines += ["", head]
+            lines += _bt_full(thread)
+        else:
+            if thread is others[0]:
+                lines += ["", f"other threads ({len(others)}; every thread's bt full with --full):"]
+            top = [clean(_frame_name(frame)) for frame in thread.get("frames") or [] if isinstance(frame, dict)]
+            lines.append(f"  {head}: {' < '.join(top[:5]) or '(no frames)'}")
+    return lines
+
+
+def _bt_full(thread: dict[str, Any]) -> list[str]:
+    """gdb's ``bt full`` of one thread, without gdb's own "Thread N (...)" head; else its frames."""
+    text = str(thread.get("text") or "").strip()
+    if text:
+        if text.startswith("Thread "):
+            text = text.partition("\n")[2]
+        return clean_block(text).splitlines() or ["(no frames)"]
+    frames = [frame for frame in thread.get("frames") or [] if isinstance(frame, dict)]
+    return [_frame_line(frame) for frame in frames] or ["(no frames)"]
+
+
+def _frame_name(frame: dict[str, Any]) -> str:
+    if frame.get("function"):
+        return str(frame["function"])
+    obj = str(frame.get("object") or "")
+    return "?@" + obj.rsplit("/", 1)[-1] if obj else "??"
+
+
+def _frame_line(frame: dict[str, Any]) -> str:
+    function = clean(frame.get("function") or "??")
+    text = f"#{clean(frame.get('level')):<3} {clean(frame.get('address') or '?')} in {function}"
+    if frame.get("file"):
+        text += f" at {clean(frame['file'])}" + (f":{clean(frame['line'])}" if frame.get("line") is not None else "")
+    elif frame.get("object"):
+        text += f" from {clean(frame['object'])}"
+    return text
+
+
+def _libraries(libraries: object) -> list[str]:
+    rows = [lib for lib in libraries if isinstance(lib, dict)] if isinstance(libraries, list) else []
+    if not rows:
+        return []
+    width = max(len(clean(lib.get("path"))) for lib in rows)
+    lines = ["", "libraries (path, build-id):"]
+    for lib in rows:
+        line = f"  {clean(lib.get('path')).ljust(width)}  {clean(lib.get('build_id') or '(no build-id)')}"
+        if lib.get("debug_package"):
+            line += f"  debug symbols: {clean(lib['debug_package'])}"
+        lines.append(line)
+    return lines
+
+
+def _missing_symbols(missing: object) -> list[str]:
+    items = [item for item in missing if isinstance(item, dict)] if isinstance(missing, list) else []
+    if not items:
+        return []
+    lines = ["", "frames without symbols (with debug symbols installed, the next report names them):"]
+    for item in items:
+        details = [f"build-id {clean(item.get('build_id') or '?')}"]
+        details += [f"{clean(key).replace('_', ' ')}: {clean(value)}" for key, value in item.items()
+                    if key not in ("object", "build_id") and value not in (None, "", [])]  # fmt: skip
+        lines.append(f"  {clean(item.get('object') or '?')}: {'; '.join(details)}")
+    return lines
+
+
+def _known(value: object) -> str:
+    return "?" if value is None else clean(value)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
