@@ -245,32 +245,40 @@ def smtp_command(client: Client, line: str, code: str) -> None:
     assert reply.startswith(code.encode()), (line, reply)
 
 
-def test_status_sees_traced_qmgr_cleanup_pickup_and_smtpd(daemon_factory: Any, postfix: PostfixInstance) -> None:
-    """enable for qmgr, cleanup, pickup and smtpd: master runs them as
-    "qmgr -l -t unix -u -D", "cleanup -z -t unix -u -D", "pickup -l -t unix
-    -u -D" (no -n: the service is named after its program) and "smtpd -n
+def test_status_sees_every_kind_of_traced_daemon(
+    daemon_factory: Any, postfix: PostfixInstance, syslog_receiver: Any
+) -> None:
+    """enable for qmgr and pickup (event servers), cleanup and smtpd (single
+    servers, unix and inet), rewrite (trivial-rewrite, a multi server) and
+    postlog (postlogd, a unix-dgram server): master runs them as "qmgr -l -t
+    unix -u -D", "cleanup -z -t unix -u -D" (no -n: the service is named after
+    its program), "trivial-rewrite -n rewrite -t unix -u -D", "smtpd -n
     127.0.0.1:PORT -t inet -u -D"; tracerctl --json postfix status lists every
     process of each (smtpd and cleanup held busy by an open SMTP transaction)
     as traced, attached; then mail submitted by SMTP and by sendmail passes
-    through the traced pickup, cleanup and qmgr."""
+    through them.  After a reload the old qmgr exits, and syslog gets exactly
+    "tracerd[PID]: qmgr[QPID]: exited with status 0" (the tag once)."""
     daemon = daemon_factory()
     postfix.create()
     postfix.start()
     directory = str(postfix.config_dir)
-    for service in ("qmgr", "cleanup", "pickup", "smtpd"):
+    programs = {"qmgr/unix": "qmgr", "cleanup/unix": "cleanup", "pickup/unix": "pickup",
+                "rewrite/unix": "trivial-rewrite", "postlog/unix-dgram": "postlogd",
+                f"{postfix.listen}/inet": "smtpd"}  # fmt: skip
+    for service in ("qmgr", "cleanup", "pickup", "rewrite", "postlog", "smtpd"):
         result = daemon.ctl("postfix", "enable", service, "-c", directory, "--tracer", "watch")
         assert result.returncode == 0, result.stderr
-    debug_generation(postfix, "qmgr")
-    debug_generation(postfix, "pickup")
+    for program in ("qmgr", "pickup", "postlogd"):  # master runs these at once
+        debug_generation(postfix, program)
     client = Client(postfix)
     assert client.banner.startswith("220 ")
     smtp_command(client, "EHLO client.example.com", "250")
     smtp_command(client, "MAIL FROM:<sender@example.com>", "250")
-    # smtpd opens its cleanup stream at the first accepted recipient (smtpd_delay_open_until_valid_rcpt)
+    # smtpd asks rewrite about the recipient, then opens its cleanup stream
+    # at the first accepted one (smtpd_delay_open_until_valid_rcpt)
     smtp_command(client, "RCPT TO:<rcpt@example.com>", "250")
     debug_generation(postfix, "cleanup")
-    programs = {"qmgr/unix": "qmgr", "cleanup/unix": "cleanup", "pickup/unix": "pickup",
-                f"{postfix.listen}/inet": "smtpd"}  # fmt: skip
+    debug_generation(postfix, "trivial-rewrite")
 
     def all_traced() -> dict[str, Any] | None:
         result = daemon.ctl("--json", "postfix", "status", "-c", directory)
@@ -285,7 +293,7 @@ def test_status_sees_traced_qmgr_cleanup_pickup_and_smtpd(daemon_factory: Any, p
             return None
         return report
 
-    report = wait_for("every qmgr, cleanup, pickup and smtpd process listed as traced", all_traced, timeout=60)
+    report = wait_for("every process of the six services listed as traced", all_traced, timeout=60)
     for service in report["services"]:
         assert service["command"].split()[:2] == [programs[service["service"]], "-D"]
         for proc in service["processes"]:
@@ -309,3 +317,9 @@ def test_status_sees_traced_qmgr_cleanup_pickup_and_smtpd(daemon_factory: Any, p
     assert "postfix/pickup[" in log
     counters = daemon.status()["counters"]
     assert counters["sessions_failed"] == 0
+    (qmgr,) = [p["pid"] for s in report["services"] if s["service"] == "qmgr/unix" for p in s["processes"]]
+    postfix.reload()  # master retires its children; qmgr exits at once
+    daemon.wait_session(qmgr, "exited", timeout=60)
+    record = syslog_receiver.wait_for(f"qmgr[{qmgr}]: exited")
+    header = rf"<22>\w{{3}} [ \d]\d [\d:]{{8}} tracerd\[{daemon.proc.pid}\]: "
+    assert re.fullmatch(rf"{header}qmgr\[{qmgr}\]: exited with status 0", record), record
