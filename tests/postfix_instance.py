@@ -155,7 +155,12 @@ class PostfixInstance:
             children = psutil.Process(self.master.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [c for c in children if c.name() == name and c.status() != psutil.STATUS_ZOMBIE]
+        found = []
+        for child in children:
+            with contextlib.suppress(psutil.Error):  # gone since children() listed it
+                if child.name() == name and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child)
+        return found
 
     def stop(self) -> None:
         if self.master is None:

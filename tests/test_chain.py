@@ -52,7 +52,7 @@ def test_hook_attaches_before_returning_and_output_reaches_log_and_syslog(
     assert message.startswith("<22>")  # mail.info
     if tracer == "strace":
         syslog_receiver.wait_for("MARKER-after-hook")
-    closing = syslog_receiver.wait_for(f"hookedd[{target.pid}]: tracerd: hookedd[{target.pid}] exited")
+    closing = syslog_receiver.wait_for(f"hookedd[{target.pid}]: exited with status 3")
     assert closing.startswith("<22>")
 
 

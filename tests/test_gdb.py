@@ -31,7 +31,7 @@ def test_gdb_killed_fails_the_session_and_the_process_runs_on(
     os.kill(gdb, signal.SIGKILL)
     session = daemon.wait_session(target.pid, "failed")
     assert "gdb exited unexpectedly" in session["error"]
-    warning = syslog_receiver.wait_for(f"orphaned[{target.pid}]: tracerd: orphaned[{target.pid}] tracer failed")
+    warning = syslog_receiver.wait_for(f"orphaned[{target.pid}]: tracer failed")
     assert warning.startswith("<20>")  # mail.warning
     time.sleep(0.2)
     assert proc_state(target.pid) in "SR"

@@ -76,13 +76,128 @@ def test_service_names_refused_before_postconf(tracerctl: Tracerctl, instance: P
 
 
 def test_command_words_and_the_debug_flag() -> None:
-    """-D is inserted after the program and found only as an option of its own."""
+    """-D is inserted after the program and found only as an option of its own:
+    never as an -o value, nor past the first word that is not an option."""
     command = "smtpd -o {smtpd_client_restrictions=permit_mynetworks, reject} -o syslog_name=x"
     assert postfix.command_words(command)[2] == "{smtpd_client_restrictions=permit_mynetworks, reject}"
     assert postfix.with_debug(command) == command.replace("smtpd ", "smtpd -D ", 1)
     assert postfix.without_debug(postfix.with_debug(command)) == command
-    assert postfix.debug_flag(postfix.command_words("smtpd -o -D")) is None  # an -o value, not the flag
-    assert postfix.debug_flag(postfix.command_words("smtpd -v -D")) == 2
+    assert not postfix.has_debug("smtpd -o -D")  # an -o value, not the flag
+    assert not postfix.has_debug("pipe flags=R argv=/usr/local/bin/filter -D ${recipient}")  # the filter's own -D
+    assert postfix.has_debug("smtpd -v -D")
+    assert postfix.has_debug("cleanup -vD")
+    assert postfix.without_debug("cleanup -vD -o x=y") == "cleanup -v -o x=y"
+    assert postfix.without_debug("smtpd -Dv") == "smtpd -v"
+    assert postfix.without_debug("pipe -D flags=R argv=/bin/f -D") == "pipe flags=R argv=/bin/f -D"
+
+
+# The argv of every daemon of Debian 12's stock master.cf (Postfix 3.7) as ps
+# showed it on a private instance, and the same with -D in master.cf, a
+# non-loopback listener (master adds "-o stress=") and options of one's own.
+MASTER_CHILDREN = [
+    (["smtpd", "-n", "127.0.0.1:45411", "-t", "inet", "-u", "-c"], "127.0.0.1:45411/inet", False),
+    (["pickup", "-l", "-t", "unix", "-u", "-c"], "pickup/unix", False),
+    (["cleanup", "-z", "-t", "unix", "-u", "-c"], "cleanup/unix", False),
+    (["qmgr", "-l", "-t", "unix", "-u"], "qmgr/unix", False),
+    (["tlsmgr", "-l", "-t", "unix", "-u", "-c"], "tlsmgr/unix", False),
+    (["trivial-rewrite", "-n", "rewrite", "-t", "unix", "-u", "-c"], "rewrite/unix", False),
+    (["bounce", "-z", "-t", "unix", "-u", "-c"], "bounce/unix", False),
+    (["bounce", "-z", "-n", "defer", "-t", "unix", "-u", "-c"], "defer/unix", False),
+    (["bounce", "-z", "-n", "trace", "-t", "unix", "-u", "-c"], "trace/unix", False),
+    (["verify", "-l", "-t", "unix", "-u", "-c"], "verify/unix", False),
+    (["flush", "-z", "-t", "unix", "-u", "-c"], "flush/unix", False),
+    (["proxymap", "-t", "unix", "-u"], "proxymap/unix", False),
+    (["proxymap", "-l", "-n", "proxywrite", "-t", "unix", "-u"], "proxywrite/unix", False),
+    (["smtp", "-t", "unix", "-u", "-c"], "smtp/unix", False),
+    (["smtp", "-n", "relay", "-t", "unix", "-u", "-c", "-o", "syslog_name=postfix/$service_name"], "relay/unix", False),
+    (["showq", "-t", "unix", "-u", "-c"], "showq/unix", False),
+    (["error", "-t", "unix", "-u", "-c"], "error/unix", False),
+    (["error", "-n", "retry", "-t", "unix", "-u", "-c"], "retry/unix", False),
+    (["discard", "-t", "unix", "-u", "-c"], "discard/unix", False),
+    (["local", "-t", "unix"], "local/unix", False),
+    (["virtual", "-t", "unix"], "virtual/unix", False),
+    (["lmtp", "-t", "unix", "-u", "-c"], "lmtp/unix", False),
+    (["anvil", "-l", "-t", "unix", "-u", "-c"], "anvil/unix", False),
+    (["scache", "-l", "-t", "unix", "-u", "-c"], "scache/unix", False),
+    (["postlogd", "-l", "-n", "postlog", "-t", "unix-dgram", "-u"], "postlog/unix-dgram", False),
+    (["pipe", "-n", "maildrop", "-t", "unix", "flags=DRXhu", "user=vmail", "argv=/usr/bin/maildrop", "-d",
+      "${recipient}"], "maildrop/unix", False),
+    (["pipe", "-n", "uucp", "-t", "unix", "flags=Fqhu", "user=uucp", "argv=uux", "-r", "-n", "-z", "-a$sender", "-",
+      "$nexthop!rmail", "($recipient)"], "uucp/unix", False),
+    (["pipe", "-n", "ifmail", "-t", "unix", "flags=F", "user=ftn", "argv=/usr/lib/ifmail/ifmail", "-r", "$nexthop",
+      "($recipient)"], "ifmail/unix", False),
+    (["pipe", "-n", "bsmtp", "-t", "unix", "flags=Fq.", "user=bsmtp", "argv=/usr/lib/bsmtp/bsmtp", "-t$nexthop",
+      "-f$sender", "$recipient"], "bsmtp/unix", False),
+    (["pipe", "-n", "scalemail-backend", "-t", "unix", "flags=R", "user=scalemail",
+      "argv=/usr/lib/scalemail/bin/scalemail-store", "${nexthop}", "${user}", "${extension}"],
+     "scalemail-backend/unix", False),
+    (["pipe", "-n", "mailman", "-t", "unix", "flags=FRX", "user=list",
+      "argv=/usr/lib/mailman/bin/postfix-to-mailman.py", "${nexthop}", "${user}"], "mailman/unix", False),
+    (["smtpd", "-n", "127.0.0.1:45412", "-t", "inet", "-u", "-c", "-o", "syslog_name=postfix/submission"],
+     "127.0.0.1:45412/inet", False),
+    (["postscreen", "-l", "-n", "localhost:45413", "-t", "inet", "-u"], "localhost:45413/inet", False),
+    # with -D in master.cf
+    (["pickup", "-l", "-t", "unix", "-u", "-D"], "pickup/unix", True),
+    (["qmgr", "-l", "-t", "unix", "-u", "-D"], "qmgr/unix", True),
+    (["cleanup", "-z", "-t", "unix", "-u", "-c", "-D"], "cleanup/unix", True),
+    (["smtpd", "-n", "127.0.0.1:34303", "-t", "inet", "-u", "-D"], "127.0.0.1:34303/inet", True),
+    (["smtpd", "-n", "192.0.2.2:34304", "-t", "inet", "-u", "-o", "stress=", "-D", "-o", "syslog_name=postfix/x"],
+     "192.0.2.2:34304/inet", True),
+    (["cleanup", "-z", "-t", "unix", "-u", "-vD", "-oheader_size_limit=4096", "-o", "header_size_limit = 2048"],
+     "cleanup/unix", True),
+    (["pipe", "-n", "filter", "-t", "unix", "flags=R", "user=nobody", "argv=/usr/local/bin/filter", "-D", "-n", "x"],
+     "filter/unix", False),
+    # what master.cf may say, as the daemon's getopt reads it: attached arguments, a path as the command
+    (["smtpd", "-tinet", "-nsubmission", "-D"], "submission/inet", True),
+    (["local/smtpd", "-t", "inet", "-u"], "smtpd/inet", False),
+    (["smtpd", "-n", "a", "-n", "b", "-t", "inet"], "b/inet", False),
+    (["smtpd", "-t", "inet", "--", "-D"], "smtpd/inet", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "key", "debug"), MASTER_CHILDREN, ids=[" ".join(c[0][:5]) for c in MASTER_CHILDREN])
+def test_master_child_argv(argv: list[str], key: str, debug: bool) -> None:
+    """A master child's service is -n NAME, else its program's name, and -t TYPE,
+    wherever they stand among the options; -D counts only as an option."""
+    child = postfix.master_child(argv)
+    assert child is not None
+    assert (child.key, child.debug) == (key, debug)
+
+
+def test_master_child_of_a_zombie() -> None:
+    """A zombie's argv is empty: no service."""
+    assert postfix.master_child([]) is None
+
+
+def test_pipe_argument_is_not_the_debug_flag(tracerctl: Tracerctl, instance: PostfixInstance) -> None:
+    """A pipe service whose external command takes -D is not traced already:
+    enable adds pipe's own -D, status lists it, disable removes only that one."""
+    directory = str(instance.config_dir)
+    entry = "filter/unix=filter unix - n n - - pipe flags=R user=nobody argv=/usr/local/bin/filter -D ${recipient}"
+    instance.postconf("-M", entry)
+    before = files(instance)
+    code, out, err = tracerctl("postfix", "enable", "filter/unix", "-c", directory)
+    assert code == 0, err
+    assert "-F 'filter/unix/command=pipe -D flags=R user=nobody argv=/usr/local/bin/filter -D ${recipient}'" in out
+    code, out, _ = tracerctl("--json", "postfix", "status", "-c", directory)
+    assert [service["service"] for service in json.loads(out)["services"]] == ["filter/unix"]
+    assert tracerctl("postfix", "disable", "filter/unix", "-c", directory)[0] == 0
+    assert files(instance) == before
+
+
+def test_clustered_debug_flag_counts(tracerctl: Tracerctl, instance: PostfixInstance) -> None:
+    """-vD in master.cf is -D too: enable has nothing to do, status lists the
+    service, disable takes the D out of the cluster and leaves -v."""
+    directory = str(instance.config_dir)
+    instance.postconf("-F", "cleanup/unix/command=cleanup -vD")
+    code, out, _ = tracerctl("postfix", "enable", "cleanup", "-c", directory, "--dry-run")
+    assert code == 0
+    assert [line for line in out.splitlines() if " -F " in line] == []  # only debugger_command to set
+    code, out, _ = tracerctl("--json", "postfix", "status", "-c", directory)
+    assert [service["service"] for service in json.loads(out)["services"]] == ["cleanup/unix"]
+    code, out, _ = tracerctl("postfix", "disable", "cleanup", "-c", directory)
+    assert code == 0
+    assert instance.postconf("-F", "cleanup/unix/command").strip() == "cleanup/unix/command = cleanup -v"
 
 
 def test_service_resolution(tracerctl: Tracerctl, instance: PostfixInstance) -> None:

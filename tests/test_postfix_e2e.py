@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -115,7 +117,8 @@ def test_watch_attaches_before_the_banner_and_mail_flows(daemon_factory: Any, po
     report = json.loads(result.stdout)
     (service,) = report["services"]
     assert service["service"] == f"{postfix.listen}/inet"
-    assert {"pid": client.pid, "traced": True, "state": "attached", "tracer": "watch"} in service["processes"]
+    expected = {"pid": client.pid, "debug": True, "traced": True, "state": "attached", "tracer": "watch"}
+    assert expected in service["processes"]
     table = daemon.ctl("postfix", "status", "-c", str(postfix.config_dir)).stdout
     assert f"{client.pid}  attached (watch)" in table
     client.quit()
@@ -215,3 +218,108 @@ def test_enable_disable_round_trip_restores_the_configuration(daemon_factory: An
     untraced = Client(postfix)
     assert "-D" not in psutil.Process(untraced.pid).cmdline()
     untraced.quit()
+
+
+def debug_generation(postfix: PostfixInstance, program: str) -> list[int]:
+    """The pids of ``program`` once it runs and every process of it has -D
+    (after a reload master retires the processes started without)."""
+
+    def check() -> list[int] | None:
+        try:
+            procs = [(p.pid, p.cmdline()) for p in postfix.processes(program)]
+        except psutil.Error:
+            return None
+        return [pid for pid, _ in procs] if procs and all("-D" in argv for _, argv in procs) else None
+
+    pids: list[int] = wait_for(f"{program} running with -D", check, timeout=60)
+    return pids
+
+
+def smtp_command(client: Client, line: str, code: str) -> None:
+    client.sock.sendall(line.encode() + b"\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n") or reply.splitlines()[-1][3:4] == b"-":
+        chunk = client.sock.recv(4096)
+        assert chunk, f"connection closed after {line!r}"
+        reply += chunk
+    assert reply.startswith(code.encode()), (line, reply)
+
+
+def test_status_sees_every_kind_of_traced_daemon(
+    daemon_factory: Any, postfix: PostfixInstance, syslog_receiver: Any
+) -> None:
+    """enable for qmgr and pickup (event servers), cleanup and smtpd (single
+    servers, unix and inet), rewrite (trivial-rewrite, a multi server) and
+    postlog (postlogd, a unix-dgram server): master runs them as "qmgr -l -t
+    unix -u -D", "cleanup -z -t unix -u -D" (no -n: the service is named after
+    its program), "trivial-rewrite -n rewrite -t unix -u -D", "smtpd -n
+    127.0.0.1:PORT -t inet -u -D"; tracerctl --json postfix status lists every
+    process of each (smtpd and cleanup held busy by an open SMTP transaction)
+    as traced, attached; then mail submitted by SMTP and by sendmail passes
+    through them.  After a reload the old qmgr exits, and syslog gets exactly
+    "tracerd[PID]: qmgr[QPID]: exited with status 0" (the tag once)."""
+    daemon = daemon_factory()
+    postfix.create()
+    postfix.start()
+    directory = str(postfix.config_dir)
+    programs = {"qmgr/unix": "qmgr", "cleanup/unix": "cleanup", "pickup/unix": "pickup",
+                "rewrite/unix": "trivial-rewrite", "postlog/unix-dgram": "postlogd",
+                f"{postfix.listen}/inet": "smtpd"}  # fmt: skip
+    for service in ("qmgr", "cleanup", "pickup", "rewrite", "postlog", "smtpd"):
+        result = daemon.ctl("postfix", "enable", service, "-c", directory, "--tracer", "watch")
+        assert result.returncode == 0, result.stderr
+    for program in ("qmgr", "pickup", "postlogd"):  # master runs these at once
+        debug_generation(postfix, program)
+    client = Client(postfix)
+    assert client.banner.startswith("220 ")
+    smtp_command(client, "EHLO client.example.com", "250")
+    smtp_command(client, "MAIL FROM:<sender@example.com>", "250")
+    # smtpd asks rewrite about the recipient, then opens its cleanup stream
+    # at the first accepted one (smtpd_delay_open_until_valid_rcpt)
+    smtp_command(client, "RCPT TO:<rcpt@example.com>", "250")
+    debug_generation(postfix, "cleanup")
+    debug_generation(postfix, "trivial-rewrite")
+
+    def all_traced() -> dict[str, Any] | None:
+        result = daemon.ctl("--json", "postfix", "status", "-c", directory)
+        assert result.returncode == 0, result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        listed = {s["service"]: s["processes"] for s in report["services"]}
+        running = {key: sorted(p.pid for p in postfix.processes(program)) for key, program in programs.items()}
+        if sorted(listed) != sorted(programs) or any(
+            not procs or sorted(p["pid"] for p in procs) != running[key] or not all(p["traced"] for p in procs)
+            for key, procs in listed.items()
+        ):
+            return None
+        return report
+
+    report = wait_for("every process of the six services listed as traced", all_traced, timeout=60)
+    for service in report["services"]:
+        assert service["command"].split()[:2] == [programs[service["service"]], "-D"]
+        for proc in service["processes"]:
+            assert proc == {"pid": proc["pid"], "debug": True, "traced": True, "state": "attached",
+                            "tracer": "watch"}, service  # fmt: skip
+            assert daemon.session(proc["pid"])["name"] == programs[service["service"]]
+    assert client.pid in [p["pid"] for s in report["services"] for p in s["processes"]]
+    table = daemon.ctl("postfix", "status", "-c", directory).stdout
+    for service in report["services"]:
+        key = service["service"]
+        for proc in service["processes"]:
+            assert re.search(rf"{re.escape(key)} +{programs[key]} -D +{proc['pid']} +attached \(watch\)", table), table
+    smtp_command(client, "DATA", "354")
+    smtp_command(client, "Subject: smtp\r\n\r\nthrough smtpd\r\n.", "250")
+    client.quit()
+    sendmail = subprocess.run(["/usr/sbin/sendmail", "-C", directory, "-f", "sender@example.com", "rcpt@example.com"],
+                              input=b"Subject: pickup\n\nthrough pickup\n", capture_output=True, timeout=60,
+                              check=False)  # fmt: skip
+    assert sendmail.returncode == 0, sendmail.stderr
+    log = postfix.wait_log("status=sent", count=2, timeout=60)
+    assert "postfix/pickup[" in log
+    counters = daemon.status()["counters"]
+    assert counters["sessions_failed"] == 0
+    (qmgr,) = [p["pid"] for s in report["services"] if s["service"] == "qmgr/unix" for p in s["processes"]]
+    postfix.reload()  # master retires its children; qmgr exits at once
+    daemon.wait_session(qmgr, "exited", timeout=60)
+    record = syslog_receiver.wait_for(f"qmgr[{qmgr}]: exited")
+    header = rf"<22>\w{{3}} [ \d]\d [\d:]{{8}} tracerd\[{daemon.proc.pid}\]: "
+    assert re.fullmatch(rf"{header}qmgr\[{qmgr}\]: exited with status 0", record), record

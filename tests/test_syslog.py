@@ -12,9 +12,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.conftest import SyslogReceiver as ThreadedReceiver
 from tracerd.config import SyslogConfig
 from tracerd.errors import ConfigError
 from tracerd.sinks.syslog import (
@@ -35,6 +37,7 @@ LOCAL = re.compile(
     rf"\d\d:\d\d:\d\d tracerd\[{PID}\]: (?P<msg>.*)",
     re.DOTALL,
 )
+LOCAL_ANY = re.compile(r"<\d+>\w{3} [ \d]\d \d\d:\d\d:\d\d tracerd\[\d+\]: (?P<msg>.*)", re.DOTALL)
 RFC5424 = re.compile(
     r"<(?P<pri>\d+)>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00 "
     rf"testhost tracerd {PID} - - (?P<msg>.*)",
@@ -238,7 +241,7 @@ def test_rate_limit_counts_the_excess_and_reports_it(
     assert [found["msg"] for found in received if found] == [
         *(f"smtpd[1234]: line {number}" for number in range(5)),
         "smtpd[1234]: crashed",
-        "smtpd[1234]: tracerd: 15 lines suppressed (rate limit)",
+        "smtpd[1234]: 15 lines suppressed (rate limit)",
         "smtpd[1234]: next second",
     ]
     assert session.suppressed == 15
@@ -257,7 +260,61 @@ def test_flush_reports_suppression_once(
     session.flush()
     assert sink.sent == 2
     assert recv_dgram(syslog_receiver.sock).endswith("smtpd[2]: kept")
-    assert recv_dgram(syslog_receiver.sock).endswith("smtpd[2]: tracerd: 1 lines suppressed (rate limit)")
+    assert recv_dgram(syslog_receiver.sock).endswith("smtpd[2]: 1 lines suppressed (rate limit)")
+
+
+def test_tracerds_own_lines_name_the_process_once(
+    syslog_receiver: SyslogReceiver, sinks: list[SyslogSink]
+) -> None:
+    """tracerd's own lines (written "tracerd: NAME[PID] ..." to the per-process
+    log) reach syslog as "NAME[PID]: ...": the tag once, no "tracerd:" inside
+    (the record's APP[PID] is tracerd already); other text is left alone."""
+    sink = make_sink(str(syslog_receiver.path))
+    sinks.append(sink)
+    session = SessionSyslog(sink, "qmgr[21096]", 200)
+    session.notice(LOG_INFO, "tracerd: qmgr[21096] exited with status 0")
+    session.notice(LOG_WARNING, "tracerd: qmgr[21096] tracer failed: gdb exited; the process runs on untraced")
+    session.notice(LOG_WARNING, "tracerd: cannot write /var/log/tracerd/qmgr.21096.log: disk full; output dropped")
+    session.line("tracerd: child 21100 exited with status 0")
+    session.line("qmgr[21096] wrote tracerd: x")
+    session.line("tracerd: qmgr[210960] is another process")
+    received = [LOCAL.fullmatch(recv_dgram(syslog_receiver.sock)) for _ in range(6)]
+    assert [found["msg"] for found in received if found] == [
+        "qmgr[21096]: exited with status 0",
+        "qmgr[21096]: tracer failed: gdb exited; the process runs on untraced",
+        "qmgr[21096]: cannot write /var/log/tracerd/qmgr.21096.log: disk full; output dropped",
+        "qmgr[21096]: child 21100 exited with status 0",
+        "qmgr[21096]: qmgr[21096] wrote tracerd: x",
+        "qmgr[21096]: qmgr[210960] is another process",
+    ]
+
+
+def test_exited_process_closing_line_on_the_wire(daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+    """A real process traced by strace exits: the closing record tracerd sends
+    to syslog is exactly "<22>DATE tracerd[DAEMON_PID]: NAME[PID]: exited with
+    status 3", and no record of the session repeats NAME[PID] or says "tracerd:"."""
+    # conftest's receiver, which a thread reads all the time: a datagram queue holds only 10
+    receiver = ThreadedReceiver(tmp_path / "threaded-syslog.sock")
+    try:
+        daemon = daemon_factory(syslog_path=receiver.path)
+        target = spawn(cbin("hooked"), daemon.hook_command(), "hookedd", "3")
+        assert target.readline() == "hook=0\n"
+        assert target.readline() == "MARKER-after-hook\n"
+        target.release()
+        assert target.wait() == 3
+        daemon.wait_session(target.pid, "exited")
+        tag = f"hookedd[{target.pid}]"
+        closing = receiver.wait_for(f"{tag}: exited with status 3")
+        received = receiver.collect()
+    finally:
+        receiver.close()
+    record = re.fullmatch(r"<22>\w{3} [ \d]\d \d\d:\d\d:\d\d tracerd\[(?P<pid>\d+)\]: (?P<msg>.*)", closing)
+    assert record is not None, closing
+    assert int(record["pid"]) == daemon.proc.pid
+    assert record["msg"] == f"{tag}: exited with status 3"
+    assert 'write(1, "MARKER-after-hook\\n", 18)' in "".join(received)  # strace's lines came too
+    messages = [LOCAL_ANY.fullmatch(r) for r in received]
+    assert all(m is not None and m["msg"].count(tag) == 1 and "tracerd:" not in m["msg"] for m in messages), received
 
 
 def test_receiver_that_never_reads_does_not_block(

@@ -5,8 +5,11 @@ SERVICE's command in master.cf, points ``debugger_command`` at the installed
 pftrace-hook, and reloads the instance if it runs; ``disable SERVICE`` takes
 the ``-D`` away and, once no service has one, puts the old debugger_command
 back; ``status`` lists the ``-D`` services and asks tracerd whether their
-processes are traced now.  SERVICE is what ``postconf -M`` names (``smtp/inet``;
-``smtp`` when one type has that name) or a program one service runs (``smtpd``).
+processes are traced now.  A process belongs to the service its own argv
+names, read as its getopt reads it (:func:`master_child`): ``-n SERVICE``, else
+the program's name, and ``-t TYPE``, options in any order, clustered or not.
+SERVICE is what ``postconf -M`` names (``smtp/inet``; ``smtp`` when one type
+has that name) or a program one service runs (``smtpd``).
 
 Every edit is made by postconf, which parses and locks main.cf and master.cf
 as Postfix does.  postconf re-lays-out any entry it writes (columns,
@@ -42,6 +45,7 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +72,76 @@ def command_words(command: str) -> list[str]:
     return re.findall(r"\{[^}]*\}|\S+", command)
 
 
-def debug_flag(words: list[str]) -> int | None:
-    """Index of the ``-D`` option among a command's words (never an ``-o`` value)."""
-    after_o = False
-    for index, word in enumerate(words[1:], 1):
-        if word == "-D" and not after_o:
-            return index
-        after_o = word == "-o" and not after_o
-    return None
+# How Postfix's daemons read the argv master gives them (master_ent.c builds
+# "PROGRAM [-l] [-z] [-n SERVICE] -t TYPE [-d] [-v] [-u] [-c] [-o stress=]
+# [-s N]" and appends master.cf's arguments): getopt("+cdDi:lm:n:o:r:s:St:uvVz")
+# in libpostfix-master.  Flags cluster (-vD), an argument is attached (-tunix)
+# or the next word, and the first word that is not an option ends them all
+# ("+"), so pipe's "argv=uux -r -n -z" holds no option of pipe's own.
+OPTIONS_WITH_ARGUMENT = frozenset("imnorst")
+
+
+@dataclass(frozen=True)
+class Option:
+    word: int  # index in the argv (or command words) of the word holding the letter
+    at: int  # the letter's offset in that word
+    letter: str
+    value: str | None  # the argument of -i -m -n -o -r -s -t
+
+
+def master_options(words: list[str]) -> list[Option]:
+    """The options a Postfix daemon's getopt finds in ``words`` (words[0] is the program)."""
+    options: list[Option] = []
+    index = 1
+    while index < len(words):
+        word = words[index]
+        if word == "--" or len(word) < 2 or word[0] != "-":
+            break
+        for at in range(1, len(word)):
+            letter = word[at]
+            if letter not in OPTIONS_WITH_ARGUMENT:
+                options.append(Option(index, at, letter, None))
+                continue
+            value = word[at + 1 :]
+            if not value:
+                if index + 1 == len(words):
+                    return options  # an argument missing: the daemon would not start
+                value = words[index + 1]
+            options.append(Option(index, at, letter, value))
+            index += 1 if word[at + 1 :] else 2
+            break
+        else:
+            index += 1
+    return options
+
+
+@dataclass(frozen=True)
+class Child:
+    """What a process master started says about itself, as its own getopt reads it."""
+
+    service: str  # -n SERVICE, else the program's basename (as Postfix's *_server_main)
+    type: str | None  # -t TYPE
+    debug: bool  # -D: it ran debugger_command when it started
+
+    @property
+    def key(self) -> str:
+        return f"{self.service}/{self.type}"
+
+
+def master_child(argv: list[str]) -> Child | None:
+    """The service a master child runs, from its argv (None for an empty one: a zombie)."""
+    if not argv:
+        return None
+    values: dict[str, str | None] = {}
+    for option in master_options(argv):
+        values[option.letter] = option.value  # the last one counts, as with getopt
+    service = values.get("n") or os.path.basename(argv[0])
+    return Child(service, values.get("t"), "D" in values)
+
+
+def has_debug(command: str) -> bool:
+    """Whether a master.cf command gives its daemon -D (never an -o value, nor pipe's argv=...)."""
+    return any(option.letter == "D" for option in master_options(command_words(command)))
 
 
 def with_debug(command: str) -> str:
@@ -84,8 +150,11 @@ def with_debug(command: str) -> str:
 
 
 def without_debug(command: str) -> str:
+    """The command without -D, alone (-D) or in a cluster (-vD becomes -v)."""
     words = command_words(command)
-    return " ".join(word for i, word in enumerate(words) if i != debug_flag(words))
+    drop = {(option.word, option.at) for option in master_options(words) if option.letter == "D"}
+    kept = ["".join(c for at, c in enumerate(word) if (index, at) not in drop) for index, word in enumerate(words)]
+    return " ".join(word for index, word in enumerate(kept) if word != "-" or words[index] == "-")
 
 
 def hook_command(hook: str, socket: str, tracer: str | None) -> str:
@@ -132,7 +201,7 @@ def enable(inst: Instance, args: argparse.Namespace) -> str:
         state.update(main_cf=patch or None, ours=wanted)
         inst.save_state(state)
     command = services[key]
-    if debug_flag(command_words(command)) is None:
+    if not has_debug(command):
         patch = inst.edit(inst.master_cf, "-F", f"{key}/command={with_debug(command)}")
         state["services"][key] = {"command": command, "master_cf": patch}
         inst.save_state(state)
@@ -144,7 +213,7 @@ def disable(inst: Instance, args: argparse.Namespace) -> str:
     key = inst.resolve(args.service, services)
     state = inst.load_state()
     command = services[key]
-    if debug_flag(command_words(command)) is not None:
+    if has_debug(command):
         saved = state["services"].pop(key, None) if state else None
         services[key] = without_debug(command)
         if not (saved and inst.restore(inst.master_cf, saved["master_cf"],
@@ -153,7 +222,7 @@ def disable(inst: Instance, args: argparse.Namespace) -> str:
             if saved:
                 inst.notes.append(f"{key} was edited since enable: -D removed, its old layout not restored")
         inst.save_state(state)
-    still = sorted(key for key, command in services.items() if debug_flag(command_words(command)) is not None)
+    still = sorted(key for key, command in services.items() if has_debug(command))
     current = inst.debugger_command()
     if still:
         inst.notes.append(f"debugger_command kept: still used by {', '.join(still)}")
@@ -198,18 +267,18 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
             raise ctl.Unreachable(str(reply.get("message") or reply.get("error")))
     except ctl.Unreachable as err:
         daemon.update(reachable=False, error=str(err))
-    children: list[tuple[int, list[str]]] = []
-    services: list[dict[str, Any]] = []
-    for child in master.children() if master else []:
+    children: dict[str, list[tuple[int, Child]]] = {}
+    for process in master.children() if master else []:
         with contextlib.suppress(psutil.Error):
-            children.append((child.pid, child.cmdline()))  # a zombie's is empty
+            child = master_child(process.cmdline())  # a zombie's argv is empty
+            if child is not None:
+                children.setdefault(child.key, []).append((process.pid, child))
+    services: list[dict[str, Any]] = []
     for key, command in sorted(inst.services().items()):
-        if debug_flag(command_words(command)) is not None:
-            name, _, kind = key.rpartition("/")
-            # master starts each child as "PROGRAM -n SERVICE -t TYPE [options]"
-            pids = [pid for pid, argv in children if argv[1:5] == ["-n", name, "-t", kind]]
-            processes = [{"pid": pid, "traced": pid in sessions, "state": sessions.get(pid, {}).get("state"),
-                          "tracer": sessions.get(pid, {}).get("tracer")} for pid in pids]  # fmt: skip
+        if has_debug(command):
+            processes = [{"pid": pid, "debug": child.debug, "traced": pid in sessions,
+                          "state": sessions.get(pid, {}).get("state"), "tracer": sessions.get(pid, {}).get("tracer")}
+                         for pid, child in sorted(children.get(key, []), key=lambda found: found[0])]  # fmt: skip
             services.append({"service": key, "command": command, "processes": processes})
     current = inst.debugger_command()
     return {"config_directory": str(inst.config_dir), "master_pid": master.pid if master else None,
@@ -229,7 +298,8 @@ def render_status(report: dict[str, Any]) -> str:
         if not service["processes"]:
             rows.append((service["service"], service["command"], "-", "no process now"))
         for proc in service["processes"]:
-            traced = f"{proc['state']} ({proc['tracer']})" if proc["traced"] else "not traced"
+            traced = (f"{proc['state']} ({proc['tracer']})" if proc["traced"] else
+                      "not traced" if proc["debug"] else "not traced (started without -D)")  # fmt: skip
             rows.append((service["service"], service["command"], str(proc["pid"]),
                          traced if daemon["reachable"] else "unknown"))  # fmt: skip
     return "\n".join(lines + (ctl.table(rows) if report["services"] else ["no service has -D"]))

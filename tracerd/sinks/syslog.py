@@ -4,8 +4,9 @@
 socket path (``/dev/log``: the traditional local format that rsyslog and
 journald parse), ``udp://HOST:PORT`` (RFC 5424) or ``tcp://HOST:PORT``
 (RFC 5424 with RFC 6587 octet counting).  :class:`SessionSyslog` is one
-session's view of it: every message tagged ``NAME[PID]: ``, tracer lines
-rate limited per second, summaries not.
+session's view of it: every message tagged ``NAME[PID]: `` once (tracerd's own
+lines lose their ``tracerd: ``, which the record's APP[PID] says already), tracer
+lines rate limited per second, summaries not.
 
 Security: the address is root's configuration and trusted.  Message text is
 not: a tracer line can hold anything the traced process wrote, so control
@@ -52,6 +53,7 @@ MAX_PENDING_BYTES = 256 << 10
 RETRY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 CONNECT_TIMEOUT = 10.0
+OWN_PREFIX = "tracerd: "  # tracerd's own lines in a per-process log start so
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _CONTROLS = {c: "?" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
 # The receiver is there but busy, or this record is too big: drop this one,
@@ -399,14 +401,23 @@ class SessionSyslog:
             self._unreported += 1
             return
         self._in_window += 1
-        self.sink.send(LOG_INFO, f"{self.tag}: {text}")
+        self.sink.send(LOG_INFO, self.tagged(text))
 
     def notice(self, severity: int, text: str) -> None:
         """A summary (crash at crit, failure at warning): never rate limited."""
-        self.sink.send(severity, f"{self.tag}: {text}")
+        self.sink.send(severity, self.tagged(text))
 
     def flush(self) -> None:
         """Say how many lines the rate limit ate since the last time it was said."""
         if self._unreported:
             count, self._unreported = self._unreported, 0
-            self.sink.send(LOG_INFO, f"{self.tag}: tracerd: {count} lines suppressed (rate limit)")
+            self.sink.send(LOG_INFO, f"{self.tag}: {count} lines suppressed (rate limit)")
+
+    def tagged(self, text: str) -> str:
+        """``NAME[PID]: TEXT``, NAME[PID] once: ``tracerd: NAME[PID] exited ...``
+        (as the per-process log says it) becomes ``NAME[PID]: exited ...``."""
+        if text.startswith(OWN_PREFIX):
+            text = text[len(OWN_PREFIX) :]
+            if text.startswith(f"{self.tag} ") or text.startswith(f"{self.tag}: "):
+                text = text[len(self.tag) :].removeprefix(":").removeprefix(" ")
+        return f"{self.tag}: {text}"
