@@ -104,7 +104,7 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     if report.get("disassembly"):
         lines += ["", "x/16i $pc:", clean_block(report["disassembly"])]
     lines += _libraries(report.get("libraries"))
-    lines += _missing_symbols(report.get("missing_symbols"))
+    lines += _missing_symbols(report.get("missing_symbols"), report.get("debug_symbols"))
     return "\n".join(lines).rstrip()
 
 
@@ -197,16 +197,31 @@ def _libraries(libraries: object) -> list[str]:
     return lines
 
 
-def _missing_symbols(missing: object) -> list[str]:
+def _missing_symbols(missing: object, debug: object = None) -> list[str]:
+    """Each object lacking file:line (its build-id, package, version and what to
+    do), then how to get symbols on this system (``debug_symbols``)."""
     items = [item for item in missing if isinstance(item, dict)] if isinstance(missing, list) else []
     if not items:
         return []
     lines = ["", "frames without symbols (with debug symbols installed, the next report names them):"]
     for item in items:
-        details = [f"build-id {clean(item.get('build_id') or '?')}"]
-        details += [f"{clean(key).replace('_', ' ')}: {clean(value)}" for key, value in item.items()
-                    if key not in ("object", "build_id") and value not in (None, "", [])]  # fmt: skip
-        lines.append(f"  {clean(item.get('object') or '?')}: {'; '.join(details)}")
+        lines.append(f"  {clean(item.get('object') or '?')}: build-id {clean(item.get('build_id') or '?')}")
+        facts = [f"{clean(key).replace('_', ' ')}: {clean(value)}" for key, value in item.items()
+                 if key not in ("object", "build_id", "note") and value not in (None, "", [])]  # fmt: skip
+        if facts:
+            lines.append("    " + "; ".join(facts))
+        if item.get("note"):
+            lines.append(f"    {clean(item['note'])}")
+    if isinstance(debug, dict):
+        for source in ("debian_debug", "debuginfod"):
+            way = debug.get(source)
+            if isinstance(way, dict):
+                state = f"configured ({clean(way.get('source'))})" if way.get("configured") else "not configured"
+                what = way.get("line") or way.get("url")
+                lines.append(f"  {source.replace('_', '-')}: {state}" + (f"; {clean(what)}" if what else ""))
+        advice = debug.get("advice")
+        for text in advice if isinstance(advice, list) else []:
+            lines.append(f"  {clean(text)}")
     return lines
 
 
