@@ -23,7 +23,9 @@ Security: every register set and byte of memory comes from the target; the
 file is created with O_EXCL|O_NOFOLLOW, mode 0600, in a directory tracerd
 owns, and is only ever read by gdb.
 
-Diagnostics: a mapping that cannot be read is written as a hole (gdb says
+Diagnostics: a core that cannot be written to disk (full, read-only) can be
+written to a memfd instead (``write_core_in_memory``).  A mapping that
+cannot be read is written as a hole (gdb says
 "Cannot access memory" for it); ptrace failures raise ``OSError``.  A core
 larger than ``limit`` bytes loses its largest anonymous mappings first
 (never a thread's stack), and says which in ``CoreFile.skipped``.
@@ -207,12 +209,42 @@ def _nt_file(mappings: list[Mapping]) -> bytes:
 
 
 def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, limit: int) -> CoreFile:
-    """Write the core of ``pid`` (all ``threads`` stopped by us) to ``path``."""
+    """Write the core of ``pid`` (all ``threads`` stopped by us) to ``path``,
+    under a temporary name first: the core appears whole or not at all."""
+    partial = path + ".part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        core = write_core_to(fd, pid, threads, siginfo, limit)
+    except BaseException:
+        os.close(fd)
+        os.unlink(partial)
+        raise
+    os.close(fd)
+    os.rename(partial, path)
+    core.path = path
+    return core
+
+
+def write_core_in_memory(pid: int, threads: list[ThreadState], siginfo: bytes, limit: int) -> tuple[int, CoreFile]:
+    """The same core in a memfd (when the disk is full): gdb reads it as
+    ``/proc/OURPID/fd/FD``; the caller closes the fd once gdb is done."""
+    fd = os.memfd_create("tracerd-core", os.MFD_CLOEXEC)
+    try:
+        core = write_core_to(fd, pid, threads, siginfo, limit)
+    except BaseException:
+        os.close(fd)
+        raise
+    core.path = f"/proc/{os.getpid()}/fd/{fd}"
+    return fd, core
+
+
+def write_core_to(fd: int, pid: int, threads: list[ThreadState], siginfo: bytes, limit: int) -> CoreFile:
+    """Write the core of ``pid`` into the open, empty file ``fd``."""
     comm, rest = _stat_fields(pid)
     ppid, pgrp, sid = int(rest[1]), int(rest[2]), int(rest[3])
     with open(f"/proc/{pid}/auxv", "rb") as auxv_file:
         auxv = auxv_file.read()
-    core = CoreFile(path)
+    core = CoreFile("")
     mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     try:
         mappings = _mappings(pid)
@@ -231,7 +263,7 @@ def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, 
         note_bytes = b"".join(notes)
         phnum = 1 + len(mappings)
         data_start = 64 + 56 * phnum + len(note_bytes)
-        offset = data_start + (-data_start % PAGE)
+        first = offset = data_start + (-data_start % PAGE)
         headers = [struct.pack("<2I6Q", 4, 0, 64 + 56 * phnum, 0, 0, len(note_bytes), 0, 4)]  # PT_NOTE
         for mapping in mappings:
             flags = (4 if "r" in mapping.perms else 0) | (2 if "w" in mapping.perms else 0)
@@ -242,24 +274,13 @@ def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, 
             offset += mapping.dump
         elf = ELF_MAGIC + bytes([2, 1, 1, 0]) + bytes(8)
         elf += struct.pack("<2HI3QI6H", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
-        # written under a temporary name: the core appears whole or not at all
-        partial = path + ".part"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, elf + b"".join(headers) + note_bytes)
-            offset = data_start + (-data_start % PAGE)
-            zero = bytes(CHUNK)
-            for mapping in mappings:
-                _copy(mem, fd, mapping, offset, zero)
-                offset += mapping.dump
-            os.ftruncate(fd, offset)
-            core.size = offset
-        except BaseException:
-            os.close(fd)
-            os.unlink(partial)
-            raise
-        os.close(fd)
-        os.rename(partial, path)
+        os.pwrite(fd, elf + b"".join(headers) + note_bytes, 0)
+        offset, zero = first, bytes(CHUNK)
+        for mapping in mappings:
+            _copy(mem, fd, mapping, offset, zero)
+            offset += mapping.dump
+        os.ftruncate(fd, offset)
+        core.size = offset
     finally:
         os.close(mem)
     return core

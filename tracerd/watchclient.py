@@ -224,7 +224,7 @@ _supervisors: dict[int, WatchSupervisor] = {}
 def discard_core(event: dict[str, Any]) -> None:
     """Remove the core the watcher wrote for a crash, once it has been read."""
     core = event.get("core")
-    if isinstance(core, str) and core:
+    if isinstance(core, str) and core and not core.startswith("/proc/"):  # a memfd goes with the watcher
         with contextlib.suppress(OSError):
             os.unlink(core)
 

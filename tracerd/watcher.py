@@ -52,7 +52,6 @@ answered with an event carrying ``error``.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import json
@@ -109,6 +108,7 @@ class Watched:
     crash_signal: int = 0
     stopped: set[int] = field(default_factory=set)  # threads held in a ptrace-stop
     held_since: float = 0.0
+    core_fd: int = -1  # a core kept in memory, closed when the crash is let go
 
 
 class Watcher:
@@ -396,23 +396,32 @@ class Watcher:
         watched.mode = "held"
         assert watched.fatal is not None
         fatal = dict(watched.fatal)
-        if self.capture_dir and coredump.supported():
-            path = os.path.join(self.capture_dir, f"{watched.pid}.{time.time_ns()}.core")
+        if coredump.supported():
             try:
                 order = [watched.crash_tid, *sorted(watched.stopped - {watched.crash_tid})]
                 states = [coredump.ThreadState.read(t, watched.crash_signal if t == watched.crash_tid else 0)
                           for t in order if t in watched.threads]  # fmt: skip
                 siginfo = bytes.fromhex(fatal.get("siginfo") or "") or coredump.read_siginfo(watched.crash_tid)
-                core = coredump.write_core(watched.pid, states, siginfo, path, self.core_limit)
+                core = self._write_core(watched, states, siginfo)
                 fatal.update(core=core.path, core_bytes=core.size, core_skipped=core.skipped)
             except OSError as err:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
                 fatal["core_error"] = f"core of {watched.pid}: {err}"
         else:
-            fatal["core_error"] = "no capture directory" if coredump.supported() else "cores need x86-64"
+            fatal["core_error"] = "cores need x86-64"
         fatal.pop("siginfo", None)
         self.emit("fatal", **fatal)
+
+    def _write_core(self, watched: Watched, states: list[coredump.ThreadState], siginfo: bytes) -> coredump.CoreFile:
+        """On disk in the capture directory; in memory when the disk will not take it."""
+        if self.capture_dir:
+            path = os.path.join(self.capture_dir, f"{watched.pid}.{time.time_ns()}.core")
+            try:
+                return coredump.write_core(watched.pid, states, siginfo, path, self.core_limit)
+            except OSError as err:
+                self.complain(f"core of {watched.pid} not written to {self.capture_dir} ({err}): keeping it in memory")
+        fd, core = coredump.write_core_in_memory(watched.pid, states, siginfo, self.core_limit)
+        watched.core_fd = fd
+        return core
 
     def _resume(self, tid: int, sig: int) -> None:
         try:
@@ -440,6 +449,9 @@ class Watcher:
         self._drop(watched)
 
     def _drop(self, watched: Watched) -> None:
+        if watched.core_fd >= 0:
+            os.close(watched.core_fd)
+            watched.core_fd = -1
         for tid in list(watched.threads):
             self.owner.pop(tid, None)
         self.processes.pop(watched.pid, None)
