@@ -125,6 +125,8 @@ class CrashReport:
     tracer: str
     missing_symbols: list[dict[str, str | None]] = field(default_factory=list)
     id: str | None = None  # given by CrashStore.record()
+    notice: str | None = None  # what this tracer cannot capture (strace, ltrace: no backtrace)
+    trace: list[str] = field(default_factory=list)  # the tracer's last lines (strace, ltrace)
 
     def crashed_thread(self) -> Thread:
         """The thread that took the signal, else the first; raises ValueError if there is none."""
@@ -166,6 +168,8 @@ class CrashReport:
             f"fault address: {_clean(sig.get('fault_address') or 'none')}",
             f"signature: {self.signature}  tracer: {self.tracer}",
         ]
+        if self.notice:
+            lines.append(f"notice: {_clean(self.notice)}")
         crashed = self.crashed_thread() if self.threads else None
         for thread in sorted(self.threads, key=lambda t: t is not crashed):
             mark = "  <- crashed" if thread is crashed else ""
