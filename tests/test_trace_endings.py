@@ -69,6 +69,11 @@ def test_sessions_end_as_the_process_did_under_every_output_option(
     assert report["process"]["pid"] == crasher.pid
     assert report["signal"]["name"] == "SIGSEGV"
     assert any("+++ killed by SIGSEGV +++" in line for line in report["trace"])
+    if "-i" in args:  # the address the signal hit: the faulting instruction
+        assert int(report["signal"]["instruction_pointer"], 16) > 0
+        assert report["registers"] == {"pc": report["signal"]["instruction_pointer"]}
+    if tracer == "strace":
+        assert report["signal"]["si_code_name"] == "SEGV_MAPERR"
     log = Path(crashed["log"]).read_text()
     assert f"notice: {tracer} gives no backtrace" in log
     assert Path(exited["log"]).read_text().rstrip().endswith(f"tgtexit[{exiter.pid}] exited with status 3")

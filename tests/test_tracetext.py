@@ -189,7 +189,7 @@ def test_observer_ends_only_on_the_process_own_line() -> None:
     observer = TraceObserver(PID, "strace")
     assert not observer.feed([f"[pid {PID + 1}] 04:00:00.000001 +++ exited with 5 +++"])
     assert observer.ending is None
-    assert observer.others_ended == {PID + 1: "exited with 5"}
+    assert list(observer.others_ended) == [(PID + 1, "exited with 5")]
     assert observer.feed([f"[pid {PID}] 04:00:00.000002 +++ exited with 4 +++", "+++ exited with 9 +++"])
     assert observer.ending is not None
     assert (observer.ending.state, observer.ending.exit_code) == ("exited", 4)

@@ -54,6 +54,7 @@ from tracerd.tracers.tracetext import (
 TAIL_LINES = 50
 MAX_LINE_CHARS = 2000
 MAX_FRAMES = 256
+OTHERS_KEPT = 32
 
 
 class TraceObserver:
@@ -66,7 +67,8 @@ class TraceObserver:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.signals: dict[str, tuple[SignalLine, float]] = {}  # by signal name, the last one
         self.frames: dict[str, list[StackFrame]] = {}  # strace -k: by signal name
-        self.others_ended: dict[int, str] = {}  # pid -> how, for threads and children under -f
+        # (pid, how) of the last threads and children that ended under -f
+        self.others_ended: collections.deque[tuple[int, str]] = collections.deque(maxlen=OTHERS_KEPT)
         self._frames_of: str | None = None
 
     def feed(self, lines: list[str]) -> bool:
@@ -95,7 +97,7 @@ class TraceObserver:
                     continue
                 how = f"killed by {end.signal}" if end.signal else f"exited with {end.code}"
                 if end.pid is not None and end.pid != self.pid:
-                    self.others_ended[end.pid] = how
+                    self.others_ended.append((end.pid, how))
                     continue
                 if end.signal:
                     state = "crashed" if end.signal in FATAL_SIGNALS else "exited"
