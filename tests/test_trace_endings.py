@@ -165,13 +165,16 @@ def test_strace_k_gives_frames_and_a_signature_of_them(daemon_factory: Any, cbin
     assert report["notice"].startswith("strace -k gave the frames")
 
 
-@pytest.mark.parametrize(("tracer", "args"), [("strace", README_ARGS), ("ltrace", ("-f", "-tt"))])
-@pytest.mark.parametrize("mode", ["exit", "segv"])
+CHILD_CASES = [(t, a, m) for t, a in [("strace", README_ARGS), ("ltrace", ("-f", "-tt"))] for m in ("exit", "segv")]
+
+
+@pytest.mark.parametrize("case", CHILD_CASES, ids=[f"{t}-{m}" for t, _, m in CHILD_CASES])
 def test_a_child_ending_under_f_does_not_end_the_session(
-    tracer: str, args: tuple[str, ...], mode: str, daemon_factory: Any, cbin: Any, spawn: Any
+    case: tuple[str, tuple[str, ...], str], daemon_factory: Any, cbin: Any, spawn: Any
 ) -> None:
     """Under -f a forked child's exit (or fatal SIGSEGV) is the child's: the session stays attached
     and ends exited 4 when the process itself exits 4, with no crash of its own."""
+    tracer, args, mode = case
     need(tracer)
     daemon = daemon_factory(rule(tracer, args))
     target = spawn(cbin("children"), daemon.hook_command(), "tgtparent", mode)

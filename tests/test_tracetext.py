@@ -68,8 +68,8 @@ def test_lines_that_are_not_endings(line: str, dialect: str) -> None:
 pid_field = st.integers(1, 4194304).map(lambda n: f"[pid {n:>5}]")
 clock = st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
 time_field = st.one_of(
-    clock.map(lambda t: "%02d:%02d:%02d" % t),
-    st.tuples(clock, st.integers(0, 999999)).map(lambda t: "%02d:%02d:%02d.%06d" % (*t[0], t[1])),
+    clock.map(lambda t: f"{t[0]:02d}:{t[1]:02d}:{t[2]:02d}"),
+    st.tuples(clock, st.integers(0, 999999)).map(lambda t: f"{t[0][0]:02d}:{t[0][1]:02d}:{t[0][2]:02d}.{t[1]:06d}"),
     st.tuples(st.integers(0, 2**33), st.integers(0, 999999999)).map(lambda t: f"{t[0]}.{t[1]:06d}"),
     st.integers(0, 10**6).map(lambda n: f"{n / 1000:>13.6f}"),
 )
@@ -145,7 +145,8 @@ def test_strace_signal_line_gives_siginfo() -> None:
         ("--- SIGSEGV {si_signo=SIGSEGV, si_code=SI_USER, si_pid=812, si_uid=0} ---", 0, "SI_USER", {"si_pid": 812}),
         ("--- SIGBUS {si_signo=SIGBUS, si_code=BUS_ADRERR, si_addr=0x7F00AB} ---", 2, "BUS_ADRERR",
          {"fault_address": "0x7f00ab"}),
-        ("--- SIGSYS {si_signo=SIGSYS, si_code=SYS_SECCOMP, si_call_addr=0x7f1, si_syscall=__NR_kill, si_arch=AUDIT_ARCH_X86_64} ---",
+        ("--- SIGSYS {si_signo=SIGSYS, si_code=SYS_SECCOMP, si_call_addr=0x7f1, si_syscall=__NR_kill,"
+         " si_arch=AUDIT_ARCH_X86_64} ---",
          1, "SYS_SECCOMP", {"si_call_addr": "0x7f1", "si_syscall": "__NR_kill"}),
         ("--- SIGRT_3 {si_signo=SIGRT_3, si_code=SI_QUEUE, si_pid=1, si_uid=0, si_value={int=1, ptr=0x1}} ---", -1,
          "SI_QUEUE", {"si_pid": 1}),
