@@ -232,3 +232,20 @@ def test_children_left_running_are_let_go_untraced(daemon_factory: Any, cbin: An
 def _tracer_of(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(text.split("TracerPid:")[1].split()[0])
+
+
+@pytest.mark.parametrize("tracer", ["strace", "ltrace"])
+def test_a_handled_sigsegv_is_no_crash(tracer: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """A SIGSEGV the program's own handler takes (it then exits 7): the tracer shows its delivery,
+    but the session ends exited 7 and no crash is recorded."""
+    need(tracer)
+    daemon = daemon_factory(rule(tracer, ("-f", "-tt")))
+    target = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "tgthandler", "handler")
+    assert target.readline() == "hook=0\n"
+    target.release()
+    assert target.readline() == "handled\n"
+    assert target.wait() == 7
+    session = daemon.wait_session(target.pid, "exited")
+    assert (session["exit_code"], session["signal"], session["crash"]) == (7, None, None)
+    assert "--- SIGSEGV" in Path(session["log"]).read_text()
+    assert json.loads(daemon.ctl("--json", "crashes", check=True).stdout)["crashes"] == []
