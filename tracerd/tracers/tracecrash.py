@@ -48,7 +48,6 @@ from tracerd.tracers.tracetext import (
     parse_frame,
     parse_signal,
     siginfo,
-    signal_number,
 )
 
 TAIL_LINES = 50
@@ -119,20 +118,21 @@ class TraceObserver:
         frames = self.frames.get(name, [])
         if seen is not None:
             signal_line, when = seen
-            signal: dict[str, Any] = siginfo(signal_line)
+            signal: dict[str, Any] = siginfo(signal_line, own_pid=self.pid)
             tid = signal_line.pid if signal_line.pid is not None else self.pid
         else:
-            signal = {"number": signal_number(name), "name": name, "si_code": None, "si_code_name": None,
-                      "fault_address": None}  # fmt: skip
+            signal = siginfo(SignalLine(None, name, {}, None, ""))  # every key, each None
+            signal["tracer_line"] = None
             when, tid = time.time(), self.pid
         signal["tid"] = tid
-        thread = Thread(id=1, tid=tid, name=None, crashed=True, frames=[_frame(i, f) for i, f in enumerate(frames)])
+        # no frames, no thread: the report says there is no backtrace rather than show an empty one
+        threads = [Thread(id=1, tid=tid, name=None, crashed=True, frames=[_frame(i, f) for i, f in enumerate(frames)])]
         tail = [line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "...(cut)" for line in self.tail]
         report = CrashReport(
             process=process,
             signal=signal,
             time=dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            threads=[thread],
+            threads=threads if frames else [],
             registers={"pc": signal["instruction_pointer"]} if signal.get("instruction_pointer") else {},
             disassembly="",
             libraries=[],

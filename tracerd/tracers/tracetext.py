@@ -73,6 +73,7 @@ SI_BY_SIGNAL = {
     "SIGTRAP": ("TRAP_BRKPT", "TRAP_TRACE", "TRAP_BRANCH", "TRAP_HWBKPT", "TRAP_UNK", "TRAP_PERF"),
     "SIGSYS": ("SYS_SECCOMP", "SYS_USER_DISPATCH"),
 }  # fmt: skip
+FAULT_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP"})
 SI_CODES = {**SI_GENERIC}
 for _names in SI_BY_SIGNAL.values():
     SI_CODES.update({name: number for number, name in enumerate(_names, 1) if name})
@@ -192,45 +193,62 @@ def _number(text: str) -> int | None:
     try:
         value = int(text, 0)
     except ValueError:
-        return None
+        return None  # also "" (absent) and names (__NR_kill)
     if text.lower().startswith("0x") and 1 << 31 <= value < 1 << 32:
         value -= 1 << 32  # an int printed as unsigned hex (-X raw)
     return value
 
 
-def siginfo(line: SignalLine) -> dict[str, object]:
+def siginfo(line: SignalLine, own_pid: int | None = None) -> dict[str, object]:
     """The report's ``signal`` dict from a signal line, as far as the tracer printed it.
 
-    number, name; si_code (the number) and si_code_name; fault_address
-    (si_addr: ``NULL`` is ``0x0``); si_pid and si_uid; for SIGSYS si_syscall
-    and si_call_addr; the ip of ``-i``; and the tracer's line itself.
+    The keys of the watch and gdb tracers' reports (README "Files"): number,
+    name, si_code (a number) and si_code_name (si_code_meaning is left
+    None), user_sent (si_code <= 0), sender_pid and sender_uid (si_pid and
+    si_uid, for the codes whose siginfo names a sender), self_sent (the
+    sender is ``own_pid``: raise(), abort()), fault_address (si_addr, ``NULL``
+    being ``0x0``, only for a fault the kernel raised), syscall (SIGSYS);
+    then the ip of ``-i`` as instruction_pointer, and the tracer's line itself.
+    A field the line does not hold, or that does not belong to its code, is None.
     """
-    info: dict[str, object] = {"number": signal_number(line.name), "name": line.name}
-    raw_fields = {key: _COMMENT.sub("", value).strip() for key, value in line.fields.items()}
-    comments = {key: _comment(value) for key, value in line.fields.items()}
-    code_text = raw_fields.get("si_code")
-    info["si_code"] = None
-    info["si_code_name"] = None
+    info: dict[str, object] = {
+        "number": signal_number(line.name), "name": line.name, "si_code": None, "si_code_name": None,
+        "si_code_meaning": None, "user_sent": None, "sender_pid": None, "sender_uid": None, "self_sent": None,
+        "fault_address": None, "syscall": None,
+    }  # fmt: skip
+    raw = {key: _COMMENT.sub("", value).strip() for key, value in line.fields.items()}
+    code_text = raw.get("si_code")
     if code_text is not None:
-        number = _number(code_text)
-        name = comments.get("si_code") or (code_text if number is None else None)
-        if number is None and name is not None:
-            number = SI_CODES.get(name)
-        if name is None and number is not None:
-            name = si_code_name(line.name, number)
-        info["si_code"], info["si_code_name"] = number, name
-    address = raw_fields.get("si_addr")
-    info["fault_address"] = None if address is None else ("0x0" if address == "NULL" else _hex(address) or address)
-    for key in ("si_pid", "si_uid", "si_syscall", "si_status"):
-        if key in raw_fields:
-            value = _number(raw_fields[key])
-            info[key] = value if value is not None else raw_fields[key]
-    if "si_call_addr" in raw_fields:
-        info["si_call_addr"] = _hex(raw_fields["si_call_addr"]) or raw_fields["si_call_addr"]
+        code = _number(code_text)
+        name = _comment(line.fields["si_code"]) or (code_text if code is None else None)
+        if code is None and name is not None:
+            code = SI_CODES.get(name)
+        if name is None and code is not None:
+            name = si_code_name(line.name, code)
+        info["si_code"], info["si_code_name"] = code, name
+        if code is not None:
+            _by_code(info, line.name, code, raw, own_pid)
     if line.ip is not None:
         info["instruction_pointer"] = line.ip
     info["tracer_line"] = line.text
     return info
+
+
+def _by_code(info: dict[str, object], signal_name: str, code: int, raw: dict[str, str], own_pid: int | None) -> None:
+    """The fields that belong to ``code``'s siginfo layout, as the kernel's siginfo_layout() says."""
+    info["user_sent"] = code <= SI_GENERIC["SI_USER"]
+    if code == SI_GENERIC["SI_USER"] or (code < 0 and code not in (SI_GENERIC["SI_TIMER"], SI_GENERIC["SI_SIGIO"])):
+        pid, uid = _number(raw.get("si_pid", "")), _number(raw.get("si_uid", ""))
+        info["sender_pid"], info["sender_uid"] = pid, uid
+        if pid is not None and own_pid is not None:
+            info["self_sent"] = pid == own_pid
+    specific = SI_BY_SIGNAL.get(signal_name, ())
+    if signal_name in FAULT_SIGNALS and 1 <= code <= len(specific) and "si_addr" in raw:
+        address = raw["si_addr"]
+        info["fault_address"] = "0x0" if address == "NULL" else _hex(address) or address
+    if signal_name == "SIGSYS" and 1 <= code <= len(specific) and "si_syscall" in raw:
+        number = _number(raw["si_syscall"])
+        info["syscall"] = number if number is not None else raw["si_syscall"]
 
 
 def _comment(value: str) -> str | None:
