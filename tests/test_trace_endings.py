@@ -127,8 +127,7 @@ def test_strace_thread_crash_under_f_and_without(daemon_factory: Any, cbin: Any,
     """A thread's SIGSEGV: with -f the report names the thread's tid and its siginfo; without -f
     strace never saw the delivery, and the report says so rather than guess."""
     need("strace")
-    # two daemons: reports without frames share one signature, so a second one within the
-    # flood window would only be counted as a repeat of the first
+    # two daemons, two crash stores: neither report can be taken for a repeat of the other
     daemon = daemon_factory(rule("strace", ("-f", "-tt")))
     other = daemon_factory(rule("strace", ("-tt",)))
     with_f = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "tgtf", "thread")
