@@ -260,3 +260,19 @@ def test_split_prefix_keeps_the_body() -> None:
     assert split_prefix("[pid 7] 04:42:07.396811 read(0, \"x\", 1)         = 1") == (
         7, None, "read(0, \"x\", 1)         = 1",
     )  # fmt: skip
+
+
+@given(st.text(max_size=300), st.sampled_from(["", "+++ ", "--- SIG", " > ", "[pid 1] ", "--- SIGSEGV {"]))
+def test_any_text_parses_without_raising(text: str, lead: str) -> None:
+    """Whatever a tracer (or a hostile target's escaped text) prints, the parser answers, never raises."""
+    line = lead + text
+    parse_end(line, "strace")
+    parse_end(line, "ltrace")
+    parse_frame(line)
+    signal_line = parse_signal(line)
+    if signal_line is not None:
+        assert siginfo(signal_line, own_pid=1)["name"] == signal_line.name
+    observer = TraceObserver(PID, "strace")
+    observer.feed([line, "+++ killed by SIGSEGV +++"])
+    if observer.crashed():  # unless the line itself was an ending
+        assert observer.report({"name": "x", "pid": PID}, "strace", None).signal["name"] == "SIGSEGV"
