@@ -344,3 +344,19 @@ def test_the_read_only_store_never_writes(tmp_path: Path) -> None:
     directory.chmod(0o770)
     with pytest.raises(ConfigError, match="writable by group or others"):
         CrashStore(directory, read_only=True)
+
+
+def test_a_strace_report_shows_its_notice_and_trace() -> None:
+    """A strace crash report (no frames) renders its plain no-backtrace notice
+    and the last lines the tracer saw."""
+    report = {
+        "id": "20261124T161814Z-1a2b3c4d-1234", "signature": "1a2b3c4d5e6f7a8b", "time": "2026-11-24T16:18:14Z",
+        "process": {"name": "smtpd", "pid": 1234, "exe": "/usr/lib/postfix/sbin/smtpd", "cmdline": [], "uid": 0},
+        "signal": {"number": 11, "name": "SIGSEGV", "si_code": 1, "fault_address": "0x0"},
+        "threads": [], "registers": {}, "disassembly": "", "libraries": [], "log": None, "tracer": "strace",
+        "notice": "strace gives no backtrace", "trace": ["read(0, ...) = 1", "--- SIGSEGV {si_signo=SIGSEGV} ---"],
+    }  # fmt: skip
+    lines = render_crash(report).splitlines()
+    assert "notice   strace gives no backtrace" in lines
+    assert "last 2 lines of the trace:" in lines
+    assert lines[-1] == "  --- SIGSEGV {si_signo=SIGSEGV} ---"

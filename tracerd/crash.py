@@ -144,6 +144,8 @@ class CrashReport:
     missing_symbols: list[dict[str, Any]] = field(default_factory=list)  # tracerd.debugsyms.missing_symbols()
     debug_symbols: dict[str, Any] | None = None  # tracerd.debugsyms.advice()
     id: str | None = None  # given by CrashStore.record()
+    notice: str | None = None  # what this tracer cannot capture (strace, ltrace: no backtrace)
+    trace: list[str] = field(default_factory=list)  # the tracer's last lines (strace, ltrace)
 
     def crashed_thread(self) -> Thread:
         """The thread that took the signal, else the first; raises ValueError if there is none."""
@@ -211,6 +213,8 @@ class CrashReport:
         if self.sent_by_another:
             lines.insert(2, f"sent by pid {sig.get('sender_pid')} uid {sig.get('sender_uid')}: not a fault, the frames"
                             " show where the process was; signature of program and signal, not of the frames")
+        if self.notice:
+            lines.append(f"notice: {_clean(self.notice)}")
         crashed = self.crashed_thread() if self.threads else None
         for thread in sorted(self.threads, key=lambda t: t is not crashed):
             mark = "  <- crashed" if thread is crashed else ""

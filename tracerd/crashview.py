@@ -93,7 +93,12 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     state = process.get("capture")  # "complete", or "interrupted": a previous tracerd died while it ran
     if errors or state not in (None, "complete"):
         lines.append(f"capture  {clean(state or 'incomplete')}" + (f": {'; '.join(errors)}" if errors else ""))
+    if report.get("notice"):
+        lines.append(f"notice   {clean(report['notice'])}")
     lines += _threads(report, full)
+    trace = report.get("trace")
+    if isinstance(trace, list) and trace:
+        lines += ["", f"last {len(trace)} lines of the trace:"] + ["  " + clean(line) for line in trace]
     registers = _dict(report.get("registers"))
     if registers:
         pairs = [f"{clean(name)} {clean(value)}" for name, value in registers.items()]

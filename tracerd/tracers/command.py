@@ -5,6 +5,12 @@ attachment is confirmed by the kernel: /proc/PID/status names the tracer's
 pid as TracerPid.  The end of the traced process is seen through a pidfd; how
 it ended (exit status or signal) is read from the tracer's own closing line
 (``+++ exited with 3 +++``), since only the real parent can wait for it.
+strace and ltrace lines are read by :mod:`tracerd.tracers.tracecrash`
+whatever the rule's output options (``-f``, ``-t``/``-tt``/``-ttt``, ``-r``,
+``-i``, ``-T``); a process killed by a fatal signal gets a crash report of
+what the tracer saw (README "Tracers").  Once the process is gone and its
+ending read, a tracer still tracing its children (``-f``) is told to detach:
+they run on untraced, and the session ends without waiting for them.
 
 Security: arguments come from root's config file only; the pid is an identity
 checked by the caller and re-checked through the pidfd.
@@ -29,6 +35,10 @@ from tracerd import procinfo
 from tracerd.errors import Busy, TargetGone, TracerFailed
 from tracerd.spawn import Child
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
+from tracerd.tracers.tracecrash import TraceObserver, process_info
+
+LAST_WORDS = 5.0  # seconds the tracer has to print the process's ending once it is gone
+EXIT_AFTER_ENDING = 1.0  # seconds the tracer has to exit by itself after that line
 
 
 class CommandTracer(Tracer):
@@ -37,6 +47,8 @@ class CommandTracer(Tracer):
     program: ClassVar[str]
     # group "pid" (optional), then "code" or "signal"
     ending_re: ClassVar[re.Pattern[str] | None] = None
+    # strace or ltrace: their lines are read by a TraceObserver instead of ending_re
+    dialect: ClassVar[str | None] = None
     detach_signal: ClassVar[int] = signal.SIGTERM
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -47,6 +59,9 @@ class CommandTracer(Tracer):
         self._ending: Ending | None = None
         self._recent: deque[str] = deque(maxlen=4)
         self._detaching = False
+        self._observer = TraceObserver(self.target.pid, self.dialect) if self.dialect else None
+        self._ending_seen = asyncio.Event()
+        self._process: dict[str, Any] = {}
 
     def argv(self) -> list[str]:
         return [self.program, *self.target.args, "-p", str(self.target.pid)]
@@ -67,12 +82,17 @@ class CommandTracer(Tracer):
         return Ending("exited", exit_code=int(match.group("code")))
 
     def _on_lines(self, lines: list[str]) -> None:
-        if self._ending is None:
+        if self._observer is not None:
+            if self._observer.feed(lines):
+                self._ending = self._observer.ending
+                self._ending_seen.set()
+        elif self._ending is None:
             for line in lines:
                 # the closing line starts with "+++" (or "[pid N] +++" under -f)
                 if "+++" in line[:24]:
                     self._ending = self.parse_ending(line)
                     if self._ending is not None:
+                        self._ending_seen.set()
                         break
         self._recent.extend(lines[-4:])
         self.output.lines(lines)
@@ -120,6 +140,7 @@ class CommandTracer(Tracer):
             await child.stop()
             self._release()
             raise TargetGone(f"process {pid} ended while {self.program} attached")
+        self._process = process_info(self.target.identity, self.target.name)
 
     def _process_gone(self) -> None:
         if self._pidfd >= 0:
@@ -139,21 +160,47 @@ class CommandTracer(Tracer):
                 await tracer_done
                 return Ending("detached")
             if self._gone.done():
-                # The process is gone; the tracer has its last words to say.
-                try:
-                    await asyncio.wait_for(asyncio.shield(tracer_done), timeout=5.0)
-                except TimeoutError:
-                    await child.stop(signal.SIGKILL)
-                return self._ending or Ending("exited", reason="exit status unknown")
+                await self._last_words(tracer_done)
+                return await self._finish()
             code = tracer_done.result()
             if self._gone.done() or not self.target.identity.alive():
-                return self._ending or Ending("exited", reason="exit status unknown")
+                return await self._finish()
             last = self._recent[-1] if self._recent else ""
             return Ending("failed", reason=f"{self.program} ended with status {code} {last}".strip())
         finally:
             if not tracer_done.done():
                 tracer_done.cancel()
             self._release()
+
+    async def _last_words(self, tracer_done: asyncio.Future[int]) -> None:
+        """The process is gone: let the tracer print its ending, then make sure it ends.
+
+        Under -f it may trace children still: told to detach, they run on untraced.
+        """
+        assert self.child is not None
+        seen = asyncio.ensure_future(self._ending_seen.wait())
+        either: set[asyncio.Future[Any]] = {tracer_done, seen}
+        try:
+            await asyncio.wait(either, timeout=LAST_WORDS, return_when=asyncio.FIRST_COMPLETED)
+            if seen.done() and not tracer_done.done():
+                await asyncio.wait({tracer_done}, timeout=EXIT_AFTER_ENDING)
+        finally:
+            seen.cancel()
+        if not tracer_done.done():
+            await self.child.stop(self.detach_signal)
+
+    async def _finish(self) -> Ending:
+        """How the process ended; a fatal signal seen by strace or ltrace gets its crash report."""
+        ending = self._ending or Ending("exited", reason="exit status unknown")
+        if self._observer is None or not self._observer.crashed():
+            return ending
+        crash_id = None
+        try:
+            report = self._observer.report(self._process, self.name, self.output.log_path)
+            crash_id = await self.output.crash(report)
+        except Exception as err:  # the session must still end, and say how
+            self.output.warn(f"crash report failed: {err}")
+        return Ending("crashed", signal=ending.signal, crash=crash_id)
 
     async def detach(self) -> None:
         if self.child is None or self.child.returncode is not None:

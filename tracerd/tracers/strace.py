@@ -2,13 +2,16 @@
 
 strace writes its trace on stderr, merged into the pipe tracerd drains.  Its
 closing line ``+++ exited with N +++`` or ``+++ killed by SIGSEGV +++`` gives
-the exit status; with ``-f`` lines of other threads carry ``[pid N]`` and are
-not mistaken for the process's end.  SIGTERM makes strace detach cleanly.
+the exit status, read whatever the output options put before it (``-f``'s
+``[pid N]``, ``-t``/``-tt``/``-ttt``/``-r`` times, ``-i``'s address: see
+:mod:`tracerd.tracers.tracetext`); under ``-f`` only the traced pid's own
+line ends the session, not a thread's or a child's.  A fatal signal gets a
+crash report of what strace printed: its ``--- SIGSEGV {si_code=...} ---``
+line, the trace's last lines and, with ``-k``, its stack frames (README
+"Tracers").  SIGTERM makes strace detach cleanly.
 """
 
 from __future__ import annotations
-
-import re
 
 from tracerd.tracers.command import CommandTracer
 
@@ -16,6 +19,4 @@ from tracerd.tracers.command import CommandTracer
 class StraceTracer(CommandTracer):
     name = "strace"
     program = "strace"
-    ending_re = re.compile(
-        r"^(?:\[pid\s+(?P<pid>\d+)\]\s+)?\+\+\+ (?:exited with (?P<code>\d+)|killed by (?P<signal>SIG[A-Z0-9]+))"
-    )
+    dialect = "strace"

@@ -1,0 +1,184 @@
+"""What a strace or ltrace session saw of its process, and the crash report made of it.
+
+:class:`TraceObserver` reads every batch of tracer output (cheaply: a line is
+parsed only when it holds ``+++``, ``--- SIG`` or starts `` > ``) and keeps:
+
+- the traced process's own ending, the first one that is its: a ``[pid N]``
+  line names its task, and only N = the traced pid is the process; a line with
+  no ``[pid N]`` is the process's (strace drops the field when a single task
+  is left, ltrace has none without ``-f``).  A thread's or a forked child's
+  ending under ``-f`` is not the session's end;
+- the last signal delivery line for each signal (the crashing thread's, under
+  ``-f``), with strace ``-k``'s stack frames printed right after it;
+- the last :data:`TAIL_LINES` lines of the trace, in a bounded ring.
+
+When the process was killed by a fatal signal, :meth:`TraceObserver.report`
+makes a :class:`~tracerd.crash.CrashReport` of that: siginfo as far as the
+tracer printed it, the trace's last lines, the crashing task, and frames only
+from ``strace -k``.  Otherwise the report says plainly that this tracer gives
+no backtrace.  It is written after the fact: the tracer prints ``+++ killed
+by`` once the process is already dead, so (unlike the watch and gdb
+tracers) the process's parent may see the death before the report exists.
+
+Security: the lines are the tracer's (the target's text appears only escaped
+inside them); they are stored as data, never interpreted past
+:mod:`tracerd.tracers.tracetext`.  Each kept line is cut at
+:data:`MAX_LINE_CHARS`.
+
+Diagnostics: what the tracer did not print (``-e signal=none``, a thread
+strace does not trace) is said in the report's notice, never guessed.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import time
+from typing import Any
+
+import psutil
+
+from tracerd.crash import CrashReport, Frame, Thread
+from tracerd.procinfo import ProcessIdentity
+from tracerd.tracers.base import FATAL_SIGNALS, Ending
+from tracerd.tracers.tracetext import (
+    SignalLine,
+    StackFrame,
+    parse_end,
+    parse_frame,
+    parse_signal,
+    siginfo,
+)
+
+TAIL_LINES = 50
+MAX_LINE_CHARS = 2000
+MAX_FRAMES = 256
+OTHERS_KEPT = 32
+
+
+class TraceObserver:
+    """The process's ending, its last signals and the trace's tail, from the tracer's lines."""
+
+    def __init__(self, pid: int, dialect: str) -> None:
+        self.pid = pid
+        self.dialect = dialect
+        self.ending: Ending | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.signals: dict[str, tuple[SignalLine, float]] = {}  # by signal name, the last one
+        self.frames: dict[str, list[StackFrame]] = {}  # strace -k: by signal name
+        # (pid, how) of the last threads and children that ended under -f
+        self.others_ended: collections.deque[tuple[int, str]] = collections.deque(maxlen=OTHERS_KEPT)
+        self._frames_of: str | None = None
+
+    def feed(self, lines: list[str]) -> bool:
+        """Read one batch; True when it brought the process's own ending."""
+        self.tail.extend(lines)
+        found = False
+        for line in lines:
+            if self._frames_of is not None:
+                frame = parse_frame(line)
+                if frame is not None:
+                    frames = self.frames[self._frames_of]
+                    if len(frames) < MAX_FRAMES:
+                        frames.append(frame)
+                    continue
+                self._frames_of = None
+            if "--- SIG" in line:
+                signal_line = parse_signal(line)
+                if signal_line is not None:
+                    self.signals[signal_line.name] = (signal_line, time.time())
+                    self.frames[signal_line.name] = []
+                    self._frames_of = signal_line.name
+                    continue
+            if "+++" in line and self.ending is None:
+                end = parse_end(line, self.dialect)
+                if end is None:
+                    continue
+                how = f"killed by {end.signal}" if end.signal else f"exited with {end.code}"
+                if end.pid is not None and end.pid != self.pid:
+                    self.others_ended.append((end.pid, how))
+                    continue
+                if end.signal:
+                    state = "crashed" if end.signal in FATAL_SIGNALS else "exited"
+                    self.ending = Ending(state, signal=end.signal)
+                else:
+                    self.ending = Ending("exited", exit_code=end.code)
+                found = True
+        return found
+
+    def crashed(self) -> bool:
+        return self.ending is not None and self.ending.state == "crashed"
+
+    def report(self, process: dict[str, Any], tracer: str, log_path: str | None) -> CrashReport:
+        """The crash report of what was seen; call once the ending is a fatal signal."""
+        assert self.ending is not None
+        assert self.ending.signal is not None
+        name = self.ending.signal
+        seen = self.signals.get(name)
+        frames = self.frames.get(name, [])
+        if seen is not None:
+            signal_line, when = seen
+            signal: dict[str, Any] = siginfo(signal_line, own_pid=self.pid)
+            tid = signal_line.pid if signal_line.pid is not None else self.pid
+        else:
+            signal = siginfo(SignalLine(None, name, {}, None, ""))  # every key, each None
+            signal["tracer_line"] = None
+            when, tid = time.time(), self.pid
+        signal["tid"] = tid
+        # no frames, no thread: the report says there is no backtrace rather than show an empty one
+        threads = [Thread(id=1, tid=tid, name=None, crashed=True, frames=[_frame(i, f) for i, f in enumerate(frames)])]
+        tail = [line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "...(cut)" for line in self.tail]
+        report = CrashReport(
+            process=process,
+            signal=signal,
+            time=dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            threads=threads if frames else [],
+            registers={"pc": signal["instruction_pointer"]} if signal.get("instruction_pointer") else {},
+            disassembly="",
+            libraries=[],
+            log=log_path,
+            tracer=tracer,
+        )
+        report.notice = self._notice(tracer, seen is not None, bool(frames))
+        report.trace = tail
+        return report
+
+    def _notice(self, tracer: str, seen: bool, frames: bool) -> str:
+        what = (
+            f"{tracer} gives no backtrace: this report holds what {tracer} printed (the signal's delivery"
+            f" and the trace's last {TAIL_LINES} lines), written after the process had died of the signal;"
+            " for frames, registers and variables use the watch or gdb tracer"
+        )
+        if frames:
+            what = (
+                "strace -k gave the frames (object, function+offset, address as an offset into the object);"
+                " no registers, variables or disassembly; written after the process had died of the signal"
+            )
+        elif tracer == "strace":
+            what += " (or strace -k for frames)"
+        if not seen:
+            what += (
+                f"; {tracer} did not show the signal's delivery (a thread it does not trace: add -f;"
+                " or its output options hide signals), so there is no siginfo"
+            )
+        elif tracer == "ltrace":
+            what += "; ltrace prints no siginfo (si_code, address)"
+        return what
+
+
+def _frame(level: int, frame: StackFrame) -> Frame:
+    return Frame(level=level, function=frame.function, file=None, line=None, object=frame.object,
+                 address=frame.address)  # fmt: skip
+
+
+def process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
+    """name, pid, exe, cmdline, uid of a live process (read at attach: at the crash it is gone)."""
+    info: dict[str, Any] = {"name": name, "pid": identity.pid, "exe": None, "cmdline": [], "uid": None}
+    try:
+        proc = psutil.Process(identity.pid)
+        exe, cmdline, uid = proc.exe(), proc.cmdline(), proc.uids().real
+        if identity.alive():  # still this very process, not a recycled pid
+            info.update(exe=exe, cmdline=cmdline, uid=uid)
+    except (psutil.Error, OSError):
+        pass
+    return info
