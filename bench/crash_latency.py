@@ -198,7 +198,7 @@ def daemon_tree(sock: Path) -> tuple[psutil.Process, list[psutil.Process]]:
 
 def is_watcher(proc: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
-        return "tracerd.watcher" in " ".join(proc.cmdline())
+        return "tracerd.tracers.watch.watcher" in " ".join(proc.cmdline())
     return False
 
 

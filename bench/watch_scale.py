@@ -163,7 +163,7 @@ def tree(daemon: psutil.Process) -> dict[str, Any]:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             rss += proc.memory_info().rss
-    watcher = [p for p in procs[1:] if "tracerd.watcher" in " ".join(p.cmdline())]
+    watcher = [p for p in procs[1:] if "tracerd.tracers.watch.watcher" in " ".join(p.cmdline())]
     return {
         "rss": rss,
         "daemon_rss": daemon.memory_info().rss,

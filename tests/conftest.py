@@ -50,7 +50,7 @@ def script(name: str) -> list[str]:
     path = BIN / name
     if path.exists():
         return [str(path)]
-    module = {"pftrace-hook": "tracerd.hook", "tracerd": "tracerd.daemon", "tracerctl": "tracerd.ctl"}
+    module = {"pftrace-hook": "tracerd.hook", "tracerd": "tracerd.daemon.main", "tracerctl": "tracerd.ctl.main"}
     return [sys.executable, "-m", module[name]]
 
 

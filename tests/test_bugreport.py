@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import have
 from tests.test_triage import DATA, crash_an_smtpd, smtp_dialog, start_traced_instance, tracerctl
-from tracerd.anonymize import Anonymizer, find_spans, mask
-from tracerd.bugreport import is_tarball
+from tracerd.ctl.anonymize import Anonymizer, find_spans, mask
+from tracerd.ctl.bugreport import is_tarball
 
 SECTIONS = ["summary", "environment", "postconf-n", "postconf-Mf", "triage", "crashes", "qshape", "tracerd-status"]
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracerd import elfinfo
-from tracerd.crash import CrashReport, Frame, Library, Thread, signature, top_functions
-from tracerd.crashstore import CrashStore
+from tracerd.crash import elfinfo
+from tracerd.crash.report import CrashReport, Frame, Library, Thread, signature, top_functions
+from tracerd.crash.store import CrashStore
 from tracerd.errors import ConfigError, NotFound
 
 # -- helpers ------------------------------------------------------------------

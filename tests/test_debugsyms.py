@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import have
-from tracerd import debugsyms
+from tracerd.crash import debugsyms
 
 C_DIR = Path(__file__).parent / "c"
 

@@ -18,8 +18,8 @@ import pytest
 
 from tests.conftest import script
 from tests.test_postfix_e2e import Client
-from tracerd import ctl
-from tracerd.triage import severity_of
+from tracerd.ctl import main as ctl
+from tracerd.ctl.triage import severity_of
 
 
 def run_hook(

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.postfix_instance import PostfixInstance
-from tracerd import ctl, postfix
+from tracerd.ctl import main as ctl
+from tracerd.ctl import postfix
 
 HOOK = str(Path(sys.executable).parent / "pftrace-hook")
 SEED_RECIPE = "PATH=/bin:/usr/bin:/usr/local/bin; (strace -p $process_id 2>&1 | logger -p mail.info) & sleep 5"

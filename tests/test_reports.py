@@ -21,8 +21,8 @@ from tests.conftest import have, script
 from tests.test_crash import make_report
 from tests.test_crash_contract import crash_bin
 from tests.test_triage import syslog_stamp, write_log
-from tracerd.crashstore import CrashStore
-from tracerd.crashview import render_crash, render_crashes, signal_line
+from tracerd.crash.store import CrashStore
+from tracerd.ctl.crashview import render_crash, render_crashes, signal_line
 from tracerd.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="the watch tracer takes its backtrace with gdb")
@@ -109,10 +109,10 @@ def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     first, then every file it reads is read as nobody."""
     code = (
         "import os, sys\n"
-        "import tracerd.ctl, tracerd.crashindex, tracerd.crashview, tracerd.postfix\n"
-        "import tracerd.triage, tracerd.bugreport\n"
+        "import tracerd.ctl.main, tracerd.crash.inventory, tracerd.ctl.crashview, tracerd.ctl.postfix\n"
+        "import tracerd.ctl.triage, tracerd.ctl.bugreport\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-        "sys.exit(tracerd.ctl.main(sys.argv[1:]))\n"
+        "sys.exit(tracerd.ctl.main.main(sys.argv[1:]))\n"
     )
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
                           check=False)  # fmt: skip

@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import have
-from tracerd import siginfo
-from tracerd.crash import CrashReport, Frame, Thread, signature
+from tracerd.crash import siginfo
+from tracerd.crash.report import CrashReport, Frame, Thread, signature
 
 KERNEL_HEADER = Path("/usr/include/asm-generic/siginfo.h")
 _DEFINE = re.compile(r"^#\s*define\s+(?:__)?((ILL|FPE|SEGV|BUS|TRAP|SYS|SI)_[A-Z_]+)\s+(-?(?:0x[0-9a-f]+|\d+))\s",

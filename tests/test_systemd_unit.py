@@ -1,4 +1,4 @@
-"""systemd/tracerd.service: systemd accepts it, and it keeps what tracing needs.
+"""systemd/tracerd.daemon.service: systemd accepts it, and it keeps what tracing needs.
 
 ``systemd-analyze verify`` works offline (no systemd as PID 1 needed) but
 insists that ExecStart names an existing executable, and the unit's
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).parent.parent / "systemd" / "tracerd.service"
+UNIT = Path(__file__).parent.parent / "systemd" / "tracerd.daemon.service"
 SHIPPED_EXEC_START = "ExecStart=/usr/local/bin/tracerd"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
@@ -43,12 +43,12 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 def local_copy(tmp_path: Path, text: str | None = None) -> Path:
-    """The unit (or ``text``) as tmp_path/tracerd.service, ExecStart pointing at this venv."""
+    """The unit (or ``text``) as tmp_path/tracerd.daemon.service, ExecStart pointing at this venv."""
     text = UNIT.read_text() if text is None else text
     assert text.count(SHIPPED_EXEC_START + "\n") == 1
     installed = Path(sys.executable).parent / "tracerd"
-    command = str(installed) if installed.exists() else f"{sys.executable} -m tracerd.daemon"
-    copy = tmp_path / "tracerd.service"
+    command = str(installed) if installed.exists() else f"{sys.executable} -m tracerd.daemon.main"
+    copy = tmp_path / "tracerd.daemon.service"
     copy.write_text(text.replace(SHIPPED_EXEC_START + "\n", f"ExecStart={command}\n"))
     return copy
 
@@ -68,7 +68,7 @@ def complaints(result: subprocess.CompletedProcess[str], unit: Path) -> list[str
 
 @needs_systemd_analyze
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
-    """`systemd-analyze verify` exits 0 and says nothing about tracerd.service."""
+    """`systemd-analyze verify` exits 0 and says nothing about tracerd.daemon.service."""
     copy = local_copy(tmp_path)
     result = verify(copy)
     assert result.returncode == 0, result.stdout + result.stderr

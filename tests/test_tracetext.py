@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracerd.crash import CrashReport
+from tracerd.crash.report import CrashReport
 from tracerd.tracers.tracecrash import TAIL_LINES, TraceObserver
 from tracerd.tracers.tracetext import EndLine, parse_end, parse_frame, parse_signal, siginfo, split_prefix
 

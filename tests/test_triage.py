@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from tests.conftest import have, script
-from tracerd import ctl
-from tracerd.maillog import MAX_LINE
-from tracerd.triage import message_shape
+from tracerd.ctl import main as ctl
+from tracerd.ctl.maillog import MAX_LINE
+from tracerd.ctl.triage import message_shape
 
 DATA = Path(__file__).parent / "data"
 

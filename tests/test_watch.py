@@ -177,7 +177,7 @@ def test_watcher_killed_leaves_processes_running_and_they_are_watched_again(
         assert target.readline() == "waiting\n"
         targets.append(target)
     watcher = watch_daemon.session(targets[0].pid)["tracer_pid"]
-    assert "tracerd.watcher" in psutil.Process(watcher).cmdline()
+    assert "tracerd.tracers.watch.watcher" in psutil.Process(watcher).cmdline()
     os.kill(watcher, signal.SIGKILL)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ them all); :func:`parse` and :func:`load` raise the first.  A TOML syntax
 error stops tomllib, so it is the only one reported.  An unknown key is an
 error too: a misspelt key silently ignored is a bug report later.  What
 depends on the machine rather than the file (is the tracer installed, does
-the group exist) is tracerd.daemon's ``--check``, not this module's.
+the group exist) is tracerd.daemon.main's ``--check``, not this module's.
 """
 
 from __future__ import annotations

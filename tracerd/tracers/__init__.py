@@ -13,7 +13,7 @@ from tracerd.tracers.ktrace import KtraceTracer
 from tracerd.tracers.ltrace import LtraceTracer
 from tracerd.tracers.strace import StraceTracer
 from tracerd.tracers.truss import TrussTracer
-from tracerd.tracers.watch import WatchTracer
+from tracerd.tracers.watch.backend import WatchTracer
 
 BACKENDS: dict[str, type[Tracer]] = {
     cls.name: cls for cls in (WatchTracer, StraceTracer, LtraceTracer, GdbTracer, TrussTracer, KtraceTracer)

@@ -2,7 +2,7 @@
 
 A backend is given a :class:`Target` (a process identity, its name, the
 rule's extra args and the attach timeout) and a :class:`Output` to report
-through.  The session runner (:mod:`tracerd.service`) drives it:
+through.  The session runner (:mod:`tracerd.daemon.service`) drives it:
 
 1. ``await attach()`` returns once the tracer is attached, as the kernel or
    the tracer itself confirms it (TracerPid, or the tracer's own word); it
@@ -29,7 +29,7 @@ from tracerd.errors import TracerFailed
 from tracerd.procinfo import ProcessIdentity
 
 if TYPE_CHECKING:
-    from tracerd.crash import CrashReport
+    from tracerd.crash.report import CrashReport
 
 FATAL_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
 

@@ -13,7 +13,7 @@ parsed only when it holds ``+++``, ``--- SIG`` or starts `` > ``) and keeps:
 - the last :data:`TAIL_LINES` lines of the trace, in a bounded ring.
 
 When the process was killed by a fatal signal, :meth:`TraceObserver.report`
-makes a :class:`~tracerd.crash.CrashReport` of that: siginfo as far as the
+makes a :class:`~tracerd.crash.report.CrashReport` of that: siginfo as far as the
 tracer printed it, the trace's last lines, the crashing task, and frames only
 from ``strace -k``.  Otherwise the report says plainly that this tracer gives
 no backtrace.  It is written after the fact: the tracer prints ``+++ killed
@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from tracerd.crash import CrashReport, Frame, Thread
+from tracerd.crash.report import CrashReport, Frame, Thread
 from tracerd.procinfo import ProcessIdentity
 from tracerd.tracers.base import FATAL_SIGNALS, Ending
 from tracerd.tracers.tracetext import (

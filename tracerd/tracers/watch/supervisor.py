@@ -1,8 +1,8 @@
 """tracerd's side of the ptrace watcher: start it, talk to it, restart it.
 
 One :class:`WatchSupervisor` per daemon owns the watcher process
-(:mod:`tracerd.watcher`), sends it seize and release commands, and routes its
-events to the :class:`~tracerd.tracers.watch.WatchTracer` of each session.
+(:mod:`tracerd.tracers.watch.watcher`), sends it seize and release commands, and routes its
+events to the :class:`~tracerd.tracers.watch.backend.WatchTracer` of each session.
 When the watcher dies (even by SIGKILL) the kernel has already detached every
 watched process, so they run on; the supervisor tells every session, which
 ends ``failed`` and asks to be traced again, and the next seize starts a new
@@ -58,7 +58,7 @@ class WatchSupervisor:
                 return
             loop = asyncio.get_running_loop()
             self._ready = loop.create_future()
-            argv = [sys.executable, "-m", "tracerd.watcher", "--core-limit", str(self.core_limit)]
+            argv = [sys.executable, "-m", "tracerd.tracers.watch.watcher", "--core-limit", str(self.core_limit)]
             if self.capture_dir:
                 argv += ["--capture-dir", self.capture_dir]
             self.child = Child(argv, self._on_lines, stdin=True)

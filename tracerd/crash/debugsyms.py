@@ -13,13 +13,13 @@ configured.  The ``-dbgsym`` package is built per source package version:
 the advice installs ``P-dbgsym=VERSION``.  See README, "Files".
 
 These functions run dpkg and apt-cache: call them from a thread, never on
-the event loop (:mod:`tracerd.capture` does, through ``asyncio.to_thread``).
+the event loop (:mod:`tracerd.gdb.capture` does, through ``asyncio.to_thread``).
 Per object path and build-id the answers are cached; apt's are also keyed
 on the time apt's lists last changed (an ``apt-get update`` is seen).
 
 Security: the objects are the crashed process's, so their paths are
 untrusted: dpkg only gets absolute paths without glob characters (see
-:mod:`tracerd.elfinfo`), package names are checked against Debian's syntax
+:mod:`tracerd.crash.elfinfo`), package names are checked against Debian's syntax
 before they reach dpkg-query or apt-cache, every program runs from an argv
 list with a fixed environment and a timeout.
 
@@ -38,7 +38,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from tracerd import elfinfo
+from tracerd.crash import elfinfo
 
 TIMEOUT = 10.0
 DEBUGINFOD_URL = "https://debuginfod.debian.net"
@@ -202,7 +202,7 @@ def _is_debian() -> bool:
 def missing_symbols(threads: list[Any], build_ids: Mapping[str, str | None]) -> list[dict[str, Any]]:
     """Every object with frames lacking file:line, with its package facts and a note.
 
-    ``threads`` are :class:`~tracerd.crash.Thread`; ``build_ids`` maps object
+    ``threads`` are :class:`~tracerd.crash.report.Thread`; ``build_ids`` maps object
     paths to build-ids already read.  Runs dpkg and apt-cache: not on the loop.
     """
     counts: dict[str, int] = {}

@@ -7,7 +7,7 @@ section each:
 1. ``summary``: what you did, what you expected, what happened (to fill in);
 2. ``environment``: when, tracerd and Postfix versions, the system;
 3. ``postconf-n`` and ``postconf-Mf``: ``postconf -n`` and ``postconf -Mf``;
-4. ``triage``: :mod:`tracerd.triage` of the mail log, with every problem line
+4. ``triage``: :mod:`tracerd.ctl.triage` of the mail log, with every problem line
    earliest first (complete error messages, as the seed asks);
 5. ``crashes``: tracerd's crash inventory and the most recent reports with
    their backtraces (readable, and gdb's ``bt full`` of the crashed thread);
@@ -18,7 +18,7 @@ section each:
 Output: text on stdout, or to ``-o FILE``; a ``.tar.gz`` or ``.tgz`` FILE is
 an archive with one ``NN-SECTION.txt`` per section.  ``--anonymize`` masks
 every email address, host name and IP address of the data sections, the
-same way everywhere (:mod:`tracerd.anonymize`); the summary, our own text,
+same way everywhere (:mod:`tracerd.ctl.anonymize`); the summary, our own text,
 is left as it is.  A section that cannot be had says why inside it
 ("qshape: not installed", "tracerd is not running ..."): a bug report
 with a gap is still worth sending.
@@ -58,12 +58,12 @@ from pathlib import Path
 from typing import Any
 
 from tracerd import __version__
-from tracerd.anonymize import Anonymizer
-from tracerd.crashindex import CrashInventory, default_state_dir, load_inventory
-from tracerd.crashview import render_crash, render_crashes
-from tracerd.ctl import Unreachable, call, render_status
-from tracerd.maillog import LogError
-from tracerd.triage import add_log_options, render_text, resolve_logs, triage
+from tracerd.crash.inventory import CrashInventory, default_state_dir, load_inventory
+from tracerd.ctl.anonymize import Anonymizer
+from tracerd.ctl.crashview import render_crash, render_crashes
+from tracerd.ctl.maillog import LogError
+from tracerd.ctl.main import Unreachable, call, render_status
+from tracerd.ctl.triage import add_log_options, render_text, resolve_logs, triage
 
 EXIT_OK, EXIT_FAILED = 0, 1
 MAX_SECTION = 4 << 20

@@ -10,7 +10,7 @@ file, per ``dpkg -S``; :func:`debug_package` the package that would give
 symbols for an object without them: the owner of
 ``/usr/lib/debug/.build-id/xx/rest.debug`` when that file exists, else the
 owner of the object itself plus ``-dbgsym`` (``libc6`` ships ``libc6-dbg``
-instead).  They run dpkg: call them from a thread (:mod:`tracerd.debugsyms`).
+instead).  They run dpkg: call them from a thread (:mod:`tracerd.crash.debugsyms`).
 
 Security: the files read are the crashed process's objects, so they are
 untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a

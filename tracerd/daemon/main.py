@@ -41,12 +41,12 @@ import structlog
 
 from tracerd import config as configmod
 from tracerd import tracers
-from tracerd.auth import group_id
 from tracerd.config import Config, Locator
+from tracerd.daemon.auth import group_id
+from tracerd.daemon.server import Server
+from tracerd.daemon.service import TracerdService
 from tracerd.errors import ConfigError, TracerUnavailable
 from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
-from tracerd.server import Server
-from tracerd.service import TracerdService
 from tracerd.sinks.logfile import LogDir, LogWriter
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 

@@ -37,11 +37,11 @@ from typing import Any
 
 import structlog
 
-from tracerd.auth import Peer, peer_of
+from tracerd.daemon.auth import Peer, peer_of
 from tracerd.errors import ConfigError, TracerdError
 from tracerd.protocol import ACK, MAX_REQUEST_BYTES, Ack, ProtocolError, Request, encode, error_reply, parse_request
 
-log = structlog.get_logger("tracerd.server")
+log = structlog.get_logger("tracerd.daemon.server")
 
 # (request, caller, ack): ack() sends {"ack": true} if the request asked for it
 Handler = Callable[[Request, Peer, Ack], Awaitable[dict[str, Any]]]

@@ -6,7 +6,7 @@ the operation failed, 2 usage, 3 the daemon is not reachable.
 
 With ``--json`` the daemon's reply is printed as one JSON document (the
 ``ok`` field dropped on success, so the shape is DESIGN.md's); without it, a
-table made for a terminal (a crash report: :mod:`tracerd.crashview`).
+table made for a terminal (a crash report: :mod:`tracerd.ctl.crashview`).
 
 ``crashes`` and ``crash ID`` still answer while tracerd is down: from its
 crash store (``--state-dir``, else tracerd's configured state_dir), read
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from tracerd.config import default_socket
-from tracerd.crashview import render_crash, render_crashes
-from tracerd.crashview import table as table  # noqa: PLC0414 -- re-exported: postfix status lays out with it
+from tracerd.ctl.crashview import render_crash, render_crashes
+from tracerd.ctl.crashview import table as table  # noqa: PLC0414 -- re-exported: postfix status lays out with it
 from tracerd.protocol import CRASH_ID_RE, check_name, check_pid
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-LOCAL_COMMANDS: tuple[str, ...] = ("tracerd.postfix", "tracerd.triage", "tracerd.bugreport")
+LOCAL_COMMANDS: tuple[str, ...] = ("tracerd.ctl.postfix", "tracerd.ctl.triage", "tracerd.ctl.bugreport")
 STORE_COMMANDS = frozenset({"crashes", "crash"})  # answered from the crash store when tracerd is down
 
 
@@ -170,7 +170,7 @@ def _main(argv: list[str] | None = None) -> int:
 def from_store(args: argparse.Namespace, unreachable: str) -> int:
     """``crashes`` and ``crash ID`` while tracerd is down: the same answers, read from its crash store."""
     # imported here: crashindex asks the daemon through this module's call()
-    from tracerd.crashindex import StoreUnreadable, default_state_dir, store_reply  # noqa: PLC0415
+    from tracerd.crash.inventory import StoreUnreadable, default_state_dir, store_reply  # noqa: PLC0415
 
     try:
         reply = store_reply(args.command, getattr(args, "id", None), args.state_dir or default_state_dir())

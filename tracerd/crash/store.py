@@ -51,7 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracerd.crash import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch, iso_utc
+from tracerd.crash.report import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch, iso_utc
 from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
 

@@ -15,7 +15,7 @@ answer the questions that come next:
   queue id is a classic hex queue id folded);
 - each severity present is explained as DEBUG_README does;
 - each master ``process ... pid N killed by signal S`` line is tied to
-  tracerd's crash report for that pid (see :mod:`tracerd.crashindex`: the
+  tracerd's crash report for that pid (see :mod:`tracerd.crash.inventory`: the
   daemon's inventory, else the crash store ``{state_dir}/crashes``).
 
 Which log: the LOGFILEs, else Postfix's ``maillog_file`` (``postconf -x -h``,
@@ -23,7 +23,7 @@ with ``-c``), else the first of /var/log/mail.log, /var/log/maillog and
 /var/log/mail that exists.  ``--rotated`` adds each file's rotated siblings
 (``mail.log.1``, ``mail.log.2.gz``, ``mail.log-20261124``...), oldest first;
 with ``--since``, a rotated file last written before that time is skipped
-unread.  Formats and year inference: :mod:`tracerd.maillog`.
+unread.  Formats and year inference: :mod:`tracerd.ctl.maillog`.
 
 Exit codes: 0 the logs were read (whatever they hold); 1 a log could not be
 read (missing, unreadable, not a regular file, damaged), what could be read
@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracerd.anonymize import find_spans
-from tracerd.crashindex import CrashInventory, CrashMatch, default_state_dir, load_inventory
-from tracerd.maillog import LogError, LogLine, default_logs, parse_since, read_log, with_rotated
+from tracerd.crash.inventory import CrashInventory, CrashMatch, default_state_dir, load_inventory
+from tracerd.ctl.anonymize import find_spans
+from tracerd.ctl.maillog import LogError, LogLine, default_logs, parse_since, read_log, with_rotated
 
 EXIT_OK, EXIT_FAILED = 0, 1
 MAX_KEPT = 100_000

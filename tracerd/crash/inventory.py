@@ -48,8 +48,8 @@ from typing import Any
 
 from tracerd.config import Config
 from tracerd.config import load as load_config
-from tracerd.crashstore import CrashStore
-from tracerd.ctl import Unreachable, call
+from tracerd.crash.store import CrashStore
+from tracerd.ctl.main import Unreachable, call
 from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
 

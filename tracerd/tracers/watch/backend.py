@@ -10,7 +10,7 @@ written (the same as the gdb tracer's), and only then is the watcher told
 to ``finish``: it detaches the process delivering its signal, so it dies of
 it as it would untraced.  If tracerd, the watcher or gdb dies at any
 instant of this, the process still dies of its signal (see
-:mod:`tracerd.watcher`), and a marker left in the capture directory makes
+:mod:`tracerd.tracers.watch.watcher`), and a marker left in the capture directory makes
 the next tracerd list the crash as an interrupted capture.
 
 ``where`` hands the process to gdb for a live backtrace and seizes it again.
@@ -31,13 +31,13 @@ import re
 from typing import Any
 
 from tracerd import failpoint, procinfo
-from tracerd.capture import capture
+from tracerd.crash.release import wait_for_death
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
-from tracerd.gdbmi import GdbMI, quote
+from tracerd.gdb.capture import capture
+from tracerd.gdb.mi import GdbMI, quote
 from tracerd.procinfo import ProcessIdentity
-from tracerd.release import wait_for_death
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer
-from tracerd.watchclient import discard_core, supervisor
+from tracerd.tracers.watch.supervisor import discard_core, supervisor
 
 FOLLOW_FORKS = "follow-forks"
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")

@@ -2,13 +2,13 @@
 
 Shared by the gdb tracer (gdb is attached for the process's life) and the
 watch tracer (gdb is attached only once the signal came).  Given a
-:class:`~tracerd.gdbmi.GdbMI` whose inferior is stopped at the signal, it
+:class:`~tracerd.gdb.mi.GdbMI` whose inferior is stopped at the signal, it
 collects every thread's frames and ``bt full``, the registers, the signal
-decoded from gdb's ``$_siginfo`` alone (:mod:`tracerd.siginfo`: si_code by
+decoded from gdb's ``$_siginfo`` alone (:mod:`tracerd.crash.siginfo`: si_code by
 name, the sender of a user-sent signal, the fault address of a fault),
 ``x/16i $pc``, the shared libraries with build-ids and, for the objects
 whose frames lack file:line, their packages and how to get their symbols
-(:mod:`tracerd.debugsyms`), into a :class:`~tracerd.crash.CrashReport`.
+(:mod:`tracerd.crash.debugsyms`), into a :class:`~tracerd.crash.report.CrashReport`.
 
 Security: all of it reads the target through gdb and /proc; the report's
 strings are the target's own and are treated as data only.  The ELF files
@@ -31,10 +31,10 @@ from typing import Any
 
 import psutil
 
-from tracerd import debugsyms, elfinfo, siginfo
-from tracerd.crash import CrashReport, Frame, Library, Thread
+from tracerd.crash import debugsyms, elfinfo, siginfo
+from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
-from tracerd.gdbmi import GdbMI
+from tracerd.gdb.mi import GdbMI
 from tracerd.procinfo import ProcessIdentity
 
 _THREAD_HEAD = re.compile(r"^Thread (\d+) \(", re.MULTILINE)

@@ -1,6 +1,6 @@
 """The daemon's operations: what each request does, and the session runner.
 
-The server (:mod:`tracerd.server`) hands every validated request here with
+The server (:mod:`tracerd.daemon.server`) hands every validated request here with
 the caller's kernel credentials.  This module decides, runs tracers through
 their backends, fans their output out to the per-process log and syslog, and
 records how each session ended.
@@ -29,19 +29,20 @@ from typing import Any
 
 import structlog
 
-from tracerd import __version__, inflight, procinfo, tracers
-from tracerd.auth import Authorizer, Peer
+from tracerd import __version__, procinfo, tracers
 from tracerd.config import Config
-from tracerd.crash import CrashReport
-from tracerd.crashstore import CrashStore
+from tracerd.crash import inflight
+from tracerd.crash.report import CrashReport
+from tracerd.crash.store import CrashStore
+from tracerd.daemon.auth import Authorizer, Peer
+from tracerd.daemon.sessions import Session, SessionRegistry, utcnow
 from tracerd.errors import Busy, ConfigError, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import Ack, Request
-from tracerd.sessions import Session, SessionRegistry, utcnow
 from tracerd.sinks.logfile import LogDir, LogFile, LogWriter
 from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
 from tracerd.tracers.base import Ending, Target, Tracer
-from tracerd.watchclient import supervisor
+from tracerd.tracers.watch.supervisor import supervisor
 
 log = structlog.get_logger("tracerd")
 FD_RESERVE = 64

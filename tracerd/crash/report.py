@@ -1,10 +1,10 @@
 """Crash reports: the model every tracer fills, and its signature.
 
 A tracer that sees a fatal signal fills a :class:`CrashReport` and hands it
-to :meth:`tracerd.crashstore.CrashStore.record` before releasing the process.
+to :meth:`tracerd.crash.store.CrashStore.record` before releasing the process.
 :func:`signature` hashes the top frames' function names, never addresses, so
 the same bug in another pid (or moved by ASLR) is the same crash.  A signal
-another process sent (``kill -SEGV``, see :func:`tracerd.siginfo.sent_by_another`)
+another process sent (``kill -SEGV``, see :func:`tracerd.crash.siginfo.sent_by_another`)
 is no bug in the top frame: its signature is :func:`sent_signature`, the
 program and the signal, and the report says so (``signature_basis``).
 
@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracerd import siginfo
+from tracerd.crash import siginfo
 
 TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
 INDEX = "index.json"
@@ -133,7 +133,7 @@ def _epoch(text: object) -> float:
 @dataclass
 class CrashReport:
     process: dict[str, Any]  # name, pid, exe, cmdline (list), uid
-    signal: dict[str, Any]  # tracerd.siginfo.decode(): number, name, si_code, fault_address, sender...
+    signal: dict[str, Any]  # tracerd.crash.siginfo.decode(): number, name, si_code, fault_address, sender...
     time: str  # ISO UTC "...Z"
     threads: list[Thread]
     registers: dict[str, str]
@@ -141,8 +141,8 @@ class CrashReport:
     libraries: list[Library]
     log: str | None  # the per-process log
     tracer: str
-    missing_symbols: list[dict[str, Any]] = field(default_factory=list)  # tracerd.debugsyms.missing_symbols()
-    debug_symbols: dict[str, Any] | None = None  # tracerd.debugsyms.advice()
+    missing_symbols: list[dict[str, Any]] = field(default_factory=list)  # tracerd.crash.debugsyms.missing_symbols()
+    debug_symbols: dict[str, Any] | None = None  # tracerd.crash.debugsyms.advice()
     id: str | None = None  # given by CrashStore.record()
     notice: str | None = None  # what this tracer cannot capture (strace, ltrace: no backtrace)
     trace: list[str] = field(default_factory=list)  # the tracer's last lines (strace, ltrace)

@@ -1,6 +1,6 @@
 """The ptrace watcher: one small process that watches every ``watch`` session.
 
-tracerd starts it as ``python -m tracerd.watcher`` and speaks JSON lines with
+tracerd starts it as ``python -m tracerd.tracers.watch.watcher`` and speaks JSON lines with
 it over its stdin (commands) and stdout (events).  It is a process of its
 own, single-threaded, because ptrace requests must come from the thread that
 attached, and because ``waitpid(-1)`` would steal the statuses of tracerd's
@@ -19,7 +19,7 @@ full speed and stops only for signals, clone/fork/exec events and exits.
   *held*, never let go of: the crashing thread stays in its
   signal-delivery-stop, the other threads are stopped with
   PTRACE_INTERRUPT, and the watcher writes a core file of the process
-  (:mod:`tracerd.coredump`) for gdb to read, then reports ``fatal``.  Only
+  (:mod:`tracerd.crash.coredump`) for gdb to read, then reports ``fatal``.  Only
   ``finish`` (or the end of tracerd, or a hold past ``HOLD_LIMIT``) lets
   go: the crashing thread is detached *delivering its signal*, so the
   process dies of it as it would untraced.
@@ -80,7 +80,7 @@ from ptrace.binding.func import (
 )
 from ptrace.error import PtraceError
 
-from tracerd import coredump
+from tracerd.crash import coredump
 from tracerd.errors import TargetGone
 from tracerd.procinfo import identify, signal_is_fatal
 

@@ -1,0 +1,1 @@
+"""Crashes: the report format, its store and inventory, ELF and symbol facts, cores, release."""

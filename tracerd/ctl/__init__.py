@@ -1,0 +1,1 @@
+"""tracerctl: the control client, its rendering, and one module per local command."""

@@ -1,0 +1,1 @@
+"""The daemon: main, the socket server, authorization, the request handler, the sessions."""

@@ -1,0 +1,1 @@
+"""The watch tracer: its backend, the supervisor in tracerd, the watcher process."""
