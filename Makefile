@@ -2,14 +2,39 @@
 #   make run   install everything, run tracerd in the foreground (built-in defaults)
 #   make test  install everything, run lint, types and the whole test suite
 # Both are safe to repeat; they install only what is missing.
+#
+#   make install    (root) tracerd as a system daemon: a venv in /opt/tracerd,
+#                   commands linked into $(PREFIX)/sbin and $(PREFIX)/bin, unit,
+#                   config (only if absent), man pages, completion, logrotate
+#   make uninstall  removes exactly what install added (see README "Install")
+# For packagers: make install DESTDIR=/tmp/stage PREFIX=/usr
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := strace ltrace gdb gcc libc6-dev make binutils util-linux procps systemd postfix
+APT_PACKAGES := strace ltrace gdb gcc libc6-dev make binutils util-linux procps systemd postfix groff-base man-db python3-venv
+
+# make install: the system's own interpreter, never one under a home directory
+# (root's python3 may be a private build under /root that nobody else may run).
+SYSTEM_PYTHON ?= /usr/bin/python3
+DESTDIR ?=
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+OPTDIR ?= /opt/tracerd
+SBINDIR := $(PREFIX)/sbin
+BINDIR := $(PREFIX)/bin
+MANDIR := $(PREFIX)/share/man
+COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
+UNITDIR := $(SYSCONFDIR)/systemd/system
+CONFDIR := $(SYSCONFDIR)/tracerd
+LOGROTATEDIR := $(SYSCONFDIR)/logrotate.d
+MAN8 := pftrace-hook.8 tracerd.8 tracerctl.8
+MAN5 := tracerd.toml.5
+# the shipped files name /usr/local/{s,}bin; another PREFIX is written into the installed copies
+PATHS_SED := sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/bin/|$(BINDIR)/|g'
 STAMP := $(VENV)/.installed
 
-.PHONY: run test deps apt venv lint bench clean
+.PHONY: run test deps apt venv lint bench clean install uninstall
 
 run: deps
 	$(BIN)/tracerd $(ARGS)
@@ -41,6 +66,71 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# The venv is built where it will run (DESTDIR + OPTDIR) by the system
+# interpreter.  pip writes the absolute path of the venv's python into every
+# script's #! line, and venv writes it into activate*: with a DESTDIR those
+# name the staging directory, so they are rewritten to OPTDIR, and the
+# bytecode is compiled with DESTDIR stripped; the venv then runs once moved
+# to OPTDIR (its bin/python is a link to SYSTEM_PYTHON, pyvenv.cfg names
+# only SYSTEM_PYTHON's directory).
+install:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then echo "make install: run as root (or set DESTDIR)"; exit 1; fi
+	@$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
+	@[ -x "$(DESTDIR)$(OPTDIR)/bin/python" ] || $(SYSTEM_PYTHON) -m venv "$(DESTDIR)$(OPTDIR)"
+	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile --no-cache-dir --force-reinstall --no-deps .
+	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile .
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -lrIF "$(DESTDIR)$(OPTDIR)" "$(DESTDIR)$(OPTDIR)/bin" "$(DESTDIR)$(OPTDIR)/pyvenv.cfg" 2>/dev/null \
+	    | xargs -r sed -i "s|$(DESTDIR)$(OPTDIR)|$(OPTDIR)|g"; \
+	fi
+	@"$(DESTDIR)$(OPTDIR)/bin/python" -m compileall -q $(if $(DESTDIR),-s "$(DESTDIR)") "$(DESTDIR)$(OPTDIR)/lib" >/dev/null
+	install -d "$(DESTDIR)$(SBINDIR)" "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(MANDIR)/man8" "$(DESTDIR)$(MANDIR)/man5" \
+	  "$(DESTDIR)$(COMPLETIONDIR)" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(LOGROTATEDIR)"
+	ln -sfn "$(OPTDIR)/bin/pftrace-hook" "$(DESTDIR)$(SBINDIR)/pftrace-hook"
+	ln -sfn "$(OPTDIR)/bin/tracerd" "$(DESTDIR)$(SBINDIR)/tracerd"
+	ln -sfn "$(OPTDIR)/bin/tracerctl" "$(DESTDIR)$(BINDIR)/tracerctl"
+	$(PATHS_SED) systemd/tracerd.service > "$(DESTDIR)$(UNITDIR)/tracerd.service"
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/tracerd.service"
+	@for unit in systemd/*.socket; do [ -f "$$unit" ] || continue; \
+	  install -m 0644 "$$unit" "$(DESTDIR)$(UNITDIR)/"; done
+	$(PATHS_SED) contrib/logrotate.tracerd > "$(DESTDIR)$(LOGROTATEDIR)/tracerd"
+	chmod 0644 "$(DESTDIR)$(LOGROTATEDIR)/tracerd"
+	install -m 0644 contrib/tracerctl.bash-completion "$(DESTDIR)$(COMPLETIONDIR)/tracerctl"
+	for page in $(MAN8); do install -m 0644 "man/$$page" "$(DESTDIR)$(MANDIR)/man8/$$page"; done
+	for page in $(MAN5); do install -m 0644 "man/$$page" "$(DESTDIR)$(MANDIR)/man5/$$page"; done
+	@# the config only if absent; then a copy of what was put there, OPTDIR/share/tracerd.toml.installed,
+	@# tells uninstall that install created it and whether the admin changed it since
+	@install -d "$(DESTDIR)$(OPTDIR)/share"
+	@if [ ! -e "$(DESTDIR)$(CONFDIR)/tracerd.toml" ]; then \
+	  install -d -m 0755 "$(DESTDIR)$(CONFDIR)"; \
+	  install -m 0644 contrib/tracerd.toml.example "$(DESTDIR)$(CONFDIR)/tracerd.toml"; \
+	  install -m 0644 contrib/tracerd.toml.example "$(DESTDIR)$(OPTDIR)/share/tracerd.toml.installed"; \
+	  echo "installed $(DESTDIR)$(CONFDIR)/tracerd.toml"; \
+	else echo "kept $(DESTDIR)$(CONFDIR)/tracerd.toml"; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+
+# Removes what install added.  /etc/tracerd/tracerd.toml goes only if install
+# created it and it is still byte for byte what install put there; a changed
+# one, or one that was there before, stays.
+# Logs, crash reports and the socket (/var/log/tracerd, /var/lib/tracerd,
+# /run/tracerd) are tracerd's data, not installed files: they stay.
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then echo "make uninstall: run as root (or set DESTDIR)"; exit 1; fi
+	@if [ -f "$(DESTDIR)$(CONFDIR)/tracerd.toml" ] && [ -f "$(DESTDIR)$(OPTDIR)/share/tracerd.toml.installed" ] && \
+	  cmp -s "$(DESTDIR)$(CONFDIR)/tracerd.toml" "$(DESTDIR)$(OPTDIR)/share/tracerd.toml.installed"; then \
+	  rm -f "$(DESTDIR)$(CONFDIR)/tracerd.toml"; rmdir "$(DESTDIR)$(CONFDIR)" 2>/dev/null || true; \
+	elif [ -e "$(DESTDIR)$(CONFDIR)/tracerd.toml" ]; then echo "kept $(DESTDIR)$(CONFDIR)/tracerd.toml (changed since install)"; fi
+	for link in "$(SBINDIR)/pftrace-hook" "$(SBINDIR)/tracerd" "$(BINDIR)/tracerctl"; do \
+	  if [ -L "$(DESTDIR)$$link" ] && [ "$$(readlink "$(DESTDIR)$$link")" = "$(OPTDIR)/bin/$${link##*/}" ]; then \
+	    rm -f "$(DESTDIR)$$link"; fi; done
+	rm -f "$(DESTDIR)$(UNITDIR)/tracerd.service" "$(DESTDIR)$(LOGROTATEDIR)/tracerd" "$(DESTDIR)$(COMPLETIONDIR)/tracerctl"
+	@for unit in systemd/*.socket; do [ -f "$$unit" ] || continue; rm -f "$(DESTDIR)$(UNITDIR)/$${unit##*/}"; done
+	for page in $(MAN8); do rm -f "$(DESTDIR)$(MANDIR)/man8/$$page"; done
+	for page in $(MAN5); do rm -f "$(DESTDIR)$(MANDIR)/man5/$$page"; done
+	rm -rf "$(DESTDIR)$(OPTDIR)"
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 
 bench: deps
 	$(BIN)/python bench/hook_latency.py

@@ -172,8 +172,12 @@ def is_hook(value: str | None) -> bool:
 
 
 def find_hook() -> str:
+    """The pftrace-hook installed with this tracerctl: PREFIX/sbin's when ``make install``
+    linked tracerctl into PREFIX/bin (README "Install"), else the one beside its interpreter."""
+    invoked = Path(os.path.abspath(sys.argv[0]))
     beside = Path(sys.executable).parent / "pftrace-hook"
-    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("pftrace-hook")
+    candidates = [invoked.parent.parent / "sbin" / "pftrace-hook", beside] if invoked.parent.name == "bin" else [beside]
+    found = next((str(hook) for hook in candidates if os.access(hook, os.X_OK)), None) or shutil.which("pftrace-hook")
     if found is None:
         raise PostfixError(f"pftrace-hook is neither next to {sys.executable} nor on PATH")
     return os.path.abspath(found)
