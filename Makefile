@@ -98,8 +98,9 @@ install:
 	$(PATHS_SED) contrib/logrotate.tracerd > "$(DESTDIR)$(LOGROTATEDIR)/tracerd"
 	chmod 0644 "$(DESTDIR)$(LOGROTATEDIR)/tracerd"
 	install -m 0644 contrib/tracerctl.bash-completion "$(DESTDIR)$(COMPLETIONDIR)/tracerctl"
-	for page in $(MAN8); do install -m 0644 "man/$$page" "$(DESTDIR)$(MANDIR)/man8/$$page"; done
-	for page in $(MAN5); do install -m 0644 "man/$$page" "$(DESTDIR)$(MANDIR)/man5/$$page"; done
+	for page in $(MAN8); do $(PATHS_SED) "man/$$page" > "$(DESTDIR)$(MANDIR)/man8/$$page"; done
+	for page in $(MAN5); do $(PATHS_SED) "man/$$page" > "$(DESTDIR)$(MANDIR)/man5/$$page"; done
+	chmod 0644 $(foreach page,$(MAN8),"$(DESTDIR)$(MANDIR)/man8/$(page)") $(foreach page,$(MAN5),"$(DESTDIR)$(MANDIR)/man5/$(page)")
 	@# the config only if absent; then a copy of what was put there, OPTDIR/share/tracerd.toml.installed,
 	@# tells uninstall that install created it and whether the admin changed it since
 	@install -d "$(DESTDIR)$(OPTDIR)/share"

@@ -1,9 +1,9 @@
-"""systemd/tracerd.daemon.service: systemd accepts it, and it keeps what tracing needs.
+"""systemd/tracerd.service: systemd accepts it, and it keeps what tracing needs.
 
 ``systemd-analyze verify`` works offline (no systemd as PID 1 needed) but
 insists that ExecStart names an existing executable, and the unit's
-/usr/local/bin/tracerd is where a root `pip install` puts it, not where this
-checkout has it.  So the test verifies a copy whose ExecStart names this
+/usr/local/sbin/tracerd is where `make install` links it, not where this
+checkout has it (tests/test_install.py verifies the installed unit as is).  So the test verifies a copy whose ExecStart names this
 venv's tracerd; every other line is the shipped file's.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).parent.parent / "systemd" / "tracerd.daemon.service"
-SHIPPED_EXEC_START = "ExecStart=/usr/local/bin/tracerd"
+UNIT = Path(__file__).parent.parent / "systemd" / "tracerd.service"
+SHIPPED_EXEC_START = "ExecStart=/usr/local/sbin/tracerd"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 needs_systemd_analyze = pytest.mark.skipif(
@@ -43,12 +43,12 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 def local_copy(tmp_path: Path, text: str | None = None) -> Path:
-    """The unit (or ``text``) as tmp_path/tracerd.daemon.service, ExecStart pointing at this venv."""
+    """The unit (or ``text``) as tmp_path/tracerd.service, ExecStart pointing at this venv."""
     text = UNIT.read_text() if text is None else text
     assert text.count(SHIPPED_EXEC_START + "\n") == 1
     installed = Path(sys.executable).parent / "tracerd"
     command = str(installed) if installed.exists() else f"{sys.executable} -m tracerd.daemon.main"
-    copy = tmp_path / "tracerd.daemon.service"
+    copy = tmp_path / "tracerd.service"
     copy.write_text(text.replace(SHIPPED_EXEC_START + "\n", f"ExecStart={command}\n"))
     return copy
 
@@ -68,7 +68,7 @@ def complaints(result: subprocess.CompletedProcess[str], unit: Path) -> list[str
 
 @needs_systemd_analyze
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
-    """`systemd-analyze verify` exits 0 and says nothing about tracerd.daemon.service."""
+    """`systemd-analyze verify` exits 0 and says nothing about tracerd.service."""
     copy = local_copy(tmp_path)
     result = verify(copy)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -88,7 +88,7 @@ def test_unit_runs_tracerd_as_a_notify_service_with_ordered_shutdown() -> None:
     """Type=notify (READY=1 once the socket listens), SIGHUP reload, and SIGTERM to tracerd alone."""
     unit = settings(UNIT.read_text())
     assert unit["Service.Type"] == ["notify"]
-    assert unit["Service.ExecStart"] == ["/usr/local/bin/tracerd"]
+    assert unit["Service.ExecStart"] == ["/usr/local/sbin/tracerd"]
     assert unit["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["Service.KillMode"] == ["mixed"]
     assert "Service.NotifyAccess" not in unit  # the default for notify: the main process only
