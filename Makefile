@@ -70,8 +70,8 @@ $(STAMP): pyproject.toml
 # The venv is built where it will run (DESTDIR + OPTDIR) by the system
 # interpreter.  pip writes the absolute path of the venv's python into every
 # script's #! line, and venv writes it into activate*: with a DESTDIR those
-# name the staging directory, so they are rewritten to OPTDIR, and the
-# bytecode is compiled with DESTDIR stripped; the venv then runs once moved
+# name the staging directory, so they are rewritten to OPTDIR, and all the
+# bytecode is compiled again with DESTDIR stripped; the venv then runs once moved
 # to OPTDIR (its bin/python is a link to SYSTEM_PYTHON, pyvenv.cfg names
 # only SYSTEM_PYTHON's directory).
 install:
@@ -85,7 +85,7 @@ install:
 	  grep -lrIF "$(DESTDIR)$(OPTDIR)" "$(DESTDIR)$(OPTDIR)/bin" "$(DESTDIR)$(OPTDIR)/pyvenv.cfg" 2>/dev/null \
 	    | xargs -r sed -i "s|$(DESTDIR)$(OPTDIR)|$(OPTDIR)|g"; \
 	fi
-	@"$(DESTDIR)$(OPTDIR)/bin/python" -m compileall -q $(if $(DESTDIR),-s "$(DESTDIR)") "$(DESTDIR)$(OPTDIR)/lib" >/dev/null
+	@"$(DESTDIR)$(OPTDIR)/bin/python" -m compileall -q $(if $(DESTDIR),-f -s "$(DESTDIR)") "$(DESTDIR)$(OPTDIR)/lib" >/dev/null
 	install -d "$(DESTDIR)$(SBINDIR)" "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(MANDIR)/man8" "$(DESTDIR)$(MANDIR)/man5" \
 	  "$(DESTDIR)$(COMPLETIONDIR)" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(LOGROTATEDIR)"
 	ln -sfn "$(OPTDIR)/bin/pftrace-hook" "$(DESTDIR)$(SBINDIR)/pftrace-hook"
@@ -131,6 +131,9 @@ uninstall:
 	for page in $(MAN8); do rm -f "$(DESTDIR)$(MANDIR)/man8/$$page"; done
 	for page in $(MAN5); do rm -f "$(DESTDIR)$(MANDIR)/man5/$$page"; done
 	rm -rf "$(DESTDIR)$(OPTDIR)"
+	@# the directories install may have created, once empty (PREFIX/sbin, PREFIX/bin, SYSCONFDIR's stay)
+	@for dir in "$(MANDIR)/man8" "$(MANDIR)/man5" "$(COMPLETIONDIR)" "$(dir $(COMPLETIONDIR))"; do \
+	  rmdir "$(DESTDIR)$$dir" 2>/dev/null || true; done
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 
 bench: deps

@@ -1,0 +1,272 @@
+"""`make install` and `make uninstall` (README "Install"): a DESTDIR lays out
+exactly the documented files, the staged venv works once moved to its final
+place, and a real install on this machine works and goes away without a trace.
+
+The real install writes to /opt/tracerd, /usr/local, /etc: it runs only as
+root, only when no tracerd is installed here already, and its fixture
+uninstalls (and removes whatever is left) in a finally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+OPT = "opt/tracerd"
+
+# what `make install` puts outside the venv, relative to DESTDIR (PREFIX=/usr/local, SYSCONFDIR=/etc)
+DOCUMENTED = {
+    "usr/local/sbin/pftrace-hook": "/opt/tracerd/bin/pftrace-hook",
+    "usr/local/sbin/tracerd": "/opt/tracerd/bin/tracerd",
+    "usr/local/bin/tracerctl": "/opt/tracerd/bin/tracerctl",
+    "etc/systemd/system/tracerd.service": None,
+    "etc/tracerd/tracerd.toml": None,
+    "etc/logrotate.d/tracerd": None,
+    "usr/local/share/man/man8/pftrace-hook.8": None,
+    "usr/local/share/man/man8/tracerd.8": None,
+    "usr/local/share/man/man8/tracerctl.8": None,
+    "usr/local/share/man/man5/tracerd.toml.5": None,
+    "usr/local/share/bash-completion/completions/tracerctl": None,
+}
+
+
+def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def files(root: Path) -> set[str]:
+    """Every file and link under root, relative, leaving out the venv's insides."""
+    found = set()
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if (path.is_file() or path.is_symlink()) and not rel.startswith(OPT + "/"):
+            found.add(rel)
+    return found
+
+
+def hook_runs(hook: Path) -> bool:
+    """The hook runs to its end: with no daemon it fails open, exit 1 and its one warning line."""
+    result = subprocess.run([hook, "--socket", "/nonexistent/tracerd.sock", "--syslog", "/nonexistent/log", "smtpd", "1"],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    return result.stderr.startswith("pftrace-hook: warning: smtpd[1]: not traced: ")
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `make install DESTDIR=...` for the module's layout tests."""
+    destdir = tmp_path_factory.mktemp("stage")
+    make("install", f"DESTDIR={destdir}")
+    return destdir
+
+
+@pytest.mark.slow
+def test_destdir_lays_out_exactly_the_documented_files(staged: Path) -> None:
+    """Outside /opt/tracerd: exactly the README's files, the three commands as links into the venv."""
+    assert files(staged) == set(DOCUMENTED)
+    assert (staged / OPT / "share/tracerd.toml.installed").read_bytes() == (staged / "etc/tracerd/tracerd.toml").read_bytes()
+    for rel, target in DOCUMENTED.items():
+        path = staged / rel
+        if target is not None:
+            assert os.readlink(path) == target, rel
+            assert (staged / target.lstrip("/")).is_file()
+        else:
+            assert path.is_file() and not path.is_symlink(), rel
+            assert path.stat().st_mode & 0o777 == 0o644, rel
+    assert (staged / "etc/tracerd/tracerd.toml").read_bytes() == (ROOT / "contrib/tracerd.toml.example").read_bytes()
+    unit = (staged / "etc/systemd/system/tracerd.service").read_text()
+    assert "\nExecStart=/usr/local/sbin/tracerd\n" in unit
+
+
+@pytest.mark.slow
+def test_staged_venv_names_its_final_place_only(staged: Path) -> None:
+    """The venv uses the system interpreter, its scripts start with #!/opt/tracerd/bin/python, and no
+    text file in it names the staging directory."""
+    venv = staged / OPT
+    assert (venv / "bin/python").resolve() == Path("/usr/bin/python3").resolve()
+    assert os.readlink(venv / "bin/python3") == "/usr/bin/python3"
+    assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
+    for script in ("tracerd", "tracerctl", "pftrace-hook"):
+        assert (venv / "bin" / script).read_text().splitlines()[0] == "#!/opt/tracerd/bin/python"
+    leaks = subprocess.run(["grep", "-rlF", str(staged), str(staged)], capture_output=True, text=True, check=False)
+    assert leaks.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_staged_venv_runs_once_moved(tmp_path: Path) -> None:
+    """DESTDIR + OPTDIR staged, then moved to OPTDIR: its commands run there (#! and bytecode
+    point at the final place), and the package is a real install, not a link to the checkout."""
+    final = tmp_path / "final"
+    stage = tmp_path / "stage"
+    make("install", f"DESTDIR={stage}", f"OPTDIR={final}", f"PREFIX={tmp_path}/prefix", f"SYSCONFDIR={tmp_path}/etc")
+    shutil.move(str(stage / str(final).lstrip("/")), final)
+    shutil.rmtree(stage)
+    for script in ("tracerctl", "tracerd"):
+        result = subprocess.run([final / "bin" / script, "--help"], capture_output=True, text=True, timeout=60,
+                                check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "usage:" in result.stdout
+    assert hook_runs(final / "bin/pftrace-hook")
+    where = subprocess.run([final / "bin/python", "-c", "import tracerd; print(tracerd.__file__)"],
+                           capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path).stdout.strip()  # fmt: skip
+    assert where.startswith(f"{final}/lib/python3"), where
+
+
+@pytest.mark.slow
+def test_prefix_usr_moves_links_and_the_paths_the_files_name(tmp_path: Path) -> None:
+    """PREFIX=/usr: links in /usr/sbin and /usr/bin, and the unit, logrotate file and man pages name them."""
+    make("install", f"DESTDIR={tmp_path}", "PREFIX=/usr")
+    assert os.readlink(tmp_path / "usr/sbin/tracerd") == "/opt/tracerd/bin/tracerd"
+    assert os.readlink(tmp_path / "usr/bin/tracerctl") == "/opt/tracerd/bin/tracerctl"
+    assert "\nExecStart=/usr/sbin/tracerd\n" in (tmp_path / "etc/systemd/system/tracerd.service").read_text()
+    assert "/usr/bin/tracerctl --json status" in (tmp_path / "etc/logrotate.d/tracerd").read_text()
+    assert ".B /usr/sbin/pftrace-hook\n" in (tmp_path / "usr/share/man/man8/pftrace-hook.8").read_text()
+    assert (tmp_path / "usr/share/bash-completion/completions/tracerctl").is_file()
+    assert not (tmp_path / "usr/local").exists()
+
+
+def test_destdir_uninstall_removes_what_install_added(tmp_path: Path) -> None:
+    """install then uninstall under a DESTDIR leaves nothing but empty directories; both repeat cleanly."""
+    make("install", f"DESTDIR={tmp_path}")
+    make("install", f"DESTDIR={tmp_path}")
+    make("uninstall", f"DESTDIR={tmp_path}")
+    make("uninstall", f"DESTDIR={tmp_path}")
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []
+    assert not (tmp_path / OPT).exists()
+    assert not (tmp_path / "etc/tracerd").exists()
+
+
+# -- the real thing, on this machine -------------------------------------------------------------
+
+SYSTEM_PATHS = [
+    Path("/opt/tracerd"), Path("/usr/local/sbin/pftrace-hook"), Path("/usr/local/sbin/tracerd"),
+    Path("/usr/local/bin/tracerctl"), Path("/etc/systemd/system/tracerd.service"), Path("/etc/tracerd"),
+    Path("/etc/logrotate.d/tracerd"), Path("/usr/local/share/man/man8/pftrace-hook.8"),
+    Path("/usr/local/share/man/man8/tracerd.8"), Path("/usr/local/share/man/man8/tracerctl.8"),
+    Path("/usr/local/share/man/man5/tracerd.toml.5"), Path("/usr/local/share/bash-completion/completions/tracerctl"),
+]  # fmt: skip
+
+
+# directories install creates when missing, and uninstall removes once empty
+SYSTEM_DIRS = [Path("/usr/local/share/man/man8"), Path("/usr/local/share/man/man5"),
+               Path("/usr/local/share/bash-completion/completions"), Path("/usr/local/share/bash-completion")]  # fmt: skip
+DIRS_BEFORE = {path for path in SYSTEM_DIRS if path.exists()}
+
+
+def left_behind() -> list[Path]:
+    leftovers = [path for path in SYSTEM_PATHS if path.exists() or path.is_symlink()]
+    return leftovers + [path for path in SYSTEM_DIRS if path.exists() and path not in DIRS_BEFORE]
+
+
+def remove_all() -> None:
+    for path in left_behind():
+        if path in SYSTEM_DIRS:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty: never someone else's files
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@pytest.fixture(scope="module")
+def system_install() -> Iterator[subprocess.CompletedProcess[str]]:
+    """`make install` on this machine, undone at the end whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("make install needs root")
+    if left_behind():
+        pytest.skip(f"tracerd is installed on this machine already: {left_behind()}")
+    try:
+        yield make("install")
+    finally:
+        subprocess.run(["make", "uninstall"], cwd=ROOT, capture_output=True, timeout=300, check=False)
+        remove_all()
+
+
+@pytest.mark.slow
+def test_system_install_runs_with_the_system_interpreter(system_install: subprocess.CompletedProcess[str]) -> None:
+    """The installed commands run through the links, from a venv of /usr/bin/python3, and the installed
+    pages render with man (found by name, as a user would)."""
+    assert Path("/opt/tracerd/bin/python").resolve() == Path("/usr/bin/python3").resolve()
+    for command in ("/usr/local/sbin/tracerd", "/usr/local/bin/tracerctl"):
+        result = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+    assert hook_runs(Path("/usr/local/sbin/pftrace-hook"))
+    check = subprocess.run(["/usr/local/sbin/tracerd", "--check"], capture_output=True, text=True, timeout=60,
+                           check=False)  # fmt: skip
+    assert check.returncode == 0, check.stderr  # the installed /etc/tracerd/tracerd.toml is valid
+    page = subprocess.run(["man", "-w", "tracerd.toml"], capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": "/usr/local/bin:/usr/bin:/bin"})  # fmt: skip
+    assert Path(page.stdout.strip()).resolve() == Path("/usr/local/share/man/man5/tracerd.toml.5")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_installed_unit_verifies_as_is(system_install: subprocess.CompletedProcess[str]) -> None:
+    """`systemd-analyze verify` accepts the installed unit unchanged: its ExecStart exists now."""
+    unit = "/etc/systemd/system/tracerd.service"
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line for line in (result.stdout + result.stderr).splitlines() if "tracerd.service" in line] == []
+
+
+@pytest.mark.slow
+def test_completion_offers_subcommands_and_survives_a_missing_helper(
+    system_install: subprocess.CompletedProcess[str],
+) -> None:
+    """The installed completion completes subcommands and postfix actions itself; asking for crash ids
+    or services from a tracerctl that cannot answer (no daemon, or no `_complete`) offers nothing
+    and prints nothing."""
+    script = "/usr/local/share/bash-completion/completions/tracerctl"
+
+    def complete(*words: str) -> tuple[list[str], str]:
+        line = " ".join(f"'{w}'" for w in words)
+        result = subprocess.run(
+            ["bash", "-c", f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _tracerctl; "
+             'printf "%s\\n" "${COMPREPLY[@]}"'],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "TRACERD_SOCKET": "/nonexistent/tracerd.sock"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return [w for w in result.stdout.splitlines() if w], result.stderr
+
+    assert complete("tracerctl", "cr") == (["crashes", "crash"], "")
+    assert complete("tracerctl", "postfix", "") == (["enable", "disable", "status"], "")
+    assert complete("tracerctl", "--json", "postfix", "enable", "--tr")[0] == ["--tracer"]
+    assert complete("tracerctl", "crash", "2026") == ([], "")
+
+
+@pytest.mark.slow
+def test_reinstall_keeps_a_changed_config_and_uninstall_leaves_nothing_else(
+    system_install: subprocess.CompletedProcess[str],
+) -> None:
+    """A second `make install` succeeds and keeps the admin's tracerd.toml; `make uninstall` (twice)
+    removes every installed file but keeps that changed config; unchanged, it goes too."""
+    config = Path("/etc/tracerd/tracerd.toml")
+    assert "installed /etc/tracerd/tracerd.toml" in system_install.stdout
+    changed = config.read_text() + "\n# changed by the admin\n"
+    config.write_text(changed)
+    again = make("install")
+    assert "kept /etc/tracerd/tracerd.toml" in again.stdout
+    assert config.read_text() == changed
+    make("uninstall")
+    make("uninstall")
+    assert left_behind() == [Path("/etc/tracerd")]
+    assert config.read_text() == changed
+    config.unlink()
+    Path("/etc/tracerd").rmdir()
+    # unchanged: uninstall removes it and its directory
+    make("install")
+    make("uninstall")
+    assert left_behind() == []
