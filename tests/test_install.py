@@ -38,8 +38,9 @@ DOCUMENTED = {
 
 
 def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=600, check=False)  # fmt: skip
+    result = subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -56,8 +57,13 @@ def files(root: Path) -> set[str]:
 
 def hook_runs(hook: Path) -> bool:
     """The hook runs to its end: with no daemon it fails open, exit 1 and its one warning line."""
-    result = subprocess.run([hook, "--socket", "/nonexistent/tracerd.sock", "--syslog", "/nonexistent/log", "smtpd", "1"],
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        [hook, "--socket", "/nonexistent/tracerd.sock", "--syslog", "/nonexistent/log", "smtpd", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr
     return result.stderr.startswith("pftrace-hook: warning: smtpd[1]: not traced: ")
 
@@ -74,14 +80,17 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_destdir_lays_out_exactly_the_documented_files(staged: Path) -> None:
     """Outside /opt/tracerd: exactly the README's files, the three commands as links into the venv."""
     assert files(staged) == set(DOCUMENTED)
-    assert (staged / OPT / "share/tracerd.toml.installed").read_bytes() == (staged / "etc/tracerd/tracerd.toml").read_bytes()
+    assert (staged / OPT / "share/tracerd.toml.installed").read_bytes() == (
+        staged / "etc/tracerd/tracerd.toml"
+    ).read_bytes()
     for rel, target in DOCUMENTED.items():
         path = staged / rel
         if target is not None:
             assert os.readlink(path) == target, rel
             assert (staged / target.lstrip("/")).is_file()
         else:
-            assert path.is_file() and not path.is_symlink(), rel
+            assert path.is_file(), rel
+            assert not path.is_symlink(), rel
             assert path.stat().st_mode & 0o777 == 0o644, rel
     assert (staged / "etc/tracerd/tracerd.toml").read_bytes() == (ROOT / "contrib/tracerd.toml.example").read_bytes()
     unit = (staged / "etc/systemd/system/tracerd.service").read_text()
@@ -112,13 +121,20 @@ def test_a_staged_venv_runs_once_moved(tmp_path: Path) -> None:
     shutil.move(str(stage / str(final).lstrip("/")), final)
     shutil.rmtree(stage)
     for script in ("tracerctl", "tracerd"):
-        result = subprocess.run([final / "bin" / script, "--help"], capture_output=True, text=True, timeout=60,
-                                check=False)  # fmt: skip
+        result = subprocess.run(
+            [final / "bin" / script, "--help"], capture_output=True, text=True, timeout=60, check=False
+        )
         assert result.returncode == 0, result.stderr
         assert "usage:" in result.stdout
     assert hook_runs(final / "bin/pftrace-hook")
-    where = subprocess.run([final / "bin/python", "-c", "import tracerd; print(tracerd.__file__)"],
-                           capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path).stdout.strip()  # fmt: skip
+    where = subprocess.run(
+        [final / "bin/python", "-c", "import tracerd; print(tracerd.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.strip()
     assert where.startswith(f"{final}/lib/python3"), where
 
 
@@ -149,17 +165,28 @@ def test_destdir_uninstall_removes_what_install_added(tmp_path: Path) -> None:
 # -- the real thing, on this machine -------------------------------------------------------------
 
 SYSTEM_PATHS = [
-    Path("/opt/tracerd"), Path("/usr/local/sbin/pftrace-hook"), Path("/usr/local/sbin/tracerd"),
-    Path("/usr/local/bin/tracerctl"), Path("/etc/systemd/system/tracerd.service"), Path("/etc/tracerd"),
-    Path("/etc/logrotate.d/tracerd"), Path("/usr/local/share/man/man8/pftrace-hook.8"),
-    Path("/usr/local/share/man/man8/tracerd.8"), Path("/usr/local/share/man/man8/tracerctl.8"),
-    Path("/usr/local/share/man/man5/tracerd.toml.5"), Path("/usr/local/share/bash-completion/completions/tracerctl"),
-]  # fmt: skip
+    Path("/opt/tracerd"),
+    Path("/usr/local/sbin/pftrace-hook"),
+    Path("/usr/local/sbin/tracerd"),
+    Path("/usr/local/bin/tracerctl"),
+    Path("/etc/systemd/system/tracerd.service"),
+    Path("/etc/tracerd"),
+    Path("/etc/logrotate.d/tracerd"),
+    Path("/usr/local/share/man/man8/pftrace-hook.8"),
+    Path("/usr/local/share/man/man8/tracerd.8"),
+    Path("/usr/local/share/man/man8/tracerctl.8"),
+    Path("/usr/local/share/man/man5/tracerd.toml.5"),
+    Path("/usr/local/share/bash-completion/completions/tracerctl"),
+]
 
 
 # directories install creates when missing, and uninstall removes once empty
-SYSTEM_DIRS = [Path("/usr/local/share/man/man8"), Path("/usr/local/share/man/man5"),
-               Path("/usr/local/share/bash-completion/completions"), Path("/usr/local/share/bash-completion")]  # fmt: skip
+SYSTEM_DIRS = [
+    Path("/usr/local/share/man/man8"),
+    Path("/usr/local/share/man/man5"),
+    Path("/usr/local/share/bash-completion/completions"),
+    Path("/usr/local/share/bash-completion"),
+]
 DIRS_BEFORE = {path for path in SYSTEM_DIRS if path.exists()}
 
 
@@ -202,11 +229,18 @@ def test_system_install_runs_with_the_system_interpreter(system_install: subproc
         result = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
     assert hook_runs(Path("/usr/local/sbin/pftrace-hook"))
-    check = subprocess.run(["/usr/local/sbin/tracerd", "--check"], capture_output=True, text=True, timeout=60,
-                           check=False)  # fmt: skip
+    check = subprocess.run(
+        ["/usr/local/sbin/tracerd", "--check"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode == 0, check.stderr  # the installed /etc/tracerd/tracerd.toml is valid
-    page = subprocess.run(["man", "-w", "tracerd.toml"], capture_output=True, text=True, timeout=60, check=False,
-                          env={"PATH": "/usr/local/bin:/usr/bin:/bin"})  # fmt: skip
+    page = subprocess.run(
+        ["man", "-w", "tracerd.toml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
     assert Path(page.stdout.strip()).resolve() == Path("/usr/local/share/man/man5/tracerd.toml.5")
 
 
@@ -215,8 +249,9 @@ def test_system_install_runs_with_the_system_interpreter(system_install: subproc
 def test_installed_unit_verifies_as_is(system_install: subprocess.CompletedProcess[str]) -> None:
     """`systemd-analyze verify` accepts the installed unit unchanged: its ExecStart exists now."""
     unit = "/etc/systemd/system/tracerd.service"
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True,
-                            timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert [line for line in (result.stdout + result.stderr).splitlines() if "tracerd.service" in line] == []
 
@@ -233,11 +268,18 @@ def test_completion_offers_subcommands_and_survives_a_missing_helper(
     def complete(*words: str) -> tuple[list[str], str]:
         line = " ".join(f"'{w}'" for w in words)
         result = subprocess.run(
-            ["bash", "-c", f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _tracerctl; "
-             'printf "%s\\n" "${COMPREPLY[@]}"'],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                "bash",
+                "-c",
+                f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _tracerctl; "
+                'printf "%s\\n" "${COMPREPLY[@]}"',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "TRACERD_SOCKET": "/nonexistent/tracerd.sock"},
-        )  # fmt: skip
+        )
         assert result.returncode == 0, result.stderr
         return [w for w in result.stdout.splitlines() if w], result.stderr
 

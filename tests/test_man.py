@@ -14,12 +14,16 @@ MAN = Path(__file__).parent.parent / "man"
 PAGES = ["pftrace-hook.8", "tracerd.8", "tracerctl.8", "tracerd.toml.5"]
 SECTIONS = ["NAME", "SYNOPSIS", "DESCRIPTION", "SECURITY", "DIAGNOSTICS", "FILES", "SEE ALSO"]
 
-needs_groff = pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed (apt-get install groff-base)")
+needs_groff = pytest.mark.skipif(
+    shutil.which("groff") is None, reason="groff is not installed (apt-get install groff-base)"
+)
 
 
 def lint(page: Path) -> str:
     """groff's warnings (all of them: -ww) for the page, as man -l would format it."""
-    result = subprocess.run(["groff", "-ww", "-man", "-z", str(page)], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["groff", "-ww", "-man", "-z", str(page)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stderr
 
@@ -70,8 +74,14 @@ def test_pages_name_the_installed_paths() -> None:
 @pytest.mark.parametrize("page", PAGES)
 def test_man_l_renders_the_page(page: str) -> None:
     """`man -l` renders the page with its sections, and its warnings are empty."""
-    result = subprocess.run(["man", "--warnings", "-l", str(MAN / page)], capture_output=True, text=True, timeout=60,
-                            check=False, env={"PATH": "/usr/bin:/bin", "MANWIDTH": "80", "LANG": "C.UTF-8"})  # fmt: skip
+    result = subprocess.run(
+        ["man", "--warnings", "-l", str(MAN / page)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "MANWIDTH": "80", "LANG": "C.UTF-8"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for section in SECTIONS:

@@ -40,7 +40,12 @@ QUICK_START = [
 ]
 # what a root login shell finds; /usr/local/sbin first, as on Debian
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-INSTALLED = [Path("/opt/tracerd"), Path("/usr/local/sbin/tracerd"), Path("/usr/local/bin/tracerctl"), Path("/etc/tracerd")]
+INSTALLED = [
+    Path("/opt/tracerd"),
+    Path("/usr/local/sbin/tracerd"),
+    Path("/usr/local/bin/tracerctl"),
+    Path("/etc/tracerd"),
+]
 DATA_DIRS = [Path("/run/tracerd"), Path("/var/log/tracerd"), Path("/var/lib/tracerd")]
 CRASH_ID = re.compile(r"\b\d{8}T\d{6}Z-[0-9a-f]{8}-\d+\b")
 
@@ -62,8 +67,15 @@ def test_readme_quick_start_is_first_and_in_order() -> None:
 
 
 def run(argv: list[str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, env={"PATH": PATH, "LANG": "C.UTF-8"}, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env={"PATH": PATH, "LANG": "C.UTF-8"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def shell(command: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,9 @@
 ``systemd-analyze verify`` works offline (no systemd as PID 1 needed) but
 insists that ExecStart names an existing executable, and the unit's
 /usr/local/sbin/tracerd is where `make install` links it, not where this
-checkout has it (tests/test_install.py verifies the installed unit as is).  So the test verifies a copy whose ExecStart names this
-venv's tracerd; every other line is the shipped file's.
+checkout has it (tests/test_install.py verifies the installed unit as is).
+So the test verifies a copy whose ExecStart names this venv's tracerd; every
+other line is the shipped file's.
 """
 
 from __future__ import annotations
