@@ -79,6 +79,8 @@ install:
 	@$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
 	@[ -x "$(DESTDIR)$(OPTDIR)/bin/python" ] || $(SYSTEM_PYTHON) -m venv "$(DESTDIR)$(OPTDIR)"
+	@# setuptools builds in ./build and would carry a module deleted since into the wheel
+	rm -rf build
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile --no-cache-dir --force-reinstall --no-deps .
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile .
 	@if [ -n "$(DESTDIR)" ]; then \
