@@ -125,10 +125,8 @@ def daemon_factory(tmp_path: Path, syslog_receiver: SyslogReceiver) -> Iterator[
     ) -> Daemon:
         root = tmp_path / f"d{len(daemons)}"
         root.mkdir()
-        daemon = Daemon(
-            root, syslog_path or syslog_receiver.path, extra_config, socket_path, data_dir,
-            env=env, attach_timeout=attach_timeout,
-        )
+        syslog = syslog_path or syslog_receiver.path
+        daemon = Daemon(root, syslog, extra_config, socket_path, data_dir, env=env, attach_timeout=attach_timeout)
         daemons.append(daemon)
         if start:
             daemon.start()

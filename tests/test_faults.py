@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import have, proc_state, reap_zombies
+from tests.conftest import have, reap_zombies
+from tests.support import assert_running, tracer_pid, wait_until
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
 
@@ -27,11 +28,6 @@ LOAD_RULES = (
     '[[rule]]\nprocess = "*"\ntracer = "watch"\n'
 )
 TRACER_NAMES = {"strace", "gdb", "python", "python3", "setpriv"}
-
-
-def tracer_pid(pid: int) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(text.split("TracerPid:")[1].split()[0])
 
 
 def start_load(
@@ -53,12 +49,9 @@ def start_load(
 def assert_all_run_untraced(targets: list[Any], within: float = 2.0) -> None:
     """Within `within` s none is in tracing stop and all live; soon none is traced."""
     time.sleep(within)
-    states = {t.pid: proc_state(t.pid) for t in targets}
-    assert all(state in ("S", "R") for state in states.values()), states
-    deadline = time.monotonic() + 15
-    while any(tracer_pid(t.pid) for t in targets):
-        assert time.monotonic() < deadline, [t.pid for t in targets if tracer_pid(t.pid)]
-        time.sleep(0.1)
+    for target in targets:
+        assert_running(target.pid)
+    wait_until(lambda: not [t.pid for t in targets if tracer_pid(t.pid)], "every target untraced", 15, interval=0.1)
 
 
 def crash_one(daemon: Any, cbin: Any, spawn: Any) -> str:
@@ -121,18 +114,18 @@ def test_kill9_of_watcher_or_one_gdb_under_load(daemon_factory: Any, cbin: Any, 
         hit = hit[:1]
     os.kill(killed, signal.SIGKILL)
     time.sleep(2.0)
-    assert all(proc_state(t.pid) in ("S", "R") for t in targets)
-    deadline = time.monotonic() + 30
-    while True:
-        now = {s["pid"]: s for s in daemon.status()["sessions"] if s["state"] == "attached"}
+    for target in targets:
+        assert_running(target.pid)
+    now: dict[int, Any] = {}
+
+    def recovered() -> bool:
+        now.clear()
+        now.update({s["pid"]: s for s in daemon.status()["sessions"] if s["state"] == "attached"})
         if victim == "watcher":
-            done = all(t.pid in now and now[t.pid]["tracer_pid"] != killed for t in hit)
-        else:
-            done = daemon.session(hit[0].pid)["state"] == "failed"
-        if done:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+            return all(t.pid in now and now[t.pid]["tracer_pid"] != killed for t in hit)
+        return bool(daemon.session(hit[0].pid)["state"] == "failed")
+
+    wait_until(recovered, f"the {victim}'s sessions rewatched or failed", 30, interval=0.1)
     untouched = [t for t in targets if t not in hit]
     assert all(now[t.pid]["tracer_pid"] == sessions[t.pid]["tracer_pid"] for t in untouched)
     if victim == "gdb":

@@ -11,7 +11,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import have, proc_state
+from tests.conftest import have
+from tests.support import assert_running
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
@@ -34,7 +35,7 @@ def test_gdb_killed_fails_the_session_and_the_process_runs_on(
     warning = syslog_receiver.wait_for(f"orphaned[{target.pid}]: tracer failed")
     assert warning.startswith("<20>")  # mail.warning
     time.sleep(0.2)
-    assert proc_state(target.pid) in "SR"
+    assert_running(target.pid)
     assert "TracerPid:\t0" in Path(f"/proc/{target.pid}/status").read_text()
     assert target.proc.stdin is not None
     target.proc.stdin.close()
