@@ -221,11 +221,13 @@ class Daemon:
         return dict(reply["session"])
 
     def wait_session(self, pid: int, state: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The session of pid once it is in ``state`` (it may not exist yet)."""
         seen: list[dict[str, Any]] = [{}]
 
         def reached() -> dict[str, Any] | None:
-            seen[0] = self.session(pid)
-            return seen[0] if seen[0]["state"] == state else None
+            reply = self.request(json.dumps({"op": "show", "pid": pid}).encode() + b"\n")
+            seen[0] = reply.get("session") or reply  # no session yet: the error says so
+            return seen[0] if seen[0].get("state") == state else None
 
         try:
             return wait_until(reached, f"session {pid} {state}", timeout)
