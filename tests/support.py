@@ -50,7 +50,7 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 10.0, interva
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not {what} within {timeout} s (last seen: {value!r})")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last seen: {value!r})")
         time.sleep(interval)
 
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, reap_zombies, script
-from tests.support import assert_running, reap, tracer_pid, wait_until
+from tests.support import assert_running, assert_untraced, reap, tracer_pid, wait_until
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
 
@@ -191,7 +191,7 @@ def test_recycled_pid_is_never_acted_upon(daemon_factory: Any, cbin: Any, spawn:
         shown = daemon.session(pid)
         assert shown["name"] == "old"
         assert shown["state"] == "exited"
-        assert tracer_pid(pid) == 0
+        assert_untraced(pid)
         assert daemon.ctl("attach", str(pid), "--name", "new").returncode == 0
         session = daemon.session(pid)
         assert session["name"] == "new"
@@ -246,7 +246,7 @@ def test_recycled_pid_is_refused_while_the_old_session_is_active(
         result = daemon.ctl("where", str(pid))
         assert result.returncode == 1
         assert f"process {pid} is gone (or its pid was reused)" in result.stderr
-        assert tracer_pid(pid) == 0
+        assert_untraced(pid)
         result = daemon.ctl("attach", str(pid), "--name", "new", "--tracer", "watch")
         assert result.returncode == 0, result.stderr
         session = daemon.session(pid)
