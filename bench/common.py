@@ -1,5 +1,7 @@
 """Shared bench plumbing: compile C targets, run a private tracerd, percentiles.
 
+The waits, process checks and reaping are the tests' own (:mod:`tests.support`).
+
 Benchmarks compare against a baseline measured in the same run, on the same
 machine, so that the ratio means something on a shared, noisy host.
 """
@@ -22,20 +24,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tracerd.ctl.main import call
-from tracerd.errors import TargetGone
-from tracerd.procinfo import state_of
-
 ROOT = Path(__file__).resolve().parent.parent
-C_DIR = ROOT / "tests" / "c"
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # tests.support: the helpers the tests use
+
+from tests import support  # noqa: E402
+from tests.support import proc_state, reap, wait_until  # noqa: E402
+from tracerd.ctl.main import call  # noqa: E402
+
+C_DIR = support.C_DIR
+BIN = support.BIN
+# what bench scripts import from here
+__all__ = ["BIN", "C_DIR", "ROOT", "proc_state", "reap", "wait_until"]
 RESULTS = ROOT / "bench" / "results"
 
 
 def compile_c(name: str, out: Path, *flags: str) -> Path:
-    exe = out / name
-    subprocess.run(["gcc", "-g", "-O2", "-o", str(exe), str(C_DIR / f"{name}.c"), *flags], check=True)
-    return exe
+    """tests/c/NAME.c built optimized, as a production program would be."""
+    return support.compile_c(name, out, *flags, optimize="-O2")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -145,14 +150,6 @@ def request(sock: Path, op: str, timeout: float = 30.0, **fields: Any) -> dict[s
     return call(str(sock), {"op": op, **fields}, timeout=timeout)
 
 
-def proc_state(pid: int) -> str:
-    """One-letter state of a process ('t' = tracing stop), '' when gone."""
-    try:
-        return state_of(pid)
-    except TargetGone:
-        return ""
-
-
 def no_core_dumps() -> None:
     """Crashing targets (and everything else the bench starts) dump no core."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
@@ -165,15 +162,3 @@ def save(name: str, data: dict[str, object]) -> Path:
     data["host"] = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
-
-
-def reap(proc: subprocess.Popen[bytes]) -> None:
-    """Kill (if still running), wait for and close one process the bench started."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    proc.wait(timeout=30)
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()

@@ -52,7 +52,18 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, compile_c, no_core_dumps, private_tracerd, reap, request, save, stderr_events, summary
+from common import (
+    BIN,
+    compile_c,
+    no_core_dumps,
+    private_tracerd,
+    reap,
+    request,
+    save,
+    stderr_events,
+    summary,
+    wait_until,
+)
 
 TRACERS = ("watch", "gdb")
 KINDS = ("watch", "gdb", "untraced")
@@ -125,15 +136,11 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
 
 def wait_ended(sock: Path, pid: int, timeout: float = 60.0) -> dict[str, Any]:
     """The session of pid once it has ended (so that crashes never overlap)."""
-    deadline = time.monotonic() + timeout
-    session: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        reply = request(sock, "show", pid=pid)
-        session = reply.get("session") or {}
-        if session.get("state") in ENDED:
-            return session
-        time.sleep(0.02)
-    raise RuntimeError(f"session {pid} did not end within {timeout} s: {session}")
+    def ended() -> dict[str, Any] | None:
+        session: dict[str, Any] = request(sock, "show", pid=pid).get("session") or {}
+        return session if session.get("state") in ENDED else None
+
+    return wait_until(ended, f"session {pid} ended", timeout, interval=0.02)
 
 
 @dataclass
@@ -256,7 +263,7 @@ def rss_under(exe: Path, tracer: str, hook: str, sock: Path, count: int) -> dict
                 proc.wait(timeout=30)
             reap(proc)
         for proc in targets:
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(AssertionError):
                 wait_ended(sock, proc.pid, timeout=30)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, compile_c, private_tracerd, request, save, stderr_events
+from common import BIN, compile_c, private_tracerd, request, save, stderr_events, wait_until
 
 GOAL_RATIO = 0.98
 KINDS = ("untraced", "watched", "strace")
@@ -78,14 +78,16 @@ def run_once(exe: Path, kind: str, hook: str, iterations: int, sock: Path) -> di
     result["loop_ms"] = int(match.group(2)) / 1000.0
     if kind != "untraced":
         # the next run starts only once tracerd is done with this one (strace's output drained)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            session = request(sock, "show", pid=proc.pid).get("session") or {}
-            if session.get("state") not in ("attaching", "attached"):
-                result["state"] = session.get("state")
-                result["log_lines"] = session.get("lines")
-                break
-            time.sleep(0.05)
+        def ended() -> dict[str, Any] | None:
+            session: dict[str, Any] = request(sock, "show", pid=proc.pid).get("session") or {}
+            return session if session.get("state") not in ("attaching", "attached") else None
+
+        try:
+            session = wait_until(ended, f"session {proc.pid} ended", timeout=600)
+            result["state"] = session.get("state")
+            result["log_lines"] = session.get("lines")
+        except AssertionError as err:
+            result["error"] = str(err)
         result["session_end_s"] = time.monotonic() - start
     cpu_after = cpu(daemon)
     result["tracerd_cpu_s"] = cpu_after[0] - cpu_before[0]

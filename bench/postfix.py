@@ -45,7 +45,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, no_core_dumps, private_tracerd, request, save, summary
+from common import BIN, no_core_dumps, private_tracerd, request, save, summary, wait_until
 
 from tests.postfix_instance import PostfixInstance, available
 
@@ -138,17 +138,18 @@ def kill_recipe_leftovers() -> int:
 
 def reap_all(keep: int, timeout: float = 30.0) -> None:
     """Wait for, and reap, every child but ``keep`` (tracerd, a Popen of common.py)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reaped() -> bool:
         others = [p for p in psutil.Process().children() if p.pid != keep]
-        if not others:
-            return
         for proc in others:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.pid, os.WNOHANG)
-        time.sleep(0.05)
-    left = [(p.pid, p.name()) for p in psutil.Process().children() if p.pid != keep]
-    raise AssertionError(f"children left after {timeout} s: {left}")
+        return not others
+
+    try:
+        wait_until(reaped, "every child reaped", timeout)
+    except AssertionError:
+        left = [(p.pid, p.name()) for p in psutil.Process().children() if p.pid != keep]
+        raise AssertionError(f"children left after {timeout} s: {left}") from None
 
 
 def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[

@@ -33,7 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, compile_c, private_tracerd, proc_state, reap, request, save
+from common import BIN, compile_c, private_tracerd, proc_state, reap, request, save, wait_until
 
 from tracerd.procinfo import tracer_pid
 
@@ -81,8 +81,7 @@ def sigterm_run(exe: Path, watched: int) -> dict[str, float]:
         daemon = psutil.Process(pid)
         started = time.monotonic()
         os.kill(pid, signal.SIGTERM)
-        while daemon.status() != psutil.STATUS_ZOMBIE:
-            time.sleep(0.005)
+        wait_until(lambda: daemon.status() == psutil.STATUS_ZOMBIE, "tracerd exited", timeout=60, interval=0.005)
         elapsed = time.monotonic() - started
         still = sum(traced(p.pid) for p in procs)
         end(procs)

@@ -62,6 +62,7 @@ from common import (
     stderr_events,
     stderr_lines,
     summary,
+    wait_until,
 )
 
 GOAL_MB_PER_PROCESS = 0.1
@@ -212,13 +213,15 @@ def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
         result.update(state=None, crash=None, report_on_disk=False)
         if result["hook"] != "hook=0":
             return result  # not traced: no session to wait for
-        deadline = time.monotonic() + 60
-        session: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            session = request(sock, "show", pid=proc.pid).get("session") or {}
-            if session.get("state") not in (None, "attaching", "attached"):
-                break
-            time.sleep(0.05)
+        last: list[dict[str, Any]] = [{}]
+
+        def ended() -> bool:
+            last[0] = request(sock, "show", pid=proc.pid).get("session") or {}
+            return last[0].get("state") not in (None, "attaching", "attached")
+
+        with contextlib.suppress(AssertionError):  # not ended in time: its state says so
+            wait_until(ended, f"session {proc.pid} ended", timeout=60)
+        session = last[0]
         result["state"] = session.get("state")
         result["crash"] = session.get("crash")
         report = root / "state" / "crashes" / f"{session.get('crash')}.json"
@@ -230,13 +233,15 @@ def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
 
 def wait_sessions_end(sock: Path, start: float, timeout: float = 300.0) -> tuple[float, int]:
     """Seconds from ``start`` until tracerd has no active session, and how many were left then."""
-    active = -1
-    while time.monotonic() - start < timeout:
-        active = int(request(sock, "status")["counters"]["active"])
-        if active == 0:
-            break
-        time.sleep(0.1)
-    return time.monotonic() - start, active
+    active = [-1]
+
+    def none_active() -> bool:
+        active[0] = int(request(sock, "status")["counters"]["active"])
+        return active[0] == 0
+
+    with contextlib.suppress(AssertionError):  # some left: the count says how many
+        wait_until(none_active, "no active session", max(0.0, timeout - (time.monotonic() - start)), interval=0.1)
+    return time.monotonic() - start, active[0]
 
 
 def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Target], errors: Path) -> dict[str, Any]:

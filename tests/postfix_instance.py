@@ -15,10 +15,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
+
+from tests.support import wait_until
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 MASTER = "/usr/lib/postfix/sbin/master"
@@ -108,15 +109,16 @@ class PostfixInstance:
         self.master = subprocess.Popen(
             [MASTER, "-c", str(self.config_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.master.poll() is not None:
+        master = self.master
+
+        def serving() -> bool:
+            if master.poll() is not None:
                 raise AssertionError(f"postfix master exited: {self.log_text()[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                if "daemon started" in self.log_text():
-                    return
-            time.sleep(0.05)
-        raise AssertionError("postfix did not start in time")
+                return "daemon started" in self.log_text()
+            return False
+
+        wait_until(serving, "postfix started", timeout)
 
     def postconf(self, *args: str) -> str:
         return subprocess.run(
@@ -133,13 +135,14 @@ class PostfixInstance:
             return ""
 
     def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def logged() -> str | None:
             text = self.log_text()
-            if text.count(needle) >= count:
-                return text
-            time.sleep(0.1)
-        raise AssertionError(f"maillog has {self.log_text().count(needle)} of {count} x {needle!r}")
+            return text if text.count(needle) >= count else None
+
+        try:
+            return wait_until(logged, f"{count} x {needle!r} in the maillog", timeout, interval=0.1)
+        except AssertionError:
+            raise AssertionError(f"maillog has {self.log_text().count(needle)} of {count} x {needle!r}") from None
 
     def smtp_source(self, messages: int = 1, sessions: int = 1, timeout: float = 120.0) -> None:
         subprocess.run(

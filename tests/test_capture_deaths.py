@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import psutil
 import pytest
 
 from tests.conftest import Daemon, proc_state, reap_zombies
+from tests.support import wait_until
 from tracerd.procinfo import tracer_pid
 
 WATCH = '[[rule]]\nprocess = "*"\ntracer = "watch"'
@@ -54,13 +54,7 @@ CASES = [
 
 
 def wait_for(check: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(check, what, timeout, interval=0.02)
 
 
 def capture_gdb(daemon: Daemon, tracer: int | None) -> int | None:

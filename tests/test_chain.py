@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import have, proc_state
+from tests.support import wait_until
 
 
 @pytest.mark.parametrize("tracer", ["strace", "ltrace"])
@@ -38,9 +39,7 @@ def test_hook_attaches_before_returning_and_output_reaches_log_and_syslog(
     log = Path(session["log"])
     assert log == daemon.log_dir / f"hookedd.{target.pid}.log"
     # the log is closed with its final line once the session ended
-    deadline = time.monotonic() + 10
-    while "exited with status 3" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: "exited with status 3" in log.read_text(), "the log's closing line", 10)
     text = log.read_text()
     if tracer == "strace":
         assert 'write(1, "MARKER-after-hook\\n", 18)' in text

@@ -9,7 +9,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, proc_state
+from tests.support import wait_until
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
@@ -66,10 +66,7 @@ def gdb_children(daemon: Any) -> list[psutil.Process]:
 def assert_clean(daemon: Any, pid: int) -> None:
     """No process left in tracing stop, no gdb left running."""
     assert proc_state(pid) != "t"
-    deadline = time.monotonic() + 10
-    while gdb_children(daemon) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gdb_children(daemon) == []
+    wait_until(lambda: gdb_children(daemon) == [], "no gdb left running", 10)
 
 
 @pytest.fixture(params=["gdb", "watch"])
@@ -176,9 +173,7 @@ def test_normal_exit_with_code_3(gdb_daemon: Any, cbin: Any, spawn: Any) -> None
     session = gdb_daemon.wait_session(target.pid, "exited")
     assert session["exit_code"] == 3
     log = Path(session["log"])
-    deadline = time.monotonic() + 10
-    while not log.read_text().rstrip().endswith("exited with status 3") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: log.read_text().rstrip().endswith("exited with status 3"), "the log's closing line", 10)
     assert log.read_text().rstrip().endswith(f"crashd[{target.pid}] exited with status 3")
     assert_clean(gdb_daemon, target.pid)
 

@@ -7,13 +7,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import have, proc_state, script
+from tests.support import wait_until
 from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
 
 
@@ -192,10 +192,7 @@ def test_sighup_reloads_config_for_new_sessions(daemon: Any, cbin: Any, spawn: A
     text = daemon.config.read_text().replace('default_tracer = "strace"', 'default_tracer = "ltrace"')
     daemon.config.write_text(text)
     os.kill(daemon.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while daemon.status()["daemon"]["default_tracer"] != "ltrace":
-        assert time.monotonic() < deadline, "reload not seen"
-        time.sleep(0.05)
+    wait_until(lambda: daemon.status()["daemon"]["default_tracer"] == "ltrace", "reload seen")
     sleeper = spawn(cbin("sleeper"))
     assert sleeper.readline() == "ready\n"
     assert daemon.ctl("attach", str(sleeper.pid)).returncode == 0
@@ -206,10 +203,7 @@ def test_sighup_with_broken_config_keeps_the_old_one(daemon: Any) -> None:
     """A broken config on SIGHUP is logged; the daemon keeps serving the old one."""
     daemon.config.write_text(daemon.config.read_text() + "\nbogus_key = 1\n")
     os.kill(daemon.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload_failed" not in daemon.stderr():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: "reload_failed" in daemon.stderr(), "reload_failed logged")
     assert "bogus_key: unknown key" in daemon.stderr()
     assert daemon.status()["daemon"]["default_tracer"] == "strace"
 
@@ -221,17 +215,11 @@ def test_sighup_reopens_logs_for_logrotate(daemon: Any, cbin: Any, spawn: Any) -
     assert sleeper.readline() == "ready\n"
     assert daemon.ctl("attach", str(sleeper.pid), "--tracer", "strace").returncode == 0
     log = Path(daemon.session(sleeper.pid)["log"])
-    deadline = time.monotonic() + 10
-    while "tick" not in log.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: "tick" in log.read_text(), "a tick in the log")
     rotated = log.with_name(log.name + ".1")
     log.rename(rotated)
     os.kill(daemon.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while not (log.exists() and "tick" in log.read_text()):
-        assert time.monotonic() < deadline, "no new log after SIGHUP"
-        time.sleep(0.05)
+    wait_until(lambda: log.exists() and "tick" in log.read_text(), "a new log after SIGHUP")
     assert "tick" in rotated.read_text()
 
 
@@ -272,9 +260,6 @@ def test_sighup_with_broken_config_goes_to_syslog_and_status(daemon: Any, syslog
 
     daemon.config.write_text(good.replace('default_tracer = "strace"', 'default_tracer = "gdb"'))
     os.kill(daemon.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while daemon.status()["daemon"]["default_tracer"] != "gdb":
-        assert time.monotonic() < deadline, "good reload not seen"
-        time.sleep(0.05)
+    wait_until(lambda: daemon.status()["daemon"]["default_tracer"] == "gdb", "good reload seen")
     assert daemon.status()["daemon"]["config_error"] is None
     assert "config error" not in daemon.ctl("status", check=True).stdout

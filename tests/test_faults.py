@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from tests.conftest import have, proc_state, reap_zombies
+from tests.conftest import have, reap_zombies, script
+from tests.support import assert_running, assert_untraced, reap, tracer_pid, wait_until
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
 
@@ -27,11 +29,6 @@ LOAD_RULES = (
     '[[rule]]\nprocess = "*"\ntracer = "watch"\n'
 )
 TRACER_NAMES = {"strace", "gdb", "python", "python3", "setpriv"}
-
-
-def tracer_pid(pid: int) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(text.split("TracerPid:")[1].split()[0])
 
 
 def start_load(
@@ -53,12 +50,9 @@ def start_load(
 def assert_all_run_untraced(targets: list[Any], within: float = 2.0) -> None:
     """Within `within` s none is in tracing stop and all live; soon none is traced."""
     time.sleep(within)
-    states = {t.pid: proc_state(t.pid) for t in targets}
-    assert all(state in ("S", "R") for state in states.values()), states
-    deadline = time.monotonic() + 15
-    while any(tracer_pid(t.pid) for t in targets):
-        assert time.monotonic() < deadline, [t.pid for t in targets if tracer_pid(t.pid)]
-        time.sleep(0.1)
+    for target in targets:
+        assert_running(target.pid)
+    wait_until(lambda: not [t.pid for t in targets if tracer_pid(t.pid)], "every target untraced", 15, interval=0.1)
 
 
 def crash_one(daemon: Any, cbin: Any, spawn: Any) -> str:
@@ -121,18 +115,18 @@ def test_kill9_of_watcher_or_one_gdb_under_load(daemon_factory: Any, cbin: Any, 
         hit = hit[:1]
     os.kill(killed, signal.SIGKILL)
     time.sleep(2.0)
-    assert all(proc_state(t.pid) in ("S", "R") for t in targets)
-    deadline = time.monotonic() + 30
-    while True:
-        now = {s["pid"]: s for s in daemon.status()["sessions"] if s["state"] == "attached"}
+    for target in targets:
+        assert_running(target.pid)
+    now: dict[int, Any] = {}
+
+    def recovered() -> bool:
+        now.clear()
+        now.update({s["pid"]: s for s in daemon.status()["sessions"] if s["state"] == "attached"})
         if victim == "watcher":
-            done = all(t.pid in now and now[t.pid]["tracer_pid"] != killed for t in hit)
-        else:
-            done = daemon.session(hit[0].pid)["state"] == "failed"
-        if done:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+            return all(t.pid in now and now[t.pid]["tracer_pid"] != killed for t in hit)
+        return bool(daemon.session(hit[0].pid)["state"] == "failed")
+
+    wait_until(recovered, f"the {victim}'s sessions rewatched or failed", 30, interval=0.1)
     untouched = [t for t in targets if t not in hit]
     assert all(now[t.pid]["tracer_pid"] == sessions[t.pid]["tracer_pid"] for t in untouched)
     if victim == "gdb":
@@ -173,8 +167,9 @@ def spawn_with_pid(want: int, argv: list[str], tries: int = 50) -> subprocess.Po
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ns_last_pid needs root")
 def test_recycled_pid_is_never_acted_upon(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
-    """A process ends; a new one gets its pid: detach and where refuse it, show
-    shows the old session, not the new process; attach makes a new session."""
+    """A process ends and its session with it; a new one gets its pid: detach and
+    where refuse it, show shows the old session, not the new process; attach
+    makes a new session."""
     daemon = daemon_factory('[[rule]]\nprocess = "*"\ntracer = "watch"\n')
     old = spawn(cbin("sleeper"))
     assert old.readline() == "ready\n"
@@ -196,7 +191,7 @@ def test_recycled_pid_is_never_acted_upon(daemon_factory: Any, cbin: Any, spawn:
         shown = daemon.session(pid)
         assert shown["name"] == "old"
         assert shown["state"] == "exited"
-        assert tracer_pid(pid) == 0
+        assert_untraced(pid)
         assert daemon.ctl("attach", str(pid), "--name", "new").returncode == 0
         session = daemon.session(pid)
         assert session["name"] == "new"
@@ -207,3 +202,62 @@ def test_recycled_pid_is_never_acted_upon(daemon_factory: Any, cbin: Any, spawn:
         for stream in (new.stdin, new.stdout):
             if stream is not None:
                 stream.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ns_last_pid needs root")
+def test_recycled_pid_is_refused_while_the_old_session_is_active(
+    daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """The pid of a process whose session is still active (its tracer still
+    attaching) is reused by a new process before tracerd notices: where refuses
+    it (the start time differs: "gone (or its pid was reused)"), show still shows
+    the old session, nothing traces the new process; attach makes a new session
+    for it, and the old one goes to the history."""
+    # truss is not on Linux: this one is a real program that never attaches, so the
+    # old session stays "attaching" for as long as the test needs (attach_timeout)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "truss").write_text("#!/bin/sh\nexec sleep 600\n")
+    (bindir / "truss").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    daemon = daemon_factory(env=env, attach_timeout=300.0)
+    old = spawn(cbin("sleeper"))
+    assert old.readline() == "ready\n"
+    pid = old.pid
+    attach = [*script("tracerctl"), "--socket", str(daemon.socket), "attach", str(pid), "--name", "old"]
+    attaching = subprocess.Popen([*attach, "--tracer", "truss"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        daemon.wait_session(pid, "attaching")
+        # stopped, tracerd cannot see the old process go before its pid is reused
+        os.kill(daemon.proc.pid, signal.SIGSTOP)
+        try:
+            old.proc.kill()
+            old.wait()
+            new = spawn_with_pid(pid, [str(cbin("sleeper"))])
+        finally:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+        if new is None:
+            pytest.skip("could not make the kernel recycle the pid (busy machine)")
+        assert new.stdout is not None
+        assert new.stdout.readline() == b"ready\n"
+        shown = daemon.session(pid)
+        assert (shown["name"], shown["state"]) == ("old", "attaching"), shown
+        result = daemon.ctl("where", str(pid))
+        assert result.returncode == 1
+        assert f"process {pid} is gone (or its pid was reused)" in result.stderr
+        assert_untraced(pid)
+        result = daemon.ctl("attach", str(pid), "--name", "new", "--tracer", "watch")
+        assert result.returncode == 0, result.stderr
+        session = daemon.session(pid)
+        assert (session["name"], session["state"]) == ("new", "attached")
+        assert tracer_pid(pid) == session["tracer_pid"]
+        ended = [s for s in daemon.status()["sessions"] if s["pid"] == pid and s["name"] == "old"]
+        assert len(ended) == 1
+    finally:
+        if new is not None:
+            reap(new)
+        daemon.stop()  # ends the never-attaching tracer too (it dies with tracerd)
+        reap(attaching)
+        wait_until(lambda: reap_zombies({"sleep", "setpriv", "truss"}) or not any(
+            c.name() == "sleep" for c in psutil.Process().children()), "the stand-in tracer reaped")  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import script
+from tests.support import wait_until
 from tests.test_postfix_e2e import Client
 from tracerd.ctl import main as ctl
 from tracerd.ctl.triage import severity_of
@@ -143,14 +144,13 @@ def test_full_listen_queue_of_a_hung_tracerd_fails_at_once(daemon: Any) -> None:
         f" (its queue on {daemon.socket} is full: is it hung?)\n"
     )
     # running again, the daemon works through its queue and serves once more
-    deadline = time.monotonic() + 60
-    while True:
+    def serving() -> bool:
         try:
-            assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
-            break
+            return bool(daemon.status()["daemon"]["pid"] == daemon.proc.pid)
         except BlockingIOError:
-            assert time.monotonic() < deadline, "the daemon never drained its listen queue"
-            time.sleep(0.1)
+            return False
+
+    assert wait_until(serving, "the daemon drained its listen queue", 60, interval=0.1)
 
 
 def test_normal_path_attaches(daemon: Any, cbin: Any, spawn: Any) -> None:
@@ -181,13 +181,8 @@ def slow_attach_daemon(daemon_factory: Any, tmp_path: Path, attach_timeout: floa
 
 def wait_attaching(daemon: Any, pid: int) -> None:
     """Until the daemon has a session for pid: it has acknowledged the hook."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        reply = daemon.request(f'{{"op": "show", "pid": {pid}}}\n'.encode())
-        if reply.get("ok"):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no session for {pid}")
+    show = json.dumps({"op": "show", "pid": pid}).encode() + b"\n"
+    wait_until(lambda: daemon.request(show).get("ok"), f"a session for {pid}", 30)
 
 
 def test_acknowledged_slow_attach_gets_the_full_timeout(

@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import have, proc_state
 from tests.postfix_instance import PostfixInstance
+from tests.support import wait_until
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="gdb and strace are needed")
 
@@ -31,13 +31,7 @@ SEED_GDB_RECIPE = (
 
 
 def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(check, what, timeout)
 
 
 def smtpd_generation(postfix: PostfixInstance, debug: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SyslogReceiver as ThreadedReceiver
+from tests.support import wait_until
 from tracerd.config import SyslogConfig
 from tracerd.errors import ConfigError
 from tracerd.sinks.syslog import (
@@ -105,13 +106,14 @@ def recv_frames(conn: socket.socket, count: int, sink: SyslogSink, sep: bytes | 
     conn.settimeout(0.1)
     data = b""
     frames: list[str] = []
-    deadline = time.monotonic() + 10
-    while len(frames) < count and time.monotonic() < deadline:
+
+    def received() -> bool:
+        nonlocal data
         sink.flush()
         try:
             data += conn.recv(65536)
         except TimeoutError:
-            continue
+            return False
         while True:
             if sep is None:
                 length, space, rest = data.partition(b" ")
@@ -125,6 +127,9 @@ def recv_frames(conn: socket.socket, count: int, sink: SyslogSink, sep: bytes | 
                     break
                 frames.append(frame.decode("utf-8"))
                 data = rest
+        return len(frames) >= count
+
+    wait_until(received, f"{count} frames (got {frames!r})", 10, interval=0)
     assert len(frames) == count, f"got {frames!r}"
     return frames
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import have, proc_state
+from tests.support import wait_until
 
 README_ARGS = ("-f", "-tt", "-s", "256")  # README's and contrib/tracerd.toml.example's rule
 STRACE_SETS = [(), README_ARGS, ("-t",), ("-ttt",), ("-r",), ("-T",), ("-i",), ("-f", "-r", "-tt", "-i", "-T", "-Y")]
@@ -184,12 +185,9 @@ def test_a_child_ending_under_f_does_not_end_the_session(
     if mode == "exit":
         assert os.WEXITSTATUS(status) == 5
     log = Path(daemon.session(target.pid)["log"])
-    deadline = time.monotonic() + 15
     ending = "+++ exited with 5 +++" if tracer == "strace" else "+++ exited (status 5) +++"
     ending = ending if mode == "exit" else "+++ killed by SIGSEGV +++"
-    while ending not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ending in log.read_text()
+    wait_until(lambda: ending in log.read_text(), f"{ending!r} in the log", 15)
     session = daemon.session(target.pid)
     assert session["state"] == "attached", session
     target.release()
@@ -212,10 +210,7 @@ def test_children_left_running_are_let_go_untraced(daemon_factory: Any, cbin: An
         assert target.wait() == 0
         session = daemon.wait_session(target.pid, "exited")
         assert (session["exit_code"], session["crash"]) == (0, None)
-        deadline = time.monotonic() + 15
-        while _tracer_of(orphan) != 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _tracer_of(orphan) == 0
+        wait_until(lambda: _tracer_of(orphan) == 0, f"child {orphan} untraced", 15)
         assert proc_state(orphan) in ("S", "R")
         target.release()  # the orphan reads it and blocks in read() again, running free
         time.sleep(0.2)

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, script
+from tests.support import wait_until
 from tracerd.ctl import main as ctl
 from tracerd.ctl.maillog import MAX_LINE
 from tracerd.ctl.triage import message_shape
@@ -63,14 +63,15 @@ def smtp_dialog(port: int, *commands: str) -> list[str]:
 def serving_smtpd(postfix: Any, conn: socket.socket, timeout: float = 10.0) -> int:
     """The pid of the smtpd that holds the other end of ``conn``."""
     port = conn.getsockname()[1]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def serving() -> int | None:
         for proc in postfix.processes("smtpd"):
             with contextlib.suppress(psutil.Error):
                 if any(c.raddr and c.raddr.port == port for c in proc.net_connections(kind="tcp")):
                     return int(proc.pid)
-        time.sleep(0.05)
-    raise AssertionError(f"no smtpd serves 127.0.0.1:{port}")
+        return None
+
+    return wait_until(serving, f"an smtpd serving 127.0.0.1:{port}", timeout)
 
 
 def crash_an_smtpd(postfix: Any, daemon: Any) -> tuple[int, str]:

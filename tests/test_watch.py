@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, proc_state
+from tests.support import assert_running, wait_until
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
@@ -27,13 +28,13 @@ def watch_daemon(daemon_factory: Any) -> Any:
 
 
 def wait_state(pid: int, states: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The state once it is one of ``states`` (a gone process, '', never is)."""
+
+    def reached() -> str:
         state = proc_state(pid)
-        if state in states:
-            return state
-        time.sleep(0.02)
-    raise AssertionError(f"process {pid} never reached {states!r}: {proc_state(pid)!r}")
+        return state if state and state in states else ""
+
+    return wait_until(reached, f"process {pid} in a state of {states!r}", timeout, interval=0.02)
 
 
 def report_of(daemon: Any, pid: int) -> dict[str, Any]:
@@ -66,13 +67,13 @@ def test_crash_in_thread_born_before_or_after_the_seize(
 
 def wait_child_status(pid: int, options: int, check: Any, timeout: float = 10.0) -> int:
     """Poll waitpid(pid, options|WNOHANG) as the parent until ``check(status)``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def seen() -> int | None:
         got, status = os.waitpid(pid, options | os.WNOHANG)
-        if got == pid and check(status):
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"parent never saw the expected status of {pid}")
+        return status if got == pid and check(status) else None
+
+    status: int = wait_until(seen, f"the expected status of {pid} seen by its parent", timeout, interval=0.02)
+    return status
 
 
 @pytest.mark.parametrize("traced", [False, True])
@@ -90,10 +91,10 @@ def test_stop_and_cont_behave_as_untraced(watch_daemon: Any, cbin: Any, spawn: A
     assert os.WSTOPSIG(status) == signal.SIGSTOP
     time.sleep(0.2)
     # stopped it stays: 'T' untraced, 't' while the watcher listens (PTRACE_LISTEN)
-    assert proc_state(target.pid) in "tT"
+    assert proc_state(target.pid) in ("t", "T")
     os.kill(target.pid, signal.SIGCONT)
     wait_child_status(target.pid, os.WCONTINUED, os.WIFCONTINUED)
-    assert wait_state(target.pid, "SR") in "SR"
+    assert wait_state(target.pid, "SR") in ("S", "R")
     if traced:
         assert watch_daemon.session(target.pid)["state"] == "attached"
     assert target.proc.stdin is not None
@@ -155,7 +156,7 @@ def test_where_on_a_process_blocked_in_a_system_call(watch_daemon: Any, cbin: An
     assert as_json["pid"] == target.pid
     session = watch_daemon.session(target.pid)
     assert session["state"] == "attached"
-    assert proc_state(target.pid) in "SR"
+    assert_running(target.pid)
     # still watched: a crash now is still caught
     status = Path(f"/proc/{target.pid}/status").read_text()
     assert "TracerPid:\t0" not in status
@@ -183,15 +184,11 @@ def test_watcher_killed_leaves_processes_running_and_they_are_watched_again(
     while time.monotonic() < deadline:
         assert all(proc_state(t.pid) != "t" for t in targets)
         time.sleep(0.1)
-    assert all(proc_state(t.pid) in "SR" for t in targets)
     for target in targets:
-        deadline = time.monotonic() + 15
-        while True:
-            session = watch_daemon.session(target.pid)
-            if session["state"] == "attached" and session["tracer_pid"] != watcher:
-                break
-            assert time.monotonic() < deadline, session
-            time.sleep(0.05)
+        assert_running(target.pid)
+    for target in targets:
+        wait_until(lambda pid=target.pid: (s := watch_daemon.session(pid))["state"] == "attached"
+                   and s["tracer_pid"] != watcher, f"{target.pid} watched again", 15)  # fmt: skip
     failed = [s for s in watch_daemon.status()["sessions"] if s["state"] == "failed"]
     assert len(failed) == 3
     assert all("watcher died" in s["error"] for s in failed)

@@ -1,0 +1,280 @@
+"""What tests/ and bench/ share: bounded waits, process checks, a real tracerd, C targets.
+
+Nothing here mocks ptrace, sockets or /proc: the helpers read the kernel's
+own view (/proc/PID/stat, /proc/PID/status) and run real processes, and each
+one started here is reaped by its owner (PID 1 here reaps nothing).  No pytest
+import: bench/ runs these without it.
+
+Diagnostics: every wait is bounded and fails with an AssertionError that says
+what was awaited and what was last seen; a process check names the pid and the
+state it found ('' = gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from tracerd.errors import TargetGone
+from tracerd.procinfo import state_of
+
+HERE = Path(__file__).parent
+C_DIR = HERE / "c"
+BIN = Path(sys.executable).parent
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Call ``check`` until it returns something true; return that.
+
+    Raises AssertionError naming ``what`` (and the last value seen) once
+    ``timeout`` seconds have passed; ``check`` may itself raise to fail at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last seen: {value!r})")
+        time.sleep(interval)
+
+
+def script(name: str) -> list[str]:
+    """The installed console script, else ``python -m`` of its module."""
+    path = BIN / name
+    if path.exists():
+        return [str(path)]
+    module = {"pftrace-hook": "tracerd.hook", "tracerd": "tracerd.daemon.main", "tracerctl": "tracerd.ctl.main"}
+    return [sys.executable, "-m", module[name]]
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None
+
+
+def compile_c(name: str, out: Path, *flags: str, optimize: str = "-O0") -> Path:
+    """Build tests/c/NAME.c with -g into ``out``; returns the executable."""
+    exe = out / name
+    subprocess.run(["gcc", "-g", optimize, "-Wall", "-o", str(exe), str(C_DIR / f"{name}.c"), *flags], check=True)
+    return exe
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def proc_state(pid: int) -> str:
+    """One-letter state of a process ('t' = tracing stop), '' when gone."""
+    try:
+        return state_of(pid)
+    except TargetGone:
+        return ""
+
+
+def tracer_pid(pid: int) -> int:
+    """TracerPid of a live process (0 = untraced); AssertionError when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"process {pid} is gone") from None
+    return int(text.split("TracerPid:")[1].split()[0])
+
+
+def assert_running(pid: int) -> None:
+    """The process exists and runs (sleeping or running): not gone, not a
+    zombie, not in a (tracing) stop."""
+    state = proc_state(pid)
+    assert state in ("S", "R"), f"process {pid} is not running: state {state!r} ('' = gone)"
+
+
+def assert_untraced(pid: int) -> None:
+    """The process runs and no tracer holds it."""
+    assert_running(pid)
+    assert tracer_pid(pid) == 0, f"process {pid} is still traced by pid {tracer_pid(pid)}"
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill (if still running), wait for and close one process we started."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)  # a stopped process dies of SIGKILL too, but say it
+            proc.kill()
+    proc.wait(timeout=30)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def reap_zombies(names: set[str]) -> None:
+    """Reap zombie children by name: orphans of a killed daemon come back to us
+    (we are a subreaper). Only names the test did not Popen itself."""
+    for proc in psutil.Process(os.getpid()).children():
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if proc.status() == psutil.STATUS_ZOMBIE and proc.name() in names:
+                os.waitpid(proc.pid, os.WNOHANG)
+
+
+class Daemon:
+    """A real tracerd subprocess with its own socket, dirs and syslog."""
+
+    def __init__(
+        self,
+        root: Path,
+        syslog: Path,
+        extra_config: str = "",
+        socket_path: Path | None = None,
+        data_dir: Path | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        attach_timeout: float = 10.0,
+    ) -> None:
+        self.root = root
+        self.env = env
+        self.socket = socket_path or root / "run" / "tracerd.sock"
+        self.log_dir = (data_dir or root) / "log"
+        self.state_dir = (data_dir or root) / "state"
+        self.config = root / "tracerd.toml"
+        self.config.write_text(
+            f'socket = "{self.socket}"\n'
+            f'log_dir = "{self.log_dir}"\n'
+            f'state_dir = "{self.state_dir}"\n'
+            'default_tracer = "strace"\n'
+            f"attach_timeout = {attach_timeout}\n"
+            f"{extra_config}\n"
+            "[syslog]\n"
+            f'address = "{syslog}"\n'
+        )
+        self.stderr_path = root / "tracerd.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        notify_path = self.root / "notify.sock"
+        with contextlib.suppress(FileNotFoundError):
+            notify_path.unlink()
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        notify.settimeout(timeout)
+        env = dict(self.env or os.environ, NOTIFY_SOCKET=str(notify_path))
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen([*script("tracerd"), "--config", str(self.config)], stderr=stderr, env=env)
+        try:
+            message = notify.recv(1024)
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"tracerd never said READY=1: {self.stderr()}") from None
+        finally:
+            notify.close()
+        assert message == b"READY=1"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def hook_command(self, syslog: Path | None = None, timeout: float = 15.0) -> str:
+        words = [*script("pftrace-hook"), "--socket", str(self.socket), "--timeout", str(timeout)]
+        if syslog is not None:
+            words += ["--syslog", str(syslog)]
+        return " ".join(words)
+
+    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*script("tracerctl"), "--socket", str(self.socket), *args],
+            capture_output=True, text=True, timeout=60, check=check,
+        )  # fmt: skip
+
+    def request(self, payload: bytes, timeout: float = 10.0) -> dict[str, Any]:
+        """Send raw bytes, return the one reply (or {} when the daemon closed)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket))
+            sock.sendall(payload)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data) if data else {}
+
+    def status(self) -> dict[str, Any]:
+        reply = self.request(b'{"op": "status"}\n')
+        assert reply["ok"], reply
+        return reply
+
+    def session(self, pid: int) -> dict[str, Any]:
+        reply = self.request(json.dumps({"op": "show", "pid": pid}).encode() + b"\n")
+        assert reply["ok"], reply
+        return dict(reply["session"])
+
+    def wait_session(self, pid: int, state: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The session of pid once it is in ``state`` (it may not exist yet)."""
+        seen: list[dict[str, Any]] = [{}]
+
+        def reached() -> dict[str, Any] | None:
+            reply = self.request(json.dumps({"op": "show", "pid": pid}).encode() + b"\n")
+            seen[0] = reply.get("session") or reply  # no session yet: the error says so
+            return seen[0] if seen[0].get("state") == state else None
+
+        try:
+            return wait_until(reached, f"session {pid} {state}", timeout)
+        except AssertionError:
+            raise AssertionError(f"session {pid} not {state}: {seen[0]}") from None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Target:
+    """A C target process, always reaped."""
+
+    def __init__(self, argv: list[str]) -> None:
+        # unbuffered: readline() must not read ahead past what select() saw
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
+        self.pid = self.proc.pid
+
+    def readline(self, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError("target printed nothing in time")
+        return self.proc.stdout.readline().decode()
+
+    def release(self) -> None:
+        """Let a waiting target go on (one byte on stdin)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"x")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def reap(self) -> None:
+        reap(self.proc)
