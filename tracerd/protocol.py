@@ -37,20 +37,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 TRACER_RE = re.compile(r"[a-z]{1,16}")
 CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-# op -> (required fields, optional fields)
-OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "hook": (frozenset({"name", "pid"}), frozenset({"tracer", "ack"})),
-    "attach": (frozenset({"pid"}), frozenset({"name", "tracer"})),
-    "detach": (frozenset({"pid"}), frozenset()),
-    "status": (frozenset(), frozenset()),
-    "show": (frozenset({"pid"}), frozenset()),
-    "crashes": (frozenset(), frozenset()),
-    "crash": (frozenset({"id"}), frozenset()),
-    "where": (frozenset({"pid"}), frozenset()),
-}
-READ_ONLY_OPS = frozenset({"status", "show", "crashes", "crash"})
-
-
 class ProtocolError(ValueError):
     """A frame or field is malformed (mapped to BadRequest by the server)."""
 
@@ -87,8 +73,85 @@ def check_pid(value: object) -> int:
     return value
 
 
+def check_tracer(value: object) -> str:
+    """A tracer name's shape (the daemon looks it up in tracerd.tracers)."""
+    if not isinstance(value, str) or not TRACER_RE.fullmatch(value):
+        raise ProtocolError("tracer must be a tracer name such as strace")
+    return value
+
+
+def check_crash_id(value: object) -> str:
+    if not isinstance(value, str) or not CRASH_ID_RE.fullmatch(value):
+        raise ProtocolError("id must be a crash id")
+    return value
+
+
+def check_flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError("ack must be true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    """A request field: its checker, and whether JSON null means "absent"."""
+
+    check: Callable[[object], Any]
+    nullable: bool = False
+
+
+FIELDS: dict[str, Field] = {
+    "pid": Field(check_pid),
+    "name": Field(check_name, nullable=True),
+    "tracer": Field(check_tracer, nullable=True),
+    "ack": Field(check_flag),
+    "id": Field(check_crash_id),
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One daemon operation, declared once.
+
+    ``required`` and ``optional`` name :data:`FIELDS`; ``read_only``
+    operations also admit members of ``socket_group`` (tracerd.daemon.auth);
+    ``handler`` is the method of tracerd.daemon.service.TracerdService that
+    answers it.  Adding an operation: one line in :data:`OPERATIONS`, one
+    handler there and one renderer in tracerd.ctl.main.RENDERERS.
+    """
+
+    name: str
+    required: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
+    read_only: bool = False
+    handler: str = ""
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return self.required | self.optional
+
+
+def _op(name: str, required: str = "", optional: str = "", *, read_only: bool = False) -> Operation:
+    return Operation(name, frozenset(required.split()), frozenset(optional.split()), read_only, f"op_{name}")
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        _op("hook", "name pid", "tracer ack"),
+        _op("attach", "pid", "name tracer"),
+        _op("detach", "pid"),
+        _op("where", "pid"),
+        _op("status", read_only=True),
+        _op("show", "pid", read_only=True),
+        _op("crashes", read_only=True),
+        _op("crash", "id", read_only=True),
+    )
+}
+
+
 def parse_request(frame: bytes) -> Request:
-    """Decode and validate one request line."""
+    """Decode and validate one request line against :data:`OPERATIONS`."""
     if len(frame) > MAX_REQUEST_BYTES:
         raise ProtocolError(f"request too large (over {MAX_REQUEST_BYTES} bytes)")
     try:
@@ -100,35 +163,23 @@ def parse_request(frame: bytes) -> Request:
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object")
     op = data.get("op")
-    if not isinstance(op, str) or op not in OPS:
+    if not isinstance(op, str) or op not in OPERATIONS:
         raise ProtocolError(f"unknown op {json.dumps(op)[:40]}")
-    required, optional = OPS[op]
+    operation = OPERATIONS[op]
     fields = set(data) - {"op"}
-    missing = required - fields
+    missing = operation.required - fields
     if missing:
         raise ProtocolError(f"{op}: missing field {sorted(missing)[0]}")
-    unknown = fields - required - optional
+    unknown = fields - operation.fields
     if unknown:
         raise ProtocolError(f"{op}: unknown field {json.dumps(sorted(unknown)[0])[:40]}")
     values: dict[str, Any] = {"op": op}
-    if "pid" in data:
-        values["pid"] = check_pid(data["pid"])
-    if data.get("name") is not None:
-        values["name"] = check_name(data["name"])
-    if data.get("tracer") is not None:
-        tracer = data["tracer"]
-        if not isinstance(tracer, str) or not TRACER_RE.fullmatch(tracer):
-            raise ProtocolError("tracer must be a tracer name such as strace")
-        values["tracer"] = tracer
-    if "ack" in data:
-        if not isinstance(data["ack"], bool):
-            raise ProtocolError("ack must be true or false")
-        values["ack"] = data["ack"]
-    if "id" in data:
-        crash_id = data["id"]
-        if not isinstance(crash_id, str) or not CRASH_ID_RE.fullmatch(crash_id):
-            raise ProtocolError("id must be a crash id")
-        values["id"] = crash_id
+    for key, spec in FIELDS.items():
+        if key not in fields:
+            continue
+        if data[key] is None and spec.nullable:
+            continue
+        values[key] = spec.check(data[key])
     return Request(**values)
 
 
