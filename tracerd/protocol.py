@@ -37,6 +37,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 TRACER_RE = re.compile(r"[a-z]{1,16}")
 CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
+
 class ProtocolError(ValueError):
     """A frame or field is malformed (mapped to BadRequest by the server)."""
 
@@ -58,8 +59,7 @@ def check_name(value: object) -> str:
     if not NAME_RE.fullmatch(value):
         shown = value if len(value) <= 70 else value[:67] + "..."
         raise ProtocolError(
-            f"bad process name {json.dumps(shown)}: "
-            "want 1-64 of A-Z a-z 0-9 . _ -, not starting with a dot"
+            f"bad process name {json.dumps(shown)}: want 1-64 of A-Z a-z 0-9 . _ -, not starting with a dot"
         )
     return value
 
