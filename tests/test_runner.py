@@ -151,8 +151,14 @@ async def attach(service: TracerdService, pid: int, tracer: str) -> dict[str, An
 
 
 async def until(check: Callable[[], bool]) -> None:
-    while not check():
+    """Poll a state that has no event of its own; bounded by run()'s BOUND."""
+    while not check():  # noqa: ASYNC110
         await asyncio.sleep(0.01)
+
+
+def text_of(path: str) -> str:
+    """A log's text (small files in tmp_path: reading them does not stall the test's loop)."""
+    return Path(path).read_text()
 
 
 def test_transition_refuses_illegal_moves() -> None:
@@ -187,7 +193,7 @@ def test_attach_then_the_process_exits(tmp_path: Path, sleeper: subprocess.Popen
         await until(lambda: service.registry.find(sleeper.pid).state == State.EXITED)
         assert service.counters["exited"] == 1
         assert len(service.registry) == 0
-        log = Path(session["log"]).read_text()
+        log = text_of(session["log"])
         assert "attached with toy" in log
         assert log.rstrip().endswith("ended (target ended)")
 
@@ -255,8 +261,8 @@ def test_shutdown_is_bounded_when_a_tracer_never_lets_go(tmp_path: Path, sleeper
             await service.shutdown(timeout=1.0)
             assert service.registry.find(sleeper.pid).state == State.FAILED
             assert service.registry.find(other.pid).state == State.DETACHED
-            assert "did not let go within 1 s" in Path(stubborn["log"]).read_text()
-            assert Path(polite["log"]).read_text().rstrip().endswith("(tracerd shutting down); it runs on untraced")
+            assert "did not let go within 1 s" in text_of(stubborn["log"])
+            assert text_of(polite["log"]).rstrip().endswith("(tracerd shutting down); it runs on untraced")
 
         run(tmp_path, body)
     finally:

@@ -73,7 +73,9 @@ class Server:
 
     async def start(self) -> None:
         sock = bind_socket(self.path, self.group_gid)
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST_BYTES + 1)
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=sock, limit=MAX_REQUEST_BYTES + 1
+        )
 
     async def close(self) -> None:
         """Stop accepting; requests in flight are cancelled."""
@@ -113,7 +115,9 @@ class Server:
                 await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
             self._tasks.discard(task)
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+    async def _converse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
         while True:
             try:
                 frame = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)

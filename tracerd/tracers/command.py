@@ -128,7 +128,8 @@ class CommandTracer(Tracer):
             await child.stop(signal.SIGKILL)
             self._release()
             raise TracerFailed(
-                f"{self.program} did not attach within {self.target.attach_timeout} s (raise attach_timeout?)"
+                f"{self.program} did not attach within {self.target.attach_timeout} s"
+                " (raise attach_timeout?)"
             ) from None
         if child.returncode is not None:
             await child.wait()
