@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from tracerd import procinfo, tracers
-from tracerd.config import Config, SyslogConfig, replace
+from tracerd.config import Config, SyslogConfig, parse, replace
 from tracerd.daemon.auth import Peer
 from tracerd.daemon.service import TracerdService
 from tracerd.daemon.sessions import IllegalTransition, Session, State
-from tracerd.errors import TracerFailed
+from tracerd.errors import ConfigError, TracerFailed
 from tracerd.protocol import Request
 from tracerd.sinks.logfile import LogDir, LogWriter
 from tracerd.sinks.syslog import SyslogSink
@@ -269,3 +269,14 @@ def test_shutdown_is_bounded_when_a_tracer_never_lets_go(tmp_path: Path, sleeper
         with contextlib.suppress(ProcessLookupError):
             other.kill()
         other.wait(timeout=BOUND)
+
+
+def test_config_accepts_exactly_the_registry_tracers() -> None:
+    """The config checks tracer names against the one registry: a backend
+    registered with one line is a valid default_tracer and rule tracer; a name
+    not in it is refused."""
+    config = parse('default_tracer = "toy"\n[[rule]]\nprocess = "smtpd"\ntracer = "stubborn"\n')
+    assert config.default_tracer == "toy"
+    assert config.rules[0].tracer == "stubborn"
+    with pytest.raises(ConfigError, match="default_tracer"):
+        parse('default_tracer = "nosuch"\n')

@@ -12,13 +12,19 @@ can tell a hung daemon (no acknowledgement within ``--ack-timeout``) from a
 slow attach (acknowledged, no reply yet within ``--timeout``).  Without the
 field, and for every other op, there is one reply and nothing else.
 
+Every operation is declared once, in :data:`OPERATIONS`: its required and
+optional fields (each checked by :data:`FIELDS`), whether it is read-only
+(group members may call it: tracerd.daemon.auth) and the name of its
+handler (tracerd.daemon.service).
+
 Security: everything in a request is hostile until :func:`parse_request` has
 checked it.  A frame is capped at :data:`MAX_REQUEST_BYTES`; names must match
 :data:`NAME_RE`; pids are positive integers no larger than the kernel allows;
 unknown fields are refused, so a typo is an error rather than a silent no-op.
 
-Diagnostics: every refusal raises :class:`~tracerd.errors.BadRequest` with a
-one-line message fit to show an administrator.
+Diagnostics: every refusal raises :class:`ProtocolError` with a one-line
+message fit to show an administrator; the server answers it as
+``bad_request`` (:class:`~tracerd.errors.BadRequest`).
 
 Standard library only: the hook imports this module and must start fast.
 """

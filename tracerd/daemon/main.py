@@ -54,6 +54,7 @@ from tracerd.sinks.logfile import LogDir, LogWriter
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
 log = structlog.get_logger("tracerd")
+SHUTDOWN_SECONDS = 5.0  # SIGTERM to exit, at most (README)
 
 
 def setup_logging() -> None:
@@ -240,9 +241,11 @@ async def serve(config: Config, config_path: Path | None, warnings: list[ConfigE
     await stop.wait()
     sd_notify("STOPPING=1")
     log.info("stopping", sessions=len(service.registry))
+    # README: exit within 5 s whatever a tracer does; the last second is the logs'
+    deadline = loop.time() + SHUTDOWN_SECONDS - 1.0
     await server.close()
-    await service.shutdown()
-    writer.stop()
+    await service.shutdown(timeout=max(0.5, deadline - loop.time()))
+    writer.stop(timeout=max(0.5, deadline + 1.0 - loop.time()) / 2)
     service.close()
     log.info("stopped")
     return 0

@@ -21,8 +21,8 @@ to ``status``.
 Security: a backend trusts its Target (checked by the daemon before it is
 built) and nothing a traced process writes.
 
-Backends never raise OS errors past their edge: those become the project's
-exceptions with ``raise ... from err``.
+Diagnostics: backends never raise OS errors past their edge: those become
+the project's exceptions with ``raise ... from err``.
 """
 
 from __future__ import annotations
