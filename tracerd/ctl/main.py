@@ -204,7 +204,7 @@ def output(args: argparse.Namespace, reply: dict[str, Any]) -> int:
 
 
 def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
-    """A reply as a terminal table: one renderer an operation (RENDERERS, by op name)."""
+    """A reply as a terminal table: one renderer per daemon operation, by its name."""
     renderers = {
         "status": lambda reply, full: render_status(reply),
         "crashes": lambda reply, full: render_crashes(reply["crashes"]),
