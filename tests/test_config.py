@@ -17,9 +17,10 @@ import pytest
 
 from tracerd import config as configmod
 from tracerd import hook
-from tracerd.config import FACILITIES, TRACER_NAMES, Config, Rule, SyslogConfig, load, parse, replace
+from tracerd.config import FACILITIES, Config, Rule, SyslogConfig, load, parse, replace
 from tracerd.errors import ConfigError
 from tracerd.sinks.syslog import parse_address
+from tracerd.tracers import NAMES as TRACER_NAMES
 
 EXAMPLE = Path(__file__).parent.parent / "contrib" / "tracerd.toml.example"
 
@@ -298,7 +299,7 @@ def test_facility_names_map_to_syslog_codes() -> None:
 
 @pytest.mark.parametrize("tracer", TRACER_NAMES)
 def test_every_tracer_name_is_accepted(tracer: str) -> None:
-    """Each name of TRACER_NAMES is valid as default_tracer and as a rule's tracer."""
+    """Each name of the tracer registry is valid as default_tracer and as a rule's tracer."""
     config = parse(f'default_tracer = "{tracer}"\n[[rule]]\nprocess = "x"\ntracer = "{tracer}"\n')
     assert config.default_tracer == tracer
     assert config.rules[0].tracer == tracer

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracerd import tracers  # the one registry of tracer names
 from tracerd.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/tracerd/tracerd.toml")
-TRACER_NAMES = ("watch", "gdb", "strace", "ltrace", "truss", "ktrace")
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
     "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
@@ -128,7 +128,7 @@ _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "socket_group": (str, "a group name"),
     "log_dir": (str, "an absolute path"),
     "state_dir": (str, "an absolute path"),
-    "default_tracer": (str, "one of " + ", ".join(TRACER_NAMES)),
+    "default_tracer": (str, "one of " + ", ".join(tracers.NAMES)),
     "attach_timeout": ((int, float), "a number of seconds, 0 < t <= 300"),
     "max_sessions": (int, "an integer >= 1"),
     "max_log_bytes": (int, "an integer >= 4096"),
@@ -144,7 +144,7 @@ _SYSLOG_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 _RULE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "process": (str, "an fnmatch pattern on the process name"),
-    "tracer": (str, "one of " + ", ".join(TRACER_NAMES)),
+    "tracer": (str, "one of " + ", ".join(tracers.NAMES)),
     "args": (list, "a list of strings"),
 }
 
@@ -300,7 +300,7 @@ class _Checker:
                         if self.check(key, field_value, _RULE_KEYS, section)}  # fmt: skip
                 if "process" not in item:
                     self.error("missing key 'process'", section, header=True)
-            if "tracer" in good and good["tracer"] not in TRACER_NAMES:
+            if "tracer" in good and good["tracer"] not in tracers.BACKENDS:
                 self.bad("tracer", _RULE_KEYS, section)
                 del good["tracer"]
             if "args" in good and not all(isinstance(arg, str) and "\0" not in arg for arg in good["args"]):
@@ -315,7 +315,7 @@ class _Checker:
 def _top_value_ok(key: str, value: Any) -> bool:
     """The range and name checks of the top-level keys (their type is checked already)."""
     if key == "default_tracer":
-        return value in TRACER_NAMES
+        return value in tracers.BACKENDS
     if key == "attach_timeout":
         return bool(0 < value <= 300)
     if key == "crash_flood_window":

@@ -12,13 +12,19 @@ can tell a hung daemon (no acknowledgement within ``--ack-timeout``) from a
 slow attach (acknowledged, no reply yet within ``--timeout``).  Without the
 field, and for every other op, there is one reply and nothing else.
 
+Every operation is declared once, in :data:`OPERATIONS`: its required and
+optional fields (each checked by :data:`FIELDS`), whether it is read-only
+(group members may call it: tracerd.daemon.auth) and the name of its
+handler (tracerd.daemon.service).
+
 Security: everything in a request is hostile until :func:`parse_request` has
 checked it.  A frame is capped at :data:`MAX_REQUEST_BYTES`; names must match
 :data:`NAME_RE`; pids are positive integers no larger than the kernel allows;
 unknown fields are refused, so a typo is an error rather than a silent no-op.
 
-Diagnostics: every refusal raises :class:`~tracerd.errors.BadRequest` with a
-one-line message fit to show an administrator.
+Diagnostics: every refusal raises :class:`ProtocolError` with a one-line
+message fit to show an administrator; the server answers it as
+``bad_request`` (:class:`~tracerd.errors.BadRequest`).
 
 Standard library only: the hook imports this module and must start fast.
 """
@@ -36,19 +42,6 @@ MAX_PID = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
 NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 TRACER_RE = re.compile(r"[a-z]{1,16}")
 CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-# op -> (required fields, optional fields)
-OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "hook": (frozenset({"name", "pid"}), frozenset({"tracer", "ack"})),
-    "attach": (frozenset({"pid"}), frozenset({"name", "tracer"})),
-    "detach": (frozenset({"pid"}), frozenset()),
-    "status": (frozenset(), frozenset()),
-    "show": (frozenset({"pid"}), frozenset()),
-    "crashes": (frozenset(), frozenset()),
-    "crash": (frozenset({"id"}), frozenset()),
-    "where": (frozenset({"pid"}), frozenset()),
-}
-READ_ONLY_OPS = frozenset({"status", "show", "crashes", "crash"})
 
 
 class ProtocolError(ValueError):
@@ -72,8 +65,7 @@ def check_name(value: object) -> str:
     if not NAME_RE.fullmatch(value):
         shown = value if len(value) <= 70 else value[:67] + "..."
         raise ProtocolError(
-            f"bad process name {json.dumps(shown)}: "
-            "want 1-64 of A-Z a-z 0-9 . _ -, not starting with a dot"
+            f"bad process name {json.dumps(shown)}: want 1-64 of A-Z a-z 0-9 . _ -, not starting with a dot"
         )
     return value
 
@@ -87,8 +79,85 @@ def check_pid(value: object) -> int:
     return value
 
 
+def check_tracer(value: object) -> str:
+    """A tracer name's shape (the daemon looks it up in tracerd.tracers)."""
+    if not isinstance(value, str) or not TRACER_RE.fullmatch(value):
+        raise ProtocolError("tracer must be a tracer name such as strace")
+    return value
+
+
+def check_crash_id(value: object) -> str:
+    if not isinstance(value, str) or not CRASH_ID_RE.fullmatch(value):
+        raise ProtocolError("id must be a crash id")
+    return value
+
+
+def check_flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError("ack must be true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    """A request field: its checker, and whether JSON null means "absent"."""
+
+    check: Callable[[object], Any]
+    nullable: bool = False
+
+
+FIELDS: dict[str, Field] = {
+    "pid": Field(check_pid),
+    "name": Field(check_name, nullable=True),
+    "tracer": Field(check_tracer, nullable=True),
+    "ack": Field(check_flag),
+    "id": Field(check_crash_id),
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One daemon operation, declared once.
+
+    ``required`` and ``optional`` name :data:`FIELDS`; ``read_only``
+    operations also admit members of ``socket_group`` (tracerd.daemon.auth);
+    ``handler`` is the method of tracerd.daemon.service.TracerdService that
+    answers it.  Adding an operation: one line in :data:`OPERATIONS`, one
+    handler there and one renderer in tracerd.ctl.main.RENDERERS.
+    """
+
+    name: str
+    required: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
+    read_only: bool = False
+    handler: str = ""
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return self.required | self.optional
+
+
+def _op(name: str, required: str = "", optional: str = "", *, read_only: bool = False) -> Operation:
+    return Operation(name, frozenset(required.split()), frozenset(optional.split()), read_only, f"op_{name}")
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        _op("hook", "name pid", "tracer ack"),
+        _op("attach", "pid", "name tracer"),
+        _op("detach", "pid"),
+        _op("where", "pid"),
+        _op("status", read_only=True),
+        _op("show", "pid", read_only=True),
+        _op("crashes", read_only=True),
+        _op("crash", "id", read_only=True),
+    )
+}
+
+
 def parse_request(frame: bytes) -> Request:
-    """Decode and validate one request line."""
+    """Decode and validate one request line against :data:`OPERATIONS`."""
     if len(frame) > MAX_REQUEST_BYTES:
         raise ProtocolError(f"request too large (over {MAX_REQUEST_BYTES} bytes)")
     try:
@@ -100,35 +169,23 @@ def parse_request(frame: bytes) -> Request:
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object")
     op = data.get("op")
-    if not isinstance(op, str) or op not in OPS:
+    if not isinstance(op, str) or op not in OPERATIONS:
         raise ProtocolError(f"unknown op {json.dumps(op)[:40]}")
-    required, optional = OPS[op]
+    operation = OPERATIONS[op]
     fields = set(data) - {"op"}
-    missing = required - fields
+    missing = operation.required - fields
     if missing:
         raise ProtocolError(f"{op}: missing field {sorted(missing)[0]}")
-    unknown = fields - required - optional
+    unknown = fields - operation.fields
     if unknown:
         raise ProtocolError(f"{op}: unknown field {json.dumps(sorted(unknown)[0])[:40]}")
     values: dict[str, Any] = {"op": op}
-    if "pid" in data:
-        values["pid"] = check_pid(data["pid"])
-    if data.get("name") is not None:
-        values["name"] = check_name(data["name"])
-    if data.get("tracer") is not None:
-        tracer = data["tracer"]
-        if not isinstance(tracer, str) or not TRACER_RE.fullmatch(tracer):
-            raise ProtocolError("tracer must be a tracer name such as strace")
-        values["tracer"] = tracer
-    if "ack" in data:
-        if not isinstance(data["ack"], bool):
-            raise ProtocolError("ack must be true or false")
-        values["ack"] = data["ack"]
-    if "id" in data:
-        crash_id = data["id"]
-        if not isinstance(crash_id, str) or not CRASH_ID_RE.fullmatch(crash_id):
-            raise ProtocolError("id must be a crash id")
-        values["id"] = crash_id
+    for key, spec in FIELDS.items():
+        if key not in fields:
+            continue
+        if data[key] is None and spec.nullable:
+            continue
+        values[key] = spec.check(data[key])
     return Request(**values)
 
 

@@ -130,8 +130,11 @@ def _crash_id(text: str) -> str:
 
 
 def request_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The request for a daemon command: its declared fields (tracerd.protocol.OPERATIONS) that were given."""
+    from tracerd.protocol import OPERATIONS  # noqa: PLC0415 -- kept inside: only this function needs the table
+
     request: dict[str, Any] = {"op": args.command}
-    for key in ("pid", "name", "tracer", "id"):
+    for key in sorted(OPERATIONS[args.command].fields):
         value = getattr(args, key, None)
         if value is not None:
             request[key] = value
@@ -201,15 +204,17 @@ def output(args: argparse.Namespace, reply: dict[str, Any]) -> int:
 
 
 def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
-    if command == "status":
-        return render_status(reply)
-    if command == "crashes":
-        return render_crashes(reply["crashes"])
-    if command == "where":
-        return str(reply["where"])
-    if command == "crash":
-        return render_crash(reply["crash"], full=full)
-    return render_session(reply["session"])
+    """A reply as a terminal table: one renderer per daemon operation, by its name."""
+    renderers = {
+        "status": lambda reply, full: render_status(reply),
+        "crashes": lambda reply, full: render_crashes(reply["crashes"]),
+        "crash": lambda reply, full: render_crash(reply["crash"], full=full),
+        "where": lambda reply, full: str(reply["where"]),
+        "show": lambda reply, full: render_session(reply["session"]),
+        "attach": lambda reply, full: render_session(reply["session"]),
+        "detach": lambda reply, full: render_session(reply["session"]),
+    }
+    return renderers[command](reply, full)
 
 
 def _duration(seconds: float) -> str:

@@ -51,9 +51,9 @@ from typing import Any
 
 import psutil
 
-from tracerd.config import TRACER_NAMES
 from tracerd.ctl import main as ctl
 from tracerd.ctl.postconf import Instance, PostfixError, locked
+from tracerd.tracers import NAMES as TRACER_NAMES
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]+-]{0,127}(?:/(?:inet|unix|unix-dgram|fifo|pass))?")
 SAFE_WORD = re.compile(r"[A-Za-z0-9._/+:@,-]+")

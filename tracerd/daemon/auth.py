@@ -1,9 +1,10 @@
 """Who may ask what: SO_PEERCRED credentials and the ancestor rule.
 
-Security (DESIGN.md, "Security model"):
+Security (README, "Security model"):
 - hook, attach, detach and where need uid 0 (or the daemon's own uid, so that
   an unprivileged tracerd serves the user who runs it and nobody else);
-- status, show, crashes and crash also admit members of ``socket_group``
+- the read-only operations (``read_only`` in tracerd.protocol.OPERATIONS:
+  status, show, crashes and crash) also admit members of ``socket_group``
   (primary or supplementary group of the connecting process);
 - a hook request may only name one of the *nearest* ancestors of the
   connecting process (``MAX_HOOK_DEPTH``): Postfix's daemon is the hook's
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from tracerd import procinfo
 from tracerd.errors import AccessDenied, TargetGone
 from tracerd.procinfo import ProcessIdentity
-from tracerd.protocol import READ_ONLY_OPS
+from tracerd.protocol import OPERATIONS
 
 _UCRED = struct.Struct("3i")
 MAX_HOOK_DEPTH = 3
@@ -74,9 +75,10 @@ class Authorizer:
         """Raise AccessDenied unless ``peer`` may perform ``op`` at all."""
         if self.privileged(peer):
             return
-        if op in READ_ONLY_OPS and self.in_group(peer):
+        read_only = op in OPERATIONS and OPERATIONS[op].read_only
+        if read_only and self.in_group(peer):
             return
-        if op in READ_ONLY_OPS:
+        if read_only:
             group = f" or group {self.group_name}" if self.group_name else ""
             raise AccessDenied(f"{op} needs root{group} (caller uid {peer.uid})")
         raise AccessDenied(f"{op} needs root (caller uid {peer.uid})")

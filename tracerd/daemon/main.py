@@ -10,8 +10,11 @@ tracer that is not on PATH, an attach_timeout longer than pftrace-hook waits.
 The same warnings go to the log at start-up and on each reload.
 
 Signals: SIGTERM/SIGINT detach every tracer, close every log with a final
-line and exit 0 (traced processes run on); SIGHUP reloads the config for new
-sessions and reopens every log (logrotate).  A config that fails to load on
+line and exit 0 (traced processes run on), within 5 s even when a tracer
+does not let go; SIGHUP reloads the config, applies what can change live
+(rules, limits, max_log_bytes, ``[syslog]``, log_dir for new sessions) and
+reopens every log (logrotate); socket, state_dir and socket_group need a
+restart (logged as ``restart_needed``, listed in ``status``).  A config that fails to load on
 SIGHUP leaves the old one in force: the reason goes to syslog at warning and
 to ``status`` (``config_error``) until a reload succeeds.  With
 ``NOTIFY_SOCKET`` set it tells systemd READY=1 once the socket listens.
@@ -51,6 +54,7 @@ from tracerd.sinks.logfile import LogDir, LogWriter
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
 log = structlog.get_logger("tracerd")
+SHUTDOWN_SECONDS = 5.0  # SIGTERM to exit, at most (README)
 
 
 def setup_logging() -> None:
@@ -222,7 +226,7 @@ async def serve(config: Config, config_path: Path | None, warnings: list[ConfigE
             # stderr alone is easily missed under systemd: syslog and status too
             service.config_error = str(err)
             where = configmod.source_of(config_path) or "built-in defaults"
-            sink.send(LOG_WARNING, f"config {where} not reloaded, the old one stays in force: {err}")
+            service.sink.send(LOG_WARNING, f"config {where} not reloaded, the old one stays in force: {err}")
             log.error("reload_failed", config=str(where), error=str(err))
             return
         service.config_error = None
@@ -237,11 +241,12 @@ async def serve(config: Config, config_path: Path | None, warnings: list[ConfigE
     await stop.wait()
     sd_notify("STOPPING=1")
     log.info("stopping", sessions=len(service.registry))
+    # README: exit within 5 s whatever a tracer does; the last second is the logs'
+    deadline = loop.time() + SHUTDOWN_SECONDS - 1.0
     await server.close()
-    await service.shutdown()
-    writer.stop()
-    logdir.close()
-    sink.close()
+    await service.shutdown(timeout=max(0.5, deadline - loop.time()))
+    writer.stop(timeout=max(0.5, deadline + 1.0 - loop.time()) / 2)
+    service.close()
     log.info("stopped")
     return 0
 

@@ -1,9 +1,11 @@
-"""The daemon's operations: what each request does, and the session runner.
+"""The daemon's requests: who may ask, what each operation answers, and SIGHUP.
 
-The server (:mod:`tracerd.daemon.server`) hands every validated request here with
-the caller's kernel credentials.  This module decides, runs tracers through
-their backends, fans their output out to the per-process log and syslog, and
-records how each session ended.
+The server (:mod:`tracerd.daemon.server`) hands every validated request here
+with the caller's kernel credentials.  Each operation is declared once in
+:data:`tracerd.protocol.OPERATIONS` (fields, read-only or not, handler): this
+module holds the handlers (``op_NAME``), the crash store, ``status``, and the
+live part of a reload.  Sessions themselves are the runner's
+(:mod:`tracerd.daemon.runner`).
 
 Security: authorization happens first, in :meth:`TracerdService.handle`,
 before any /proc read about the target; hook requests also pass the ancestor
@@ -11,15 +13,16 @@ rule.  Every process is an identity (pid, start time) from the moment the
 request is accepted.  A hook request is acknowledged (``ack``) only after
 all of those checks, just before its tracer starts.
 
-Diagnostics: a failing tracer fails its own session (state ``failed``, a
-syslog warning saying why) and the request's reply; it never reaches the
-other sessions or the daemon.
+Diagnostics: a refusal is one ``request_refused`` log line and the
+request's error reply; a failing tracer fails its own session only.  On
+SIGHUP what cannot change live (socket, state_dir, the socket's group) is
+logged as ``restart_needed`` and syslogged once; ``status`` shows the values
+in force, not the file's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import re
@@ -35,74 +38,14 @@ from tracerd.crash import inflight
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon.auth import Authorizer, Peer
-from tracerd.daemon.sessions import Session, SessionRegistry, utcnow
-from tracerd.errors import Busy, ConfigError, NotFound, TracerdError, TracerFailed
-from tracerd.procinfo import ProcessIdentity
-from tracerd.protocol import Ack, Request
-from tracerd.sinks.logfile import LogDir, LogFile, LogWriter
-from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
-from tracerd.tracers.base import Ending, Target, Tracer
-from tracerd.tracers.watch.supervisor import supervisor
+from tracerd.daemon.runner import SessionRunner
+from tracerd.errors import ConfigError, TracerdError
+from tracerd.protocol import OPERATIONS, Ack, Request
+from tracerd.sinks.logfile import LogDir
+from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
 log = structlog.get_logger("tracerd")
-FD_RESERVE = 64
-
-
-class SessionOutput:
-    """Fans a backend's output out to the session counters, its log and syslog."""
-
-    def __init__(self, session: Session, logfile: LogFile, syslog: SessionSyslog, service: TracerdService) -> None:
-        self.session = session
-        self.logfile = logfile
-        self.syslog = syslog
-        self.log_path = session.log
-        self._service = service
-
-    def line(self, text: str) -> None:
-        self.lines([text])
-
-    def lines(self, texts: list[str]) -> None:
-        self.session.lines += len(texts)
-        self.session.bytes += sum(map(len, texts)) + len(texts)
-        self.logfile.write_lines(texts)
-        if self.syslog.sink.config.enabled:
-            for text in texts:
-                self.syslog.line(text)
-
-    def block(self, text: str) -> None:
-        self.logfile.write_block(text)
-
-    def warn(self, text: str) -> None:
-        self.syslog.notice(LOG_WARNING, text)
-        log.warning("session_warning", pid=self.session.pid, name=self.session.name, message=text)
-
-    def capturing(self, identity: ProcessIdentity, name: str, signal: str) -> contextlib.AbstractContextManager[Any]:
-        """A marker that lives exactly as long as this crash's capture (see inflight)."""
-        record = {
-            "pid": identity.pid, "start": identity.start, "name": name, "signal": signal,
-            "tracer": self.session.tracer, "log": self.log_path, "time": utcnow(),
-        }  # fmt: skip
-        return inflight.marker(self._service.capture_dir, record)
-
-    async def crash(self, report: CrashReport) -> str | None:
-        """Backtrace to the log, report to the store (atomically), summary to syslog."""
-        self.logfile.write_block(report.readable())
-        entry = await self._service.record_crash(report)
-        where = entry["report"] if entry and entry.get("report") else "not stored (see the log)"
-        # the summary names NAME[PID] itself: straight to the sink, untagged
-        self.syslog.sink.send(LOG_CRIT, report.summary(str(where)))
-        self.session.crash = entry["id"] if entry else None
-        return self.session.crash
-
-
-class Running:
-    """A session's moving parts while it is active."""
-
-    def __init__(self, backend: Tracer, output: SessionOutput) -> None:
-        self.backend = backend
-        self.output = output
-        self.attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.task: asyncio.Task[None] | None = None
+RESTART_KEYS = ("socket", "state_dir", "socket_group")  # what a SIGHUP cannot change
 
 
 class TracerdService:
@@ -111,8 +54,6 @@ class TracerdService:
         self.logdir = logdir
         self.sink = sink
         self.auth = Authorizer(config.socket_group)
-        self.registry = SessionRegistry(config.max_sessions, config.history)
-        self.running: dict[int, Running] = {}
         self.started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -121,22 +62,24 @@ class TracerdService:
             ),
             0,
         )  # fmt: skip
-        self._loop = asyncio.get_running_loop()
         self.crashes = CrashStore(
             config.state_dir / "crashes", flood_window=config.crash_flood_window, max_bytes=config.max_crash_bytes
         )
         self._crash_lock = asyncio.Lock()
-        self._shutting_down = False
         # why the last SIGHUP's config did not load (None: the one in force loaded fine)
         self.config_error: str | None = None
+        self.restart_needed: list[str] = []  # keys changed in the file that only a restart applies
+        self._retired_logdirs: list[LogDir] = []  # log_dir before a SIGHUP moved it (live logs use it)
+        self._old_sinks_sent = self._old_sinks_dropped = 0
         self.capture_dir: Path | None = None
         try:
             self.capture_dir = inflight.prepare(config.state_dir / "capture")
             self._record_interrupted(inflight.leftovers(self.capture_dir))
         except (OSError, ConfigError) as err:
             log.error("capture_dir_unusable", error=str(err))
-        watch = supervisor()
-        watch.capture_dir = str(self.capture_dir) if self.capture_dir else None
+        self.runner = SessionRunner(config, logdir, sink, self.counters,
+                                    record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
+        self.registry = self.runner.registry
 
     def _record_interrupted(self, markers: list[dict[str, Any]]) -> None:
         """Crashes whose capture a previous tracerd did not live to finish."""
@@ -175,66 +118,63 @@ class TracerdService:
         self.counters["requests"] += 1
         try:
             self.auth.check(request.op, peer)
-            return await self._dispatch(request, peer, ack)
+            handler = getattr(self, OPERATIONS[request.op].handler)
+            reply: dict[str, Any] = await handler(request, peer, ack)
         except TracerdError as err:
             if err.code in ("denied", "busy", "no_such_process", "bad_request"):
                 self.counters["refused"] += 1
             log.info("request_refused", op=request.op, pid=request.pid, peer=peer.pid,
                      uid=peer.uid, error=err.code, message=str(err))  # fmt: skip
             raise
+        return {"ok": True, **reply}
 
-    async def _dispatch(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
-        op = request.op
-        if op == "status":
-            return {"ok": True, **self.status()}
-        if op == "show":
-            assert request.pid is not None
-            self._refresh()
-            return {"ok": True, "session": self.registry.find(request.pid).to_json()}
-        if op in ("hook", "attach"):
-            assert request.pid is not None
-            identity = procinfo.identify(request.pid)
-            self.auth.check_traceable(identity, self.tracer_pids())
-            if op == "hook":
-                assert request.name is not None
-                self.auth.check_ancestor(identity, peer)
-                name = request.name
-                ack()  # accepted: the hook now waits its --timeout for the attach
-            else:
-                name = request.name or comm_name(request.pid)
-            session = await self.start(identity, name, request.tracer)
-            return {"ok": True, "session": session.to_json()}
-        if op == "detach":
-            assert request.pid is not None
-            session = await self.detach(request.pid)
-            return {"ok": True, "session": session.to_json()}
-        if op == "crashes":
-            return {"ok": True, "crashes": self.crashes.list()}
-        if op == "crash":
-            assert request.id is not None
-            return {"ok": True, "crash": self.crashes.get(request.id)}
-        if op == "where":
-            assert request.pid is not None
-            running = self.running.get(request.pid)
-            if running is None:
-                raise NotFound(f"pid {request.pid} is not traced")
-            running.output.session.identity.require()
-            text = await running.backend.where()
-            return {"ok": True, "pid": request.pid, "where": text}
-        raise TracerdError(f"unhandled op {op}")  # parse_request admits only known ops
+    async def op_status(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        return self.status()
 
-    def tracer_pids(self) -> set[int]:
-        return {r.backend.tracer_pid for r in self.running.values() if r.backend.tracer_pid}
+    async def op_show(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.pid is not None
+        self.runner.refresh()
+        return {"session": self.registry.find(request.pid).to_json()}
 
-    def _refresh(self) -> None:
-        """Copy each live log's health onto its session (for status and show)."""
-        for running in self.running.values():
-            logfile, session = running.output.logfile, running.output.session
-            session.log_error = logfile.error
-            session.log_dropped = logfile.dropped
+    async def op_hook(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.pid is not None
+        assert request.name is not None
+        identity = procinfo.identify(request.pid)
+        self.auth.check_traceable(identity, self.runner.tracer_pids())
+        self.auth.check_ancestor(identity, peer)
+        ack()  # accepted: the hook now waits its --timeout for the attach
+        session = await self.runner.start(identity, request.name, request.tracer)
+        return {"session": session.to_json()}
+
+    async def op_attach(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.pid is not None
+        identity = procinfo.identify(request.pid)
+        self.auth.check_traceable(identity, self.runner.tracer_pids())
+        name = request.name or comm_name(request.pid)
+        session = await self.runner.start(identity, name, request.tracer)
+        return {"session": session.to_json()}
+
+    async def op_detach(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.pid is not None
+        session = await self.runner.detach(request.pid)
+        return {"session": session.to_json()}
+
+    async def op_crashes(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        return {"crashes": self.crashes.list()}
+
+    async def op_crash(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.id is not None
+        return {"crash": self.crashes.get(request.id)}
+
+    async def op_where(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.pid is not None
+        running = self.runner.get(request.pid)
+        running.output.session.identity.require()
+        text = await running.backend.where()
+        return {"pid": request.pid, "where": text}
 
     def status(self) -> dict[str, Any]:
-        self._refresh()
+        self.runner.refresh()
         return {
             "daemon": {
                 "pid": os.getpid(),
@@ -245,168 +185,102 @@ class TracerdService:
                 "log_dir": str(self.config.log_dir),
                 "state_dir": str(self.config.state_dir),
                 "default_tracer": self.config.default_tracer,
+                "max_log_bytes": self.config.max_log_bytes,
+                "syslog": dataclasses.asdict(self.config.syslog),
                 "config_error": self.config_error,
+                "restart_needed": self.restart_needed,
             },
             "counters": {
                 **self.counters,
                 "active": len(self.registry),
-                "syslog_sent": self.sink.sent,
-                "syslog_dropped": self.sink.dropped,
+                "syslog_sent": self._old_sinks_sent + self.sink.sent,
+                "syslog_dropped": self._old_sinks_dropped + self.sink.dropped,
+                **tracers.counters(),
             },
             "sessions": [session.to_json() for session in self.registry.all()],
         }
 
-    # -- sessions -------------------------------------------------------------
-
-    async def start(self, identity: ProcessIdentity, name: str, requested: str | None) -> Session:
-        """Start tracing ``identity``; return once the tracer is attached."""
-        existing = self.registry.current(identity)
-        if existing is not None and existing.pid in self.running:
-            # a second hook for the same process: it is (being) traced already
-            await asyncio.shield(self.running[existing.pid].attached)
-            return existing
-        if not procinfo.free_fds(FD_RESERVE):
-            # keep descriptors for what must not fail: crash capture (gdb's
-            # pipes), the log of a crash, and clients asking what is going on
-            raise Busy("too few file descriptors left for a new session (RLIMIT_NOFILE); raise LimitNOFILE")
-        tracer_name, args = self.config.tracer_for(name, requested)
-        backend_cls = tracers.backend(tracer_name)
-        log_name = f"{name}.{identity.pid}.log"
-        session = Session(identity, name, tracer_name, log=str(self.logdir.path / log_name))
-        self.registry.add(session)
-        try:
-            logfile = self.logdir.open_log(log_name)
-        except OSError as err:
-            self.registry.retire(session)
-            session.end(Ending("failed", reason=f"cannot open log {log_name}: {err.strerror}"))
-            self.counters["sessions_failed"] += 1
-            raise TracerFailed(f"cannot open log {session.log}: {err.strerror}") from err
-        syslog = SessionSyslog(self.sink, session.tag, self.config.syslog.max_lines_per_second)
-        output = SessionOutput(session, logfile, syslog, self)
-        logfile.on_error = self._log_error_reporter(output)
-        target = Target(identity, name, args, self.config.attach_timeout)
-        running = Running(backend_cls(target, output), output)
-        self.running[identity.pid] = running
-        running.task = asyncio.create_task(self._run(session, running))
-        await asyncio.shield(running.attached)
-        return session
-
-    def _log_error_reporter(self, output: SessionOutput) -> Any:
-        def report(error: str) -> None:
-            # called from the log writer's thread: hop onto the loop
-            message = f"tracerd: cannot write {output.session.log}: {error}; output dropped"
-            self._loop.call_soon_threadsafe(output.warn, message)
-
-        return report
-
-    async def _run(self, session: Session, running: Running) -> None:
-        backend, output = running.backend, running.output
-        try:
-            await asyncio.wait_for(backend.attach(), timeout=self.config.attach_timeout + 2.0)
-        except (Exception, asyncio.CancelledError) as err:
-            reason = str(err) or type(err).__name__
-            if isinstance(err, TimeoutError):
-                err = TracerFailed(f"{session.tracer} did not attach within {self.config.attach_timeout} s")
-                reason = str(err)
-            self._finish(session, running, Ending("failed", reason=reason))
-            self.counters["sessions_failed"] += 1
-            running.attached.set_exception(
-                err if isinstance(err, TracerdError) else TracerFailed(reason)
-            )
-            running.attached.exception()  # retrieved: the hook's handler may be gone
-            if isinstance(err, asyncio.CancelledError):
-                raise
-            return
-        session.state = "attached"
-        session.tracer_pid = backend.tracer_pid
-        self.counters["sessions_started"] += 1
-        output.logfile.write_line(
-            f"tracerd: {session.tag} attached with {session.tracer}"
-            + (f" (tracer pid {backend.tracer_pid})" if backend.tracer_pid else "")
-        )
-        log.info("attached", pid=session.pid, name=session.name, tracer=session.tracer)
-        running.attached.set_result(None)
-        try:
-            ending = await backend.wait()
-        except Exception as err:  # a backend bug must not take the daemon down
-            log.exception("backend_failed", pid=session.pid)
-            await _quietly(backend.detach())
-            ending = Ending("failed", reason=f"internal error: {err}")
-        self._finish(session, running, ending)
-        if ending.reattach and session.identity.alive():
-            self._loop.create_task(self._reattach(session))
-
-    async def _reattach(self, session: Session) -> None:
-        """The tracer went away, the process did not: trace it again."""
-        try:
-            await self.start(session.identity, session.name, session.tracer)
-            log.info("reattached", pid=session.pid, name=session.name)
-        except TracerdError as err:
-            log.warning("reattach_failed", pid=session.pid, error=str(err))
-
-    def _finish(self, session: Session, running: Running, ending: Ending) -> None:
-        if ending.state == "detached" and ending.reason is None:
-            reason = "tracerd shutting down" if self._shutting_down else "on request"
-            ending = dataclasses.replace(ending, reason=reason)
-        session.end(ending)
-        session.log_error = running.output.logfile.error
-        session.log_dropped = running.output.logfile.dropped
-        closing = ending.describe(session.tag)
-        running.output.logfile.close(final_line=closing)
-        running.output.syslog.flush()
-        if ending.state == "crashed":
-            self.counters["crashes"] += 1
-            # with a report, its summary was the crit line; else this is it
-            running.output.syslog.notice(LOG_INFO if ending.crash else LOG_CRIT, closing)
-        elif ending.state == "failed":
-            running.output.syslog.notice(LOG_WARNING, closing)
-        else:
-            self.counters[ending.state] = self.counters.get(ending.state, 0) + 1
-            running.output.syslog.notice(LOG_INFO, closing)
-        log.info("session_ended", pid=session.pid, name=session.name, state=ending.state,
-                 exit_code=ending.exit_code, signal=ending.signal, reason=ending.reason)  # fmt: skip
-        self.registry.retire(session)
-        if self.running.get(session.pid) is running:
-            del self.running[session.pid]
-
-    async def detach(self, pid: int) -> Session:
-        running = self.running.get(pid)
-        if running is None:
-            raise NotFound(f"pid {pid} is not traced")
-        session = running.output.session
-        await asyncio.shield(running.attached)
-        await running.backend.detach()
-        if running.task is not None:
-            await asyncio.wait({running.task}, timeout=10.0)
-        return session
+    # -- daemon life ----------------------------------------------------------
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Detach every tracer; every log gets its closing line."""
-        self._shutting_down = True
-        tasks = [r.task for r in self.running.values() if r.task is not None]
-        await asyncio.gather(
-            *(_quietly(r.backend.detach()) for r in list(self.running.values()))
-        )
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-        await supervisor().stop()
-        self.crashes.close()
+        """Detach every tracer and stop every backend within ``timeout``; close the store."""
+        try:
+            await self.runner.shutdown(timeout)
+        finally:
+            self.crashes.close()
+
+    def close(self) -> None:
+        """After shutdown: the log directories and the syslog sink."""
+        for logdir in [*self._retired_logdirs, self.logdir]:
+            logdir.close()
+        self._retired_logdirs.clear()
+        self.sink.close()
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: new settings for new sessions; every open log is reopened."""
-        self.config = config
+        """SIGHUP: apply what can change live; the rest waits for a restart (and says so).
+
+        Live: rules, tracers, limits, history, max_log_bytes (open logs too),
+        ``[syslog]`` (a new sink for every session), log_dir (new sessions;
+        open logs are reopened where they are), socket_group's access rule.
+        """
+        old = self.config
+        self.restart_needed = [key for key in RESTART_KEYS if getattr(config, key) != getattr(old, key)]
+        applied = dataclasses.replace(config, socket=old.socket, state_dir=old.state_dir)
+        if self.restart_needed:
+            log.warning("restart_needed", keys=self.restart_needed)
+            self.sink.send(LOG_WARNING, "config reloaded, but " + ", ".join(self.restart_needed)
+                           + " changed: restart tracerd to apply")  # fmt: skip
         self.auth = Authorizer(config.socket_group)
         self.registry.resize(config.max_sessions, config.history)
         # the crash store's limits apply to the next crash (its directory stays)
         self.crashes.flood_window = config.crash_flood_window
         self.crashes.max_bytes = config.max_crash_bytes
-        try:
-            self.logdir.reopen_dir()
-        except ConfigError as err:
-            # the old directory fd stays in use: logging carries on
-            log.error("log_dir_reopen_failed", error=str(err))
-        for running in self.running.values():
+        applied = self._reload_logs(applied, old)
+        applied = self._reload_syslog(applied, old)
+        self.config = applied
+        self.runner.config = applied
+
+    def _reload_logs(self, new: Config, old: Config) -> Config:
+        if new.log_dir != old.log_dir:
+            try:
+                logdir = LogDir(new.log_dir, max_log_bytes=new.max_log_bytes, writer=self.logdir.writer)
+            except ConfigError as err:
+                log.error("log_dir_unusable", log_dir=str(new.log_dir), error=str(err))
+                new = dataclasses.replace(new, log_dir=old.log_dir)
+            else:
+                self._retired_logdirs.append(self.logdir)
+                self.logdir = self.runner.logdir = logdir
+        if new.log_dir == old.log_dir:
+            try:
+                self.logdir.reopen_dir()
+            except ConfigError as err:
+                # the old directory fd stays in use: logging carries on
+                log.error("log_dir_reopen_failed", error=str(err))
+        self.logdir.max_log_bytes = new.max_log_bytes
+        for running in self.runner.running():
+            # LogFile copies the cap when opened and has no setter (sinks/ is not
+            # the daemon's): the new cap applies from the next line on
+            running.output.logfile._limit = new.max_log_bytes
             running.output.logfile.reopen()
+        return new
+
+    def _reload_syslog(self, new: Config, old: Config) -> Config:
+        if new.syslog == old.syslog:
+            return new
+        try:
+            sink = SyslogSink(new.syslog)
+        except (ConfigError, OSError) as err:
+            log.error("syslog_reload_failed", error=str(err))
+            return dataclasses.replace(new, syslog=old.syslog)
+        previous, self.sink = self.sink, sink
+        self.runner.sink = sink
+        for running in self.runner.running():
+            running.output.syslog.sink = sink
+            running.output.syslog.max_lines_per_second = max(1, new.syslog.max_lines_per_second)
+        previous.close()
+        self._old_sinks_sent += previous.sent
+        self._old_sinks_dropped += previous.dropped
+        return new
 
 
 def comm_name(pid: int) -> str:
@@ -420,11 +294,4 @@ def comm_name(pid: int) -> str:
     return name or "process"
 
 
-async def _quietly(coro: Any) -> None:
-    try:
-        await coro
-    except Exception:
-        log.exception("detach_failed")
-
-
-__all__ = ["LogWriter", "TracerdService", "comm_name"]
+__all__ = ["TracerdService", "comm_name"]

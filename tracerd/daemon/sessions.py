@@ -1,18 +1,26 @@
 """Sessions: one traced process each, their state machine, limits and history.
 
-State runs ``attaching -> attached -> exited | crashed | detached | failed``
-(or ``attaching -> failed``).  Active sessions are keyed by pid; an ended
-session moves to a bounded history so that ``status`` still shows it, and a
-pid recycled later starts a new session of its own.
+State (:class:`State`) runs ``attaching -> attached -> exited | crashed |
+detached | failed`` (or ``attaching -> failed``); :meth:`Session.transition`
+is the only way a state changes, and it refuses any other move.  The
+registry is the one map of active sessions, keyed by pid (the session
+runner hangs its moving parts on ``Session.running``); an ended session
+moves to a bounded history so that ``status`` still shows it, and a pid
+recycled later starts a new session of its own.
 
 Security: a session holds the process identity (pid, start time) it was
 created for; nothing here acts on a pid alone.
+
+Diagnostics: an illegal state change raises :class:`IllegalTransition` (a
+bug in tracerd, never a client's doing); limits raise Busy, an unknown pid
+NotFound, each with a one-line message.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +28,30 @@ from tracerd.errors import Busy, NotFound
 from tracerd.procinfo import ProcessIdentity
 from tracerd.tracers.base import Ending
 
-ACTIVE_STATES = frozenset({"attaching", "attached"})
-STATES = ACTIVE_STATES | {"exited", "crashed", "detached", "failed"}
+
+class State(enum.StrEnum):
+    """A session's state; the values are those of the status JSON."""
+
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    EXITED = "exited"
+    CRASHED = "crashed"
+    DETACHED = "detached"
+    FAILED = "failed"
+
+
+ACTIVE_STATES = frozenset({State.ATTACHING, State.ATTACHED})
+ENDINGS = frozenset({State.EXITED, State.CRASHED, State.DETACHED, State.FAILED})
+# state -> the states it may move to; an ended session moves no more
+LEGAL: dict[State, frozenset[State]] = {
+    State.ATTACHING: frozenset({State.ATTACHED, State.FAILED}),
+    State.ATTACHED: ENDINGS,
+    **{end: frozenset() for end in ENDINGS},
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the machine does not allow (a bug in tracerd)."""
 
 
 def utcnow() -> str:
@@ -34,7 +64,7 @@ class Session:
     name: str
     tracer: str
     log: str
-    state: str = "attaching"
+    state: State = State.ATTACHING
     started: str = field(default_factory=utcnow)
     ended: str | None = None
     lines: int = 0
@@ -46,6 +76,7 @@ class Session:
     tracer_pid: int | None = None
     log_error: str | None = None  # the log cannot be written (disk full...): flagged
     log_dropped: int = 0
+    running: Any = field(default=None, repr=False, compare=False)  # the runner's parts while active
 
     @property
     def pid(self) -> int:
@@ -59,22 +90,33 @@ class Session:
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def transition(self, new: State | str) -> None:
+        """Move to ``new``; IllegalTransition unless LEGAL allows it."""
+        try:
+            target = State(new)
+        except ValueError:
+            raise IllegalTransition(f"{self.tag}: no such state {new!r}") from None
+        if target not in LEGAL[self.state]:
+            raise IllegalTransition(f"{self.tag}: {self.state} -> {target} is not allowed")
+        self.state = target
+        if target in ENDINGS:
+            self.ended = utcnow()
+
     def end(self, ending: Ending) -> None:
-        self.state = ending.state
+        self.transition(ending.state)
         self.exit_code = ending.exit_code
         self.signal = ending.signal
         self.crash = ending.crash or self.crash
-        if ending.state == "failed":
+        if ending.state == State.FAILED:
             self.error = ending.reason
-        self.ended = utcnow()
 
     def to_json(self) -> dict[str, Any]:
-        """The session as DESIGN.md's status JSON lists it (plus a few extras)."""
+        """The session as README's "Status JSON" lists it (plus a few extras)."""
         return {
             "pid": self.pid,
             "name": self.name,
             "tracer": self.tracer,
-            "state": self.state,
+            "state": self.state.value,
             "started": self.started,
             "ended": self.ended,
             "log": self.log,
@@ -106,6 +148,9 @@ class SessionRegistry:
 
     def all(self) -> list[Session]:
         return [*self._history, *self._active.values()]
+
+    def active_by_pid(self, pid: int) -> Session | None:
+        return self._active.get(pid)
 
     def current(self, identity: ProcessIdentity) -> Session | None:
         """The active session for exactly this process, if any."""

@@ -1,31 +1,88 @@
 """Tracer backends behind one interface, chosen once by name.
 
-Like psutil's platforms: each backend is one module, and this registry is the
-only place that knows them all.
+:data:`BACKENDS` is the one registry: a tracer name maps to the module and
+class of its backend, imported on first use (so that ``tracerd --check``,
+the config and tracerctl never import gdb or ptrace code they do not run).
+Adding a tracer is one module (a :class:`~tracerd.tracers.base.Tracer`
+subclass) and one line here; the config validates tracer names against
+:data:`NAMES`.
+
+Security: only the names listed here are ever imported; a request's tracer
+name is a key into this table, never a module path.
+
+Diagnostics: an unknown or uninstalled tracer raises
+:class:`~tracerd.errors.TracerUnavailable` saying why, in one line.
 """
 
 from __future__ import annotations
 
-from tracerd.errors import TracerUnavailable
-from tracerd.tracers.base import Tracer
-from tracerd.tracers.gdb import GdbTracer
-from tracerd.tracers.ktrace import KtraceTracer
-from tracerd.tracers.ltrace import LtraceTracer
-from tracerd.tracers.strace import StraceTracer
-from tracerd.tracers.truss import TrussTracer
-from tracerd.tracers.watch.backend import WatchTracer
+import importlib
+import sys
+from typing import TYPE_CHECKING
 
-BACKENDS: dict[str, type[Tracer]] = {
-    cls.name: cls for cls in (WatchTracer, StraceTracer, LtraceTracer, GdbTracer, TrussTracer, KtraceTracer)
+from tracerd.errors import TracerUnavailable
+
+if TYPE_CHECKING:
+    from tracerd.tracers.base import Tracer
+
+# name -> "module:Class"; the order is the order README and --help list them
+BACKENDS: dict[str, str] = {
+    "watch": "tracerd.tracers.watch.backend:WatchTracer",
+    "gdb": "tracerd.tracers.gdb:GdbTracer",
+    "strace": "tracerd.tracers.strace:StraceTracer",
+    "ltrace": "tracerd.tracers.ltrace:LtraceTracer",
+    "truss": "tracerd.tracers.truss:TrussTracer",
+    "ktrace": "tracerd.tracers.ktrace:KtraceTracer",
 }
+NAMES: tuple[str, ...] = tuple(BACKENDS)
+
+
+def _load(name: str) -> type[Tracer]:
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    cls: type[Tracer] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 def backend(name: str) -> type[Tracer]:
     """The backend class for ``name``, or TracerUnavailable saying why not."""
-    cls = BACKENDS.get(name)
-    if cls is None:
+    if name not in BACKENDS:
         raise TracerUnavailable(f"tracer {name!r} is not available in this version")
+    cls = _load(name)
     reason = cls.unavailable()
     if reason:
         raise TracerUnavailable(reason)
     return cls
+
+
+def loaded() -> list[type[Tracer]]:
+    """The backends imported so far (those a session has used), once each."""
+    found: list[type[Tracer]] = []
+    for spec in BACKENDS.values():
+        module_name, _, class_name = spec.partition(":")
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if cls is not None and cls not in found:
+            found.append(cls)
+    return found
+
+
+async def shutdown(timeout: float = 5.0) -> None:
+    """Each loaded backend's :meth:`~tracerd.tracers.base.Tracer.shutdown`, within ``timeout`` overall."""
+    import asyncio  # noqa: PLC0415 -- here: config imports this module and need not load asyncio
+
+    hooks = [cls.shutdown() for cls in loaded()]
+    if not hooks:
+        return
+    results = asyncio.gather(*hooks, return_exceptions=True)
+    try:
+        await asyncio.wait_for(results, timeout)
+    except TimeoutError:
+        return  # the daemon exits anyway: a backend that overstays is cut short
+
+
+def counters() -> dict[str, int]:
+    """Every loaded backend's own counters (for ``status``)."""
+    merged: dict[str, int] = {}
+    for cls in loaded():
+        merged.update(cls.counters())
+    return merged

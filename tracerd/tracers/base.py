@@ -12,8 +12,17 @@ through.  The session runner (:mod:`tracerd.daemon.service`) drives it:
 3. ``await detach()`` lets go of the process, leaving it running, never
    stopped.
 
-Backends never raise OS errors past their edge: those become the project's
-exceptions with ``raise ... from err``.
+A backend that keeps something for all its sessions (the watch backend's
+watcher process) releases it in the class method :meth:`Tracer.shutdown`,
+which the daemon calls once at exit for every backend it loaded
+(:func:`tracerd.tracers.shutdown`); :meth:`Tracer.counters` adds its numbers
+to ``status``.
+
+Security: a backend trusts its Target (checked by the daemon before it is
+built) and nothing a traced process writes.
+
+Diagnostics: backends never raise OS errors past their edge: those become
+the project's exceptions with ``raise ... from err``.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ class Target:
     name: str
     args: tuple[str, ...] = ()
     attach_timeout: float = 10.0
+    capture_dir: str | None = None  # where crash cores and capture markers go (None: nowhere)
 
     @property
     def pid(self) -> int:
@@ -120,6 +130,16 @@ class Tracer(abc.ABC):
         if cls.program and shutil.which(cls.program) is None:
             return f"{cls.program} is not installed on this system"
         return None
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        """tracerd is stopping: end what this backend keeps for all its sessions."""
+        return
+
+    @classmethod
+    def counters(cls) -> dict[str, int]:
+        """This backend's own counters for ``status`` (none by default)."""
+        return {}
 
     @abc.abstractmethod
     async def attach(self) -> None: ...

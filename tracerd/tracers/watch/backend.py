@@ -37,6 +37,7 @@ from tracerd.gdb.capture import capture
 from tracerd.gdb.mi import GdbMI, quote
 from tracerd.procinfo import ProcessIdentity
 from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer
+from tracerd.tracers.watch import supervisor as supervisors
 from tracerd.tracers.watch.supervisor import discard_core, supervisor
 
 FOLLOW_FORKS = "follow-forks"
@@ -50,8 +51,22 @@ class WatchTracer(Tracer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.supervisor = supervisor()
+        if self.target.capture_dir:
+            self.supervisor.capture_dir = self.target.capture_dir
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._in_where = False
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        """End of input for the watcher: it releases every process and exits."""
+        running = supervisors.current()
+        if running is not None:
+            await running.stop()
+
+    @classmethod
+    def counters(cls) -> dict[str, int]:
+        running = supervisors.current()
+        return running.counters() if running is not None else {}
 
     # -- WatchClient ----------------------------------------------------------
 

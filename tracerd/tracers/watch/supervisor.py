@@ -6,9 +6,17 @@ events to the :class:`~tracerd.tracers.watch.backend.WatchTracer` of each sessio
 When the watcher dies (even by SIGKILL) the kernel has already detached every
 watched process, so they run on; the supervisor tells every session, which
 ends ``failed`` and asks to be traced again, and the next seize starts a new
-watcher.
+watcher.  A watcher that keeps dying is restarted after a growing delay
+(:data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`; reset once one has
+lived :data:`BACKOFF_RESET` seconds), so a broken watcher cannot spin the
+daemon; ``status`` shows ``watcher_restarts``, ``watcher_deaths`` (in a row)
+and ``watcher_restart_delay_ms``.
 
-Diagnostics: the watcher's stderr lines are logged; a command that gets no
+Security: the watcher is our own program (``python -m``), started with no
+shell; its lines are parsed as JSON and trusted no further than routing.
+
+Diagnostics: the watcher's stderr lines are logged, each delayed restart too
+(``watcher_restart_delayed``); a command that gets no
 answer within its bound fails that one request with TracerFailed.
 """
 
@@ -27,6 +35,9 @@ from tracerd.errors import TargetGone, TracerFailed
 from tracerd.spawn import Child
 
 log = structlog.get_logger("tracerd.watch")
+BACKOFF_FIRST = 0.25  # seconds before restarting a watcher that died once
+BACKOFF_MAX = 8.0  # and never more (a hook waits 15 s by default)
+BACKOFF_RESET = 60.0  # a watcher that lived this long died "for the first time"
 
 
 class WatchClient(Protocol):
@@ -43,10 +54,26 @@ class WatchSupervisor:
         self.clients: dict[int, WatchClient] = {}
         self._start_lock = asyncio.Lock()
         self.restarts = 0
+        self.deaths = 0  # unexpected deaths in a row (see BACKOFF_RESET)
+        self._started_at = 0.0
         self.capture_dir: str | None = None  # where the watcher writes crash cores
         self.core_limit = 1 << 30
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+
+    @property
+    def restart_delay(self) -> float:
+        """How long the next start waits: 0, then BACKOFF_FIRST doubling per death in a row."""
+        if not self.deaths:
+            return 0.0
+        return float(min(BACKOFF_FIRST * 2 ** min(self.deaths - 1, 16), BACKOFF_MAX))
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "watcher_restarts": self.restarts,
+            "watcher_deaths": self.deaths,
+            "watcher_restart_delay_ms": round(self.restart_delay * 1000),
+        }
 
     @property
     def pid(self) -> int | None:
@@ -57,7 +84,12 @@ class WatchSupervisor:
             if self.child is not None and self.child.returncode is None:
                 return
             loop = asyncio.get_running_loop()
+            if self.deaths:
+                delay = self.restart_delay
+                log.warning("watcher_restart_delayed", delay=delay, deaths=self.deaths)
+                await asyncio.sleep(delay)
             self._ready = loop.create_future()
+            self._started_at = loop.time()
             argv = [sys.executable, "-m", "tracerd.tracers.watch.watcher", "--core-limit", str(self.core_limit)]
             if self.capture_dir:
                 argv += ["--capture-dir", self.capture_dir]
@@ -138,9 +170,13 @@ class WatchSupervisor:
         self.clients.clear()
         if self._stopping:
             log.info("watcher_stopped", status=code)
-        elif clients:
-            self.restarts += 1
-            log.warning("watcher_died", status=code, sessions=len(clients))
+        else:
+            lived = asyncio.get_running_loop().time() - self._started_at
+            self.deaths = 1 if lived >= BACKOFF_RESET else self.deaths + 1
+            if clients:
+                self.restarts += 1
+            log.warning("watcher_died", status=code, sessions=len(clients), deaths=self.deaths,
+                        next_delay=self.restart_delay)  # fmt: skip
         for client in clients:
             client.on_watcher_died()
 
@@ -227,6 +263,15 @@ def discard_core(event: dict[str, Any]) -> None:
     if isinstance(core, str) and core and not core.startswith("/proc/"):  # a memfd goes with the watcher
         with contextlib.suppress(OSError):
             os.unlink(core)
+
+
+def current() -> WatchSupervisor | None:
+    """The running loop's supervisor if one was made (None: watch never used)."""
+    try:
+        key = id(asyncio.get_running_loop())
+    except RuntimeError:
+        return None
+    return _supervisors.get(key)
 
 
 def supervisor() -> WatchSupervisor:

@@ -48,11 +48,13 @@ dies of its signal.
 
 Diagnostics: errors go to stderr as one line each, and a failed command is
 answered with an event carrying ``error``.
+
+Holding a crash (the fatal signal's stop, the core, ``finish``) is
+:mod:`tracerd.tracers.watch.holds`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -60,12 +62,10 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from ptrace.binding.func import (
     PTRACE_CONT,
-    PTRACE_DETACH,
     PTRACE_EVENT_CLONE,
     PTRACE_EVENT_EXEC,
     PTRACE_EVENT_FORK,
@@ -80,38 +80,21 @@ from ptrace.binding.func import (
 )
 from ptrace.error import PtraceError
 
-from tracerd.crash import coredump
 from tracerd.errors import TargetGone
 from tracerd.procinfo import identify, signal_is_fatal
+from tracerd.tracers.watch.holds import CrashHolder, Watched
 
 PTRACE_SEIZE = 0x4206
-PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children alike
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 FATAL = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
-HOLD_LIMIT = 120.0  # seconds a crash is held at most, whatever tracerd does
-SYS_TGKILL = 234  # x86-64
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-@dataclass
-class Watched:
-    pid: int
-    root: int  # the session's pid (differs for a followed fork child)
-    follow_forks: bool
-    threads: set[int] = field(default_factory=set)
-    mode: str = "run"  # run | releasing | holding (stopping threads) | held (core written)
-    fatal: dict[str, Any] | None = None
-    crash_tid: int = 0
-    crash_signal: int = 0
-    stopped: set[int] = field(default_factory=set)  # threads held in a ptrace-stop
-    held_since: float = 0.0
-    core_fd: int = -1  # a core kept in memory, closed when the crash is let go
+class Watcher(CrashHolder):
+    """Every watched process, their threads, and the commands tracerd sends."""
 
-
-class Watcher:
     def __init__(self, out: Any, capture_dir: str | None = None, core_limit: int = 1 << 30) -> None:
         self.out = out
         self.capture_dir = capture_dir
@@ -218,38 +201,6 @@ class Watcher:
     def release_all(self) -> None:
         for pid in list(self.processes):
             self.release(pid)
-
-    def finish(self, pid: int) -> None:
-        """Let a held crash die of its own signal: detach its crashing thread
-        delivering the signal (the other threads are taken down with it)."""
-        watched = self.processes.get(pid)
-        if watched is None or watched.mode not in ("holding", "held"):
-            self.emit("finished", pid=pid)
-            return
-        self._detach(watched.crash_tid, watched.crash_signal)
-        for tid in sorted(watched.stopped - {watched.crash_tid}):
-            self._detach(tid, 0)
-        # threads still running (not yet stopped) die with the process; we
-        # reap whatever status they still report to us
-        self.emit("finished", pid=pid)
-        self._drop(watched)
-
-    def expire_holds(self) -> None:
-        """A crash is never held past HOLD_LIMIT, even if tracerd forgot it."""
-        now = time.monotonic()
-        for watched in list(self.processes.values()):
-            if watched.mode in ("holding", "held") and now - watched.held_since > HOLD_LIMIT:
-                self.complain(f"crash of {watched.pid} held {HOLD_LIMIT:.0f} s: letting it die")
-                self.finish(watched.pid)
-
-    def _interrupt(self, tid: int) -> None:
-        try:
-            ptrace(PTRACE_INTERRUPT, tid)
-        except PtraceError as err:
-            if err.errno == errno.ESRCH:
-                self._forget_thread(tid)
-            else:
-                self.complain(f"PTRACE_INTERRUPT {tid}: {os.strerror(err.errno)}")
 
     # -- events ---------------------------------------------------------------
 
@@ -362,79 +313,11 @@ class Watcher:
                 return
         ptrace(PTRACE_CONT, tid, 0, sig)  # re-inject at once
 
-    def _hold(self, watched: Watched, tid: int, sig: int, info: Any) -> None:
-        """Keep a crashed process: this thread in its signal-delivery-stop,
-        the others stopped; queue the signal again so that whoever dies
-        from here on, the process dies of it."""
-        name, si_code = signal.Signals(sig).name, int(info.si_code)
-        fault = info._sifields._sigfault._addr if si_code > 0 else None
-        watched.mode = "holding"
-        watched.crash_tid, watched.crash_signal = tid, sig
-        watched.held_since = time.monotonic()
-        watched.stopped = {tid}
-        watched.fatal = {
-            "pid": watched.pid, "root": watched.root, "tid": tid, "signal": name,
-            "si_code": si_code, "fault_address": hex(fault or 0) if si_code > 0 else None,
-        }  # fmt: skip
-        try:
-            watched.fatal["siginfo"] = coredump.read_siginfo(tid).hex()
-        except OSError as err:
-            self.complain(f"siginfo of {tid}: {err}")
-        # The kernel drops the signal of a thread in signal-delivery-stop
-        # whose tracer dies; a second copy queued on the thread survives it.
-        # The thread is stopped under us, so its tid cannot be recycled.
-        if _libc.syscall(SYS_TGKILL, watched.pid, tid, sig) != 0:
-            self.complain(f"tgkill {tid}: {os.strerror(ctypes.get_errno())}")
-        for other in list(watched.threads - {tid}):
-            self._interrupt(other)
-        self._maybe_held(watched)
-
-    def _maybe_held(self, watched: Watched) -> None:
-        """Once every thread is stopped: write the core, report ``fatal``."""
-        if watched.mode != "holding" or watched.threads - watched.stopped:
-            return
-        watched.mode = "held"
-        assert watched.fatal is not None
-        fatal = dict(watched.fatal)
-        if coredump.supported():
-            try:
-                order = [watched.crash_tid, *sorted(watched.stopped - {watched.crash_tid})]
-                states = [coredump.ThreadState.read(t, watched.crash_signal if t == watched.crash_tid else 0)
-                          for t in order if t in watched.threads]  # fmt: skip
-                siginfo = bytes.fromhex(fatal.get("siginfo") or "") or coredump.read_siginfo(watched.crash_tid)
-                core = self._write_core(watched, states, siginfo)
-                fatal.update(core=core.path, core_bytes=core.size, core_skipped=core.skipped)
-            except OSError as err:
-                fatal["core_error"] = f"core of {watched.pid}: {err}"
-        else:
-            fatal["core_error"] = "cores need x86-64"
-        fatal.pop("siginfo", None)
-        self.emit("fatal", **fatal)
-
-    def _write_core(self, watched: Watched, states: list[coredump.ThreadState], siginfo: bytes) -> coredump.CoreFile:
-        """On disk in the capture directory; in memory when the disk will not take it."""
-        if self.capture_dir:
-            path = os.path.join(self.capture_dir, f"{watched.pid}.{time.time_ns()}.core")
-            try:
-                return coredump.write_core(watched.pid, states, siginfo, path, self.core_limit)
-            except OSError as err:
-                self.complain(f"core of {watched.pid} not written to {self.capture_dir} ({err}): keeping it in memory")
-        fd, core = coredump.write_core_in_memory(watched.pid, states, siginfo, self.core_limit)
-        watched.core_fd = fd
-        return core
-
     def _resume(self, tid: int, sig: int) -> None:
         try:
             ptrace(PTRACE_CONT, tid, 0, sig)
         except PtraceError as err:
             self.complain(f"PTRACE_CONT {tid}: {os.strerror(err.errno)}")
-
-    def _detach(self, tid: int, sig: int) -> None:
-        try:
-            ptrace(PTRACE_DETACH, tid, 0, sig)
-        except PtraceError as err:
-            if err.errno != errno.ESRCH:
-                self.complain(f"PTRACE_DETACH {tid}: {os.strerror(err.errno)}")
 
     def _forget_thread(self, tid: int) -> None:
         pid = self.owner.pop(tid, None)
