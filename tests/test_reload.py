@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import SyslogReceiver, script
+from tests.support import wait_until
 from tracerd.sinks.logfile import TRUNCATION_LINE
 
 
@@ -26,17 +26,7 @@ def sighup(daemon: Any, text: str) -> None:
     before = daemon.stderr().count('"event": "reloaded"')
     daemon.config.write_text(text)
     os.kill(daemon.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 15
-    while daemon.stderr().count('"event": "reloaded"') == before:
-        assert time.monotonic() < deadline, f"reload not seen: {daemon.stderr()[-2000:]}"
-        time.sleep(0.05)
-
-
-def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    wait_until(lambda: daemon.stderr().count('"event": "reloaded"') > before, "the reload", timeout=15)
 
 
 def test_sighup_max_log_bytes_applies_to_a_live_session(daemon: Any, cbin: Any, spawn: Any) -> None:
