@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tracerd.ctl.main import call
+from tracerd.client import call
 from tracerd.errors import TargetGone
 from tracerd.procinfo import state_of
 
