@@ -38,7 +38,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             targets = [node.value]
-        for target in targets:
+        for each in targets:
+            target = each
             while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != name and target.startswith("tracerd."):
