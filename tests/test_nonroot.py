@@ -132,7 +132,8 @@ def test_postfix_status_as_non_root_leaves_the_mail_log_alone(user: User, postfi
     postfix.create()
     postfix.start()
     assert postfix.master is not None
-    before = _marked(postfix, "before-tracerctl")  # start()'s probe connection is logged by now
+    postfix.wait_log("disconnect from")  # start()'s probe connection, whose smtpd logs on its own time
+    before = _marked(postfix, "before-tracerctl")
     result = user.tracerctl("--socket", "/nonexistent.sock", "postfix", "status", "-c", str(postfix.config_dir))
     assert result.returncode == 3, result.stderr  # tracerd is not running; Postfix is
     assert f"running (master pid {postfix.master.pid})" in result.stdout
