@@ -31,9 +31,16 @@ shell: argv lists only.  SERVICE must match :data:`SERVICE_RE` before it
 reaches postconf; each word put into debugger_command must match
 :data:`SAFE_WORD` (no ``$``, which Postfix expands, nor shell syntax).
 
+The hook checks itself (:mod:`tracerd.hookcheck`): ``enable`` refuses a
+pftrace-hook root cannot run unless ``--force``; ``status`` labels one
+``hook missing: PATH REASON`` and exits 1.  ``status`` run by a non-root user
+never runs ``postfix status`` (that logs a fatal into the mail log): see
+:meth:`tracerd.ctl.postconf.Instance.master`.
+
 Diagnostics: ``tracerctl: postfix: REASON`` and exit 1 when a step fails or
-is refused; ``tracerctl: warning: ...`` for what goes on regardless; exit 3
-from ``status`` when tracerd does not answer (services are listed anyway).
+is refused (under ``--json`` also ``{"error": ..., "exit": 1}`` on stdout);
+``tracerctl: warning: ...`` for what goes on regardless; exit 3 from
+``status`` when tracerd does not answer (services are listed anyway).
 """
 
 from __future__ import annotations
