@@ -47,7 +47,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -60,7 +59,7 @@ from tracerd import __version__
 from tracerd.client import Unreachable, call
 from tracerd.crash.inventory import CrashInventory, default_state_dir, load_inventory
 from tracerd.ctl.anonymize import Anonymizer
-from tracerd.ctl.common import EXIT_FAILED, EXIT_OK, program_path, render_status
+from tracerd.ctl.common import EXIT_FAILED, EXIT_OK, fail, program_path, render_status
 from tracerd.ctl.crashview import render_crash, render_crashes
 from tracerd.ctl.maillog import LogError
 from tracerd.ctl.triage import add_log_options, render_text, resolve_logs, triage
@@ -308,8 +307,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             write_private(Path(output), data)
         except OSError as err:
-            print(f"tracerctl: cannot write {output}: {err.strerror or err}", file=sys.stderr)
-            return EXIT_FAILED
+            return fail(f"cannot write {output}: {err.strerror or err}", EXIT_FAILED, as_json=args.json)
     if args.json:
         document: dict[str, Any] = {"output": output, "anonymized": args.anonymize}
         if output is None:

@@ -57,7 +57,7 @@ from typing import Any
 
 import psutil
 
-from tracerd.client import Unreachable, call
+from tracerd.client import SYSTEM_SOCKET, Unreachable, call
 from tracerd.config import TRACER_NAMES
 from tracerd.ctl.common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, fail, print_json, table
 from tracerd.ctl.postconf import Instance, PostfixError, locked
@@ -65,7 +65,7 @@ from tracerd.hookcheck import hook_path, hook_problem
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]+-]{0,127}(?:/(?:inet|unix|unix-dgram|fifo|pass))?")
 SAFE_WORD = re.compile(r"[A-Za-z0-9._/+:@,-]+")
-HOOK_SOCKET = "/run/tracerd/tracerd.sock"  # the hook's default as root, which is how Postfix runs it
+HOOK_SOCKET = SYSTEM_SOCKET  # the hook's default as root, which is how Postfix runs it
 ACTIVE = ("attaching", "attached")
 
 
