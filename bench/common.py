@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # tests.support: the helpers the tests use
 
 from tests import support  # noqa: E402
 from tests.support import proc_state, reap, wait_until  # noqa: E402
-from tracerd.ctl.main import call  # noqa: E402
+from tracerd.client import call  # noqa: E402
 
 C_DIR = support.C_DIR
 BIN = support.BIN

@@ -146,9 +146,10 @@ def test_full_listen_queue_of_a_hung_tracerd_fails_at_once(daemon: Any) -> None:
     # running again, the daemon works through its queue and serves once more
     def serving() -> bool:
         try:
-            return bool(daemon.status()["daemon"]["pid"] == daemon.proc.pid)
+            reply = daemon.request(b'{"op": "status"}\n')
         except BlockingIOError:
             return False
+        return reply.get("error") != "busy" and reply["daemon"]["pid"] == daemon.proc.pid  # busy: still closing
 
     assert wait_until(serving, "the daemon drained its listen queue", 60, interval=0.1)
 

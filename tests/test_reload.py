@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import SyslogReceiver, script
 from tests.support import wait_until
 from tracerd.sinks.logfile import TRUNCATION_LINE
@@ -115,10 +113,6 @@ def test_watcher_restarts_back_off(daemon: Any, cbin: Any, spawn: Any) -> None:
     assert delays == [0.25, 0.5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracerd.ctl.main.build_parser imports every local command to register it (fix/cli's part)",
-)
 def test_status_does_not_import_local_commands(daemon: Any) -> None:
     """``tracerctl status`` imports neither triage, bugreport nor postfix."""
     code = (

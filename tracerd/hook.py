@@ -16,17 +16,21 @@ untraced ("fail open for mail").
 Security: the hook trusts nothing it is given; tracerd checks the caller's
 credentials (SO_PEERCRED), the name, and that PID is an ancestor of the hook.
 
-Standard library only, imported lazily where it can be, so that it starts
-fast: Postfix pays its start-up on every traced process start.
+Standard library only (the socket client is :mod:`tracerd.client`, and the
+package's ``__init__`` imports nothing), so that it starts fast: Postfix pays
+its start-up on every traced process start.  ``--help`` and ``--version``
+print on stdout and exit 0; a usage error exits 2.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
 import time
+from typing import Any
+
+from tracerd import __version__, client
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_ACK_TIMEOUT = 1.5
@@ -36,6 +40,27 @@ USAGE = (
     "usage: pftrace-hook [--socket PATH] [--timeout SECONDS] [--ack-timeout SECONDS]"
     " [--tracer NAME] [--syslog PATH] NAME PID"
 )
+HELP = f"""{USAGE}
+
+Ask tracerd to trace process PID of Postfix service NAME (Postfix's
+debugger_command: pftrace-hook $process_name $process_id).  Exit 0 once the
+tracer is attached, 1 (with one warning line here and to syslog) when it is
+not: the process then runs on untraced.
+
+positional arguments:
+  NAME                   the service name ($process_name)
+  PID                    the process to trace ($process_id)
+
+options:
+  -h, --help             show this help and exit
+  --version              show the version and exit
+  --socket PATH          tracerd's socket (default $TRACERD_SOCKET, else {client.SYSTEM_SOCKET} as root)
+  --timeout SECONDS      give up on the attach after SECONDS in all (default {DEFAULT_TIMEOUT:g})
+  --ack-timeout SECONDS  give up when tracerd does not acknowledge within SECONDS
+                         (default $TRACERD_ACK_TIMEOUT, else {DEFAULT_ACK_TIMEOUT:g})
+  --tracer NAME          the tracer to attach (default: tracerd's rules)
+  --syslog PATH          the syslog socket for the warning line (default {SYSLOG_PATH})
+"""
 OPTIONS = ("socket", "timeout", "ack-timeout", "tracer", "syslog")
 
 
@@ -43,21 +68,14 @@ class HookFailed(Exception):
     """Tracing could not be confirmed; the message is the one-line reason."""
 
 
-def default_socket() -> str:
-    # Same rule as tracerd.config.default_socket, restated so that the hook
-    # needs no third-party import.
-    if os.geteuid() == 0:
-        return "/run/tracerd/tracerd.sock"
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isabs(xdg):
-        return os.path.join(xdg, "tracerd", "tracerd.sock")
-    return f"/tmp/tracerd-{os.getuid()}/tracerd.sock"
+class Answered(Exception):
+    """--help or --version: the text to print on stdout, and exit 0."""
 
 
 def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     """A tiny parser (argparse costs start-up time on every process start)."""
     opts: dict[str, str | float | int] = {
-        "socket": os.environ.get("TRACERD_SOCKET") or default_socket(),
+        "socket": os.environ.get("TRACERD_SOCKET") or client.default_socket(),
         "timeout": DEFAULT_TIMEOUT,
         "ack-timeout": os.environ.get("TRACERD_ACK_TIMEOUT") or DEFAULT_ACK_TIMEOUT,
         "syslog": SYSLOG_PATH,
@@ -67,7 +85,9 @@ def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     args = iter(argv)
     for arg in args:
         if arg in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            raise Answered(HELP)
+        if arg == "--version":
+            raise Answered(f"pftrace-hook {__version__}")
         if arg.startswith("--") and arg != "--":
             key, eq, value = arg[2:].partition("=")
             if key not in OPTIONS:
@@ -108,7 +128,7 @@ def shown(duration: float) -> str:
     return f"{duration:g} s"
 
 
-def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
+def request_attach(opts: dict[str, str | float | int]) -> dict[str, Any]:
     """Send the hook request and wait, bounded, for tracerd's verdict.
 
     Two waits: up to ``--ack-timeout`` for tracerd to accept the connection
@@ -120,71 +140,31 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
     unacknowledged = (
         f"tracerd did not acknowledge within {shown(ack_deadline - started)} (is it hung? see --ack-timeout)"
     )
-    request: dict[str, object] = {"op": "hook", "name": opts["name"], "pid": opts["pid"], "ack": True}
+    request: dict[str, Any] = {"op": "hook", "name": opts["name"], "pid": opts["pid"], "ack": True}
     if "tracer" in opts:
         request["tracer"] = opts["tracer"]
-    path = str(opts["socket"])
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(ack_deadline - started)
-        try:
-            sock.connect(path)
-        except FileNotFoundError:
-            raise HookFailed(f"tracerd is not running (no socket {path})") from None
-        except ConnectionRefusedError:
-            raise HookFailed(f"tracerd is not running (nobody listens on {path})") from None
-        except PermissionError:
-            raise HookFailed(f"permission denied on {path} (the hook must run as root)") from None
-        except BlockingIOError:  # EAGAIN: the listen queue is full, tracerd takes nobody
-            raise HookFailed(f"tracerd accepts no connections (its queue on {path} is full: is it hung?)") from None
-        except TimeoutError:
-            raise HookFailed(unacknowledged) from None
-        except OSError as err:
-            raise HookFailed(f"cannot connect to {path}: {err.strerror}") from None
-        try:
-            sock.settimeout(max(ack_deadline - time.monotonic(), 0.001))
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            answer, pending = read_line(sock, b"", ack_deadline)
-        except TimeoutError:
-            raise HookFailed(unacknowledged) from None
-        if answer.get("error") == "bad_request" and 'unknown field "ack"' in str(answer.get("message")):
-            raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
-        if answer.get("ack") is True and "ok" not in answer:
+        with client.connect(str(opts["socket"]), ack_deadline, client.ROOT_HINT) as sock:
             try:
-                answer, pending = read_line(sock, pending, deadline)
-            except TimeoutError:
-                raise HookFailed(
-                    f"tracerd acknowledged, but no attach confirmed within {shown(float(opts['timeout']))}"
-                    " (see --timeout and tracerd's attach_timeout)"
-                ) from None
-    except OSError as err:
-        raise HookFailed(f"talking to tracerd: {err.strerror or err}") from None
-    finally:
-        sock.close()
+                client.send(sock, request, ack_deadline)
+                answer, pending = client.read_line(sock, b"", ack_deadline)
+            except client.Timeout:
+                raise HookFailed(unacknowledged) from None
+            if answer.get("error") == "bad_request" and 'unknown field "ack"' in str(answer.get("message")):
+                raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
+            if answer.get("ack") is True and "ok" not in answer:
+                try:
+                    answer, pending = client.read_line(sock, pending, deadline)
+                except client.Timeout:
+                    raise HookFailed(
+                        f"tracerd acknowledged, but no attach confirmed within {shown(float(opts['timeout']))}"
+                        " (see --timeout and tracerd's attach_timeout)"
+                    ) from None
+    except client.Timeout:
+        raise HookFailed(unacknowledged) from None
+    except client.Unreachable as err:
+        raise HookFailed(str(err)) from None
     return answer
-
-
-def read_line(sock: socket.socket, pending: bytes, deadline: float) -> tuple[dict[str, object], bytes]:
-    """One JSON object line from tracerd by ``deadline``, and what came after it."""
-    while b"\n" not in pending:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        sock.settimeout(left)
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise HookFailed("tracerd closed the connection without an answer")
-        pending += chunk
-        if len(pending) > 1 << 20:
-            raise HookFailed("tracerd's answer is too long")
-    line, _, rest = pending.partition(b"\n")
-    try:
-        answer = json.loads(line)
-    except ValueError:
-        raise HookFailed("tracerd sent a malformed answer") from None
-    if not isinstance(answer, dict):
-        raise HookFailed("tracerd sent a malformed answer")
-    return answer, rest
 
 
 def warn_syslog(path: str, message: str) -> None:
@@ -203,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_args(args)
+    except Answered as text:
+        print(text)
+        return 0
     except ValueError as err:
         print(f"pftrace-hook: {err}\n{USAGE}", file=sys.stderr)
         return 2

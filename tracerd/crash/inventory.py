@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracerd.client import Unreachable, call
 from tracerd.config import Config
 from tracerd.config import load as load_config
 from tracerd.crash.store import CrashStore
-from tracerd.ctl.main import Unreachable, call
 from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
 

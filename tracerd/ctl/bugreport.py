@@ -46,9 +46,7 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -58,14 +56,14 @@ from pathlib import Path
 from typing import Any
 
 from tracerd import __version__
+from tracerd.client import Unreachable, call
 from tracerd.crash.inventory import CrashInventory, default_state_dir, load_inventory
 from tracerd.ctl.anonymize import Anonymizer
+from tracerd.ctl.common import EXIT_FAILED, EXIT_OK, fail, program_path, render_status
 from tracerd.ctl.crashview import render_crash, render_crashes
 from tracerd.ctl.maillog import LogError
-from tracerd.ctl.main import Unreachable, call, render_status
 from tracerd.ctl.triage import add_log_options, render_text, resolve_logs, triage
 
-EXIT_OK, EXIT_FAILED = 0, 1
 MAX_SECTION = 4 << 20
 POSTCONF_TIMEOUT = 30.0
 QSHAPE_TIMEOUT = 120.0  # qshape reads every queue file
@@ -109,8 +107,10 @@ def clean_block(text: str) -> str:
 def run_command(argv: list[str], timeout: float) -> str:
     """A command's output for the report; a failure is described, never raised."""
     shown = " ".join(argv)
-    if shutil.which(argv[0]) is None:
+    program = program_path(argv[0])
+    if program is None:
         return f"({argv[0]} is not installed)"
+    argv = [program, *argv[1:]]
     try:
         result = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
                                 env={**os.environ, "LC_ALL": "C"})  # fmt: skip
@@ -193,7 +193,7 @@ def crashes_section(inventory: CrashInventory, limit: int) -> str:
 
 
 def qshape_section(config: list[str]) -> str:
-    if shutil.which("qshape") is None:
+    if program_path("qshape") is None:
         return "(qshape is not installed)\n"
     incoming = run_command(["qshape", *config], QSHAPE_TIMEOUT)
     deferred = run_command(["qshape", *config, "deferred"], QSHAPE_TIMEOUT)
@@ -307,8 +307,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             write_private(Path(output), data)
         except OSError as err:
-            print(f"tracerctl: cannot write {output}: {err.strerror or err}", file=sys.stderr)
-            return EXIT_FAILED
+            return fail(f"cannot write {output}: {err.strerror or err}", EXIT_FAILED, as_json=args.json)
     if args.json:
         document: dict[str, Any] = {"output": output, "anonymized": args.anonymize}
         if output is None:

@@ -5,7 +5,7 @@ and one reply.  Exit codes are the contract: 0 ok, 1 the daemon refused or
 the operation failed, 2 usage, 3 the daemon is not reachable.
 
 With ``--json`` the daemon's reply is printed as one JSON document (the
-``ok`` field dropped on success, so the shape is DESIGN.md's); without it, a
+``ok`` field dropped on success, so the shape is README's); without it, a
 table made for a terminal (a crash report: :mod:`tracerd.ctl.crashview`).
 
 ``crashes`` and ``crash ID`` still answer while tracerd is down: from its
@@ -13,6 +13,15 @@ crash store (``--state-dir``, else tracerd's configured state_dir), read
 only, with a one-line notice on stderr and ``"source": "store"``,
 ``"daemon": "unreachable"`` in the JSON; exit 0 when the store was read, 1
 when it may not be read (permission), 3 when there is none.
+
+``--json`` is accepted before or after the command.  Under it a failure is
+JSON too: ``{"error": REASON, "exit": N}`` on stdout (a daemon's refusal: its
+reply with ``"exit": 1``), usage errors and an unreachable daemon included.
+``--help`` and ``--version`` print on stdout and exit 0.  Without
+``--socket`` (or $TRACERD_SOCKET), a non-root user talks to the system socket
+when it exists and they may connect to it (``socket_group``), else to their
+own (:func:`tracerd.client.find_socket`).  The hidden ``_complete`` command
+feeds shell completion (:mod:`tracerd.ctl.complete`).
 
 Diagnostics: one line ``tracerctl: REASON`` on stderr for every failure.
 """
@@ -22,59 +31,49 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
-import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from tracerd.config import default_socket
+from tracerd import __version__
+from tracerd.client import Unreachable, call, find_socket
+from tracerd.ctl import complete
+from tracerd.ctl.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    fail,
+    print_json,
+    render_session,
+    render_status,
+)
 from tracerd.ctl.crashview import render_crash, render_crashes
-from tracerd.ctl.crashview import table as table  # noqa: PLC0414 -- re-exported: postfix status lays out with it
 from tracerd.protocol import CRASH_ID_RE, check_name, check_pid
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-LOCAL_COMMANDS: tuple[str, ...] = ("tracerd.ctl.postfix", "tracerd.ctl.triage", "tracerd.ctl.bugreport")
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Unreachable", "call", "main"]
+# commands that work on files and Postfix rather than the socket: their
+# module is imported only when the command line names them (so `status`
+# loads none of them); the help text stands in for them otherwise
+LOCAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "postfix": ("tracerd.ctl.postfix", "trace Postfix services: enable, disable, status (through postconf)"),
+    "triage": ("tracerd.ctl.triage", "warning/error/fatal/panic lines of the mail log, earliest first"),
+    "bugreport": ("tracerd.ctl.bugreport", "the report DEBUG_README asks for: config, logs, crashes, queue"),
+}
 STORE_COMMANDS = frozenset({"crashes", "crash"})  # answered from the crash store when tracerd is down
 
 
-class Unreachable(Exception):
-    pass
+class UsageError(Exception):
+    """argparse found a usage error; the message is its one line."""
 
 
-def call(path: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """One request, one reply; raises Unreachable when nobody answers."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except FileNotFoundError:
-            raise Unreachable(f"tracerd is not running (no socket {path})") from None
-        except ConnectionRefusedError:
-            raise Unreachable(f"tracerd is not running (nobody listens on {path})") from None
-        except PermissionError:
-            raise Unreachable(f"permission denied on {path} (need root or socket_group)") from None
-        except OSError as err:
-            raise Unreachable(f"cannot connect to {path}: {err.strerror}") from None
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-        except TimeoutError:
-            raise Unreachable(f"tracerd did not answer within {timeout} s") from None
-        except OSError as err:
-            raise Unreachable(f"talking to tracerd: {err.strerror}") from None
-    if not data:
-        raise Unreachable("tracerd closed the connection without an answer")
-    reply = json.loads(data)
-    if not isinstance(reply, dict):
-        raise Unreachable("tracerd sent a malformed answer")
-    return reply
+class Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing and exiting,
+    so that ``--json`` can report a usage error as JSON too (subparsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
 
 
 def _pid(text: str) -> int:
@@ -91,36 +90,58 @@ def _name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracerctl", description="Query and steer tracerd.")
-    parser.add_argument("--socket", default=os.environ.get("TRACERD_SOCKET") or str(default_socket()))
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given ``argv``) one whose local commands are
+    imported only if ``argv`` names them."""
+    parser = Parser(prog="tracerctl", description="Query and steer tracerd.",
+                    epilog="Exit status: 0 ok, 1 refused or failed, 2 usage, 3 tracerd not reachable.")  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"tracerctl {__version__}")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="tracerd's socket (default $TRACERD_SOCKET; else the system socket for root and for"
+                        " socket_group members who may reach it; else the per-user one)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON document (also after the command)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="give up on tracerd after SECONDS (default 30)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("status", help="daemon, counters and sessions")
     show = sub.add_parser("show", help="one session")
-    show.add_argument("pid", type=_pid)
+    show.add_argument("pid", type=_pid, help="the traced process")
     attach = sub.add_parser("attach", help="trace a running process")
-    attach.add_argument("pid", type=_pid)
-    attach.add_argument("--name", type=_name)
-    attach.add_argument("--tracer")
+    attach.add_argument("pid", type=_pid, help="the process to trace")
+    attach.add_argument("--name", type=_name, help="its service name (default: from its argv)")
+    attach.add_argument("--tracer", help="the tracer to attach (default: tracerd's rules)")
     detach = sub.add_parser("detach", help="stop tracing a process; it runs on")
-    detach.add_argument("pid", type=_pid)
+    detach.add_argument("pid", type=_pid, help="the traced process")
     where = sub.add_parser("where", help="live backtrace of every thread of a traced process")
-    where.add_argument("pid", type=_pid)
+    where.add_argument("pid", type=_pid, help="the traced process")
     crashes = sub.add_parser("crashes", help="crash inventory: signature, count, first and last seen")
     crash = sub.add_parser("crash", help="one full crash report (by id, id prefix or signature)")
-    crash.add_argument("id", type=_crash_id)
+    crash.add_argument("id", type=_crash_id, help="the crash id (or a prefix of it, or a signature)")
     crash.add_argument("--full", action="store_true", help="every thread's bt full, not only the crashing one's")
     for each in (crashes, crash):
         each.add_argument("--state-dir", type=Path, metavar="DIR",
                           help="tracerd's state_dir, read when it is down (default: the configured one)")  # fmt: skip
-    for module in LOCAL_COMMANDS:
-        # commands that work on files and Postfix rather than the socket; each
-        # module adds its own subparser and sets ``run`` (args -> exit code)
-        if importlib.util.find_spec(module) is not None:
+    for name, (module, text) in LOCAL_COMMANDS.items():
+        # each module adds its own subparser and sets ``run`` (args -> exit code)
+        if argv is None or name in argv:
             importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=text, add_help=False)
+    complete.register(sub)
+    _json_after_command(parser)
     return parser
+
+
+def _json_after_command(parser: argparse.ArgumentParser) -> None:
+    """``tracerctl status --json`` as well as ``tracerctl --json status``: every
+    subcommand takes --json too; SUPPRESS so that its default does not reset the global one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if "--json" not in subparser._option_string_actions:
+                    subparser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                           help="print one JSON document")  # fmt: skip
+                _json_after_command(subparser)
 
 
 def _crash_id(text: str) -> str:
@@ -143,7 +164,7 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        return _main(sys.argv[1:] if argv is None else argv)
     except BrokenPipeError:
         # `tracerctl status | head`: the reader left; that is not our error
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -151,12 +172,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _main(argv: list[str]) -> int:
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:
+    except SystemExit as exit_:  # --help, --version: printed on stdout
         return EXIT_USAGE if exit_.code else EXIT_OK
+    except UsageError as err:
+        wants_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+        if not wants_json:
+            parser.print_usage(sys.stderr)
+        return fail(str(err).removeprefix("tracerctl: "), EXIT_USAGE, as_json=wants_json)
+    if args.socket is None:
+        args.socket = os.environ.get("TRACERD_SOCKET") or find_socket()
     if getattr(args, "run", None) is not None:
         code: int = args.run(args)
         return code
@@ -165,21 +193,19 @@ def _main(argv: list[str] | None = None) -> int:
     except Unreachable as err:
         if args.command in STORE_COMMANDS:
             return from_store(args, str(err))
-        print(f"tracerctl: {err}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail(str(err), EXIT_UNREACHABLE, as_json=args.json)
     return output(args, reply)
 
 
 def from_store(args: argparse.Namespace, unreachable: str) -> int:
     """``crashes`` and ``crash ID`` while tracerd is down: the same answers, read from its crash store."""
-    # imported here: crashindex asks the daemon through this module's call()
+    # imported here: only these two commands, and only when tracerd is down, read the store
     from tracerd.crash.inventory import StoreUnreadable, default_state_dir, store_reply  # noqa: PLC0415
 
     try:
         reply = store_reply(args.command, getattr(args, "id", None), args.state_dir or default_state_dir())
     except StoreUnreadable as err:
-        print(f"tracerctl: {unreachable}; {err}", file=sys.stderr)
-        return EXIT_UNREACHABLE if err.missing else EXIT_FAILED
+        return fail(f"{unreachable}; {err}", EXIT_UNREACHABLE if err.missing else EXIT_FAILED, as_json=args.json)
     print(f"tracerctl: {unreachable}; read from the crash store {reply['store']}", file=sys.stderr)
     reply["daemon"] = "unreachable"
     return output(args, reply)
@@ -189,12 +215,12 @@ def output(args: argparse.Namespace, reply: dict[str, Any]) -> int:
     """Print a reply (the daemon's, or the store's in its shape); the exit code."""
     if reply.get("ok") is not True:
         if args.json:
-            print(json.dumps(reply, indent=2))
+            print_json({**reply, "exit": EXIT_FAILED})
         print(f"tracerctl: {reply.get('message') or reply.get('error')}", file=sys.stderr)
         return EXIT_FAILED
     reply.pop("ok")
     if args.json:
-        print(json.dumps(reply, indent=2))
+        print_json(reply)
     else:
         print(render(args.command, reply, full=getattr(args, "full", False)))
     return EXIT_OK
@@ -215,62 +241,6 @@ def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
         "detach": lambda reply, full: render_session(reply["session"]),
     }
     return renderers[command](reply, full)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s"
-
-
-def render_status(reply: dict[str, Any]) -> str:
-    daemon, counters, sessions = reply["daemon"], reply["counters"], reply["sessions"]
-    lines = [
-        f"tracerd {daemon['version']}  pid {daemon['pid']}  up {_duration(daemon['uptime'])}"
-        f"  config: {daemon['config']}",
-        "counters: " + ", ".join(f"{key} {value}" for key, value in counters.items()),
-        "",
-    ]
-    if daemon.get("config_error"):
-        lines[1:1] = [f"config error (the previous config stays in force): {daemon['config_error']}"]
-    if not sessions:
-        lines.append("no sessions")
-        return "\n".join(lines)
-    rows = [("PID", "NAME", "TRACER", "STATE", "STARTED", "LINES", "ENDING", "LOG")]
-    for session in sessions:
-        rows.append(
-            (
-                str(session["pid"]),
-                session["name"],
-                session["tracer"],
-                session["state"],
-                session["started"][11:19],
-                str(session["lines"]),
-                _ending(session),
-                session["log"],
-            )
-        )
-    lines += table(rows)
-    return "\n".join(lines)
-
-
-def _ending(session: dict[str, Any]) -> str:
-    if session.get("signal"):
-        return str(session["signal"])
-    if session.get("exit_code") is not None:
-        return f"status {session['exit_code']}"
-    if session.get("error"):
-        return str(session["error"])[:40]
-    return "-"
-
-
-def render_session(session: dict[str, Any]) -> str:
-    return "\n".join(f"{key:10} {'-' if value is None else value}" for key, value in session.items())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tracerd.ctl.common import program_path
 
 COMMAND_LINE = re.compile(r"(?P<key>[^\s=]+/(?:inet|unix|unix-dgram|fifo|pass))/command = (?P<command>.*)")
 STATE_NAME = "tracerd-postfix.json"
@@ -40,7 +41,7 @@ class PostfixError(Exception):
 
 
 def _program(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    found = program_path(name)
     if found is None:
         raise PostfixError(f"{name} not found: is Postfix installed?")
     return found
@@ -107,6 +108,7 @@ class Instance:
         self.main_cf, self.master_cf = self.config_dir / "main.cf", self.config_dir / "master.cf"
         self.state_path = self.config_dir / STATE_NAME
         self.dry_run, self.actions, self.notes = dry_run, list[str](), list[str]()
+        self.master_state = "not running"
 
     @staticmethod
     def _run(argv: list[str]) -> str:
@@ -133,11 +135,44 @@ class Instance:
         return line.partition(" =")[2][1:] if line else None
 
     def master(self) -> psutil.Process | None:
+        """This instance's running master, from its pid file; when that may not be
+        read (it is root's, 0600, for a non-root tracerctl), from the process list.
+        Never ``postfix status``: as non-root that logs a fatal into the mail log.
+        When None, :attr:`master_state` says "not running" or "unknown"."""
+        self.master_state = "not running"
         pid_file = Path(self.postconf("-h", "queue_directory").strip()) / "pid" / "master.pid"
-        with contextlib.suppress(OSError, ValueError, psutil.Error):
-            master = psutil.Process(int(pid_file.read_text().strip()))
+        try:
+            pid = int(pid_file.read_text().strip())
+        except PermissionError:
+            return self._master_by_argv()
+        except (OSError, ValueError):
+            return None
+        with contextlib.suppress(psutil.Error):
+            master = psutil.Process(pid)
             if master.name() == "master":
                 return master
+        return None
+
+    def _master_by_argv(self) -> psutil.Process | None:
+        """The ``master`` process whose ``-c DIR`` (none: Postfix's default) is this config directory."""
+        default = Path(self._run([_program("postconf"), "-d", "-h", "config_directory"]).strip())
+        found: list[psutil.Process] = []
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] != "master":
+                continue
+            try:
+                argv = process.cmdline()
+            except psutil.Error:
+                self.master_state = "unknown"
+                continue
+            given = [argv[i + 1] for i in range(1, len(argv) - 1) if argv[i] == "-c"]
+            given += [word[2:] for word in argv[1:] if word.startswith("-c") and len(word) > 2]
+            if Path(given[-1] if given else default).resolve() == self.config_dir.resolve():
+                found.append(process)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            self.master_state = "unknown"
         return None
 
     def resolve(self, service: str, services: dict[str, str]) -> str:

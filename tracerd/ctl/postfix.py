@@ -31,16 +31,22 @@ shell: argv lists only.  SERVICE must match :data:`SERVICE_RE` before it
 reaches postconf; each word put into debugger_command must match
 :data:`SAFE_WORD` (no ``$``, which Postfix expands, nor shell syntax).
 
+The hook checks itself (:mod:`tracerd.hookcheck`): ``enable`` refuses a
+pftrace-hook root cannot run unless ``--force``; ``status`` labels one
+``hook missing: PATH REASON`` and exits 1.  ``status`` run by a non-root user
+never runs ``postfix status`` (that logs a fatal into the mail log): see
+:meth:`tracerd.ctl.postconf.Instance.master`.
+
 Diagnostics: ``tracerctl: postfix: REASON`` and exit 1 when a step fails or
-is refused; ``tracerctl: warning: ...`` for what goes on regardless; exit 3
-from ``status`` when tracerd does not answer (services are listed anyway).
+is refused (under ``--json`` also ``{"error": ..., "exit": 1}`` on stdout);
+``tracerctl: warning: ...`` for what goes on regardless; exit 3 from
+``status`` when tracerd does not answer (services are listed anyway).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -51,13 +57,15 @@ from typing import Any
 
 import psutil
 
-from tracerd.ctl import main as ctl
+from tracerd.client import SYSTEM_SOCKET, Unreachable, call
+from tracerd.ctl.common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, fail, print_json, table
 from tracerd.ctl.postconf import Instance, PostfixError, locked
+from tracerd.hookcheck import hook_path, hook_problem
 from tracerd.tracers import NAMES as TRACER_NAMES
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]+-]{0,127}(?:/(?:inet|unix|unix-dgram|fifo|pass))?")
 SAFE_WORD = re.compile(r"[A-Za-z0-9._/+:@,-]+")
-HOOK_SOCKET = "/run/tracerd/tracerd.sock"  # the hook's default as root, which is how Postfix runs it
+HOOK_SOCKET = SYSTEM_SOCKET  # the hook's default as root, which is how Postfix runs it
 ACTIVE = ("attaching", "attached")
 
 
@@ -167,8 +175,7 @@ def hook_command(hook: str, socket: str, tracer: str | None) -> str:
 
 
 def is_hook(value: str | None) -> bool:
-    words = (value or "").split()
-    return bool(words) and os.path.basename(words[0]) == "pftrace-hook"
+    return hook_path(value) is not None
 
 
 def find_hook() -> str:
@@ -189,7 +196,14 @@ def find_hook() -> str:
 def enable(inst: Instance, args: argparse.Namespace) -> str:
     services = inst.services()
     key = inst.resolve(args.service, services)
-    wanted = hook_command(find_hook(), os.path.abspath(args.socket), args.tracer)
+    hook = os.path.abspath(args.hook) if args.hook else find_hook()
+    problem = hook_problem(hook)
+    if problem is not None:
+        if not args.force:
+            raise PostfixError(f"hook missing: {hook} {problem}: debugger_command would run nothing"
+                               " (--hook PATH names the installed one; --force writes it anyway)")  # fmt: skip
+        inst.notes.append(f"hook missing: {hook} {problem}: every {args.service} process will start untraced")
+    wanted = hook_command(hook, os.path.abspath(args.socket), args.tracer)
     current = inst.debugger_command()
     state = inst.load_state() or {"version": 1, "original": current, "ours": None, "main_cf": None, "services": {}}
     if current != wanted:
@@ -251,13 +265,13 @@ def change(args: argparse.Namespace) -> int:
         if inst.actions:
             inst.reload()
     if args.json:
-        print(json.dumps({"service": key, "config_directory": str(inst.config_dir), "dry_run": args.dry_run,
-                          "actions": inst.actions, "notes": inst.notes}, indent=2))  # fmt: skip
-        return ctl.EXIT_OK
+        print_json({"service": key, "config_directory": str(inst.config_dir), "dry_run": args.dry_run,
+                          "actions": inst.actions, "notes": inst.notes})  # fmt: skip
+        return EXIT_OK
     print("\n".join(inst.actions) or f"{key}: nothing to do ({args.postfix_command}d already)")
     for note in inst.notes:
         print(f"tracerctl: warning: {note}", file=sys.stderr)
-    return ctl.EXIT_OK
+    return EXIT_OK
 
 
 def status(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,11 +279,11 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
     master, sessions = inst.master(), {}
     daemon: dict[str, Any] = {"socket": args.socket, "reachable": True, "error": None}
     try:
-        reply = ctl.call(args.socket, {"op": "status"}, timeout=args.timeout)
+        reply = call(args.socket, {"op": "status"}, timeout=args.timeout)
         sessions = {s["pid"]: s for s in reply.get("sessions", []) if s["state"] in ACTIVE}
         if reply.get("ok") is not True:
-            raise ctl.Unreachable(str(reply.get("message") or reply.get("error")))
-    except ctl.Unreachable as err:
+            raise Unreachable(str(reply.get("message") or reply.get("error")))
+    except Unreachable as err:
         daemon.update(reachable=False, error=str(err))
     children: dict[str, list[tuple[int, Child]]] = {}
     for process in master.children() if master else []:
@@ -285,16 +299,21 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
                          for pid, child in sorted(children.get(key, []), key=lambda found: found[0])]  # fmt: skip
             services.append({"service": key, "command": command, "processes": processes})
     current = inst.debugger_command()
+    path = hook_path(current)
+    problem = hook_problem(path) if path else None
     return {"config_directory": str(inst.config_dir), "master_pid": master.pid if master else None,
-            "debugger_command": current, "hook": is_hook(current), "daemon": daemon, "services": services}  # fmt: skip
+            "master": "running" if master else inst.master_state, "debugger_command": current,
+            "hook": is_hook(current), "hook_path": path, "hook_problem": problem,
+            "daemon": daemon, "services": services}  # fmt: skip
 
 
 def render_status(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
+    hook = (f"  (hook missing: {report['hook_path']} {report['hook_problem']})" if report["hook_problem"]
+            else "  (tracerd's hook)" if report["hook"] else "  (not tracerd's hook)")  # fmt: skip
     lines = [f"postfix {report['config_directory']}: "
-             + (f"running (master pid {report['master_pid']})" if report["master_pid"] else "not running"),
-             f"debugger_command = {report['debugger_command'] or ''}"
-             + ("  (tracerd's hook)" if report["hook"] else "  (not tracerd's hook)"),
+             + (f"running (master pid {report['master_pid']})" if report["master_pid"] else report["master"]),
+             f"debugger_command = {report['debugger_command'] or ''}{hook}",
              f"tracerd {daemon['socket']}: " + ("reachable" if daemon["reachable"] else
                                                 f"NOT reachable: {daemon['error']}"), ""]  # fmt: skip
     rows = [("SERVICE", "COMMAND", "PID", "TRACED")]
@@ -306,7 +325,7 @@ def render_status(report: dict[str, Any]) -> str:
                       "not traced" if proc["debug"] else "not traced (started without -D)")  # fmt: skip
             rows.append((service["service"], service["command"], str(proc["pid"]),
                          traced if daemon["reachable"] else "unknown"))  # fmt: skip
-    return "\n".join(lines + (ctl.table(rows) if report["services"] else ["no service has -D"]))
+    return "\n".join(lines + (table(rows) if report["services"] else ["no service has -D"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -315,10 +334,15 @@ def run(args: argparse.Namespace) -> int:
             return change(args)
         report = status(args)
     except (PostfixError, OSError) as err:
-        print(f"tracerctl: postfix: {err}", file=sys.stderr)
-        return ctl.EXIT_FAILED
-    print(json.dumps(report, indent=2) if args.json else render_status(report))
-    return ctl.EXIT_OK if report["daemon"]["reachable"] else ctl.EXIT_UNREACHABLE
+        return fail(f"postfix: {err}", EXIT_FAILED, as_json=args.json)
+    if args.json:
+        print_json(report)
+    else:
+        print(render_status(report))
+    if report["hook_problem"]:
+        print(f"tracerctl: hook missing: {report['hook_path']} {report['hook_problem']}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if report["daemon"]["reachable"] else EXIT_UNREACHABLE
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -333,6 +357,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             one.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
         if action == "enable":
             one.add_argument("--tracer", choices=TRACER_NAMES, help="the hook's --tracer (else tracerd's rules)")
-            one.add_argument("--force", action="store_true", help="replace someone else's debugger_command")
+            one.add_argument("--force", action="store_true",
+                             help="replace someone else's debugger_command; write a hook that is missing")  # fmt: skip
+            one.add_argument("--hook", metavar="PATH",
+                             help="the pftrace-hook to name (default: beside tracerctl, else on PATH)")  # fmt: skip
         one.add_argument("-c", dest="config_dir", metavar="CONFIG_DIR", help="Postfix configuration directory")
     parser.set_defaults(run=run)

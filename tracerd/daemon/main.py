@@ -6,7 +6,8 @@ that nothing a client or tracer does stops the daemon.
 
 ``--check`` lists every error of the file in line order (exit 1 if any), and
 warns about what would fail on this machine although the file is valid: a
-tracer that is not on PATH, an attach_timeout longer than pftrace-hook waits.
+tracer that is not on PATH, an attach_timeout longer than pftrace-hook waits,
+Postfix's debugger_command naming a pftrace-hook that does not exist.
 The same warnings go to the log at start-up and on each reload.
 
 Signals: SIGTERM/SIGINT detach every tracer, close every log with a final
@@ -42,14 +43,15 @@ from typing import Any
 
 import structlog
 
+from tracerd import __version__, tracers
 from tracerd import config as configmod
-from tracerd import tracers
 from tracerd.config import Config, Locator
 from tracerd.daemon.auth import group_id
 from tracerd.daemon.server import Server
 from tracerd.daemon.service import TracerdService
 from tracerd.errors import ConfigError, TracerUnavailable
 from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
+from tracerd.hookcheck import postfix_hook_warning
 from tracerd.sinks.logfile import LogDir, LogWriter
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
@@ -138,10 +140,20 @@ def check(path: Path | None) -> int:
     found = [(problem, "") for problem in errors] + [(problem, "warning: ") for problem in warnings]
     for problem, prefix in sorted(found, key=lambda item: _by_line(item[0])):
         print(f"tracerd: {prefix}{problem}", file=sys.stderr)
+    warn_postfix_hook(lambda warning: print(f"tracerd: warning: {warning}", file=sys.stderr))
     if errors:
         return 1
     print(f"tracerd: configuration OK ({source or 'built-in defaults'})")
     return 0
+
+
+def warn_postfix_hook(emit: Callable[[str], None]) -> None:
+    """Postfix's debugger_command names a pftrace-hook root cannot run (missing,
+    say): every -D process would start untraced, silently.  Checked with
+    postconf, bounded, when it is installed (tracerd.hookcheck)."""
+    warning = postfix_hook_warning()
+    if warning is not None:
+        emit(warning)
 
 
 def load_config(path: Path | None) -> tuple[Config, list[ConfigError]]:
@@ -255,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tracerd", description="Attach tracers to Postfix daemons.")
     parser.add_argument("--config", type=Path, help="TOML file (default $TRACERD_CONFIG, /etc/tracerd/tracerd.toml)")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"tracerd {__version__}")
     args = parser.parse_args(argv)
     if args.check:
         return check(args.config)
@@ -264,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tracerd: {err}", file=sys.stderr)
         return 1
     setup_logging()
+    warn_postfix_hook(lambda warning: log.warning("postfix_hook", warning=warning))
     try:
         return asyncio.run(serve(config, args.config, warnings))
     except ConfigError as err:

@@ -1,0 +1,104 @@
+"""What tracerctl's commands share: exit codes, error output, tables, programs.
+
+Every module under ``tracerd/ctl`` may import this one, and it imports none
+of theirs (nor :mod:`tracerd.ctl.main`): the import graph has no cycle
+(tests/test_layout.py checks it).
+
+Exit codes (README, "Commands"): 0 ok, 1 refused or failed, 2 usage, 3 the
+daemon is not reachable.  Under ``--json`` an error is one JSON document on
+stdout, ``{"error": REASON, "exit": N}``, as well as the usual line on stderr.
+
+Security: the replies rendered here are the daemon's (or its store's),
+laid out as text without being interpreted.
+
+Diagnostics: :func:`fail` is the one place a command's failure is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from typing import Any
+
+from tracerd.ctl.crashview import table as table  # noqa: PLC0414 -- re-exported: the commands lay out with it
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Postfix's programs, when root's PATH is not ours
+
+
+def program_path(name: str) -> str | None:
+    """A program on PATH, else in the system directories (postconf, qshape are in /usr/sbin)."""
+    return shutil.which(name) or shutil.which(name, path=SBIN_PATH)
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def fail(message: str, code: int, *, as_json: bool = False, extra: dict[str, Any] | None = None) -> int:
+    """Report a failure: ``tracerctl: MESSAGE`` on stderr, and under --json the
+    document ``{"error": MESSAGE, "exit": CODE}`` (plus ``extra``) on stdout; the exit code."""
+    if as_json:
+        print_json({**(extra or {}), "error": message, "exit": code})
+    print(f"tracerctl: {message}", file=sys.stderr)
+    return code
+
+
+# -- tables -------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def render_status(reply: dict[str, Any]) -> str:
+    daemon, counters, sessions = reply["daemon"], reply["counters"], reply["sessions"]
+    lines = [
+        f"tracerd {daemon['version']}  pid {daemon['pid']}  up {_duration(daemon['uptime'])}"
+        f"  config: {daemon['config']}",
+        "counters: " + ", ".join(f"{key} {value}" for key, value in counters.items()),
+        "",
+    ]
+    if daemon.get("config_error"):
+        lines[1:1] = [f"config error (the previous config stays in force): {daemon['config_error']}"]
+    if not sessions:
+        lines.append("no sessions")
+        return "\n".join(lines)
+    rows = [("PID", "NAME", "TRACER", "STATE", "STARTED", "LINES", "ENDING", "LOG")]
+    for session in sessions:
+        rows.append(
+            (
+                str(session["pid"]),
+                session["name"],
+                session["tracer"],
+                session["state"],
+                session["started"][11:19],
+                str(session["lines"]),
+                _ending(session),
+                session["log"],
+            )
+        )
+    lines += table(rows)
+    return "\n".join(lines)
+
+
+def _ending(session: dict[str, Any]) -> str:
+    if session.get("signal"):
+        return str(session["signal"])
+    if session.get("exit_code") is not None:
+        return f"status {session['exit_code']}"
+    if session.get("error"):
+        return str(session["error"])[:40]
+    return "-"
+
+
+def render_session(session: dict[str, Any]) -> str:
+    return "\n".join(f"{key:10} {'-' if value is None else value}" for key, value in session.items())

@@ -1,0 +1,89 @@
+"""Does the hook that Postfix's debugger_command names exist, and can root run it?
+
+Shared by ``tracerctl postfix enable``/``status`` and by ``tracerd`` at start
+and ``--check`` (README, "Commands"): a debugger_command that names a
+missing pftrace-hook makes every ``-D`` process start untraced, and sh's
+"not found" goes to a stderr that Postfix throws away.
+
+Standard library only.
+
+Security: only stat(2) and the first line of the file (its ``#!``) are read;
+nothing is executed.  :func:`postfix_debugger_command` runs postconf from an
+argv list with a timeout.
+
+Diagnostics: :func:`hook_problem` returns a one-line reason, or None when
+the hook looks runnable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+
+HOOK_NAME = "pftrace-hook"
+POSTCONF_TIMEOUT = 10.0
+
+
+def hook_path(debugger_command: str | None) -> str | None:
+    """The program a debugger_command runs, when it is pftrace-hook (by name)."""
+    words = (debugger_command or "").split()
+    return words[0] if words and os.path.basename(words[0]) == HOOK_NAME else None
+
+
+def _runnable(path: str) -> str | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return err.strerror or str(err)
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if not info.st_mode & 0o111:  # root may run a file with any x bit set
+        return "is not executable"
+    return None
+
+
+def hook_problem(path: str) -> str | None:
+    """Why root could not run ``path`` (missing, not executable, its #! interpreter missing); None if it can."""
+    if not os.path.isabs(path):
+        return "is not an absolute path"
+    problem = _runnable(path)
+    if problem is not None:
+        return problem
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(512)
+    except OSError as err:
+        return f"cannot be read: {err.strerror}"
+    if first.startswith(b"#!"):
+        words = first[2:].decode("utf-8", "replace").split()
+        interpreter = words[0] if words else ""
+        if not interpreter or _runnable(interpreter) is not None:
+            return f"names an interpreter that root cannot run: #!{interpreter}"
+    return None
+
+
+def postfix_debugger_command(timeout: float = POSTCONF_TIMEOUT) -> str | None:
+    """Postfix's debugger_command (``postconf -h``, honouring $MAIL_CONFIG); None without postconf."""
+    postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if postconf is None:
+        return None
+    try:
+        result = subprocess.run([postconf, "-h", "debugger_command"], capture_output=True, text=True,
+                                timeout=timeout, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def postfix_hook_warning() -> str | None:
+    """A warning when Postfix's debugger_command names a pftrace-hook that root cannot run."""
+    path = hook_path(postfix_debugger_command())
+    problem = hook_problem(path) if path else None
+    if path is None or problem is None:
+        return None
+    return (f"Postfix's debugger_command names {path}, which {problem}:"
+            " every process of a -D service starts untraced")  # fmt: skip
