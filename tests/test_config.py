@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tracerd import client
 from tracerd import config as configmod
-from tracerd import hook
 from tracerd.config import FACILITIES, Config, Rule, SyslogConfig, load, parse, replace
 from tracerd.errors import ConfigError
 from tracerd.sinks.syslog import parse_address
@@ -90,14 +90,15 @@ def test_user_defaults_fall_back_to_tmp_without_a_usable_xdg(monkeypatch: pytest
 def test_hook_and_daemon_agree_on_the_default_socket(
     monkeypatch: pytest.MonkeyPatch, euid: int, xdg: str | None
 ) -> None:
-    """pftrace-hook restates the default-socket rule (stdlib only); both give the same path."""
+    """The hook's socket rule (tracerd.client, stdlib only) and the daemon's give the same path."""
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     monkeypatch.setattr(os, "getuid", lambda: euid)
     if xdg is None:
         monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     else:
         monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
-    assert hook.default_socket() == str(configmod.default_socket())
+    assert client.default_socket() == str(configmod.default_socket())
+    assert str(configmod.default_socket()).endswith("/tracerd.sock")
 
 
 # -- load: where the file comes from ----------------------------------------

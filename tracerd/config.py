@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracerd import tracers  # the one registry of tracer names
+from tracerd import (
+    client,
+    tracers,  # the one registry of tracer names
+)
 from tracerd.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/tracerd/tracerd.toml")
@@ -56,10 +59,9 @@ def default_runtime_dir() -> Path:
 
 
 def default_socket() -> Path:
-    """The socket both the daemon and its clients use when nothing says."""
-    if os.geteuid() == 0:
-        return Path("/run/tracerd/tracerd.sock")
-    return default_runtime_dir() / "tracerd.sock"
+    """The socket both the daemon and its clients use when nothing says (the
+    rule lives in tracerd.client, which the hook uses too)."""
+    return Path(client.default_socket())
 
 
 @dataclass(frozen=True)
