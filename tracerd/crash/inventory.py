@@ -38,10 +38,8 @@ unsafe directory.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +47,11 @@ from typing import Any
 from tracerd.client import Unreachable, call
 from tracerd.config import Config
 from tracerd.config import load as load_config
-from tracerd.crash.store import CrashStore
+from tracerd.crash.store import MAX_FILE, CrashStore, read_json_at
 from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
 
-MAX_JSON = 64 << 20
+MAX_JSON = MAX_FILE
 LATE = dt.timedelta(minutes=15)  # gdb's backtrace and the store's fsync come before master's log line
 EARLY = dt.timedelta(seconds=5)  # log times are truncated to the second
 _ID_PID = re.compile(r"(?P<stamp>[0-9TZ]+)-[0-9a-f]+-(?P<pid>\d+)(?:-\d+)?")
@@ -274,16 +272,9 @@ def read_json(directory: Path, name: str) -> Any:
     """A JSON file of the crash directory, never through a symlink, at most MAX_JSON bytes."""
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        return read_json_at(dir_fd, name)
     finally:
         os.close(dir_fd)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ValueError(f"{name}: not a regular file")
-        data = handle.read(MAX_JSON + 1)
-    if len(data) > MAX_JSON:
-        raise ValueError(f"{name}: larger than {MAX_JSON} bytes")
-    return json.loads(data)
 
 
 def _from_entry(entry: dict[str, Any]) -> CrashMatch | None:

@@ -303,14 +303,7 @@ class CrashStore:
         return crash_id
 
     def _read_json(self, name: str) -> Any:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ValueError(f"{name}: not a regular file")
-            data = handle.read(MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            raise ValueError(f"{name}: larger than {MAX_FILE} bytes")
-        return json.loads(data)
+        return read_json_at(self._fd, name)
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         """Write ``name`` so that readers see the old file or all of the new one."""
@@ -373,3 +366,16 @@ def _open_for_reading(directory: Path) -> int:
         os.close(fd)
         raise ConfigError(f"crash directory {directory}: writable by group or others, not tracerd's")
     return fd
+
+
+def read_json_at(dir_fd: int, name: str) -> Any:
+    """A JSON file of the crash directory ``dir_fd``: never through a symlink,
+    a regular file, at most MAX_FILE bytes (the store's and the readers' one rule)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError(f"{name}: not a regular file")
+        data = handle.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise ValueError(f"{name}: larger than {MAX_FILE} bytes")
+    return json.loads(data)
