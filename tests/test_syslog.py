@@ -6,6 +6,7 @@ tmp_path, UDP and TCP on 127.0.0.1); nothing is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -443,8 +444,6 @@ def test_bad_addresses_are_config_errors(address: str) -> None:
 def test_tcp_queued_frame_goes_out_without_another_message(sinks: list[SyslogSink]) -> None:
     """tcp: a crash summary queued while the receiver was down reaches it once it is up,
     with no later send() or flush() call: the sink's own loop timer pushes it."""
-    import asyncio
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))  # bound, not yet listening: the first connect is refused
         port = listener.getsockname()[1]
