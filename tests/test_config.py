@@ -41,7 +41,7 @@ def as_user(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("as_root")
 def test_root_defaults_are_the_system_paths_and_design_values() -> None:
-    """As root, an empty file gives DESIGN.md's paths and limits, no group and no rules."""
+    """As root, an empty file gives the README's paths and limits, no group and no rules."""
     config = parse("")
     assert config.socket == Path("/run/tracerd/tracerd.sock")
     assert config.log_dir == Path("/var/log/tracerd")

@@ -1,4 +1,4 @@
-"""tracerctl: JSON fields as DESIGN.md lists them, tables, exit codes 0/1/2/3."""
+"""tracerctl: JSON fields as the README lists them, tables, exit codes 0/1/2/3."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SESSION_FIELDS = {"pid", "name", "tracer", "state", "started", "log", "lines", "
 
 
 def test_status_json_has_the_contract_fields(daemon: Any, cbin: Any, spawn: Any) -> None:
-    """--json status: daemon, counters and sessions with DESIGN.md's fields."""
+    """--json status: daemon, counters and sessions with the README's fields ("Status JSON")."""
     sleeper = spawn(cbin("sleeper"))
     assert sleeper.readline() == "ready\n"
     assert daemon.ctl("attach", str(sleeper.pid), "--name", "smtpd").returncode == 0

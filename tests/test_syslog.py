@@ -6,6 +6,7 @@ tmp_path, UDP and TCP on 127.0.0.1); nothing is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -443,3 +444,39 @@ def test_bad_addresses_are_config_errors(address: str) -> None:
     """Anything else is a ConfigError on syslog.address, not a surprise at first send."""
     with pytest.raises(ConfigError, match=r"syslog\.address"):
         parse_address(address)
+
+
+def test_tcp_queued_frame_goes_out_without_another_message(sinks: list[SyslogSink]) -> None:
+    """tcp: a crash summary queued while the receiver was down reaches it once it is up,
+    with no later send() or flush() call: the sink's own loop timer pushes it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))  # bound, not yet listening: the first connect is refused
+        port = listener.getsockname()[1]
+
+        async def scenario() -> bytes:
+            sink = make_sink(f"tcp://127.0.0.1:{port}")
+            sinks.append(sink)
+            SessionSyslog(sink, "smtpd[7]", 200).notice(LOG_CRIT, "crashed: SIGSEGV")
+            assert sink.pending_bytes > 0  # queued: nobody listens yet
+            listener.listen()
+            listener.setblocking(False)
+            data = b""
+            for _ in range(200):  # bounded: 20 s at most
+                await asyncio.sleep(0.1)
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                with conn:
+                    conn.settimeout(10)
+                    while b"SIGSEGV" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                break
+            return data
+
+        data = asyncio.run(scenario())
+    assert b"smtpd[7]: crashed: SIGSEGV" in data
+

@@ -128,13 +128,6 @@ def groups_of(pid: int) -> set[int]:
     return set()
 
 
-def threads_of(pid: int) -> list[int]:
-    try:
-        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
-    except OSError as err:
-        raise TargetGone(f"no such process {pid}") from err
-
-
 def open_pidfd(identity: ProcessIdentity) -> int:
     """A pidfd for exactly this process (re-checked after opening, against reuse)."""
     try:

@@ -18,6 +18,11 @@ leaves no strace or gdb holding a process; on SIGTERM both detach cleanly.
 (Popen's preexec_fn could call prctl itself, but it is unsafe in a process
 that has threads, as tracerd has.)
 
+Input is never blocking either: :meth:`Child.write` hands the pipe what it
+takes at once and keeps the rest (at most 1 MiB) for the event loop to feed
+as the tracer reads; a tracer that has stopped reading makes ``write`` raise
+:class:`~tracerd.errors.TracerFailed` instead of stalling the daemon.
+
 Diagnostics: a program that cannot be started raises
 :class:`~tracerd.errors.TracerUnavailable` (not installed) or
 :class:`~tracerd.errors.TracerFailed`.
@@ -40,6 +45,7 @@ MAX_LINE = 64 * 1024
 READ_SIZE = 256 * 1024
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
+MAX_INPUT_PENDING = 1 << 20  # bytes a tracer may leave unread on its stdin
 SETPRIV = shutil.which("setpriv")
 
 
@@ -63,6 +69,8 @@ class Child:
         self._coalesce = coalesce
         self._loop = asyncio.get_running_loop()
         self._partial = b""
+        self._inbox = bytearray()  # stdin bytes the pipe has not taken yet
+        self._in = -1
         self._exited: asyncio.Future[int] = self._loop.create_future()
         self._eof = asyncio.Event()
         try:
@@ -83,6 +91,9 @@ class Child:
         assert self.proc.stdout is not None
         self._out = self.proc.stdout.fileno()
         os.set_blocking(self._out, False)
+        if self.proc.stdin is not None:
+            self._in = self.proc.stdin.fileno()
+            os.set_blocking(self._in, False)
         if coalesce:
             # room for bursts while we let the pipe gather (pipe-max-size permitting)
             with contextlib.suppress(OSError):
@@ -149,10 +160,48 @@ class Child:
         return code
 
     def write(self, data: bytes) -> None:
-        if self.proc.stdin is None:
-            raise TracerFailed("tracer has no stdin")
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        """Send ``data`` to the tracer's stdin without blocking, in order.
+
+        What the pipe does not take now waits for the loop to feed it.  Raises
+        TracerFailed (nothing of ``data`` sent) when more than MAX_INPUT_PENDING
+        bytes would wait: the tracer has stopped reading.  OSError (EPIPE) when
+        the tracer is gone.
+        """
+        stdin = self.proc.stdin
+        if stdin is None or stdin.closed:
+            raise TracerFailed(f"{self.argv[0]} has no stdin")
+        if len(self._inbox) + len(data) > MAX_INPUT_PENDING:
+            raise TracerFailed(f"{self.argv[0]} is not reading its input ({len(self._inbox)} bytes waiting)")
+        if not self._inbox:
+            try:
+                sent = os.write(self._in, data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._loop.add_writer(self._in, self._feed)
+        self._inbox += data
+
+    def _feed(self) -> None:
+        try:
+            if self.proc.stdin is None or self.proc.stdin.closed:
+                raise BrokenPipeError
+            sent = os.write(self._in, self._inbox)
+        except BlockingIOError:
+            return
+        except OSError:  # the tracer is gone (or its stdin was closed): its exit says so
+            sent = len(self._inbox)
+        del self._inbox[:sent]
+        if not self._inbox:
+            self._loop.remove_writer(self._in)
+
+    async def exit_or_kill(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the child to end on its own, then stop it."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.wait()), timeout=timeout)
+        except TimeoutError:
+            return await self.stop(grace=1.0)
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
@@ -172,6 +221,9 @@ class Child:
         """Release the pipes once the child is gone."""
         if self._out >= 0:
             self._loop.remove_reader(self._out)
+        if self._inbox:
+            self._inbox.clear()
+            self._loop.remove_writer(self._in)
         for stream in (self.proc.stdout, self.proc.stdin):
             if stream is not None:
                 with contextlib.suppress(OSError):

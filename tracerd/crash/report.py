@@ -19,11 +19,11 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from tracerd.crash import siginfo
+from tracerd.textclean import LINES, clean
 
 TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
 INDEX = "index.json"
@@ -32,8 +32,6 @@ MAX_REPEATS = 100
 PUBLIC_FIELDS = (
     "id", "signature", "count", "first_seen", "last_seen", "name", "pid", "signal", "top", "report", "capture",
 )  # fmt: skip
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @dataclass
@@ -67,7 +65,7 @@ class Library:
 
 def _clean(text: object, *, lines: bool = False) -> str:
     """Target-supplied text made safe for one log line (or a block, keeping newlines)."""
-    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub("?", str(text))
+    return clean(text, LINES if lines else "")
 
 
 def _frame_token(frame: Frame) -> str:

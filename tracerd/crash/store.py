@@ -2,7 +2,7 @@
 
 The store keeps one full report per signature per flood window in
 ``ID.json``; repeats within the window only bump the signature's entry in
-``index.json`` (the crash JSON of DESIGN.md, plus ``repeats``).  Every file
+``index.json`` (README, "Crash JSON", plus ``repeats``).  Every file
 is written atomically: temp file ``.tmp-*`` beside it, fsync, rename, fsync
 of the directory.
 

@@ -45,7 +45,6 @@ import io
 import json
 import os
 import platform
-import re
 import subprocess
 import tarfile
 import tempfile
@@ -55,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracerd import __version__
+from tracerd import __version__, textclean
 from tracerd.client import Unreachable, call
 from tracerd.crash.inventory import CrashInventory, default_state_dir, load_inventory
 from tracerd.ctl.anonymize import Anonymizer
@@ -68,7 +67,6 @@ MAX_SECTION = 4 << 20
 POSTCONF_TIMEOUT = 30.0
 QSHAPE_TIMEOUT = 120.0  # qshape reads every queue file
 MAX_TRIAGE_LINES = 1000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 SUMMARY = """\
 Describe the problem in your own words: the helpers on postfix-users are
@@ -101,7 +99,7 @@ def clean_block(text: str) -> str:
     """Untrusted text for a report: control characters but newline and tab become ``?``, size capped."""
     if len(text) > MAX_SECTION:
         text = text[:MAX_SECTION] + f"\n[... cut at {MAX_SECTION} bytes]\n"
-    return _CONTROL.sub("?", text)
+    return textclean.clean(text, textclean.LINES)
 
 
 def run_command(argv: list[str], timeout: float) -> str:

@@ -27,25 +27,24 @@ or had errors says so on a ``capture`` line.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
+from tracerd import textclean
+
 REGISTERS_PER_LINE = 4
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_BUT_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SIGNAL_KEYS = frozenset({"number", "name", "si_code", "si_code_name", "fault_address", "sender_pid", "sender_uid",
                           "user_sent"})  # fmt: skip
 
 
 def clean(value: object) -> str:
     """One line of untrusted text, safe to print."""
-    return _CONTROL.sub("?", str(value))
+    return textclean.clean(value)
 
 
 def clean_block(value: object) -> str:
     """Untrusted text of several lines (gdb's output), safe to print."""
-    return _CONTROL_BUT_LAYOUT.sub("?", str(value))
+    return textclean.clean(value, textclean.LINES)
 
 
 def table(rows: Sequence[Sequence[str]]) -> list[str]:

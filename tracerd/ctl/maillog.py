@@ -56,6 +56,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracerd import textclean
+
 MAX_LINE = 8192
 POSTCONF_TIMEOUT = 15.0
 SYSLOG_LOCATIONS = (Path("/var/log/mail.log"), Path("/var/log/maillog"), Path("/var/log/mail"))
@@ -69,7 +71,6 @@ _SYSLOG_STAMP = re.compile(
 )
 _RFC3339_STAMP = re.compile(r"(?P<stamp>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) ")
 _TAG = re.compile(r"(?P<host>\S+) (?P<program>[^\s\[\]:]{1,128})(?:\[(?P<pid>\d{1,10})\])?: ")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ROTATED = r"(?:\.(?P<number>\d{1,4})|-(?P<date>\d{8}(?:\d{2})?))(?:\.(?:gz|bz2|xz))?"
 
 
@@ -99,7 +100,7 @@ class LogLine:
 
 def clean(text: str) -> str:
     """Untrusted text made safe to print: control characters (but tab) become ``?``."""
-    return _CONTROL.sub("?", text)
+    return textclean.clean(text, textclean.TAB)
 
 
 # -- where the log is ---------------------------------------------------------

@@ -177,13 +177,7 @@ class GdbMI:
         if self.child.returncode is None:
             with contextlib.suppress(OSError):
                 self.child.write(b"-gdb-exit\n")
-            await _exit_or_kill(self.child, timeout)
+            await self.child.exit_or_kill(timeout)
         self.child.close()
 
-
-async def _exit_or_kill(child: Child, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(asyncio.shield(child.wait()), timeout=timeout)
-    except TimeoutError:
-        await child.stop(grace=1.0)
 

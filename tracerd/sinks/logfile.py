@@ -320,10 +320,6 @@ class LogWriter:
         self._stopping = False
         self._ended = False
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
     def start(self) -> None:
         with self._lock:
             if self._thread is None:

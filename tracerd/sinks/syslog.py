@@ -21,6 +21,9 @@ restarted is reconnected lazily, at most once a second.  TCP connects without
 blocking, keeps at most 256 KiB waiting (kept across reconnects, so a central
 rsyslog restart loses little), and backs off from 1 s to 30 s after errors.
 A host name is resolved on a short-lived background thread, never in send().
+Frames still waiting after a send() go out on their own: while any wait, a
+loop timer retries (every 0.1 s, or when the reconnect backoff ends), so a
+crash summary does not wait for the next message.
 
 Threads: a sink and its sessions are used from the asyncio loop thread only;
 nothing here takes a lock.  Other threads hop onto the loop first (the log
@@ -29,102 +32,52 @@ writer's error reports do, through ``call_soon_threadsafe``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
-import re
 import select
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from tracerd.config import SyslogConfig
-from tracerd.errors import ConfigError
+from tracerd.sinks.syslogfmt import (
+    DEFAULT_PORT,
+    LOG_CRIT,
+    LOG_ERR,
+    LOG_INFO,
+    LOG_NOTICE,
+    LOG_WARNING,
+    MAX_RECORD_BYTES,
+    Endpoint,
+    clean,
+    fit,
+    format_local,
+    format_rfc5424,
+    header_field,
+    parse_address,
+)
 
-LOG_CRIT, LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO = 2, 3, 4, 5, 6
-DEFAULT_PORT = 514
-MAX_RECORD_BYTES = 8192
+__all__ = [
+    "DEFAULT_PORT", "LOG_CRIT", "LOG_ERR", "LOG_INFO", "LOG_NOTICE", "LOG_WARNING", "MAX_PENDING_BYTES",
+    "MAX_RECORD_BYTES", "Endpoint", "SessionSyslog", "SyslogSink", "clean", "fit", "format_local",
+    "format_rfc5424", "parse_address",
+]  # fmt: skip
+
 MAX_PENDING_BYTES = 256 << 10
 RETRY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 CONNECT_TIMEOUT = 10.0
+PUMP_INTERVAL = 0.1  # how often waiting frames are retried while the socket is full or connecting
 OWN_PREFIX = "tracerd: "  # tracerd's own lines in a per-process log start so
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_CONTROLS = {c: "?" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
 # The receiver is there but busy, or this record is too big: drop this one,
 # keep the socket.  Any other error means reconnecting (later).
 _BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EMSGSIZE}
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
-_INET = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.]+)\](?::(?P<p6>\d*))?|(?P<host>[^\[\]/:\s]+)(?::(?P<port>\d*))?")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    kind: str  # "unix", "udp" or "tcp"
-    path: str = ""
-    host: str = ""
-    port: int = DEFAULT_PORT
-
-
-def parse_address(address: str) -> Endpoint:
-    """``/dev/log``, ``udp://HOST[:PORT]``, ``tcp://[V6]:PORT`` -> Endpoint (ConfigError)."""
-    for kind in ("udp", "tcp"):
-        if address.startswith(f"{kind}://"):
-            found = _INET.fullmatch(address[len(kind) + 3 :])
-            if found is None:
-                break
-            host = found["v6"] or found["host"]
-            port = int(found["p6"] or found["port"] or DEFAULT_PORT)
-            if not 0 < port < 65536:
-                break
-            return Endpoint(kind, host=host, port=port)
-    else:
-        if address.startswith("/") and "\0" not in address:
-            return Endpoint("unix", path=address)
-    raise ConfigError(f"bad address {address!r}", key="syslog.address")
-
-
-def clean(text: str) -> str:
-    """The text with control characters other than tab replaced by '?'."""
-    return text.translate(_CONTROLS)
-
-
-def fit(record: bytes, limit: int = MAX_RECORD_BYTES) -> bytes:
-    """``record`` cut to ``limit`` bytes without splitting a UTF-8 character."""
-    if len(record) <= limit:
-        return record
-    cut = limit
-    while cut > 0 and record[cut] & 0xC0 == 0x80:  # a continuation byte
-        cut -= 1
-    return record[:cut]
-
-
-def format_local(pri: int, app: str, pid: int, message: str, *, now: float) -> bytes:
-    """``<PRI>Mmm dd hh:mm:ss APP[PID]: MESSAGE``: what /dev/log readers expect.
-
-    Local time, English month, day padded with a space (RFC 3164, glibc).
-    """
-    t = time.localtime(now)
-    stamp = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-    return f"<{pri}>{stamp} {app}[{pid}]: {message}".encode("utf-8", "replace")
-
-
-def format_rfc5424(
-    pri: int, hostname: str, app: str, pid: int, message: str, *, now: float
-) -> bytes:
-    """``<PRI>1 TIMESTAMP HOST APP PID - - MESSAGE`` (no MSGID, no structured data)."""
-    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds")
-    return f"<{pri}>1 {stamp} {hostname} {app} {pid} - - {message}".encode("utf-8", "replace")
-
-
-def _header_field(value: str, limit: int) -> str:
-    # RFC 5424 header fields are printable US-ASCII without spaces.
-    return "".join(c if 33 <= ord(c) <= 126 else "_" for c in value)[:limit] or "-"
 
 
 class SyslogSink:
@@ -134,8 +87,8 @@ class SyslogSink:
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.config = config
         self.endpoint = parse_address(config.address)
-        self.app = _header_field(app, 48)
-        self.hostname = _header_field(hostname or socket.gethostname(), 255)
+        self.app = header_field(app, 48)
+        self.hostname = header_field(hostname or socket.gethostname(), 255)
         self.pid = os.getpid()
         self.sent = 0
         self.dropped = 0
@@ -153,6 +106,7 @@ class SyslogSink:
         self._pending = 0
         self._addr: tuple[int, Any] | None = None
         self._resolving = False
+        self._timer: asyncio.TimerHandle | None = None
         if self.endpoint.kind != "unix":
             self._resolve()
 
@@ -170,17 +124,17 @@ class SyslogSink:
             self._note(f"internal error: {err}")
             self.dropped += 1
             return False
+        finally:
+            self._arm()
 
     def flush(self) -> None:
-        """Stream: push waiting frames now (send() does it too); for a periodic timer.
-
-        Without it, the last frames before a quiet spell wait for the next send().
-        """
+        """Stream: push waiting frames now (send() and the sink's own timer do it too)."""
         if self._closed or not self._stream:
             return
         with contextlib.suppress(Exception):
             self._maybe_connect()
             self._pump()
+        self._arm()
 
     def close(self) -> None:
         """Push out what the socket takes now, drop (and count) the rest, close."""
@@ -189,12 +143,36 @@ class SyslogSink:
         with contextlib.suppress(Exception):
             self._pump()
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.dropped += len(self._frames)
         self._frames.clear()
         self._pending = 0
         self._disconnect()
 
     # -- internals ----------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Frames waiting: a loop timer flushes them later, without another send().
+
+        Called on the loop thread; with no running loop (a plain script) nothing
+        is armed and flush() is the caller's job.
+        """
+        if self._timer is not None or self._closed or not self._frames:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = PUMP_INTERVAL
+        if self._sock is None:  # backing off: not before the reconnect is due
+            delay = min(max(self._retry_at - self._clock(), PUMP_INTERVAL), MAX_BACKOFF_SECONDS)
+        self._timer = loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.flush()
 
     def _send(self, severity: int, message: str) -> bool:
         pri = self.config.facility_code * 8 + severity

@@ -16,6 +16,10 @@ meant, done right:
 - gdb dying on its own fails the session; the kernel has detached the
   process, which runs on untraced.
 
+Every wait is bounded: ``detach()`` waits at most ``detach_timeout`` seconds
+for the session loop to detach cleanly (it may be busy with a capture, or not
+running at all), then ends gdb, which leaves the process untraced.
+
 Diagnostics: gdb's own error messages (``&"..."`` log records) are kept and
 reported when an attach or capture fails.
 """
@@ -42,6 +46,7 @@ FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
 class GdbTracer(Tracer):
     name = "gdb"
     program = "gdb"
+    detach_timeout = 30.0  # a clean detach takes 3 bounded MI steps of 5 s, plus gdb's exit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -220,7 +225,11 @@ class GdbTracer(Tracer):
         if self.mi.child is None or self.mi.child.returncode is not None:
             return
         self._requests.put_nowait("detach")
-        await self._detached.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._detached.wait()), timeout=self.detach_timeout)
+        except TimeoutError:
+            self.output.warn(f"gdb did not detach within {self.detach_timeout:g} s; ending gdb")
+            await self._end_gdb()
 
     async def _detach_now(self) -> Ending:
         try:

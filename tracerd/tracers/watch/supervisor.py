@@ -244,14 +244,7 @@ class WatchSupervisor:
             return
         if child.proc.stdin is not None:
             child.proc.stdin.close()
-        await _bounded(child, timeout)
-
-
-async def _bounded(child: Child, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(asyncio.shield(child.wait()), timeout)
-    except TimeoutError:
-        await child.stop(grace=1.0)
+        await child.exit_or_kill(timeout)
 
 
 _supervisors: dict[int, WatchSupervisor] = {}
