@@ -117,8 +117,6 @@ def format_frame(frame: Frame) -> str:
     return text
 
 
-def iso_utc(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _epoch(text: object) -> float:

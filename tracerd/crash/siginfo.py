@@ -33,6 +33,9 @@ import re
 import signal as signalmod
 from typing import Any
 
+# The signals whose default action kills with a core: the ones a crash report
+# is for (every part of tracerd takes them from here).
+FATAL_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
 SI_USER = 0
 SI_KERNEL = 0x80
 SI_QUEUE = -1

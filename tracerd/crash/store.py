@@ -43,7 +43,6 @@ import datetime as dt
 import errno
 import json
 import os
-import secrets
 import stat
 import threading
 import time
@@ -51,9 +50,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracerd.crash.report import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch, iso_utc
+from tracerd import atomic
+from tracerd.crash.report import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch
 from tracerd.errors import ConfigError, NotFound
 from tracerd.protocol import CRASH_ID_RE
+from tracerd.timefmt import iso_utc
 
 MAX_FILE = 64 << 20  # a report or index larger than this is not ours: unreadable
 
@@ -306,26 +307,9 @@ class CrashStore:
         return read_json_at(self._fd, name)
 
     def _write_atomic(self, name: str, data: bytes) -> None:
-        """Write ``name`` so that readers see the old file or all of the new one."""
-        temp = TEMP_PREFIX + secrets.token_hex(8)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o640, dir_fd=self._fd)
-        try:
-            try:
-                os.fchmod(fd, 0o640)  # whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=self._fd)
-            raise
-        # The rename itself must survive a power cut, or the report may vanish.
-        os.fsync(self._fd)
+        """Write ``name`` so that readers see the old file or all of the new one,
+        and the rename survives a power cut (or the report may vanish)."""
+        atomic.write_at(self._fd, name, data, 0o640, prefix=TEMP_PREFIX)
 
 
 def _valid_entry(entry: object) -> bool:

@@ -39,7 +39,6 @@ Diagnostics: ``tracerctl: cannot write FILE: REASON`` on stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import io
 import json
@@ -47,14 +46,13 @@ import os
 import platform
 import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracerd import __version__, textclean
+from tracerd import __version__, atomic, textclean
 from tracerd.client import Unreachable, call
 from tracerd.crash.inventory import CrashInventory, default_state_dir, load_inventory
 from tracerd.ctl.anonymize import Anonymizer
@@ -253,18 +251,9 @@ def as_tarball(sections: list[Section]) -> bytes:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` 0600 via a temp file and rename: never half-written, never through a symlink."""
-    fd, temp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=".bugreport-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    """Write ``path`` 0600 via a temp file, rename and directory fsync: never
+    half-written, never through a symlink."""
+    atomic.write_file(path, data, 0o600, prefix=".bugreport-")
 
 
 def is_tarball(path: str) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from tracerd import atomic
 from tracerd.ctl.common import program_path
 
 COMMAND_LINE = re.compile(r"(?P<key>[^\s=]+/(?:inet|unix|unix-dgram|fifo|pass))/command = (?P<command>.*)")
@@ -79,20 +80,9 @@ def undo(text: bytes, patch: dict[str, str] | None) -> bytes | None:
 def replace_file(path: Path, data: bytes, like: os.stat_result | None = None) -> None:
     """Atomic, with the owner and mode of ``like`` (else ours, 0600): a temporary
     file beside it, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.tracerd-tmp")
-    tmp.unlink(missing_ok=True)
     mode = stat.S_IMODE(like.st_mode) if like else 0o600
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode), "wb") as file:
-        if like is not None:
-            os.fchown(file.fileno(), like.st_uid, like.st_gid)
-        os.fchmod(file.fileno(), mode)
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(dirfd)
-    os.close(dirfd)
+    owner = (like.st_uid, like.st_gid) if like is not None else None
+    atomic.write_file(path, data, mode, owner=owner, prefix=f".{path.name}.tracerd-")
 
 
 class Instance:

@@ -19,13 +19,13 @@ NotFound, each with a one-line message.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from tracerd.errors import Busy, NotFound
 from tracerd.procinfo import ProcessIdentity
+from tracerd.timefmt import iso_utc
 from tracerd.tracers.base import Ending
 
 
@@ -55,7 +55,7 @@ class IllegalTransition(RuntimeError):
 
 
 def utcnow() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc()
 
 
 @dataclass

@@ -23,7 +23,6 @@ half-broken target still gets a report and is still released.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import re
 import signal as signalmod
@@ -36,6 +35,7 @@ from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
 from tracerd.gdb.mi import GdbMI
 from tracerd.procinfo import ProcessIdentity
+from tracerd.timefmt import iso_utc
 
 _THREAD_HEAD = re.compile(r"^Thread (\d+) \(", re.MULTILINE)
 _LWP = re.compile(r"LWP (\d+)")
@@ -145,7 +145,7 @@ async def capture(
     report = CrashReport(
         process=process,
         signal=signal,
-        time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        time=iso_utc(),
         threads=threads,
         registers=registers,
         disassembly=disassembly.strip(),

@@ -40,7 +40,6 @@ from tracerd.procinfo import ProcessIdentity
 if TYPE_CHECKING:
     from tracerd.crash.report import CrashReport
 
-FATAL_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,10 @@ from collections import deque
 from typing import Any, ClassVar
 
 from tracerd import procinfo
+from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import Busy, TargetGone, TracerFailed
 from tracerd.spawn import Child
-from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
+from tracerd.tracers.base import Ending, Tracer, poll_until
 from tracerd.tracers.tracecrash import TraceObserver, process_info
 
 LAST_WORDS = 5.0  # seconds the tracer has to print the process's ending once it is gone

@@ -33,12 +33,12 @@ import signal
 from typing import Any
 
 from tracerd import failpoint, procinfo
-from tracerd.crash.siginfo import CODE, parse_int
+from tracerd.crash.siginfo import CODE, FATAL_SIGNALS, parse_int
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdb.capture import capture
 from tracerd.gdb.mi import GdbMI, MIError
 from tracerd.procinfo import signal_is_fatal
-from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer, poll_until
+from tracerd.tracers.base import Ending, Tracer, poll_until
 
 FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
 

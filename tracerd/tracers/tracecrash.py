@@ -32,15 +32,16 @@ strace does not trace) is said in the report's notice, never guessed.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import time
 from typing import Any
 
 import psutil
 
 from tracerd.crash.report import CrashReport, Frame, Thread
+from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.procinfo import ProcessIdentity
-from tracerd.tracers.base import FATAL_SIGNALS, Ending
+from tracerd.timefmt import iso_utc
+from tracerd.tracers.base import Ending
 from tracerd.tracers.tracetext import (
     SignalLine,
     StackFrame,
@@ -131,7 +132,7 @@ class TraceObserver:
         report = CrashReport(
             process=process,
             signal=signal,
-            time=dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            time=iso_utc(when),
             threads=threads if frames else [],
             registers={"pc": signal["instruction_pointer"]} if signal.get("instruction_pointer") else {},
             disassembly="",

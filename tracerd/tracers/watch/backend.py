@@ -32,11 +32,12 @@ from typing import Any
 
 from tracerd import failpoint, procinfo
 from tracerd.crash.release import wait_for_death
+from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
 from tracerd.gdb.capture import capture
 from tracerd.gdb.mi import GdbMI, quote
 from tracerd.procinfo import ProcessIdentity
-from tracerd.tracers.base import FATAL_SIGNALS, Ending, Tracer
+from tracerd.tracers.base import Ending, Tracer
 from tracerd.tracers.watch import supervisor as supervisors
 from tracerd.tracers.watch.supervisor import discard_core, supervisor
 

@@ -80,6 +80,7 @@ from ptrace.binding.func import (
 )
 from ptrace.error import PtraceError
 
+from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import TargetGone
 from tracerd.procinfo import identify, signal_is_fatal
 from tracerd.tracers.watch.holds import CrashHolder, Watched
@@ -89,7 +90,6 @@ PTRACE_LISTEN = 0x4208
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children alike
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
-FATAL = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
 
 
 class Watcher(CrashHolder):
@@ -305,7 +305,7 @@ class Watcher(CrashHolder):
 
     def _signal_stop(self, watched: Watched, tid: int, sig: int) -> None:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"SIG{sig}"
-        if name in FATAL:
+        if name in FATAL_SIGNALS:
             info = ptrace_getsiginfo(tid)
             si_code = int(info.si_code)
             if signal_is_fatal(watched.pid, tid, name, si_code):

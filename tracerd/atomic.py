@@ -1,0 +1,59 @@
+"""The one atomic file writer: readers see the old file or all of the new one.
+
+A temporary file beside the target (O_EXCL|O_NOFOLLOW, so nothing planted
+there is followed or reused), written whole, fsync'd, renamed over the
+target, then the directory fsync'd so that the rename itself survives a
+power cut.  Everything is relative to a directory fd the caller holds, so a
+directory swapped for a symlink meanwhile is not followed either.
+
+Security: the mode (and owner, when given) is set on the open file before
+the rename, whatever the umask; the name must be a plain file name.
+
+Diagnostics: any OSError is raised after the temporary file is removed; the
+target is then untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+
+def write_at(
+    dir_fd: int, name: str, data: bytes, mode: int = 0o600, *,
+    owner: tuple[int, int] | None = None, prefix: str = ".tracerd-",
+) -> None:  # fmt: skip
+    """Replace ``name`` in the directory ``dir_fd`` by ``data``, atomically and durably."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    temp = prefix + secrets.token_hex(8)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o600, *, owner: tuple[int, int] | None = None,
+               prefix: str = ".tracerd-") -> None:  # fmt: skip
+    """:func:`write_at` for a path: its directory is opened (not followed if a symlink) for the call."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_at(dir_fd, path.name, data, mode, owner=owner, prefix=prefix)
+    finally:
+        os.close(dir_fd)
