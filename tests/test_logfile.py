@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tracerd.errors import ConfigError
-from tracerd.sinks.logfile import TRUNCATION_LINE, LogDir, LogWriter, UnsafeLogFile
+from tracerd.sinks.logfile import TRUNCATION_LINE, LogDir, UnsafeLogFile
+from tracerd.sinks.logwriter import LogWriter
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ from tracerd.daemon.service import TracerdService
 from tracerd.daemon.sessions import IllegalTransition, Session, State
 from tracerd.errors import ConfigError, TracerFailed
 from tracerd.protocol import Request
-from tracerd.sinks.logfile import LogDir, LogWriter
+from tracerd.sinks.logfile import LogDir
+from tracerd.sinks.logwriter import LogWriter
 from tracerd.sinks.syslog import SyslogSink
 from tracerd.tracers.base import Ending, Tracer
 

@@ -37,11 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tracerd.crash.report import CRASH_ID_RE  # the crash format is crash/'s
+
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_PID = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
 NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 TRACER_RE = re.compile(r"[a-z]{1,16}")
-CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class ProtocolError(ValueError):

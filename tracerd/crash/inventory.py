@@ -47,9 +47,9 @@ from typing import Any
 from tracerd.client import Unreachable, call
 from tracerd.config import Config
 from tracerd.config import load as load_config
+from tracerd.crash.report import CRASH_ID_RE
 from tracerd.crash.store import MAX_FILE, CrashStore, read_json_at
 from tracerd.errors import ConfigError, NotFound
-from tracerd.protocol import CRASH_ID_RE
 
 MAX_JSON = MAX_FILE
 LATE = dt.timedelta(minutes=15)  # gdb's backtrace and the store's fsync come before master's log line

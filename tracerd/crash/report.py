@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt
 INDEX = "index.json"
 TEMP_PREFIX = ".tmp-"
 MAX_REPEATS = 100
+# A crash id (or a signature): what the store names report files by, and all
+# that a request or the command line may give for one.
+CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PUBLIC_FIELDS = (
     "id", "signature", "count", "first_seen", "last_seen", "name", "pid", "signal", "top", "report", "capture",
 )  # fmt: skip

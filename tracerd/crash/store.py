@@ -51,9 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from tracerd import atomic
-from tracerd.crash.report import INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch
+from tracerd.crash.report import CRASH_ID_RE, INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch
 from tracerd.errors import ConfigError, NotFound
-from tracerd.protocol import CRASH_ID_RE
 from tracerd.timefmt import iso_utc
 
 MAX_FILE = 64 << 20  # a report or index larger than this is not ours: unreadable

@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 
 from tracerd import __version__
 from tracerd.client import Unreachable, call, find_socket
+from tracerd.crash.report import CRASH_ID_RE
 from tracerd.ctl import complete
 from tracerd.ctl.common import (
     EXIT_FAILED,
@@ -50,7 +51,7 @@ from tracerd.ctl.common import (
     render_status,
 )
 from tracerd.ctl.crashview import render_crash, render_crashes
-from tracerd.protocol import CRASH_ID_RE, check_name, check_pid
+from tracerd.protocol import check_name, check_pid
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Unreachable", "call", "main"]
 # commands that work on files and Postfix rather than the socket: their

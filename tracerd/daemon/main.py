@@ -52,7 +52,8 @@ from tracerd.daemon.service import TracerdService
 from tracerd.errors import ConfigError, TracerUnavailable
 from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
 from tracerd.hookcheck import postfix_hook_warning
-from tracerd.sinks.logfile import LogDir, LogWriter
+from tracerd.sinks.logfile import LogDir
+from tracerd.sinks.logwriter import LogWriter
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
 log = structlog.get_logger("tracerd")
