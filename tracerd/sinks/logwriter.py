@@ -16,10 +16,21 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from tracerd.sinks.logfile import LogFile
+
+class LogFile(Protocol):
+    """What the writer needs of a :class:`tracerd.sinks.logfile.LogFile`."""
+
+    _lost: int
+
+    def _write(self, data: bytes, nlines: int) -> None: ...
+
+    def _reopen(self) -> None: ...
+
+    def _close_fd(self) -> None: ...
+
+    def _fail(self, error: str) -> None: ...
 
 DEFAULT_QUEUE_BYTES = 8 << 20
 _WRITE, _REOPEN, _CLOSE = "write", "reopen", "close"  # what a queued item asks of its LogFile
@@ -27,7 +38,7 @@ _WRITE, _REOPEN, _CLOSE = "write", "reopen", "close"  # what a queued item asks 
 # write(2) per burst instead of one per line.
 _COALESCE_BYTES = 64 << 10
 
-_Item = tuple["LogFile", str, bytes, int]  # (file, op, data, lines in data)
+_Item = tuple[LogFile, str, bytes, int]  # (file, op, data, lines in data)
 
 
 class LogWriter:
