@@ -13,9 +13,9 @@ by us, not writable by others; markers are written with O_EXCL|O_NOFOLLOW
 and read back only as JSON data, size-capped.  Any other file there is
 left alone, except our own stale ``*.core`` files.
 
-Diagnostics: a marker that cannot be written is logged and the capture goes
-on (a marker is a record, not a lock); one that cannot be read is skipped
-and removed.
+Diagnostics: a marker that cannot be written (disk full) is skipped and the
+capture goes on (a marker is a record, not a lock); then an interrupted
+capture goes unlisted.  One that cannot be read is skipped and removed.
 """
 
 from __future__ import annotations

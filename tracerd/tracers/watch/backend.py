@@ -178,12 +178,12 @@ class WatchTracer(Tracer):
         core = event.get("core")
         if not core:
             raise TracerFailed(str(event.get("core_error") or "the watcher wrote no core"))
+        if not _PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
+            raise TracerFailed(f"gdb cannot open a core at {core!r}: use a plain state_dir path")
         mi = GdbMI()
         try:
             await mi.start()
             await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid))}", timeout=30.0)
-            if not _PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
-                raise TracerFailed(f"gdb cannot open a core at {core!r}: use a plain state_dir path")
             await mi.command(f"-target-select core {core}", timeout=30.0)
             thread_id = await _gdb_thread_of(mi, int(event["tid"]))
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
