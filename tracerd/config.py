@@ -34,9 +34,11 @@ from typing import Any
 
 from tracerd import (
     client,
+    fleetconfig,
     tracers,  # the one registry of tracer names
 )
 from tracerd.errors import ConfigError
+from tracerd.fleetconfig import JournalConfig, MetricsConfig
 
 SYSTEM_CONFIG = Path("/etc/tracerd/tracerd.toml")
 FACILITIES = {
@@ -102,6 +104,8 @@ class Config:
     syslog: SyslogConfig = field(default_factory=SyslogConfig)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def rule_for(self, name: str) -> Rule | None:
         """The first rule whose pattern matches ``name`` (first match wins)."""
@@ -206,6 +210,10 @@ def parse_all(text: str, source: Path | None = None) -> tuple[Config | None, lis
                 values["syslog"] = syslog
         elif key == "rule":
             values["rules"] = checker.rules(value)
+        elif key in ("journal", "metrics"):
+            section = checker.fleet(key, value)
+            if section is not None:
+                values[key] = section
         elif checker.check(key, value, _TOP_KEYS, section=None):
             values[key] = value
     config = checker.top(values)
@@ -286,6 +294,15 @@ class _Checker:
                 self.bad(key, _SYSLOG_KEYS, "syslog")
                 del good[key]
         return SyslogConfig(**good)
+
+    def fleet(self, name: str, value: object) -> JournalConfig | MetricsConfig | None:
+        """[journal] or [metrics]: checked by tracerd.fleetconfig, errors located here."""
+
+        def report(message: str, dotted: str) -> None:
+            section, _, key = dotted.rpartition(".")
+            self.error(message, key, section or None)
+
+        return fleetconfig.journal(value, report) if name == "journal" else fleetconfig.metrics(value, report)
 
     def rules(self, value: object) -> tuple[Rule, ...]:
         if not isinstance(value, list):

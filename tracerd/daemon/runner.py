@@ -33,9 +33,11 @@ from tracerd import procinfo, tracers
 from tracerd.config import Config
 from tracerd.crash import inflight
 from tracerd.crash.report import CrashReport
+from tracerd.daemon import fleet
 from tracerd.daemon.sessions import Session, SessionRegistry, State, utcnow
 from tracerd.errors import Busy, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
+from tracerd.sinks import sdata
 from tracerd.sinks.logfile import LogDir, LogFile
 from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog, SyslogSink
 from tracerd.tracers.base import Ending, Target, Tracer
@@ -81,6 +83,7 @@ class SessionOutput:
             "pid": identity.pid, "start": identity.start, "name": name, "signal": signal,
             "tracer": self.session.tracer, "log": self.log_path, "time": utcnow(),
         }  # fmt: skip
+        fleet.hub.fault(identity.pid)
         return inflight.marker(self._capture_dir, record)
 
     async def crash(self, report: CrashReport) -> str | None:
@@ -88,8 +91,9 @@ class SessionOutput:
         self.logfile.write_block(report.readable())
         entry = await self._record_crash(report)
         where = entry["report"] if entry and entry.get("report") else "not stored (see the log)"
-        # the summary names NAME[PID] itself: straight to the sink, untagged
-        self.syslog.sink.send(LOG_CRIT, report.summary(str(where)))
+        fleet.hub.crash(report, entry)
+        # the summary names NAME[PID] itself: straight to the sink, untagged (RFC 5424: with its SD element)
+        self.syslog.sink.send(LOG_CRIT, report.summary(str(where)), sd=("crash", sdata.crash_element(report, entry)))
         self.session.crash = entry["id"] if entry else None
         return self.session.crash
 
@@ -171,6 +175,7 @@ class SessionRunner:
             self.registry.retire(session)
             session.end(Ending("failed", reason=f"cannot open log {log_name}: {err.strerror}"))
             self.counters["sessions_failed"] += 1
+            fleet.hub.session_failed(session, f"cannot open log {log_name}: {err.strerror}")
             raise TracerFailed(f"cannot open log {session.log}: {err.strerror}") from err
         syslog = SessionSyslog(self.sink, session.tag, self.config.syslog.max_lines_per_second)
         output = SessionOutput(session, logfile, syslog, record_crash=self.record_crash,
@@ -210,6 +215,7 @@ class SessionRunner:
         session.transition(State.ATTACHED)
         session.tracer_pid = backend.tracer_pid
         self.counters["sessions_started"] += 1
+        fleet.hub.session_started(session)
         output.logfile.write_line(
             f"tracerd: {session.tag} attached with {session.tracer}"
             + (f" (tracer pid {backend.tracer_pid})" if backend.tracer_pid else "")
@@ -244,6 +250,7 @@ class SessionRunner:
             ending = dataclasses.replace(ending, reason=reason)
         if ending.state == State.FAILED and session.state == State.ATTACHING:
             self.counters["sessions_failed"] += 1
+        fleet.hub.session_ended(session, ending)
         session.end(ending)
         closing = ending.describe(session.tag)
         if running is not None:

@@ -37,6 +37,7 @@ from tracerd.config import Config
 from tracerd.crash import inflight
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
+from tracerd.daemon import fleet
 from tracerd.daemon.auth import Authorizer, Peer
 from tracerd.daemon.runner import SessionRunner
 from tracerd.errors import ConfigError, TracerdError
@@ -80,6 +81,7 @@ class TracerdService:
         self.runner = SessionRunner(config, logdir, sink, self.counters,
                                     record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
         self.registry = self.runner.registry
+        fleet.hub.open(config, self)
 
     def _record_interrupted(self, markers: list[dict[str, Any]]) -> None:
         """Crashes whose capture a previous tracerd did not live to finish."""
@@ -123,6 +125,8 @@ class TracerdService:
         except TracerdError as err:
             if err.code in ("denied", "busy", "no_such_process", "bad_request"):
                 self.counters["refused"] += 1
+            if request.op == "hook":
+                fleet.hub.hook_refused(err.code)
             log.info("request_refused", op=request.op, pid=request.pid, peer=peer.pid,
                      uid=peer.uid, error=err.code, message=str(err))  # fmt: skip
             raise
@@ -139,11 +143,13 @@ class TracerdService:
     async def op_hook(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
         assert request.name is not None
+        started = time.monotonic()
         identity = procinfo.identify(request.pid)
         self.auth.check_traceable(identity, self.runner.tracer_pids())
         self.auth.check_ancestor(identity, peer)
         ack()  # accepted: the hook now waits its --timeout for the attach
         session = await self.runner.start(identity, request.name, request.tracer)
+        fleet.hub.hook_attached(session.tracer, time.monotonic() - started)
         return {"session": session.to_json()}
 
     async def op_attach(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
@@ -196,6 +202,7 @@ class TracerdService:
                 "syslog_sent": self._old_sinks_sent + self.sink.sent,
                 "syslog_dropped": self._old_sinks_dropped + self.sink.dropped,
                 **tracers.counters(),
+                **fleet.hub.counters(),
             },
             "sessions": [session.to_json() for session in self.registry.all()],
         }
@@ -208,6 +215,7 @@ class TracerdService:
             await self.runner.shutdown(timeout)
         finally:
             self.crashes.close()
+            await fleet.hub.close()
 
     def close(self) -> None:
         """After shutdown: the log directories and the syslog sink."""
@@ -239,6 +247,7 @@ class TracerdService:
         applied = self._reload_syslog(applied, old)
         self.config = applied
         self.runner.config = applied
+        fleet.hub.reload(applied)
 
     def _reload_logs(self, new: Config, old: Config) -> Config:
         if new.log_dir != old.log_dir:

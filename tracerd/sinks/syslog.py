@@ -114,12 +114,14 @@ class SyslogSink:
     def pending_bytes(self) -> int:
         return self._pending
 
-    def send(self, severity: int, message: str) -> bool:
-        """Send one record now or queue it (tcp); False when dropped.  Never blocks."""
+    def send(self, severity: int, message: str, sd: tuple[str, str] | None = None) -> bool:
+        """Send one record now or queue it (tcp); False when dropped.  Never blocks.
+
+        ``sd``: (MSGID, structured data) for the RFC 5424 formats; /dev/log has no place for them."""
         if not self.config.enabled or self._closed:
             return False
         try:
-            return self._send(severity, message)
+            return self._send(severity, message, sd)
         except Exception as err:  # last line of defence: a sink bug must not reach the loop
             self._note(f"internal error: {err}")
             self.dropped += 1
@@ -174,13 +176,15 @@ class SyslogSink:
         self._timer = None
         self.flush()
 
-    def _send(self, severity: int, message: str) -> bool:
+    def _send(self, severity: int, message: str, sd: tuple[str, str] | None = None) -> bool:
         pri = self.config.facility_code * 8 + severity
         now = time.time()
         if self.endpoint.kind == "unix":
             record = format_local(pri, self.app, self.pid, clean(message), now=now)
         else:
-            record = format_rfc5424(pri, self.hostname, self.app, self.pid, clean(message), now=now)
+            msgid, data = sd or ("-", "-")
+            record = format_rfc5424(pri, self.hostname, self.app, self.pid, clean(message), now=now,
+                                    msgid=msgid, sd=data)  # fmt: skip
         record = fit(record)
         self._maybe_connect()
         if self._stream:

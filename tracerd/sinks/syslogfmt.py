@@ -80,11 +80,12 @@ def format_local(pri: int, app: str, pid: int, message: str, *, now: float) -> b
 
 
 def format_rfc5424(
-    pri: int, hostname: str, app: str, pid: int, message: str, *, now: float
+    pri: int, hostname: str, app: str, pid: int, message: str, *, now: float, msgid: str = "-", sd: str = "-"
 ) -> bytes:
-    """``<PRI>1 TIMESTAMP HOST APP PID - - MESSAGE`` (no MSGID, no structured data)."""
+    """``<PRI>1 TIMESTAMP HOST APP PID MSGID SD MESSAGE``; MSGID and SD ``-`` unless given
+    (``sd`` built by :mod:`tracerd.sinks.sdata`, already escaped)."""
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds")
-    return f"<{pri}>1 {stamp} {hostname} {app} {pid} - - {message}".encode("utf-8", "replace")
+    return f"<{pri}>1 {stamp} {hostname} {app} {pid} {msgid} {sd} {message}".encode("utf-8", "replace")
 
 
 def header_field(value: str, limit: int) -> str:
