@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -113,3 +114,55 @@ def tracerd_events(daemon: Any, event: str) -> list[dict[str, Any]]:
         if record.get("event") == event:
             found.append(record)
     return found
+
+
+CENTRAL_CONF = Path(__file__).resolve().parent.parent / "contrib" / "rsyslog-central.conf"
+
+
+def rsyslog_missing() -> str | None:
+    if not shutil.which("rsyslogd", path=os.environ.get("PATH", "") + ":/usr/sbin"):
+        return "rsyslogd is not installed (apt package rsyslog)"
+    return None
+
+
+class Rsyslog:
+    """A real rsyslogd running contrib/rsyslog-central.conf, its paths and port moved under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.out = root / "central"
+        self.port_file = root / "port"
+        central = CENTRAL_CONF.read_text()
+        assert 'port="6514"' in central
+        assert "/var/log/tracerd-central" in central
+        central = central.replace("/var/log/tracerd-central", str(self.out))
+        central = central.replace('port="6514"', f'port="0" listenPortFileName="{self.port_file}"')
+        (root / "central.conf").write_text(central)
+        (root / "work").mkdir()
+        conf = root / "rsyslog.conf"
+        conf.write_text(f'global(workDirectory="{root / "work"}")\ninclude(file="{root / "central.conf"}")\n')
+        rsyslogd = shutil.which("rsyslogd", path=os.environ.get("PATH", "") + ":/usr/sbin")
+        assert rsyslogd
+        self.stderr = root / "rsyslogd.stderr"
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen([rsyslogd, "-n", "-f", str(conf), "-i", str(root / "rsyslogd.pid")],
+                                         stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        try:
+            wait_until(lambda: self.port_file.exists() and self.port_file.read_text().strip(),
+                       "rsyslogd's listen port file", timeout=15)  # fmt: skip
+        except AssertionError:
+            self.close()
+            raise AssertionError(f"rsyslogd did not start: {self.stderr.read_text()}") from None
+        self.port = int(self.port_file.read_text())
+
+    def lines(self, relative: str) -> list[str]:
+        path = self.out / relative
+        return path.read_text().splitlines() if path.exists() else []
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        reap(self.proc)

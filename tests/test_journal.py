@@ -64,7 +64,8 @@ def test_crash_entry_carries_the_crash_fields(
     assert entry["TRACERD_COUNT"] == "1"
     assert entry["TRACERD_FULL_REPORT"] == "1"
     build_ids = {lib["build_id"] for lib in report["libraries"] if lib["build_id"]}
-    assert build_ids and all(build_id in entry["TRACERD_BUILD_IDS"] for build_id in build_ids)
+    assert build_ids
+    assert all(build_id in entry["TRACERD_BUILD_IDS"] for build_id in build_ids)
     assert f"smtpd[{target.pid}]: crashed: SIGSEGV in crash_here" in entry["MESSAGE"]
     assert journald.query(f"TRACERD_SIGNATURE={report['signature']}") == [entry]
     started = journald.wait(f"MESSAGE_ID={STARTED_MESSAGE_ID}", f"TRACERD_PID={target.pid}")
@@ -104,7 +105,7 @@ def test_journald_absent_warns_once_and_tracing_goes_on(
     """[journal] enabled = true with no journald: the crash is still stored and syslogged, the
     drops are counted, and tracerd's log has exactly one journal_unavailable warning."""
     daemon = daemon_factory(journal_config(tmp_path / "no-journald.socket", "true"))
-    report, target = crash_under_tracerd(daemon, cbin, spawn)
+    _report, target = crash_under_tracerd(daemon, cbin, spawn)
     syslog_receiver.wait_for(f"smtpd[{target.pid}]: crashed: SIGSEGV")
     crash_under_tracerd(daemon, cbin, spawn, name="qmgr")
     counters = daemon.status()["counters"]
@@ -124,6 +125,16 @@ def test_journal_auto_without_a_socket_is_off_and_silent(daemon_factory: Any, cb
     assert tracerd_events(daemon, "journal_unavailable") == []
 
 
+def fill(sock: socket.socket, path: str) -> int:
+    """Send until the receiver's queue is full (max_dgram_qlen datagrams): how many went."""
+    for sent in range(100_000):
+        try:
+            sock.sendto(b"MESSAGE=filler\n", path)
+        except BlockingIOError:
+            return sent
+    raise AssertionError("the socket never filled up")
+
+
 def test_journald_full_warns_once_and_recovers(
     journald: Journald, daemon_factory: Any, cbin: Any, spawn: Any, syslog_receiver: Any
 ) -> None:
@@ -134,11 +145,7 @@ def test_journald_full_warns_once_and_recovers(
     journald.stop_reading()
     filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     filler.setblocking(False)
-    sent = 0
-    with pytest.raises(BlockingIOError):  # bounded: the queue holds max_dgram_qlen datagrams
-        for _ in range(100_000):
-            filler.sendto(b"MESSAGE=filler\n", str(journald.socket))
-            sent += 1
+    sent = fill(filler, str(journald.socket))
     filler.close()
     report, target = crash_under_tracerd(daemon, cbin, spawn)
     syslog_receiver.wait_for(f"smtpd[{target.pid}]: crashed: SIGSEGV")
