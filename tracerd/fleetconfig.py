@@ -60,7 +60,7 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
     port = int(found["p6"] or found["p4"])
     if host != "localhost":
         ipaddress.ip_address(host)  # ValueError for 1.2.3 and the like
-    if not 0 < port < 65536:
+    if not 0 <= port < 65536:  # 0: any free port (tracerd logs the one it got: metrics_listening)
         raise ValueError(listen)
     return "tcp", host, port
 

@@ -74,7 +74,7 @@ class MetricsEndpoint:
                 bound = self._server.sockets[0].getsockname()
                 self.address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
         except OSError as err:
-            self.error = f"cannot listen on {self.listen}: {err.strerror or err}"
+            self.error = f"cannot listen on {self.listen}: {os.strerror(err.errno) if err.errno else err}"
             log.warning("metrics_unavailable", listen=self.listen, error=self.error,
                         consequence="metrics are not served; tracing goes on")  # fmt: skip
             return False
