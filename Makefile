@@ -145,6 +145,7 @@ bench: deps
 	$(BIN)/python bench/watch_scale.py
 	$(BIN)/python bench/reliability.py
 	$(BIN)/python bench/postfix.py
+	$(BIN)/python bench/metrics_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -46,7 +46,7 @@ from tracerd.sinks.logfile import LogDir
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 
 log = structlog.get_logger("tracerd")
-RESTART_KEYS = ("socket", "state_dir", "socket_group")  # what a SIGHUP cannot change
+RESTART_KEYS = ("socket", "state_dir", "socket_group", "metrics")  # what a SIGHUP cannot change
 
 
 class TracerdService:
