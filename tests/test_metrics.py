@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fleet_helpers import WATCH_RULE, crash_under_tracerd, tracerd_events
 from tests.support import reap, script, wait_until
+from tracerd.config import parse
 
 
 def metrics_config(listen: str = "127.0.0.1:0", extra: str = "") -> str:
@@ -221,3 +222,17 @@ def test_real_prometheus_scrapes_the_endpoint(daemon_factory: Any, cbin: Any, sp
             proc.wait(timeout=15)
         finally:
             reap(proc)
+
+
+def test_readme_fleet_configuration_is_valid() -> None:
+    """The [journal] and [metrics] block of README's Fleet section is a valid configuration, and
+    says what it means (a loopback port, a textfile)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Fleet: journald, structured syslog, metrics", 1)[1]
+    start = section.index("    [journal]\n")
+    block = section[start : section.index("textfile_interval", start)] + "textfile_interval = 15.0"
+    config = parse("\n".join(line.removeprefix("    ") for line in block.splitlines()))
+    assert config.journal.enabled == "auto"
+    assert config.metrics.listen == "127.0.0.1:9464"
+    assert config.metrics.textfile.endswith("/tracerd.prom")
+    assert not config.metrics.allow_remote
