@@ -20,7 +20,6 @@ warning (logged by the sink or endpoint) and tracing goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Mapping
@@ -172,6 +171,12 @@ class Fleet:
 
     def crash(self, report: Any, entry: Mapping[str, Any] | None) -> None:
         """A crash recorded by the store (``entry``: its public entry, None if it was not stored)."""
+        try:
+            self._crash(report, entry)
+        except Exception:  # a bug here must not cost the crashed process its release
+            log.exception("fleet_crash_failed")
+
+    def _crash(self, report: Any, entry: Mapping[str, Any] | None) -> None:
         pid = report.process.get("pid")
         seen = self._faults.pop(pid, None) if isinstance(pid, int) else None
         if self.metrics is not None:
@@ -181,8 +186,7 @@ class Fleet:
                 self.metrics.report_latency.observe(time.monotonic() - seen)
         if self.journal is not None:
             repeats = len(entry.get("repeats") or []) if entry else 0
-            with contextlib.suppress(Exception):  # a field a report lacks must not cost the crash its release
-                self.journal.send(journal.crash_fields(report, entry, repeats))
+            self.journal.send(journal.crash_fields(report, entry, repeats))
 
     def hook_attached(self, tracer: str, seconds: float) -> None:
         if self.metrics is not None:
