@@ -147,15 +147,21 @@ def decompress(dir_fd: int, name: str, out: BinaryIO) -> int:
     with os.fdopen(fd, "rb") as source:
         if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
             raise CoreError(f"core {name}: not a regular file")
+        context = zstandard.ZstdDecompressor()
+        frame = context.decompressobj()
         try:
-            with zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True) as reader:
-                while chunk := reader.read(CHUNK):
+            while data := source.read(CHUNK):
+                while data:
+                    chunk = frame.decompress(data)
                     out.write(chunk)
                     total += len(chunk)
+                    data = frame.unused_data if frame.eof else b""
+                    if data:  # the next frame
+                        frame = context.decompressobj()
         except zstandard.ZstdError as err:
             raise CoreError(f"core {name}: damaged ({err})") from None
-    if total == 0:
-        raise CoreError(f"core {name}: empty or truncated")
+    if total == 0 or not frame.eof:
+        raise CoreError(f"core {name}: truncated")
     out.flush()
     return total
 
