@@ -156,3 +156,18 @@ def test_damaged_core_is_one_line_and_the_store_is_untouched(tmp_path: Path) -> 
     finally:
         os.close(fd)
     assert (directory / "b.core.zst").read_bytes() == b"not zstd at all"
+
+
+def test_gdb_tracer_keeps_a_gcore_that_gdb_opens(daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+    """The gdb tracer takes gdb's gcore while it holds the crashed process; the
+    store keeps it compressed, the raw gcore is removed, and gdb -batch on it
+    shows the report's top frames."""
+    daemon = daemon_factory('core = "all"\n[[rule]]\nprocess = "*"\ntracer = "gdb"\n')
+    binary = cbin("crash", "-pthread")
+    report = crash_once(daemon, spawn, binary)
+    assert report["tracer"] == "gdb"
+    assert report["core"]["state"] == "saved", report["core"]
+    assert not list((daemon.state_dir / "capture").glob("*.gcore"))
+    text = gdb_bt(binary, unpacked(daemon.state_dir / "crashes", report, tmp_path / "core"))
+    for name in ("crash_here", "level_two", "level_one"):
+        assert name in text, text
