@@ -48,7 +48,8 @@ class Built:
         subprocess.run(["objcopy", "--only-keep-debug", str(self.exe), str(self.debug)], check=True)
         subprocess.run(["strip", "--strip-all", str(self.exe)], check=True)
         build_id = elfinfo.build_id(self.exe)
-        assert build_id and build_id == elfinfo.build_id(self.debug)
+        assert build_id
+        assert build_id == elfinfo.build_id(self.debug)
         self.build_id = build_id
         self.debug_root = root / "debug"  # stands for /usr/lib/debug
         placed = self.debug_root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
@@ -83,7 +84,9 @@ def crash(daemon: Any, spawn: Any, exe: Path, mode: str, before_release: Any = N
     return report
 
 
-def retrace(daemon: Any, crash_id: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def retrace(
+    daemon: Any, crash_id: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*script("tracerctl"), "--socket", str(daemon.socket), "retrace", crash_id,
                            "--state-dir", str(daemon.state_dir), *args],
                           capture_output=True, text=True, timeout=120, env=env, check=False)  # fmt: skip
@@ -105,7 +108,9 @@ def test_retrace_names_stripped_frames_from_a_local_build_id_root(
     assert len(ours) >= 5
     assert all(f["function"] is None and f["module_offset"] and f["pc"] for f in ours), ours
     exe = next(lib for lib in report["libraries"] if lib["build_id"] == built.build_id)
-    assert exe["build_id_source"] == "map_files" and exe["bias"] and exe["deleted"] is False
+    assert exe["build_id_source"] == "map_files"
+    assert exe["bias"]
+    assert exe["deleted"] is False
     empty = tmp_path / "nothing"
     plain = retrace(retrace_daemon, report["id"], "--json", "--no-debuginfod", "--debug-dir", str(empty))
     assert plain.returncode == 0, plain.stderr
@@ -117,7 +122,8 @@ def test_retrace_names_stripped_frames_from_a_local_build_id_root(
     assert (0, "retrace_crash_here") in named
     assert {"descend", "main"} <= {function for _, function in named}
     top = next(c for c in record["changed"] if c["level"] == 0)
-    assert top["file"].endswith("retrace_target.c") and top["line"] == 22
+    assert top["file"].endswith("retrace_target.c")
+    assert top["line"] == 22
     assert top["source"] == "local"
     assert json.loads(Path(record["saved"]).read_text())["changed"] == record["changed"]
     text = retrace(retrace_daemon, report["id"], "--no-debuginfod", "--debug-dir", str(built.debug_root)).stdout
@@ -206,15 +212,17 @@ def test_retrace_bounded_against_a_hanging_or_lying_debuginfod(
     thread.start()
     try:
         cache = tmp_path / "cache"
-        for url, reason in ((f"http://127.0.0.1:{hanging.getsockname()[1]}", "no answer within DEBUGINFOD_MAXTIME (2 s)"),
-                            (f"http://127.0.0.1:{garbage.server_address[1]}", "answered not an ELF file")):  # fmt: skip
+        cases = ((f"http://127.0.0.1:{hanging.getsockname()[1]}", "no answer within DEBUGINFOD_MAXTIME (2 s)"),
+                 (f"http://127.0.0.1:{garbage.server_address[1]}", "answered not an ELF file"))  # fmt: skip
+        for url, reason in cases:
             env = {**os.environ, "DEBUGINFOD_URLS": url, "DEBUGINFOD_MAXTIME": "2", "XDG_CACHE_HOME": str(cache)}
             result = retrace(retrace_daemon, report["id"], "--json", "--debug-dir", str(tmp_path / "none"), env=env)
             assert result.returncode == 0, result.stderr
             record = json.loads(result.stdout)
             assert record["changed"] == []
             assert any(reason in error and url in error for error in record["errors"]), record["errors"]
-            assert not list(cache.rglob("*.debug")) and not list(cache.rglob(".*"))
+            assert not list(cache.rglob("*.debug"))
+            assert not list(cache.rglob(".*"))
     finally:
         garbage.shutdown()
         garbage.server_close()
@@ -228,7 +236,8 @@ def test_retrace_of_a_bad_report_is_one_line(retrace_daemon: Any, tmp_path: Path
     for crash_id in ("nosuchcrash", "20260101T000000Z-deadbeef-1", "../etc"):
         result = retrace(retrace_daemon, crash_id)
         assert result.returncode in (1, 2), result
-        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("tracerctl: ")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith("tracerctl: ")
     assert (store / "20260101T000000Z-deadbeef-1.json").read_text() == "{not json"
 
 
@@ -302,4 +311,4 @@ def test_postmortem_gdb_in_a_terminal_shows_the_crash_frames(
     text = seen.decode(errors="replace")
     for name in ("crash_here", "level_two", "level_one", "main"):
         assert name in text, text
-    assert not [p for p in Path("/tmp").glob("tracerd-core-*")]
+    assert not list(Path("/tmp").glob("tracerd-core-*"))
