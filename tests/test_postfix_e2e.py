@@ -345,7 +345,8 @@ def test_sigabrt_of_smtpd_keeps_its_last_mail_log_lines_and_a_core(
     report = json.loads(daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]
     assert report["signal"]["name"] == "SIGABRT"
     lines = report["mail_log"]
-    assert lines and all(f"/smtpd[{client.pid}]: " in line for line in lines), (lines, report["process"])
+    assert lines, report["process"]
+    assert all(f"/smtpd[{client.pid}]: " in line for line in lines), lines
     assert any("]: connect from " in line for line in lines), lines
     assert "]: disconnect from " in lines[-1], lines
     assert report["core"]["state"] == "saved", report["core"]
