@@ -39,13 +39,23 @@ max_core_bytes = 8589934592
 max_core_process_bytes = 8589934592
 
 [[rule]]
-process = "hold-none"
+process = "hold-watch-none"
 tracer = "watch"
 core = "none"
 
 [[rule]]
-process = "hold-all"
+process = "hold-watch-all"
 tracer = "watch"
+core = "all"
+
+[[rule]]
+process = "hold-gdb-none"
+tracer = "gdb"
+core = "none"
+
+[[rule]]
+process = "hold-gdb-all"
+tracer = "gdb"
 core = "all"
 """
 
@@ -64,9 +74,9 @@ def read_line(proc: subprocess.Popen[bytes]) -> str:
     return proc.stdout.readline().decode().strip()
 
 
-def one(sock: Path, exe: Path, policy: str, megabytes: int) -> dict[str, Any]:
+def one(sock: Path, exe: Path, tracer: str, policy: str, megabytes: int) -> dict[str, Any]:
     hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
-    proc = subprocess.Popen([str(exe), hook, f"hold-{policy}", f"mem{megabytes}"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([str(exe), hook, f"hold-{tracer}-{policy}", f"mem{megabytes}"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, bufsize=0)  # fmt: skip
     try:
         assert read_line(proc) == "hook=0"
@@ -84,7 +94,8 @@ def one(sock: Path, exe: Path, policy: str, megabytes: int) -> dict[str, Any]:
         session = wait_until(crashed, f"session {proc.pid} crashed", 120, interval=0.05)
         report = request(sock, "crash", id=session["crash"])["crash"]
         core = report.get("core") or {}
-        return {"policy": policy, "mb": megabytes, "hold_s": round(hold, 3), "state": core.get("state"),
+        return {"tracer": tracer, "policy": policy, "mb": megabytes, "hold_s": round(hold, 3),
+                "state": core.get("state"),
                 "raw_bytes": core.get("raw_bytes"), "bytes": core.get("bytes"), "compress_s": core.get("seconds"),
                 "reason": core.get("reason"), "capture_errors": report["process"].get("capture_errors")}  # fmt: skip
     finally:
@@ -95,8 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20,200,2048", help="RSS in MB, comma-separated")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tracers", default="watch,gdb", help="comma-separated: watch (its own core), gdb (gcore)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
+    tracers = args.tracers.split(",")
     no_core_dumps()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tracerd-bench-bin-") as tmp, \
@@ -104,23 +117,27 @@ def main() -> None:
         exe = build(Path(tmp))
         for megabytes in sizes:
             for run in range(args.runs):
-                for policy in (("none", "all") if run % 2 == 0 else ("all", "none")):
-                    result = one(sock, exe, policy, megabytes)
-                    results.append(result)
-                    print(json.dumps(result), file=sys.stderr)
-    print(f"{'RSS MB':>7} {'hold none s':>12} {'hold all s':>11} {'compress s':>11} {'raw MB':>8} {'zstd MB':>8}")
+                for tracer in tracers:
+                    for policy in (("none", "all") if run % 2 == 0 else ("all", "none")):
+                        result = one(sock, exe, tracer, policy, megabytes)
+                        results.append(result)
+                        print(json.dumps(result), file=sys.stderr)
+    print(f"{'tracer':>6} {'RSS MB':>7} {'hold none s':>12} {'hold all s':>11} {'compress s':>11}"
+          f" {'raw MB':>8} {'zstd MB':>8}")
     rows = []
-    for megabytes in sizes:
-        def median(policy: str, key: str, mb: int = megabytes) -> float:
-            values = sorted(float(r[key] or 0) for r in results if r["mb"] == mb and r["policy"] == policy)
+    for tracer, megabytes in [(t, mb) for t in tracers for mb in sizes]:
+        def median(policy: str, key: str, mb: int = megabytes, tracer: str = tracer) -> float:
+            values = sorted(float(r[key] or 0) for r in results
+                            if r["mb"] == mb and r["policy"] == policy and r["tracer"] == tracer)  # fmt: skip
             return values[len(values) // 2] if values else 0.0
 
-        row = {"mb": megabytes, "hold_none_s": median("none", "hold_s"), "hold_all_s": median("all", "hold_s"),
+        row = {"tracer": tracer, "mb": megabytes, "hold_none_s": median("none", "hold_s"),
+               "hold_all_s": median("all", "hold_s"),
                "compress_s": median("all", "compress_s"), "raw_mb": median("all", "raw_bytes") / 2**20,
                "zstd_mb": median("all", "bytes") / 2**20}  # fmt: skip
         rows.append(row)
-        print(f"{megabytes:>7} {row['hold_none_s']:>12.2f} {row['hold_all_s']:>11.2f} {row['compress_s']:>11.2f}"
-              f" {row['raw_mb']:>8.1f} {row['zstd_mb']:>8.1f}")
+        print(f"{tracer:>6} {megabytes:>7} {row['hold_none_s']:>12.2f} {row['hold_all_s']:>11.2f}"
+              f" {row['compress_s']:>11.2f} {row['raw_mb']:>8.1f} {row['zstd_mb']:>8.1f}")
     path = save("core_hold", {"rows": rows, "runs": results})
     print(f"wrote {path}")
 
