@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+import time
 from pathlib import Path
 
 from tracerd.ctl import maillog
@@ -32,6 +33,8 @@ from tracerd.ctl import maillog
 MAX_LINES = 20
 MAX_AGE = dt.timedelta(minutes=30)
 TAIL_BYTES = 1 << 20
+CACHE_SECONDS = 300.0
+_found: dict[str | None, tuple[float, Path]] = {}
 
 
 def mail_config_of(pid: int) -> str | None:
@@ -55,11 +58,24 @@ def mail_config_of(pid: int) -> str | None:
 
 
 def find_log(configured: Path | None, pid: int) -> Path:
-    """The mail log to read; raises maillog.LogError."""
+    """The mail log to read; raises maillog.LogError.  postconf's answer is kept
+    :data:`CACHE_SECONDS` per configuration directory (it runs while the process is held),
+    and postconf is not asked where there is no main.cf (it would fail after a 1 s sleep)."""
     if configured is not None:
         return configured
-    paths, _ = maillog.default_logs(mail_config_of(pid))
-    return paths[0]
+    config_dir = mail_config_of(pid)
+    hit = _found.get(config_dir)
+    if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    if (Path(config_dir or "/etc/postfix") / "main.cf").is_file():
+        path = maillog.default_logs(config_dir)[0][0]
+    else:
+        syslog = [p for p in maillog.SYSLOG_LOCATIONS if p.exists()]
+        if not syslog:
+            raise maillog.LogError("no mail log found: no main.cf and no syslog mail log")
+        path = syslog[0]
+    _found[config_dir] = (time.monotonic(), path)
+    return path
 
 
 def last_lines(path: Path, pid: int, name: str | None, now: dt.datetime | None = None) -> list[str]:

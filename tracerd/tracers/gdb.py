@@ -201,6 +201,7 @@ class GdbTracer(Tracer):
         """gdb's gcore of the held process into the capture directory, bounded by core_timeout;
         the store keeps it as the core policy says (README "Cores and retrace")."""
         if self.target.core == "none" or not self.target.capture_dir:
+            report.core = corefile.skipped('core = "none"' if self.target.core == "none" else "no capture directory")
             return
         path = os.path.join(self.target.capture_dir, f"{self.target.pid}.{time.time_ns()}.gcore")
         try:
