@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import zstandard
 
 from tests.conftest import have
+from tests.support import C_DIR
 from tracerd.crash import corefile
 from tracerd.crash.store import CrashStore
 
@@ -171,3 +174,74 @@ def test_gdb_tracer_keeps_a_gcore_that_gdb_opens(daemon_factory: Any, cbin: Any,
     text = gdb_bt(binary, unpacked(daemon.state_dir / "crashes", report, tmp_path / "core"))
     for name in ("crash_here", "level_two", "level_one"):
         assert name in text, text
+
+
+def postmortem(state_dir: Path, crash_id: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tracerd.ctl.postmortem", crash_id, "--ui", "batch",
+                           "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+
+
+def test_postmortem_bad_input_is_one_line_and_damages_nothing(
+    daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """``tracerctl gdb CRASH-ID`` (run_postmortem) on: no such crash, a report
+    without a core, a damaged core, a missing executable, a corrupt report:
+    one line each, exit 1 (2 for a bad id), and every stored file stays as it was."""
+    daemon = core_daemon(daemon_factory, 'core = "first"')
+    copy = tmp_path / "crash-copy"
+    shutil.copy(cbin("crash", "-pthread"), copy)
+    with_core = crash_once(daemon, spawn, copy)
+    without = crash_once(daemon, spawn, copy)
+    store = daemon.state_dir / "crashes"
+    (store / "20260101T000000Z-deadbeef-1.json").write_text("{not json")
+    good = postmortem(daemon.state_dir, with_core["id"])
+    assert "crash_here" in good.stdout, good.stdout + good.stderr
+    core = store / f"{with_core['id']}.core.zst"
+    intact = core.read_bytes()
+    core.write_bytes(intact[: len(intact) // 3])
+    damaged = core.read_bytes()
+    cases = {
+        "nosuchcrash": "no crash nosuchcrash",
+        without["id"]: "this signature has a core",
+        with_core["id"]: f"core {with_core['id']}.core.zst: truncated",
+        "20260101T000000Z-deadbeef-1": "report unreadable",
+        "../etc/passwd": "not a crash id",
+    }
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    for crash_id, reason in cases.items():
+        result = postmortem(daemon.state_dir, crash_id)
+        assert result.returncode == (2 if "/" in crash_id else 1), result
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert reason in result.stderr, result.stderr
+    core.write_bytes(intact)
+    copy.unlink()
+    missing = postmortem(daemon.state_dir, with_core["id"])
+    assert missing.returncode == 1
+    assert f"executable {copy} is missing" in missing.stderr
+    assert damaged != intact
+    assert {p.name: p.read_bytes() for p in store.iterdir() if p.name != core.name} == \
+        {name: data for name, data in before.items() if name != core.name}  # fmt: skip
+
+
+def test_gcore_over_core_timeout_releases_the_process_without_a_core(
+    daemon_factory: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """The gdb tracer's gcore of a 64 MB process against core_timeout = 0.001 s:
+    no core, the reason in the report, and the process released: it dies of its own SIGSEGV."""
+    daemon = daemon_factory('core = "all"\ncore_timeout = 0.001\n[[rule]]\nprocess = "*"\ntracer = "gdb"\n')
+    subprocess.run(["gcc", "-g", "-shared", "-fPIC", "-o", str(tmp_path / "libretracelib.so"),
+                    str(C_DIR / "retracelib.c")], check=True)  # fmt: skip
+    exe = tmp_path / "retrace_target"
+    subprocess.run(["gcc", "-g", "-o", str(exe), str(C_DIR / "retrace_target.c"), f"-L{tmp_path}",
+                    "-lretracelib", f"-Wl,-rpath,{tmp_path}"], check=True)  # fmt: skip
+    target = spawn(exe, daemon.hook_command(), "big", "mem64")
+    assert target.readline() == "hook=0\n"
+    target.release()
+    assert target.wait(timeout=120) == -signal.SIGSEGV
+    session = daemon.wait_session(target.pid, "crashed", timeout=60)
+    report = json.loads(daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]
+    assert report["core"]["state"] == "skipped"
+    assert "core_timeout (0.001 s)" in report["core"]["reason"]
+    assert not list((daemon.state_dir / "crashes").glob("*.core.zst"))
+    assert not list((daemon.state_dir / "capture").glob("*.gcore"))

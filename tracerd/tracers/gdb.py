@@ -59,6 +59,7 @@ class GdbTracer(Tracer):
         self._requests: asyncio.Queue[str] = asyncio.Queue()
         self._where: asyncio.Future[str] | None = None
         self._detached = asyncio.Event()
+        self._gcore_path: str | None = None  # the gcore of a crash, removed once the process is released
 
     async def attach(self) -> None:
         pid = self.target.pid
@@ -195,6 +196,9 @@ class GdbTracer(Tracer):
                 self.output.warn(f"crash capture failed: {err}")
         await failpoint.reached("report-written")
         await self._release_with_signal()
+        if self._gcore_path:  # a gcore cut off by core_timeout may have gone on writing until gdb ended
+            with contextlib.suppress(OSError):
+                os.unlink(self._gcore_path)
         return Ending("crashed", signal=name, crash=crash_id)
 
     async def _gcore(self, report: CrashReport) -> None:
@@ -203,7 +207,7 @@ class GdbTracer(Tracer):
         if self.target.core == "none" or not self.target.capture_dir:
             report.core = corefile.skipped('core = "none"' if self.target.core == "none" else "no capture directory")
             return
-        path = os.path.join(self.target.capture_dir, f"{self.target.pid}.{time.time_ns()}.gcore")
+        path = self._gcore_path = os.path.join(self.target.capture_dir, f"{self.target.pid}.{time.time_ns()}.gcore")
         try:
             said = await self.mi.console(f"gcore {path}", timeout=self.target.core_timeout)
         except TracerdError as err:
