@@ -326,6 +326,8 @@ class CrashStore:
         """The full report and the name of its core in the directory; NotFound with the reason."""
         report = self.get(crash_id)
         core = report.get("core") if isinstance(report.get("core"), dict) else None
+        if not CRASH_ID_RE.fullmatch(str(report.get("id"))):
+            raise NotFound(f"crash {crash_id}: report unreadable: its id is not a crash id")
         name = corefile.core_name(str(report.get("id")))
         if core is None:
             raise NotFound(f"crash {report.get('id')}: no core (taken by a tracer that keeps none)")

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _save(directory: Path, crash_id: str, record: dict[str, object]) -> str | None:
     """Keep the record beside the report when we may write there (tracerd's own uid)."""
-    if not os.access(directory, os.W_OK):
+    if not CRASH_ID_RE.fullmatch(crash_id) or not os.access(directory, os.W_OK):
         return None
     path = directory / f"{crash_id}.retrace"
     with contextlib.suppress(OSError):
