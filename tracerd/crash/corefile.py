@@ -43,6 +43,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 from tracerd import atomic
+from tracerd.crash.report import CRASH_ID_RE
+from tracerd.errors import NotFound
 
 SUFFIX = ".core.zst"
 CHUNK = 1 << 20
@@ -110,6 +112,47 @@ def keep(dir_fd: int, crash_id: str, request: CoreRequest, *, temp_prefix: str) 
             return skipped(f"core not written: {err}", raw_bytes)
     return {"state": "saved", "file": core_name(crash_id), "raw_bytes": raw_bytes, "bytes": stored,
             "seconds": round(time.monotonic() - started, 3), "reason": None}  # fmt: skip
+
+
+def keep_by_policy(dir_fd: int, crash_id: str, request: CoreRequest, signature_has_core: bool, *, max_bytes: int,
+                   temp_prefix: str) -> dict[str, Any]:  # fmt: skip
+    """The policy, then :func:`keep`, then ``max_core_bytes`` for this one core alone."""
+    if not wanted(request.policy, signature_has_core):
+        return skipped('core = "none"' if request.policy == "none" else 'core = "first": this signature has a core')
+    kept = keep(dir_fd, crash_id, request, temp_prefix=temp_prefix)
+    if kept["state"] == "saved" and kept["bytes"] > max_bytes:
+        with contextlib.suppress(OSError):
+            os.unlink(kept["file"], dir_fd=dir_fd)
+        return skipped(f"compressed core of {kept['bytes']} bytes is over max_core_bytes ({max_bytes})",
+                       kept["raw_bytes"])  # fmt: skip
+    return kept
+
+
+def mark_evicted(report: dict[str, Any], when: str, max_bytes: int) -> bool:
+    """Say in a stored report that its core went for the budget; False when it had no core field."""
+    core = report.get("core")
+    if not isinstance(core, dict):
+        return False
+    core.update(state="evicted", file=None, evicted=when,
+                reason=f"deleted to keep cores under max_core_bytes ({max_bytes})")  # fmt: skip
+    return True
+
+
+def saved_core(dir_fd: int, report: dict[str, Any]) -> str:
+    """The name of a report's core in the store ``dir_fd``; NotFound says why there is none."""
+    crash_id, core = str(report.get("id")), report.get("core")
+    if not CRASH_ID_RE.fullmatch(crash_id):
+        raise NotFound("crash report unreadable: its id is not a crash id")
+    if not isinstance(core, dict):
+        raise NotFound(f"crash {crash_id}: no core (taken by a tracer that keeps none)")
+    if core.get("state") != "saved":
+        raise NotFound(f"crash {crash_id}: no core: {core.get('reason') or core.get('state')}")
+    name = core_name(crash_id)
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as err:
+        raise NotFound(f"crash {crash_id}: core {name}: {err.strerror}") from None
+    return name
 
 
 def _open_source(path: str) -> BinaryIO:

@@ -297,47 +297,25 @@ class CrashStore:
 
     def _keep_core(self, crash_id: str, core: corefile.CoreRequest, entry: dict[str, Any] | None) -> dict[str, Any]:
         """The policy, then the compressed core beside the report (see corefile)."""
-        if not corefile.wanted(core.policy, bool(entry and entry.get("core"))):
-            reason = "core = \"none\"" if core.policy == "none" else "core = \"first\": this signature has a core"
-            return corefile.skipped(reason)
-        kept = corefile.keep(self._fd, crash_id, core, temp_prefix=TEMP_PREFIX)
-        if kept["state"] == "saved" and kept["bytes"] > self.max_core_bytes:
-            with contextlib.suppress(OSError):
-                os.unlink(kept["file"], dir_fd=self._fd)
-            return corefile.skipped(f"compressed core of {kept['bytes']} bytes is over max_core_bytes"
-                                    f" ({self.max_core_bytes})", kept["raw_bytes"])  # fmt: skip
-        return kept
+        has_core = bool(entry and entry.get("core"))
+        return corefile.keep_by_policy(self._fd, crash_id, core, has_core, max_bytes=self.max_core_bytes,
+                                       temp_prefix=TEMP_PREFIX)
 
     def _enforce_core_cap(self, *, keep: str | None) -> None:
         """Cores out, oldest first, until they fit max_core_bytes; their reports stay and say so."""
-        evicted = corefile.over_budget(self._fd, self.max_core_bytes, set(self._report_ids()), keep)
-        for crash_id in evicted:
+        for crash_id in corefile.over_budget(self._fd, self.max_core_bytes, set(self._report_ids()), keep):
             for entry in self._entries.values():
                 if entry.get("core") == corefile.core_name(crash_id):
                     entry["core"] = None
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 body = self._read_json(f"{crash_id}.json")
-                if isinstance(body.get("core"), dict):
-                    body["core"].update(state="evicted", file=None, evicted=iso_utc(self._clock()),
-                                        reason=f"deleted to keep cores under max_core_bytes ({self.max_core_bytes})")
+                if corefile.mark_evicted(body, iso_utc(self._clock()), self.max_core_bytes):
                     self._write_atomic(f"{crash_id}.json", json.dumps(body, indent=2, default=str).encode())
 
     def core_path(self, crash_id: str) -> tuple[dict[str, Any], str]:
         """The full report and the name of its core in the directory; NotFound with the reason."""
         report = self.get(crash_id)
-        core = report.get("core") if isinstance(report.get("core"), dict) else None
-        if not CRASH_ID_RE.fullmatch(str(report.get("id"))):
-            raise NotFound(f"crash {crash_id}: report unreadable: its id is not a crash id")
-        name = corefile.core_name(str(report.get("id")))
-        if core is None:
-            raise NotFound(f"crash {report.get('id')}: no core (taken by a tracer that keeps none)")
-        if core.get("state") != "saved":
-            raise NotFound(f"crash {report.get('id')}: no core: {core.get('reason') or core.get('state')}")
-        try:
-            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
-        except OSError as err:
-            raise NotFound(f"crash {report.get('id')}: core {name}: {err.strerror}") from None
-        return report, name
+        return report, corefile.saved_core(self._fd, report)
 
     @property
     def fd(self) -> int:
