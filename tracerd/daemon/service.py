@@ -305,8 +305,12 @@ def postmortem_input(config: Config, report: CrashReport) -> corefile.CoreReques
     "Cores and retrace"); runs while the process is still held: both are bounded."""
     errors: list[str] = []
     if report.process.get("capture") != "interrupted":
-        report.mail_log = lastwords.collect(config.mail_log, report.process.get("pid"), report.process.get("name"),
-                                            errors)  # fmt: skip
+        try:
+            report.mail_log = lastwords.collect(config.mail_log, report.process.get("pid"),
+                                                report.process.get("name"), errors)  # fmt: skip
+        except Exception as err:  # a bug here must not cost the report
+            log.exception("mail_log_failed")
+            errors.append(f"mail log: {err}")
     if errors:
         report.process.setdefault("capture_errors", []).extend(errors)
     if not report.core_source:

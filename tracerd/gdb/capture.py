@@ -170,10 +170,13 @@ async def capture(
 async def _abort_message(mi: GdbMI) -> str | None:
     """glibc's ``__abort_msg->msg`` (abort_msg_s: an unsigned size, then the text), set by
     assert() and glibc's fatal errors; None when unset or unreadable."""
-    pointer = siginfo.parse_int(await mi.evaluate("*(long *)&__abort_msg"))
-    if not pointer:
+    try:
+        pointer = siginfo.parse_int(await mi.evaluate("*(long *)&__abort_msg"))
+        if not pointer:
+            return None
+        text = await mi.evaluate(f"(char *){pointer + 4:#x}")
+    except TracerFailed:
         return None
-    text = await mi.evaluate(f"(char *){pointer + 4:#x}")
     found = _C_STRING.match(text or "")
     if not found:
         return None
