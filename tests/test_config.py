@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tracerd import client
+from tracerd import config as config_module
 from tracerd import config as configmod
 from tracerd.config import FACILITIES, Config, Rule, SyslogConfig, load, parse, replace
 from tracerd.errors import ConfigError
@@ -154,7 +155,7 @@ def test_example_file_parses_to_the_expected_config() -> None:
         max_crash_bytes=268435456,
         history=256,
         syslog=SyslogConfig(enabled=True, address="/dev/log", facility="mail", max_lines_per_second=200),
-        rules=(Rule(process="smtpd", tracer="strace", args=("-f", "-tt", "-s", "256")),),
+        rules=(Rule(process="smtpd", tracer="strace", args=("-f", "-tt", "-s", "256"), core="none"),),
         source=EXAMPLE,
     )
 
@@ -491,3 +492,20 @@ def test_parse_all_of_a_toml_syntax_error_has_one_error_and_no_config() -> None:
     config, errors = configmod.parse_all(PREAMBLE + "max_sessions = 0\n[syslog\n")
     assert config is None
     assert [err.line for err in errors] == [4]
+
+
+def test_core_and_debuginfod_keys_are_checked() -> None:
+    """core (global and per rule), the core limits, core_timeout, mail_log and
+    [debuginfod] urls: good values load, each bad one is one error naming its key."""
+    config = parse('core = "all"\nmax_core_bytes = 0\ncore_timeout = 5\nmail_log = "/var/log/mail.log"\n'
+                   '[debuginfod]\nurls = ["https://debuginfod.debian.net"]\n'
+                   '[[rule]]\nprocess = "smtpd"\ncore = "none"\n')  # fmt: skip
+    assert (config.core_for("smtpd"), config.core_for("qmgr"), config.core_timeout) == ("none", "all", 5.0)
+    assert config.debuginfod.urls == ("https://debuginfod.debian.net",)
+    _, errors = config_module.parse_all(
+        'core = "some"\nmax_core_process_bytes = -1\ncore_timeout = 0\nmail_log = "rel"\n'
+        '[debuginfod]\nurls = ["file:///etc"]\n[[rule]]\nprocess = "x"\ncore = "yes"\n'
+    )
+    assert [str(err).split(":")[0] for err in errors] == [
+        "core", "max_core_process_bytes", "core_timeout", "mail_log", "debuginfod.urls", "rule[0].core",
+    ]  # fmt: skip

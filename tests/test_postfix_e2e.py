@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,36 @@ def test_status_sees_every_kind_of_traced_daemon(
     record = syslog_receiver.wait_for(f"qmgr[{qmgr}]: exited")
     header = rf"<22>\w{{3}} [ \d]\d [\d:]{{8}} tracerd\[{daemon.proc.pid}\]: "
     assert re.fullmatch(rf"{header}qmgr\[{qmgr}\]: exited with status 0", record), record
+
+
+def test_sigabrt_of_smtpd_keeps_its_last_mail_log_lines_and_a_core(
+    daemon_factory: Any, postfix: PostfixInstance
+) -> None:
+    """kill -ABRT of a watched smtpd that served a client: the report has
+    smtpd's own last mail-log lines (the log found through the process's
+    MAIL_CONFIG and postconf maillog_file), a core (core = "first"), and gdb
+    on that core (run_postmortem, batch) shows Postfix's event loop."""
+    daemon = daemon_factory()
+    postfix.create()
+    postfix.start()
+    enable(daemon, postfix, "--tracer", "watch")
+    client = Client(postfix)
+    daemon.wait_session(client.pid, "attached")
+    client.quit()
+    postfix.wait_log(f"smtpd[{client.pid}]: disconnect from")
+    wait_idle(client.pid)
+    os.kill(client.pid, signal.SIGABRT)
+    session = daemon.wait_session(client.pid, "crashed", timeout=60)
+    postfix.wait_log(f"pid {client.pid} killed by signal 6")
+    report = json.loads(daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]
+    assert report["signal"]["name"] == "SIGABRT"
+    lines = report["mail_log"]
+    assert lines, report["process"]
+    assert all(f"/smtpd[{client.pid}]: " in line for line in lines), lines
+    assert any("]: connect from " in line for line in lines), lines
+    assert "]: disconnect from " in lines[-1], lines
+    assert report["core"]["state"] == "saved", report["core"]
+    result = subprocess.run([sys.executable, "-m", "tracerd.ctl.postmortem", report["id"], "--ui", "batch",
+                             "--state-dir", str(daemon.state_dir)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert "event_loop" in result.stdout, result.stdout + result.stderr

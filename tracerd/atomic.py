@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -57,3 +58,28 @@ def write_file(path: Path, data: bytes, mode: int = 0o600, *, owner: tuple[int, 
         write_at(dir_fd, path.name, data, mode, owner=owner, prefix=prefix)
     finally:
         os.close(dir_fd)
+
+
+def write_stream_at(
+    dir_fd: int, name: str, fill: Callable[[int], int], mode: int = 0o600, *, prefix: str = ".tracerd-",
+) -> int:  # fmt: skip
+    """:func:`write_at` for data too large to hold in memory: ``fill(fd)`` writes the
+    temporary file and returns its size; the rename happens only if it returns."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    temp = prefix + secrets.token_hex(8)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            size = fill(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
+    return size

@@ -79,10 +79,19 @@ class SyslogConfig:
 
 
 @dataclass(frozen=True)
+class DebuginfodConfig:
+    urls: tuple[str, ...] = ()  # for tracerctl retrace, after DEBUGINFOD_URLS
+
+
+CORE_POLICIES = ("none", "first", "all")
+
+
+@dataclass(frozen=True)
 class Rule:
     process: str
     tracer: str | None = None
     args: tuple[str, ...] = ()
+    core: str | None = None  # none | first | all; None: the global core
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.process)
@@ -106,6 +115,18 @@ class Config:
     source: Path | None = None
     journal: JournalConfig = field(default_factory=JournalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # cores and retrace (README "Cores and retrace")
+    core: str = "first"
+    max_core_bytes: int = 1024 * 1024 * 1024
+    max_core_process_bytes: int = 2 * 1024 * 1024 * 1024
+    core_timeout: float = 60.0
+    mail_log: Path | None = None
+    debuginfod: DebuginfodConfig = field(default_factory=DebuginfodConfig)
+
+    def core_for(self, name: str) -> str:
+        """The core policy for a process: its rule's, else the global one."""
+        rule = self.rule_for(name)
+        return rule.core if rule and rule.core else self.core
 
     def rule_for(self, name: str) -> Rule | None:
         """The first rule whose pattern matches ``name`` (first match wins)."""
@@ -141,6 +162,14 @@ _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "crash_flood_window": ((int, float), "a number of seconds >= 0"),
     "max_crash_bytes": (int, "an integer >= 65536"),
     "history": (int, "an integer >= 0"),
+    "core": (str, "one of " + ", ".join(CORE_POLICIES)),
+    "max_core_bytes": (int, "an integer >= 0"),
+    "max_core_process_bytes": (int, "an integer >= 0"),
+    "core_timeout": ((int, float), "a number of seconds, 0 < t <= 3600"),
+    "mail_log": (str, "an absolute path"),
+}
+_DEBUGINFOD_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "urls": (list, "a list of http:// or https:// URLs"),
 }
 _SYSLOG_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "enabled": (bool, "true or false"),
@@ -152,6 +181,7 @@ _RULE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "process": (str, "an fnmatch pattern on the process name"),
     "tracer": (str, "one of " + ", ".join(tracers.NAMES)),
     "args": (list, "a list of strings"),
+    "core": (str, "one of none, first, all"),
 }
 
 
@@ -214,6 +244,10 @@ def parse_all(text: str, source: Path | None = None) -> tuple[Config | None, lis
             section = checker.fleet(key, value)
             if section is not None:
                 values[key] = section
+        elif key == "debuginfod":
+            debuginfod = checker.debuginfod(value)
+            if debuginfod is not None:
+                values["debuginfod"] = debuginfod
         elif checker.check(key, value, _TOP_KEYS, section=None):
             values[key] = value
     config = checker.top(values)
@@ -266,14 +300,14 @@ class _Checker:
     def top(self, values: dict[str, Any]) -> Config:
         out: dict[str, Any] = {}
         for key, value in values.items():
-            if key in ("socket", "log_dir", "state_dir"):
+            if key in ("socket", "log_dir", "state_dir", "mail_log"):
                 if os.path.isabs(value):
                     out[key] = Path(value)
                 else:
                     self.error("must be an absolute path", key)
             elif not _top_value_ok(key, value):
                 self.bad(key, _TOP_KEYS)
-            elif key in ("attach_timeout", "crash_flood_window"):
+            elif key in ("attach_timeout", "crash_flood_window", "core_timeout"):
                 out[key] = float(value)
             else:
                 out[key] = value
@@ -327,8 +361,23 @@ class _Checker:
                 del good["args"]
             # one Rule per [[rule]], so that rule[N] stays rule[N] for later checks;
             # an invalid one keeps its valid fields (no process: "" matches no name)
-            rules.append(Rule(good.get("process", ""), good.get("tracer"), tuple(good.get("args", []))))
+            if "core" in good and good["core"] not in CORE_POLICIES:
+                self.bad("core", _RULE_KEYS, section)
+                del good["core"]
+            rules.append(Rule(good.get("process", ""), good.get("tracer"), tuple(good.get("args", [])),
+                              good.get("core")))  # fmt: skip
         return tuple(rules)
+
+    def debuginfod(self, value: object) -> DebuginfodConfig | None:
+        if not isinstance(value, dict):
+            self.error("must be a table", "debuginfod")
+            return None
+        good = {key: item for key, item in value.items() if self.check(key, item, _DEBUGINFOD_KEYS, "debuginfod")}
+        urls = good.get("urls", [])
+        if not all(isinstance(url, str) and re.fullmatch(r"https?://[^\s]+", url) for url in urls):
+            self.bad("urls", _DEBUGINFOD_KEYS, "debuginfod")
+            return None
+        return DebuginfodConfig(tuple(urls))
 
 
 def _top_value_ok(key: str, value: Any) -> bool:
@@ -344,6 +393,12 @@ def _top_value_ok(key: str, value: Any) -> bool:
     if key in ("max_sessions", "max_log_bytes", "max_crash_bytes", "history"):
         low = {"max_sessions": 1, "max_log_bytes": 4096, "max_crash_bytes": 65536}.get(key, 0)
         return bool(value >= low)
+    if key == "core":
+        return value in CORE_POLICIES
+    if key in ("max_core_bytes", "max_core_process_bytes"):
+        return bool(value >= 0)
+    if key == "core_timeout":
+        return math.isfinite(value) and 0 < value <= 3600
     if key == "socket_group":
         return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value) is not None
     return True

@@ -35,6 +35,7 @@ MAX_REPEATS = 100
 CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PUBLIC_FIELDS = (
     "id", "signature", "count", "first_seen", "last_seen", "name", "pid", "signal", "top", "report", "capture",
+    "core",
 )  # fmt: skip
 
 
@@ -46,6 +47,9 @@ class Frame:
     line: int | None
     object: str | None
     address: str | None
+    pc: str | None = None  # absolute program counter (README "Cores and retrace")
+    module_offset: str | None = None  # pc - the module's load bias: the address in its ELF file
+    build_id: str | None = None  # of the module the pc is in
 
 
 @dataclass
@@ -65,6 +69,9 @@ class Library:
     end: str | None
     build_id: str | None
     debug_package: str | None = None
+    bias: str | None = None  # load bias: where the ELF's vaddr 0 is in the process
+    deleted: bool = False  # the mapped file was deleted or replaced on disk ("(deleted)")
+    build_id_source: str | None = None  # "map_files": read from the mapped copy; "path": from the file on disk
 
 
 def _clean(text: object, *, lines: bool = False) -> str:
@@ -146,6 +153,11 @@ class CrashReport:
     id: str | None = None  # given by CrashStore.record()
     notice: str | None = None  # what this tracer cannot capture (strace, ltrace: no backtrace)
     trace: list[str] = field(default_factory=list)  # the tracer's last lines (strace, ltrace)
+    core: dict[str, Any] | None = None  # tracerd.crash.corefile: the kept core, or why there is none
+    mail_log: list[str] = field(default_factory=list)  # the crashed pid's last mail log lines
+    abort_message: str | None = None  # glibc's __abort_msg (SIGABRT)
+    assertion: str | None = None  # an assert()'s message, as apport's AssertionMessage
+    core_source: str | None = None  # the raw core the tracer took (not stored)
 
     def crashed_thread(self) -> Thread:
         """The thread that took the signal, else the first; raises ValueError if there is none."""
@@ -186,7 +198,7 @@ class CrashReport:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        del data["id"]
+        del data["id"], data["core_source"]
         return {"id": self.id, "signature": self.signature, "signature_basis": self.signature_basis, "top": self.top,
                 **data}  # fmt: skip
 
@@ -215,6 +227,8 @@ class CrashReport:
                             " show where the process was; signature of program and signal, not of the frames")
         if self.notice:
             lines.append(f"notice: {_clean(self.notice)}")
+        if self.assertion or self.abort_message:
+            lines.append(f"abort message: {_clean(self.assertion or self.abort_message)}")
         crashed = self.crashed_thread() if self.threads else None
         for thread in sorted(self.threads, key=lambda t: t is not crashed):
             mark = "  <- crashed" if thread is crashed else ""
@@ -232,6 +246,10 @@ class CrashReport:
             package = missing.get("package")
             owner = f"{_clean(package)} {_clean(missing.get('version'))}" if package else "no package"
             lines.append(f"no line info for {_clean(missing.get('object'))} ({owner}): {_clean(missing.get('note'))}")
+        if self.mail_log:
+            lines += ["", "mail log, this pid's last lines:"] + ["  " + _clean(text) for text in self.mail_log]
+        if self.core:
+            lines.append(f"core: {_clean(self.core.get('file') or self.core.get('reason') or self.core.get('state'))}")
         if self.debug_symbols:
             lines += ["", "debug symbols:"] + ["  " + _clean(text) for text in self.debug_symbols.get("advice", [])]
         return "\n".join(lines)

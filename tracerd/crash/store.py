@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from tracerd import atomic
+from tracerd.crash import corefile
 from tracerd.crash.report import CRASH_ID_RE, INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch
 from tracerd.errors import ConfigError, NotFound
 from tracerd.timefmt import iso_utc
@@ -67,6 +68,7 @@ class CrashStore:
         *,
         flood_window: float = 60.0,
         max_bytes: int = 256 << 20,
+        max_core_bytes: int = 1 << 30,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
     ) -> None:
@@ -74,6 +76,7 @@ class CrashStore:
         self.read_only = read_only
         self.flood_window = flood_window
         self.max_bytes = max_bytes
+        self.max_core_bytes = max_core_bytes
         self._clock = clock
         # record() runs in a worker thread and fsyncs; list() and get() run on the
         # event loop and must not wait for it, so they read a snapshot that
@@ -102,8 +105,9 @@ class CrashStore:
 
     # -- public ---------------------------------------------------------------
 
-    def record(self, report: CrashReport) -> dict[str, Any]:
-        """Store a crash: a full report, or only a count if its signature is flooding."""
+    def record(self, report: CrashReport, core: corefile.CoreRequest | None = None) -> dict[str, Any]:
+        """Store a crash: a full report, or only a count if its signature is flooding;
+        with ``core``, its core as the policy says (:mod:`tracerd.crash.corefile`)."""
         if self.read_only:
             raise PermissionError(f"crash store {self.directory} is open read-only")
         with self._lock:
@@ -116,6 +120,7 @@ class CrashStore:
             crash_id = None
             if full:
                 crash_id = self._new_id(now, sig, pid)
+                report.core = self._keep_core(crash_id, core, entry) if core is not None else report.core
                 body = {**report.to_json(), "id": crash_id, "stored": iso_utc(now)}
                 self._write_atomic(f"{crash_id}.json", json.dumps(body, indent=2, default=str).encode())
                 report.id = crash_id
@@ -127,6 +132,7 @@ class CrashStore:
                 repeat = {"time": iso_utc(now), "pid": pid, "name": name, "signal": report.signal.get("name")}
                 entry["repeats"] = [*entry["repeats"], {**repeat, "top": report.top}][-MAX_REPEATS:]
             self._enforce_cap(keep=crash_id, keep_signature=sig)
+            self._enforce_core_cap(keep=crash_id)
             self._publish()
             result = {**self._public(entry), "full": full}
             try:
@@ -189,6 +195,8 @@ class CrashStore:
             "signal": sig.get("name"),
             "top": report.get("top") or [],
             "capture": process.get("capture") or "complete",  # or "interrupted"
+            # a core of the signature's (this report's, else an older one's still on disk)
+            "core": _core_file(report) or (entry or {}).get("core"),
             "last_seen": seen,
             "last_full": seen,
         }
@@ -221,10 +229,13 @@ class CrashStore:
         except (OSError, ValueError, KeyError, TypeError):
             self._entries = {}  # missing or corrupt: rebuilt from the reports below
         on_disk = set(self._report_ids())
+        cores = {crash_id for _, crash_id, _ in corefile.cores_on_disk(self._fd)}
         for entry in self._entries.values():
             entry["reports"] = [rid for rid in entry["reports"] if rid in on_disk]
             if entry["id"] not in on_disk:
                 entry["report"] = None
+            if entry.get("core") and corefile.crash_id_of(str(entry["core"])) not in cores:
+                entry["core"] = None
         known = {rid for entry in self._entries.values() for rid in entry["reports"]}
         for rid in sorted(on_disk - known):  # written, but tracerd stopped before the index was
             try:
@@ -282,6 +293,34 @@ class CrashStore:
                 break
             del self._entries[entry["signature"]]
 
+    # -- cores ----------------------------------------------------------------
+
+    def _keep_core(self, crash_id: str, core: corefile.CoreRequest, entry: dict[str, Any] | None) -> dict[str, Any]:
+        """The policy, then the compressed core beside the report (see corefile)."""
+        has_core = bool(entry and entry.get("core"))
+        return corefile.keep_by_policy(self._fd, crash_id, core, has_core, max_bytes=self.max_core_bytes,
+                                       temp_prefix=TEMP_PREFIX)
+
+    def _enforce_core_cap(self, *, keep: str | None) -> None:
+        """Cores out, oldest first, until they fit max_core_bytes; their reports stay and say so."""
+        for crash_id in corefile.over_budget(self._fd, self.max_core_bytes, set(self._report_ids()), keep):
+            for entry in self._entries.values():
+                if entry.get("core") == corefile.core_name(crash_id):
+                    entry["core"] = None
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                body = self._read_json(f"{crash_id}.json")
+                if corefile.mark_evicted(body, iso_utc(self._clock()), self.max_core_bytes):
+                    self._write_atomic(f"{crash_id}.json", json.dumps(body, indent=2, default=str).encode())
+
+    def core_path(self, crash_id: str) -> tuple[dict[str, Any], str]:
+        """The full report and the name of its core in the directory; NotFound with the reason."""
+        report = self.get(crash_id)
+        return report, corefile.saved_core(self._fd, report)
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
     # -- files ----------------------------------------------------------------
 
     def _report_ids(self) -> builtins.list[str]:
@@ -309,6 +348,11 @@ class CrashStore:
         """Write ``name`` so that readers see the old file or all of the new one,
         and the rename survives a power cut (or the report may vanish)."""
         atomic.write_at(self._fd, name, data, 0o640, prefix=TEMP_PREFIX)
+
+
+def _core_file(report: dict[str, Any]) -> str | None:
+    core = report.get("core")
+    return core.get("file") if isinstance(core, dict) and core.get("state") == "saved" else None
 
 
 def _valid_entry(entry: object) -> bool:

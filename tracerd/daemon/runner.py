@@ -182,7 +182,8 @@ class SessionRunner:
                                capture_dir=self.capture_dir)  # fmt: skip
         logfile.on_error = self._log_error_reporter(output)
         capture = str(self.capture_dir) if self.capture_dir else None
-        target = Target(identity, name, args, self.config.attach_timeout, capture_dir=capture)
+        target = Target(identity, name, args, self.config.attach_timeout, capture_dir=capture,
+                        core=self.config.core_for(name), core_timeout=self.config.core_timeout)  # fmt: skip
         running = Running(backend_cls(target, output), output)
         session.running = running
         running.task = self._spawn(self._run(session, running))

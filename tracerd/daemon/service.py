@@ -34,7 +34,7 @@ import structlog
 
 from tracerd import __version__, procinfo, tracers
 from tracerd.config import Config
-from tracerd.crash import inflight
+from tracerd.crash import corefile, inflight, lastwords
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon import fleet
@@ -64,7 +64,8 @@ class TracerdService:
             0,
         )  # fmt: skip
         self.crashes = CrashStore(
-            config.state_dir / "crashes", flood_window=config.crash_flood_window, max_bytes=config.max_crash_bytes
+            config.state_dir / "crashes", flood_window=config.crash_flood_window, max_bytes=config.max_crash_bytes,
+            max_core_bytes=config.max_core_bytes,
         )
         self._crash_lock = asyncio.Lock()
         # why the last SIGHUP's config did not load (None: the one in force loaded fine)
@@ -105,7 +106,8 @@ class TracerdService:
         """Store a report off the event loop (it fsyncs), one at a time."""
         async with self._crash_lock:
             try:
-                return await asyncio.to_thread(self.crashes.record, report)
+                core = await asyncio.to_thread(postmortem_input, self.config, report)
+                return await asyncio.to_thread(self.crashes.record, report, core)
             except OSError as err:
                 log.error("crash_store_failed", error=str(err))
                 return None
@@ -243,6 +245,7 @@ class TracerdService:
         # the crash store's limits apply to the next crash (its directory stays)
         self.crashes.flood_window = config.crash_flood_window
         self.crashes.max_bytes = config.max_crash_bytes
+        self.crashes.max_core_bytes = config.max_core_bytes
         applied = self._reload_logs(applied, old)
         applied = self._reload_syslog(applied, old)
         self.config = applied
@@ -304,3 +307,23 @@ def comm_name(pid: int) -> str:
 
 
 __all__ = ["TracerdService", "comm_name"]
+
+
+def postmortem_input(config: Config, report: CrashReport) -> corefile.CoreRequest | None:
+    """The crashed pid's last mail log lines into the report, and its core's rules (README
+    "Cores and retrace"); runs while the process is still held: both are bounded."""
+    errors: list[str] = []
+    if report.process.get("capture") != "interrupted":
+        try:
+            report.mail_log = lastwords.collect(config.mail_log, report.process.get("pid"),
+                                                report.process.get("name"), errors)  # fmt: skip
+        except Exception as err:  # a bug here must not cost the report
+            log.exception("mail_log_failed")
+            errors.append(f"mail log: {err}")
+    if errors:
+        report.process.setdefault("capture_errors", []).extend(errors)
+    if not report.core_source:
+        return None
+    policy = config.core_for(str(report.process.get("name")))
+    return corefile.CoreRequest(report.core_source, policy, config.max_core_process_bytes,
+                                time.monotonic() + config.core_timeout, config.core_timeout)  # fmt: skip

@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from tracerd.crash import debugsyms, elfinfo, siginfo
+from tracerd.crash import debugsyms, elfinfo, modules, siginfo
 from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
 from tracerd.gdb.mi import GdbMI
@@ -39,6 +39,8 @@ from tracerd.timefmt import iso_utc
 
 _THREAD_HEAD = re.compile(r"^Thread (\d+) \(", re.MULTILINE)
 _LWP = re.compile(r"LWP (\d+)")
+_ASSERTION = re.compile(r"Assertion `.*' failed")
+_C_STRING = re.compile(r'^0x[0-9a-f]+ "(.*)"(?:\.\.\.)?$', re.DOTALL)
 _REGISTER = re.compile(r"^(\w+)\s+(0x[0-9a-f]+)", re.MULTILINE)
 
 
@@ -142,6 +144,9 @@ async def capture(
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
     process = _process_info(identity, name)
     libraries, missing, advice = await asyncio.to_thread(_objects, libs_payload, process.get("exe"), threads)
+    # for a retrace later: bias, range, (deleted), build-ids of the mapped copies; pc and module offset
+    modules.annotate(await asyncio.to_thread(modules.read_modules, identity.pid), libraries, threads)
+    abort_message = await _abort_message(mi) if signal.get("name") == "SIGABRT" else None
     report = CrashReport(
         process=process,
         signal=signal,
@@ -154,10 +159,28 @@ async def capture(
         tracer=tracer,
         missing_symbols=missing,
         debug_symbols=advice,
+        abort_message=abort_message,
+        assertion=abort_message if abort_message and _ASSERTION.search(abort_message) else None,
     )
     if errors:
         report.process["capture_errors"] = errors
     return report
+
+
+async def _abort_message(mi: GdbMI) -> str | None:
+    """glibc's ``__abort_msg->msg`` (abort_msg_s: an unsigned size, then the text), set by
+    assert() and glibc's fatal errors; None when unset or unreadable."""
+    try:
+        pointer = siginfo.parse_int(await mi.evaluate("*(long *)&__abort_msg"))
+        if not pointer:
+            return None
+        text = await mi.evaluate(f"(char *){pointer + 4:#x}")
+    except TracerFailed:
+        return None
+    found = _C_STRING.match(text or "")
+    if not found:
+        return None
+    return found.group(1).encode("latin-1", "backslashreplace").decode("unicode_escape", "replace").strip() or None
 
 
 async def _signal(mi: GdbMI, pid: int, stop_name: object, errors: list[str]) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class Target:
     args: tuple[str, ...] = ()
     attach_timeout: float = 10.0
     capture_dir: str | None = None  # where crash cores and capture markers go (None: nowhere)
+    core: str = "first"  # the core policy for this process (README "Cores and retrace")
+    core_timeout: float = 60.0  # how long the gdb tracer's gcore may hold the process
 
     @property
     def pid(self) -> int:

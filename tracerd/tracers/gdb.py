@@ -30,9 +30,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from typing import Any
 
 from tracerd import failpoint, procinfo
+from tracerd.crash import corefile
+from tracerd.crash.report import CrashReport
 from tracerd.crash.siginfo import CODE, FATAL_SIGNALS, parse_int
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdb.capture import capture
@@ -56,6 +59,7 @@ class GdbTracer(Tracer):
         self._requests: asyncio.Queue[str] = asyncio.Queue()
         self._where: asyncio.Future[str] | None = None
         self._detached = asyncio.Event()
+        self._gcore_path: str | None = None  # the gcore of a crash, removed once the process is released
 
     async def attach(self) -> None:
         pid = self.target.pid
@@ -181,12 +185,41 @@ class GdbTracer(Tracer):
                     tracer=self.name, log_path=self.output.log_path,
                 )  # fmt: skip
                 await failpoint.reached("capture-running")
-                crash_id = await self.output.crash(report)
+                await self._gcore(report)
+                try:
+                    crash_id = await self.output.crash(report)
+                finally:
+                    if report.core_source:
+                        with contextlib.suppress(OSError):
+                            os.unlink(report.core_source)
             except Exception as err:  # the process must be released whatever happened
                 self.output.warn(f"crash capture failed: {err}")
         await failpoint.reached("report-written")
         await self._release_with_signal()
+        if self._gcore_path:  # a gcore cut off by core_timeout may have gone on writing until gdb ended
+            with contextlib.suppress(OSError):
+                os.unlink(self._gcore_path)
         return Ending("crashed", signal=name, crash=crash_id)
+
+    async def _gcore(self, report: CrashReport) -> None:
+        """gdb's gcore of the held process into the capture directory, bounded by core_timeout;
+        the store keeps it as the core policy says (README "Cores and retrace")."""
+        if self.target.core == "none" or not self.target.capture_dir:
+            report.core = corefile.skipped('core = "none"' if self.target.core == "none" else "no capture directory")
+            return
+        path = self._gcore_path = os.path.join(self.target.capture_dir, f"{self.target.pid}.{time.time_ns()}.gcore")
+        try:
+            said = await self.mi.console(f"gcore {path}", timeout=self.target.core_timeout)
+        except TracerdError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            report.core = corefile.skipped(f"gcore did not finish within core_timeout ({self.target.core_timeout:g} s)"
+                                           f" or failed ({err}): no core, the process was released")  # fmt: skip
+            return
+        if "Saved corefile" in said:
+            report.core_source = path
+        else:
+            report.core = corefile.skipped(f"gcore wrote no core: {said.strip()[:200]}")
 
     async def _release_with_signal(self) -> None:
         # gdb's detach delivers the pending signal (its handle state is "pass"),

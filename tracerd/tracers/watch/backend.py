@@ -188,6 +188,7 @@ class WatchTracer(Tracer):
             thread_id = await _gdb_thread_of(mi, int(event["tid"]))
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
             report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
+            report.core_source = str(core)  # kept (compressed) by the store as the core policy says
             await failpoint.reached("capture-running")
             if event.get("core_skipped"):
                 report.process.setdefault("capture_errors", []).append(

@@ -1,0 +1,151 @@
+"""What re-symbolizing a report later needs: each module's load bias, range,
+``(deleted)`` flag and build-id, and each frame's module offset.
+
+Read from ``/proc/PID/maps`` while the process is still held.  A module's
+build-id is read from the mapped copy itself, through
+``/proc/PID/map_files/START-END``, so that a library replaced on disk since
+the process started (an upgrade) still gives the build-id of the code that
+ran; only when map_files cannot be opened (no CAP_SYS_ADMIN) is the file on
+disk read, and the library says which (``build_id_source``).  The load bias
+is where the ELF's virtual address 0 sits in the process: the start of the
+mapping at file offset 0 less the page of the first ``PT_LOAD``'s vaddr.  A
+frame's ``module_offset`` is ``pc - bias``: the address to look up in the
+module's ELF or its separate debug file (README "Cores and retrace").
+
+Security: the maps and the mapped files are the target's; paths are data
+(never opened except through the pid's own map_files links and the same
+paths gdb already named), ELF headers are parsed with bounds, and only
+x86-64/aarch64 64-bit little-endian headers are understood.
+
+Diagnostics: a module whose header cannot be read has no bias (None) and
+its frames no module offset; nothing raises.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from tracerd.crash import elfinfo
+from tracerd.crash.report import Library, Thread
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+DELETED = " (deleted)"
+PT_LOAD = 1
+
+
+@dataclass
+class Module:
+    path: str  # without " (deleted)"
+    start: int
+    end: int
+    base: int  # the mapping at file offset 0
+    base_end: int
+    deleted: bool
+    bias: int | None = None
+    build_id: str | None = None
+    source: str | None = None  # map_files | path
+
+
+def read_modules(pid: int) -> list[Module]:
+    """The file-backed ELF mappings of ``pid``, one Module per file."""
+    groups: dict[str, Module] = {}
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) != 6 or not fields[5].startswith("/"):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        offset, name = int(fields[2], 16), fields[5]
+        deleted = name.endswith(DELETED)
+        path = name[: -len(DELETED)] if deleted else name
+        module = groups.get(path)
+        if module is None:
+            if offset != 0:
+                continue  # not an ELF object we can place (no header mapped)
+            module = groups[path] = Module(path, start, end, start, end, deleted)
+        module.start, module.end = min(module.start, start), max(module.end, end)
+    modules = list(groups.values())
+    for module in modules:
+        mapped = f"/proc/{pid}/map_files/{module.base:x}-{module.base_end:x}"
+        module.build_id, module.source = elfinfo.build_id(mapped), "map_files"
+        first = _first_load(mapped)
+        if module.build_id is None and not module.deleted:
+            module.build_id, module.source = elfinfo.build_id(module.path), "path"
+            first = first if first is not None else _first_load(module.path)
+        if module.build_id is None and first is None:
+            module.source = None
+        if first is not None:
+            module.bias = module.base - first
+    return [m for m in modules if m.bias is not None or m.build_id is not None]
+
+
+def _first_load(path: str) -> int | None:
+    """The page of the lowest file offset PT_LOAD's vaddr (what the offset-0 mapping holds)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as elf:
+            header = elf.read(64)
+            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+                return None
+            phoff, = struct.unpack_from("<Q", header, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+            if phentsize < 56 or phnum > 4096:
+                return None
+            elf.seek(phoff)
+            table = elf.read(phentsize * phnum)
+    except (OSError, struct.error, ValueError):
+        return None
+    loads = []
+    for index in range(len(table) // phentsize):
+        p_type, _, p_offset, p_vaddr = struct.unpack_from("<IIQQ", table, index * phentsize)
+        if p_type == PT_LOAD:
+            loads.append((p_offset, p_vaddr))
+    if not loads:
+        return None
+    p_offset, p_vaddr = min(loads)
+    return int((p_vaddr - p_offset) & ~(PAGE - 1))
+
+
+def module_of(modules: list[Module], address: int) -> Module | None:
+    return next((m for m in modules if m.start <= address < m.end), None)
+
+
+def annotate(modules: list[Module], libraries: list[Library], threads: list[Thread]) -> None:
+    """Bias, range, deleted flag and the mapped build-id into the libraries;
+    pc, module offset and build-id into the frames."""
+    by_path = {m.path: m for m in modules}
+    for library in libraries:
+        path = library.path[: -len(DELETED)] if library.path.endswith(DELETED) else library.path
+        module = by_path.get(path) or by_path.get(os.path.realpath(path))
+        if module is None:
+            continue
+        library.path = module.path
+        library.start, library.end = hex(module.start), hex(module.end)
+        library.bias = hex(module.bias) if module.bias is not None else None
+        library.deleted = module.deleted
+        if module.build_id:
+            library.build_id = module.build_id
+        library.build_id_source = module.source
+    for thread in threads:
+        for frame in thread.frames:
+            try:
+                pc = int(frame.address or "", 16)
+            except ValueError:
+                continue
+            frame.pc = hex(pc)
+            module = module_of(modules, pc)
+            if module is None:
+                continue
+            frame.object = frame.object or module.path
+            frame.build_id = module.build_id
+            if module.bias is not None:
+                frame.module_offset = hex(pc - module.bias)
