@@ -61,6 +61,7 @@ LOCAL_COMMANDS: dict[str, tuple[str, str]] = {
     "postfix": ("tracerd.ctl.postfix", "trace Postfix services: enable, disable, status (through postconf)"),
     "triage": ("tracerd.ctl.triage", "warning/error/fatal/panic lines of the mail log, earliest first"),
     "bugreport": ("tracerd.ctl.bugreport", "the report DEBUG_README asks for: config, logs, crashes, queue"),
+    "gdb": ("tracerd.ctl.gdbcmd", "an interactive gdb on a traced process (PID), the next start of NAME, a crash"),
 }
 STORE_COMMANDS = frozenset({"crashes", "crash"})  # answered from the crash store when tracerd is down
 

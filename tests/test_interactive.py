@@ -1,0 +1,312 @@
+"""tracerctl gdb: a human's gdb (driven through a pseudo-terminal) on a traced
+process, handed over without a window and taken back by its tracer; --next
+catches a daemon at its hook; gdbserver; armed catches in status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+
+from tests.support import assert_running, proc_state, script, tracer_pid, wait_until
+
+GDB_PROMPT = r"\(gdb\) "
+
+
+@pytest.fixture
+def watch_daemon(daemon_factory: Any) -> Any:
+    return daemon_factory('[[rule]]\nprocess = "*"\ntracer = "watch"\n')
+
+
+def watcher_pid(daemon: Any, pid: int) -> int:
+    return int(daemon.session(pid)["tracer_pid"])
+
+
+def tracerctl_gdb(daemon: Any, *args: str) -> pexpect.spawn:
+    """``tracerctl gdb ARGS`` on a pseudo-terminal of its own."""
+    argv = [*script("tracerctl"), "--socket", str(daemon.socket), "gdb", *args]
+    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=60, dimensions=(50, 200),
+                          env={**os.environ, "TERM": "dumb"})  # fmt: skip
+    return child
+
+
+def end(child: pexpect.spawn) -> None:
+    child.expect(pexpect.EOF, timeout=60)
+    child.close()
+
+
+def watched_again(daemon: Any, pid: int) -> dict[str, Any]:
+    """The process's newest session once it is attached again under the watcher."""
+
+    def back() -> dict[str, Any] | None:
+        session = daemon.session(pid)
+        if session["state"] == "attached" and tracer_pid(pid) == session["tracer_pid"]:
+            return session
+        return None
+
+    return wait_until(back, f"{pid} watched again", timeout=15)
+
+
+def test_gdb_pid_shows_frames_and_detach_gives_it_back(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """tracerctl gdb PID on a watched target: gdb attaches (the process was held
+    stopped until then), bt shows its frames, detach; the watcher traces it
+    again, it runs, and its exit status is seen as usual."""
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "victim", "exit3")
+    assert target.readline() == "hook=0\n"
+    first = watcher_pid(watch_daemon, target.pid)
+    child = tracerctl_gdb(watch_daemon, str(target.pid))
+    child.expect(GDB_PROMPT)
+    assert tracer_pid(target.pid) == child.pid or tracer_pid(target.pid) in _children(child.pid)
+    child.sendline("bt")
+    child.expect(GDB_PROMPT)
+    assert "main" in child.before
+    child.sendline("detach")
+    child.expect(GDB_PROMPT)
+    child.sendline("quit")
+    end(child)
+    session = watched_again(watch_daemon, target.pid)
+    assert session["tracer"] == "watch"
+    assert session["tracer_pid"] == first
+    assert_running(target.pid)
+    target.release()
+    assert target.wait() == 3
+    assert watch_daemon.wait_session(target.pid, "exited")["exit_code"] == 3
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def test_crash_while_the_human_holds_it_is_reported_after_quit(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """A crash while gdb holds the process: gdb shows the SIGSEGV; after quit the
+    process is traced again still at the fault, tracerd writes the crash report,
+    and the parent sees it die of SIGSEGV."""
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "crashy", "segv")
+    assert target.readline() == "hook=0\n"
+    child = tracerctl_gdb(watch_daemon, str(target.pid))
+    child.expect(GDB_PROMPT)
+    child.sendline("continue")
+    child.expect("Continuing")
+    target.release()
+    child.expect("SIGSEGV")
+    child.expect(GDB_PROMPT)
+    child.sendline("bt")
+    child.expect(GDB_PROMPT)
+    assert "crash_here" in child.before
+    child.sendline("quit")
+    end(child)
+    assert target.wait() == -signal.SIGSEGV
+    session = watch_daemon.wait_session(target.pid, "crashed")
+    assert session["signal"] == "SIGSEGV"
+    assert session["crash"]
+    report = json.loads(watch_daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]
+    assert any(frame.get("function") == "crash_here" for frame in report["threads"][0]["frames"])
+
+
+def test_next_catches_the_hook_until_gdb_attached(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """--next NAME: the next hook of NAME returns only after gdb attached (the
+    target prints hook=0 only then); continue, quit; the target runs on watched."""
+    primer = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "nextd", "exit3")
+    assert primer.readline() == "hook=0\n"  # a session of that name: a service traces it
+    child = tracerctl_gdb(watch_daemon, "--next", "nextd", "--hold", "30")
+    child.expect("armed")
+    status = watch_daemon.status()
+    assert [c["name"] for c in status["catches"]] == ["nextd"]
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "nextd", "exit3")
+    child.expect(GDB_PROMPT)
+    # gdb is attached, and only now does the hook let the target go on
+    assert target.readline() == "hook=0\n"
+    child.sendline("bt")
+    child.expect(GDB_PROMPT)
+    assert "main" in child.before
+    child.sendline("continue")
+    child.expect("Continuing")
+    child.sendcontrol("c")
+    child.expect(GDB_PROMPT)
+    child.sendline("quit")
+    end(child)
+    session = watched_again(watch_daemon, target.pid)
+    assert session["tracer"] == "watch"
+    assert watch_daemon.status()["catches"] == []
+    target.release()
+    assert target.wait() == 3
+    primer.release()
+    assert primer.wait() == 3
+
+
+def test_hold_expires_and_the_target_runs_watched(watch_daemon: Any, cbin: Any, spawn: Any,
+                                                  syslog_receiver: Any) -> None:  # fmt: skip
+    """--hold 2 and nobody attaches (the caught pid is not given to a gdb: tracerctl
+    is stopped): the hook returns after about 2 s, the target is watched, syslog says why."""
+    primer = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "held", "exit3")
+    assert primer.readline() == "hook=0\n"
+    arm = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb", "--next", "held",
+                            "--hold", "2"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: watch_daemon.status()["catches"], "armed")
+        os.kill(arm.pid, signal.SIGSTOP)  # alive, but it will not start a gdb
+        started = time.monotonic()
+        target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "held", "exit3")
+        assert target.readline() == "hook=0\n"
+        waited = time.monotonic() - started
+        assert 2.0 <= waited < 14.0, waited
+        session = watch_daemon.session(target.pid)
+        assert session["state"] == "attached"
+        assert session["tracer"] == "watch"
+        syslog_receiver.wait_for("nobody attached within 2 s")
+    finally:
+        os.kill(arm.pid, signal.SIGCONT)
+        arm.kill()
+        arm.wait()
+        arm.stdout.close()  # type: ignore[union-attr]
+        arm.stderr.close()  # type: ignore[union-attr]
+    target.release()
+    assert target.wait() == 3
+    primer.release()
+    assert primer.wait() == 3
+
+
+def test_killed_tracerctl_disarms(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """tracerctl killed while armed: the catch is gone, the next hook is not held."""
+    primer = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "gone", "exit3")
+    assert primer.readline() == "hook=0\n"
+    arm = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb", "--next", "gone",
+                            "--hold", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_until(lambda: watch_daemon.status()["catches"], "armed")
+    arm.kill()
+    arm.wait()
+    wait_until(lambda: not watch_daemon.status()["catches"], "disarmed")
+    started = time.monotonic()
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "gone", "exit3")
+    assert target.readline() == "hook=0\n"
+    assert time.monotonic() - started < 2.0  # not held: far below the 30 s hold
+    assert watch_daemon.session(target.pid)["state"] == "attached"
+    for each in (target, primer):
+        each.release()
+        assert each.wait() == 3
+
+
+def test_catch_refusals(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """A name no service traces is refused; a second catch for a name names the first;
+    --hold over max_gdb_hold is refused; gdbserver on a routable address is refused."""
+    result = watch_daemon.ctl("gdb", "--next", "nosuchd")
+    assert result.returncode == 1
+    assert "no service traces nosuchd" in result.stderr
+    primer = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "twice", "exit3")
+    assert primer.readline() == "hook=0\n"
+    first = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb", "--next",
+                              "twice"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: watch_daemon.status()["catches"], "armed")
+        second = watch_daemon.ctl("gdb", "--next", "twice")
+        assert second.returncode == 1
+        assert f"already armed by tracerctl pid {first.pid}" in second.stderr
+        postfix_status = watch_daemon.ctl("status")
+        assert postfix_status.returncode == 0
+    finally:
+        first.kill()
+        first.wait()
+    over = watch_daemon.ctl("gdb", "--next", "twice", "--hold", "3000")
+    assert over.returncode == 1
+    assert "max_gdb_hold" in over.stderr
+    routable = watch_daemon.ctl("gdb", str(primer.pid), "--ui", "gdbserver", "--listen", "0.0.0.0:2345")
+    assert routable.returncode == 1
+    assert "not a loopback address" in routable.stderr
+    assert tracer_pid(primer.pid) == watcher_pid(watch_daemon, primer.pid)  # untouched
+    primer.release()
+    assert primer.wait() == 3
+
+
+@pytest.mark.skipif(shutil.which("gdbserver") is None, reason="gdbserver is not installed")
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_gdbserver_remote_backtrace(watch_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path, kind: str) -> None:
+    """--ui gdbserver: a gdb of the test's own attaches with target remote and gets a
+    backtrace; when it disconnects gdbserver stops and the watcher has the process again."""
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "remote", "exit3")
+    assert target.readline() == "hook=0\n"
+    if kind == "tcp":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        listen, remote = f"127.0.0.1:{port}", f"127.0.0.1:{port}"
+    else:
+        listen, remote = f"unix:{tmp_path}/gdb.sock", f"{tmp_path}/gdb.sock"
+    server = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb",
+                               str(target.pid), "--ui", "gdbserver", "--listen", listen],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert server.stderr is not None
+        wait_until(lambda: "listens on" in server.stderr.readline(), "gdbserver listening", timeout=30)
+        remote_arg = remote if kind == "tcp" else _unix_remote(remote)
+        gdb = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"target remote {remote_arg}", "-ex", "bt",
+                              "-ex", "detach"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert "main" in gdb.stdout, gdb.stdout + gdb.stderr
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for stream in (server.stdout, server.stderr):
+            if stream is not None:
+                stream.close()
+    session = watched_again(watch_daemon, target.pid)
+    assert session["tracer"] == "watch"
+    target.release()
+    assert target.wait() == 3
+
+
+def _unix_remote(path: str) -> str:
+    """gdb reaches a unix socket through a small pipe helper (target remote | CMD)."""
+    return f"| socat - UNIX-CONNECT:{path}" if shutil.which("socat") else f"| nc -U {path}"
+
+
+def test_stopped_until_gdb_attaches_and_back_when_tracerctl_dies(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """Between the watcher letting go and a debugger attaching, the process is never
+    running untraced: it sits stopped (gdbserver waiting for its client here); when
+    tracerctl is killed before anyone attached, tracerd takes it back and it runs."""
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "held2", "exit3")
+    assert target.readline() == "hook=0\n"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb",
+                               str(target.pid), "--ui", "gdbserver", "--listen", f"127.0.0.1:{port}"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert server.stderr is not None
+        wait_until(lambda: "listens on" in server.stderr.readline(), "gdbserver listening", timeout=30)
+        assert proc_state(target.pid) == "T"
+        assert tracer_pid(target.pid) == 0
+        assert [h["pid"] for h in watch_daemon.status()["handoffs"]] == [target.pid]
+    finally:
+        server.kill()
+        server.wait()
+        server.stderr.close()  # type: ignore[union-attr]
+    session = watched_again(watch_daemon, target.pid)
+    assert session["tracer"] == "watch"
+    assert_running(target.pid)
+    target.release()
+    assert target.wait() == 3
