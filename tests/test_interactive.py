@@ -132,13 +132,15 @@ def test_next_catches_the_hook_until_gdb_attached(watch_daemon: Any, cbin: Any, 
     assert [c["name"] for c in status["catches"]] == ["nextd"]
     target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "nextd", "exit3")
     child.expect(GDB_PROMPT)
-    # gdb is attached, and only now does the hook let the target go on
-    assert target.readline() == "hook=0\n"
+    # gdb is attached (it holds the target stopped), and the hook has returned: the
+    # shell that ran it is a zombie its stopped parent has not reaped yet
+    wait_until(lambda: {proc_state(pid) for pid in _children(target.pid)} <= {"Z", ""}, "hook returned")
     child.sendline("bt")
     child.expect(GDB_PROMPT)
     assert "main" in child.before
     child.sendline("continue")
     child.expect("Continuing")
+    assert target.readline() == "hook=0\n"
     child.sendcontrol("c")
     child.expect(GDB_PROMPT)
     child.sendline("quit")
@@ -277,9 +279,22 @@ def test_gdbserver_remote_backtrace(watch_daemon: Any, cbin: Any, spawn: Any, tm
     assert target.wait() == 3
 
 
+BRIDGE = (
+    "import os,socket,sys,threading\n"
+    "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n"
+    "def up():\n"
+    "    while (d:=os.read(0,65536)): s.sendall(d)\n"
+    "    s.shutdown(socket.SHUT_WR)\n"
+    "threading.Thread(target=up,daemon=True).start()\n"
+    "while (d:=s.recv(65536)): os.write(1,d)\n"
+)
+
+
 def _unix_remote(path: str) -> str:
-    """gdb reaches a unix socket through a small pipe helper (target remote | CMD)."""
-    return f"| socat - UNIX-CONNECT:{path}" if shutil.which("socat") else f"| nc -U {path}"
+    """gdb reaches a unix socket through a pipe helper (``target remote | CMD``), as an IDE's ssh tunnel would."""
+    bridge = Path(path).with_name("bridge.py")
+    bridge.write_text(BRIDGE)
+    return f"| {shutil.which('python3')} {bridge} {path}"
 
 
 def test_stopped_until_gdb_attaches_and_back_when_tracerctl_dies(watch_daemon: Any, cbin: Any, spawn: Any) -> None:

@@ -202,7 +202,9 @@ def command_file(pid: int, handed: dict[str, Any], directory: str) -> str:
     """Our gdb set-up for the process (see the module docstring); its path."""
     exe = str(handed.get("exe") or "")
     root = str(handed.get("root") or "/")
-    lines = ["set confirm off", "handle SIGPIPE nostop noprint pass", "set sysroot /"]
+    # SIGSTOP: tracerd handed the process over stopped; passing that stop on would stop it again
+    lines = ["set confirm off", "handle SIGPIPE nostop noprint pass", "handle SIGSTOP nostop noprint nopass",
+             "set sysroot /"]
     if root != "/" and _PLAIN_PATH.fullmatch(root):
         # libraries loaded after chroot() are named inside it (loaded before: outside)
         lines.append("set solib-search-path " + ":".join(f"{root}/{lib}" for lib in LIB_DIRS))

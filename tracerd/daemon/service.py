@@ -171,8 +171,11 @@ class TracerdService:
         return {"session": session.to_json()}
 
     def _traces_name(self, name: str) -> bool:
-        """A name some service traces: tracerd has had a session of it, or a [[rule]] names it."""
-        return any(session.name == name for session in self.registry.all()) or self.config.rule_for(name) is not None
+        """A name some service traces: tracerd has had a session of it, or a [[rule]] names it
+        (its very name, not a pattern that happens to match)."""
+        return any(session.name == name for session in self.registry.all()) or any(
+            rule.process == name for rule in self.config.rules
+        )
 
     async def op_catch(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.name is not None
