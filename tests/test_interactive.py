@@ -325,3 +325,56 @@ def test_stopped_until_gdb_attaches_and_back_when_tracerctl_dies(watch_daemon: A
     assert_running(target.pid)
     target.release()
     assert target.wait() == 3
+
+
+@pytest.mark.skipif(not shutil.which("postconf"), reason="postfix is not installed")
+def test_postfix_next_smtpd_in_its_chroot(daemon_factory: Any, postfix: Any) -> None:
+    """--next smtpd on the private instance, smtpd chrooted as Debian's master.cf
+    has it: gdb's bt in smtpd shows Postfix frames, then continue and the SMTP
+    session completes; tracerctl postfix status showed the armed catch; the smtpd
+    runs on, watched again."""
+    from tests.test_postfix_e2e import Client, enable  # noqa: PLC0415 -- its Postfix helpers
+
+    daemon = daemon_factory()
+    postfix.create()
+    postfix.postconf("-F", f"{postfix.listen}/inet/chroot=y")
+    postfix.start()
+    enable(daemon, postfix, "--tracer", "watch")
+    busy = Client(postfix)  # keeps the first smtpd busy: the next connection starts a new one
+    assert daemon.session(busy.pid)["state"] == "attached"
+    child = tracerctl_gdb(daemon, "--next", "smtpd")
+    child.expect("armed")
+    shown = daemon.ctl("postfix", "status", "-c", str(postfix.config_dir))
+    assert "armed: tracerctl gdb --next smtpd" in shown.stdout, shown.stdout
+    as_json = json.loads(daemon.ctl("--json", "status").stdout)
+    assert [c["name"] for c in as_json["catches"]] == ["smtpd"]
+    sock = socket.create_connection(("127.0.0.1", postfix.port), timeout=60)
+    try:
+        child.expect(GDB_PROMPT)
+        child.sendline("bt")
+        child.expect(GDB_PROMPT)
+        assert "single_server_main" in child.before, child.before
+        child.sendline("continue")
+        child.expect("Continuing")
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        for line, reply in ((b"HELO test\r\n", b"250"), (b"MAIL FROM:<a@localdomain>\r\n", b"250"),
+                            (b"RCPT TO:<b@example.org>\r\n", b"250"), (b"DATA\r\n", b"354"),
+                            (b"Subject: x\r\n\r\nbody\r\n.\r\n", b"250"), (b"QUIT\r\n", b"221")):  # fmt: skip
+            sock.sendall(line)
+            answer = reader.readline()
+            assert answer.startswith(reply), (line, answer)
+        reader.close()
+    finally:
+        sock.close()
+    child.sendcontrol("c")
+    child.expect(GDB_PROMPT)
+    child.sendline("info inferiors")
+    child.expect(GDB_PROMPT)
+    smtpd = int(child.before.split("process ")[1].split()[0])
+    child.sendline("quit")
+    end(child)
+    session = watched_again(daemon, smtpd)
+    assert (session["name"], session["tracer"]) == ("smtpd", "watch")
+    postfix.wait_log("status=sent")
+    busy.quit()
