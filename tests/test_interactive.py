@@ -224,8 +224,8 @@ def test_catch_refusals(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
         second = watch_daemon.ctl("gdb", "--next", "twice")
         assert second.returncode == 1
         assert f"already armed by tracerctl pid {first.pid}" in second.stderr
-        postfix_status = watch_daemon.ctl("status")
-        assert postfix_status.returncode == 0
+        shown = watch_daemon.ctl("status")
+        assert f"armed: tracerctl gdb --next twice (hold 60 s, tracerctl pid {first.pid}" in shown.stdout
     finally:
         first.kill()
         first.wait()
@@ -378,3 +378,75 @@ def test_postfix_next_smtpd_in_its_chroot(daemon_factory: Any, postfix: Any) -> 
     assert (session["name"], session["tracer"]) == ("smtpd", "watch")
     postfix.wait_log("status=sent")
     busy.quit()
+
+
+def test_gdb_tracer_and_tui(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """A process under the gdb tracer goes to the human's gdb (--ui tui, gdb -tui)
+    and back to a gdb tracer when the human detaches."""
+    daemon = daemon_factory('[[rule]]\nprocess = "*"\ntracer = "gdb"\n')
+    target = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "gdbd", "exit3")
+    assert target.readline() == "hook=0\n"
+    first = watcher_pid(daemon, target.pid)
+    argv = [*script("tracerctl"), "--socket", str(daemon.socket), "gdb", str(target.pid), "--ui", "tui"]
+    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=60, dimensions=(50, 200),
+                          env={**os.environ, "TERM": "xterm"})  # fmt: skip
+    child.expect(GDB_PROMPT)
+    assert tracer_pid(target.pid) in _children(child.pid)
+    child.sendline("detach")
+    child.expect("detached")
+    child.sendline("quit")
+    end(child)
+    session = watched_again(daemon, target.pid)
+    assert session["tracer"] == "gdb"
+    assert session["tracer_pid"] != first  # a new gdb tracer
+    target.release()
+    assert target.wait() == 3
+
+
+@pytest.mark.skipif(not (shutil.which("ddd") and shutil.which("Xvfb")), reason="ddd and Xvfb are not installed")
+def test_ddd_gdb_becomes_the_tracer(watch_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
+    """--ui ddd under Xvfb: ddd's gdb becomes the process's tracer; when ddd ends,
+    the watcher has the process again."""
+    display = f":{90 + os.getpid() % 100}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "dddd", "exit3")
+    ddd = None
+    try:
+        wait_until(lambda: Path(f"/tmp/.X11-unix/X{display[1:]}").exists(), "Xvfb up")
+        assert target.readline() == "hook=0\n"
+        ddd = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb",
+                                str(target.pid), "--ui", "ddd"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                               env={**os.environ, "DISPLAY": display, "HOME": str(tmp_path)})  # fmt: skip
+
+        def ddds_gdb() -> bool:
+            tracer = tracer_pid(target.pid)
+            return bool(tracer) and Path(f"/proc/{tracer}/comm").read_text().strip() == "gdb"
+
+        wait_until(ddds_gdb, "ddd's gdb attached", timeout=60)
+        gdb = tracer_pid(target.pid)
+        assert _is_descendant(gdb, ddd.pid)
+        for pid in sorted(_children(ddd.pid)):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "ddd":
+                os.kill(pid, signal.SIGTERM)
+        ddd.wait(timeout=60)
+    finally:
+        if ddd is not None and ddd.poll() is None:
+            ddd.kill()
+            ddd.wait()
+        xvfb.terminate()
+        xvfb.wait()
+    session = watched_again(watch_daemon, target.pid)
+    assert session["tracer"] == "watch"
+    target.release()
+    assert target.wait() == 3
+
+
+def _is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:
+            pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+    return False
