@@ -328,8 +328,8 @@ def render_status(report: dict[str, Any]) -> str:
                       "not traced" if proc["debug"] else "not traced (started without -D)")  # fmt: skip
             rows.append((service["service"], service["command"], str(proc["pid"]),
                          traced if daemon["reachable"] else "unknown"))  # fmt: skip
-    extra = [f"armed: tracerctl gdb --next {c['name']} (hold {c['hold']:g} s, tracerctl pid {c['by']}, since {c['armed']})"
-             for c in report.get("catches", [])]  # fmt: skip
+    extra = [f"armed: tracerctl gdb --next {c['name']} (hold {c['hold']:g} s, tracerctl pid {c['by']},"
+             f" since {c['armed']})" for c in report.get("catches", [])]  # fmt: skip
     extra += [f"with gdb: {h['name']}[{h['pid']}] ({h['state']}, tracerctl pid {h['by']})"
               for h in report.get("handoffs", [])]  # fmt: skip
     return "\n".join(lines + (table(rows) if report["services"] else ["no service has -D"])

@@ -128,7 +128,9 @@ class HandOffs:
             running = session.running
             hand_off = getattr(running.backend, "hand_off", None)
             if hand_off is None:
-                raise TracerFailed(f"tracerctl gdb needs the watch or gdb tracer (pid {identity.pid} has {session.tracer})")
+                raise TracerFailed(
+                    f"tracerctl gdb needs the watch or gdb tracer (pid {identity.pid} has {session.tracer})"
+                )
             await asyncio.shield(running.attached)
             tracer, name, give_back = session.tracer, session.name, True
             await hand_off()
@@ -142,7 +144,7 @@ class HandOffs:
         handoff.watched.append((by, "tracerctl ended"))
         return self._start(handoff)
 
-    def caught(self, identity: ProcessIdentity, name: str, tracer: str | None, by: int, hold: float,
+    def caught(self, identity: ProcessIdentity, name: str, tracer: str | None, *, by: int, hold: float,
                hook: int) -> HandOff:  # fmt: skip
         """A hook's process for an armed catch: held in its hook until the human's gdb attaches."""
         self._check_free(identity)
@@ -198,7 +200,10 @@ class HandOffs:
                 os.close(fd)
 
     async def _wait_let_go(self, handoff: HandOff) -> None:
-        while procinfo.tracer_pid(handoff.pid):
+        """Until the human's tracer lets go (TracerPid 0): the kernel tells nobody else, so look."""
+        while True:
+            if not procinfo.tracer_pid(handoff.pid):
+                break
             await asyncio.sleep(POLL)
         handoff.identity.require()
 

@@ -38,7 +38,7 @@ from tracerd.crash import inflight
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon.auth import Authorizer, Peer
-from tracerd.daemon.catches import Catches
+from tracerd.daemon.catches import Catch, Catches
 from tracerd.daemon.handoff import HandOffs
 from tracerd.daemon.runner import SessionRunner
 from tracerd.errors import BadRequest, ConfigError, NotFound, TracerdError
@@ -157,11 +157,12 @@ class TracerdService:
     # -- tracerctl gdb (README, "Interactive debugging") -----------------------
 
     async def _caught(self, identity: procinfo.ProcessIdentity, request: Request, peer: Peer,
-                      catch: Any) -> dict[str, Any]:  # fmt: skip
+                      catch: Catch) -> dict[str, Any]:  # fmt: skip
         """A hook for an armed name: answered once the human's gdb attached, or once the
         process is back under its tracer (the hold passed, tracerctl or the hook ended)."""
         assert request.name is not None
-        handoff = self.handoffs.caught(identity, request.name, request.tracer, catch.by, catch.hold, peer.pid)
+        handoff = self.handoffs.caught(identity, request.name, request.tracer, by=catch.by, hold=catch.hold,
+                                       hook=peer.pid)  # fmt: skip
         catch.caught.set_result(handoff.to_json())
         if await asyncio.shield(handoff.attached):
             return {"session": None, "caught": handoff.to_json()}
