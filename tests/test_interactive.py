@@ -449,3 +449,42 @@ def _is_descendant(pid: int, ancestor: int) -> bool:
         with open(f"/proc/{pid}/stat") as stat:
             pid = int(stat.read().rsplit(")", 1)[1].split()[1])
     return False
+
+
+def test_hook_timeout_shorter_than_the_hold(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """A hook whose --timeout (3 s) ends before --hold (30 s): the hook gives up with
+    its warning (Postfix is never held past it), and tracerd, seeing it gone, traces
+    the process at once."""
+    primer = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "short", "exit3")
+    assert primer.readline() == "hook=0\n"
+    arm = subprocess.Popen([*script("tracerctl"), "--socket", str(watch_daemon.socket), "gdb", "--next", "short",
+                            "--hold", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: watch_daemon.status()["catches"], "armed")
+        os.kill(arm.pid, signal.SIGSTOP)  # alive, but it will not start a gdb
+        started = time.monotonic()
+        target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(timeout=3), "short", "exit3")
+        assert target.readline() == "hook=1\n"
+        assert time.monotonic() - started < 14.0
+        session = watch_daemon.wait_session(target.pid, "attached")
+        assert session["tracer"] == "watch"
+        assert "pftrace-hook gave up" in watch_daemon.stderr()
+    finally:
+        os.kill(arm.pid, signal.SIGCONT)
+        arm.kill()
+        arm.wait()
+    target.release()
+    assert target.wait() == 3
+    primer.release()
+    assert primer.wait() == 3
+
+
+def test_max_gdb_hold_is_checked(tmp_path: Path) -> None:
+    """max_gdb_hold must be 0 < t <= 3600: tracerd --check names the key."""
+    config = tmp_path / "tracerd.toml"
+    config.write_text("max_gdb_hold = 0\n")
+    result = subprocess.run([*script("tracerd"), "--config", str(config), "--check"], capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "max_gdb_hold" in result.stderr
