@@ -488,3 +488,21 @@ def test_max_gdb_hold_is_checked(tmp_path: Path) -> None:
                             text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 1
     assert "max_gdb_hold" in result.stderr
+
+
+def test_gdb_on_an_untraced_process_leaves_it_running(daemon: Any, cbin: Any, spawn: Any) -> None:
+    """tracerctl gdb PID on a process tracerd does not trace: gdb attaches, and after
+    quit (whose hook stops it) tracerd resumes it, untraced as before; no argument
+    at all is a usage error (exit 2)."""
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    child = tracerctl_gdb(daemon, str(sleeper.pid))
+    child.expect(GDB_PROMPT)
+    assert tracer_pid(sleeper.pid) in _children(child.pid)
+    child.sendline("quit")
+    child.expect("no longer traced by tracerd")
+    end(child)
+    wait_until(lambda: proc_state(sleeper.pid) in ("S", "R") and tracer_pid(sleeper.pid) == 0, "running untraced")
+    usage = daemon.ctl("gdb")
+    assert usage.returncode == 2
+    assert "give a PID, a CRASH-ID or --next NAME" in usage.stderr
