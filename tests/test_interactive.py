@@ -321,7 +321,8 @@ def test_stopped_until_gdb_attaches_and_back_when_tracerctl_dies(watch_daemon: A
         server.stderr.close()  # type: ignore[union-attr]
     session = watched_again(watch_daemon, target.pid)
     assert session["tracer"] == "watch"
-    assert_running(target.pid)
+    # resumed: SIGCONT once the watcher has it ('t' only for the instant it takes the seize's trap)
+    wait_until(lambda: proc_state(target.pid) in ("S", "R"), "running again")
     target.release()
     assert target.wait() == 3
 
