@@ -20,7 +20,7 @@ def test_status_json_has_the_contract_fields(daemon: Any, cbin: Any, spawn: Any)
     result = daemon.ctl("--json", "status")
     assert result.returncode == 0
     status = json.loads(result.stdout)
-    assert set(status) == {"daemon", "counters", "sessions"}
+    assert set(status) == {"daemon", "counters", "sessions", "catches", "handoffs"}
     assert {"pid", "version", "uptime", "config"} <= set(status["daemon"])
     assert {"sessions_started", "crashes", "refused"} <= set(status["counters"])
     (session,) = status["sessions"]

@@ -282,7 +282,7 @@ def test_assertion_message_in_the_report(retrace_daemon: Any, spawn: Any, built:
 def test_postmortem_gdb_in_a_terminal_shows_the_crash_frames(
     retrace_daemon: Any, spawn: Any, cbin: Any
 ) -> None:
-    """``tracerctl gdb CRASH-ID`` (run_postmortem) in a pseudo-terminal: gdb on
+    """``tracerctl gdb CRASH-ID`` in a pseudo-terminal: gdb on
     the saved core, ``bt`` shows the crash frames; the unpacked core is removed at the end."""
     binary = cbin("crash", "-pthread")
     target = spawn(binary, retrace_daemon.hook_command(), "crasher", "segv")
@@ -292,8 +292,8 @@ def test_postmortem_gdb_in_a_terminal_shows_the_crash_frames(
     crash_id = retrace_daemon.wait_session(target.pid, "crashed")["crash"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command in the terminal
-        os.execv(sys.executable, [sys.executable, "-m", "tracerd.ctl.postmortem", crash_id,
-                                  "--state-dir", str(retrace_daemon.state_dir)])  # fmt: skip
+        argv = [*script("tracerctl"), "gdb", crash_id, "--state-dir", str(retrace_daemon.state_dir)]
+        os.execv(argv[0], argv)
     seen = b""
     try:
         os.write(fd, b"set pagination off\nbt\nprint 123456789+1\nquit\n")

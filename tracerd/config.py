@@ -110,6 +110,7 @@ class Config:
     crash_flood_window: float = 60.0
     max_crash_bytes: int = 256 * 1024 * 1024
     history: int = 256
+    max_gdb_hold: float = 300.0  # tracerctl gdb --next: the longest --hold (README, "Interactive debugging")
     syslog: SyslogConfig = field(default_factory=SyslogConfig)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
@@ -167,6 +168,7 @@ _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "max_core_process_bytes": (int, "an integer >= 0"),
     "core_timeout": ((int, float), "a number of seconds, 0 < t <= 3600"),
     "mail_log": (str, "an absolute path"),
+    "max_gdb_hold": ((int, float), "a number of seconds, 0 < t <= 3600"),
 }
 _DEBUGINFOD_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "urls": (list, "a list of http:// or https:// URLs"),
@@ -307,7 +309,7 @@ class _Checker:
                     self.error("must be an absolute path", key)
             elif not _top_value_ok(key, value):
                 self.bad(key, _TOP_KEYS)
-            elif key in ("attach_timeout", "crash_flood_window", "core_timeout"):
+            elif key in ("attach_timeout", "crash_flood_window", "core_timeout", "max_gdb_hold"):
                 out[key] = float(value)
             else:
                 out[key] = value
@@ -386,6 +388,8 @@ def _top_value_ok(key: str, value: Any) -> bool:
         return value in tracers.BACKENDS
     if key == "attach_timeout":
         return bool(0 < value <= 300)
+    if key == "max_gdb_hold":
+        return math.isfinite(value) and 0 < value <= 3600
     if key == "crash_flood_window":
         # TOML has nan and inf; `nan < 0` is false, and a nan window would
         # silently turn the flood protection off.

@@ -57,6 +57,7 @@ class Request:
     tracer: str | None = None
     id: str | None = None
     ack: bool = False  # the client wants ACK before the final reply (hook only)
+    hold: float | None = None  # catch: seconds a caught process waits for the human's gdb
 
 
 def check_name(value: object) -> str:
@@ -99,6 +100,13 @@ def check_flag(value: object) -> bool:
     return value
 
 
+def check_hold(value: object) -> float:
+    """Seconds of a --hold: a number, 0 < S <= 3600 (the daemon caps it at max_gdb_hold)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ProtocolError("hold must be a number of seconds, 0 < S <= 3600")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Field:
     """A request field: its checker, and whether JSON null means "absent"."""
@@ -113,6 +121,7 @@ FIELDS: dict[str, Field] = {
     "tracer": Field(check_tracer, nullable=True),
     "ack": Field(check_flag),
     "id": Field(check_crash_id),
+    "hold": Field(check_hold),
 }
 
 
@@ -153,6 +162,9 @@ OPERATIONS: dict[str, Operation] = {
         _op("show", "pid", read_only=True),
         _op("crashes", read_only=True),
         _op("crash", "id", read_only=True),
+        # tracerctl gdb (README, "Interactive debugging"): root only
+        _op("handoff", "pid"),
+        _op("catch", "name", "hold ack"),
     )
 }
 

@@ -69,6 +69,13 @@ def render_status(reply: dict[str, Any]) -> str:
     ]
     if daemon.get("config_error"):
         lines[1:1] = [f"config error (the previous config stays in force): {daemon['config_error']}"]
+    # tracerctl gdb (README, "Interactive debugging")
+    for catch in reply.get("catches", []):
+        lines.insert(-1, f"armed: tracerctl gdb --next {catch['name']} (hold {catch['hold']:g} s,"
+                         f" tracerctl pid {catch['by']}, since {catch['armed']})")  # fmt: skip
+    for handoff in reply.get("handoffs", []):
+        lines.insert(-1, f"with gdb: {handoff['name']}[{handoff['pid']}] ({handoff['state']},"
+                         f" tracerctl pid {handoff['by']})")  # fmt: skip
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)

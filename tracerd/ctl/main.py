@@ -62,6 +62,7 @@ LOCAL_COMMANDS: dict[str, tuple[str, str]] = {
     "triage": ("tracerd.ctl.triage", "warning/error/fatal/panic lines of the mail log, earliest first"),
     "bugreport": ("tracerd.ctl.bugreport", "the report DEBUG_README asks for: config, logs, crashes, queue"),
     "retrace": ("tracerd.ctl.retrace", "name a crash's frames again from the debug symbols available now"),
+    "gdb": ("tracerd.ctl.gdbcmd", "an interactive gdb on a traced process (PID), the next start of NAME, a crash"),
 }
 STORE_COMMANDS = frozenset({"crashes", "crash"})  # answered from the crash store when tracerd is down
 

@@ -278,9 +278,12 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
     inst = Instance(args.config_dir)
     master, sessions = inst.master(), {}
     daemon: dict[str, Any] = {"socket": args.socket, "reachable": True, "error": None}
+    catches: list[dict[str, Any]] = []  # tracerctl gdb (README, "Interactive debugging")
+    handoffs: list[dict[str, Any]] = []
     try:
         reply = call(args.socket, {"op": "status"}, timeout=args.timeout)
         sessions = {s["pid"]: s for s in reply.get("sessions", []) if s["state"] in ACTIVE}
+        catches, handoffs = reply.get("catches", []), reply.get("handoffs", [])
         if reply.get("ok") is not True:
             raise Unreachable(str(reply.get("message") or reply.get("error")))
     except Unreachable as err:
@@ -304,7 +307,7 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
     return {"config_directory": str(inst.config_dir), "master_pid": master.pid if master else None,
             "master": "running" if master else inst.master_state, "debugger_command": current,
             "hook": is_hook(current), "hook_path": path, "hook_problem": problem,
-            "daemon": daemon, "services": services}  # fmt: skip
+            "daemon": daemon, "services": services, "catches": catches, "handoffs": handoffs}  # fmt: skip
 
 
 def render_status(report: dict[str, Any]) -> str:
@@ -325,7 +328,12 @@ def render_status(report: dict[str, Any]) -> str:
                       "not traced" if proc["debug"] else "not traced (started without -D)")  # fmt: skip
             rows.append((service["service"], service["command"], str(proc["pid"]),
                          traced if daemon["reachable"] else "unknown"))  # fmt: skip
-    return "\n".join(lines + (table(rows) if report["services"] else ["no service has -D"]))
+    extra = [f"armed: tracerctl gdb --next {c['name']} (hold {c['hold']:g} s, tracerctl pid {c['by']},"
+             f" since {c['armed']})" for c in report.get("catches", [])]  # fmt: skip
+    extra += [f"with gdb: {h['name']}[{h['pid']}] ({h['state']}, tracerctl pid {h['by']})"
+              for h in report.get("handoffs", [])]  # fmt: skip
+    return "\n".join(lines + (table(rows) if report["services"] else ["no service has -D"])
+                     + (["", *extra] if extra else []))
 
 
 def run(args: argparse.Namespace) -> int:

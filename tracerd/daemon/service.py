@@ -39,8 +39,10 @@ from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon import fleet
 from tracerd.daemon.auth import Authorizer, Peer
+from tracerd.daemon.catches import Catch, Catches
+from tracerd.daemon.handoff import HandOffs
 from tracerd.daemon.runner import SessionRunner
-from tracerd.errors import ConfigError, TracerdError
+from tracerd.errors import BadRequest, ConfigError, NotFound, TracerdError
 from tracerd.protocol import OPERATIONS, Ack, Request
 from tracerd.sinks.logfile import LogDir
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
@@ -83,6 +85,9 @@ class TracerdService:
                                     record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
         self.registry = self.runner.registry
         fleet.hub.open(config, self)
+        # tracerctl gdb (README, "Interactive debugging")
+        self.catches = Catches()
+        self.handoffs = HandOffs(self.runner, lambda: self.sink)
 
     def _record_interrupted(self, markers: list[dict[str, Any]]) -> None:
         """Crashes whose capture a previous tracerd did not live to finish."""
@@ -150,9 +155,59 @@ class TracerdService:
         self.auth.check_traceable(identity, self.runner.tracer_pids())
         self.auth.check_ancestor(identity, peer)
         ack()  # accepted: the hook now waits its --timeout for the attach
+        catch = self.catches.take(request.name)
+        if catch is not None:
+            return await self._caught(identity, request, peer, catch)
         session = await self.runner.start(identity, request.name, request.tracer)
         fleet.hub.hook_attached(session.tracer, time.monotonic() - started)
         return {"session": session.to_json()}
+
+    # -- tracerctl gdb (README, "Interactive debugging") -----------------------
+
+    async def _caught(self, identity: procinfo.ProcessIdentity, request: Request, peer: Peer,
+                      catch: Catch) -> dict[str, Any]:  # fmt: skip
+        """A hook for an armed name: answered once the human's gdb attached, or once the
+        process is back under its tracer (the hold passed, tracerctl or the hook ended)."""
+        assert request.name is not None
+        handoff = self.handoffs.caught(identity, request.name, request.tracer, by=catch.by, hold=catch.hold,
+                                       hook=peer.pid)  # fmt: skip
+        catch.caught.set_result(handoff.to_json())
+        if await asyncio.shield(handoff.attached):
+            return {"session": None, "caught": handoff.to_json()}
+        session = await asyncio.shield(handoff.returned)
+        if session is None:
+            raise NotFound(f"process {identity.pid} ended while held for tracerctl gdb")
+        return {"session": session.to_json()}
+
+    def _traces_name(self, name: str) -> bool:
+        """A name some service traces: tracerd has had a session of it, or a [[rule]] names it
+        (its very name, not a pattern that happens to match)."""
+        return any(session.name == name for session in self.registry.all()) or any(
+            rule.process == name for rule in self.config.rules
+        )
+
+    async def op_catch(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.name is not None
+        hold = 60.0 if request.hold is None else request.hold
+        if hold > self.config.max_gdb_hold:
+            raise BadRequest(f"--hold {hold:g} is over max_gdb_hold ({self.config.max_gdb_hold:g} s, tracerd.toml)")
+        if not self._traces_name(request.name):
+            raise NotFound(f"no service traces {request.name}: tracerd has had no session of that name"
+                           " and no [[rule]] names it")  # fmt: skip
+        catch = self.catches.arm(request.name, hold, peer.pid)
+        log.info("catch_armed", name=request.name, hold=hold, by=peer.pid)
+        ack()
+        try:
+            return {"caught": await self.catches.wait(catch)}
+        finally:
+            log.info("catch_disarmed", name=request.name, by=peer.pid)
+
+    async def op_handoff(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        assert request.pid is not None
+        identity = procinfo.identify(request.pid)
+        self.auth.check_traceable(identity, self.runner.tracer_pids())
+        handoff = await self.handoffs.give(identity, comm_name(request.pid), peer.pid)
+        return {"handoff": handoff.to_json()}
 
     async def op_attach(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
@@ -207,6 +262,8 @@ class TracerdService:
                 **fleet.hub.counters(),
             },
             "sessions": [session.to_json() for session in self.registry.all()],
+            "catches": self.catches.to_json(),
+            "handoffs": self.handoffs.to_json(),
         }
 
     # -- daemon life ----------------------------------------------------------
@@ -214,6 +271,7 @@ class TracerdService:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Detach every tracer and stop every backend within ``timeout``; close the store."""
         try:
+            await self.handoffs.shutdown()
             await self.runner.shutdown(timeout)
         finally:
             self.crashes.close()

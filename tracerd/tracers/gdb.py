@@ -116,8 +116,8 @@ class GdbTracer(Tracer):
                 if stop not in done:
                     stop.cancel()
                 if request in done:
-                    if request.result() == "detach":
-                        return await self._detach_now()
+                    if request.result() in ("detach", "handoff"):
+                        return await self._detach_now(stopped=request.result() == "handoff")
                     await self._where_now()
                     request = asyncio.ensure_future(self._requests.get())
                     continue
@@ -264,16 +264,31 @@ class GdbTracer(Tracer):
             self.output.warn(f"gdb did not detach within {self.detach_timeout:g} s; ending gdb")
             await self._end_gdb()
 
-    async def _detach_now(self) -> Ending:
+    async def hand_off(self) -> None:
+        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.handoff):
+        interrupted, SIGSTOP queued while gdb holds it, then detached, so it
+        stays in group-stop and never runs untraced."""
+        if self.mi.child is None or self.mi.child.returncode is not None:
+            raise TracerFailed("gdb is not running")
+        self._requests.put_nowait("handoff")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._detached.wait()), timeout=self.detach_timeout)
+        except TimeoutError:
+            await self._end_gdb()
+            raise TracerFailed("gdb did not let go of the process in time") from None
+
+    async def _detach_now(self, stopped: bool = False) -> Ending:
         try:
             await self.mi.command("-exec-interrupt", timeout=5.0)
             await asyncio.wait_for(self.mi.stops.get(), timeout=5.0)
+            if stopped:  # pending through the detach: the process stops before its next instruction
+                signal.pidfd_send_signal(self._pidfd, signal.SIGSTOP)
             await self.mi.command("-target-detach", timeout=5.0)
-        except (TracerdError, TimeoutError) as err:
+        except (TracerdError, TimeoutError, OSError) as err:
             self.output.warn(f"gdb detach was not clean ({err}); ending gdb")
         await self._end_gdb()
         self._detached.set()
-        return Ending("detached")
+        return Ending("detached", reason="handed to an interactive gdb: tracerctl gdb" if stopped else None)
 
     async def _end_gdb(self) -> None:
         await self.mi.close()

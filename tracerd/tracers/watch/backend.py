@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 from typing import Any
 
 from tracerd import failpoint, procinfo
@@ -42,6 +43,7 @@ from tracerd.tracers.watch import supervisor as supervisors
 from tracerd.tracers.watch.supervisor import discard_core, supervisor
 
 FOLLOW_FORKS = "follow-forks"
+HANDED_OFF = "handed to an interactive gdb: tracerctl gdb"
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 
@@ -56,6 +58,7 @@ class WatchTracer(Tracer):
             self.supervisor.capture_dir = self.target.capture_dir
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._in_where = False
+        self.handed_off = False  # released for tracerctl gdb (README, "Interactive debugging")
 
     @classmethod
     async def shutdown(cls) -> None:
@@ -106,7 +109,7 @@ class WatchTracer(Tracer):
             if kind == "watcher_died":
                 return Ending("failed", reason="the ptrace watcher died; tracing again", reattach=True)
             if kind == "released":
-                return Ending("detached")
+                return Ending("detached", reason=HANDED_OFF if self.handed_off else None)
             if kind == "gone":
                 return Ending("exited", reason="ended while handed to gdb")
             if kind == "exited":
@@ -125,6 +128,22 @@ class WatchTracer(Tracer):
 
     async def detach(self) -> None:
         await self.supervisor.release(self.target.pid)
+
+    async def hand_off(self) -> None:
+        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.handoff).
+
+        SIGSTOP is queued while the watcher still holds it, then the watcher
+        detaches: whether the stop is delivered before the detach (a
+        group-stop, which survives it) or after (pending, taken before any
+        user instruction runs), the process is never running untraced.
+        """
+        self.handed_off = True
+        pidfd = procinfo.open_pidfd(self.target.identity)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+        finally:
+            os.close(pidfd)
+        await self.detach()
 
     async def where(self) -> str:
         """Hand the process to gdb for a backtrace of every thread, then watch it again."""
