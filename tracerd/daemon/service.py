@@ -40,6 +40,7 @@ from tracerd.crash.store import CrashStore
 from tracerd.daemon.auth import Authorizer, Peer
 from tracerd.daemon.runner import SessionRunner
 from tracerd.errors import ConfigError, TracerdError
+from tracerd.gdb import warm
 from tracerd.protocol import OPERATIONS, Ack, Request
 from tracerd.sinks.logfile import LogDir
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
@@ -197,6 +198,7 @@ class TracerdService:
                 "syslog_dropped": self._old_sinks_dropped + self.sink.dropped,
                 **tracers.counters(),
             },
+            "warm_gdb": warm.status(),  # README: the warm gdb (None until a watch session)
             "sessions": [session.to_json() for session in self.registry.all()],
         }
 
