@@ -27,7 +27,7 @@ only, quoted as MI c-strings.
 
 Diagnostics: a warm gdb that dies (even by SIGKILL) is logged
 (``warm_gdb_died``) and replaced after a delay growing with deaths in a row
-(:data:`BACKOFF_FIRST` doubling to :data:`BACKOFF_MAX`); one that fails to
+(the first at once, then :data:`BACKOFF_FIRST` doubling to :data:`BACKOFF_MAX`); one that fails to
 start is logged (``warm_gdb_failed``) and the next crash starts a cold gdb.
 """
 
@@ -41,11 +41,13 @@ from typing import Any
 
 import structlog
 
+from tracerd.errors import TracerdError
 from tracerd.gdb.mi import GdbMI, MIError, quote
 
 log = structlog.get_logger("tracerd.gdb.warm")
 MAX_RSS_KB = 128 * 1024  # an idle warm gdb above this is replaced by a bare one
 START_TIMEOUT = 30.0  # bound on a start-up and its preloads
+HEALTH_TIMEOUT = 2.0  # a warm gdb that does not answer within this is replaced
 BACKOFF_FIRST = 1.0  # seconds before replacing a warm gdb that died
 BACKOFF_MAX = 60.0
 # where the preloaded symbols go: kernel space, never a user process's address
@@ -109,7 +111,8 @@ class WarmPool:
         self.started = 0  # warm gdbs started
         self.taken = 0  # captures that got a warm gdb
         self.cold = 0  # captures that had to start their own
-        self.deaths = 0  # warm gdbs that died idle, in a row
+        self.deaths = 0  # warm gdbs that died idle or failed to start, in a row
+        self.died = 0  # warm gdbs that died idle, in all
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- life -----------------------------------------------------------------
@@ -129,8 +132,8 @@ class WarmPool:
             log.warning("warm_gdb_failed", error=str(task.exception()), deaths=self.deaths)
 
     async def _start(self) -> None:
-        if self.deaths:
-            await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(self.deaths - 1, 16), BACKOFF_MAX))
+        if self.deaths > 1:  # the first replacement at once, then slower and slower
+            await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(self.deaths - 2, 16), BACKOFF_MAX))
         preload = list(self.preload)
         mi = await asyncio.wait_for(start_gdb(preload), START_TIMEOUT * 2)
         size = rss_kb(mi.pid)
@@ -160,6 +163,7 @@ class WarmPool:
             return
         lived = asyncio.get_running_loop().time() - born
         self.deaths = 1 if lived >= BACKOFF_MAX else self.deaths + 1
+        self.died += 1
         log.warning("warm_gdb_died", pid=mi.pid, status=code, deaths=self.deaths)
         self.ensure()
 
@@ -188,13 +192,11 @@ class WarmPool:
         for _ in range(2):
             mi, self._ready = self._ready, None
             if mi is not None:
-                size = rss_kb(mi.pid)
-                if mi.child is not None and mi.child.returncode is None and size is not None:
-                    if size <= self.max_rss_kb:
-                        self.taken += 1
-                        self.deaths = 0
-                        return mi
-                    log.warning("warm_gdb_too_big", pid=mi.pid, rss_kb=size, max_rss_kb=self.max_rss_kb)
+                if await self._sound(mi):
+                    self.taken += 1
+                    self.deaths = 0
+                    return mi
+                self.died += 1  # dead or broken before its watcher task saw it
                 await mi.close()
             starting = self._starting
             if starting is None:
@@ -204,6 +206,22 @@ class WarmPool:
         self.cold += 1
         log.info("warm_gdb_missing", cold=self.cold)
         return await start_gdb([])
+
+    async def _sound(self, mi: GdbMI) -> bool:
+        """Health check before a hand-out: alive, answering, within its memory bound."""
+        size = rss_kb(mi.pid)
+        if mi.child is None or mi.child.returncode is not None or not size:  # a zombie has no RSS
+            log.warning("warm_gdb_died", pid=mi.pid, found="at a crash")
+            return False
+        if size > self.max_rss_kb:
+            log.warning("warm_gdb_too_big", pid=mi.pid, rss_kb=size, max_rss_kb=self.max_rss_kb)
+            return False
+        try:
+            await mi.command("-gdb-show confirm", timeout=HEALTH_TIMEOUT)
+        except TracerdError as err:
+            log.warning("warm_gdb_unsound", pid=mi.pid, error=str(err))
+            return False
+        return True
 
     @contextlib.asynccontextmanager
     async def borrow(self) -> AsyncIterator[GdbMI]:
@@ -234,7 +252,8 @@ class WarmPool:
             "started": self.started,
             "taken": self.taken,
             "cold_starts": self.cold,
-            "deaths": self.deaths,
+            "died": self.died,
+            "deaths_in_a_row": self.deaths,
         }
 
 
