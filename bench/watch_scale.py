@@ -261,6 +261,9 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         try:
             start_targets = Launcher(exe, hook, targets, stderr)
             first = start_targets(1, 1)
+            # the first watch session starts the warm gdb: measure "warm" once it is ready
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: (request(sock, "status").get("warm_gdb") or {}).get("pid"), "warm gdb", 60.0)
             data["warm"] = tree(daemon)
             first += start_targets(sequential - 1, 1)
             start, cpu, machine = time.monotonic(), cpu_seconds(daemon), psutil.cpu_times()
