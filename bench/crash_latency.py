@@ -333,8 +333,14 @@ def main() -> int:
         print(f"tracerd warnings/errors: {dict(noteworthy)}")
     path = save(
         "crash_latency",
-        {"runs": args.runs, "table": table, "watch_phases": phases, "memory": rss, "crashes": results,
-         "daemon_events": dict(events)},
+        {
+            "runs": args.runs,
+            "table": table,
+            "watch_phases": phases,
+            "memory": rss,
+            "crashes": results,
+            "daemon_events": dict(events),
+        },
     )
     print(f"saved {path}")
     return 0
@@ -405,8 +411,10 @@ def print_memory(count: int, rss: list[dict[str, Any]]) -> None:
               f"{mb(row['daemon_rss']):>12}")  # fmt: skip
     watch_row = next(r for r in rss if r["tracer"] == "watch")
     growth = (watch_row["watcher_rss"] - watch_row["watcher_rss_idle"]) / watch_row["count"]
-    print(f"watcher RSS watching nothing: {mb(watch_row['watcher_rss_idle'])} MB; "
-          f"increment per watched process: {growth / 1e3:.1f} kB; warm gdb RSS {mb(watch_row['warm_gdb_rss'])} MB")
+    print(
+        f"watcher RSS watching nothing: {mb(watch_row['watcher_rss_idle'])} MB; "
+        f"increment per watched process: {growth / 1e3:.1f} kB; warm gdb RSS {mb(watch_row['warm_gdb_rss'])} MB"
+    )
     at_1000 = watch_row["watcher_rss_idle"] + 1000 * max(growth, 0) + watch_row["warm_gdb_rss"]
     print(f"watch side at 1000 processes (watcher + warm gdb) / 1000: {at_1000 / 1000 / 1e6:.3f} MB per process "
           f"(goal <= 0.1; bench/watch_scale.py measures 1000 for real)")  # fmt: skip

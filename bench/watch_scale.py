@@ -330,8 +330,10 @@ def report(data: dict[str, Any]) -> None:
           f"[tracerd {(loaded['daemon_rss'] - warm['daemon_rss']) / max(1, count - 1) / 1e3:.1f} kB, "
           f"watcher {(loaded['watcher_rss'] - warm['watcher_rss']) / max(1, count - 1) / 1e3:.1f} kB]")  # fmt: skip
     whole = (loaded["rss"] - cold["rss"]) / count / 1e6
-    print(f"per watched process counting the watcher and the warm gdb whole (({count} watched - cold) / {count}): "
-          f"{whole:.3f} MB  (goal <= {GOAL_MB_PER_PROCESS} MB) [warm gdb {loaded['warm_gdb_rss'] / 1e6:.1f} MB]")
+    print(
+        f"per watched process counting the watcher and the warm gdb whole (({count} watched - cold) / {count}): "
+        f"{whole:.3f} MB  (goal <= {GOAL_MB_PER_PROCESS} MB) [warm gdb {loaded['warm_gdb_rss'] / 1e6:.1f} MB]"
+    )
     soft, hard = data["rlimit_nofile"]
     fds_per = (loaded["fds"] - warm["fds"]) / max(1, count - 1)
     room = f"room for about {int((soft - warm['fds']) / fds_per)} sessions" if fds_per > 0 else "no fd per session"

@@ -282,4 +282,3 @@ def status() -> dict[str, Any] | None:
     """``status``'s ``warm_gdb``: None until the watch tracer was first used."""
     running = current()
     return running.status() if running is not None else None
-
