@@ -47,6 +47,7 @@ from tracerd.gdb.mi import GdbMI, MIError, quote
 log = structlog.get_logger("tracerd.gdb.warm")
 MAX_RSS_KB = 128 * 1024  # an idle warm gdb above this is replaced by a bare one
 START_TIMEOUT = 30.0  # bound on a start-up and its preloads
+WAIT_FOR_WARM = 10.0  # a crash waits this long for a warm gdb being started, then starts its own
 HEALTH_TIMEOUT = 2.0  # a warm gdb that does not answer within this is replaced
 BACKOFF_FIRST = 1.0  # seconds before replacing a warm gdb that died
 BACKOFF_MAX = 60.0
@@ -108,6 +109,7 @@ class WarmPool:
         self._ready_preload: list[str] = []
         self._starting: asyncio.Task[None] | None = None
         self._stopped = False
+        self._backing_off = False  # the start under way is waiting out a delay
         self.started = 0  # warm gdbs started
         self.taken = 0  # captures that got a warm gdb
         self.cold = 0  # captures that had to start their own
@@ -133,7 +135,11 @@ class WarmPool:
 
     async def _start(self) -> None:
         if self.deaths > 1:  # the first replacement at once, then slower and slower
-            await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(self.deaths - 2, 16), BACKOFF_MAX))
+            self._backing_off = True
+            try:
+                await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(self.deaths - 2, 16), BACKOFF_MAX))
+            finally:
+                self._backing_off = False
         preload = list(self.preload)
         mi = await asyncio.wait_for(start_gdb(preload), START_TIMEOUT * 2)
         size = rss_kb(mi.pid)
@@ -199,10 +205,10 @@ class WarmPool:
                 self.died += 1  # dead or broken before its watcher task saw it
                 await mi.close()
             starting = self._starting
-            if starting is None:
-                break
+            if starting is None or self._backing_off:
+                break  # a crash never waits out a restart delay: it starts its own
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(starting), START_TIMEOUT * 2)
+                await asyncio.wait_for(asyncio.shield(starting), WAIT_FOR_WARM)
         self.cold += 1
         log.info("warm_gdb_missing", cold=self.cold)
         return await start_gdb([])
