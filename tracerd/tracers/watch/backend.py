@@ -4,7 +4,8 @@ A session costs a few kilobytes in the watcher and no process of its own.
 The hook is confirmed as soon as PTRACE_SEIZE succeeded on every thread.
 When the watcher reports ``fatal``, the process is *held* by the watcher (in
 its ptrace signal-delivery-stop, every thread stopped) and a core file of it
-is written: one gdb is started for this crash only and reads that core
+is written: the warm gdb (:mod:`tracerd.gdb.warm`, started ahead of the
+crash, used for this crash only) reads that core
 (never the live process, which it could not attach to), the full report is
 written (the same as the gdb tracer's), and only then is the watcher told
 to ``finish``: it detaches the process delivering its signal, so it dies of
