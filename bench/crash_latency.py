@@ -13,7 +13,11 @@ crash, two times from the fault:
 Three kinds of crash, interleaved (the order rotates every round) so that
 they share the machine's noise:
 
-- ``watch``: tracerd's ptrace watcher; gdb is started only at the crash;
+- ``watch``: tracerd's ptrace watcher; at the crash the warm gdb (started
+  ahead, libc's symbols read: tracerd/gdb/warm.py) reads the core the
+  watcher wrote.  Before every crash the bench waits until the warm gdb is
+  ready again (the one used by the previous crash is replaced after it), as a
+  real crash would find it;
 - ``gdb``:   one gdb per process, attached from the hook on;
 - ``untraced`` (the baseline, same run): no hook, the kernel alone (no report).
 
@@ -21,9 +25,14 @@ they share the machine's noise:
 default 60 s, only the first crash of a signature would).  Core dumps are off
 (RLIMIT_CORE 0) for every kind.
 
+The daemon's ``watch_capture`` log lines split the watch capture: gdb
+obtained, executable and core loaded, report collected, report written.
+
 Then memory: 10 targets (MODE wait) traced by each tracer at once; the RSS
 (and PSS) of tracerd's gdb children divided by 10, and the ptrace watcher's
-RSS with the same 10 processes, next to the watcher's RSS with none.
+RSS with the same 10 processes plus the warm gdb's, next to the watcher's RSS
+with none; and what the watch side (watcher + warm gdb) costs per process
+at 1000 processes (bench/watch_scale.py measures it with 1000 for real).
 
 Prints a table and writes bench/results/crash_latency.json.
 Usage: .venv/bin/python bench/crash_latency.py [--runs 20] [--rss-count 10]
@@ -152,6 +161,21 @@ class Setup:
     watch: Inotify
 
 
+def warm_gdb(sock: Path) -> dict[str, Any]:
+    """``status``'s warm_gdb row ({} before the first watch session)."""
+    return request(sock, "status").get("warm_gdb") or {}
+
+
+def wait_warm(sock: Path, timeout: float = 30.0) -> bool:
+    """Wait until the warm gdb is ready (it is replaced after each watch crash); False if not in time."""
+    if not warm_gdb(sock):
+        return False  # no watch session yet: none is started
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: warm_gdb(sock).get("pid"), "the warm gdb ready", timeout, interval=0.02)
+        return True
+    return False
+
+
 def one_crash(setup: Setup, kind: str) -> dict[str, Any]:
     """One segv; returns fault->report and fault->gone in ms (report None when untraced)."""
     exe, hook, sock, crashes, watch = setup.exe, setup.hook, setup.sock, setup.crashes, setup.watch
@@ -163,6 +187,7 @@ def one_crash(setup: Setup, kind: str) -> dict[str, Any]:
         line = read_line(proc)
         if line != "hook=0":
             return {"kind": kind, "pid": proc.pid, "error": f"hook failed: {line}"}
+        warm = wait_warm(sock)
         watch.names()  # forget anything older than this crash
 
         def wait_for_it() -> None:  # the parent's waitpid(), timed when it returns
@@ -176,7 +201,7 @@ def one_crash(setup: Setup, kind: str) -> dict[str, Any]:
         proc.stdin.write(b"x")
         report = None if kind == "untraced" else watch.wait_report(fault + 60.0)
         waiter.join(timeout=60.0)
-        result: dict[str, Any] = {"kind": kind, "pid": proc.pid, "status": proc.returncode}
+        result: dict[str, Any] = {"kind": kind, "pid": proc.pid, "status": proc.returncode, "warm_ready": warm}
         if not gone:
             result["error"] = "target did not end within 60 s"
             return result
@@ -237,13 +262,18 @@ def rss_under(exe: Path, tracer: str, hook: str, sock: Path, count: int) -> dict
                 raise RuntimeError(f"hook failed for {proc.pid}: {line}")
         time.sleep(0.5)  # let every tracer settle after its attach
         daemon, children = daemon_tree(sock)
-        gdbs = [p for p in children if p.name() == "gdb"]
+        warm_pid = warm_gdb(sock).get("pid")
+        warm = [p for p in children if p.pid == warm_pid]
+        gdbs = [p for p in children if p.name() == "gdb" and p.pid != warm_pid]
         watchers = [p for p in children if is_watcher(p)]
         gdb_rss, gdb_pss = memory(gdbs)
         watcher_rss, watcher_pss = memory(watchers)
+        warm_rss, warm_pss = memory(warm)
         return {
             "tracer": tracer,
             "count": count,
+            "warm_gdb_rss": warm_rss,
+            "warm_gdb_pss": warm_pss,
             "gdb_processes": len(gdbs),
             "gdb_rss": gdb_rss,
             "gdb_pss": gdb_pss,
@@ -294,14 +324,23 @@ def main() -> int:
                 setup.watch.close()
             rss = [rss_under(exe, tracer, hook, sock, args.rss_count) for tracer in TRACERS]
             events = stderr_events(root)
+            root_stderr = (root / "stderr").read_text(errors="replace")
     table = print_latency(args.runs, results)
+    phases = print_phases(root_stderr)
     print_memory(args.rss_count, rss)
     noteworthy = {k: v for k, v in events.items() if not k.startswith("info")}
     if noteworthy:
         print(f"tracerd warnings/errors: {dict(noteworthy)}")
     path = save(
         "crash_latency",
-        {"runs": args.runs, "table": table, "memory": rss, "crashes": results, "daemon_events": dict(events)},
+        {
+            "runs": args.runs,
+            "table": table,
+            "watch_phases": phases,
+            "memory": rss,
+            "crashes": results,
+            "daemon_events": dict(events),
+        },
     )
     print(f"saved {path}")
     return 0
@@ -341,6 +380,22 @@ def print_latency(runs: int, results: list[dict[str, Any]]) -> dict[str, dict[st
     return table
 
 
+def print_phases(stderr: str) -> dict[str, Any]:
+    """p50 of the daemon's ``watch_capture`` steps (cumulative ms from the crash event)."""
+    steps: dict[str, list[float]] = {}
+    for line in stderr.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == "watch_capture":
+                for key in ("gdb_ms", "load_ms", "capture_ms", "report_ms"):
+                    steps.setdefault(key, []).append(float(record[key]))
+    table = {key: summary(values) for key, values in steps.items()}
+    if table:
+        cells = ", ".join(f"{key[:-3]} {row['p50']:.1f}" for key, row in table.items())
+        print(f"watch capture in tracerd, p50 ms from the fatal event, cumulative: {cells}")
+    return table
+
+
 def print_memory(count: int, rss: list[dict[str, Any]]) -> None:
     print(f"\nmemory with {count} targets traced at once, in MB (tracer = the gdb processes, or the one watcher)")
     print(f"{'tracer':8} {'tracer procs':>13} {'tracer RSS':>11} {'RSS/traced':>11} {'PSS/traced':>11} "
@@ -349,14 +404,20 @@ def print_memory(count: int, rss: list[dict[str, Any]]) -> None:
         n = row["count"]
         if row["tracer"] == "gdb":
             procs, total, pss = row["gdb_processes"], row["gdb_rss"], row["gdb_pss"]
-        else:
-            procs, total, pss = 1, row["watcher_rss"], row["watcher_pss"]
+        else:  # the watcher and the warm gdb
+            procs = 1 + (1 if row["warm_gdb_rss"] else 0)
+            total, pss = row["watcher_rss"] + row["warm_gdb_rss"], row["watcher_pss"] + row["warm_gdb_pss"]
         print(f"{row['tracer']:8} {procs:13d} {mb(total):>11} {mb(total / n):>11} {mb(pss / n):>11} "
               f"{mb(row['daemon_rss']):>12}")  # fmt: skip
     watch_row = next(r for r in rss if r["tracer"] == "watch")
     growth = (watch_row["watcher_rss"] - watch_row["watcher_rss_idle"]) / watch_row["count"]
-    print(f"watcher RSS watching nothing: {mb(watch_row['watcher_rss_idle'])} MB; "
-          f"increment per watched process: {growth / 1e3:.1f} kB")  # fmt: skip
+    print(
+        f"watcher RSS watching nothing: {mb(watch_row['watcher_rss_idle'])} MB; "
+        f"increment per watched process: {growth / 1e3:.1f} kB; warm gdb RSS {mb(watch_row['warm_gdb_rss'])} MB"
+    )
+    at_1000 = watch_row["watcher_rss_idle"] + 1000 * max(growth, 0) + watch_row["warm_gdb_rss"]
+    print(f"watch side at 1000 processes (watcher + warm gdb) / 1000: {at_1000 / 1000 / 1e6:.3f} MB per process "
+          f"(goal <= 0.1; bench/watch_scale.py measures 1000 for real)")  # fmt: skip
     print("(for scale: DESIGN.md measured about 85 MB RSS per gdb of the seed recipe on a Postfix daemon)")
 
 

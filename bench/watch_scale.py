@@ -10,9 +10,10 @@ started and stay watched together:
 - the last 20 one at a time (with N-20..N already watched): hook latency at scale.
 
 Measured against the same daemon before the load (same run): the RSS of
-tracerd plus all its children (the watcher), cold (no session yet) and warm
-(one watched process, the watcher started), then with N; the increment per
-watched process; tracerd's open fds and its RLIMIT_NOFILE (it keeps one log
+tracerd plus all its children (the watcher and the warm gdb), cold (no session
+yet) and warm (one watched process, the watcher started), then with N; the
+increment per watched process, and the whole tracer side (watcher and warm gdb
+counted in full) divided by N; tracerd's open fds and its RLIMIT_NOFILE (it keeps one log
 open per session).  Then one more process crashes (tests/c/crash.c segv,
 watch tracer) among the N: it must be reported (session ``crashed``, report
 file on disk) while all N still run, none in tracing stop ('t' in
@@ -165,10 +166,12 @@ def tree(daemon: psutil.Process) -> dict[str, Any]:
         with contextlib.suppress(psutil.Error):
             rss += proc.memory_info().rss
     watcher = [p for p in procs[1:] if "tracerd.tracers.watch.watcher" in " ".join(p.cmdline())]
+    gdbs = [p for p in procs[1:] if p.name() == "gdb"]  # the warm gdb (no crash is being captured)
     return {
         "rss": rss,
         "daemon_rss": daemon.memory_info().rss,
         "watcher_rss": sum(p.memory_info().rss for p in watcher),
+        "warm_gdb_rss": sum(p.memory_info().rss for p in gdbs),
         "processes": len(procs),
         "fds": daemon.num_fds(),
     }
@@ -258,6 +261,9 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
         try:
             start_targets = Launcher(exe, hook, targets, stderr)
             first = start_targets(1, 1)
+            # the first watch session starts the warm gdb: measure "warm" once it is ready
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: (request(sock, "status").get("warm_gdb") or {}).get("pid"), "warm gdb", 60.0)
             data["warm"] = tree(daemon)
             first += start_targets(sequential - 1, 1)
             start, cpu, machine = time.monotonic(), cpu_seconds(daemon), psutil.cpu_times()
@@ -323,6 +329,11 @@ def report(data: dict[str, Any]) -> None:
     print(f"per watched process: {per:.3f} MB  (goal <= {GOAL_MB_PER_PROCESS} MB)  "
           f"[tracerd {(loaded['daemon_rss'] - warm['daemon_rss']) / max(1, count - 1) / 1e3:.1f} kB, "
           f"watcher {(loaded['watcher_rss'] - warm['watcher_rss']) / max(1, count - 1) / 1e3:.1f} kB]")  # fmt: skip
+    whole = (loaded["rss"] - cold["rss"]) / count / 1e6
+    print(
+        f"per watched process counting the watcher and the warm gdb whole (({count} watched - cold) / {count}): "
+        f"{whole:.3f} MB  (goal <= {GOAL_MB_PER_PROCESS} MB) [warm gdb {loaded['warm_gdb_rss'] / 1e6:.1f} MB]"
+    )
     soft, hard = data["rlimit_nofile"]
     fds_per = (loaded["fds"] - warm["fds"]) / max(1, count - 1)
     room = f"room for about {int((soft - warm['fds']) / fds_per)} sessions" if fds_per > 0 else "no fd per session"

@@ -64,9 +64,14 @@ def gdb_children(daemon: Any) -> list[psutil.Process]:
 
 
 def assert_clean(daemon: Any, pid: int) -> None:
-    """No process left in tracing stop, no gdb left running."""
+    """No process left in tracing stop, no gdb left running but the watch tracer's warm gdb."""
     assert proc_state(pid) != "t"
-    wait_until(lambda: gdb_children(daemon) == [], "no gdb left running", 10)
+
+    def left() -> list[psutil.Process]:
+        warm = (daemon.status().get("warm_gdb") or {}).get("pid")
+        return [child for child in gdb_children(daemon) if child.pid != warm]
+
+    wait_until(lambda: left() == [], "no gdb left running", 10)
 
 
 @pytest.fixture(params=["gdb", "watch"])

@@ -13,14 +13,14 @@ SESSION_FIELDS = {"pid", "name", "tracer", "state", "started", "log", "lines", "
 
 
 def test_status_json_has_the_contract_fields(daemon: Any, cbin: Any, spawn: Any) -> None:
-    """--json status: daemon, counters and sessions with the README's fields ("Status JSON")."""
+    """--json status: daemon, counters, warm_gdb and sessions with the README's fields ("Status JSON")."""
     sleeper = spawn(cbin("sleeper"))
     assert sleeper.readline() == "ready\n"
     assert daemon.ctl("attach", str(sleeper.pid), "--name", "smtpd").returncode == 0
     result = daemon.ctl("--json", "status")
     assert result.returncode == 0
     status = json.loads(result.stdout)
-    assert set(status) == {"daemon", "counters", "sessions", "catches", "handoffs"}
+    assert set(status) == {"daemon", "counters", "warm_gdb", "sessions", "catches", "handoffs"}
     assert {"pid", "version", "uptime", "config"} <= set(status["daemon"])
     assert {"sessions_started", "crashes", "refused"} <= set(status["counters"])
     (session,) = status["sessions"]

@@ -43,6 +43,7 @@ from tracerd.daemon.catches import Catch, Catches
 from tracerd.daemon.handoff import HandOffs
 from tracerd.daemon.runner import SessionRunner
 from tracerd.errors import BadRequest, ConfigError, NotFound, TracerdError
+from tracerd.gdb import warm
 from tracerd.protocol import OPERATIONS, Ack, Request
 from tracerd.sinks.logfile import LogDir
 from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
@@ -261,6 +262,7 @@ class TracerdService:
                 **tracers.counters(),
                 **fleet.hub.counters(),
             },
+            "warm_gdb": warm.status(),  # README: the warm gdb (None until a watch session)
             "sessions": [session.to_json() for session in self.registry.all()],
             "catches": self.catches.to_json(),
             "handoffs": self.handoffs.to_json(),

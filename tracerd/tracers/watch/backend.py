@@ -4,7 +4,8 @@ A session costs a few kilobytes in the watcher and no process of its own.
 The hook is confirmed as soon as PTRACE_SEIZE succeeded on every thread.
 When the watcher reports ``fatal``, the process is *held* by the watcher (in
 its ptrace signal-delivery-stop, every thread stopped) and a core file of it
-is written: one gdb is started for this crash only and reads that core
+is written: the warm gdb (:mod:`tracerd.gdb.warm`, started ahead of the
+crash, used for this crash only) reads that core
 (never the live process, which it could not attach to), the full report is
 written (the same as the gdb tracer's), and only then is the watcher told
 to ``finish``: it detaches the process delivering its signal, so it dies of
@@ -29,12 +30,16 @@ import contextlib
 import os
 import re
 import signal
+import time
 from typing import Any
+
+import structlog
 
 from tracerd import failpoint, procinfo
 from tracerd.crash.release import wait_for_death
 from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
+from tracerd.gdb import warm
 from tracerd.gdb.capture import capture
 from tracerd.gdb.mi import GdbMI, quote
 from tracerd.procinfo import ProcessIdentity
@@ -42,6 +47,7 @@ from tracerd.tracers.base import Ending, Tracer
 from tracerd.tracers.watch import supervisor as supervisors
 from tracerd.tracers.watch.supervisor import discard_core, supervisor
 
+log = structlog.get_logger("tracerd.watch")
 FOLLOW_FORKS = "follow-forks"
 HANDED_OFF = "handed to an interactive gdb: tracerctl gdb"
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
@@ -64,8 +70,13 @@ class WatchTracer(Tracer):
     async def shutdown(cls) -> None:
         """End of input for the watcher: it releases every process and exits."""
         running = supervisors.current()
-        if running is not None:
-            await running.stop()
+        pool = warm.current()
+        try:
+            if running is not None:
+                await running.stop()
+        finally:
+            if pool is not None:
+                await pool.stop()
 
     @classmethod
     def counters(cls) -> dict[str, int]:
@@ -86,6 +97,7 @@ class WatchTracer(Tracer):
 
     async def attach(self) -> None:
         await self._seize()
+        warm.pool().ensure()  # a gdb ready for this process's crash (README: warm gdb)
 
     async def _seize(self) -> None:
         identity = self.target.identity
@@ -199,23 +211,27 @@ class WatchTracer(Tracer):
             raise TracerFailed(str(event.get("core_error") or "the watcher wrote no core"))
         if not _PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
             raise TracerFailed(f"gdb cannot open a core at {core!r}: use a plain state_dir path")
-        mi = GdbMI()
-        try:
-            await mi.start()
+        began = time.monotonic()
+        async with warm.pool().borrow() as mi:
+            steps = {"gdb_ms": time.monotonic() - began}
             await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid))}", timeout=30.0)
             await mi.command(f"-target-select core {core}", timeout=30.0)
             thread_id = await _gdb_thread_of(mi, int(event["tid"]))
+            steps["load_ms"] = time.monotonic() - began
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
             report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
             report.core_source = str(core)  # kept (compressed) by the store as the core policy says
+            steps["capture_ms"] = time.monotonic() - began
             await failpoint.reached("capture-running")
             if event.get("core_skipped"):
                 report.process.setdefault("capture_errors", []).append(
                     "memory left out of the core (over its size limit): " + "; ".join(event["core_skipped"])
                 )
-            return await self.output.crash(report)
-        finally:
-            await mi.close()
+            crash_id = await self.output.crash(report)
+            steps["report_ms"] = time.monotonic() - began
+            # where a crash's time goes (bench/crash_latency.py reads these): cumulative ms
+            log.info("watch_capture", pid=identity.pid, **{k: round(v * 1000, 1) for k, v in steps.items()})
+            return crash_id
 
 
 def _executable(pid: int) -> str:
