@@ -36,7 +36,7 @@ STAMP := $(VENV)/.installed
 # pftrace-hook is written from this stub (python -IS, the hook module alone: README "Hook latency"),
 # not pip's entry point; $(call hook_stub,INTERPRETER,DIRECTORY OF hook.py,OUTPUT)
 HOOK_STUB := contrib/pftrace-hook.in
-hook_stub = sed -e 's|@PYTHON@|$(1)|' -e 's|@HOOKDIR@|$(2)|' $(HOOK_STUB) > "$(3).new" && chmod 0755 "$(3).new" && mv -f "$(3).new" "$(3)"
+hook_stub = sed -e "s|@PYTHON@|$(1)|" -e "s|@HOOKDIR@|$(2)|" $(HOOK_STUB) > "$(3).new" && chmod 0755 "$(3).new" && mv -f "$(3).new" "$(3)"
 
 .PHONY: run test deps apt venv lint bench clean install uninstall
 
