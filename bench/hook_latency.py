@@ -24,7 +24,7 @@ It also times tracerd's checks of a hook request in this process (the
 ancestor rule, the traceable rule).
 
 Prints p50/p95 per command and a breakdown, writes bench/results/hook_latency.json.
-Usage: .venv/bin/python bench/hook_latency.py [--runs 40] [--hook PATH] [--seed]
+Usage: .venv/bin/python bench/hook_latency.py [--runs 40] [--hook PATH] [--seed] [--no-save]
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--hook", type=Path, help="the hook to measure (default: the installed form, see above)")
     parser.add_argument("--seed", action="store_true", help="also the seed's recipe (5 s a run)")
+    parser.add_argument("--no-save", action="store_true", help="print only (no bench/results/hook_latency.json)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_c("timed_hook", Path(tmp))
@@ -158,6 +159,7 @@ def main() -> int:
             commands = {
                 "true": ("true", "benchd"),
                 f"{python} -I -S -c pass (floor)": (f"{python} -I -S -c pass", "benchd"),
+                "the floor, exiting with os._exit": (f"{python} -I -S -c 'import posix; posix._exit(0)'", "benchd"),
                 "hook --version": (f"{hook} --version", "benchd"),
                 "hook, stub server (no tracerd)": (f"{hook} --socket {stub}", "benchd"),
                 "hook, tracerd (strace)": (f"{hook} --socket {sock}", "benchd"),
@@ -186,10 +188,12 @@ def main() -> int:
     labels = list(p50)
     floor, hook_watch = p50[labels[1]], p50["hook, tracerd (watch)"]
     stub = p50["hook, stub server (no tracerd)"]
+    quick = p50["the floor, exiting with os._exit"]
     breakdown = {
         "sh -c, fork, exec (true)": p50["true"],
-        "interpreter start-up (floor - true)": floor - p50["true"],
-        "loading the hook (--version - floor)": p50["hook --version"] - floor,
+        "interpreter start-up (floor exiting at once - true)": quick - p50["true"],
+        "interpreter finalization (floor - floor exiting at once)": floor - quick,
+        "loading the hook (--version - floor exiting at once)": p50["hook --version"] - quick,
         "connect, request, answers (stub - --version)": stub - p50["hook --version"],
         "tracerd: checks + strace attach (strace - stub)": p50["hook, tracerd (strace)"] - stub,
         "tracerd: checks + watch seize (watch - stub)": hook_watch - stub,
@@ -197,15 +201,15 @@ def main() -> int:
     }
     print("\nbreakdown (differences of p50s, ms):")
     for label, value in breakdown.items():
-        print(f"  {label:52} {value:6.1f}")
+        print(f"  {label:60} {value:6.1f}")
     print("\ntracerd's checks of one hook request, timed in-process (µs per call):")
     for label, value in checks.items():
-        print(f"  {label:52} {value:6.1f}")
+        print(f"  {label:60} {value:6.1f}")
     print(f"\nhook (watch) p50 {hook_watch:.1f} ms = {hook_watch / floor:.2f}x the floor ({floor:.1f} ms)")
     data: dict[str, object] = {"runs": args.runs, "hook": str(hook), "results": results, "failures": failures,
                                "breakdown_ms": breakdown, "daemon_checks_us": checks}  # fmt: skip
-    path = save("hook_latency", data)
-    print(f"saved {path}")
+    if not args.no_save:
+        print(f"saved {save('hook_latency', data)}")
     return 0
 
 
