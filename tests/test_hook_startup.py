@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -222,3 +223,17 @@ def test_the_bench_command_runs() -> None:
     assert len(rows) >= 8, result.stdout
     assert all(row[-1] == "0" for row in rows if row[-1].isdigit()), result.stdout
     assert "x the floor" in result.stdout
+
+
+def test_free_fds_counts_the_open_descriptors() -> None:
+    """free_fds (checked on every hook) counts this process's open descriptors as listing
+    /proc/self/fd does, with 200 more open than usual: room for exactly what is left."""
+    extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(200)]
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        used = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own descriptor
+        assert procinfo.free_fds(soft - used - 1)  # one of slack: a listing's own descriptor
+        assert not procinfo.free_fds(soft - used + 2)
+    finally:
+        for fd in extra:
+            os.close(fd)
