@@ -181,9 +181,10 @@ def main() -> int:
             results = {label: summary(values) for label, values in times.items()}
         checks = daemon_checks()
     print(f"hook: {shown}\n")
-    print(f"{'command, through system()':44} {'p50 ms':>8} {'p95 ms':>8} {'failed':>7}")
+    width = max(44, *(len(label) for label in results))
+    print(f"{'command, through system()':{width}} {'p50 ms':>8} {'p95 ms':>8} {'failed':>7}")
     for label, stats in results.items():
-        print(f"{label:44} {stats['p50']:8.1f} {stats['p95']:8.1f} {failures[label]:7d}")
+        print(f"{label:{width}} {stats['p50']:8.1f} {stats['p95']:8.1f} {failures[label]:7d}")
     p50 = {label: stats["p50"] for label, stats in results.items()}
     labels = list(p50)
     floor, hook_watch = p50[labels[1]], p50["hook, tracerd (watch)"]
