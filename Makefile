@@ -33,6 +33,10 @@ MAN5 := tracerd.toml.5
 # the shipped files name /usr/local/{s,}bin; another PREFIX is written into the installed copies
 PATHS_SED := sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/bin/|$(BINDIR)/|g'
 STAMP := $(VENV)/.installed
+# pftrace-hook is written from this stub (python -IS, the hook module alone: README "Hook latency"),
+# not pip's entry point; $(call hook_stub,INTERPRETER,DIRECTORY OF hook.py,OUTPUT)
+HOOK_STUB := contrib/pftrace-hook.in
+hook_stub = sed -e "s|@PYTHON@|$(1)|" -e "s|@HOOKDIR@|$(2)|" $(HOOK_STUB) > "$(3).new" && chmod 0755 "$(3).new" && mv -f "$(3).new" "$(3)"
 
 .PHONY: run test deps apt venv lint bench clean install uninstall
 
@@ -58,7 +62,7 @@ apt:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
 	fi
 
-venv: $(STAMP)
+venv: $(STAMP) $(BIN)/pftrace-hook
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
@@ -66,6 +70,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# make run's hook: the venv's interpreter, the checkout's tracerd/hook.py
+$(BIN)/pftrace-hook: $(HOOK_STUB) $(STAMP)
+	$(call hook_stub,$(abspath $(BIN))/python,$(CURDIR)/tracerd,$@)
 
 # The venv is built where it will run (DESTDIR + OPTDIR) by the system
 # interpreter.  pip writes the absolute path of the venv's python into every
@@ -83,6 +91,9 @@ install:
 	rm -rf build
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile --no-cache-dir --force-reinstall --no-deps .
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile .
+	@# the hook: the system interpreter with -IS and the installed tracerd/hook.py alone (README "Hook latency")
+	hookdir="$$("$(DESTDIR)$(OPTDIR)/bin/python" -I -c 'import tracerd; print(tracerd.__path__[0])')" && \
+	  $(call hook_stub,$(SYSTEM_PYTHON),$$hookdir,$(DESTDIR)$(OPTDIR)/bin/pftrace-hook)
 	@if [ -n "$(DESTDIR)" ]; then \
 	  grep -lrIF "$(DESTDIR)$(OPTDIR)" "$(DESTDIR)$(OPTDIR)/bin" "$(DESTDIR)$(OPTDIR)/pyvenv.cfg" 2>/dev/null \
 	    | xargs -r sed -i "s|$(DESTDIR)$(OPTDIR)|$(OPTDIR)|g"; \

@@ -1,29 +1,55 @@
-"""bench/hook_latency: what a traced process start costs, hook vs the seed's recipe.
+"""bench/hook_latency: what a traced process start costs, and where the time goes.
 
-20 sequential targets each run the debugger_command through system(), as
-Postfix's debug_process() does, and time it.  Three commands, in one run:
+Every command runs as Postfix's debug_process() runs debugger_command: a
+target calls system() (``sh -c "COMMAND NAME PID"``) and times it.  The
+commands run interleaved, one round after another, so that all see the same
+machine; ratios within one run are what counts on a shared host.
 
-- baseline: ``true`` (what system() itself costs, untraced);
-- tracerd:  ``pftrace-hook NAME PID`` with the strace tracer, and with the
-  watch tracer (the default);
-- seed:     ``(strace -p PID 2>&1 | logger -p mail.info) & sleep 5``.
+- ``true``: what system() itself costs (sh, fork, exec);
+- ``PYTHON -I -S -c pass``: the floor of any Python hook, PYTHON being the
+  hook's own interpreter (its ``#!`` line);
+- the hook with ``--version``: + loading the hook (no socket);
+- the hook against a stub server that acknowledges and answers at once:
+  + connect, request, two answers (no tracerd);
+- the hook against a private tracerd, strace and watch tracers: + tracerd's
+  checks and the attach;
+- the same hook module the way a pip entry point runs it (site, the venv,
+  the package tracerd): what ``-IS`` saves;
+- with ``--seed``: the seed's recipe ``(strace -p PID | logger) & sleep 5``.
 
-Prints p50/p95 per command and writes bench/results/hook_latency.json.
-Usage: .venv/bin/python bench/hook_latency.py [--runs 20]
+The hook measured is the one ``make install`` writes (the system interpreter
+with ``-IS`` and tracerd/hook.py of this checkout, from contrib/pftrace-hook.in),
+or ``--hook PATH`` (e.g. /usr/local/sbin/pftrace-hook, or .venv/bin/pftrace-hook).
+It also times tracerd's checks of a hook request in this process (the
+ancestor rule, the traceable rule).
+
+Prints p50/p95 per command and a breakdown, writes bench/results/hook_latency.json.
+Usage: .venv/bin/python bench/hook_latency.py [--runs 40] [--hook PATH] [--seed] [--no-save]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, compile_c, private_tracerd, save, summary
+from common import BIN, ROOT, compile_c, private_tracerd, save, summary
 
+from tracerd import procinfo
+from tracerd.daemon.auth import Authorizer, Peer
+
+SYSTEM_PYTHON = "/usr/bin/python3"
 SEED = "PATH=/bin:/usr/bin:/usr/local/bin; (strace -p $PID 2>&1 | logger -p mail.info) & sleep 5 #"
 
 
@@ -35,40 +61,156 @@ def run_once(exe: Path, command: str, name: str) -> tuple[float, int]:
     return int(match.group(1)) / 1000.0, int(match.group(2))
 
 
+def installed_form(out: Path) -> Path:
+    """The hook as make install writes it, for this checkout's tracerd/hook.py."""
+    text = (ROOT / "contrib/pftrace-hook.in").read_text()
+    out.write_text(text.replace("@PYTHON@", SYSTEM_PYTHON).replace("@HOOKDIR@", str(ROOT / "tracerd")))
+    out.chmod(0o755)
+    return out
+
+
+def interpreter_of(hook: Path) -> str:
+    """The interpreter of a #! script, with the flags it is given there."""
+    first = hook.read_bytes().split(b"\n", 1)[0].decode()
+    assert first.startswith("#!"), f"{hook} is not a #! script"
+    return first[2:].strip()
+
+
+@contextlib.contextmanager
+def stub_server(path: Path) -> Iterator[None]:
+    """A server that acknowledges every request and answers ok at once (no checks, no attach)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while b"\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(b'{"ack":true}\n{"ok":true,"session":{}}\n')
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(timeout=10)
+
+
+def per_call_us(function: object, runs: int = 2000) -> float:
+    """Mean microseconds per call of a no-argument function."""
+    assert callable(function)
+    started = time.perf_counter()
+    for _ in range(runs):
+        function()
+    return (time.perf_counter() - started) / runs * 1e6
+
+
+def daemon_checks() -> dict[str, float]:
+    """tracerd's checks of a hook request, timed here: the caller is a child of this process."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        me = procinfo.identify(os.getpid())
+        caller = Peer(child.pid, 0, 0)
+        target = procinfo.identify(child.pid)
+        return {
+            "identify (one /proc/PID/stat)": per_call_us(lambda: procinfo.identify(child.pid)),
+            "ancestor rule (the caller's parents)": per_call_us(lambda: Authorizer.check_ancestor(me, caller)),
+            "traceable rule (tracerd's own ancestry)": per_call_us(lambda: Authorizer.check_traceable(target, set())),
+        }
+    finally:
+        child.kill()
+        child.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--hook", type=Path, help="the hook to measure (default: the installed form, see above)")
+    parser.add_argument("--seed", action="store_true", help="also the seed's recipe (5 s a run)")
+    parser.add_argument("--no-save", action="store_true", help="print only (no bench/results/hook_latency.json)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_c("timed_hook", Path(tmp))
+        hook = args.hook.resolve() if args.hook else installed_form(Path(tmp) / "pftrace-hook")
+        shown = f"{hook} ({interpreter_of(hook)})"
+        python = interpreter_of(hook).split()[0]
+        stub = Path(tmp) / "stub.sock"
         results: dict[str, dict[str, float]] = {}
         failures: dict[str, int] = {}
         rules = '[[rule]]\nprocess = "benchw"\ntracer = "watch"\n[[rule]]\nprocess = "*"\ntracer = "strace"\n'
-        with private_tracerd(rules) as (sock, _root):
-            hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
+        with private_tracerd(rules) as (sock, _root), stub_server(stub):
+            program = "import sys; from tracerd.hook import main; sys.exit(main())"
+            entry_point = shlex.join([str(BIN / "python"), "-c", program])
             commands = {
-                "untraced (true)": ("true", "benchd"),
-                "tracerd hook (strace)": (hook, "benchd"),
-                "tracerd hook (watch)": (hook, "benchw"),
-                # the seed's recipe; the target pid is the last word system() appends,
-                # so the recipe reads it from $PPID's child: sh's parent is the target
-                "seed recipe (strace & sleep 5)": (SEED.replace("$PID", "$PPID"), "benchd"),
+                "true": ("true", "benchd"),
+                f"{python} -I -S -c pass (floor)": (f"{python} -I -S -c pass", "benchd"),
+                "the floor, exiting with os._exit": (f"{python} -I -S -c 'import posix; posix._exit(0)'", "benchd"),
+                "hook --version": (f"{hook} --version", "benchd"),
+                "hook, stub server (no tracerd)": (f"{hook} --socket {stub}", "benchd"),
+                "hook, tracerd (strace)": (f"{hook} --socket {sock}", "benchd"),
+                "hook, tracerd (watch)": (f"{hook} --socket {sock}", "benchw"),
+                "hook as a pip entry point (watch)": (f"{entry_point} --socket {sock}", "benchw"),
             }
-            for label, (command, name) in commands.items():
-                times = []
-                failures[label] = 0
-                for _ in range(args.runs):
+            if args.seed:
+                # the target pid is the last word system() appends; sh's parent is the target
+                commands["seed recipe (strace & sleep 5)"] = (SEED.replace("$PID", "$PPID"), "benchd")
+            times: dict[str, list[float]] = {label: [] for label in commands}
+            failures = dict.fromkeys(commands, 0)
+            for command, name in commands.values():
+                run_once(exe, command, name)  # warm: page cache, bytecode, tracerd's first session
+            for _ in range(args.runs):
+                for label, (command, name) in commands.items():
                     elapsed, status = run_once(exe, command, name)
-                    times.append(elapsed)
+                    times[label].append(elapsed)
                     failures[label] += status != 0
-                results[label] = summary(times)
-    print(f"{'command':34} {'p50 ms':>9} {'p95 ms':>9} {'failed':>7}")
+            results = {label: summary(values) for label, values in times.items()}
+        checks = daemon_checks()
+    print(f"hook: {shown}\n")
+    width = max(44, *(len(label) for label in results))
+    print(f"{'command, through system()':{width}} {'p50 ms':>8} {'p95 ms':>8} {'failed':>7}")
     for label, stats in results.items():
-        print(f"{label:34} {stats['p50']:9.1f} {stats['p95']:9.1f} {failures[label]:7d}")
-    hook, seed = results["tracerd hook (strace)"], results["seed recipe (strace & sleep 5)"]
-    print(f"\nseed p50 / tracerd p50 = {seed['p50'] / hook['p50']:.0f}x")
-    path = save("hook_latency", {"runs": args.runs, "results": results, "failures": failures})
-    print(f"saved {path}")
+        print(f"{label:{width}} {stats['p50']:8.1f} {stats['p95']:8.1f} {failures[label]:7d}")
+    p50 = {label: stats["p50"] for label, stats in results.items()}
+    labels = list(p50)
+    floor, hook_watch = p50[labels[1]], p50["hook, tracerd (watch)"]
+    stub = p50["hook, stub server (no tracerd)"]
+    quick = p50["the floor, exiting with os._exit"]
+    breakdown = {
+        "sh -c, fork, exec (true)": p50["true"],
+        "interpreter start-up (floor exiting at once - true)": quick - p50["true"],
+        "interpreter finalization (floor - floor exiting at once)": floor - quick,
+        "loading the hook (--version - floor exiting at once)": p50["hook --version"] - quick,
+        "connect, request, answers (stub - --version)": stub - p50["hook --version"],
+        "tracerd: checks + strace attach (strace - stub)": p50["hook, tracerd (strace)"] - stub,
+        "tracerd: checks + watch seize (watch - stub)": hook_watch - stub,
+        "site, venv, package (entry point - hook, watch)": p50["hook as a pip entry point (watch)"] - hook_watch,
+    }
+    print("\nbreakdown (differences of p50s, ms):")
+    for label, value in breakdown.items():
+        print(f"  {label:60} {value:6.1f}")
+    print("\ntracerd's checks of one hook request, timed in-process (µs per call):")
+    for label, value in checks.items():
+        print(f"  {label:60} {value:6.1f}")
+    print(f"\nhook (watch) p50 {hook_watch:.1f} ms = {hook_watch / floor:.2f}x the floor ({floor:.1f} ms)")
+    data: dict[str, object] = {"runs": args.runs, "hook": str(hook), "results": results, "failures": failures,
+                               "breakdown_ms": breakdown, "daemon_checks_us": checks}  # fmt: skip
+    if not args.no_save:
+        print(f"saved {save('hook_latency', data)}")
     return 0
 
 

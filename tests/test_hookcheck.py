@@ -101,3 +101,24 @@ def test_tracerd_warns_at_check_and_start(
     postfix.create(debugger_command=f"{script('pftrace-hook')[0]} $process_name $process_id")
     quiet = run(*script("tracerd"), "--check", "--config", daemon.config, env=env)
     assert "debugger_command" not in quiet.stderr
+
+
+def test_status_names_a_stub_whose_hook_module_is_gone(
+    postfix: PostfixInstance, capsys: pytest.CaptureFixture[str], tmp_path: Path, public_dir: Path
+) -> None:
+    """The stub make writes (contrib/pftrace-hook.in) whose hook.py is gone (a half-removed
+    install) is a missing hook; with hook.py in place it is tracerd's hook."""
+    hookdir = public_dir / "lib"
+    stub = (Path(__file__).parent.parent / "contrib/pftrace-hook.in").read_text()
+    hook = public_dir / "pftrace-hook"
+    hook.write_text(stub.replace("@PYTHON@", "/bin/sh").replace("@HOOKDIR@", str(hookdir)))
+    hook.chmod(0o755)
+    postfix.create(debugger_command=f"{hook} $process_name $process_id")
+    code, out, _ = tracerctl(capsys, tmp_path, "postfix", "status", "-c", str(postfix.config_dir))
+    assert code == 1
+    assert f"hook missing: {hook} loads {hookdir}/hook.py, which does not exist" in out
+    hookdir.mkdir()
+    (hookdir / "hook.py").write_text("")
+    code, out, _ = tracerctl(capsys, tmp_path, "postfix", "status", "-c", str(postfix.config_dir))
+    assert code == 3  # the hook is fine; tracerd is not running
+    assert "(tracerd's hook)" in out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -105,8 +106,15 @@ def test_staged_venv_names_its_final_place_only(staged: Path) -> None:
     assert (venv / "bin/python").resolve() == Path("/usr/bin/python3").resolve()
     assert os.readlink(venv / "bin/python3") == "/usr/bin/python3"
     assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
-    for script in ("tracerd", "tracerctl", "pftrace-hook"):
+    for script in ("tracerd", "tracerctl"):
         assert (venv / "bin" / script).read_text().splitlines()[0] == "#!/opt/tracerd/bin/python"
+    # the hook: the system interpreter, isolated and without site, and the installed hook.py alone
+    hook = (venv / "bin/pftrace-hook").read_text()
+    assert hook.splitlines()[0] == "#!/usr/bin/python3 -IS"
+    hookdir = re.search(r'sys\.path\.insert\(0, "(.*)"\)', hook)
+    assert hookdir is not None, hook
+    assert hookdir[1].startswith("/opt/tracerd/lib/python3"), hookdir[1]
+    assert (staged / hookdir[1].lstrip("/") / "hook.py").is_file()
     leaks = subprocess.run(["grep", "-rlF", str(staged), str(staged)], capture_output=True, text=True, check=False)
     assert leaks.stdout == ""
 

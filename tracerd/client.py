@@ -1,18 +1,18 @@
-"""The one client of tracerd's socket, shared by pftrace-hook and tracerctl.
+"""tracerctl's client of tracerd's socket (and the tests' and bench's).
 
 A request is one JSON line and every reply is one JSON object line
 (README, "The socket").  :func:`connect`, :func:`send` and :func:`read_line`
 are the steps, each bounded by an absolute ``time.monotonic()`` deadline;
-:func:`call` is tracerctl's one request, one reply.  The hook strings them
-together itself, since it waits twice (an acknowledgement, then the attach).
+:func:`call` is tracerctl's one request, one reply.  pftrace-hook has a
+client of its own in :mod:`tracerd.hook` (built-in modules only, for its
+start-up), with the same socket rule and the same reasons.
 
 Which socket: :func:`default_socket` is the daemon's own rule (root: the
 system socket; others: a per-user one); :func:`find_socket` is tracerctl's,
 which also gives a non-root member of ``socket_group`` the system socket
 when it exists and they may connect to it (README, "Non-root users").
 
-Standard library only, and nothing else of tracerd: the hook imports this on
-every traced process start.
+Standard library only, and nothing else of tracerd.
 
 Security: nothing from the daemon is trusted beyond being one JSON object of
 at most :data:`MAX_REPLY` bytes.

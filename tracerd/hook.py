@@ -11,27 +11,42 @@ counted from the start) for the attach itself.  On any failure it exits 1
 with one line ``pftrace-hook: warning: NAME[PID]: not traced: REASON`` on
 stderr and the same at mail.warning to syslog (where ``tracerctl triage``
 finds it), since Postfix throws stderr away; the daemon then runs on
-untraced ("fail open for mail").
+untraced ("fail open for mail").  ``--help`` and ``--version`` print on
+stdout and exit 0; a usage error exits 2.
+
+Start-up is the whole cost: Postfix pays it on every traced process start
+(README, "Hook latency").  So this module is a script of its own.  It imports
+nothing of tracerd (not even the package's ``__init__``) and only the parts of
+the standard library that cost nothing to load: ``sys``, ``time``, ``posix``,
+``_socket`` and ``_json`` (the C halves of os, socket and json, which would
+cost more than all the rest of the hook put together), and it avoids
+``typing`` and ``from __future__``.  ``make install`` runs it from a stub
+(contrib/pftrace-hook.in) as ``/usr/bin/python3 -IS``: isolated mode and no
+site, so neither the environment (PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, ...)
+nor anything in site-packages runs with it, and the interpreter starts at its
+floor.  The socket rule (:func:`default_socket`) is :mod:`tracerd.client`'s,
+written again here for that reason (tests/test_hook_startup.py holds the two
+together).
 
 Security: the hook trusts nothing it is given; tracerd checks the caller's
 credentials (SO_PEERCRED), the name, and that PID is an ancestor of the hook.
+Nothing from the socket is trusted beyond being one JSON object line of at
+most :data:`MAX_REPLY` bytes.
 
-Standard library only (the socket client is :mod:`tracerd.client`, and the
-package's ``__init__`` imports nothing), so that it starts fast: Postfix pays
-its start-up on every traced process start.  ``--help`` and ``--version``
-print on stdout and exit 0; a usage error exits 2.
+Diagnostics: every failure is the one warning line above, on stderr and to
+syslog; the reasons are :mod:`tracerd.client`'s wording.
 """
 
-from __future__ import annotations
-
-import os
-import socket
+import posix
 import sys
 import time
-from typing import Any
+from _socket import AF_UNIX, SOCK_DGRAM, SOCK_STREAM
+from _socket import socket as Socket
 
-from tracerd import __version__, client
-
+VERSION = "0.1.0"  # tracerd.__version__ (tests/test_hook_startup.py checks)
+SYSTEM_SOCKET = "/run/tracerd/tracerd.sock"
+MAX_REPLY = 1 << 20
+ROOT_HINT = "the hook must run as root"
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_ACK_TIMEOUT = 1.5
 SYSLOG_PATH = "/dev/log"
@@ -54,7 +69,7 @@ positional arguments:
 options:
   -h, --help             show this help and exit
   --version              show the version and exit
-  --socket PATH          tracerd's socket (default $TRACERD_SOCKET, else {client.SYSTEM_SOCKET} as root)
+  --socket PATH          tracerd's socket (default $TRACERD_SOCKET, else {SYSTEM_SOCKET} as root)
   --timeout SECONDS      give up on the attach after SECONDS in all (default {DEFAULT_TIMEOUT:g})
   --ack-timeout SECONDS  give up when tracerd does not acknowledge within SECONDS
                          (default $TRACERD_ACK_TIMEOUT, else {DEFAULT_ACK_TIMEOUT:g})
@@ -72,12 +87,35 @@ class Answered(Exception):
     """--help or --version: the text to print on stdout, and exit 0."""
 
 
+class Timeout(Exception):
+    """A deadline passed (connect, send or answer)."""
+
+
+def getenv(name: str) -> str | None:
+    """An environment variable (``posix.environ``: ``os`` is not loaded)."""
+    value = posix.environ.get(name.encode())
+    return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+def user_socket() -> str:
+    """The per-user socket of a tracerd run by this (non-root) user (tracerd.client's rule)."""
+    xdg = getenv("XDG_RUNTIME_DIR")
+    if xdg and xdg.startswith("/"):
+        return xdg.rstrip("/") + "/tracerd/tracerd.sock"
+    return f"/tmp/tracerd-{posix.getuid()}/tracerd.sock"
+
+
+def default_socket() -> str:
+    """The socket tracerd listens on when nothing says (tracerd.client.default_socket)."""
+    return SYSTEM_SOCKET if posix.geteuid() == 0 else user_socket()
+
+
 def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     """A tiny parser (argparse costs start-up time on every process start)."""
     opts: dict[str, str | float | int] = {
-        "socket": os.environ.get("TRACERD_SOCKET") or client.default_socket(),
+        "socket": getenv("TRACERD_SOCKET") or default_socket(),
         "timeout": DEFAULT_TIMEOUT,
-        "ack-timeout": os.environ.get("TRACERD_ACK_TIMEOUT") or DEFAULT_ACK_TIMEOUT,
+        "ack-timeout": getenv("TRACERD_ACK_TIMEOUT") or DEFAULT_ACK_TIMEOUT,
         "syslog": SYSLOG_PATH,
     }
     given: set[str] = set()
@@ -87,7 +125,7 @@ def parse_args(argv: list[str]) -> dict[str, str | float | int]:
         if arg in ("-h", "--help"):
             raise Answered(HELP)
         if arg == "--version":
-            raise Answered(f"pftrace-hook {__version__}")
+            raise Answered(f"pftrace-hook {VERSION}")
         if arg.startswith("--") and arg != "--":
             key, eq, value = arg[2:].partition("=")
             if key not in OPTIONS:
@@ -128,7 +166,146 @@ def shown(duration: float) -> str:
     return f"{duration:g} s"
 
 
-def request_attach(opts: dict[str, str | float | int]) -> dict[str, Any]:
+# -- JSON lines ----------------------------------------------------------------
+# json itself would load re and enum: the C half of it (_json) is loaded only
+# for a line that is not one of the two that a successful attach brings.
+
+ACK_LINE = b'{"ack":true}'  # tracerd.protocol.encode(ACK)
+OK_START = b'{"ok":true,'  # tracerd.protocol.encode of a success: "ok" comes first
+
+
+class _Decoding:
+    """What _json's scanner reads off a json.JSONDecoder: the defaults of json.loads."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity
+
+
+def quote(text: str) -> str:
+    """``text`` as a JSON string (json.dumps's ASCII escaping)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing to escape: a name, a tracer, a key
+    try:
+        import _json  # noqa: PLC0415 (see above)
+    except ImportError:  # an interpreter without the C half
+        import json  # noqa: PLC0415
+
+        return json.dumps(text)
+    return _json.encode_basestring_ascii(text)
+
+
+def encode_request(request: dict[str, str | int | bool]) -> bytes:
+    """One request line; values are strings, integers or booleans."""
+    fields = []
+    for key, value in request.items():
+        if isinstance(value, bool):
+            shown_value = "true" if value else "false"
+        elif isinstance(value, int):
+            shown_value = str(value)
+        else:
+            shown_value = quote(value)
+        fields.append(f"{quote(key)}: {shown_value}")
+    return ("{" + ", ".join(fields) + "}\n").encode()
+
+
+def decode_object(line: bytes) -> dict[str, object] | None:
+    """One JSON object from a line, or None when the line holds anything else.
+
+    The acknowledgement and a success are told by their first bytes, which is
+    all the hook needs of them (of a success, only that "ok" is true)."""
+    if line == ACK_LINE:
+        return {"ack": True}
+    if line == b'{"ok":true}' or (line.startswith(OK_START) and line.endswith(b"}")):
+        return {"ok": True}
+    try:
+        text = line.decode("utf-8").strip()
+        try:
+            import _json  # noqa: PLC0415 (see above)
+        except ImportError:  # an interpreter without the C half
+            import json  # noqa: PLC0415
+
+            value: object = json.loads(text)
+        else:
+            # the stub types the context as a scanner; it is anything with _Decoding's attributes
+            value, end = _json.make_scanner(_Decoding)(text, 0)  # type: ignore[arg-type]
+            if end != len(text):
+                return None
+    except (ValueError, StopIteration, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- the socket ----------------------------------------------------------------
+
+
+def connect(path: str, deadline: float) -> Socket:
+    """A connected socket by ``deadline`` (tracerd.client.connect's reasons)."""
+    try:
+        sock = Socket(AF_UNIX, SOCK_STREAM)
+    except OSError as err:  # out of descriptors or memory
+        raise HookFailed(f"cannot connect to {path}: {err.strerror or err}") from None
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.connect(path)
+    except BaseException as err:
+        sock.close()
+        if isinstance(err, FileNotFoundError):
+            raise HookFailed(f"tracerd is not running (no socket {path})") from None
+        if isinstance(err, ConnectionRefusedError):
+            raise HookFailed(f"tracerd is not running (nobody listens on {path})") from None
+        if isinstance(err, PermissionError):
+            raise HookFailed(f"permission denied on {path} ({ROOT_HINT})") from None
+        if isinstance(err, BlockingIOError):  # EAGAIN: the listen queue is full, tracerd takes nobody
+            raise HookFailed(f"tracerd accepts no connections (its queue on {path} is full: is it hung?)") from None
+        if isinstance(err, TimeoutError):
+            raise Timeout(f"tracerd did not accept the connection on {path}") from None
+        if isinstance(err, OSError):
+            raise HookFailed(f"cannot connect to {path}: {err.strerror or err}") from None
+        raise
+    return sock
+
+
+def send(sock: Socket, line: bytes, deadline: float) -> None:
+    """The request line, by ``deadline``."""
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.sendall(line)
+    except TimeoutError:
+        raise Timeout("tracerd did not take the request") from None
+    except OSError as err:
+        raise HookFailed(f"talking to tracerd: {err.strerror or err}") from None
+
+
+def read_line(sock: Socket, pending: bytes, deadline: float) -> tuple[dict[str, object], bytes]:
+    """One JSON object line from tracerd by ``deadline``, and what came after it."""
+    try:
+        while b"\n" not in pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise HookFailed("tracerd closed the connection without an answer")
+            pending += chunk
+            if len(pending) > MAX_REPLY:
+                raise HookFailed("tracerd's answer is too long")
+    except TimeoutError:
+        raise Timeout("tracerd did not answer") from None
+    except OSError as err:
+        raise HookFailed(f"talking to tracerd: {err.strerror or err}") from None
+    line, _, rest = pending.partition(b"\n")
+    answer = decode_object(line)
+    if answer is None:
+        raise HookFailed("tracerd sent a malformed answer")
+    return answer, rest
+
+
+def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
     """Send the hook request and wait, bounded, for tracerd's verdict.
 
     Two waits: up to ``--ack-timeout`` for tracerd to accept the connection
@@ -140,43 +317,66 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, Any]:
     unacknowledged = (
         f"tracerd did not acknowledge within {shown(ack_deadline - started)} (is it hung? see --ack-timeout)"
     )
-    request: dict[str, Any] = {"op": "hook", "name": opts["name"], "pid": opts["pid"], "ack": True}
+    request: dict[str, str | int | bool] = {"op": "hook", "name": str(opts["name"]), "pid": int(opts["pid"])}
+    request["ack"] = True
     if "tracer" in opts:
-        request["tracer"] = opts["tracer"]
+        request["tracer"] = str(opts["tracer"])
     try:
-        with client.connect(str(opts["socket"]), ack_deadline, client.ROOT_HINT) as sock:
-            try:
-                client.send(sock, request, ack_deadline)
-                answer, pending = client.read_line(sock, b"", ack_deadline)
-            except client.Timeout:
-                raise HookFailed(unacknowledged) from None
-            if answer.get("error") == "bad_request" and 'unknown field "ack"' in str(answer.get("message")):
-                raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
-            if answer.get("ack") is True and "ok" not in answer:
-                try:
-                    answer, pending = client.read_line(sock, pending, deadline)
-                except client.Timeout:
-                    raise HookFailed(
-                        f"tracerd acknowledged, but no attach confirmed within {shown(float(opts['timeout']))}"
-                        " (see --timeout and tracerd's attach_timeout)"
-                    ) from None
-    except client.Timeout:
+        sock = connect(str(opts["socket"]), ack_deadline)
+    except Timeout:
         raise HookFailed(unacknowledged) from None
-    except client.Unreachable as err:
-        raise HookFailed(str(err)) from None
+    try:
+        try:
+            send(sock, encode_request(request), ack_deadline)
+            answer, pending = read_line(sock, b"", ack_deadline)
+        except Timeout:
+            raise HookFailed(unacknowledged) from None
+        if answer.get("error") == "bad_request" and 'unknown field "ack"' in str(answer.get("message")):
+            raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
+        if answer.get("ack") is True and "ok" not in answer:
+            try:
+                answer, pending = read_line(sock, pending, deadline)
+            except Timeout:
+                raise HookFailed(
+                    f"tracerd acknowledged, but no attach confirmed within {shown(float(opts['timeout']))}"
+                    " (see --timeout and tracerd's attach_timeout)"
+                ) from None
+    finally:
+        sock.close()
     return answer
 
 
 def warn_syslog(path: str, message: str) -> None:
     """mail.warning to the local syslog socket; never blocks, never fails."""
     stamp = time.strftime("%b %d %H:%M:%S")
-    line = f"<{LOG_MAIL_WARNING}>{stamp} pftrace-hook[{os.getpid()}]: {message}"
+    line = f"<{LOG_MAIL_WARNING}>{stamp} pftrace-hook[{posix.getpid()}]: {message}"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.sendto(line.encode("utf-8", "replace")[:8192], path)
+        sock = Socket(AF_UNIX, SOCK_DGRAM)
+    except OSError:
+        return  # no syslog: stderr still carries the reason
+    try:
+        sock.setblocking(False)
+        sock.sendto(line.encode("utf-8", "replace")[:8192], path)
     except OSError:
         pass  # no syslog: stderr still carries the reason
+    finally:
+        sock.close()
+
+
+def run() -> None:
+    """The command: :func:`main`, then exit at once.
+
+    Skipping the interpreter's finalization (module teardown, collection)
+    saves more than a millisecond on every process start; all the hook
+    leaves behind is its output, flushed here, and descriptors, which the
+    kernel closes."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1  # as the interpreter would, without the 120: Postfix reads only 0 or not
+    posix._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,4 +403,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

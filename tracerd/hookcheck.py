@@ -7,8 +7,9 @@ missing pftrace-hook makes every ``-D`` process start untraced, and sh's
 
 Standard library only.
 
-Security: only stat(2) and the first line of the file (its ``#!``) are read;
-nothing is executed.  :func:`postfix_debugger_command` runs postconf from an
+Security: only stat(2), the first line of the file (its ``#!``) and, for the
+stub make writes (contrib/pftrace-hook.in), the directory it loads hook.py
+from are read; nothing is executed.  :func:`postfix_debugger_command` runs postconf from an
 argv list with a timeout.
 
 Diagnostics: :func:`hook_problem` returns a one-line reason, or None when
@@ -18,12 +19,15 @@ the hook looks runnable.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
 
 HOOK_NAME = "pftrace-hook"
 POSTCONF_TIMEOUT = 10.0
+# the stub make writes loads DIR/hook.py: sys.path.insert(0, "DIR") then import hook
+STUB_DIR_RE = re.compile(rb'\nsys\.path\.insert\(0, "([^"\n]+)"\)\nimport hook\n')
 
 
 def hook_path(debugger_command: str | None) -> str | None:
@@ -47,7 +51,8 @@ def _runnable(path: str) -> str | None:
 
 
 def hook_problem(path: str) -> str | None:
-    """Why root could not run ``path`` (missing, not executable, its #! interpreter missing); None if it can."""
+    """Why root could not run ``path`` (missing, not executable, its #! interpreter or, for make's
+    stub, its hook.py missing); None if it can."""
     if not os.path.isabs(path):
         return "is not an absolute path"
     problem = _runnable(path)
@@ -56,6 +61,7 @@ def hook_problem(path: str) -> str | None:
     try:
         with open(path, "rb") as file:
             first = file.readline(512)
+            rest = file.read(4096) if first.startswith(b"#!") else b""
     except OSError as err:
         return f"cannot be read: {err.strerror}"
     if first.startswith(b"#!"):
@@ -63,6 +69,11 @@ def hook_problem(path: str) -> str | None:
         interpreter = words[0] if words else ""
         if not interpreter or _runnable(interpreter) is not None:
             return f"names an interpreter that root cannot run: #!{interpreter}"
+    stub = STUB_DIR_RE.search(rest)
+    if stub is not None:
+        module = os.path.join(os.fsdecode(stub.group(1)), "hook.py")
+        if not os.path.isfile(module):
+            return f"loads {module}, which does not exist"
     return None
 
 

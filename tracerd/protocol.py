@@ -26,7 +26,10 @@ Diagnostics: every refusal raises :class:`ProtocolError` with a one-line
 message fit to show an administrator; the server answers it as
 ``bad_request`` (:class:`~tracerd.errors.BadRequest`).
 
-Standard library only: the hook imports this module and must start fast.
+pftrace-hook does not import this module (its start-up is all its cost): it
+writes its one request itself and tells :data:`ACK` and a success by their
+first bytes, as :func:`encode` writes them ({"ok": true, ...} puts "ok"
+first), so those two must keep that shape (tests/test_hook_startup.py).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from tracerd.protocol import OPERATIONS
 
 _UCRED = struct.Struct("3i")
 MAX_HOOK_DEPTH = 3
+# tracerd's own ancestry, kept between requests until one of its processes exits
+OWN_ANCESTRY = procinfo.OwnAncestry()
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,10 @@ class Authorizer:
     def check_ancestor(target: ProcessIdentity, peer: Peer) -> None:
         """Raise AccessDenied unless ``target`` is an ancestor of the caller."""
         try:
-            chain = procinfo.ancestors(peer.pid, limit=MAX_HOOK_DEPTH)
+            ancestor = procinfo.is_ancestor(target, peer.pid, MAX_HOOK_DEPTH)
         except TargetGone as err:
             raise AccessDenied("the calling process is gone") from err
-        if target not in chain:
+        if not ancestor:
             raise AccessDenied(
                 f"pid {target.pid} is not an ancestor of the calling process"
                 f" (within {MAX_HOOK_DEPTH} generations);"
@@ -102,8 +104,7 @@ class Authorizer:
         """Refuse targets whose tracing would harm the system or tracerd itself."""
         if target.pid == 1:
             raise AccessDenied("refusing to trace pid 1 (init)")
-        own = {os.getpid(), *(p.pid for p in procinfo.ancestors(os.getpid()))}
-        if target.pid in own:
+        if target.pid in OWN_ANCESTRY.pids():
             raise AccessDenied(f"refusing to trace pid {target.pid}: tracerd itself or its ancestor")
         if target.pid in tracer_pids:
             raise AccessDenied(f"refusing to trace pid {target.pid}: one of tracerd's own tracers")
