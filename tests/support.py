@@ -66,7 +66,8 @@ def script(name: str) -> list[str]:
 # what systemd does between fork and exec for a socket unit (sd_listen_fds(3)):
 # the listening socket becomes fd 3, LISTEN_FDS=1 and LISTEN_PID = the pid that execs
 _ACTIVATE = (
-    "import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd);"
+    "import os, sys; fd = int(sys.argv[1]);"
+    " (os.dup2(fd, 3), os.close(fd)) if fd != 3 else os.set_inheritable(3, True);"
     " os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()));"
     " os.execv(sys.argv[2], sys.argv[2:])"
 )

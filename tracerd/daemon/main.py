@@ -222,6 +222,10 @@ async def serve(
     config: Config, config_path: Path | None, warnings: list[ConfigError], inherited: socket.socket | None = None
 ) -> int:
     log_warnings(warnings)
+    # postconf takes its time (a second when it fails): the socket accepts meanwhile
+    hookcheck = asyncio.get_running_loop().run_in_executor(
+        None, warn_postfix_hook, lambda warning: log.warning("postfix_hook", warning=warning)
+    )
     prepare_dirs(config)
     raise_fd_limit()
     writer = LogWriter()
@@ -263,11 +267,12 @@ async def serve(
         log.info("reloaded", config=str(new.source or "built-in defaults"))
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    readopting = loop.create_task(readoption.run())
+    await hookcheck  # its warning before READY=1; hooks are served meanwhile
     log.info("ready", socket=str(config.socket), pid=os.getpid(), log_dir=str(config.log_dir),
              default_tracer=config.default_tracer, activated=inherited is not None,
              since_exec_ms=round(seconds_since_exec() * 1000))  # fmt: skip
     sd_notify("READY=1")
-    readopting = loop.create_task(readoption.run())
     await stop.wait()
     sd_notify("STOPPING=1")
     log.info("stopping", sessions=len(service.registry))
@@ -305,7 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("fatal", error=str(err))
         print(f"tracerd: {err}", file=sys.stderr)
         return 1
-    warn_postfix_hook(lambda warning: log.warning("postfix_hook", warning=warning))
     try:
         return asyncio.run(serve(config, args.config, warnings, inherited))
     except ConfigError as err:
