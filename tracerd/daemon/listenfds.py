@@ -10,6 +10,12 @@ so that no tracer tracerd starts inherits them, and each descriptor is made
 close-on-exec.  :func:`inherited_socket` picks the one listening AF_UNIX
 stream socket bound to the configured path.
 
+While a socket-activated tracerd stops, ``SOCKET.restarting`` (empty, 0644,
+root's) says so to the hooks that wait in the backlog (tracerd.hook: they
+then wait up to their --timeout rather than their --ack-timeout); the next
+tracerd removes it as soon as its socket accepts (:func:`mark_restarting`,
+:func:`clear_restarting`).
+
 Security: the environment comes from systemd (or whoever started tracerd as
 root); a descriptor is used only after the kernel says it is a listening
 unix stream socket on exactly the configured path.
@@ -26,7 +32,11 @@ import os
 import socket
 from pathlib import Path
 
+import structlog
+
 from tracerd.errors import ConfigError
+
+log = structlog.get_logger("tracerd")
 
 SD_LISTEN_FDS_START = 3
 MAX_FDS = 64  # far more than tracerd.socket passes (one); a silly LISTEN_FDS is refused
@@ -95,3 +105,29 @@ def inherited_socket(path: Path, environ: dict[str, str] | None = None) -> socke
         )  # fmt: skip
     sock.setblocking(False)
     return sock
+
+
+def marker(path: Path) -> Path:
+    return path.with_name(path.name + ".restarting")
+
+
+def mark_restarting(path: Path) -> None:
+    """SIGTERM of a socket-activated tracerd: hooks in the backlog wait for the next one."""
+    try:
+        fd = os.open(marker(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        log.warning("restart_marker_failed", path=str(marker(path)), error=str(err))
+
+
+def clear_restarting(path: Path) -> None:
+    """The socket accepts again: a hook that waits now waits for a hung tracerd, if any."""
+    try:
+        os.unlink(marker(path))
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("restart_marker_failed", path=str(marker(path)), error=str(err))

@@ -218,6 +218,18 @@ def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, 
     return handle
 
 
+async def hand_over(server: Server, readopting: asyncio.Task[None], sessions_file: SessionsFile) -> None:
+    """SIGTERM, before any detach: stop accepting (under socket activation, say
+    that the next tracerd is coming: hooks wait for it in the backlog), stop
+    re-adopting, and leave sessions.json listing what the next start re-adopts."""
+    if server.inherited is not None:
+        listenfds.mark_restarting(server.path)
+    await server.close()
+    readopting.cancel()
+    await asyncio.wait({readopting}, timeout=0.5)
+    await sessions_file.freeze(timeout=0.5)
+
+
 async def serve(
     config: Config, config_path: Path | None, warnings: list[ConfigError], inherited: socket.socket | None = None
 ) -> int:
@@ -245,6 +257,7 @@ async def serve(
     service.runner.on_change = sessions_file.changed
     readoption = Readoption(service, sessions_file)
     await server.start()
+    listenfds.clear_restarting(config.socket)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
@@ -278,10 +291,7 @@ async def serve(
     log.info("stopping", sessions=len(service.registry))
     # README: exit within 5 s whatever a tracer does; the last second is the logs'
     deadline = loop.time() + SHUTDOWN_SECONDS - 1.0
-    await server.close()
-    readopting.cancel()
-    await asyncio.wait({readopting}, timeout=0.5)
-    await sessions_file.freeze(timeout=0.5)  # before the detaches: the next tracerd re-adopts these
+    await hand_over(server, readopting, sessions_file)
     await service.shutdown(timeout=max(0.5, deadline - loop.time()))
     writer.stop(timeout=max(0.5, deadline + 1.0 - loop.time()) / 2)
     service.close()
