@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import have, proc_state, reap_zombies
+from tests.postfix_instance import PostfixInstance
 from tests.support import Daemon, listening_socket, tracer_pid, wait_until
+from tests.test_postfix_e2e import debug_generation, wait_idle
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
 
@@ -304,3 +307,33 @@ def test_sessions_json_follows_attach_detach_and_end(daemon: Daemon, cbin: Any, 
     second.wait()
     daemon.wait_session(second.pid, "exited")
     wait_until(lambda: listed() == [], "the ended session gone", 10)
+
+
+def test_postfix_qmgr_watched_again_after_a_restart_and_its_crash_reported(
+    daemon_factory: Any, postfix: PostfixInstance
+) -> None:
+    """A private Postfix whose qmgr is watched (tracerctl postfix enable qmgr
+    --tracer watch); tracerd gets SIGTERM and starts again: the same qmgr is
+    watched again (readopted, by the watcher, its log with the re-attach
+    line).  A SIGSEGV of qmgr then gives a crash report whose frames are
+    qmgr's event loop, and master sees qmgr killed by signal 11."""
+    daemon = daemon_factory()
+    postfix.create()
+    postfix.start()
+    result = daemon.ctl("postfix", "enable", "qmgr", "-c", str(postfix.config_dir), "--tracer", "watch")
+    assert result.returncode == 0, result.stderr
+    (qmgr,) = debug_generation(postfix, "qmgr")
+    before = daemon.wait_session(qmgr, "attached", timeout=60)
+    assert daemon.stop() == 0
+    wait_until(lambda: tracer_pid(qmgr) == 0, "qmgr released", 15)
+    daemon.start()
+    wait_readopted(daemon, {qmgr: before})
+    wait_idle(qmgr)
+    os.kill(qmgr, signal.SIGSEGV)
+    session = daemon.wait_session(qmgr, "crashed", timeout=60)
+    assert session["crash"], (session, daemon.stderr()[-4000:])
+    report = json.loads(daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]
+    assert report["process"]["name"] == "qmgr"
+    crashed = next(t for t in report["threads"] if t["crashed"])
+    assert "event_loop" in [frame["function"] for frame in crashed["frames"]]
+    postfix.wait_log(f"pid {qmgr} killed by signal 11")
