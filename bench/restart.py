@@ -27,9 +27,11 @@ Usage: .venv/bin/python bench/restart.py [--count 1000] [--concurrency 20] [--st
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, compile_c, request, save, wait_until
+from common import BIN, compile_c, request, save, stderr_events, wait_until
 from watch_scale import Launcher, Target, hook_reasons
 
 from tests.support import activated, listening_socket, script, tracer_pid
@@ -101,6 +103,22 @@ def first_accepts(root: Path) -> list[int]:
             if record.get("event") == "first_accept":
                 found.append(int(record["since_exec_ms"]))
     return found
+
+
+def readopt_done(root: Path) -> int:
+    """How many readopt_done lines the daemons wrote (one per start with a sessions.json)."""
+    return (root / "stderr").read_text(errors="replace").count('"event": "readopt_done"')
+
+
+def readopt_failures(root: Path) -> dict[str, int]:
+    """Why re-adoptions failed (readopt_failed lines), counted by reason with the numbers out."""
+    reasons: collections.Counter[str] = collections.Counter()
+    for line in (root / "stderr").read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == "readopt_failed":
+                reasons[re.sub(r"\d+", "N", str(record.get("error")))] += 1
+    return dict(reasons)
 
 
 def listed(state_dir: Path) -> int:
@@ -163,10 +181,13 @@ def run(args: argparse.Namespace, root: Path, targets: list[Target]) -> dict[str
             exec_at, data["exec_to_ready_s"] = daemon.start()
 
             def all_back() -> bool:
-                return int(request(sock, "status")["counters"].get("readopted", 0)) >= args.count
+                if int(request(sock, "status")["counters"].get("readopted", 0)) >= args.count:
+                    return True
+                return readopt_done(root) > 0  # some could not be re-adopted: the warnings say why
 
             wait_until(all_back, f"{args.count} re-adopted", 300, interval=0.02)
             back = time.monotonic()
+            data["readopted"] = int(request(sock, "status")["counters"].get("readopted", 0))
             data["exec_to_all_rewatched_s"] = back - exec_at
             data["sigterm_to_all_rewatched_s"] = back - sigterm
         data["untraced_after"] = sum(1 for t in load if tracer_pid(t.pid) == 0)
@@ -177,6 +198,8 @@ def run(args: argparse.Namespace, root: Path, targets: list[Target]) -> dict[str
         waits = [t.elapsed_ms for t in storm.started if t.elapsed_ms is not None]
         data["restart_hook_max_ms"] = max(waits) if waits else None
         data["hook_errors"] = dict(hook_reasons(errors))
+        data["daemon_warnings"] = {k: v for k, v in stderr_events(root).items() if not k.startswith("info")}
+        data["readopt_failures"] = readopt_failures(root)
     finally:
         os.close(stderr)
         for target in targets:
@@ -196,6 +219,7 @@ def show(data: dict[str, Any]) -> None:
          f"hook's ack wait {data['hook_ack_timeout_s']:g} s"),
         ("SIGTERM to first accept (gap)", f"{data['gap_s']:.2f} s",
          f"hook's ack wait {data['hook_ack_timeout_s']:g} s"),
+        ("re-watched", f"{data['readopted']}", f"goal {data['count']}"),
         ("exec to all re-watched", f"{data['exec_to_all_rewatched_s']:.2f} s", ""),
         ("SIGTERM to all re-watched", f"{data['sigterm_to_all_rewatched_s']:.2f} s", ""),
         ("hooks during the restart", f"{data['restart_hooks']}", ""),
@@ -205,6 +229,10 @@ def show(data: dict[str, Any]) -> None:
     ]  # fmt: skip
     for label, value, goal in rows:
         print(f"{label:32} {value:>10}  {goal}")
+    if data["daemon_warnings"]:
+        print("tracerd warnings:", json.dumps(data["daemon_warnings"], indent=1))
+    if data["readopt_failures"]:
+        print("re-adoptions failed:", json.dumps(data["readopt_failures"], indent=1))
     if data["hook_errors"]:
         print("hook errors:", json.dumps(data["hook_errors"], indent=1))
 

@@ -144,7 +144,7 @@ def test_hook_waits_in_the_backlog_for_a_socket_activated_tracerd(daemon_factory
     SOCKET.restarting beside it.  A hook started then, while no tracerd runs,
     with the default --ack-timeout (1.5 s), is served by the tracerd started
     2 s later: it waited in the backlog and exits 0, the target attached; the
-    new tracerd removed the marker.  A marker older than the hook's grace
+    new tracerd removes the marker (once it has re-adopted what there was).  A marker older than the hook's grace
     (a tracerd that never came back) is ignored: that hook fails open after
     its --ack-timeout as with a hung tracerd."""
     daemon = daemon_factory("", start=False)
@@ -165,7 +165,7 @@ def test_hook_waits_in_the_backlog_for_a_socket_activated_tracerd(daemon_factory
         daemon.start(listen_fd=listener.fileno())
         assert early.readline() == "hook=0\n"
         assert daemon.session(early.pid)["state"] == "attached"
-        assert not marker.exists()
+        wait_until(lambda: not marker.exists(), "the marker removed once re-adoption is done", 15)
         assert daemon.stop() == 0
         stale = time.time() - 60
         os.utime(marker, (stale, stale))

@@ -13,7 +13,8 @@ stream socket bound to the configured path.
 While a socket-activated tracerd stops, ``SOCKET.restarting`` (empty, 0644,
 root's) says so to the hooks that wait in the backlog (tracerd.hook: they
 then wait up to their --timeout rather than their --ack-timeout); the next
-tracerd removes it as soon as its socket accepts (:func:`mark_restarting`,
+tracerd removes it once it has re-adopted the sessions of sessions.json (it
+serves hooks meanwhile, but busier) (:func:`mark_restarting`,
 :func:`clear_restarting`).
 
 Security: the environment comes from systemd (or whoever started tracerd as
@@ -124,7 +125,7 @@ def mark_restarting(path: Path) -> None:
 
 
 def clear_restarting(path: Path) -> None:
-    """The socket accepts again: a hook that waits now waits for a hung tracerd, if any."""
+    """Restarted, sessions re-adopted: a hook that waits now waits for a hung tracerd, if any."""
     try:
         os.unlink(marker(path))
     except FileNotFoundError:

@@ -257,7 +257,6 @@ async def serve(
     service.runner.on_change = sessions_file.changed
     readoption = Readoption(service, sessions_file)
     await server.start()
-    listenfds.clear_restarting(config.socket)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
@@ -281,6 +280,8 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     readopting = loop.create_task(readoption.run())
+    # restarted once every session is back (a cancelled re-adoption is a stop: the marker stays)
+    readopting.add_done_callback(lambda task: None if task.cancelled() else listenfds.clear_restarting(config.socket))
     await hookcheck  # its warning before READY=1; hooks are served meanwhile
     log.info("ready", socket=str(config.socket), pid=os.getpid(), log_dir=str(config.log_dir),
              default_tracer=config.default_tracer, activated=inherited is not None,
