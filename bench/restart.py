@@ -11,7 +11,8 @@ sessions.json is awaited until it lists all N.  Then tracerd gets SIGTERM
 out).  From SIGTERM until every one of the N is watched again, one more
 target starts every ``--storm-interval`` seconds, its hook with the default
 waits (--ack-timeout 1.5 s, --timeout 15 s), as Postfix would start daemons
-meanwhile.
+meanwhile (at most ``--storm-max``, 100: on an overloaded machine an
+unbounded storm only feeds the overload).
 
 Figures: SIGTERM to exit; exec to READY=1 and exec to the first accept
 (tracerd's own ``first_accept`` line: time since its exec), printed beside
@@ -21,7 +22,8 @@ every one with a TracerPid); the hooks started during the restart and how
 many were refused (goal 0) with their longest time in system().  Writes
 bench/results/restart.json (restart-kill9.json with --kill9).
 
-Usage: .venv/bin/python bench/restart.py [--count 1000] [--concurrency 20] [--storm-interval 0.05] [--kill9]
+Usage: .venv/bin/python bench/restart.py [--count 1000] [--concurrency 20] [--storm-interval 0.05]
+[--storm-max 100] [--kill9]
 """
 
 from __future__ import annotations
@@ -131,14 +133,14 @@ def listed(state_dir: Path) -> int:
 class Storm:
     """One more hooked target every ``interval`` s until stopped: Postfix starting daemons."""
 
-    def __init__(self, launcher: Launcher, interval: float) -> None:
-        self.launcher, self.interval = launcher, interval
+    def __init__(self, launcher: Launcher, interval: float, most: int) -> None:
+        self.launcher, self.interval, self.most = launcher, interval, most
         self.started: list[Target] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and len(self.started) < self.most:
             target = Target(self.launcher.exe, self.launcher.hook, self.launcher.stderr)
             self.launcher.out.append(target)
             self.started.append(target)
@@ -175,7 +177,8 @@ def run(args: argparse.Namespace, root: Path, targets: list[Target]) -> dict[str
         load = launcher(args.count, args.concurrency)
         data["load_hooks_failed"] = sum(1 for t in load if t.status != 0)
         wait_until(lambda: listed(state_dir) >= args.count, f"sessions.json listing {args.count}", 120, 0.1)
-        with Storm(launcher, args.storm_interval) as storm:
+        data["load_average_before"] = os.getloadavg()
+        with Storm(launcher, args.storm_interval, args.storm_max) as storm:
             sigterm = time.monotonic()
             data["stop_s"] = daemon.stop(signal.SIGKILL if args.kill9 else signal.SIGTERM)
             exec_at, data["exec_to_ready_s"] = daemon.start()
@@ -211,6 +214,7 @@ def run(args: argparse.Namespace, root: Path, targets: list[Target]) -> dict[str
 
 
 def show(data: dict[str, Any]) -> None:
+    print(f"load average before the restart: {' '.join(f'{x:.1f}' for x in data['load_average_before'])}")
     rows = [
         ("watched processes", f"{data['count']}", ""),
         ("stop (SIGKILL)" if data["kill9"] else "SIGTERM to exit", f"{data['stop_s']:.2f} s", ""),
@@ -242,6 +246,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--storm-interval", type=float, default=0.05)
+    parser.add_argument("--storm-max", type=int, default=100, help="at most this many hooks during the restart")
     parser.add_argument("--kill9", action="store_true", help="SIGKILL tracerd instead of SIGTERM")
     args = parser.parse_args()
     targets: list[Target] = []
