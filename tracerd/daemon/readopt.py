@@ -24,8 +24,9 @@ rules in force give it.
 
 Diagnostics: a bad entry is skipped with one ``sessions_file_entry_ignored``
 warning saying why, a file unusable as a whole with one
-``sessions_file_ignored``; a process that cannot be traced again gets one
-``readopt_failed`` warning.  None of these stops the start.
+``sessions_file_ignored``; a process that cannot be traced again gets a
+``readopt_failed`` warning (a tracer that failed is tried once more, and
+warned about again if it fails again).  None of these stops the start.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ from tracerd.daemon.auth import Authorizer
 from tracerd.daemon.service import TracerdService
 from tracerd.daemon.sessions import Session, State, utcnow
 from tracerd.daemon.sessionsfile import SessionsFile, SessionsFileError, load
-from tracerd.errors import TargetGone, TracerdError
+from tracerd.errors import TargetGone, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import NAME_RE
 
 log = structlog.get_logger("tracerd")
 CONCURRENCY = 32
 PID_MAX = 1 << 22  # the kernel's highest pid_max
+ATTEMPTS = 2  # per entry, when the tracer failed
 RELEASE_WAIT = 5.0  # a dead tracerd's tracer may still be letting go (pdeathsig)
 ENDED = "ended while tracerd was down"
 
@@ -209,12 +211,19 @@ class Readoption:
             log.warning("readopt_failed", pid=entry.pid, name=entry.name,
                         error=f"still traced by pid {procinfo.tracer_pid(entry.pid)}")  # fmt: skip
             return
-        try:
-            await self.runner.start(identity, entry.name, entry.tracer, readopt_started=entry.started)
-        except TracerdError as err:
-            log.warning("readopt_failed", pid=entry.pid, name=entry.name, tracer=entry.tracer, error=str(err))
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await self.runner.start(identity, entry.name, entry.tracer, readopt_started=entry.started)
+            except TracerdError as err:
+                # a tracer that did not attach in time (a loaded machine) gets one more chance
+                again = attempt < ATTEMPTS and isinstance(err, TracerFailed) and identity.alive()
+                log.warning("readopt_failed", pid=entry.pid, name=entry.name, tracer=entry.tracer, error=str(err),
+                            attempt=attempt, again=again)  # fmt: skip
+                if again and self.runner.registry.current(identity) is None:
+                    continue
+                return
+            self.service.counters["readopted"] += 1
             return
-        self.service.counters["readopted"] += 1
 
     async def _released(self, identity: ProcessIdentity) -> bool:
         """Wait (bounded) until no tracer holds the process: a killed tracerd's tracers are letting go."""
