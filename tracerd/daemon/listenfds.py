@@ -10,12 +10,13 @@ so that no tracer tracerd starts inherits them, and each descriptor is made
 close-on-exec.  :func:`inherited_socket` picks the one listening AF_UNIX
 stream socket bound to the configured path.
 
-While a socket-activated tracerd stops, ``SOCKET.restarting`` (empty, 0644,
-root's) says so to the hooks that wait in the backlog (tracerd.hook: they
-then wait up to their --timeout rather than their --ack-timeout); the next
-tracerd removes it once it has re-adopted the sessions of sessions.json (it
-serves hooks meanwhile, but busier) (:func:`mark_restarting`,
-:func:`clear_restarting`).
+While a socket-activated tracerd stops, and from the moment one starts (after
+a crash no one said it at the stop), ``SOCKET.restarting`` (empty, 0644,
+root's) tells the hooks that wait in the backlog that tracerd is coming
+(tracerd.hook: they then wait up to their --timeout rather than their
+--ack-timeout); the new tracerd removes it once it has re-adopted the
+sessions of sessions.json (it serves hooks meanwhile, but busier)
+(:func:`mark_restarting`, :func:`clear_restarting`).
 
 Security: the environment comes from systemd (or whoever started tracerd as
 root); a descriptor is used only after the kernel says it is a listening

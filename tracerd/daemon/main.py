@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("fatal", error=str(err))
         print(f"tracerd: {err}", file=sys.stderr)
         return 1
+    if inherited is not None:  # after a crash too: the hooks in the backlog wait for us
+        listenfds.mark_restarting(config.socket)
     try:
         return asyncio.run(serve(config, args.config, warnings, inherited))
     except ConfigError as err:
