@@ -181,7 +181,7 @@ def test_hook_waits_in_the_backlog_for_a_socket_activated_tracerd(daemon_factory
 def test_recycled_pid_in_sessions_json_is_not_traced(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
     """An entry whose pid now names another process (its start time differs)
     is never touched: that process stays untraced and the entry is listed
-    ended while tracerd was down."""
+    ended while tracerd was down (tracerctl status shows it too)."""
     daemon = daemon_factory(RULES, start=False)
     other = spawn(cbin("crash", "-pthread"), "-", "other", "wait")
     wait_until(lambda: proc_state(other.pid) == "S", "the process waiting", 10)
@@ -193,6 +193,9 @@ def test_recycled_pid_in_sessions_json_is_not_traced(daemon_factory: Any, cbin: 
     assert ended["error"] == ENDED
     assert tracer_pid(other.pid) == 0
     assert daemon.status()["counters"]["readopted"] == 0
+    shown = daemon.ctl("status")
+    assert shown.returncode == 0, shown.stderr
+    assert str(other.pid) in shown.stdout
 
 
 def record(daemon: Daemon, pid: int, name: str, tracer: str, *, start: int) -> dict[str, Any]:
