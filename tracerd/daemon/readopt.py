@@ -184,6 +184,8 @@ class Readoption:
             async with gate:
                 try:
                     await self.adopt(entry)
+                except Exception:  # a bug here must cost this entry only, never the others
+                    log.exception("readopt_failed", pid=entry.pid, name=entry.name)
                 finally:
                     self.file.pending.pop(entry.pid, None)
                     self.file.changed()
@@ -209,7 +211,7 @@ class Readoption:
             return  # a hook or attach was quicker
         if not await self._released(identity):
             log.warning("readopt_failed", pid=entry.pid, name=entry.name,
-                        error=f"still traced by pid {procinfo.tracer_pid(entry.pid)}")  # fmt: skip
+                        error=f"still traced by another tracer after {RELEASE_WAIT:g} s")  # fmt: skip
             return
         for attempt in range(1, ATTEMPTS + 1):
             try:
