@@ -168,7 +168,10 @@ def test_hook_waits_in_the_backlog_for_a_socket_activated_tracerd(daemon_factory
         assert early.proc.poll() is None
         daemon.start(listen_fd=listener.fileno())
         assert early.readline() == "hook=0\n"
-        assert daemon.session(early.pid)["state"] == "attached"
+        session = daemon.session(early.pid)
+        assert session["state"] == "attached"
+        # LISTEN_FDS and LISTEN_PID were removed: the tracer did not inherit them
+        assert b"LISTEN_" not in Path(f"/proc/{session['tracer_pid']}/environ").read_bytes()
         wait_until(lambda: not marker.exists(), "the marker removed once re-adoption is done", 15)
         assert daemon.stop() == 0
         stale = time.time() - 60
@@ -180,6 +183,20 @@ def test_hook_waits_in_the_backlog_for_a_socket_activated_tracerd(daemon_factory
     finally:
         daemon.stop()
         listener.close()
+
+
+def test_listen_fds_for_another_pid_is_ignored(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """LISTEN_FDS with a LISTEN_PID that is not tracerd's (inherited from some
+    parent) means nothing (sd_listen_fds): tracerd binds its socket itself,
+    serves hooks on it, and its tracers do not inherit the variables."""
+    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_PID": "1"}
+    daemon = daemon_factory(env=env)
+    assert '"activated": false' in daemon.stderr()
+    target = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "byhand", "wait")
+    assert target.readline() == "hook=0\n"
+    session = daemon.session(target.pid)
+    assert session["state"] == "attached"
+    assert b"LISTEN_" not in Path(f"/proc/{session['tracer_pid']}/environ").read_bytes()
 
 
 def test_recycled_pid_in_sessions_json_is_not_traced(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
