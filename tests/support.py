@@ -63,6 +63,31 @@ def script(name: str) -> list[str]:
     return [sys.executable, "-m", module[name]]
 
 
+# what systemd does between fork and exec for a socket unit (sd_listen_fds(3)):
+# the listening socket becomes fd 3, LISTEN_FDS=1 and LISTEN_PID = the pid that execs
+_ACTIVATE = (
+    "import os, sys; fd = int(sys.argv[1]);"
+    " (os.dup2(fd, 3), os.close(fd)) if fd != 3 else os.set_inheritable(3, True);"
+    " os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()));"
+    " os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def activated(listen_fd: int, argv: list[str]) -> list[str]:
+    """``argv`` run as systemd runs a socket-activated service, given ``listen_fd``
+    (pass it to Popen in pass_fds)."""
+    return [sys.executable, "-c", _ACTIVATE, str(listen_fd), *argv]
+
+
+def listening_socket(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, as tracerd.socket's ListenStream= makes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1024)
+    return sock
+
+
 def have(program: str) -> bool:
     return shutil.which(program) is not None
 
@@ -162,7 +187,8 @@ class Daemon:
         self.stderr_path = root / "tracerd.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, listen_fd: int | None = None) -> None:
+        """Start tracerd and wait for its READY=1; ``listen_fd``: socket-activated with that socket."""
         notify_path = self.root / "notify.sock"
         with contextlib.suppress(FileNotFoundError):
             notify_path.unlink()
@@ -171,7 +197,11 @@ class Daemon:
         notify.settimeout(timeout)
         env = dict(self.env or os.environ, NOTIFY_SOCKET=str(notify_path))
         with open(self.stderr_path, "ab") as stderr:
-            self.proc = subprocess.Popen([*script("tracerd"), "--config", str(self.config)], stderr=stderr, env=env)
+            argv = [*script("tracerd"), "--config", str(self.config)]
+            if listen_fd is not None:
+                argv = activated(listen_fd, argv)
+            passed = () if listen_fd is None else (listen_fd,)
+            self.proc = subprocess.Popen(argv, stderr=stderr, env=env, pass_fds=passed)
         try:
             message = notify.recv(1024)
         except TimeoutError:

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tracerd.client import SYSTEM_SOCKET
+
 UNIT = Path(__file__).parent.parent / "systemd" / "tracerd.service"
+SOCKET_UNIT = UNIT.with_name("tracerd.socket")
 SHIPPED_EXEC_START = "ExecStart=/usr/local/sbin/tracerd"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
@@ -51,6 +54,8 @@ def local_copy(tmp_path: Path, text: str | None = None) -> Path:
     command = str(installed) if installed.exists() else f"{sys.executable} -m tracerd.daemon.main"
     copy = tmp_path / "tracerd.service"
     copy.write_text(text.replace(SHIPPED_EXEC_START + "\n", f"ExecStart={command}\n"))
+    # Requires=tracerd.socket: verify looks for it beside the service
+    (tmp_path / "tracerd.socket").write_text(SOCKET_UNIT.read_text())
     return copy
 
 
@@ -156,3 +161,32 @@ def test_unit_is_hardened() -> None:
     for key, value in expected.items():
         assert unit[f"Service.{key}"] == [value], key
     assert re.fullmatch(r"\d+s", unit["Service.TimeoutStopSec"][0])
+
+
+@needs_systemd_analyze
+def test_socket_unit_pair_verifies_and_listens_where_tracerd_binds(tmp_path: Path) -> None:
+    """tracerd.socket and tracerd.service pass `systemd-analyze verify` together;
+    the socket is tracerd's default socket, passed whole (Accept=no), root's
+    only until tracerd applies socket_group; the service requires it and keeps
+    /run/tracerd (the socket's directory) when it stops."""
+    service = local_copy(tmp_path)
+    socket_copy = tmp_path / "tracerd.socket"
+    result = verify_all(socket_copy, service)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert complaints(result, socket_copy) == complaints(result, service) == []
+    found = settings(SOCKET_UNIT.read_text())
+    assert found["Socket.ListenStream"] == [SYSTEM_SOCKET]
+    assert found["Socket.Accept"] == ["no"]
+    assert found["Socket.SocketMode"] == ["0600"]
+    unit = settings(UNIT.read_text())
+    assert unit["Unit.Requires"] == unit["Unit.After"][-1:] == ["tracerd.socket"]
+    assert unit["Service.RuntimeDirectoryPreserve"] == ["yes"]
+    assert unit["Install.Also"] == ["tracerd.socket"]
+
+
+def verify_all(*units: Path) -> subprocess.CompletedProcess[str]:
+    assert SYSTEMD_ANALYZE is not None
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, units)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip

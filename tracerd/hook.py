@@ -7,7 +7,11 @@ this command, so it must never hang: a missing daemon fails at once; a daemon
 that does not acknowledge the request (connect, send, its ``{"ack": true}``
 line) within ``--ack-timeout`` (default 1.5 s) is taken for hung and given
 up on; an acknowledged request gets the rest of ``--timeout`` (default 15 s,
-counted from the start) for the attach itself.  On any failure it exits 1
+counted from the start) for the attach itself.  A tracerd that is restarting
+under socket activation is no hung one: it leaves ``SOCKET.restarting`` beside
+its socket (tracerd.daemon.listenfds), and while that file is younger than
+:data:`RESTART_GRACE` the hook waits for the acknowledgement, in the socket's
+backlog, up to ``--timeout`` (README, "Reliability").  On any failure it exits 1
 with one line ``pftrace-hook: warning: NAME[PID]: not traced: REASON`` on
 stderr and the same at mail.warning to syslog (where ``tracerctl triage``
 finds it), since Postfix throws stderr away; the daemon then runs on
@@ -49,6 +53,7 @@ MAX_REPLY = 1 << 20
 ROOT_HINT = "the hook must run as root"
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_ACK_TIMEOUT = 1.5
+RESTART_GRACE = 10.0  # a SOCKET.restarting older than this is a tracerd that never came back
 SYSLOG_PATH = "/dev/log"
 LOG_MAIL_WARNING = 2 * 8 + 4
 USAGE = (
@@ -328,9 +333,19 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
     try:
         try:
             send(sock, encode_request(request), ack_deadline)
-            answer, pending = read_line(sock, b"", ack_deadline)
         except Timeout:
             raise HookFailed(unacknowledged) from None
+        try:
+            answer, pending = read_line(sock, b"", ack_deadline)
+        except Timeout:
+            if not restarting(str(opts["socket"])):
+                raise HookFailed(unacknowledged) from None
+            try:  # in the backlog of a restarting tracerd: wait for the next one
+                answer, pending = read_line(sock, b"", deadline)
+            except Timeout:
+                raise HookFailed(
+                    f"tracerd was restarting and did not acknowledge within {shown(float(opts['timeout']))}"
+                ) from None
         if answer.get("error") == "bad_request" and 'unknown field "ack"' in str(answer.get("message")):
             raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
         if answer.get("ack") is True and "ok" not in answer:
@@ -344,6 +359,16 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
     finally:
         sock.close()
     return answer
+
+
+def restarting(socket_path: str) -> bool:
+    """Whether tracerd said, less than RESTART_GRACE ago, that it is restarting (SOCKET.restarting,
+    root's or the hook's own uid's, as the socket's directory is)."""
+    try:
+        info = posix.stat(socket_path + ".restarting")
+    except (OSError, ValueError):
+        return False
+    return info.st_uid in (0, posix.geteuid()) and 0 <= time.time() - info.st_mtime < RESTART_GRACE
 
 
 def warn_syslog(path: str, message: str) -> None:

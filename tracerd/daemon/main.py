@@ -20,6 +20,13 @@ SIGHUP leaves the old one in force: the reason goes to syslog at warning and
 to ``status`` (``config_error``) until a reload succeeds.  With
 ``NOTIFY_SOCKET`` set it tells systemd READY=1 once the socket listens.
 
+Restart (README, "Reliability"): under socket activation (``LISTEN_FDS``,
+tracerd.daemon.listenfds) the listening socket is systemd's and outlives
+tracerd, else tracerd binds it itself.  The attached sessions are kept in
+``{state_dir}/sessions.json`` (tracerd.daemon.sessionsfile); SIGTERM writes
+them as they are before detaching, and the next start re-adopts them in the
+background once the socket accepts (tracerd.daemon.readopt).
+
 Security: the config file is root's and trusted as tracerd.config says;
 nothing from a client reaches the config.
 
@@ -46,9 +53,12 @@ import structlog
 from tracerd import __version__, tracers
 from tracerd import config as configmod
 from tracerd.config import Config, Locator
+from tracerd.daemon import listenfds
 from tracerd.daemon.auth import group_id
-from tracerd.daemon.server import Server
+from tracerd.daemon.readopt import Readoption, snapshot
+from tracerd.daemon.server import Server, seconds_since_exec
 from tracerd.daemon.service import TracerdService
+from tracerd.daemon.sessionsfile import SessionsFile
 from tracerd.errors import ConfigError, TracerUnavailable
 from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
 from tracerd.hookcheck import postfix_hook_warning
@@ -208,8 +218,26 @@ def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, 
     return handle
 
 
-async def serve(config: Config, config_path: Path | None, warnings: list[ConfigError]) -> int:
+async def hand_over(server: Server, readopting: asyncio.Task[None], sessions_file: SessionsFile) -> None:
+    """SIGTERM, before any detach: stop accepting (under socket activation, say
+    that the next tracerd is coming: hooks wait for it in the backlog), stop
+    re-adopting, and leave sessions.json listing what the next start re-adopts."""
+    if server.inherited is not None:
+        listenfds.mark_restarting(server.path)
+    await server.close()
+    readopting.cancel()
+    await asyncio.wait({readopting}, timeout=0.5)
+    await sessions_file.freeze(timeout=0.5)
+
+
+async def serve(
+    config: Config, config_path: Path | None, warnings: list[ConfigError], inherited: socket.socket | None = None
+) -> int:
     log_warnings(warnings)
+    # postconf takes its time (a second when it fails): the socket accepts meanwhile
+    hookcheck = asyncio.get_running_loop().run_in_executor(
+        None, warn_postfix_hook, lambda warning: log.warning("postfix_hook", warning=warning)
+    )
     prepare_dirs(config)
     raise_fd_limit()
     writer = LogWriter()
@@ -223,8 +251,11 @@ async def serve(config: Config, config_path: Path | None, warnings: list[ConfigE
 
     server = Server(
         config.socket, service.handle, group_gid=group_id(config.socket_group),
-        on_bad_request=bad_request,
+        on_bad_request=bad_request, sock=inherited,
     )  # fmt: skip
+    sessions_file = SessionsFile(config.state_dir, lambda: snapshot(service))
+    service.runner.on_change = sessions_file.changed
+    readoption = Readoption(service, sessions_file)
     await server.start()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler())
@@ -248,15 +279,20 @@ async def serve(config: Config, config_path: Path | None, warnings: list[ConfigE
         log.info("reloaded", config=str(new.source or "built-in defaults"))
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    readopting = loop.create_task(readoption.run())
+    # restarted once every session is back (a cancelled re-adoption is a stop: the marker stays)
+    readopting.add_done_callback(lambda task: None if task.cancelled() else listenfds.clear_restarting(config.socket))
+    await hookcheck  # its warning before READY=1; hooks are served meanwhile
     log.info("ready", socket=str(config.socket), pid=os.getpid(), log_dir=str(config.log_dir),
-             default_tracer=config.default_tracer)  # fmt: skip
+             default_tracer=config.default_tracer, activated=inherited is not None,
+             since_exec_ms=round(seconds_since_exec() * 1000))  # fmt: skip
     sd_notify("READY=1")
     await stop.wait()
     sd_notify("STOPPING=1")
     log.info("stopping", sessions=len(service.registry))
     # README: exit within 5 s whatever a tracer does; the last second is the logs'
     deadline = loop.time() + SHUTDOWN_SECONDS - 1.0
-    await server.close()
+    await hand_over(server, readopting, sessions_file)
     await service.shutdown(timeout=max(0.5, deadline - loop.time()))
     writer.stop(timeout=max(0.5, deadline + 1.0 - loop.time()) / 2)
     service.close()
@@ -278,9 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tracerd: {err}", file=sys.stderr)
         return 1
     setup_logging()
-    warn_postfix_hook(lambda warning: log.warning("postfix_hook", warning=warning))
     try:
-        return asyncio.run(serve(config, args.config, warnings))
+        # first: no child (postconf, a tracer) may inherit LISTEN_FDS or systemd's socket
+        inherited = listenfds.inherited_socket(config.socket)
+    except ConfigError as err:
+        log.error("fatal", error=str(err))
+        print(f"tracerd: {err}", file=sys.stderr)
+        return 1
+    if inherited is not None:  # after a crash too: the hooks in the backlog wait for us
+        listenfds.mark_restarting(config.socket)
+    try:
+        return asyncio.run(serve(config, args.config, warnings, inherited))
     except ConfigError as err:
         log.error("fatal", error=str(err))
         print(f"tracerd: {err}", file=sys.stderr)

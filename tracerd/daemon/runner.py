@@ -123,6 +123,8 @@ class SessionRunner:
         self.shutting_down = False
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()  # every task we start, until it ends
+        # called when the set of attached sessions changes (sessions.json, README "Files")
+        self.on_change: Callable[[], None] = lambda: None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)
@@ -151,8 +153,14 @@ class SessionRunner:
             session.log_error = logfile.error
             session.log_dropped = logfile.dropped
 
-    async def start(self, identity: ProcessIdentity, name: str, requested: str | None) -> Session:
-        """Start tracing ``identity``; return once the tracer is attached."""
+    async def start(
+        self, identity: ProcessIdentity, name: str, requested: str | None, *, readopt_started: str | None = None
+    ) -> Session:
+        """Start tracing ``identity``; return once the tracer is attached.
+
+        ``readopt_started``: a session of a previous tracerd re-adopted
+        (tracerd.daemon.readopt): it keeps that ``started``, and its log gets
+        a "re-attached after tracerd restart" line."""
         if self.shutting_down:
             raise Busy("tracerd is shutting down")
         existing = self.registry.current(identity)
@@ -168,6 +176,8 @@ class SessionRunner:
         backend_cls = tracers.backend(tracer_name)
         log_name = f"{name}.{identity.pid}.log"
         session = Session(identity, name, tracer_name, log=str(self.logdir.path / log_name))
+        if readopt_started is not None:
+            session.started, session.readopted = readopt_started, True
         self.registry.add(session)
         try:
             logfile = self.logdir.open_log(log_name)
@@ -221,8 +231,11 @@ class SessionRunner:
             f"tracerd: {session.tag} attached with {session.tracer}"
             + (f" (tracer pid {backend.tracer_pid})" if backend.tracer_pid else "")
         )
+        if session.readopted:
+            output.logfile.write_line(f"tracerd: {session.tag} re-attached after tracerd restart")
         log.info("attached", pid=session.pid, name=session.name, tracer=session.tracer)
         running.attached.set_result(None)
+        self.on_change()
         try:
             ending = await backend.wait()
         except Exception as err:  # a backend bug must not take the daemon down
@@ -273,6 +286,7 @@ class SessionRunner:
                  exit_code=ending.exit_code, signal=ending.signal, reason=ending.reason)  # fmt: skip
         session.running = None
         self.registry.retire(session)
+        self.on_change()
 
     async def detach(self, pid: int) -> Session:
         running = self.get(pid)

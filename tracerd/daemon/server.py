@@ -12,6 +12,11 @@ re-raised.  Peer credentials come from SO_PEERCRED, taken once at accept.
 The socket is created with a umask that leaves no window in which it is
 world-writable, then given mode 0660 and ``socket_group`` (0600 without one).
 An existing socket file is replaced only when nobody listens on it.
+Under socket activation (:mod:`tracerd.daemon.listenfds`) the socket is
+systemd's: tracerd gives it the same mode and group from its config, never
+unlinks it, and only closes its own descriptor on exit, so that connections
+made while tracerd restarts wait in the backlog for the next one.  The first
+connection accepted is logged (``first_accept``) with the time since exec.
 
 A request that asks for an acknowledgement (a hook's ``"ack": true``) gets
 the interim line ``{"ack": true}`` when its handler calls the ``ack``
@@ -58,8 +63,10 @@ class Server:
         max_connections: int = 512,
         max_per_peer: int = 32,
         on_bad_request: Callable[[], None] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.path = path
+        self.inherited = sock  # systemd's listening socket (socket activation), else None
         self.handler = handler
         self.group_gid = group_gid
         self.idle_timeout = idle_timeout
@@ -70,9 +77,14 @@ class Server:
         self._per_peer: Counter[tuple[str, int]] = Counter()
         self._connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._accepted = False
 
     async def start(self) -> None:
-        sock = bind_socket(self.path, self.group_gid)
+        if self.inherited is not None:
+            sock = self.inherited
+            set_access(self.path, self.group_gid)
+        else:
+            sock = bind_socket(self.path, self.group_gid)
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=MAX_REQUEST_BYTES + 1
         )
@@ -81,8 +93,9 @@ class Server:
         """Stop accepting; requests in flight are cancelled."""
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+            if self.inherited is None:  # systemd's socket stays for the next tracerd
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -92,6 +105,10 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        if not self._accepted:
+            self._accepted = True
+            log.info("first_accept", since_exec_ms=round(seconds_since_exec() * 1000),
+                     activated=self.inherited is not None)  # fmt: skip
         peer = peer_of(writer.get_extra_info("socket"))
         key = _peer_key(peer)
         self._connections += 1
@@ -177,6 +194,27 @@ def _peer_key(peer: Peer) -> tuple[str, int]:
     user cannot starve the others), root per process (every Postfix daemon
     start is a root hook of its own, and a burst of them must all get in)."""
     return ("pid", peer.pid) if peer.uid == 0 else ("uid", peer.uid)
+
+
+def seconds_since_exec() -> float:
+    """How long this process has existed (its start time in /proc), for first_accept."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            start = int(stat.read().rsplit(b")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime", "rb") as uptime:
+            return max(0.0, float(uptime.read().split()[0]) - start)
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def set_access(path: Path, group_gid: int | None) -> None:
+    """The socket's mode and group from the config: 0660 and socket_group, else 0600."""
+    try:
+        if group_gid is not None:
+            os.chown(path, -1, group_gid)
+        os.chmod(path, 0o660 if group_gid is not None else 0o600)
+    except OSError as err:
+        raise ConfigError(f"cannot set the mode or group of {path}: {err.strerror}", key="socket") from err
 
 
 def bind_socket(path: Path, group_gid: int | None) -> socket.socket:

@@ -76,6 +76,7 @@ class Session:
     tracer_pid: int | None = None
     log_error: str | None = None  # the log cannot be written (disk full...): flagged
     log_dropped: int = 0
+    readopted: bool = False  # traced again after a tracerd restart (README, "Reliability")
     running: Any = field(default=None, repr=False, compare=False)  # the runner's parts while active
 
     @property
@@ -129,6 +130,7 @@ class Session:
             "tracer_pid": self.tracer_pid,
             "log_error": self.log_error,
             "log_dropped": self.log_dropped,
+            "readopted": self.readopted,
         }
 
 
@@ -184,6 +186,10 @@ class SessionRegistry:
             if session.pid == pid:
                 return session
         raise NotFound(f"no session for pid {pid}")
+
+    def remember(self, session: Session) -> None:
+        """An ended session that never was active here (ended while tracerd was down)."""
+        self._history.append(session)
 
     def resize(self, max_sessions: int, history: int) -> None:
         self.max_sessions = max_sessions
