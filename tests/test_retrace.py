@@ -312,3 +312,21 @@ def test_postmortem_gdb_in_a_terminal_shows_the_crash_frames(
     for name in ("crash_here", "level_two", "level_one", "main"):
         assert name in text, text
     assert not list(Path("/tmp").glob("tracerd-core-*"))
+
+
+def test_watch_process_over_max_core_process_bytes_keeps_no_core_but_a_full_report(
+    daemon_factory: Any, spawn: Any, built: Built
+) -> None:
+    """The watch tracer's capture core follows max_core_process_bytes (at least
+    256 MiB, which the capture gdb needs): a 300 MB process with a 4 KB limit
+    gets a report with its frames, memory left out of the capture core, and no
+    kept core, with the reason in the report."""
+    daemon = daemon_factory('crash_flood_window = 0\ncore = "all"\nmax_core_process_bytes = 4096\n'
+                            '[[rule]]\nprocess = "*"\ntracer = "watch"\n')  # fmt: skip
+    report = crash(daemon, spawn, built.exe, "mem300")
+    assert report["core"]["state"] == "skipped", report["core"]
+    assert "over max_core_process_bytes" in report["core"]["reason"], report["core"]
+    assert any("memory left out of the core" in e for e in report["process"].get("capture_errors", [])), report
+    assert len(crashed_frames(report)) >= 2, report  # the capture gdb read the trimmed core
+    assert not list((daemon.state_dir / "crashes").glob("*.core.zst"))
+    assert not list((daemon.state_dir / "capture").glob("*.core"))

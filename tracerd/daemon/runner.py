@@ -43,6 +43,8 @@ from tracerd.sinks.syslog import LOG_CRIT, LOG_INFO, LOG_WARNING, SessionSyslog,
 from tracerd.tracers.base import Ending, Target, Tracer
 
 log = structlog.get_logger("tracerd")
+# the watcher needs a core for its capture gdb even when max_core_process_bytes keeps none
+MIN_CAPTURE_CORE = 256 * 1024 * 1024
 FD_RESERVE = 64
 RecordCrash = Callable[[CrashReport], Awaitable[dict[str, Any] | None]]
 
@@ -193,7 +195,8 @@ class SessionRunner:
         logfile.on_error = self._log_error_reporter(output)
         capture = str(self.capture_dir) if self.capture_dir else None
         target = Target(identity, name, args, self.config.attach_timeout, capture_dir=capture,
-                        core=self.config.core_for(name), core_timeout=self.config.core_timeout)  # fmt: skip
+                        core=self.config.core_for(name), core_timeout=self.config.core_timeout,
+                        core_limit=max(self.config.max_core_process_bytes, MIN_CAPTURE_CORE))  # fmt: skip
         running = Running(backend_cls(target, output), output)
         session.running = running
         running.task = self._spawn(self._run(session, running))

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from tracerd import failpoint, procinfo
+from tracerd.crash import corefile
 from tracerd.crash.release import wait_for_death
 from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import TargetGone, TracerdError, TracerFailed
@@ -62,6 +63,7 @@ class WatchTracer(Tracer):
         self.supervisor = supervisor()
         if self.target.capture_dir:
             self.supervisor.capture_dir = self.target.capture_dir
+        self.supervisor.core_limit = self.target.core_limit  # from the watcher's next start on
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._in_where = False
         self.handed_off = False  # released for tracerctl gdb (README, "Interactive debugging")
@@ -220,12 +222,16 @@ class WatchTracer(Tracer):
             steps["load_ms"] = time.monotonic() - began
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
             report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
-            report.core_source = str(core)  # kept (compressed) by the store as the core policy says
+            if not event.get("core_skipped"):
+                report.core_source = str(core)  # kept (compressed) by the store as the core policy says
             steps["capture_ms"] = time.monotonic() - began
             await failpoint.reached("capture-running")
             if event.get("core_skipped"):
                 report.process.setdefault("capture_errors", []).append(
                     "memory left out of the core (over its size limit): " + "; ".join(event["core_skipped"])
+                )
+                report.core = corefile.skipped(
+                    f"process over max_core_process_bytes ({self.target.core_limit}): memory left out, no core kept"
                 )
             crash_id = await self.output.crash(report)
             steps["report_ms"] = time.monotonic() - began
