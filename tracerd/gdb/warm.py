@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,14 +60,17 @@ _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 
 def common_libraries(maps: str = "/proc/self/maps") -> list[str]:
-    """libc and the dynamic loader as this process maps them (every target maps them too)."""
+    """libc and the dynamic loader as this process maps them (every target maps them too),
+    by real path: the name gdb gives an add-symbol-file (see :func:`forget_preloads`)."""
     found: list[str] = []
     with contextlib.suppress(OSError), open(maps) as lines:
         for line in lines:
             fields = line.split(maxsplit=5)
             path = fields[5].strip() if len(fields) == 6 else ""
-            if _PRELOAD_NAMES.search(path) and _PLAIN_PATH.fullmatch(path) and path not in found:
-                found.append(path)
+            if _PRELOAD_NAMES.search(path) and _PLAIN_PATH.fullmatch(path):
+                real = os.path.realpath(path)
+                if _PLAIN_PATH.fullmatch(real) and real not in found:
+                    found.append(real)
     return found
 
 
@@ -97,6 +101,17 @@ async def start_gdb(preload: list[str]) -> GdbMI:
         await mi.close()
         raise
     return mi
+
+
+async def forget_preloads(mi: GdbMI, preload: list[str]) -> None:
+    """Drop the preloaded symbol files once the core's own copies are loaded (they
+    keep the shared symbols): a lookup by name (``__abort_msg``) must find the
+    core's libc, not the copy at :data:`PRELOAD_BASE`.  gdb names an
+    add-symbol-file by its real path; a gdb without preloads answers an error
+    per path, which is ignored."""
+    for path in preload:
+        with contextlib.suppress(MIError, TracerdError):
+            await mi.console(f"remove-symbol-file {quote(path)}", timeout=5.0)
 
 
 class WarmPool:
