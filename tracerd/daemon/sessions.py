@@ -76,6 +76,7 @@ class Session:
     tracer_pid: int | None = None
     log_error: str | None = None  # the log cannot be written (disk full...): flagged
     log_dropped: int = 0
+    lost_events: int = 0  # events the tracer lost (perf), as it reported them
     running: Any = field(default=None, repr=False, compare=False)  # the runner's parts while active
 
     @property
@@ -129,6 +130,7 @@ class Session:
             "tracer_pid": self.tracer_pid,
             "log_error": self.log_error,
             "log_dropped": self.log_dropped,
+            "lost_events": self.lost_events,
         }
 
 

@@ -98,11 +98,19 @@ class CommandTracer(Tracer):
         self._recent.extend(lines[-4:])
         self.output.lines(lines)
 
+    async def preflight(self) -> None:
+        """Refuse before the tracer runs: a ptrace tracer cannot attach to a traced process."""
+        current = procinfo.tracer_pid(self.target.pid)
+        if current:
+            raise Busy(f"process {self.target.pid} is already traced by pid {current}")
+
+    def confirmed(self, child: Child) -> bool:
+        """The kernel's word that ``child`` is attached: TracerPid names it."""
+        return procinfo.tracer_pid(self.target.pid) == child.pid
+
     async def attach(self) -> None:
         pid = self.target.pid
-        current = procinfo.tracer_pid(pid)
-        if current:
-            raise Busy(f"process {pid} is already traced by pid {current}")
+        await self.preflight()
         self._pidfd = procinfo.open_pidfd(self.target.identity)
         loop = asyncio.get_running_loop()
         self._gone = loop.create_future()
@@ -114,7 +122,7 @@ class CommandTracer(Tracer):
             if child.returncode is not None:
                 return True
             try:
-                return procinfo.tracer_pid(pid) == child.pid
+                return self.confirmed(child)
             except TargetGone:
                 return True
 

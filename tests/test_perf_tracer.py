@@ -1,0 +1,150 @@
+"""The perf tracer (README "Tracers"): perf trace -p on real C targets, its refusals."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Daemon, script
+from tracerd.tracers import perfcheck
+
+pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="perf (linux-perf) not installed")
+TRACEFS = "/sys/kernel/tracing"
+
+
+@pytest.fixture
+def tracefs() -> Iterator[str]:
+    """tracefs mounted at /sys/kernel/tracing: mounted here if absent, and unmounted after."""
+    if perfcheck.tracefs_mount() is not None:
+        yield TRACEFS
+        return
+    subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True, timeout=30)
+    try:
+        yield TRACEFS
+    finally:
+        subprocess.run(["umount", TRACEFS], check=False, timeout=30)
+
+
+def test_marker_write_and_exit_status_in_the_log(tracefs: str, daemon: Any, cbin: Any, spawn: Any) -> None:
+    """The hook returns once perf traces the process: the target's write of its
+    18-byte marker right after the hook is a line of the log, and the session ends
+    with the status perf saw in exit_group(); status lists the perf session with 0 lost."""
+    hook = daemon.hook_command(timeout=60) + " --tracer perf"
+    target = spawn(cbin("hooked"), hook, "smtpd", "3")
+    assert target.readline() == "hook=0\n"
+    session = daemon.session(target.pid)
+    assert session["state"] == "attached"
+    assert session["tracer"] == "perf"
+    target.release()
+    assert target.wait() == 3
+    ended = daemon.wait_session(target.pid, "exited")
+    assert ended["exit_code"] == 3
+    assert ended["lost_events"] == 0
+    log = Path(session["log"]).read_text()
+    assert re.search(r"write\(fd: 1(?:<[^>\n]*>)?, buf: 0x[0-9a-f]+, count: 18\)\s+= 18\n", log), log[-2000:]
+    assert "exit_group(error_code: 3)" in log
+    assert log.rstrip().endswith(f"tracerd: smtpd[{target.pid}] exited with status 3")
+    table = daemon.ctl("status", check=True).stdout
+    assert re.search(rf"^{target.pid}\s+smtpd\s+perf\s+exited\s+\S+\s+\d+\s+0\s+status 3", table, re.M), table
+
+
+def test_lost_events_are_counted_on_the_session(tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """perf with a one-page buffer (-m 1) cannot keep up with a getppid() loop: its
+    "LOST n events!" lines are in the log, and their sum is the session's lost_events,
+    in status (JSON, the table's LOST column and the perf_lost_events counter)."""
+    daemon = daemon_factory('[[rule]]\nprocess = "busy"\ntracer = "perf"\nargs = ["-m", "1"]\n', attach_timeout=30)
+    target = spawn(cbin("bench_syscalls"), daemon.hook_command(timeout=60), "busy", "300000")
+    assert target.readline(timeout=300).startswith("hook=0 ")
+    assert target.wait(timeout=60) == 0
+    ended = daemon.wait_session(target.pid, "exited", timeout=60)
+    log = Path(ended["log"]).read_text()
+    lost = sum(int(n) for n in re.findall(r"^LOST (\d+) events!$", log, re.M))
+    assert lost > 0, log[-2000:]
+    assert ended["lost_events"] == lost
+    status = daemon.status()
+    assert status["counters"]["perf_lost_events"] == lost
+    table = daemon.ctl("status", check=True).stdout
+    assert re.search(rf"^{target.pid}\s+busy\s+perf\s+exited\s+\S+\s+\d+\s+{lost}\s", table, re.M), table
+
+
+class UnsharedDaemon(Daemon):
+    """tracerd in a mount namespace of its own, where tracefs is unmounted first."""
+
+    def start(self, timeout: float = 15.0) -> None:
+        notify_path = self.root / "notify.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        notify.settimeout(timeout)
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        command = 'umount /sys/kernel/tracing && exec "$@"'
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", command, "sh",
+                *script("tracerd"), "--config", str(self.config)]  # fmt: skip
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen(argv, stderr=stderr, env=env)
+        try:
+            assert notify.recv(1024) == b"READY=1"
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"tracerd never said READY=1: {self.stderr()}") from None
+        finally:
+            notify.close()
+
+
+def test_refused_without_tracefs(tracefs: str, tmp_path: Path, syslog_receiver: Any, cbin: Any, spawn: Any) -> None:
+    """With tracefs unmounted in tracerd's mount namespace (and only there), an
+    attach with perf is refused with one line saying so and how to mount it; the
+    process runs on untraced, and no perf was left running."""
+    daemon = UnsharedDaemon(tmp_path, syslog_receiver.path)
+    daemon.start()
+    try:
+        target = spawn(cbin("sleeper"))
+        assert target.readline() == "ready\n"
+        result = daemon.ctl("attach", str(target.pid), "--tracer", "perf")
+        assert result.returncode != 0
+        assert result.stderr.strip().endswith(
+            "perf tracer: tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+        ), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        session = daemon.session(target.pid)
+        assert session["state"] == "failed"
+        assert "tracefs is not mounted" in session["error"]
+        assert session["tracer_pid"] is None
+        assert perfcheck.tracefs_mount() == TRACEFS  # our own namespace kept it
+        assert target.proc.stdin is not None
+        target.proc.stdin.close()  # the sleeper's signal to end, which it could not have had stopped
+        assert target.wait() == 0
+    finally:
+        daemon.stop()
+
+
+def test_refusal_names_perf_event_paranoid_without_cap_perfmon(tracefs: str) -> None:
+    """Run with root's capabilities dropped (as a unit's CapabilityBoundingSet= does),
+    the check opens the very event perf trace needs, is refused by the kernel, and
+    says in one line that kernel.perf_event_paranoid and CAP_PERFMON are why."""
+    if int(perfcheck.paranoid()) < 2:
+        pytest.skip("kernel.perf_event_paranoid < 2 lets anyone open the event")
+    code = (
+        "import asyncio, os; from tracerd.tracers import perfcheck;"
+        " print(asyncio.run(perfcheck.refusal(os.getpid())))"
+    )
+    result = subprocess.run(
+        ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert result.stdout == (
+        f"perf tracer: perf_event_open is not allowed: kernel.perf_event_paranoid is {perfcheck.paranoid()}"
+        " and tracerd lacks CAP_PERFMON (sysctl kernel.perf_event_paranoid=1,"
+        " or CAP_PERFMON in the unit's CapabilityBoundingSet=)\n"
+    ), result.stderr
+    # with its capabilities, the same check lets perf run
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout == "None\n"  # fmt: skip
