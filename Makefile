@@ -12,7 +12,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := strace ltrace gdb gcc libc6-dev make binutils util-linux procps systemd postfix groff-base man-db python3-venv
+APT_PACKAGES := strace ltrace gdb linux-perf gcc libc6-dev make binutils util-linux procps systemd postfix groff-base man-db python3-venv
 
 # make install: the system's own interpreter, never one under a home directory
 # (root's python3 may be a private build under /root that nobody else may run).

@@ -80,7 +80,7 @@ def test_check_reports_every_error_in_line_order(tmp_path: Path) -> None:
         'facility = "nosuch"\n'
         "[[rule]]\n"
         'process = "smtpd"\n'
-        'tracer = "perf"\n'
+        'tracer = "nosuch"\n'
         "[[rule]]\n"
         'process = "qmgr"\n'
         "bogus = 1\n"
