@@ -51,6 +51,8 @@ class CommandTracer(Tracer):
     # strace or ltrace: their lines are read by a TraceObserver instead of ending_re
     dialect: ClassVar[str | None] = None
     detach_signal: ClassVar[int] = signal.SIGTERM
+    # the tracer exits by itself (status 0) once the process is gone, maybe just before the pidfd says so
+    exits_with_target: ClassVar[bool] = False
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -172,6 +174,9 @@ class CommandTracer(Tracer):
                 await self._last_words(tracer_done)
                 return await self._finish()
             code = tracer_done.result()
+            if (code == 0 and self.exits_with_target) or self._ending is not None:
+                # the tracer saw the process go and left first: the pidfd is about to say so
+                await asyncio.wait({self._gone}, timeout=LAST_WORDS)
             if self._gone.done() or not self.target.identity.alive():
                 return await self._finish()
             last = self._recent[-1] if self._recent else ""

@@ -58,6 +58,7 @@ class PerfTracer(CommandTracer):
     name = "perf"
     program = "perf"
     detach_signal = signal.SIGINT  # perf trace stops its events and exits cleanly on SIGINT
+    exits_with_target = True  # its events hang up as the process exits, before the pidfd wakes us
     total_lost: ClassVar[int] = 0
 
     def __init__(self, *args: object, **kwargs: object) -> None:
