@@ -19,7 +19,8 @@ Per run, three figures:
   10 in parallel) wall time, as messages per second; every message is then
   waited for in the maillog (``status=sent``, discard transport);
 - steady state: the same throughput with no smtpd starting: master runs
-  smtpd with ``-o max_use=1000000``, a warm-up of ``--warmup`` messages starts
+  at most ``--sessions`` smtpd (process_limit) with ``-o max_use=1000000``, a
+  warm-up of as many clients at once, then of ``--warmup`` messages starts
   (and gets traced) every smtpd first, then the measured messages are served by
   those same processes (new smtpd pids during the measure are counted and
   printed: they should be 0).
@@ -78,13 +79,18 @@ def debugger_command(mode: str, sock: Path) -> str | None:
     return f"{BIN / 'pftrace-hook'} --socket {sock} --tracer {mode.split()[1]} $process_name $process_id"
 
 
-def configure(instance: PostfixInstance, command: str | None, steady: bool = False) -> None:
-    """-D and debugger_command for the next run (master is stopped); max_use for a steady one."""
+def configure(instance: PostfixInstance, command: str | None, steady: int = 0) -> None:
+    """-D and debugger_command for the next run (master is stopped).
+
+    ``steady``: that many smtpd at most (master.cf process_limit), each serving on
+    (max_use), so that once all are started no new one starts.
+    """
     service = f"{instance.listen}/inet/command"
     smtpd = "smtpd -D" if command else "smtpd"
     if steady:
         smtpd += f" -o max_use={STEADY_MAX_USE}"
     instance.postconf("-F", f"{service}={smtpd}")
+    instance.postconf("-F", f"{instance.listen}/inet/process_limit={steady or '-'}")
     if command:
         instance.postconf("-e", f"debugger_command={command}")
     else:
@@ -141,8 +147,23 @@ def throughput(instance: PostfixInstance, messages: int, sessions: int, already:
     return messages / elapsed
 
 
+def start_all(instance: PostfixInstance, count: int) -> None:
+    """Make master start ``count`` smtpd: as many clients at once, each waiting for its banner."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            held.append(socket.create_connection(("127.0.0.1", instance.port), timeout=60))
+        for conn in held:
+            line = conn.makefile("rb").readline()
+            assert line.startswith(b"220 "), line
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def steady_throughput(instance: PostfixInstance, args: argparse.Namespace) -> tuple[float, int]:
     """msg/s once every smtpd runs (and is traced) already; and how many new smtpd came meanwhile."""
+    start_all(instance, args.sessions)
     throughput(instance, args.warmup, args.sessions)
     before = {p.pid for p in instance.processes("smtpd")}
     rate = throughput(instance, args.messages, args.sessions, already=args.warmup)
@@ -193,7 +214,7 @@ def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Nam
 
 def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
         float, int]:  # fmt: skip
-    configure(instance, debugger_command(mode, sock), steady=True)
+    configure(instance, debugger_command(mode, sock), steady=args.sessions)
     instance.start(timeout=60)
     try:
         return steady_throughput(instance, args)
