@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import socket
@@ -148,3 +149,37 @@ def test_refusal_names_perf_event_paranoid_without_cap_perfmon(tracefs: str) -> 
     # with its capabilities, the same check lets perf run
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           check=True, cwd=Path(__file__).resolve().parent.parent).stdout == "None\n"  # fmt: skip
+
+
+SECCOMP_PROGRAM = """
+import asyncio, ctypes, os, platform, struct, sys
+from tracerd.tracers import perfcheck
+action = {"errno": 0x00050000 | 1, "kill": 0x80000000}[sys.argv[1]]  # SECCOMP_RET_ERRNO|EPERM, RET_KILL_PROCESS
+nr = perfcheck.SYSCALL[platform.machine()]
+code = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, action), (0x06, 0, 0, 0x7FFF0000)]
+filters = b"".join(struct.pack("HBBI", *insn) for insn in code)
+buf = ctypes.create_string_buffer(filters)
+prog = struct.pack("HxxxxxxQ", len(code), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(prog), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, FILTER
+print(asyncio.run(perfcheck.refusal(os.getpid())))
+"""
+
+
+@pytest.mark.parametrize("action", ["errno", "kill"])
+def test_refusal_names_a_seccomp_filter(tracefs: str, action: str) -> None:
+    """Under a seccomp filter that refuses perf_event_open (EPERM, as systemd's
+    SystemCallErrorNumber=EPERM) or kills its caller (SIGSYS, systemd's default), the
+    check probes in a child, survives, and says in one line that the filter is why."""
+    if platform.machine() not in perfcheck.SYSCALL:
+        pytest.skip(f"no perf_event_open number for {platform.machine()}")
+    result = subprocess.run(
+        [sys.executable, "-c", SECCOMP_PROGRAM, action], check=False, capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "perf tracer: perf_event_open is refused by tracerd's seccomp filter"
+        " (allow it in the unit's SystemCallFilter=, e.g. @debug)\n"
+    ), result.stderr
