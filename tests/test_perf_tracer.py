@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, script
+from tests.support import Daemon, script, wait_until
 from tracerd.tracers import perfcheck
 
 pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="perf (linux-perf) not installed")
@@ -183,3 +183,25 @@ def test_refusal_names_a_seccomp_filter(tracefs: str, action: str) -> None:
         "perf tracer: perf_event_open is refused by tracerd's seccomp filter"
         " (allow it in the unit's SystemCallFilter=, e.g. @debug)\n"
     ), result.stderr
+
+
+def test_detach_stops_perf_and_the_process_runs_on(tracefs: str, daemon: Any, cbin: Any, spawn: Any) -> None:
+    """tracerctl attach --tracer perf, then detach: perf is stopped (SIGINT) and gone,
+    the session ends detached, and the process runs on and ends normally."""
+    target = spawn(cbin("sleeper"))
+    assert target.readline() == "ready\n"
+    assert daemon.ctl("attach", str(target.pid), "--tracer", "perf").returncode == 0
+    session = daemon.session(target.pid)
+    assert session["state"] == "attached"
+    perf_pid = session["tracer_pid"]
+    assert Path(f"/proc/{perf_pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"perf", b"trace"]
+    log = Path(session["log"])
+    wait_until(lambda: "write(fd: " in log.read_text(), "a tick traced", 30)  # every 50 ms
+    result = daemon.ctl("detach", str(target.pid))
+    assert result.returncode == 0, result.stderr
+    assert daemon.wait_session(target.pid, "detached")["tracer_pid"] == perf_pid
+    assert not Path(f"/proc/{perf_pid}").exists() or "Z" in Path(f"/proc/{perf_pid}/stat").read_text().split()[2]
+    assert log.read_text().rstrip().endswith("detached (on request); it runs on untraced")
+    assert target.proc.stdin is not None
+    target.proc.stdin.close()
+    assert target.wait() == 0
