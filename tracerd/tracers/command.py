@@ -146,6 +146,8 @@ class CommandTracer(Tracer):
             await child.wait()
             self._release()
             reason = self._recent[-1] if self._recent else f"exit status {child.returncode}"
+            if not self.target.identity.alive():
+                raise TargetGone(f"process {pid} ended while {self.program} attached ({reason})")
             raise TracerFailed(f"{self.program} could not attach: {reason}")
         if not self.target.identity.alive():
             await child.stop()
