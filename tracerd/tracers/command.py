@@ -1,8 +1,10 @@
-"""Shared machinery of the command-line tracers: strace, ltrace, truss, ktrace.
+"""Shared machinery of the command-line tracers: strace, ltrace, truss, ktrace, perf.
 
 Each is one program run from an argv list as ``PROGRAM [ARGS] -p PID``.  The
 attachment is confirmed by the kernel: /proc/PID/status names the tracer's
-pid as TracerPid.  The end of the traced process is seen through a pidfd; how
+pid as TracerPid (perf, no ptrace tracer, has its own :meth:`confirmed` and
+its checks in :meth:`preflight`: :mod:`tracerd.tracers.perf`).  The end of
+the traced process is seen through a pidfd; how
 it ended (exit status or signal) is read from the tracer's own closing line
 (``+++ exited with 3 +++``), since only the real parent can wait for it.
 strace and ltrace lines are read by :mod:`tracerd.tracers.tracecrash`
