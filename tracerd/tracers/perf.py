@@ -1,9 +1,9 @@
 """The perf backend: ``perf trace [ARGS] -p PID``, system calls without ptrace stops.
 
 perf trace reads the raw_syscalls tracepoints through perf_event_open: the
-process is never stopped, so it costs a fraction of strace (README
-"Tracers", "Figures").  Before perf runs, :mod:`tracerd.tracers.perfcheck`
-refuses the session with one line when tracefs is not mounted or the kernel
+process is never stopped (what it costs all the same: README "Figures").
+Before perf runs, :mod:`tracerd.tracers.perfcheck` refuses the session with
+one line when tracefs is not mounted or the kernel
 (``kernel.perf_event_paranoid``, a seccomp filter) would not let it open the
 events.  perf is no ptrace tracer, so TracerPid says nothing: the attachment
 is confirmed when perf, holding its perf_event descriptors, waits in poll()
@@ -23,10 +23,12 @@ unknown", with no crash report (use the watch tracer for those).  perf ends
 by itself when the process has gone; SIGINT makes it stop cleanly otherwise.
 
 Security: arguments come from root's config file only; perf prints buffer
-and string arguments as addresses, so a traced process chooses no text of
-these lines except its 15-byte comm, which comes after the timestamp: a
-line starting with ``LOST`` or matching an ``exit_group`` line whole is
-perf's own.
+and string arguments as addresses, so a traced process chooses little text
+of these lines: its 15-byte comm, after the timestamp, and the paths of its
+descriptors (``fd: 3</path>``), which may hold a newline.  A line is read as
+``LOST`` or ``exit_group`` only when it matches whole, so a forged one could
+at most misstate the lost count or the exit status shown; nothing here acts
+on what it reads.
 
 Diagnostics: a refused preflight fails the session with its one line; perf
 exiting before it attached fails it with perf's last line (as for strace).
