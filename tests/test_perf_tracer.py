@@ -86,7 +86,8 @@ class UnsharedDaemon(Daemon):
         notify.bind(str(notify_path))
         notify.settimeout(timeout)
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
-        command = 'umount /sys/kernel/tracing && exec "$@"'
+        # and its old place under debugfs, should that be mounted too
+        command = 'umount /sys/kernel/tracing && { umount /sys/kernel/debug/tracing 2>/dev/null; exec "$@"; }'
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", command, "sh",
                 *script("tracerd"), "--config", str(self.config)]  # fmt: skip
         with open(self.stderr_path, "ab") as stderr:
