@@ -1,22 +1,32 @@
 """bench/postfix: a private Postfix instance's smtpd, untraced and traced.
 
-Four ways to run smtpd, alternated run by run (5 runs each) on one private
+Five ways to run smtpd, alternated run by run (5 runs each) on one private
 instance (tests/postfix_instance.py; master started and stopped for each run):
 
 - untraced:         smtpd without -D;
 - tracerd watch:    smtpd -D, ``pftrace-hook --tracer watch``;
 - tracerd strace:   smtpd -D, ``pftrace-hook --tracer strace``;
+- tracerd perf:     smtpd -D, ``pftrace-hook --tracer perf`` (needs tracefs);
 - seed gdb recipe:  smtpd -D, DEBUG_README's
   ``(echo cont; echo where; sleep 8640000) | gdb ... & sleep 5``.
 
-Per run, two figures:
+Per run, three figures:
 
 - banner delay: from connect() to the 220 banner on a connection that makes
   master start a new smtpd (every smtpd alive is first given a client of its
   own, and the serving pid is checked to be new);
 - throughput: ``smtp-source -s 10 -m 1000`` (one SMTP session per message,
   10 in parallel) wall time, as messages per second; every message is then
-  waited for in the maillog (``status=sent``, discard transport).
+  waited for in the maillog (``status=sent``, discard transport);
+- steady state: the same throughput with no smtpd starting: master runs
+  at most ``--sessions`` smtpd (process_limit) with ``-o max_use=1000000``, a
+  warm-up of as many clients at once, then of ``--warmup`` messages starts
+  (and gets traced) every smtpd first, then the measured messages are served by
+  those same processes (new smtpd pids during the measure are counted and
+  printed: they should be 0).
+
+Each mode's ratio to untraced is taken run by run (the same run's untraced
+figure), and the table shows the median ratio.
 
 The bench is a child subreaper: Postfix's processes and the recipe's gdb,
 sleep and subshells come back to it, and it kills and reaps every one of them
@@ -24,6 +34,7 @@ sleep and subshells come back to it, and it kills and reaps every one of them
 smtpd stopped at master's SIGTERM).  Prints a table and writes
 bench/results/postfix.json.
 Usage: .venv/bin/python bench/postfix.py [--runs 5] [--messages 1000] [--sessions 10]
+       [--warmup 200] [--modes untraced,watch,strace,perf,recipe]
 """
 
 from __future__ import annotations
@@ -54,7 +65,10 @@ SEED_GDB = (
     "PATH=/bin:/usr/bin:/usr/local/bin; export PATH; (echo cont; echo where; sleep 8640000) | "
     "gdb $daemon_directory/$process_name $process_id 2>&1 >$config_directory/$process_name.$process_id.log & sleep 5"
 )
-MODES = ("untraced", "tracerd watch", "tracerd strace", "seed gdb recipe")
+MODES = ("untraced", "tracerd watch", "tracerd strace", "tracerd perf", "seed gdb recipe")
+SHORT = {"untraced": "untraced", "tracerd watch": "watch", "tracerd strace": "strace", "tracerd perf": "perf",
+         "seed gdb recipe": "recipe"}  # fmt: skip
+STEADY_MAX_USE = 1000000
 
 
 def debugger_command(mode: str, sock: Path) -> str | None:
@@ -65,10 +79,18 @@ def debugger_command(mode: str, sock: Path) -> str | None:
     return f"{BIN / 'pftrace-hook'} --socket {sock} --tracer {mode.split()[1]} $process_name $process_id"
 
 
-def configure(instance: PostfixInstance, command: str | None) -> None:
-    """-D and debugger_command for the next run (master is stopped)."""
+def configure(instance: PostfixInstance, command: str | None, steady: int = 0) -> None:
+    """-D and debugger_command for the next run (master is stopped).
+
+    ``steady``: that many smtpd at most (master.cf process_limit), each serving on
+    (max_use), so that once all are started no new one starts.
+    """
     service = f"{instance.listen}/inet/command"
-    instance.postconf("-F", f"{service}={'smtpd -D' if command else 'smtpd'}")
+    smtpd = "smtpd -D" if command else "smtpd"
+    if steady:
+        smtpd += f" -o max_use={STEADY_MAX_USE}"
+    instance.postconf("-F", f"{service}={smtpd}")
+    instance.postconf("-F", f"{instance.listen}/inet/process_limit={steady or '-'}")
     if command:
         instance.postconf("-e", f"debugger_command={command}")
     else:
@@ -112,7 +134,8 @@ def banner_delay(instance: PostfixInstance) -> float:
             conn.close()
 
 
-def throughput(instance: PostfixInstance, messages: int, sessions: int) -> float:
+def throughput(instance: PostfixInstance, messages: int, sessions: int, already: int = 0) -> float:
+    """msg/s of ``messages`` sent ``sessions`` at a time, until all are sent (``already`` were before)."""
     start = time.monotonic()
     subprocess.run(
         ["smtp-source", "-s", str(sessions), "-m", str(messages), "-f", "sender@example.com",
@@ -120,8 +143,33 @@ def throughput(instance: PostfixInstance, messages: int, sessions: int) -> float
         check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     elapsed = time.monotonic() - start
-    instance.wait_log("status=sent", count=messages, timeout=300)
+    instance.wait_log("status=sent", count=already + messages, timeout=300)
     return messages / elapsed
+
+
+def start_all(instance: PostfixInstance, count: int) -> None:
+    """Make master start ``count`` smtpd: as many clients at once, each waiting for its banner."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            held.append(socket.create_connection(("127.0.0.1", instance.port), timeout=60))
+        for conn in held:
+            line = conn.makefile("rb").readline()
+            assert line.startswith(b"220 "), line
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def steady_throughput(instance: PostfixInstance, args: argparse.Namespace) -> tuple[float, int]:
+    """msg/s once every smtpd runs (and is traced) already; and how many new smtpd came meanwhile."""
+    start_all(instance, args.sessions)
+    throughput(instance, args.warmup, args.sessions)
+    before = {p.pid for p in instance.processes("smtpd")}
+    rate = throughput(instance, args.messages, args.sessions, already=args.warmup)
+    # every smtpd that served is still alive (max_use): the new pids are the ones started meanwhile
+    new = {p.pid for p in instance.processes("smtpd")} - before
+    return rate, len(new)
 
 
 def kill_recipe_leftovers() -> int:
@@ -160,11 +208,33 @@ def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Nam
         delay = banner_delay(instance)
         rate = throughput(instance, args.messages, args.sessions)
     finally:
-        kill_recipe_leftovers()
-        instance.stop()
-        kill_recipe_leftovers()  # a subshell's sleep whose gdb was gone already
-        reap_all(keep=tracerd_pid)
+        stop(instance, tracerd_pid)
     return rate, delay
+
+
+def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
+        float, int]:  # fmt: skip
+    configure(instance, debugger_command(mode, sock), steady=args.sessions)
+    instance.start(timeout=60)
+    try:
+        return steady_throughput(instance, args)
+    finally:
+        stop(instance, tracerd_pid)
+
+
+def stop(instance: PostfixInstance, tracerd_pid: int) -> None:
+    kill_recipe_leftovers()
+    instance.stop()
+    kill_recipe_leftovers()  # a subshell's sleep whose gdb was gone already
+    reap_all(keep=tracerd_pid)
+
+
+def ratios(rates: dict[str, list[float]], mode: str) -> dict[str, float] | None:
+    """The mode's rate over the same run's untraced rate, run by run, summarized."""
+    base = rates.get("untraced")
+    if not base or not rates[mode]:
+        return None
+    return summary([rate / untraced for rate, untraced in zip(rates[mode], base, strict=False)])
 
 
 def main() -> int:
@@ -172,7 +242,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=200, help="messages before a steady-state measure")
+    parser.add_argument("--modes", default="untraced,watch,strace,perf,recipe",
+                        help="comma-separated: untraced, watch, strace, perf, recipe")  # fmt: skip
     args = parser.parse_args()
+    modes = [m for m in MODES if SHORT[m] in args.modes.split(",")]
+    if "untraced" not in modes:
+        modes.insert(0, "untraced")  # the baseline of every ratio
     if not available() or shutil.which("smtp-source") is None:
         print("bench/postfix: Postfix (master, postconf, smtp-source) is not installed", file=sys.stderr)
         return 1
@@ -181,8 +257,10 @@ def main() -> int:
         print("bench/postfix: cannot become a child subreaper", file=sys.stderr)
         return 1
     no_core_dumps()
-    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
-    delays: dict[str, list[float]] = {mode: [] for mode in MODES}
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    delays: dict[str, list[float]] = {mode: [] for mode in modes}
+    steady: dict[str, list[float]] = {mode: [] for mode in modes}
+    starts: dict[str, list[int]] = {mode: [] for mode in modes}
     root = Path(tempfile.mkdtemp(prefix="tracerd-bench-postfix-"))
     try:
         instance = PostfixInstance(root)
@@ -190,28 +268,41 @@ def main() -> int:
         with private_tracerd() as (sock, _tracerd_root):
             tracerd_pid = int(request(sock, "status")["daemon"]["pid"])
             for run in range(args.runs):
-                for mode in MODES:
+                for mode in modes:
                     rate, delay = one_run(instance, mode, sock, args, tracerd_pid)
                     rates[mode].append(rate)
                     delays[mode].append(delay)
-                    print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms", flush=True)
+                    steady_rate, new = steady_run(instance, mode, sock, args, tracerd_pid)
+                    steady[mode].append(steady_rate)
+                    starts[mode].append(new)
+                    print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms"
+                          f"  steady {steady_rate:8.1f} msg/s ({new} smtpd started)", flush=True)  # fmt: skip
             status = request(sock, "status")
             counters = status["counters"]
             failed = [s for s in status["sessions"] if s["state"] == "failed"]
     finally:
         kill_recipe_leftovers()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\nsmtp-source -s {args.sessions} -m {args.messages}, {args.runs} runs per mode, alternated\n")
-    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8}   {'banner ms p50':>13} {'min':>8} {'max':>8}")
-    for mode in MODES:
-        rate, delay = summary(rates[mode]), summary(delays[mode])
-        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f}   "
-              f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}")  # fmt: skip
+    print(f"\nsmtp-source -s {args.sessions} -m {args.messages}, {args.runs} runs per mode, alternated;"
+          f" steady state after {args.warmup} warm-up messages\n")  # fmt: skip
+    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8} {'ratio':>6}   {'banner ms p50':>13} {'min':>8}"
+          f" {'max':>8}   {'steady p50':>10} {'ratio':>6} {'starts':>6}")  # fmt: skip
+    for mode in modes:
+        rate, delay, still = summary(rates[mode]), summary(delays[mode]), summary(steady[mode])
+        ratio, still_ratio = ratios(rates, mode) or {"p50": 0.0}, ratios(steady, mode) or {"p50": 0.0}
+        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f} {ratio['p50']:6.2f}   "
+              f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}   "
+              f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {sum(starts[mode]):6}")  # fmt: skip
     print(f"\ntracerd: {counters['sessions_started']} sessions, {counters['sessions_failed']} failed")
     for session in failed:
         print(f"  failed: {session['name']}[{session['pid']}] {session['tracer']}: {session['error']}")
     path = save("postfix", {"runs": args.runs, "messages": args.messages, "sessions": args.sessions,
+                            "warmup": args.warmup,
                             "throughput": {m: summary(v) for m, v in rates.items()},
+                            "ratio": {m: ratios(rates, m) for m in rates},
+                            "steady_throughput": {m: summary(v) for m, v in steady.items()},
+                            "steady_ratio": {m: ratios(steady, m) for m in steady},
+                            "steady_new_smtpd": {m: sum(v) for m, v in starts.items()},
                             "banner_ms": {m: summary(v) for m, v in delays.items()},
                             "tracerd_counters": counters, "failed_sessions": failed})  # fmt: skip
     print(f"saved {path}")

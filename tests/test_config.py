@@ -370,7 +370,7 @@ BAD = [
     pytest.param("[[rule]]\ntracer = \"gdb\"", "rule[0]", 3, id="rule-without-process"),
     pytest.param("[[rule]]\nprocess = \"a\"\n[[rule]]\ntracer = \"gdb\"", "rule[1]", 5,
                  id="second-rule-without-process"),
-    pytest.param("[[rule]]\nprocess = \"a\"\ntracer = \"perf\"", "rule[0].tracer", 5, id="rule-unknown-tracer"),
+    pytest.param("[[rule]]\nprocess = \"a\"\ntracer = \"nosuch\"", "rule[0].tracer", 5, id="rule-unknown-tracer"),
     pytest.param("[[rule]]\nprocess = \"a\"\nargs = [\"-f\", 1]", "rule[0].args", 5, id="rule-args-int"),
     pytest.param("[[rule]]\nprocess = \"a\"\nargs = \"-f\"", "rule[0].args", 5, id="rule-args-string"),
     pytest.param("[[rule]]\nprocess = \"a\"\nargs = [\"a\\u0000b\"]", "rule[0].args", 5, id="rule-args-nul"),
@@ -446,7 +446,7 @@ max_lines_per_second = 0
 
 [[rule]]
 process = "smtpd"
-tracer = "perf"
+tracer = "nosuch"
 
 [[rule]]
 tracer = "gdb"

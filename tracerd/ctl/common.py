@@ -93,6 +93,11 @@ def render_status(reply: dict[str, Any]) -> str:
                 session["log"],
             )
         )
+    if any(session["tracer"] == "perf" for session in sessions):
+        # events perf lost are never hidden: a LOST column while a perf session is listed
+        lost = ["LOST"] + [str(session.get("lost_events", 0)) for session in sessions]
+        lines += table([(*row[:6], count, *row[6:]) for row, count in zip(rows, lost, strict=True)])
+        return "\n".join(lines)
     lines += table(rows)
     return "\n".join(lines)
 

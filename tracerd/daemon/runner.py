@@ -154,6 +154,7 @@ class SessionRunner:
             logfile, session = running.output.logfile, running.output.session
             session.log_error = logfile.error
             session.log_dropped = logfile.dropped
+            session.lost_events = running.backend.lost_events
 
     async def start(
         self, identity: ProcessIdentity, name: str, requested: str | None, *, readopt_started: str | None = None
@@ -273,6 +274,7 @@ class SessionRunner:
         if running is not None:
             session.log_error = running.output.logfile.error
             session.log_dropped = running.output.logfile.dropped
+            session.lost_events = running.backend.lost_events
             running.output.logfile.close(final_line=closing)
             running.output.syslog.flush()
             syslog = running.output.syslog

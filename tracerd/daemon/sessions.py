@@ -77,6 +77,7 @@ class Session:
     log_error: str | None = None  # the log cannot be written (disk full...): flagged
     log_dropped: int = 0
     readopted: bool = False  # traced again after a tracerd restart (README, "Reliability")
+    lost_events: int = 0  # events the tracer lost (perf), as it reported them
     running: Any = field(default=None, repr=False, compare=False)  # the runner's parts while active
 
     @property
@@ -131,6 +132,7 @@ class Session:
             "log_error": self.log_error,
             "log_dropped": self.log_dropped,
             "readopted": self.readopted,
+            "lost_events": self.lost_events,
         }
 
 

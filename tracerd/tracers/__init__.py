@@ -33,6 +33,7 @@ BACKENDS: dict[str, str] = {
     "ltrace": "tracerd.tracers.ltrace:LtraceTracer",
     "truss": "tracerd.tracers.truss:TrussTracer",
     "ktrace": "tracerd.tracers.ktrace:KtraceTracer",
+    "perf": "tracerd.tracers.perf:PerfTracer",
 }
 NAMES: tuple[str, ...] = tuple(BACKENDS)
 

@@ -126,6 +126,7 @@ class Tracer(abc.ABC):
         self.target = target
         self.output = output
         self.tracer_pid: int | None = None
+        self.lost_events = 0  # events the tracer reported it could not record (perf's LOST lines)
 
     @classmethod
     def unavailable(cls) -> str | None:

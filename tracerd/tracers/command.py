@@ -1,8 +1,10 @@
-"""Shared machinery of the command-line tracers: strace, ltrace, truss, ktrace.
+"""Shared machinery of the command-line tracers: strace, ltrace, truss, ktrace, perf.
 
 Each is one program run from an argv list as ``PROGRAM [ARGS] -p PID``.  The
 attachment is confirmed by the kernel: /proc/PID/status names the tracer's
-pid as TracerPid.  The end of the traced process is seen through a pidfd; how
+pid as TracerPid (perf, no ptrace tracer, has its own :meth:`confirmed` and
+its checks in :meth:`preflight`: :mod:`tracerd.tracers.perf`).  The end of
+the traced process is seen through a pidfd; how
 it ended (exit status or signal) is read from the tracer's own closing line
 (``+++ exited with 3 +++``), since only the real parent can wait for it.
 strace and ltrace lines are read by :mod:`tracerd.tracers.tracecrash`
@@ -51,6 +53,8 @@ class CommandTracer(Tracer):
     # strace or ltrace: their lines are read by a TraceObserver instead of ending_re
     dialect: ClassVar[str | None] = None
     detach_signal: ClassVar[int] = signal.SIGTERM
+    # the tracer exits by itself (status 0) once the process is gone, maybe just before the pidfd says so
+    exits_with_target: ClassVar[bool] = False
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -98,11 +102,19 @@ class CommandTracer(Tracer):
         self._recent.extend(lines[-4:])
         self.output.lines(lines)
 
+    async def preflight(self) -> None:
+        """Refuse before the tracer runs: a ptrace tracer cannot attach to a traced process."""
+        current = procinfo.tracer_pid(self.target.pid)
+        if current:
+            raise Busy(f"process {self.target.pid} is already traced by pid {current}")
+
+    def confirmed(self, child: Child) -> bool:
+        """The kernel's word that ``child`` is attached: TracerPid names it."""
+        return procinfo.tracer_pid(self.target.pid) == child.pid
+
     async def attach(self) -> None:
         pid = self.target.pid
-        current = procinfo.tracer_pid(pid)
-        if current:
-            raise Busy(f"process {pid} is already traced by pid {current}")
+        await self.preflight()
         self._pidfd = procinfo.open_pidfd(self.target.identity)
         loop = asyncio.get_running_loop()
         self._gone = loop.create_future()
@@ -114,7 +126,7 @@ class CommandTracer(Tracer):
             if child.returncode is not None:
                 return True
             try:
-                return procinfo.tracer_pid(pid) == child.pid
+                return self.confirmed(child)
             except TargetGone:
                 return True
 
@@ -136,6 +148,8 @@ class CommandTracer(Tracer):
             await child.wait()
             self._release()
             reason = self._recent[-1] if self._recent else f"exit status {child.returncode}"
+            if not self.target.identity.alive():
+                raise TargetGone(f"process {pid} ended while {self.program} attached ({reason})")
             raise TracerFailed(f"{self.program} could not attach: {reason}")
         if not self.target.identity.alive():
             await child.stop()
@@ -164,6 +178,9 @@ class CommandTracer(Tracer):
                 await self._last_words(tracer_done)
                 return await self._finish()
             code = tracer_done.result()
+            if (code == 0 and self.exits_with_target) or self._ending is not None:
+                # the tracer saw the process go and left first: the pidfd is about to say so
+                await asyncio.wait({self._gone}, timeout=LAST_WORDS)
             if self._gone.done() or not self.target.identity.alive():
                 return await self._finish()
             last = self._recent[-1] if self._recent else ""
