@@ -27,27 +27,17 @@ def write_at(
     owner: tuple[int, int] | None = None, prefix: str = ".tracerd-",
 ) -> None:  # fmt: skip
     """Replace ``name`` in the directory ``dir_fd`` by ``data``, atomically and durably."""
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"not a file name: {name!r}")
-    temp = prefix + secrets.token_hex(8)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    try:
-        try:
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)
+
+    def fill(fd: int) -> int:
+        if owner is not None:
+            os.fchown(fd, *owner)
+            os.fchmod(fd, mode)  # chown clears the set-id bits
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return len(data)
+
+    write_stream_at(dir_fd, name, fill, mode, prefix=prefix)
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o600, *, owner: tuple[int, int] | None = None,
