@@ -350,6 +350,9 @@ def test_sigabrt_of_smtpd_keeps_its_last_mail_log_lines_and_a_core(
     assert any("]: connect from " in line for line in lines), lines
     assert "]: disconnect from " in lines[-1], lines
     assert report["core"]["state"] == "saved", report["core"]
+    human = daemon.ctl("crash", report["id"]).stdout  # tracerctl crash ID shows them too
+    assert f"mail log, this pid's last {len(lines)} lines:" in human, human
+    assert lines[-1].split("]: ", 1)[1] in human, human
     result = subprocess.run([sys.executable, "-m", "tracerd.ctl.postmortem", report["id"], "--ui", "batch",
                              "--state-dir", str(daemon.state_dir)],
                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip

@@ -277,6 +277,12 @@ def test_assertion_message_in_the_report(retrace_daemon: Any, spawn: Any, built:
     assert "Assertion `value == 42 && \"the invariant holds\"' failed." in report["assertion"], report
     assert report["abort_message"] == report["assertion"]
     assert "retrace_target.c:34: check_invariant" in report["assertion"]
+    human = retrace_daemon.ctl("crash", report["id"])
+    assert human.returncode == 0, human.stderr
+    assert "abort    " in human.stdout, human.stdout
+    assert "the invariant holds" in human.stdout, human.stdout
+    assert f"core     saved {report['id']}.core.zst" in human.stdout, human.stdout
+    assert f"tracerctl gdb {report['id']}" in human.stdout, human.stdout
 
 
 def test_postmortem_gdb_in_a_terminal_shows_the_crash_frames(

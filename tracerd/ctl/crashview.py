@@ -94,7 +94,16 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
         lines.append(f"capture  {clean(state or 'incomplete')}" + (f": {'; '.join(errors)}" if errors else ""))
     if report.get("notice"):
         lines.append(f"notice   {clean(report['notice'])}")
+    message = report.get("assertion") or report.get("abort_message")
+    if message:
+        lines.append(f"abort    {clean(message)}")
+    core = report.get("core")
+    if isinstance(core, dict):
+        lines.append(f"core     {_core_line(core, clean(report.get('id')))}")
     lines += _threads(report, full)
+    mail_log = report.get("mail_log")
+    if isinstance(mail_log, list) and mail_log:
+        lines += ["", f"mail log, this pid's last {len(mail_log)} lines:"] + ["  " + clean(text) for text in mail_log]
     trace = report.get("trace")
     if isinstance(trace, list) and trace:
         lines += ["", f"last {len(trace)} lines of the trace:"] + ["  " + clean(line) for line in trace]
@@ -110,6 +119,17 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     lines += _libraries(report.get("libraries"))
     lines += _missing_symbols(report.get("missing_symbols"), report.get("debug_symbols"))
     return "\n".join(lines).rstrip()
+
+
+def _core_line(core: dict[str, Any], crash_id: str) -> str:
+    """The report's ``core`` (README "Cores and retrace"): kept, skipped or evicted, and why."""
+    state = clean(core.get("state") or "?")
+    if state == "saved":
+        size = core.get("bytes")
+        shown = f" ({size / 1048576:.1f} MB)" if isinstance(size, int) else ""
+        return f"saved {clean(core.get('file'))}{shown}: tracerctl gdb {crash_id}"
+    reason = core.get("reason")
+    return state + (f": {clean(reason)}" if reason else "")
 
 
 def signal_line(sig: dict[str, Any]) -> str:
