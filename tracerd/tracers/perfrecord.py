@@ -55,6 +55,8 @@ REPLAY_TIMEOUT = 60.0
 RECORD_OPTIONS = ("-m", "--mmap-pages")
 # perf trace -i does not apply these to recorded events: refused rather than ignored
 UNSUPPORTED = ("-e", "--event", "--expr")
+# where perf reads and writes: tracerd's to choose
+OWN = ("-i", "--input", "-o", "--output", "-p", "--pid")
 PERF_MAGIC = b"PERFILE2"
 PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
@@ -77,6 +79,8 @@ def split_args(args: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]
                 f"perf tracer: {name[:2] if not arg.startswith('--') else name} is not applied to recorded"
                 " events by perf trace -i; trace every call, or use the strace tracer"
             )
+        if name in OWN or (arg[:2] in ("-i", "-o", "-p") and not arg.startswith("--")):
+            raise TracerFailed(f"perf tracer: {name[:2] if not arg.startswith('--') else name} is set by tracerd")
         if name in RECORD_OPTIONS or (arg.startswith("-m") and not arg.startswith("--")):
             record.append(arg)
             if arg in RECORD_OPTIONS:
@@ -209,7 +213,8 @@ class Replayer:
             last[0] = next((line.strip() for line in reversed(lines) if line.strip()), last[0])
             self.on_lines(lines)
 
-        child = Child(["perf", "trace", "-i", path, *self.replay_args], on_lines)
+        # -o: perf writes its lines through stdio's buffer (stderr, its default, costs a write() per line)
+        child = Child(["perf", "trace", "-i", path, "-o", "/dev/stdout", *self.replay_args], on_lines)
         try:
             code = await asyncio.wait_for(asyncio.shield(child.wait()), REPLAY_TIMEOUT)
         except TimeoutError:
