@@ -49,6 +49,8 @@ from tracerd.spawn import Child
 
 SWITCH = "1s"  # how often perf closes a file: the lines' delay
 MAX_SIZE = "64M"  # one file's bound (one second of events)
+# a buffer per thread (not per CPU) of 1 MiB: no loss at a getppid() loop's rate here (README "Figures")
+BUFFER = ("--per-thread", "-m", "256")
 FILE_RE = re.compile(r"perf\.data\.\d{1,20}")
 REPLAY_TIMEOUT = 60.0
 # perf trace options that size the recording (given to perf record), with a value
