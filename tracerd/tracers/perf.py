@@ -82,7 +82,8 @@ class PerfTracer(CommandTracer):
         assert self._replayer is not None
         return [
             self.program, "trace", "record", f"--switch-output={perfrecord.SWITCH}",
-            f"--max-size={perfrecord.MAX_SIZE}", "--no-inherit", *perfrecord.BUFFER, "-o", str(self._replayer.directory / "perf.data"),
+            f"--max-size={perfrecord.MAX_SIZE}", "--no-inherit", *perfrecord.BUFFER,
+            "-o", str(self._replayer.directory / "perf.data"),
             *self._record_args, "-p", str(self.target.pid),
         ]  # fmt: skip
 
