@@ -45,6 +45,7 @@ fails the session saying so.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -156,8 +157,13 @@ class PerfTracer(CommandTracer):
         PerfTracer.total_lost += lost
 
     async def _drain(self) -> None:
-        if self._replayer is not None:
-            await self._replayer.drain()
+        """Print what perf left, within a bound: the session must end even if perf trace -i hangs."""
+        if self._replayer is None:
+            return
+        try:
+            await asyncio.wait_for(self._replayer.drain(), perfrecord.REPLAY_TIMEOUT + 5.0)
+        except TimeoutError:
+            self.output.warn("perf trace -i did not finish printing perf's last file; its lines are lost")
 
     async def _finish(self) -> Ending:
         await self._drain()
