@@ -243,19 +243,26 @@ def test_recording_is_private_and_removed(tracefs: str, daemon: Any, cbin: Any, 
     assert list((daemon.state_dir / "perf").iterdir()) == []
 
 
-def test_event_selection_is_refused(tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ('"-e", "write"', "perf tracer: -e is not applied to recorded events by perf trace -i;"
+         " trace every call, or use the strace tracer"),
+        ('"--bogus"', "perf tracer: perf trace rejects the rule's args: Error: unknown option `bogus'"),
+    ],
+)  # fmt: skip
+def test_rule_args_perf_cannot_apply_are_refused(
+    tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any, args: str, line: str
+) -> None:
     """A rule giving perf -e (which perf trace -i does not apply to recorded
-    events) is refused at attach with one line saying so; no perf ran and the
-    process runs on."""
-    daemon = daemon_factory('[[rule]]\nprocess = "picky"\ntracer = "perf"\nargs = ["-e", "write"]\n')
+    events) or an option perf rejects is refused at attach with one line saying
+    so, not at every file; no perf ran and the process runs on."""
+    daemon = daemon_factory(f'[[rule]]\nprocess = "picky"\ntracer = "perf"\nargs = [{args}]\n')
     target = spawn(cbin("sleeper"))
     assert target.readline() == "ready\n"
     result = daemon.ctl("attach", str(target.pid), "--name", "picky")
     assert result.returncode != 0
-    assert result.stderr.strip().endswith(
-        "perf tracer: -e is not applied to recorded events by perf trace -i;"
-        " trace every call, or use the strace tracer"
-    ), result.stderr
+    assert result.stderr.strip().endswith(line), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     session = daemon.session(target.pid)
     assert session["state"] == "failed"
@@ -263,3 +270,21 @@ def test_event_selection_is_refused(tracefs: str, daemon_factory: Any, cbin: Any
     assert target.proc.stdin is not None
     target.proc.stdin.close()
     assert target.wait() == 0
+
+
+def test_rule_args_apply_to_the_printed_lines(tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """The rule's args reach perf trace -i: with --duration 20 only the sleeper's
+    50 ms sleeps are printed, never its quick write() of each tick."""
+    daemon = daemon_factory('[[rule]]\nprocess = "slow"\ntracer = "perf"\nargs = ["--duration", "20"]\n')
+    target = spawn(cbin("sleeper"))
+    assert target.readline() == "ready\n"
+    assert daemon.ctl("attach", str(target.pid), "--name", "slow").returncode == 0
+    log = Path(daemon.session(target.pid)["log"])
+    wait_until(lambda: log.read_text().count("clock_nanosleep(") >= 20, "sleeps printed", 60)
+    assert target.proc.stdin is not None
+    target.proc.stdin.close()
+    assert target.wait() == 0
+    daemon.wait_session(target.pid, "exited")
+    text = log.read_text()
+    assert "clock_nanosleep(" in text
+    assert "write(fd: 3" not in text, text[-2000:]

@@ -94,7 +94,7 @@ class PerfTracer(CommandTracer):
 
     async def preflight(self) -> None:
         self._record_args, replay_args = perfrecord.split_args(self.target.args)
-        reason = await perfcheck.refusal(self.target.pid)
+        reason = await perfrecord.check_replay_args(replay_args) or await perfcheck.refusal(self.target.pid)
         if reason:
             raise TracerFailed(reason)
         state_dir = Path(self.target.capture_dir).parent if self.target.capture_dir else None

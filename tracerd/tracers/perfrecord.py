@@ -53,6 +53,8 @@ MAX_SIZE = "64M"  # one file's bound (one second of events)
 BUFFER = ("--per-thread", "-m", "256")
 FILE_RE = re.compile(r"perf\.data\.\d{1,20}")
 REPLAY_TIMEOUT = 60.0
+CHECK_TIMEOUT = 10.0
+OPTION_ERROR = 129  # perf's exit status for a bad option
 # perf trace options that size the recording (given to perf record), with a value
 RECORD_OPTIONS = ("-m", "--mmap-pages")
 # perf trace -i does not apply these to recorded events: refused rather than ignored
@@ -92,6 +94,30 @@ def split_args(args: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]
             continue
         replay.append(arg)
     return record, replay
+
+
+async def check_replay_args(args: list[str]) -> str | None:
+    """perf's own word on printing options it would reject (one line), or None.
+
+    perf trace -i parses its options before it opens its input, so a path that
+    cannot exist shows a bad option at once, rather than at every file.
+    """
+    if not args:
+        return None
+    proc = await asyncio.create_subprocess_exec(
+        "perf", "trace", "-i", "/dev/null/none", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), CHECK_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None  # inconclusive: the files will say
+    if proc.returncode != OPTION_ERROR:
+        return None
+    lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    return f"perf tracer: perf trace rejects the rule's args: {lines[0] if lines else 'usage error'}"
 
 
 def scan(path: str) -> tuple[int, int, int]:
