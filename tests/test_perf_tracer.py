@@ -244,7 +244,7 @@ def test_recording_is_private_and_removed(tracefs: str, daemon: Any, cbin: Any, 
 
 
 @pytest.mark.parametrize(
-    ("args", "line"),
+    "case",
     [
         ('"-e", "write"', "perf tracer: -e is not applied to recorded events by perf trace -i;"
          " trace every call, or use the strace tracer"),
@@ -252,11 +252,12 @@ def test_recording_is_private_and_removed(tracefs: str, daemon: Any, cbin: Any, 
     ],
 )  # fmt: skip
 def test_rule_args_perf_cannot_apply_are_refused(
-    tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any, args: str, line: str
+    tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any, case: tuple[str, str]
 ) -> None:
     """A rule giving perf -e (which perf trace -i does not apply to recorded
     events) or an option perf rejects is refused at attach with one line saying
     so, not at every file; no perf ran and the process runs on."""
+    args, line = case
     daemon = daemon_factory(f'[[rule]]\nprocess = "picky"\ntracer = "perf"\nargs = [{args}]\n')
     target = spawn(cbin("sleeper"))
     assert target.readline() == "ready\n"
