@@ -99,7 +99,9 @@ class PerfTracer(CommandTracer):
             raise TracerFailed(reason)
         state_dir = Path(self.target.capture_dir).parent if self.target.capture_dir else None
         directory = perfrecord.private_dir(state_dir, self.target.pid)
-        self._replayer = perfrecord.Replayer(directory, replay_args, self._on_trace_lines, self._on_lost)
+        self._replayer = perfrecord.Replayer(
+            directory, replay_args, self._on_trace_lines, self._on_lost, on_unprinted=self._find_ending
+        )
 
     async def attach(self) -> None:
         try:
@@ -139,6 +141,10 @@ class PerfTracer(CommandTracer):
 
     def _on_trace_lines(self, lines: list[str]) -> None:
         """What perf trace -i printed of one file."""
+        self._find_ending(lines)
+        self.output.lines(lines)
+
+    def _find_ending(self, lines: list[str]) -> None:
         if self._ending is None:
             for line in lines:
                 if "exit_group(" in line:
@@ -147,7 +153,6 @@ class PerfTracer(CommandTracer):
                         self._ending = Ending("exited", exit_code=int(match.group("code") or 0))
                         self._ending_seen.set()
                         break
-        self.output.lines(lines)
 
     def _on_lost(self, lost: int) -> None:
         self.output.lines([f"LOST {lost} events!"])

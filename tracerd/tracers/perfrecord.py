@@ -169,11 +169,15 @@ class Replayer:
         replay_args: list[str],
         on_lines: Callable[[list[str]], None],
         on_lost: Callable[[int], None],
+        on_unprinted: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.directory = directory
         self.replay_args = replay_args
         self.on_lines = on_lines
         self.on_lost = on_lost
+        # the last files again, without the rule's args: what they filtered out (exit_group), not logged
+        self.on_unprinted = on_unprinted
+        self._kept: str | None = None  # the newest file printed, kept for that when args filter
         self.lost = 0
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -199,6 +203,12 @@ class Replayer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        kept, self._kept = self._kept, None
+        if kept is not None and self.on_unprinted is not None:
+            try:
+                await self._replay(kept, [], self.on_unprinted)
+            finally:
+                _forget(kept)
 
     def close(self) -> None:
         """Remove the directory and whatever is left in it."""
@@ -210,7 +220,8 @@ class Replayer:
     async def _ready(self) -> None:
         async with self._lock:
             try:
-                names = sorted(name for name in os.listdir(self.directory) if FILE_RE.fullmatch(name))
+                kept = os.path.basename(self._kept) if self._kept else None
+                names = sorted(name for name in os.listdir(self.directory) if FILE_RE.fullmatch(name) and name != kept)
             except OSError:
                 return
             for name in names:
@@ -218,8 +229,11 @@ class Replayer:
                 try:
                     await self._one(path)
                 finally:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+                    if self.replay_args and self.on_unprinted is not None:
+                        _forget(self._kept)
+                        self._kept = path
+                    else:
+                        _forget(path)
 
     async def _one(self, path: str) -> None:
         try:
@@ -227,28 +241,34 @@ class Replayer:
         except (OSError, ValueError, struct.error):
             samples, lost, lost_samples = 1, 0, 0
         if samples:
-            await self._replay(path)
+            await self._replay(path, self.replay_args, self.on_lines)
         # LOST records as they came; the kernel's totals (at perf's end) where higher
         more = lost + max(0, lost_samples - (self.lost + lost))
         if more:
             self.lost += more
             self.on_lost(more)
 
-    async def _replay(self, path: str) -> None:
+    async def _replay(self, path: str, args: list[str], sink: Callable[[list[str]], None]) -> None:
         last = [""]
 
         def on_lines(lines: list[str]) -> None:
             last[0] = next((line.strip() for line in reversed(lines) if line.strip()), last[0])
-            self.on_lines(lines)
+            sink(lines)
 
         # -o: perf writes its lines through stdio's buffer (stderr, its default, costs a write() per line)
-        child = Child(["perf", "trace", "-i", path, "-o", "/dev/stdout", *self.replay_args], on_lines)
+        child = Child(["perf", "trace", "-i", path, "-o", "/dev/stdout", *args], on_lines)
         try:
             code = await asyncio.wait_for(asyncio.shield(child.wait()), REPLAY_TIMEOUT)
         except TimeoutError:
             code = await child.stop(signal.SIGKILL)
-            self.on_lines([f"tracerd: perf trace -i took over {REPLAY_TIMEOUT:.0f} s; killed"])
+            sink([f"tracerd: perf trace -i took over {REPLAY_TIMEOUT:.0f} s; killed"])
         finally:
             child.close()
         if code != 0:
-            self.on_lines([f"tracerd: perf trace -i ended with status {code} {last[0]}".rstrip()])
+            sink([f"tracerd: perf trace -i ended with status {code} {last[0]}".rstrip()])
+
+
+def _forget(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
