@@ -217,12 +217,17 @@ def test_detach_stops_perf_and_the_process_runs_on(tracefs: str, daemon: Any, cb
 
 
 def test_recording_is_private_and_removed(tracefs: str, daemon: Any, cbin: Any, spawn: Any) -> None:
-    """perf records into a 0700 directory of tracerd's under state_dir/perf, the
-    files it closes are printed and deleted as they come, and the directory is
-    gone once the session has ended."""
+    """perf records into a 0700 directory of tracerd's under state_dir/perf (what
+    an earlier tracerd left there is removed first), the files it closes are
+    printed and deleted as they come, and the directory is gone once the session
+    has ended."""
+    stale = daemon.state_dir / "perf" / "perf-1-leftover"  # as a SIGKILLed tracerd would leave it
+    stale.mkdir(parents=True, mode=0o700)
+    (stale / "perf.data.2026010100000000").write_bytes(b"PERFILE2")
     target = spawn(cbin("sleeper"))
     assert target.readline() == "ready\n"
     assert daemon.ctl("attach", str(target.pid), "--tracer", "perf").returncode == 0
+    assert not stale.exists()
     session = daemon.session(target.pid)
     cmdline = Path(f"/proc/{session['tracer_pid']}/cmdline").read_bytes().decode().split("\0")
     output = Path(cmdline[cmdline.index("-o") + 1])

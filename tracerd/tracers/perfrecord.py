@@ -17,7 +17,8 @@ they are higher.
 
 Security: the directory is created 0700 by tracerd (root) under its
 state_dir (or the system's temporary directory), checked to be a real
-directory of ours, and removed at the session's end; file names are matched
+directory of ours, and removed at the session's end (those a killed tracerd
+left are removed before its successor's first perf session); file names are matched
 whole (``perf.data.<digits>``) and passed to perf in an argv list, never
 through a shell.  The files hold what the process did (addresses and
 numbers, no buffer contents) and live for about a second each; each is
@@ -147,6 +148,16 @@ def scan(path: str) -> tuple[int, int, int]:
     return samples, lost, lost_samples
 
 
+_swept: set[Path] = set()
+
+
+def sweep(base: Path) -> None:
+    """Remove the session directories a tracerd that did not stop cleanly left in ``base``."""
+    for entry in os.scandir(base):
+        if entry.name.startswith("perf-") and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def private_dir(state_dir: Path | None, pid: int) -> Path:
     """A new 0700 directory for one session's files, under STATE_DIR/perf (or the tmp dir)."""
     base = Path(tempfile.gettempdir()) if state_dir is None else state_dir / "perf"
@@ -155,6 +166,9 @@ def private_dir(state_dir: Path | None, pid: int) -> Path:
         info = base.lstat()
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             raise TracerFailed(f"perf tracer: {base} is not a directory of tracerd's")
+        if state_dir is not None and base not in _swept:
+            _swept.add(base)
+            sweep(base)
         return Path(tempfile.mkdtemp(prefix=f"perf-{pid}-", dir=base))
     except OSError as err:
         raise TracerFailed(f"perf tracer: cannot make a directory for perf's files in {base}: {err.strerror}") from err
