@@ -296,3 +296,22 @@ def test_rule_args_apply_to_the_printed_lines(tracefs: str, daemon_factory: Any,
     assert "exit_group(" not in text
     assert "clock_nanosleep(" in text
     assert "write(fd: 3" not in text, text[-2000:]
+
+
+def test_size_limit_fails_the_session_saying_so(tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """Events past the recording's --max-size (here the rule's 200K, 64M by
+    default) make perf stop: the session fails saying so, what perf recorded is
+    printed, and the process (a long getppid() loop) runs on untraced."""
+    daemon = daemon_factory('[[rule]]\nprocess = "busy"\ntracer = "perf"\nargs = ["--max-size", "200K"]\n',
+                            attach_timeout=30)  # fmt: skip
+    target = spawn(cbin("bench_syscalls"), daemon.hook_command(timeout=60), "busy", "2000000000")
+    ended = daemon.wait_session(target.pid, "failed", timeout=60)
+    assert ended["error"] == (
+        "perf stopped recording: one file (1s of events) passed its --max-size (perf size limit reached)"
+    ), ended
+    log = Path(ended["log"]).read_text()
+    assert "getppid()" in log
+    assert "perf size limit reached" in log
+    assert target.proc.poll() is None  # still in its loop
+    target.proc.kill()
+    target.wait()

@@ -16,7 +16,8 @@ its perf_event descriptors, waits in poll() for events (its main loop,
 entered only once the events are enabled).
 
 The rule's ARGS are perf trace's options for printing (``--duration 1``,
-``--failure``, ``-T``...), except ``-m PAGES`` (perf record's buffer);
+``--failure``, ``-T``...), except ``-m PAGES`` and ``--max-size SIZE``
+(perf record's buffer and one file's bound);
 ``-e`` is refused, as ``perf trace -i`` ignores it.  The printed lines (``
 0.049 ( 0.013 ms): smtpd/42 getppid() = 1``) go to the log and syslog.
 Events lost (perf's buffer was full) are read from the files, written to
@@ -181,8 +182,8 @@ class PerfTracer(CommandTracer):
                 await self._drain()
             if ending.state == "failed" and self._size_limit:
                 ending = Ending("failed", reason=(
-                    f"perf stopped recording: more than {perfrecord.MAX_SIZE}B of events"
-                    f" in {perfrecord.SWITCH} (perf size limit reached)"
+                    f"perf stopped recording: one file ({perfrecord.SWITCH} of events) passed its --max-size"
+                    " (perf size limit reached)"
                 ))  # fmt: skip
             return ending
         finally:

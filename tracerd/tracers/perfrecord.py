@@ -57,7 +57,7 @@ REPLAY_TIMEOUT = 60.0
 CHECK_TIMEOUT = 10.0
 OPTION_ERROR = 129  # perf's exit status for a bad option
 # perf trace options that size the recording (given to perf record), with a value
-RECORD_OPTIONS = ("-m", "--mmap-pages")
+RECORD_OPTIONS = ("-m", "--mmap-pages", "--max-size")
 # perf trace -i does not apply these to recorded events: refused rather than ignored
 UNSUPPORTED = ("-e", "--event", "--expr")
 # where perf reads and writes: tracerd's to choose
@@ -90,7 +90,7 @@ def split_args(args: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]
             record.append(arg)
             if arg in RECORD_OPTIONS:
                 if not items:
-                    raise TracerFailed(f"perf tracer: {arg} needs a number of pages")
+                    raise TracerFailed(f"perf tracer: {arg} needs a value")
                 record.append(items.pop(0))
             continue
         replay.append(arg)
