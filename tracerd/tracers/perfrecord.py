@@ -276,6 +276,9 @@ class Replayer:
         except TimeoutError:
             code = await child.stop(signal.SIGKILL)
             sink([f"tracerd: perf trace -i took over {REPLAY_TIMEOUT:.0f} s; killed"])
+        except asyncio.CancelledError:
+            child.send_signal(signal.SIGKILL)  # given up on from above: reaped by its pidfd, not waited for
+            raise
         finally:
             child.close()
         if code != 0:
