@@ -35,23 +35,31 @@ def tracefs() -> Iterator[str]:
         subprocess.run(["umount", TRACEFS], check=False, timeout=30)
 
 
+MARKER_RE = re.compile(r"write\(fd: 1(?:<[^>\n]*>)?, buf: 0x[0-9a-f]+, count: 18\)\s+= 18\n")
+
+
 def test_marker_write_and_exit_status_in_the_log(tracefs: str, daemon: Any, cbin: Any, spawn: Any) -> None:
     """The hook returns once perf traces the process: the target's write of its
-    18-byte marker right after the hook is a line of the log, and the session ends
-    with the status perf saw in exit_group(); status lists the perf session with 0 lost."""
+    18-byte marker right after the hook reaches the log while the process still
+    runs (perf's recording is printed a file at a time, about a second late), and
+    the session ends with the status perf saw in exit_group(); status lists the
+    perf session with 0 lost."""
     hook = daemon.hook_command(timeout=60) + " --tracer perf"
     target = spawn(cbin("hooked"), hook, "smtpd", "3")
     assert target.readline() == "hook=0\n"
     session = daemon.session(target.pid)
     assert session["state"] == "attached"
     assert session["tracer"] == "perf"
+    log_path = Path(session["log"])
+    wait_until(lambda: MARKER_RE.search(log_path.read_text()), "the marker write in the log", 30)
+    assert Path(f"/proc/{target.pid}").exists()  # it waits for its byte on stdin: still running
     target.release()
     assert target.wait() == 3
     ended = daemon.wait_session(target.pid, "exited")
     assert ended["exit_code"] == 3
     assert ended["lost_events"] == 0
-    log = Path(session["log"]).read_text()
-    assert re.search(r"write\(fd: 1(?:<[^>\n]*>)?, buf: 0x[0-9a-f]+, count: 18\)\s+= 18\n", log), log[-2000:]
+    log = log_path.read_text()
+    assert len(MARKER_RE.findall(log)) == 1, log[-2000:]
     assert "exit_group(error_code: 3)" in log
     assert log.rstrip().endswith(f"tracerd: smtpd[{target.pid}] exited with status 3")
     table = daemon.ctl("status", check=True).stdout
@@ -206,3 +214,104 @@ def test_detach_stops_perf_and_the_process_runs_on(tracefs: str, daemon: Any, cb
     assert target.proc.stdin is not None
     target.proc.stdin.close()
     assert target.wait() == 0
+
+
+def test_recording_is_private_and_removed(tracefs: str, daemon: Any, cbin: Any, spawn: Any) -> None:
+    """perf records into a 0700 directory of tracerd's under state_dir/perf (what
+    an earlier tracerd left there is removed first), the files it closes are
+    printed and deleted as they come, and the directory is gone once the session
+    has ended."""
+    stale = daemon.state_dir / "perf" / "perf-1-leftover"  # as a SIGKILLed tracerd would leave it
+    stale.mkdir(parents=True, mode=0o700)
+    (stale / "perf.data.2026010100000000").write_bytes(b"PERFILE2")
+    target = spawn(cbin("sleeper"))
+    assert target.readline() == "ready\n"
+    assert daemon.ctl("attach", str(target.pid), "--tracer", "perf").returncode == 0
+    assert not stale.exists()
+    session = daemon.session(target.pid)
+    cmdline = Path(f"/proc/{session['tracer_pid']}/cmdline").read_bytes().decode().split("\0")
+    output = Path(cmdline[cmdline.index("-o") + 1])
+    directory = output.parent
+    assert directory.parent == daemon.state_dir / "perf"
+    assert directory.stat().st_mode & 0o777 == 0o700
+    log = Path(session["log"])
+    wait_until(lambda: log.read_text().count("write(fd: 3") >= 30, "ticks of several seconds printed", 60)
+    # printed files are deleted: at most the one being printed is left besides perf's own
+    assert len([p for p in directory.iterdir() if p.name != output.name]) <= 1
+    assert "[ perf record:" not in log.read_text()  # perf's chatter stays out of the log
+    assert target.proc.stdin is not None
+    target.proc.stdin.close()
+    assert target.wait() == 0
+    ended = daemon.wait_session(target.pid, "exited")
+    assert ended["exit_code"] == 0
+    assert not directory.exists()
+    assert list((daemon.state_dir / "perf").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ('"-e", "write"', "perf tracer: -e is not applied to recorded events by perf trace -i;"
+         " trace every call, or use the strace tracer"),
+        ('"--bogus"', "perf tracer: perf trace rejects the rule's args: Error: unknown option `bogus'"),
+    ],
+)  # fmt: skip
+def test_rule_args_perf_cannot_apply_are_refused(
+    tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any, case: tuple[str, str]
+) -> None:
+    """A rule giving perf -e (which perf trace -i does not apply to recorded
+    events) or an option perf rejects is refused at attach with one line saying
+    so, not at every file; no perf ran and the process runs on."""
+    args, line = case
+    daemon = daemon_factory(f'[[rule]]\nprocess = "picky"\ntracer = "perf"\nargs = [{args}]\n')
+    target = spawn(cbin("sleeper"))
+    assert target.readline() == "ready\n"
+    result = daemon.ctl("attach", str(target.pid), "--name", "picky")
+    assert result.returncode != 0
+    assert result.stderr.strip().endswith(line), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    session = daemon.session(target.pid)
+    assert session["state"] == "failed"
+    assert session["tracer_pid"] is None
+    assert target.proc.stdin is not None
+    target.proc.stdin.close()
+    assert target.wait() == 0
+
+
+def test_rule_args_apply_to_the_printed_lines(tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """The rule's args reach perf trace -i: with --duration 20 only the sleeper's
+    50 ms sleeps are printed, never its quick write() of each tick nor its
+    exit_group(), whose status the session still reads from perf's last file."""
+    daemon = daemon_factory('[[rule]]\nprocess = "slow"\ntracer = "perf"\nargs = ["--duration", "20"]\n')
+    target = spawn(cbin("sleeper"))
+    assert target.readline() == "ready\n"
+    assert daemon.ctl("attach", str(target.pid), "--name", "slow").returncode == 0
+    log = Path(daemon.session(target.pid)["log"])
+    wait_until(lambda: log.read_text().count("clock_nanosleep(") >= 20, "sleeps printed", 60)
+    assert target.proc.stdin is not None
+    target.proc.stdin.close()
+    assert target.wait() == 0
+    assert daemon.wait_session(target.pid, "exited")["exit_code"] == 0  # its exit_group() is not printed, yet read
+    text = log.read_text()
+    assert "exit_group(" not in text
+    assert "clock_nanosleep(" in text
+    assert "write(fd: 3" not in text, text[-2000:]
+
+
+def test_size_limit_fails_the_session_saying_so(tracefs: str, daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """Events past the recording's --max-size (here the rule's 200K, 64M by
+    default) make perf stop: the session fails saying so, what perf recorded is
+    printed, and the process (a long getppid() loop) runs on untraced."""
+    daemon = daemon_factory('[[rule]]\nprocess = "busy"\ntracer = "perf"\nargs = ["--max-size", "200K"]\n',
+                            attach_timeout=30)  # fmt: skip
+    target = spawn(cbin("bench_syscalls"), daemon.hook_command(timeout=60), "busy", "2000000000")
+    ended = daemon.wait_session(target.pid, "failed", timeout=60)
+    assert ended["error"] == (
+        "perf stopped recording: one file (1s of events) passed its --max-size (perf size limit reached)"
+    ), ended
+    log = Path(ended["log"]).read_text()
+    assert "getppid()" in log
+    assert "perf size limit reached" in log
+    assert target.proc.poll() is None  # still in its loop
+    target.proc.kill()
+    target.wait()
