@@ -218,7 +218,8 @@ class WatchTracer(Tracer):
             steps = {"gdb_ms": time.monotonic() - began}
             await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid))}", timeout=30.0)
             await mi.command(f"-target-select core {core}", timeout=30.0)
-            await warm.forget_preloads(mi, warm.pool().preload)
+            if event["signal"] == "SIGABRT":  # __abort_msg is looked up by name: the core's libc's
+                await warm.forget_preloads(mi, warm.pool().preload)
             thread_id = await _gdb_thread_of(mi, int(event["tid"]))
             steps["load_ms"] = time.monotonic() - began
             stop = {"signal-name": event["signal"], "thread-id": thread_id}
