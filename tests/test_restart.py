@@ -23,32 +23,15 @@ import pytest
 from tests.conftest import have, proc_state, reap_zombies
 from tests.postfix_instance import PostfixInstance
 from tests.support import Daemon, listening_socket, tracer_pid, wait_until
+from tests.test_faults import LOAD_RULES as RULES
+from tests.test_faults import TRACER_NAMES as HELPERS
+from tests.test_faults import start_load
 from tests.test_postfix_e2e import debug_generation, wait_idle
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
 
-RULES = (
-    '[[rule]]\nprocess = "gdbload*"\ntracer = "gdb"\n'
-    '[[rule]]\nprocess = "straceload*"\ntracer = "strace"\n'
-    '[[rule]]\nprocess = "*"\ntracer = "watch"\n'
-)
-HELPERS = {"strace", "gdb", "python", "python3", "setpriv"}
 REATTACHED = "re-attached after tracerd restart"
 ENDED = "ended while tracerd was down"
-
-
-def start_load(daemon: Daemon, cbin: Any, spawn: Any, *, watched: int, straced: int, gdbed: int) -> list[Any]:
-    """Targets started through the hook, as Postfix starts them; all attached.
-
-    A generous --ack-timeout: 107 hooks starting at once on a loaded machine
-    must not fail open here, which is not what these tests are about."""
-    crash = cbin("crash", "-pthread")
-    names = ["watchload"] * watched + ["straceload"] * straced + ["gdbload"] * gdbed
-    hook = daemon.hook_command() + " --ack-timeout 60"
-    targets = [spawn(crash, hook, name, "wait") for name in names]
-    for target in targets:
-        assert target.readline() == "hook=0\n"
-    return targets
 
 
 def tracer_kind(pid: int) -> str:
