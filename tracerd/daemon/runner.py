@@ -110,6 +110,13 @@ class Running:
         self.task: asyncio.Task[None] | None = None
 
 
+def _copy_health(session: Session, running: Running) -> None:
+    """A live session's log health and lost events onto the session (status, show, history)."""
+    session.log_error = running.output.logfile.error
+    session.log_dropped = running.output.logfile.dropped
+    session.lost_events = running.backend.lost_events
+
+
 class SessionRunner:
     """Every session's life, from the accepted request to the log's last line."""
 
@@ -151,10 +158,7 @@ class SessionRunner:
     def refresh(self) -> None:
         """Copy each live log's health onto its session (for status and show)."""
         for running in self.running():
-            logfile, session = running.output.logfile, running.output.session
-            session.log_error = logfile.error
-            session.log_dropped = logfile.dropped
-            session.lost_events = running.backend.lost_events
+            _copy_health(running.output.session, running)
 
     async def start(
         self, identity: ProcessIdentity, name: str, requested: str | None, *, readopt_started: str | None = None
@@ -272,9 +276,7 @@ class SessionRunner:
         session.end(ending)
         closing = ending.describe(session.tag)
         if running is not None:
-            session.log_error = running.output.logfile.error
-            session.log_dropped = running.output.logfile.dropped
-            session.lost_events = running.backend.lost_events
+            _copy_health(session, running)
             running.output.logfile.close(final_line=closing)
             running.output.syslog.flush()
             syslog = running.output.syslog
