@@ -41,7 +41,7 @@ from typing import Any
 import structlog
 
 from tracerd import procinfo, tracers
-from tracerd.daemon.auth import Authorizer
+from tracerd.daemon.auth import OWN_ANCESTRY, Authorizer
 from tracerd.daemon.service import TracerdService
 from tracerd.daemon.sessions import Session, State, utcnow
 from tracerd.daemon.sessionsfile import SessionsFile, SessionsFileError, load
@@ -135,7 +135,7 @@ def check_rules(entry: Entry, refused: set[int]) -> None:
 def untraceable(tracer_pids: set[int]) -> set[int]:
     """What Authorizer.check_traceable refuses, computed once for all entries: pid 1,
     tracerd, its ancestors, its tracers."""
-    return {1, os.getpid(), *(p.pid for p in procinfo.ancestors(os.getpid())), *tracer_pids}
+    return {1, *OWN_ANCESTRY.pids(), *tracer_pids}
 
 
 class Readoption:
