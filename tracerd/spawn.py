@@ -49,6 +49,14 @@ MAX_INPUT_PENDING = 1 << 20  # bytes a tracer may leave unread on its stdin
 SETPRIV = shutil.which("setpriv")
 
 
+def restart_delay(deaths_in_a_row: int, first: float, most: float) -> float:
+    """How long to wait before starting a helper again (the watcher, the warm gdb):
+    none before the first death, then ``first`` doubling per death in a row, at most ``most``."""
+    if deaths_in_a_row <= 0:
+        return 0.0
+    return float(min(first * 2 ** min(deaths_in_a_row - 1, 16), most))
+
+
 class Child:
     """One tracer process: argv, merged stdout+stderr split into lines, exit status."""
 

@@ -44,6 +44,8 @@ import structlog
 
 from tracerd.errors import TracerdError
 from tracerd.gdb.mi import GdbMI, MIError, quote
+from tracerd.perloop import PerLoop
+from tracerd.spawn import restart_delay
 
 log = structlog.get_logger("tracerd.gdb.warm")
 MAX_RSS_KB = 128 * 1024  # an idle warm gdb above this is replaced by a bare one
@@ -152,7 +154,7 @@ class WarmPool:
         if self.deaths > 1:  # the first replacement at once, then slower and slower
             self._backing_off = True
             try:
-                await asyncio.sleep(min(BACKOFF_FIRST * 2 ** min(self.deaths - 2, 16), BACKOFF_MAX))
+                await asyncio.sleep(restart_delay(self.deaths - 1, BACKOFF_FIRST, BACKOFF_MAX))
             finally:
                 self._backing_off = False
         preload = list(self.preload)
@@ -278,25 +280,17 @@ class WarmPool:
         }
 
 
-_pools: dict[int, WarmPool] = {}
+_pools: PerLoop[WarmPool] = PerLoop(WarmPool)
 
 
 def pool() -> WarmPool:
     """The running event loop's pool (one daemon, one warm gdb)."""
-    key = id(asyncio.get_running_loop())
-    if key not in _pools:
-        _pools.clear()
-        _pools[key] = WarmPool()
-    return _pools[key]
+    return _pools.get()
 
 
 def current() -> WarmPool | None:
     """The running loop's pool if one was made (None: no watch session yet)."""
-    try:
-        key = id(asyncio.get_running_loop())
-    except RuntimeError:
-        return None
-    return _pools.get(key)
+    return _pools.current()
 
 
 def status() -> dict[str, Any] | None:

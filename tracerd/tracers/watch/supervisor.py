@@ -32,7 +32,8 @@ from typing import Any, Protocol
 import structlog
 
 from tracerd.errors import TargetGone, TracerFailed
-from tracerd.spawn import Child
+from tracerd.perloop import PerLoop
+from tracerd.spawn import Child, restart_delay
 
 log = structlog.get_logger("tracerd.watch")
 BACKOFF_FIRST = 0.25  # seconds before restarting a watcher that died once
@@ -64,9 +65,7 @@ class WatchSupervisor:
     @property
     def restart_delay(self) -> float:
         """How long the next start waits: 0, then BACKOFF_FIRST doubling per death in a row."""
-        if not self.deaths:
-            return 0.0
-        return float(min(BACKOFF_FIRST * 2 ** min(self.deaths - 1, 16), BACKOFF_MAX))
+        return restart_delay(self.deaths, BACKOFF_FIRST, BACKOFF_MAX)
 
     def counters(self) -> dict[str, int]:
         return {
@@ -247,7 +246,7 @@ class WatchSupervisor:
         await child.exit_or_kill(timeout)
 
 
-_supervisors: dict[int, WatchSupervisor] = {}
+_supervisors: PerLoop[WatchSupervisor] = PerLoop(WatchSupervisor)
 
 
 def discard_core(event: dict[str, Any]) -> None:
@@ -260,17 +259,9 @@ def discard_core(event: dict[str, Any]) -> None:
 
 def current() -> WatchSupervisor | None:
     """The running loop's supervisor if one was made (None: watch never used)."""
-    try:
-        key = id(asyncio.get_running_loop())
-    except RuntimeError:
-        return None
-    return _supervisors.get(key)
+    return _supervisors.current()
 
 
 def supervisor() -> WatchSupervisor:
     """The supervisor of the running event loop (one daemon, one watcher)."""
-    key = id(asyncio.get_running_loop())
-    if key not in _supervisors:
-        _supervisors.clear()
-        _supervisors[key] = WatchSupervisor()
-    return _supervisors[key]
+    return _supervisors.get()
