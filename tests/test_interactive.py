@@ -18,6 +18,7 @@ import pexpect
 import pytest
 
 from tests.support import assert_running, proc_state, script, tracer_pid, wait_until
+from tests.test_daemon import check
 
 GDB_PROMPT = r"\(gdb\) "
 
@@ -483,10 +484,7 @@ def test_hook_timeout_shorter_than_the_hold(watch_daemon: Any, cbin: Any, spawn:
 
 def test_max_gdb_hold_is_checked(tmp_path: Path) -> None:
     """max_gdb_hold must be 0 < t <= 3600: tracerd --check names the key."""
-    config = tmp_path / "tracerd.toml"
-    config.write_text("max_gdb_hold = 0\n")
-    result = subprocess.run([*script("tracerd"), "--config", str(config), "--check"], capture_output=True,
-                            text=True, timeout=60, check=False)  # fmt: skip
+    result = check("max_gdb_hold = 0\n", tmp_path)
     assert result.returncode == 1
     assert "max_gdb_hold" in result.stderr
 

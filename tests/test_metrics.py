@@ -22,7 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fleet_helpers import WATCH_RULE, crash_under_tracerd, tracerd_events
-from tests.support import reap, script, wait_until
+from tests.support import reap, wait_until
+from tests.test_daemon import check
 from tracerd.config import parse
 
 
@@ -171,16 +172,11 @@ def test_textfile_missing_dir_warns_once_then_recovers(
 
 def test_routable_address_needs_allow_remote(tmp_path: Path) -> None:
     """tracerd --check refuses a metrics address other hosts could reach, unless allow_remote."""
-    config = tmp_path / "t.toml"
-    config.write_text('[metrics]\nlisten = "0.0.0.0:9464"\n')
-    refused = subprocess.run([*script("tracerd"), "--config", str(config), "--check"], capture_output=True,
-                             text=True, timeout=60, check=False)  # fmt: skip
+    refused = check('[metrics]\nlisten = "0.0.0.0:9464"\n', tmp_path)
     assert refused.returncode == 1
     assert "metrics.listen: 0.0.0.0 is not a loopback address" in refused.stderr
     assert "(line 2)" in refused.stderr
-    config.write_text('[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n')
-    allowed = subprocess.run([*script("tracerd"), "--config", str(config), "--check"], capture_output=True,
-                             text=True, timeout=60, check=False)  # fmt: skip
+    allowed = check('[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n', tmp_path)
     assert allowed.returncode == 0, allowed.stderr
 
 
