@@ -108,12 +108,15 @@ class TracerdService:
             except OSError as err:
                 log.error("crash_store_failed", error=str(err))
 
+    def _store_crash(self, config: Config, report: CrashReport) -> dict[str, Any]:
+        """In the store's thread: the mail log and core request, then the report (one hop off the loop)."""
+        return self.crashes.record(report, postmortem_input(config, report))
+
     async def record_crash(self, report: CrashReport) -> dict[str, Any] | None:
         """Store a report off the event loop (it fsyncs), one at a time."""
         async with self._crash_lock:
             try:
-                core = await asyncio.to_thread(postmortem_input, self.config, report)
-                return await asyncio.to_thread(self.crashes.record, report, core)
+                return await asyncio.to_thread(self._store_crash, self.config, report)
             except OSError as err:
                 log.error("crash_store_failed", error=str(err))
                 return None
