@@ -33,10 +33,20 @@ MAN5 := tracerd.toml.5
 # the shipped files name /usr/local/{s,}bin; another PREFIX is written into the installed copies
 PATHS_SED := sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/bin/|$(BINDIR)/|g'
 STAMP := $(VENV)/.installed
-# pftrace-hook is written from this stub (python -IS, the hook module alone: README "Hook latency"),
-# not pip's entry point; $(call hook_stub,INTERPRETER,DIRECTORY OF hook.py,OUTPUT)
+# pftrace-hook is compiled from hook/pftrace-hook.c (README "Hook latency": Postfix waits for it
+# on every traced process start); with no C compiler, make writes the Python form instead, this
+# stub (python -IS, the hook module alone), never pip's entry point.
+# $(call hook_stub,INTERPRETER,DIRECTORY OF hook.py,OUTPUT)
 HOOK_STUB := contrib/pftrace-hook.in
 hook_stub = sed -e "s|@PYTHON@|$(1)|" -e "s|@HOOKDIR@|$(2)|" $(HOOK_STUB) > "$(3).new" && chmod 0755 "$(3).new" && mv -f "$(3).new" "$(3)"
+HOOK_C := hook/pftrace-hook.c
+HOOK_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+HOOK_CFLAGS ?= -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE -pie -Wl,-z,relro,-z,now
+# $(call hook_build,OUTPUT,INTERPRETER,DIRECTORY OF hook.py): compiled, else (no $(CC)) the stub
+hook_build = if command -v $(CC) >/dev/null 2>&1; then \
+	  $(CC) $(HOOK_CFLAGS) -DVERSION='"$(HOOK_VERSION)"' -o "$(1).new" $(HOOK_C) && chmod 0755 "$(1).new" && mv -f "$(1).new" "$(1)"; \
+	else echo "make: no C compiler ($(CC)): $(1) is the Python form, slower to start (README \"Hook latency\")"; \
+	  $(call hook_stub,$(2),$(3),$(1)); fi
 
 .PHONY: run test deps apt venv lint bench clean install uninstall
 
@@ -71,9 +81,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# make run's hook: the venv's interpreter, the checkout's tracerd/hook.py
-$(BIN)/pftrace-hook: $(HOOK_STUB) $(STAMP)
-	$(call hook_stub,$(abspath $(BIN))/python,$(CURDIR)/tracerd,$@)
+# make run's hook: compiled (else the venv's interpreter and the checkout's tracerd/hook.py)
+$(BIN)/pftrace-hook: $(HOOK_C) $(HOOK_STUB) $(STAMP) pyproject.toml
+	@$(call hook_build,$@,$(abspath $(BIN))/python,$(CURDIR)/tracerd)
 
 # The venv is built where it will run (DESTDIR + OPTDIR) by the system
 # interpreter.  pip writes the absolute path of the venv's python into every
@@ -91,9 +101,10 @@ install:
 	rm -rf build
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile --no-cache-dir --force-reinstall --no-deps .
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile .
-	@# the hook: the system interpreter with -IS and the installed tracerd/hook.py alone (README "Hook latency")
+	@# the hook: compiled, else the system interpreter with -IS and the installed tracerd/hook.py alone
+	@# (README "Hook latency")
 	hookdir="$$("$(DESTDIR)$(OPTDIR)/bin/python" -I -c 'import tracerd; print(tracerd.__path__[0])')" && \
-	  $(call hook_stub,$(SYSTEM_PYTHON),$$hookdir,$(DESTDIR)$(OPTDIR)/bin/pftrace-hook)
+	  $(call hook_build,$(DESTDIR)$(OPTDIR)/bin/pftrace-hook,$(SYSTEM_PYTHON),$$hookdir)
 	@if [ -n "$(DESTDIR)" ]; then \
 	  grep -lrIF "$(DESTDIR)$(OPTDIR)" "$(DESTDIR)$(OPTDIR)/bin" "$(DESTDIR)$(OPTDIR)/pyvenv.cfg" 2>/dev/null \
 	    | xargs -r sed -i "s|$(DESTDIR)$(OPTDIR)|$(OPTDIR)|g"; \

@@ -54,8 +54,23 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 10.0, interva
         time.sleep(interval)
 
 
+# pftrace-hook comes in two forms (README, "Hook latency"): the compiled one make writes, and the
+# Python one (tracerd/hook.py: pip's entry point, and what make writes with no C compiler).  Tests of
+# the hook's behaviour run against both by setting hook_form (tests/test_hook.py).
+HOOK_FORMS = ("compiled", "python")
+hook_form = "compiled"
+
+
+def python_hook() -> list[str]:
+    """The Python form of pftrace-hook, run as make's stub runs it (``-IS``, hook.py alone)."""
+    return [sys.executable, "-IS", str(HERE.parent / "tracerd" / "hook.py")]
+
+
 def script(name: str) -> list[str]:
-    """The installed console script, else ``python -m`` of its module."""
+    """The installed console script, else ``python -m`` of its module (pftrace-hook: the
+    form that ``hook_form`` names)."""
+    if name == "pftrace-hook" and hook_form == "python":
+        return python_hook()
     path = BIN / name
     if path.exists():
         return [str(path)]

@@ -16,11 +16,19 @@ from typing import Any
 
 import pytest
 
+from tests import support
 from tests.conftest import script
 from tests.support import wait_until
 from tests.test_postfix_e2e import Client
 from tracerd.ctl import main as ctl
 from tracerd.ctl.triage import severity_of
+
+
+@pytest.fixture(autouse=True, params=support.HOOK_FORMS)
+def hook_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against both forms of pftrace-hook: compiled and Python."""
+    monkeypatch.setattr(support, "hook_form", request.param)
+    return str(request.param)
 
 
 def run_hook(

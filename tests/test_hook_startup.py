@@ -1,5 +1,5 @@
-"""pftrace-hook starts as little as Python can (README, "Hook latency"): the hook
-make writes runs ``python -IS`` and loads nothing but the standard library's
+"""pftrace-hook's Python form starts as little as Python can (README, "Hook latency"):
+the hook make writes where there is no C compiler runs ``python -IS`` and loads nothing but the standard library's
 built-in parts and tracerd/hook.py itself, which an environment such as
 PYTHONPATH or PYTHONHOME cannot change; what the hook writes again of
 tracerd's (version, socket rule, the lines it reads) agrees with the package;
@@ -39,14 +39,29 @@ def installed_form(tmp_path: Path) -> Path:
     return out
 
 
+def venv_form(tmp_path: Path) -> Path:
+    """The hook `make venv` writes where there is no C compiler: the Makefile's own rule, run for a
+    venv in tmp_path whose python is this one, with CC naming no compiler."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").symlink_to(BIN / "python")
+    result = subprocess.run(["make", "-s", "-C", str(ROOT), f"VENV={venv}", "-o", f"{venv}/.installed",
+                             "CC=/nonexistent/cc", f"{venv}/bin/pftrace-hook"],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "no C compiler (/nonexistent/cc)" in result.stdout, result.stdout
+    return venv / "bin/pftrace-hook"
+
+
 @pytest.fixture(params=["installed", "venv"])
 def hook_script(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """Both hooks make writes: make install's (the system python) and make venv's (.venv/bin/pftrace-hook)."""
+    """Both Python hooks make writes when there is no C compiler: make install's (the system
+    python) and make venv's (the venv's python), each running the checkout's tracerd/hook.py."""
     if request.param == "installed":
         if not os.access(SYSTEM_PYTHON, os.X_OK):
             pytest.skip(f"no {SYSTEM_PYTHON}")
         return installed_form(tmp_path)
-    return BIN / "pftrace-hook"
+    return venv_form(tmp_path)
 
 
 def interpreter(script: Path) -> list[str]:
@@ -57,7 +72,7 @@ def interpreter(script: Path) -> list[str]:
 
 
 def test_make_writes_the_hook_isolated_without_site(hook_script: Path) -> None:
-    """Both hooks make writes run their interpreter with -IS, and the venv's stub is the checkout's hook."""
+    """Both Python hooks make writes run their interpreter with -IS, and load the checkout's hook."""
     words = interpreter(hook_script)
     assert words[1:] == ["-IS"], words
     assert f'sys.path.insert(0, "{ROOT / "tracerd"}")' in hook_script.read_text()

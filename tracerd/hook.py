@@ -241,6 +241,11 @@ def decode_object(line: bytes) -> dict[str, object] | None:
                 return None
     except (ValueError, StopIteration, RecursionError):
         return None
+    except SystemError:
+        # _json raises JSONDecodeError only when json.decoder is already imported (it looks the
+        # class up in sys.modules); in the hook it is not, and a malformed line (b'{"ok": true')
+        # ends in "returned NULL without setting an exception" instead
+        return None
     return value if isinstance(value, dict) else None
 
 
