@@ -6,20 +6,20 @@ commands run interleaved, one round after another, so that all see the same
 machine; ratios within one run are what counts on a shared host.
 
 - ``true``: what system() itself costs (sh, fork, exec);
-- ``PYTHON -I -S -c pass``: the floor of any Python hook, PYTHON being the
-  hook's own interpreter (its ``#!`` line);
-- the hook with ``--version``: + loading the hook (no socket);
+- the compiled hook (what make builds) with ``--version``: + exec and start;
 - the hook against a stub server that acknowledges and answers at once:
   + connect, request, two answers (no tracerd);
 - the hook against a private tracerd, strace and watch tracers: + tracerd's
   checks and the attach;
+- ``PYTHON -I -S -c pass``: the floor of any Python hook (the system
+  interpreter), and the Python form of the hook (make's stub, ``-IS``, what
+  make writes with no C compiler) in the same steps;
 - the same hook module the way a pip entry point runs it (site, the venv,
   the package tracerd): what ``-IS`` saves;
 - with ``--seed``: the seed's recipe ``(strace -p PID | logger) & sleep 5``.
 
-The hook measured is the one ``make install`` writes (the system interpreter
-with ``-IS`` and tracerd/hook.py of this checkout, from contrib/pftrace-hook.in),
-or ``--hook PATH`` (e.g. /usr/local/sbin/pftrace-hook, or .venv/bin/pftrace-hook).
+The compiled hook measured is .venv/bin/pftrace-hook (make venv's, from
+hook/pftrace-hook.c), or ``--hook PATH`` (e.g. /usr/local/sbin/pftrace-hook).
 It also times tracerd's checks of a hook request in this process (the
 ancestor rule, the traceable rule).
 
@@ -146,9 +146,10 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_c("timed_hook", Path(tmp))
-        hook = args.hook.resolve() if args.hook else installed_form(Path(tmp) / "pftrace-hook")
-        shown = f"{hook} ({interpreter_of(hook)})"
-        python = interpreter_of(hook).split()[0]
+        hook = args.hook.resolve() if args.hook else BIN / "pftrace-hook"
+        pyhook = installed_form(Path(tmp) / "pftrace-hook.py")
+        python = interpreter_of(pyhook).split()[0]
+        kind = "compiled" if hook.read_bytes()[:4] == b"\x7fELF" else "a script"
         stub = Path(tmp) / "stub.sock"
         results: dict[str, dict[str, float]] = {}
         failures: dict[str, int] = {}
@@ -158,13 +159,16 @@ def main() -> int:
             entry_point = shlex.join([str(BIN / "python"), "-c", program])
             commands = {
                 "true": ("true", "benchd"),
-                f"{python} -I -S -c pass (floor)": (f"{python} -I -S -c pass", "benchd"),
-                "the floor, exiting with os._exit": (f"{python} -I -S -c 'import posix; posix._exit(0)'", "benchd"),
                 "hook --version": (f"{hook} --version", "benchd"),
                 "hook, stub server (no tracerd)": (f"{hook} --socket {stub}", "benchd"),
                 "hook, tracerd (strace)": (f"{hook} --socket {sock}", "benchd"),
                 "hook, tracerd (watch)": (f"{hook} --socket {sock}", "benchw"),
-                "hook as a pip entry point (watch)": (f"{entry_point} --socket {sock}", "benchw"),
+                f"{python} -I -S -c pass (floor)": (f"{python} -I -S -c pass", "benchd"),
+                "the floor, exiting with os._exit": (f"{python} -I -S -c 'import posix; posix._exit(0)'", "benchd"),
+                "python hook --version": (f"{pyhook} --version", "benchd"),
+                "python hook, stub server (no tracerd)": (f"{pyhook} --socket {stub}", "benchd"),
+                "python hook, tracerd (watch)": (f"{pyhook} --socket {sock}", "benchw"),
+                "python hook as a pip entry point (watch)": (f"{entry_point} --socket {sock}", "benchw"),
             }
             if args.seed:
                 # the target pid is the last word system() appends; sh's parent is the target
@@ -180,33 +184,36 @@ def main() -> int:
                     failures[label] += status != 0
             results = {label: summary(values) for label, values in times.items()}
         checks = daemon_checks()
-    print(f"hook: {shown}\n")
+    print(f"hook: {hook} ({kind}); python hook: {pyhook} ({python} -IS)\n")
     width = max(44, *(len(label) for label in results))
     print(f"{'command, through system()':{width}} {'p50 ms':>8} {'p95 ms':>8} {'failed':>7}")
     for label, stats in results.items():
         print(f"{label:{width}} {stats['p50']:8.1f} {stats['p95']:8.1f} {failures[label]:7d}")
     p50 = {label: stats["p50"] for label, stats in results.items()}
-    labels = list(p50)
-    floor, hook_watch = p50[labels[1]], p50["hook, tracerd (watch)"]
-    stub = p50["hook, stub server (no tracerd)"]
-    quick = p50["the floor, exiting with os._exit"]
+    floor, hook_watch = p50[f"{python} -I -S -c pass (floor)"], p50["hook, tracerd (watch)"]
+    stub, py_stub = p50["hook, stub server (no tracerd)"], p50["python hook, stub server (no tracerd)"]
+    quick, py_watch = p50["the floor, exiting with os._exit"], p50["python hook, tracerd (watch)"]
     breakdown = {
         "sh -c, fork, exec (true)": p50["true"],
-        "interpreter start-up (floor exiting at once - true)": quick - p50["true"],
-        "interpreter finalization (floor - floor exiting at once)": floor - quick,
-        "loading the hook (--version - floor exiting at once)": p50["hook --version"] - quick,
-        "connect, request, answers (stub - --version)": stub - p50["hook --version"],
+        "compiled hook: exec and start (--version - true)": p50["hook --version"] - p50["true"],
+        "compiled hook: connect, request, answers (stub - --version)": stub - p50["hook --version"],
         "tracerd: checks + strace attach (strace - stub)": p50["hook, tracerd (strace)"] - stub,
         "tracerd: checks + watch seize (watch - stub)": hook_watch - stub,
-        "site, venv, package (entry point - hook, watch)": p50["hook as a pip entry point (watch)"] - hook_watch,
-    }
+        "python: interpreter start-up (floor exiting at once - true)": quick - p50["true"],
+        "python: interpreter finalization (floor - floor exiting at once)": floor - quick,
+        "python: loading the hook (--version - floor exiting at once)": p50["python hook --version"] - quick,
+        "python: connect, request, answers (stub - --version)": py_stub - p50["python hook --version"],
+        "python: site, venv, package (entry point - python hook, watch)":
+            p50["python hook as a pip entry point (watch)"] - py_watch,
+    }  # fmt: skip
     print("\nbreakdown (differences of p50s, ms):")
     for label, value in breakdown.items():
         print(f"  {label:60} {value:6.1f}")
     print("\ntracerd's checks of one hook request, timed in-process (µs per call):")
     for label, value in checks.items():
         print(f"  {label:60} {value:6.1f}")
-    print(f"\nhook (watch) p50 {hook_watch:.1f} ms = {hook_watch / floor:.2f}x the floor ({floor:.1f} ms)")
+    print(f"\nhook (watch) p50 {hook_watch:.1f} ms = {hook_watch / floor:.2f}x the floor ({floor:.1f} ms);"
+          f" the Python form {py_watch:.1f} ms = {py_watch / floor:.2f}x the floor")  # fmt: skip
     data: dict[str, object] = {"runs": args.runs, "hook": str(hook), "results": results, "failures": failures,
                                "breakdown_ms": breakdown, "daemon_checks_us": checks}  # fmt: skip
     if not args.no_save:

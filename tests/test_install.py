@@ -109,14 +109,31 @@ def test_staged_venv_names_its_final_place_only(staged: Path) -> None:
     assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
     for script in ("tracerd", "tracerctl"):
         assert (venv / "bin" / script).read_text().splitlines()[0] == "#!/opt/tracerd/bin/python"
-    # the hook: the system interpreter, isolated and without site, and the installed hook.py alone
+    # the hook: compiled, position-independent, its relocations read-only (README "Hook latency")
+    hook = venv / "bin/pftrace-hook"
+    assert hook.read_bytes()[:4] == b"\x7fELF"
+    elf = subprocess.run(["readelf", "-h", "-d", str(hook)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Type:\s+DYN", elf), elf
+    assert re.search(r"\(FLAGS\) +BIND_NOW|\(FLAGS_1\) +Flags: NOW", elf), elf
+    assert hook_runs(hook)
+    leaks = subprocess.run(["grep", "-rlF", str(staged), str(staged)], capture_output=True, text=True, check=False)
+    assert leaks.stdout == ""
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_install_writes_the_python_hook(tmp_path: Path) -> None:
+    """Where make finds no C compiler, make install says so and writes the Python form: the system
+    interpreter, isolated and without site, and the installed hook.py alone; it runs."""
+    result = make("install", f"DESTDIR={tmp_path}", "CC=/nonexistent/cc")
+    assert "no C compiler (/nonexistent/cc)" in result.stdout, result.stdout
+    venv = tmp_path / OPT
     hook = (venv / "bin/pftrace-hook").read_text()
     assert hook.splitlines()[0] == "#!/usr/bin/python3 -IS"
     hookdir = re.search(r'sys\.path\.insert\(0, "(.*)"\)', hook)
     assert hookdir is not None, hook
     assert hookdir[1].startswith("/opt/tracerd/lib/python3"), hookdir[1]
-    assert (staged / hookdir[1].lstrip("/") / "hook.py").is_file()
-    leaks = subprocess.run(["grep", "-rlF", str(staged), str(staged)], capture_output=True, text=True, check=False)
+    assert (tmp_path / hookdir[1].lstrip("/") / "hook.py").is_file()
+    leaks = subprocess.run(["grep", "-rlF", str(tmp_path), str(tmp_path)], capture_output=True, text=True, check=False)
     assert leaks.stdout == ""
 
 
