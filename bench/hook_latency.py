@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
 from common import BIN, ROOT, compile_c, private_tracerd, save, summary
 
 from tracerd import procinfo
@@ -137,6 +138,32 @@ def daemon_checks() -> dict[str, float]:
         child.wait()
 
 
+def cpu_seconds(process: psutil.Process) -> tuple[float, float]:
+    """CPU seconds (user + system) of ``process`` and of its descendants now alive."""
+    own = process.cpu_times()
+    below = 0.0
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = child.cpu_times()
+            below += times.user + times.system
+    return own.user + own.system, below
+
+
+def cpu_per_hook(exe: Path, command: str, config: Path, runs: int) -> dict[str, float]:
+    """CPU ms that tracerd and its helpers (the watcher) spend per process, from the hook to the
+    session's end: ``runs`` targets hooked one after another, each exiting once its hook returns."""
+    tracerd = next(proc for proc in psutil.process_iter(["cmdline"]) if str(config) in (proc.info["cmdline"] or []))
+    run_once(exe, command, "benchw")  # the watcher and the warm gdb started
+    time.sleep(2)
+    before = cpu_seconds(tracerd)
+    for _ in range(runs):
+        run_once(exe, command, "benchw")
+    time.sleep(0.5)  # the last session's end
+    after = cpu_seconds(tracerd)
+    return {"tracerd": (after[0] - before[0]) / runs * 1000,
+            "watcher and warm gdb": (after[1] - before[1]) / runs * 1000}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=40)
@@ -183,6 +210,7 @@ def main() -> int:
                     times[label].append(elapsed)
                     failures[label] += status != 0
             results = {label: summary(values) for label, values in times.items()}
+            cpu = cpu_per_hook(exe, f"{hook} --socket {sock}", _root / "tracerd.toml", args.runs)
         checks = daemon_checks()
     print(f"hook: {hook} ({kind}); python hook: {pyhook} ({python} -IS)\n")
     width = max(44, *(len(label) for label in results))
@@ -208,14 +236,18 @@ def main() -> int:
     }  # fmt: skip
     print("\nbreakdown (differences of p50s, ms):")
     for label, value in breakdown.items():
-        print(f"  {label:60} {value:6.1f}")
+        print(f"  {label:66} {value:6.1f}")
     print("\ntracerd's checks of one hook request, timed in-process (µs per call):")
     for label, value in checks.items():
-        print(f"  {label:60} {value:6.1f}")
+        print(f"  {label:66} {value:6.1f}")
+    print("\nCPU per watched process, hook to session end (ms):")
+    for label, value in cpu.items():
+        print(f"  {label:66} {value:6.2f}")
     print(f"\nhook (watch) p50 {hook_watch:.1f} ms = {hook_watch / floor:.2f}x the floor ({floor:.1f} ms);"
           f" the Python form {py_watch:.1f} ms = {py_watch / floor:.2f}x the floor")  # fmt: skip
     data: dict[str, object] = {"runs": args.runs, "hook": str(hook), "results": results, "failures": failures,
-                               "breakdown_ms": breakdown, "daemon_checks_us": checks}  # fmt: skip
+                               "breakdown_ms": breakdown, "daemon_checks_us": checks,
+                               "cpu_ms_per_process": cpu}  # fmt: skip
     if not args.no_save:
         print(f"saved {save('hook_latency', data)}")
     return 0

@@ -18,6 +18,12 @@ finds it), since Postfix throws stderr away; the daemon then runs on
 untraced ("fail open for mail").  ``--help`` and ``--version`` print on
 stdout and exit 0; a usage error exits 2.
 
+This is the Python form of the hook: pip's entry point, and what make writes
+where there is no C compiler.  make builds the compiled form,
+hook/pftrace-hook.c, the same program; tests/test_hook_compiled.py holds the
+two together (what they print, send and read) and tests/test_hook.py runs
+every hook behaviour against both.
+
 Start-up is the whole cost: Postfix pays it on every traced process start
 (README, "Hook latency").  So this module is a script of its own.  It imports
 nothing of tracerd (not even the package's ``__init__``) and only the parts of
