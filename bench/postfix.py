@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -58,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import BIN, no_core_dumps, private_tracerd, request, save, summary, wait_until
 
+from tests import support
 from tests.postfix_instance import PostfixInstance, available
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -237,6 +239,17 @@ def ratios(rates: dict[str, list[float]], mode: str) -> dict[str, float] | None:
     return summary([rate / untraced for rate, untraced in zip(rates[mode], base, strict=False)])
 
 
+def print_failed(failed: list[dict[str, Any]]) -> None:
+    """Failed sessions by tracer: that many processes of that mode ran untraced."""
+    by_tracer: dict[str, list[dict[str, Any]]] = {}
+    for session in failed:
+        by_tracer.setdefault(session["tracer"], []).append(session)
+    for tracer, sessions in by_tracer.items():
+        print(f"  {tracer}: {len(sessions)} failed (its processes ran untraced), e.g.")
+        for session in sessions[:3]:
+            print(f"    {session['name']}[{session['pid']}]: {session['error']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -265,7 +278,8 @@ def main() -> int:
     try:
         instance = PostfixInstance(root)
         instance.create()
-        with private_tracerd() as (sock, _tracerd_root):
+        perf = support.tracefs_mounted() if "tracerd perf" in modes else contextlib.nullcontext(None)
+        with perf, private_tracerd() as (sock, _tracerd_root):
             tracerd_pid = int(request(sock, "status")["daemon"]["pid"])
             for run in range(args.runs):
                 for mode in modes:
@@ -294,8 +308,7 @@ def main() -> int:
               f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}   "
               f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {sum(starts[mode]):6}")  # fmt: skip
     print(f"\ntracerd: {counters['sessions_started']} sessions, {counters['sessions_failed']} failed")
-    for session in failed:
-        print(f"  failed: {session['name']}[{session['pid']}] {session['tracer']}: {session['error']}")
+    print_failed(failed)
     path = save("postfix", {"runs": args.runs, "messages": args.messages, "sessions": args.sessions,
                             "warmup": args.warmup,
                             "throughput": {m: summary(v) for m, v in rates.items()},

@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,6 +181,9 @@ static void buf_shown(struct buf *b, const char *text, size_t n)
         if (len == 0 || cp < 0x20 || cp == 0x7f) {
             buf_fmt(b, "\\x%02x", s[i]);
             i++;
+        } else if ((cp >= 0x80 && cp < 0xa0) || cp == 0x2028 || cp == 0x2029) {
+            buf_fmt(b, "\\u%04x", cp);  /* C1 controls, line and paragraph separators */
+            i += len;
         } else {
             buf_add(b, text + i, len);
             i += len;
@@ -226,20 +230,41 @@ static void buf_json(struct buf *b, const char *text)
     buf_str(b, "\"");
 }
 
-/* Python's repr() of a str, near enough for an error line: single quotes, or
- * double quotes when the text has a single quote and no double one. */
+/* Python's repr() of a str (argv as Python decodes it), near enough for an error line: single
+ * quotes, or double quotes when the text has a single quote and no double one; \n \r \t and \\
+ * escaped, other controls as \xNN, a byte that is not UTF-8 as the \udcNN surrogateescape makes. */
 static void buf_repr(struct buf *b, const char *text)
 {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t n = strlen(text);
     int dq = strchr(text, '\'') && !strchr(text, '"');
     char q = dq ? '"' : '\'';
     buf_add(b, &q, 1);
-    for (const char *p = text; *p; p++) {
-        if (*p == '\\' || *p == q) {
-            char esc[2] = {'\\', *p};
-            buf_add(b, esc, 2);
-        } else {
-            buf_shown(b, p, 1);
+    for (size_t i = 0; i < n;) {
+        unsigned cp;
+        size_t len = utf8_seq(s + i, n - i, &cp);
+        if (len == 0) {
+            buf_fmt(b, "\\udc%02x", s[i]);
+            i++;
+            continue;
         }
+        if (cp == '\\' || cp == (unsigned char)q) {
+            char esc[2] = {'\\', (char)cp};
+            buf_add(b, esc, 2);
+        } else if (cp == '\n') {
+            buf_str(b, "\\n");
+        } else if (cp == '\r') {
+            buf_str(b, "\\r");
+        } else if (cp == '\t') {
+            buf_str(b, "\\t");
+        } else if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) {
+            buf_fmt(b, "\\x%02x", cp);
+        } else if (cp == 0x2028 || cp == 0x2029) {
+            buf_fmt(b, "\\u%04x", cp);
+        } else {
+            buf_add(b, text + i, len);
+        }
+        i += len;
     }
     buf_add(b, &q, 1);
 }
@@ -643,6 +668,8 @@ static int scan_value(struct scan *sc, int depth, struct member *m)
         if (m) {
             m->type = J_STRING;
             buf_add(&m->text, "", 0);  /* the terminator, also after a repeated key's reset */
+            if (m->text.failed)
+                return -1;  /* out of memory: the line is not read */
         }
         return 0;
     case '{':
@@ -675,6 +702,8 @@ static int scan_value(struct scan *sc, int depth, struct member *m)
     if (m) {
         m->type = type;
         buf_add(&m->text, sc->s + start, sc->i - start);
+        if (m->text.failed)
+            return -1;
     }
     return 0;
 }
@@ -851,6 +880,15 @@ static int restarting(const char *socket_path)
 
 static int is(const struct member *m, enum jtype type) { return m->type == type; }
 
+/* Whether a container's JSON text is [] or {} (whitespace inside allowed): false, as Python has it. */
+static int empty_container(const struct buf *text)
+{
+    for (size_t i = 1; i + 1 < text->len; i++)
+        if (!strchr(" \t\n\r", text->data[i]))
+            return 0;
+    return 1;
+}
+
 /* Send the hook request and wait, bounded, for tracerd's verdict: 0 when the
  * tracer is attached, else -1 with the reason in f. */
 static int request_attach(const struct opts *o, struct failure *f)
@@ -900,8 +938,9 @@ static int request_attach(const struct opts *o, struct failure *f)
             goto closed;
         }
     }
-    if (is(&r.error, J_STRING) && !strcmp(r.error.text.data, "bad_request") && r.message.text.data &&
-        strstr(r.message.text.data, "unknown field \"ack\"")) {
+    static const char old[] = "unknown field \"ack\"";
+    if (is(&r.error, J_STRING) && r.error.text.len == 11 && !memcmp(r.error.text.data, "bad_request", 11) &&
+        is(&r.message, J_STRING) && memmem(r.message.text.data, r.message.text.len, old, sizeof old - 1)) {
         fail(f, "tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd");
         goto closed;
     }
@@ -925,7 +964,7 @@ static int request_attach(const struct opts *o, struct failure *f)
         int falsy = m->type == J_ABSENT || m->type == J_NULL || m->type == J_FALSE ||
                     (m->type == J_STRING && m->text.len == 0) ||
                     (m->type == J_NUMBER && strtod(m->text.data, NULL) == 0) ||
-                    (m->type == J_OTHER && m->text.len == 2);
+                    (m->type == J_OTHER && empty_container(&m->text));
         if (!falsy)
             why = m;
     }
@@ -949,7 +988,7 @@ out:
 static void warn_syslog(const char *path, const char *message, size_t len)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    char line[8192];
+    char line[8192 + 1];  /* at most 8192 bytes go, as the Python form sends */
     char stamp[32] = "";
     time_t t = time(NULL);
     struct tm tm;
@@ -975,6 +1014,8 @@ int main(int argc, char **argv)
     struct opts o;
     struct failure f = {0};
     int code = 0;
+    /* a reader of stdout or stderr that went away must not kill the hook before its syslog line */
+    signal(SIGPIPE, SIG_IGN);
     switch (parse_args(argc, argv, &o)) {
     case ANSWERED:
         return fflush(stdout) == 0 ? 0 : 1;
@@ -993,8 +1034,8 @@ int main(int argc, char **argv)
         buf_shown(&line, f.reason.data ? f.reason.data : "", f.reason.len);
         if (line.failed)
             return 1;
-        fprintf(stderr, "pftrace-hook: %s\n", line.data);
         warn_syslog(o.syslog, line.data, line.len);
+        fprintf(stderr, "pftrace-hook: %s\n", line.data);
         code = 1;
     }
     if (fflush(stderr) != 0)

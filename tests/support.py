@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +64,25 @@ hook_form = "compiled"
 def python_hook() -> list[str]:
     """The Python form of pftrace-hook, run as make's stub runs it (``-IS``, hook.py alone)."""
     return [sys.executable, "-IS", str(HERE.parent / "tracerd" / "hook.py")]
+
+
+TRACEFS = "/sys/kernel/tracing"
+
+
+@contextlib.contextmanager
+def tracefs_mounted() -> Iterator[str]:
+    """tracefs at /sys/kernel/tracing (what the perf tracer needs): mounted here if it is not, and
+    then unmounted after, so that the machine is left as it was found."""
+    from tracerd.tracers import perfcheck  # noqa: PLC0415 (only the perf tests and benches need it)
+
+    if perfcheck.tracefs_mount() is not None:
+        yield TRACEFS
+        return
+    subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True, timeout=30)
+    try:
+        yield TRACEFS
+    finally:
+        subprocess.run(["umount", TRACEFS], check=False, timeout=30)
 
 
 def script(name: str) -> list[str]:

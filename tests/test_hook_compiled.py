@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class StubTracerd:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(16)
-        self.answers: list[bytes] = []
+        # each answer: bytes, or a tuple of bytes and pauses (seconds) between them
+        self.answers: list[bytes | tuple[bytes | float, ...]] = []
         self.requests: list[bytes] = []
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
@@ -57,7 +59,12 @@ class StubTracerd:
                             break
                         request += chunk
                     self.requests.append(request)
-                    conn.sendall(self.answers.pop(0) if self.answers else b"")
+                    answer = self.answers.pop(0) if self.answers else b""
+                    for part in answer if isinstance(answer, tuple) else (answer,):
+                        if isinstance(part, float):
+                            time.sleep(part)
+                        else:
+                            conn.sendall(part)
                 except OSError:
                     pass
 
@@ -74,10 +81,14 @@ def stub(tmp_path: Path) -> Iterator[StubTracerd]:
     server.close()
 
 
-def run(form: str, *args: str | bytes, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    form: str, *args: str | bytes, env: dict[str, str] | None = None, **how: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """One run of the hook in ``form``, its output captured (``how``: other Popen arguments)."""
     clean = {key: value for key, value in os.environ.items() if not key.startswith("TRACERD_")}
-    return subprocess.run([*FORMS[form], *args], capture_output=True, timeout=60, check=False,
-                          env={**clean, **(env or {})})  # fmt: skip
+    output: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **how}
+    return subprocess.run([*FORMS[form], *args], timeout=60, check=False, env={**clean, **(env or {})},
+                          **output)  # fmt: skip
 
 
 def outcome(result: subprocess.CompletedProcess[bytes]) -> tuple[int, bytes, bytes]:
@@ -105,9 +116,11 @@ def test_make_builds_the_hook_from_c_with_the_package_version() -> None:
         (["--ack-timeout", "3601", "x", "1"], {}), (["--bogus", "x", "1"], {}), (["--socket"], {}),
         (["--socket=", "x", "1"], {}), (["--tracer", "--help"], {}), (["x", "1"], {"TRACERD_ACK_TIMEOUT": "junk"}),
         (["--timeout", "it's", "x", "1"], {}), (["--timeout", 'say "no"', "x", "1"], {}),
+        (["--timeout", "\u00e9t\u00e9", "x", "1"], {}), (["--timeout", "1\nx\t\r\x1b", "x", "1"], {}),
+        (["--timeout", b"\xff\xfe", "x", "1"], {}), (["smtpd", "\u2028"], {}),
     ],
 )  # fmt: skip
-def test_help_version_and_usage_errors_are_the_python_forms(args: list[str], env: dict[str, str]) -> None:
+def test_help_version_and_usage_errors_are_the_python_forms(args: list[str | bytes], env: dict[str, str]) -> None:
     """For help, version and every kind of usage error, the compiled hook prints what the Python
     hook prints, on the same stream, and exits with the same code (0 or 2)."""
     compiled, python = run("compiled", *args, env=env), run("python", *args, env=env)
@@ -125,16 +138,19 @@ NAMES: list[str | bytes] = [
 def test_the_request_is_the_python_forms(stub: StubTracerd, name: str | bytes) -> None:
     """Whatever the name (quotes, control characters, non-ASCII, bytes that are not UTF-8), both
     forms send tracerd one line that json reads as the same request."""
-    lines = []
+    lines, warnings = [], []
     for form in FORMS:
         stub.answers.append(b'{"ok": false, "error": "denied", "message": "no"}\n')
         result = run(form, "--socket", str(stub.path), "--tracer", "watch", name, "+42")
         assert result.returncode == 1, result.stderr
+        assert result.stderr.count(b"\n") == 1, result.stderr
+        warnings.append(result.stderr)
         request = stub.requests.pop()
         assert request.endswith(b"\n"), request
         assert request.count(b"\n") == 1, request
         lines.append(json.loads(request))
     assert lines[0] == lines[1]
+    assert warnings[0] == warnings[1]
     assert (lines[0]["pid"], lines[0]["ack"], lines[0]["tracer"]) == (42, True, "watch")
 
 
@@ -164,6 +180,11 @@ ANSWERS: list[bytes] = [
     b'{"ack": true}\n',
     b'{"ack": true}\n{"ok": tru}\n',
     b'  {"ok" : true , "session" : {"n": [1, 2.5e3, -0, null, "\\"}"]}}  \n',
+    b'{"ok": false, "message": [ ], "error": "empty list"}\n',
+    b'{"ok": false, "message": { }, "error": "empty object"}\n',
+    b'{"ok": false, "error": "bad_request\\u0000", "message": "unknown field \\"ack\\""}\n',
+    b'{"ok": false, "error": "bad_request", "message": "x\\u0000unknown field \\"ack\\""}\n',
+    b'{"ok": false, "error": "x", "message": "one\\ntwo\\u001b[31m \\u0085 \\u2028 \\u007f"}\n',
 ]
 
 
@@ -183,19 +204,23 @@ def test_answers_are_read_as_the_python_form_reads_them(stub: StubTracerd, answe
     assert stderr.count(b"\n") == (code == 1)
 
 
-def test_a_reply_cannot_make_a_second_line(stub: StubTracerd, tmp_path: Path) -> None:
+@pytest.fixture
+def syslog_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """A datagram socket standing for /dev/log (its path: .getsockname())."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "log.sock"))
+    receiver.settimeout(10)
+    yield receiver
+    receiver.close()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_reply_cannot_make_a_second_line(stub: StubTracerd, syslog_socket: socket.socket, form: str) -> None:
     """A refusal whose message holds newlines and escape sequences is still one warning line, on
     stderr and in the syslog datagram, with those characters shown as \\xNN."""
-    log = tmp_path / "log.sock"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(log))
-    receiver.settimeout(10)
-    try:
-        stub.answers.append(b'{"ok": false, "error": "x", "message": "one\\ntwo\\u001b[31m"}\n')
-        result = run("compiled", "--socket", str(stub.path), "--syslog", str(log), "smtpd", "7")
-        datagram = receiver.recv(65536)
-    finally:
-        receiver.close()
+    stub.answers.append(b'{"ok": false, "error": "x", "message": "one\\ntwo\\u001b[31m"}\n')
+    result = run(form, "--socket", str(stub.path), "--syslog", syslog_socket.getsockname(), "smtpd", "7")
+    datagram = syslog_socket.recv(65536)
     assert result.returncode == 1
     assert result.stderr == b"pftrace-hook: warning: smtpd[7]: not traced: one\\x0atwo\\x1b[31m\n"
     assert datagram.startswith(b"<20>")
@@ -228,6 +253,41 @@ def test_fuzzed_answers_agree_and_never_crash(stub: StubTracerd, answer: bytes) 
             assert result.returncode in (0, 1), result
             assert result.stderr.count(b"\n") == (result.returncode == 1), result.stderr
     assert codes[0] == codes[1], answer
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_stderr_nobody_reads_loses_no_syslog_line(stub: StubTracerd, syslog_socket: socket.socket, form: str) -> None:
+    """With stderr a pipe whose reader has gone (SIGPIPE at its default, as Postfix leaves it),
+    a refusal still reaches syslog and the hook exits 1, not killed by the signal."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        stub.answers.append(b'{"ok": false, "error": "denied", "message": "no"}\n')
+        result = run(form, "--socket", str(stub.path), "--syslog", syslog_socket.getsockname(), "smtpd", "7",
+                     stderr=write_end)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert syslog_socket.recv(65536).endswith(b"]: warning: smtpd[7]: not traced: no")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_closed_stdout_does_not_fail_an_attach(stub: StubTracerd, form: str) -> None:
+    """Started with descriptor 1 closed, the hook still reports a confirmed attach with exit 0."""
+    stub.answers.append(b'{"ack":true}\n{"ok":true,"session":{}}\n')
+    result = run(form, "--socket", str(stub.path), "smtpd", "7", stdout=None, stderr=subprocess.PIPE,
+                 preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_answer_begun_before_a_restart_wait_is_kept(stub: StubTracerd, form: str) -> None:
+    """A restarting tracerd (SOCKET.restarting fresh) whose acknowledgement began before
+    --ack-timeout and ended after it: the hook keeps the first part and is attached."""
+    Path(f"{stub.path}.restarting").touch()
+    stub.answers.append((b'{"ack":', 0.6, b'true}\n{"ok":true,"session":{}}\n'))
+    result = run(form, "--socket", str(stub.path), "--ack-timeout", "0.2", "--timeout", "30", "smtpd", "7")
+    assert (result.returncode, result.stderr) == (0, b"")
 
 
 def test_the_compiled_hook_attaches_through_system(daemon: Any, cbin: Any, spawn: Any) -> None:

@@ -15,24 +15,17 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, script, wait_until
+from tests.support import TRACEFS, Daemon, script, tracefs_mounted, wait_until
 from tracerd.tracers import perfcheck
 
 pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="perf (linux-perf) not installed")
-TRACEFS = "/sys/kernel/tracing"
 
 
 @pytest.fixture
 def tracefs() -> Iterator[str]:
     """tracefs mounted at /sys/kernel/tracing: mounted here if absent, and unmounted after."""
-    if perfcheck.tracefs_mount() is not None:
-        yield TRACEFS
-        return
-    subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True, timeout=30)
-    try:
-        yield TRACEFS
-    finally:
-        subprocess.run(["umount", TRACEFS], check=False, timeout=30)
+    with tracefs_mounted() as path:
+        yield path
 
 
 MARKER_RE = re.compile(r"write\(fd: 1(?:<[^>\n]*>)?, buf: 0x[0-9a-f]+, count: 18\)\s+= 18\n")

@@ -296,8 +296,9 @@ def send(sock: Socket, line: bytes, deadline: float) -> None:
         raise HookFailed(f"talking to tracerd: {err.strerror or err}") from None
 
 
-def read_line(sock: Socket, pending: bytes, deadline: float) -> tuple[dict[str, object], bytes]:
-    """One JSON object line from tracerd by ``deadline``, and what came after it."""
+def read_line(sock: Socket, pending: bytearray, deadline: float) -> dict[str, object]:
+    """One JSON object line from tracerd by ``deadline``, taken off ``pending``, which keeps what
+    came after it (and, on a timeout, what came of a line so far, for a longer wait to go on)."""
     try:
         while b"\n" not in pending:
             left = deadline - time.monotonic()
@@ -314,11 +315,12 @@ def read_line(sock: Socket, pending: bytes, deadline: float) -> tuple[dict[str, 
         raise Timeout("tracerd did not answer") from None
     except OSError as err:
         raise HookFailed(f"talking to tracerd: {err.strerror or err}") from None
-    line, _, rest = pending.partition(b"\n")
-    answer = decode_object(line)
+    end = pending.index(b"\n")
+    answer = decode_object(bytes(pending[:end]))
+    del pending[: end + 1]
     if answer is None:
         raise HookFailed("tracerd sent a malformed answer")
-    return answer, rest
+    return answer
 
 
 def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
@@ -346,13 +348,14 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
             send(sock, encode_request(request), ack_deadline)
         except Timeout:
             raise HookFailed(unacknowledged) from None
+        pending = bytearray()
         try:
-            answer, pending = read_line(sock, b"", ack_deadline)
+            answer = read_line(sock, pending, ack_deadline)
         except Timeout:
             if not restarting(str(opts["socket"])):
                 raise HookFailed(unacknowledged) from None
             try:  # in the backlog of a restarting tracerd: wait for the next one
-                answer, pending = read_line(sock, b"", deadline)
+                answer = read_line(sock, pending, deadline)
             except Timeout:
                 raise HookFailed(
                     f"tracerd was restarting and did not acknowledge within {shown(float(opts['timeout']))}"
@@ -361,7 +364,7 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
             raise HookFailed("tracerd is older than this pftrace-hook (no acknowledgements): restart tracerd")
         if answer.get("ack") is True and "ok" not in answer:
             try:
-                answer, pending = read_line(sock, pending, deadline)
+                answer = read_line(sock, pending, deadline)
             except Timeout:
                 raise HookFailed(
                     f"tracerd acknowledged, but no attach confirmed within {shown(float(opts['timeout']))}"
@@ -380,6 +383,28 @@ def restarting(socket_path: str) -> bool:
     except (OSError, ValueError):
         return False
     return info.st_uid in (0, posix.geteuid()) and 0 <= time.time() - info.st_mtime < RESTART_GRACE
+
+
+def one_line(text: str) -> str:
+    """``text`` for a one-line warning, as the compiled hook shows it: control characters, and
+    bytes that were not UTF-8 (surrogateescape's U+DC80..U+DCFF), as \\xNN; C1 controls and the
+    line and paragraph separators as \\uNNNN; a lone surrogate from JSON as U+FFFD."""
+    if text.isprintable():
+        return text
+    shown = []
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or code == 0x7F:
+            shown.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:
+            shown.append(f"\\x{code - 0xDC00:02x}")
+        elif 0x80 <= code < 0xA0 or code in (0x2028, 0x2029):
+            shown.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            shown.append("\ufffd")
+        else:
+            shown.append(char)
+    return "".join(shown)
 
 
 def warn_syslog(path: str, message: str) -> None:
@@ -408,6 +433,8 @@ def run() -> None:
     kernel closes."""
     code = main()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # its descriptor was closed when the hook started
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):
@@ -420,10 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_args(args)
     except Answered as text:
-        print(text)
-        return 0
+        return 0 if say(str(text)) else 1
     except ValueError as err:
-        print(f"pftrace-hook: {err}\n{USAGE}", file=sys.stderr)
+        say(f"pftrace-hook: {err}\n{USAGE}", error=True)
         return 2
     try:
         answer = request_attach(opts)
@@ -431,11 +457,25 @@ def main(argv: list[str] | None = None) -> int:
             raise HookFailed(str(answer.get("message") or answer.get("error") or "refused"))
     except HookFailed as err:
         # "warning:" as Postfix's own lines have it: triage and bugreport grep for it
-        reason = f"warning: {opts['name']}[{opts['pid']}]: not traced: {err}"
-        print(f"pftrace-hook: {reason}", file=sys.stderr)
-        warn_syslog(str(opts["syslog"]), reason)
+        reason = f"warning: {one_line(str(opts['name']))}[{opts['pid']}]: not traced: {one_line(str(err))}"
+        warn_syslog(str(opts["syslog"]), reason)  # first: a stderr nobody reads must not lose it
+        say(f"pftrace-hook: {reason}", error=True)
         return 1
     return 0
+
+
+def say(text: str, *, error: bool = False) -> bool:
+    """``text`` and a newline on stdout (stderr if ``error``); False when it cannot be written
+    (closed at start, a pipe whose reader went away), which must not turn into a traceback."""
+    stream = sys.stderr if error else sys.stdout
+    if stream is None:
+        return False
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 if __name__ == "__main__":
