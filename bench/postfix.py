@@ -163,15 +163,52 @@ def start_all(instance: PostfixInstance, count: int) -> None:
             conn.close()
 
 
-def steady_throughput(instance: PostfixInstance, args: argparse.Namespace) -> tuple[float, int]:
-    """msg/s once every smtpd runs (and is traced) already; and how many new smtpd came meanwhile."""
+class TracerCpu:
+    """CPU seconds spent by tracerd and everything under it (watcher, warm gdb, strace, perf record,
+    perf trace -i): tracerd's own, its reaped children's, and its live descendants' since the start."""
+
+    def __init__(self, tracerd_pid: int) -> None:
+        self.tracerd = psutil.Process(tracerd_pid)
+        self.start = self.own()
+        self.live = self.descendants()
+        self.machine = psutil.cpu_times()
+
+    def own(self) -> float:
+        times = self.tracerd.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def descendants(self) -> dict[int, float]:
+        seen = {}
+        for proc in self.tracerd.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                seen[proc.pid] = times.user + times.system
+        return seen
+
+    def since(self) -> tuple[float, float]:
+        """(tracer CPU seconds, the machine's busy fraction) since this was made."""
+        now = self.descendants()
+        below = sum(value - self.live.get(pid, 0.0) for pid, value in now.items())
+        machine = psutil.cpu_times()
+        idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
+        total = sum(machine) - sum(self.machine)
+        return self.own() - self.start + below, 1.0 - idle / total if total > 0 else 0.0
+
+
+def steady_throughput(
+    instance: PostfixInstance, args: argparse.Namespace, tracerd_pid: int
+) -> tuple[float, int, float, float]:
+    """msg/s once every smtpd runs (and is traced) already; how many new smtpd came meanwhile;
+    the tracer's CPU ms per message; the machine's busy fraction."""
     start_all(instance, args.sessions)
     throughput(instance, args.warmup, args.sessions)
     before = {p.pid for p in instance.processes("smtpd")}
+    cpu = TracerCpu(tracerd_pid)
     rate = throughput(instance, args.messages, args.sessions, already=args.warmup)
+    spent, busy = cpu.since()
     # every smtpd that served is still alive (max_use): the new pids are the ones started meanwhile
     new = {p.pid for p in instance.processes("smtpd")} - before
-    return rate, len(new)
+    return rate, len(new), spent / args.messages * 1000, busy
 
 
 def kill_recipe_leftovers() -> int:
@@ -215,11 +252,11 @@ def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Nam
 
 
 def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
-        float, int]:  # fmt: skip
+        float, int, float, float]:  # fmt: skip
     configure(instance, debugger_command(mode, sock), steady=args.sessions)
     instance.start(timeout=60)
     try:
-        return steady_throughput(instance, args)
+        return steady_throughput(instance, args, tracerd_pid)
     finally:
         stop(instance, tracerd_pid)
 
@@ -237,6 +274,30 @@ def ratios(rates: dict[str, list[float]], mode: str) -> dict[str, float] | None:
     if not base or not rates[mode]:
         return None
     return summary([rate / untraced for rate, untraced in zip(rates[mode], base, strict=False)])
+
+
+def print_tables(args: argparse.Namespace, modes: list[str], series: dict[str, dict[str, list[Any]]]) -> None:
+    """The run's tables: throughput, banner delay and steady state per mode, then the tracer's CPU."""
+    rates, delays, steady, starts = series["rates"], series["delays"], series["steady"], series["starts"]
+    print(f"\nsmtp-source -s {args.sessions} -m {args.messages}, {args.runs} runs per mode, alternated;"
+          f" steady state after {args.warmup} warm-up messages\n")  # fmt: skip
+    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8} {'ratio':>6}   {'banner ms p50':>13} {'min':>8}"
+          f" {'max':>8}   {'steady p50':>10} {'ratio':>6} {'starts':>6}")  # fmt: skip
+    for mode in modes:
+        rate, delay, still = summary(rates[mode]), summary(delays[mode]), summary(steady[mode])
+        ratio, still_ratio = ratios(rates, mode) or {"p50": 0.0}, ratios(steady, mode) or {"p50": 0.0}
+        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f} {ratio['p50']:6.2f}   "
+              f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}   "
+              f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {sum(starts[mode]):6}")  # fmt: skip
+    print_cpu(modes, series["tracer_ms"], series["busy"])
+
+
+def print_cpu(modes: list[str], tracer_ms: dict[str, list[float]], busy: dict[str, list[float]]) -> None:
+    """At steady state: the CPU that tracerd and its tracers spent per message, and how busy the
+    machine was (2 cores: what the tracer takes, Postfix and smtp-source no longer have)."""
+    print(f"\n{'steady state':18} {'tracer CPU ms/msg p50':>22} {'machine busy p50':>17}")
+    for mode in modes:
+        print(f"{mode:18} {summary(tracer_ms[mode])['p50']:22.2f} {summary(busy[mode])['p50']:17.0%}")
 
 
 def print_failed(failed: list[dict[str, Any]]) -> None:
@@ -274,6 +335,8 @@ def main() -> int:
     delays: dict[str, list[float]] = {mode: [] for mode in modes}
     steady: dict[str, list[float]] = {mode: [] for mode in modes}
     starts: dict[str, list[int]] = {mode: [] for mode in modes}
+    tracer_ms: dict[str, list[float]] = {mode: [] for mode in modes}
+    busy_share: dict[str, list[float]] = {mode: [] for mode in modes}
     root = Path(tempfile.mkdtemp(prefix="tracerd-bench-postfix-"))
     try:
         instance = PostfixInstance(root)
@@ -286,27 +349,22 @@ def main() -> int:
                     rate, delay = one_run(instance, mode, sock, args, tracerd_pid)
                     rates[mode].append(rate)
                     delays[mode].append(delay)
-                    steady_rate, new = steady_run(instance, mode, sock, args, tracerd_pid)
+                    steady_rate, new, cpu_ms, busy = steady_run(instance, mode, sock, args, tracerd_pid)
                     steady[mode].append(steady_rate)
                     starts[mode].append(new)
+                    tracer_ms[mode].append(cpu_ms)
+                    busy_share[mode].append(busy)
                     print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms"
-                          f"  steady {steady_rate:8.1f} msg/s ({new} smtpd started)", flush=True)  # fmt: skip
+                          f"  steady {steady_rate:8.1f} msg/s ({new} smtpd started, tracer {cpu_ms:.2f} CPU ms/msg,"
+                          f" machine {busy:.0%} busy)", flush=True)  # fmt: skip
             status = request(sock, "status")
             counters = status["counters"]
             failed = [s for s in status["sessions"] if s["state"] == "failed"]
     finally:
         kill_recipe_leftovers()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\nsmtp-source -s {args.sessions} -m {args.messages}, {args.runs} runs per mode, alternated;"
-          f" steady state after {args.warmup} warm-up messages\n")  # fmt: skip
-    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8} {'ratio':>6}   {'banner ms p50':>13} {'min':>8}"
-          f" {'max':>8}   {'steady p50':>10} {'ratio':>6} {'starts':>6}")  # fmt: skip
-    for mode in modes:
-        rate, delay, still = summary(rates[mode]), summary(delays[mode]), summary(steady[mode])
-        ratio, still_ratio = ratios(rates, mode) or {"p50": 0.0}, ratios(steady, mode) or {"p50": 0.0}
-        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f} {ratio['p50']:6.2f}   "
-              f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}   "
-              f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {sum(starts[mode]):6}")  # fmt: skip
+    print_tables(args, modes, {"rates": rates, "delays": delays, "steady": steady, "starts": starts,
+                               "tracer_ms": tracer_ms, "busy": busy_share})  # fmt: skip
     print(f"\ntracerd: {counters['sessions_started']} sessions, {counters['sessions_failed']} failed")
     print_failed(failed)
     path = save("postfix", {"runs": args.runs, "messages": args.messages, "sessions": args.sessions,
@@ -316,6 +374,8 @@ def main() -> int:
                             "steady_throughput": {m: summary(v) for m, v in steady.items()},
                             "steady_ratio": {m: ratios(steady, m) for m in steady},
                             "steady_new_smtpd": {m: sum(v) for m, v in starts.items()},
+                            "steady_tracer_cpu_ms_per_msg": {m: summary(v) for m, v in tracer_ms.items()},
+                            "steady_machine_busy": {m: summary(v) for m, v in busy_share.items()},
                             "banner_ms": {m: summary(v) for m, v in delays.items()},
                             "tracerd_counters": counters, "failed_sessions": failed})  # fmt: skip
     print(f"saved {path}")
