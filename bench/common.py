@@ -156,8 +156,10 @@ def no_core_dumps() -> None:
 
 
 def save(name: str, data: dict[str, object]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """data as bench/results/NAME.json (or in $TRACERD_BENCH_RESULTS: tests/test_bench.py's runs)."""
+    results = Path(os.environ.get("TRACERD_BENCH_RESULTS") or RESULTS)
+    results.mkdir(exist_ok=True)
+    path = results / f"{name}.json"
     data["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     data["host"] = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import os
 import shutil
 import signal
@@ -67,6 +68,8 @@ SEED_GDB = (
     "PATH=/bin:/usr/bin:/usr/local/bin; export PATH; (echo cont; echo where; sleep 8640000) | "
     "gdb $daemon_directory/$process_name $process_id 2>&1 >$config_directory/$process_name.$process_id.log & sleep 5"
 )
+# what each run measures per mode, in the order one_run and steady_run give them
+SERIES = ("rates", "delays", "steady", "starts", "tracer_ms", "busy", "lines")
 MODES = ("untraced", "tracerd watch", "tracerd strace", "tracerd perf", "seed gdb recipe")
 SHORT = {"untraced": "untraced", "tracerd watch": "watch", "tracerd strace": "strace", "tracerd perf": "perf",
          "seed gdb recipe": "recipe"}  # fmt: skip
@@ -195,29 +198,51 @@ class TracerCpu:
         return self.own() - self.start + below, 1.0 - idle / total if total > 0 else 0.0
 
 
-def steady_throughput(
-    instance: PostfixInstance, args: argparse.Namespace, tracerd_pid: int
-) -> tuple[float, int, float, float]:
-    """msg/s once every smtpd runs (and is traced) already; how many new smtpd came meanwhile;
-    the tracer's CPU ms per message; the machine's busy fraction."""
+@dataclasses.dataclass
+class Steady:
+    """One steady-state measure: msg/s; new smtpd meanwhile (should be 0); the tracer's CPU ms per
+    message; the machine's busy fraction; trace lines per message in the sessions' logs."""
+
+    rate: float
+    new: int
+    cpu_ms: float
+    busy: float
+    lines: float
+
+
+def log_lines(sock: Path) -> int:
+    """Lines written so far to the logs of the attached sessions."""
+    return sum(int(s["lines"]) for s in request(sock, "status")["sessions"] if s["state"] == "attached")
+
+
+def steady_throughput(instance: PostfixInstance, args: argparse.Namespace, sock: Path, tracerd_pid: int) -> Steady:
+    """The steady state, once every smtpd runs (and is traced) already."""
     start_all(instance, args.sessions)
     throughput(instance, args.warmup, args.sessions)
     before = {p.pid for p in instance.processes("smtpd")}
+    lines = log_lines(sock)
     cpu = TracerCpu(tracerd_pid)
     rate = throughput(instance, args.messages, args.sessions, already=args.warmup)
     spent, busy = cpu.since()
+    time.sleep(1.5)  # the perf tracer prints each second's recording a second later
+    lines = log_lines(sock) - lines
     # every smtpd that served is still alive (max_use): the new pids are the ones started meanwhile
     new = {p.pid for p in instance.processes("smtpd")} - before
-    return rate, len(new), spent / args.messages * 1000, busy
+    return Steady(rate, len(new), spent / args.messages * 1000, busy, lines / args.messages)
 
 
-def kill_recipe_leftovers() -> int:
-    """Kill the recipe's gdb first (it lets its smtpd go), then its sleeps."""
+def kill_recipe_leftovers(tracerd_pid: int | None = None) -> int:
+    """Kill the recipe's gdb first (it lets its smtpd go), then its sleeps; never tracerd's own
+    (its warm gdb: killing it made tracerd start another, in the next measure, at every run)."""
     killed = 0
     for names in (("gdb",), ("sleep",)):
+        spared = set()
+        with contextlib.suppress(psutil.Error):
+            if tracerd_pid is not None:
+                spared = {proc.pid for proc in psutil.Process(tracerd_pid).children(recursive=True)}
         for proc in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if proc.name() in names:
+                if proc.name() in names and proc.pid not in spared:
                     proc.kill()
                     killed += 1
     return killed
@@ -251,20 +276,20 @@ def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Nam
     return rate, delay
 
 
-def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
-        float, int, float, float]:  # fmt: skip
+def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace,
+               tracerd_pid: int) -> Steady:  # fmt: skip
     configure(instance, debugger_command(mode, sock), steady=args.sessions)
     instance.start(timeout=60)
     try:
-        return steady_throughput(instance, args, tracerd_pid)
+        return steady_throughput(instance, args, sock, tracerd_pid)
     finally:
         stop(instance, tracerd_pid)
 
 
 def stop(instance: PostfixInstance, tracerd_pid: int) -> None:
-    kill_recipe_leftovers()
+    kill_recipe_leftovers(tracerd_pid)
     instance.stop()
-    kill_recipe_leftovers()  # a subshell's sleep whose gdb was gone already
+    kill_recipe_leftovers(tracerd_pid)  # a subshell's sleep whose gdb was gone already
     reap_all(keep=tracerd_pid)
 
 
@@ -289,15 +314,16 @@ def print_tables(args: argparse.Namespace, modes: list[str], series: dict[str, d
         print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f} {ratio['p50']:6.2f}   "
               f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}   "
               f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {sum(starts[mode]):6}")  # fmt: skip
-    print_cpu(modes, series["tracer_ms"], series["busy"])
+    print_cpu(modes, series)
 
 
-def print_cpu(modes: list[str], tracer_ms: dict[str, list[float]], busy: dict[str, list[float]]) -> None:
-    """At steady state: the CPU that tracerd and its tracers spent per message, and how busy the
-    machine was (2 cores: what the tracer takes, Postfix and smtp-source no longer have)."""
-    print(f"\n{'steady state':18} {'tracer CPU ms/msg p50':>22} {'machine busy p50':>17}")
+def print_cpu(modes: list[str], series: dict[str, dict[str, list[Any]]]) -> None:
+    """At steady state: the CPU that tracerd and its tracers spent per message, the trace lines
+    per message, and how busy the machine was (what the tracer takes, Postfix no longer has)."""
+    print(f"\n{'steady state':18} {'tracer CPU ms/msg p50':>22} {'lines/msg p50':>14} {'machine busy p50':>17}")
     for mode in modes:
-        print(f"{mode:18} {summary(tracer_ms[mode])['p50']:22.2f} {summary(busy[mode])['p50']:17.0%}")
+        cpu, lines, busy = (summary(series[key][mode])["p50"] for key in ("tracer_ms", "lines", "busy"))
+        print(f"{mode:18} {cpu:22.2f} {lines:14.0f} {busy:17.0%}")
 
 
 def print_failed(failed: list[dict[str, Any]]) -> None:
@@ -331,12 +357,7 @@ def main() -> int:
         print("bench/postfix: cannot become a child subreaper", file=sys.stderr)
         return 1
     no_core_dumps()
-    rates: dict[str, list[float]] = {mode: [] for mode in modes}
-    delays: dict[str, list[float]] = {mode: [] for mode in modes}
-    steady: dict[str, list[float]] = {mode: [] for mode in modes}
-    starts: dict[str, list[int]] = {mode: [] for mode in modes}
-    tracer_ms: dict[str, list[float]] = {mode: [] for mode in modes}
-    busy_share: dict[str, list[float]] = {mode: [] for mode in modes}
+    series: dict[str, dict[str, list[Any]]] = {key: {mode: [] for mode in modes} for key in SERIES}
     root = Path(tempfile.mkdtemp(prefix="tracerd-bench-postfix-"))
     try:
         instance = PostfixInstance(root)
@@ -347,36 +368,35 @@ def main() -> int:
             for run in range(args.runs):
                 for mode in modes:
                     rate, delay = one_run(instance, mode, sock, args, tracerd_pid)
-                    rates[mode].append(rate)
-                    delays[mode].append(delay)
-                    steady_rate, new, cpu_ms, busy = steady_run(instance, mode, sock, args, tracerd_pid)
-                    steady[mode].append(steady_rate)
-                    starts[mode].append(new)
-                    tracer_ms[mode].append(cpu_ms)
-                    busy_share[mode].append(busy)
+                    still = steady_run(instance, mode, sock, args, tracerd_pid)
+                    values = (rate, delay, still.rate, still.new, still.cpu_ms, still.busy, still.lines)
+                    for key, value in zip(SERIES, values, strict=True):
+                        series[key][mode].append(value)
                     print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms"
-                          f"  steady {steady_rate:8.1f} msg/s ({new} smtpd started, tracer {cpu_ms:.2f} CPU ms/msg,"
-                          f" machine {busy:.0%} busy)", flush=True)  # fmt: skip
+                          f"  steady {still.rate:8.1f} msg/s ({still.new} smtpd started, tracer {still.cpu_ms:.2f}"
+                          f" CPU ms/msg, {still.lines:.0f} lines/msg, machine {still.busy:.0%} busy)",
+                          flush=True)  # fmt: skip
             status = request(sock, "status")
             counters = status["counters"]
             failed = [s for s in status["sessions"] if s["state"] == "failed"]
     finally:
         kill_recipe_leftovers()
         shutil.rmtree(root, ignore_errors=True)
-    print_tables(args, modes, {"rates": rates, "delays": delays, "steady": steady, "starts": starts,
-                               "tracer_ms": tracer_ms, "busy": busy_share})  # fmt: skip
+    print_tables(args, modes, series)
     print(f"\ntracerd: {counters['sessions_started']} sessions, {counters['sessions_failed']} failed")
     print_failed(failed)
+    rates, steady = series["rates"], series["steady"]
     path = save("postfix", {"runs": args.runs, "messages": args.messages, "sessions": args.sessions,
                             "warmup": args.warmup,
                             "throughput": {m: summary(v) for m, v in rates.items()},
                             "ratio": {m: ratios(rates, m) for m in rates},
                             "steady_throughput": {m: summary(v) for m, v in steady.items()},
                             "steady_ratio": {m: ratios(steady, m) for m in steady},
-                            "steady_new_smtpd": {m: sum(v) for m, v in starts.items()},
-                            "steady_tracer_cpu_ms_per_msg": {m: summary(v) for m, v in tracer_ms.items()},
-                            "steady_machine_busy": {m: summary(v) for m, v in busy_share.items()},
-                            "banner_ms": {m: summary(v) for m, v in delays.items()},
+                            "steady_new_smtpd": {m: sum(v) for m, v in series["starts"].items()},
+                            "steady_tracer_cpu_ms_per_msg": {m: summary(v) for m, v in series["tracer_ms"].items()},
+                            "steady_machine_busy": {m: summary(v) for m, v in series["busy"].items()},
+                            "steady_lines_per_msg": {m: summary(v) for m, v in series["lines"].items()},
+                            "banner_ms": {m: summary(v) for m, v in series["delays"].items()},
                             "tracerd_counters": counters, "failed_sessions": failed})  # fmt: skip
     print(f"saved {path}")
     return 0
