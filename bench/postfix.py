@@ -44,6 +44,7 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -69,7 +70,7 @@ SEED_GDB = (
     "gdb $daemon_directory/$process_name $process_id 2>&1 >$config_directory/$process_name.$process_id.log & sleep 5"
 )
 # what each run measures per mode, in the order one_run and steady_run give them
-SERIES = ("rates", "delays", "steady", "starts", "tracer_ms", "busy", "lines")
+SERIES = ("rates", "delays", "run_cpu", "run_tracer", "steady", "starts", "tracer_ms", "busy", "lines")
 MODES = ("untraced", "tracerd watch", "tracerd strace", "tracerd perf", "seed gdb recipe")
 SHORT = {"untraced": "untraced", "tracerd watch": "watch", "tracerd strace": "strace", "tracerd perf": "perf",
          "seed gdb recipe": "recipe"}  # fmt: skip
@@ -264,16 +265,30 @@ def reap_all(keep: int, timeout: float = 30.0) -> None:
         raise AssertionError(f"children left after {timeout} s: {left}") from None
 
 
+def children_cpu() -> float:
+    """CPU seconds of every descendant this process has reaped: as a child subreaper, that is all
+    of Postfix (master reaps its daemons, and each daemon the hook its system() ran) and
+    smtp-source, once master is stopped and reaped."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
-        float, float]:  # fmt: skip
+        float, float, float, float]:  # fmt: skip
+    """msg/s and banner ms with smtpd starting as Postfix starts them; the CPU ms per message of
+    everything (Postfix, the hooks, smtp-source, tracerd and its tracers), and of the tracer alone."""
     configure(instance, debugger_command(mode, sock))
+    reaped, cpu = children_cpu(), TracerCpu(tracerd_pid)
     instance.start(timeout=60)
     try:
         delay = banner_delay(instance)
         rate = throughput(instance, args.messages, args.sessions)
     finally:
         stop(instance, tracerd_pid)
-    return rate, delay
+    time.sleep(0.5)  # the last sessions' end in tracerd
+    tracer, _busy = cpu.since()
+    everything = children_cpu() - reaped + tracer
+    return rate, delay, everything / args.messages * 1000, tracer / args.messages * 1000
 
 
 def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace,
@@ -318,12 +333,17 @@ def print_tables(args: argparse.Namespace, modes: list[str], series: dict[str, d
 
 
 def print_cpu(modes: list[str], series: dict[str, dict[str, list[Any]]]) -> None:
-    """At steady state: the CPU that tracerd and its tracers spent per message, the trace lines
-    per message, and how busy the machine was (what the tracer takes, Postfix no longer has)."""
-    print(f"\n{'steady state':18} {'tracer CPU ms/msg p50':>22} {'lines/msg p50':>14} {'machine busy p50':>17}")
+    """CPU per message: with smtpd starts, of everything and of the tracer (tracerd and its
+    children); at steady state, the tracer's, the trace lines per message, and how busy the machine
+    was (what the tracer takes, Postfix no longer has)."""
+    print(f"\n{'CPU ms per message':18} {'all p50':>8} {'more':>6} {'tracer':>7}   {'steady: tracer':>14}"
+          f" {'lines/msg':>9} {'machine busy':>12}")  # fmt: skip
+    base = summary(series["run_cpu"]["untraced"])["p50"] if "untraced" in modes else 0.0
     for mode in modes:
-        cpu, lines, busy = (summary(series[key][mode])["p50"] for key in ("tracer_ms", "lines", "busy"))
-        print(f"{mode:18} {cpu:22.2f} {lines:14.0f} {busy:17.0%}")
+        run_cpu, run_tracer, cpu, lines, busy = (summary(series[key][mode])["p50"] for key in
+                                                 ("run_cpu", "run_tracer", "tracer_ms", "lines", "busy"))  # fmt: skip
+        print(f"{mode:18} {run_cpu:8.2f} {run_cpu - base:+6.2f} {run_tracer:7.2f}   {cpu:14.2f} {lines:9.0f}"
+              f" {busy:12.0%}")  # fmt: skip
 
 
 def print_failed(failed: list[dict[str, Any]]) -> None:
@@ -367,12 +387,14 @@ def main() -> int:
             tracerd_pid = int(request(sock, "status")["daemon"]["pid"])
             for run in range(args.runs):
                 for mode in modes:
-                    rate, delay = one_run(instance, mode, sock, args, tracerd_pid)
+                    rate, delay, run_cpu, run_tracer = one_run(instance, mode, sock, args, tracerd_pid)
                     still = steady_run(instance, mode, sock, args, tracerd_pid)
-                    values = (rate, delay, still.rate, still.new, still.cpu_ms, still.busy, still.lines)
+                    values = (rate, delay, run_cpu, run_tracer, still.rate, still.new, still.cpu_ms, still.busy,
+                              still.lines)  # fmt: skip
                     for key, value in zip(SERIES, values, strict=True):
                         series[key][mode].append(value)
                     print(f"run {run + 1}/{args.runs} {mode:16} {rate:8.1f} msg/s  banner {delay:8.1f} ms"
+                          f"  CPU {run_cpu:.2f} ms/msg (tracer {run_tracer:.2f})"
                           f"  steady {still.rate:8.1f} msg/s ({still.new} smtpd started, tracer {still.cpu_ms:.2f}"
                           f" CPU ms/msg, {still.lines:.0f} lines/msg, machine {still.busy:.0%} busy)",
                           flush=True)  # fmt: skip
@@ -396,6 +418,8 @@ def main() -> int:
                             "steady_tracer_cpu_ms_per_msg": {m: summary(v) for m, v in series["tracer_ms"].items()},
                             "steady_machine_busy": {m: summary(v) for m, v in series["busy"].items()},
                             "steady_lines_per_msg": {m: summary(v) for m, v in series["lines"].items()},
+                            "cpu_ms_per_msg": {m: summary(v) for m, v in series["run_cpu"].items()},
+                            "tracer_cpu_ms_per_msg": {m: summary(v) for m, v in series["run_tracer"].items()},
                             "banner_ms": {m: summary(v) for m, v in series["delays"].items()},
                             "tracerd_counters": counters, "failed_sessions": failed})  # fmt: skip
     print(f"saved {path}")
