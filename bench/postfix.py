@@ -321,14 +321,16 @@ def print_tables(args: argparse.Namespace, modes: list[str], series: dict[str, d
     rates, delays, steady, starts = series["rates"], series["delays"], series["steady"], series["starts"]
     print(f"\nsmtp-source -s {args.sessions} -m {args.messages}, {args.runs} runs per mode, alternated;"
           f" steady state after {args.warmup} warm-up messages\n")  # fmt: skip
-    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8} {'ratio':>6}   {'banner ms p50':>13} {'min':>8}"
-          f" {'max':>8}   {'steady p50':>10} {'ratio':>6} {'starts':>6}")  # fmt: skip
+    print(f"{'smtpd':18} {'msg/s p50':>10} {'min':>8} {'max':>8} {'ratio':>6} {'mean':>5}   {'banner ms p50':>13}"
+          f" {'min':>8} {'max':>8}   {'steady p50':>10} {'ratio':>6} {'mean':>5} {'starts':>6}")  # fmt: skip
     for mode in modes:
         rate, delay, still = summary(rates[mode]), summary(delays[mode]), summary(steady[mode])
         ratio, still_ratio = ratios(rates, mode) or {"p50": 0.0}, ratios(steady, mode) or {"p50": 0.0}
-        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f} {ratio['p50']:6.2f}   "
+        print(f"{mode:18} {rate['p50']:10.1f} {rate['min']:8.1f} {rate['max']:8.1f} {ratio['p50']:6.2f}"
+              f" {ratio.get('mean', 0.0):5.2f}   "
               f"{delay['p50']:13.1f} {delay['min']:8.1f} {delay['max']:8.1f}   "
-              f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {sum(starts[mode]):6}")  # fmt: skip
+              f"{still['p50']:10.1f} {still_ratio['p50']:6.2f} {still_ratio.get('mean', 0.0):5.2f}"
+              f" {sum(starts[mode]):6}")  # fmt: skip
     print_cpu(modes, series)
 
 
