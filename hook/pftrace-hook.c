@@ -802,6 +802,19 @@ static int connect_to(const char *path, double deadline, struct failure *f)
     }
 }
 
+/* Wait until fd is ready for `events` (or a signal came: the caller tries again) by `deadline`;
+ * -1, with the reason in f, when the deadline passed or poll failed. */
+static int await_fd(int fd, short events, double deadline, struct failure *f)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    int ms = ms_left(deadline);
+    if (ms < 0)
+        return timed_out(f);
+    if (poll(&p, 1, ms) < 0 && errno != EINTR)
+        return fail(f, "talking to tracerd: %s", strerror(errno));
+    return 0;
+}
+
 static int send_all(int fd, const char *data, size_t len, double deadline, struct failure *f)
 {
     while (len > 0) {
@@ -814,12 +827,8 @@ static int send_all(int fd, const char *data, size_t len, double deadline, struc
             continue;
         if (sent < 0 && errno != EAGAIN)
             return fail(f, "talking to tracerd: %s", strerror(errno));
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int ms = ms_left(deadline);
-        if (ms < 0)
-            return timed_out(f);
-        if (poll(&p, 1, ms) < 0 && errno != EINTR)
-            return fail(f, "talking to tracerd: %s", strerror(errno));
+        if (await_fd(fd, POLLOUT, deadline, f))
+            return -1;
     }
     return 0;
 }
@@ -845,12 +854,8 @@ static int read_line(int fd, struct buf *pending, double deadline, struct reply 
             continue;
         if (errno != EAGAIN)
             return fail(f, "talking to tracerd: %s", strerror(errno));
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int ms = ms_left(deadline);
-        if (ms < 0)
-            return timed_out(f);
-        if (poll(&p, 1, ms) < 0 && errno != EINTR)
-            return fail(f, "talking to tracerd: %s", strerror(errno));
+        if (await_fd(fd, POLLIN, deadline, f))
+            return -1;
     }
     size_t line = (size_t)(nl - pending->data);
     free_reply(r);
