@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -23,6 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support: the helpers the tests use
@@ -164,3 +167,50 @@ def save(name: str, data: dict[str, object]) -> Path:
     data["host"] = {"cpus": os.cpu_count(), "kernel": os.uname().release}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+@dataclasses.dataclass
+class CpuSpent:
+    """CPU seconds since a :class:`TracerCpu` was made: tracerd's own and its reaped children's
+    (``tracerd``), its live descendants' (``below``: watcher, warm gdb, strace, perf), and the
+    machine's busy fraction."""
+
+    tracerd: float
+    below: float
+    busy: float
+
+    @property
+    def total(self) -> float:
+        return self.tracerd + self.below
+
+
+class TracerCpu:
+    """What tracerd and everything under it spend from now on: its own CPU and its reaped
+    children's, and each live descendant's since now (one that starts later counts whole, one
+    that exits is in its parent's reaped children)."""
+
+    def __init__(self, tracerd_pid: int) -> None:
+        self.tracerd = psutil.Process(tracerd_pid)
+        self.start = self.own()
+        self.live = self.descendants()
+        self.machine = psutil.cpu_times()
+
+    def own(self) -> float:
+        times = self.tracerd.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def descendants(self) -> dict[int, float]:
+        seen = {}
+        for proc in self.tracerd.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                seen[proc.pid] = times.user + times.system
+        return seen
+
+    def since(self) -> CpuSpent:
+        now = self.descendants()
+        below = sum(value - self.live.get(pid, 0.0) for pid, value in now.items())
+        machine = psutil.cpu_times()
+        idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
+        total = sum(machine) - sum(self.machine)
+        return CpuSpent(self.own() - self.start, below, 1.0 - idle / total if total > 0 else 0.0)

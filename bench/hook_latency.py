@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import BIN, ROOT, compile_c, private_tracerd, save, summary
+from common import BIN, ROOT, TracerCpu, compile_c, private_tracerd, save, summary
 
 from tracerd import procinfo
 from tracerd.daemon.auth import Authorizer, Peer
@@ -138,30 +138,18 @@ def daemon_checks() -> dict[str, float]:
         child.wait()
 
 
-def cpu_seconds(process: psutil.Process) -> tuple[float, float]:
-    """CPU seconds (user + system) of ``process`` and of its descendants now alive."""
-    own = process.cpu_times()
-    below = 0.0
-    for child in process.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = child.cpu_times()
-            below += times.user + times.system
-    return own.user + own.system, below
-
-
 def cpu_per_hook(exe: Path, command: str, config: Path, runs: int) -> dict[str, float]:
     """CPU ms that tracerd and its helpers (the watcher) spend per process, from the hook to the
     session's end: ``runs`` targets hooked one after another, each exiting once its hook returns."""
     tracerd = next(proc for proc in psutil.process_iter(["cmdline"]) if str(config) in (proc.info["cmdline"] or []))
     run_once(exe, command, "benchw")  # the watcher and the warm gdb started
     time.sleep(2)
-    before = cpu_seconds(tracerd)
+    cpu = TracerCpu(tracerd.pid)
     for _ in range(runs):
         run_once(exe, command, "benchw")
     time.sleep(0.5)  # the last session's end
-    after = cpu_seconds(tracerd)
-    return {"tracerd": (after[0] - before[0]) / runs * 1000,
-            "watcher and warm gdb": (after[1] - before[1]) / runs * 1000}  # fmt: skip
+    spent = cpu.since()
+    return {"tracerd": spent.tracerd / runs * 1000, "watcher and warm gdb": spent.below / runs * 1000}
 
 
 def main() -> int:

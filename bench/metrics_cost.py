@@ -30,22 +30,10 @@ import threading
 import urllib.request
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, compile_c, no_core_dumps, private_tracerd, request, save, wait_until
+from common import ROOT, TracerCpu, compile_c, no_core_dumps, private_tracerd, request, save, wait_until
 
 from tests.support import Daemon, Target
-
-
-def cpu_seconds(pid: int) -> float:
-    """tracerd's CPU time plus that of its living children (the watcher)."""
-    process = psutil.Process(pid)
-    total = sum(process.cpu_times()[:2])
-    for child in process.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += sum(child.cpu_times()[:2])
-    return total
 
 
 def hooks(exe: Path, sock: Path, count: int) -> None:
@@ -67,12 +55,12 @@ def cpu_per_hook(rounds: int, count: int, exe: Path) -> dict[str, object]:
                 hooks(exe, socks[kind], 3)
             for _ in range(rounds):
                 for kind in ("off", "on"):
-                    before = cpu_seconds(pids[kind])
+                    cpu = TracerCpu(pids[kind])
                     hooks(exe, socks[kind], count)
                     if kind == "on":
                         with urllib.request.urlopen(url, timeout=10) as reply:
                             assert b"tracerd_sessions_started_total" in reply.read()
-                    per_hook[kind].append((cpu_seconds(pids[kind]) - before) / count * 1000)
+                    per_hook[kind].append(cpu.since().total / count * 1000)
     off, on = statistics.median(per_hook["off"]), statistics.median(per_hook["on"])
     return {"cpu_ms_per_hook_off": off, "cpu_ms_per_hook_on": on, "ratio_on_off": on / off, "rounds": per_hook,
             "hooks_per_round": count}  # fmt: skip

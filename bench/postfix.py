@@ -59,7 +59,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, no_core_dumps, private_tracerd, request, save, summary, wait_until
+from common import BIN, TracerCpu, no_core_dumps, private_tracerd, request, save, summary, wait_until
 
 from tests import support
 from tests.postfix_instance import PostfixInstance, available
@@ -167,38 +167,6 @@ def start_all(instance: PostfixInstance, count: int) -> None:
             conn.close()
 
 
-class TracerCpu:
-    """CPU seconds spent by tracerd and everything under it (watcher, warm gdb, strace, perf record,
-    perf trace -i): tracerd's own, its reaped children's, and its live descendants' since the start."""
-
-    def __init__(self, tracerd_pid: int) -> None:
-        self.tracerd = psutil.Process(tracerd_pid)
-        self.start = self.own()
-        self.live = self.descendants()
-        self.machine = psutil.cpu_times()
-
-    def own(self) -> float:
-        times = self.tracerd.cpu_times()
-        return times.user + times.system + times.children_user + times.children_system
-
-    def descendants(self) -> dict[int, float]:
-        seen = {}
-        for proc in self.tracerd.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                seen[proc.pid] = times.user + times.system
-        return seen
-
-    def since(self) -> tuple[float, float]:
-        """(tracer CPU seconds, the machine's busy fraction) since this was made."""
-        now = self.descendants()
-        below = sum(value - self.live.get(pid, 0.0) for pid, value in now.items())
-        machine = psutil.cpu_times()
-        idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
-        total = sum(machine) - sum(self.machine)
-        return self.own() - self.start + below, 1.0 - idle / total if total > 0 else 0.0
-
-
 @dataclasses.dataclass
 class Steady:
     """One steady-state measure: msg/s; new smtpd meanwhile (should be 0); the tracer's CPU ms per
@@ -224,12 +192,12 @@ def steady_throughput(instance: PostfixInstance, args: argparse.Namespace, sock:
     lines = log_lines(sock)
     cpu = TracerCpu(tracerd_pid)
     rate = throughput(instance, args.messages, args.sessions, already=args.warmup)
-    spent, busy = cpu.since()
+    spent = cpu.since()
     time.sleep(1.5)  # the perf tracer prints each second's recording a second later
     lines = log_lines(sock) - lines
     # every smtpd that served is still alive (max_use): the new pids are the ones started meanwhile
     new = {p.pid for p in instance.processes("smtpd")} - before
-    return Steady(rate, len(new), spent / args.messages * 1000, busy, lines / args.messages)
+    return Steady(rate, len(new), spent.total / args.messages * 1000, spent.busy, lines / args.messages)
 
 
 def kill_recipe_leftovers(tracerd_pid: int | None = None) -> int:
@@ -286,7 +254,7 @@ def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Nam
     finally:
         stop(instance, tracerd_pid)
     time.sleep(0.5)  # the last sessions' end in tracerd
-    tracer, _busy = cpu.since()
+    tracer = cpu.since().total
     everything = children_cpu() - reaped + tracer
     return rate, delay, everything / args.messages * 1000, tracer / args.messages * 1000
 

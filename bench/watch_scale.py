@@ -53,6 +53,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BIN,
+    TracerCpu,
     compile_c,
     no_core_dumps,
     private_tracerd,
@@ -146,16 +147,6 @@ def hook_reasons(path: Path) -> collections.Counter[str]:
     for line in path.read_text(errors="replace").splitlines():
         reasons[re.sub(r"\d+", "N", line)] += 1
     return reasons
-
-
-def cpu_seconds(daemon: psutil.Process) -> float:
-    """User+system CPU of tracerd and its live children (the watcher), so far."""
-    total = 0.0
-    for proc in [daemon, *daemon.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def tree(daemon: psutil.Process) -> dict[str, Any]:
@@ -266,10 +257,10 @@ def run(args: argparse.Namespace, exe: Path, crash_exe: Path, targets: list[Targ
                 wait_until(lambda: (request(sock, "status").get("warm_gdb") or {}).get("pid"), "warm gdb", 60.0)
             data["warm"] = tree(daemon)
             first += start_targets(sequential - 1, 1)
-            start, cpu, machine = time.monotonic(), cpu_seconds(daemon), psutil.cpu_times()
+            start, cpu, machine = time.monotonic(), TracerCpu(daemon.pid), psutil.cpu_times()
             middle = start_targets(count - 2 * sequential, args.concurrency)
             data["concurrent_seconds"] = time.monotonic() - start
-            data["concurrent_tracerd_cpu"] = cpu_seconds(daemon) - cpu
+            data["concurrent_tracerd_cpu"] = cpu.since().total
             after = psutil.cpu_times()
             data["concurrent_machine_busy"] = sum(
                 getattr(after, f) - getattr(machine, f) for f in ("user", "system", "nice", "irq", "softirq")
