@@ -30,27 +30,25 @@ Usage: .venv/bin/python bench/hook_latency.py [--runs 40] [--hook PATH] [--seed]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
 from common import BIN, ROOT, TracerCpu, compile_c, private_tracerd, save, summary
 
+from tests.support import StubTracerd
 from tracerd import procinfo
 from tracerd.daemon.auth import Authorizer, Peer
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+STUB_ANSWER = b'{"ack":true}\n{"ok":true,"session":{}}\n'  # acknowledged and attached at once: no checks
 SEED = "PATH=/bin:/usr/bin:/usr/local/bin; (strace -p $PID 2>&1 | logger -p mail.info) & sleep 5 #"
 
 
@@ -75,41 +73,6 @@ def interpreter_of(hook: Path) -> str:
     first = hook.read_bytes().split(b"\n", 1)[0].decode()
     assert first.startswith("#!"), f"{hook} is not a #! script"
     return first[2:].strip()
-
-
-@contextlib.contextmanager
-def stub_server(path: Path) -> Iterator[None]:
-    """A server that acknowledges every request and answers ok at once (no checks, no attach)."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(64)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                while b"\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                conn.sendall(b'{"ack":true}\n{"ok":true,"session":{}}\n')
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        thread.join(timeout=10)
 
 
 def per_call_us(function: object, runs: int = 2000) -> float:
@@ -169,7 +132,7 @@ def main() -> int:
         results: dict[str, dict[str, float]] = {}
         failures: dict[str, int] = {}
         rules = '[[rule]]\nprocess = "benchw"\ntracer = "watch"\n[[rule]]\nprocess = "*"\ntracer = "strace"\n'
-        with private_tracerd(rules) as (sock, _root), stub_server(stub):
+        with private_tracerd(rules) as (sock, _root), StubTracerd(stub, default=STUB_ANSWER):
             program = "import sys; from tracerd.hook import main; sys.exit(main())"
             entry_point = shlex.join([str(BIN / "python"), "-c", program])
             commands = {

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,6 +187,61 @@ def reap_zombies(names: set[str]) -> None:
         with contextlib.suppress(psutil.Error, ChildProcessError):
             if proc.status() == psutil.STATUS_ZOMBIE and proc.name() in names:
                 os.waitpid(proc.pid, os.WNOHANG)
+
+
+class StubTracerd:
+    """A unix socket standing for tracerd: for each connection it reads the request line, keeps
+    it, and answers with the next of the answers it was given, else ``default`` (then closes).
+    tests/test_hook_compiled.py feeds it hostile answers; bench/hook_latency times the hook
+    against it."""
+
+    def __init__(self, path: Path, default: bytes = b"") -> None:
+        self.path = path
+        self.default = default
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        # each answer: bytes, or a tuple of bytes and pauses (seconds) between them
+        self.answers: list[bytes | tuple[bytes | float, ...]] = []
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                request = b""
+                try:
+                    while b"\n" not in request:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        request += chunk
+                    self.requests.append(request)
+                    answer = self.answers.pop(0) if self.answers else self.default
+                    for part in answer if isinstance(answer, tuple) else (answer,):
+                        if isinstance(part, float):
+                            time.sleep(part)
+                        else:
+                            conn.sendall(part)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> StubTracerd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(10)
 
 
 class Daemon:

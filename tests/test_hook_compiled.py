@@ -10,8 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,57 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tracerd
-from tests.support import BIN, python_hook
+from tests.support import BIN, StubTracerd, python_hook
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED = BIN / "pftrace-hook"
 FORMS = {"compiled": [str(COMPILED)], "python": python_hook()}
-
-
-class StubTracerd:
-    """A unix socket that, for each connection, reads the request line, keeps it, and answers
-    with the next of the byte strings it was given (then closes)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(16)
-        # each answer: bytes, or a tuple of bytes and pauses (seconds) between them
-        self.answers: list[bytes | tuple[bytes | float, ...]] = []
-        self.requests: list[bytes] = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                request = b""
-                try:
-                    while b"\n" not in request:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        request += chunk
-                    self.requests.append(request)
-                    answer = self.answers.pop(0) if self.answers else b""
-                    for part in answer if isinstance(answer, tuple) else (answer,):
-                        if isinstance(part, float):
-                            time.sleep(part)
-                        else:
-                            conn.sendall(part)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(10)
 
 
 @pytest.fixture
