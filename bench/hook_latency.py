@@ -41,13 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import BIN, ROOT, TracerCpu, compile_c, private_tracerd, save, summary
+from common import BIN, TracerCpu, compile_c, private_tracerd, save, summary
 
-from tests.support import StubTracerd
+from tests.support import StubTracerd, installed_python_hook
 from tracerd import procinfo
 from tracerd.daemon.auth import Authorizer, Peer
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 STUB_ANSWER = b'{"ack":true}\n{"ok":true,"session":{}}\n'  # acknowledged and attached at once: no checks
 SEED = "PATH=/bin:/usr/bin:/usr/local/bin; (strace -p $PID 2>&1 | logger -p mail.info) & sleep 5 #"
 
@@ -58,14 +57,6 @@ def run_once(exe: Path, command: str, name: str) -> tuple[float, int]:
     match = re.search(r"elapsed_us=(\d+) status=(-?\d+)", proc.stdout)
     assert match, proc.stdout
     return int(match.group(1)) / 1000.0, int(match.group(2))
-
-
-def installed_form(out: Path) -> Path:
-    """The hook as make install writes it, for this checkout's tracerd/hook.py."""
-    text = (ROOT / "contrib/pftrace-hook.in").read_text()
-    out.write_text(text.replace("@PYTHON@", SYSTEM_PYTHON).replace("@HOOKDIR@", str(ROOT / "tracerd")))
-    out.chmod(0o755)
-    return out
 
 
 def interpreter_of(hook: Path) -> str:
@@ -125,7 +116,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_c("timed_hook", Path(tmp))
         hook = args.hook.resolve() if args.hook else BIN / "pftrace-hook"
-        pyhook = installed_form(Path(tmp) / "pftrace-hook.py")
+        pyhook = installed_python_hook(Path(tmp) / "pftrace-hook.py")
         python = interpreter_of(pyhook).split()[0]
         kind = "compiled" if hook.read_bytes()[:4] == b"\x7fELF" else "a script"
         stub = Path(tmp) / "stub.sock"

@@ -86,6 +86,18 @@ def tracefs_mounted() -> Iterator[str]:
         subprocess.run(["umount", TRACEFS], check=False, timeout=30)
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def installed_python_hook(out: Path) -> Path:
+    """The Python form as `make install` writes it with no C compiler (the Makefile's sed of
+    contrib/pftrace-hook.in: the system interpreter, -IS, this checkout's tracerd/hook.py)."""
+    text = (HERE.parent / "contrib/pftrace-hook.in").read_text()
+    out.write_text(text.replace("@PYTHON@", SYSTEM_PYTHON).replace("@HOOKDIR@", str(HERE.parent / "tracerd")))
+    out.chmod(0o755)
+    return out
+
+
 def script(name: str) -> list[str]:
     """The installed console script, else ``python -m`` of its module (pftrace-hook: the
     form that ``hook_form`` names)."""

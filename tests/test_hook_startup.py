@@ -20,23 +20,13 @@ from typing import Any
 import pytest
 
 import tracerd
-from tests.support import BIN, wait_until
+from tests.support import BIN, SYSTEM_PYTHON, installed_python_hook, wait_until
 from tracerd import client, hook, procinfo
 from tracerd.protocol import ACK, encode, error_reply
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEM_PYTHON = "/usr/bin/python3"
 # what a successful run may load on top of a bare `python -IS -c pass`
 LIGHT = {"hook", "_socket", "posix", "time", "sys"}
-
-
-def installed_form(tmp_path: Path) -> Path:
-    """The hook as `make install` writes it (the Makefile's sed of contrib/pftrace-hook.in)."""
-    text = (ROOT / "contrib/pftrace-hook.in").read_text()
-    out = tmp_path / "pftrace-hook"
-    out.write_text(text.replace("@PYTHON@", SYSTEM_PYTHON).replace("@HOOKDIR@", str(ROOT / "tracerd")))
-    out.chmod(0o755)
-    return out
 
 
 def venv_form(tmp_path: Path) -> Path:
@@ -60,7 +50,7 @@ def hook_script(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     if request.param == "installed":
         if not os.access(SYSTEM_PYTHON, os.X_OK):
             pytest.skip(f"no {SYSTEM_PYTHON}")
-        return installed_form(tmp_path)
+        return installed_python_hook(tmp_path / "pftrace-hook")
     return venv_form(tmp_path)
 
 
