@@ -25,7 +25,9 @@ as the tracer reads; a tracer that has stopped reading makes ``write`` raise
 
 Diagnostics: a program that cannot be started raises
 :class:`~tracerd.errors.TracerUnavailable` (not installed) or
-:class:`~tracerd.errors.TracerFailed`.
+:class:`~tracerd.errors.TracerFailed`; so does one that started but cannot be
+watched (no fd left for its pidfd: EMFILE), killed and reaped first, so that
+a tracer that has already attached never runs on unowned.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Child:
         self._partial = b""
         self._inbox = bytearray()  # stdin bytes the pipe has not taken yet
         self._in = -1
+        self._out = -1
         self._exited: asyncio.Future[int] = self._loop.create_future()
         self._eof = asyncio.Event()
         try:
@@ -96,6 +99,17 @@ class Child:
         except OSError as err:
             raise TracerFailed(f"cannot start {self.argv[0]}: {err.strerror}") from err
         self.pid = self.proc.pid
+        self._pidfd = -1
+        try:
+            self._watch(coalesce)
+        except BaseException as err:
+            # it runs (and may already hold a process): nobody would ever stop it
+            self._abandon()
+            if isinstance(err, OSError):
+                raise TracerFailed(f"cannot watch {self.argv[0]}: {err.strerror or err}") from err
+            raise
+
+    def _watch(self, coalesce: float) -> None:
         assert self.proc.stdout is not None
         self._out = self.proc.stdout.fileno()
         os.set_blocking(self._out, False)
@@ -109,6 +123,16 @@ class Child:
         self._loop.add_reader(self._out, self._read)
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._reap)
+
+    def _abandon(self) -> None:
+        """Kill and reap a child we could not start watching; release what we hold."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()  # setpriv execs the tracer: same pid
+        self.proc.wait()
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+        self.close()
 
     def _read(self) -> None:
         try:

@@ -1,0 +1,80 @@
+"""Issue 23 item 5: defects found by reading the code, each with a test that
+failed before its fix: a tracer leaked when its pidfd cannot be opened, the
+socket_group check read /proc of a peer that may be gone, the gdb hand-off
+polled /proc every 2 ms for as long as a human held the process, and late
+console output of a timed-out MI command was handed to the next command."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A seccomp filter that makes pidfd_open(2) fail with EMFILE, as it does for
+# real once the process is out of fds; Popen itself (fork, pipes, exec) is
+# untouched.  Then Child() must fail and leave no child process behind.
+EMFILE_PIDFD = textwrap.dedent("""
+    import asyncio, ctypes, json, os, signal, struct, sys
+    AUDIT_ARCH = int(sys.argv[1], 16)
+    NR_PIDFD_OPEN, EMFILE = 434, 24
+    def stmt(code, k, jt=0, jf=0):
+        return struct.pack("HBBI", code, jt, jf, k)
+    prog = b"".join([
+        stmt(0x20, 4), stmt(0x15, AUDIT_ARCH, 0, 3),  # arch (else allow)
+        stmt(0x20, 0), stmt(0x15, NR_PIDFD_OPEN, 0, 1),  # syscall number
+        stmt(0x06, 0x00050000 | EMFILE), stmt(0x06, 0x7FFF0000),
+    ])
+    buf = ctypes.create_string_buffer(prog)
+    fprog = struct.pack("HxxxxxxP", len(prog) // 8, ctypes.addressof(buf))
+    fbuf = ctypes.create_string_buffer(fprog)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.addressof(fbuf), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+    from tracerd.spawn import Child
+
+    def children():
+        found = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                found += [int(pid) for pid in f.read().split()]
+        return found
+
+    async def main():
+        try:
+            Child(["sleep", "60"], lambda lines: None)
+            error = None
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+        return error
+
+    error = asyncio.run(main())
+    left = children()
+    for pid in left:  # the test's process must not inherit them
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    print(json.dumps({"error": error, "left": left}))
+""")
+
+
+def test_tracer_is_killed_when_its_pidfd_cannot_be_opened() -> None:
+    """pidfd_open failing with EMFILE after Popen: Child raises TracerFailed and
+    the started program is killed and reaped, not left running unowned."""
+    arch = {"x86_64": "c000003e", "aarch64": "c00000b7"}.get(platform.machine())
+    if arch is None:
+        pytest.skip("seccomp audit arch of this machine not known here")
+    run = subprocess.run([sys.executable, "-c", EMFILE_PIDFD, arch], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    outcome = json.loads(run.stdout)
+    assert outcome["left"] == []
+    assert outcome["error"] is not None
+    assert outcome["error"].startswith("TracerFailed: cannot watch sleep:")
+    assert "Too many open files" in outcome["error"]
