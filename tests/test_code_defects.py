@@ -6,12 +6,16 @@ console output of a timed-out MI command was handed to the next command."""
 
 from __future__ import annotations
 
+import grp
 import json
+import os
 import platform
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +82,40 @@ def test_tracer_is_killed_when_its_pidfd_cannot_be_opened() -> None:
     assert outcome["error"] is not None
     assert outcome["error"].startswith("TracerFailed: cannot watch sleep:")
     assert "Too many open files" in outcome["error"]
+
+
+# Connects as uid/gid nobody with socket_group only as a supplementary group,
+# hands the connected socket to the test (SCM_RIGHTS) and exits: by the time
+# tracerd checks the request, /proc/PID of the peer is gone (or another's).
+CONNECT_AND_EXIT = textwrap.dedent("""
+    import os, socket, sys
+    path, group, chan = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    os.setgroups([group]); os.setgid(65534); os.setuid(65534)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    socket.send_fds(socket.socket(fileno=chan), [b"x"], [s.fileno()])
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
+def test_socket_group_through_a_supplementary_group_of_a_peer_that_exited(
+    daemon_factory: Any, public_dir: Path
+) -> None:
+    """socket_group membership is judged by the groups the kernel recorded at
+    connect() (SO_PEERGROUPS), not by /proc/PID/status of a peer that may have
+    exited (and its pid been reused) before its request is read."""
+    group = grp.getgrnam("adm")
+    daemon = daemon_factory(f'socket_group = "{group.gr_name}"', socket_path=public_dir / "tracerd.sock")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        peer = subprocess.Popen([sys.executable, "-c", CONNECT_AND_EXIT, str(daemon.socket), str(group.gr_gid),
+                                 str(theirs.fileno())], pass_fds=[theirs.fileno()])  # fmt: skip
+        assert peer.wait(timeout=60) == 0
+        _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+    assert not Path(f"/proc/{peer.pid}").exists()
+    with socket.socket(fileno=fds[0]) as conn:
+        conn.settimeout(30)
+        conn.sendall(b'{"op": "status"}\n')
+        reply = json.loads(conn.makefile().readline())
+    assert reply["ok"] is True, reply
+    assert reply["daemon"]["pid"] == daemon.proc.pid

@@ -181,18 +181,6 @@ def tracer_pid(pid: int) -> int:
     return 0
 
 
-def groups_of(pid: int) -> set[int]:
-    """The supplementary groups of a process, for socket_group checks."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Groups:"):
-                    return {int(gid) for gid in line.split()[1:]}
-    except OSError:
-        return set()
-    return set()
-
-
 def open_pidfd(identity: ProcessIdentity) -> int:
     """A pidfd for exactly this process (re-checked after opening, against reuse)."""
     try:

@@ -5,7 +5,9 @@ Security (README, "Security model"):
   an unprivileged tracerd serves the user who runs it and nobody else);
 - the read-only operations (``read_only`` in tracerd.protocol.OPERATIONS:
   status, show, crashes and crash) also admit members of ``socket_group``
-  (primary or supplementary group of the connecting process);
+  (primary or supplementary group of the connecting process, as the kernel
+  recorded them at connect(): SO_PEERGROUPS, never /proc of a pid that may
+  have exited and been reused since);
 - a hook request may only name one of the *nearest* ancestors of the
   connecting process (``MAX_HOOK_DEPTH``): Postfix's daemon is the hook's
   parent or grandparent through ``sh -c`` (one more for a subshell).  So a
@@ -14,13 +16,17 @@ Security (README, "Security model"):
 - nobody, root included, may trace pid 1, tracerd itself or its ancestors,
   or one of tracerd's own tracers.
 
-Credentials come from the kernel (SO_PEERCRED), never from the request.
+Credentials come from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from
+the request.
 Diagnostics: a refusal raises :class:`~tracerd.errors.AccessDenied` with the
-reason in one line.
+reason in one line.  A kernel without SO_PEERGROUPS (before 4.13) gives no
+supplementary groups: members through one are refused, not guessed at.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import grp
 import os
 import socket
@@ -33,6 +39,9 @@ from tracerd.procinfo import ProcessIdentity
 from tracerd.protocol import OPERATIONS
 
 _UCRED = struct.Struct("3i")
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux; Python names it only on some builds
+NGROUPS_MAX = 65536
+_libc = ctypes.CDLL(None, use_errno=True)
 MAX_HOOK_DEPTH = 3
 # tracerd's own ancestry, kept between requests until one of its processes exits
 OWN_ANCESTRY = procinfo.OwnAncestry()
@@ -43,12 +52,26 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()  # supplementary groups at connect()
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The peer's supplementary groups as of its connect() (empty if the kernel cannot say)."""
+    count = 64  # socket.getsockopt caps its buffer at 1 KiB: ask libc, for any NGROUPS_MAX
+    while True:
+        gids = (ctypes.c_uint32 * count)()
+        size = ctypes.c_uint32(ctypes.sizeof(gids))
+        if _libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_PEERGROUPS, gids, ctypes.byref(size)) == 0:
+            return frozenset(gids[: size.value // ctypes.sizeof(ctypes.c_uint32)])
+        if ctypes.get_errno() != errno.ERANGE or count >= NGROUPS_MAX:
+            return frozenset()
+        count = min(max(count * 2, size.value // ctypes.sizeof(ctypes.c_uint32)), NGROUPS_MAX)
 
 
 def peer_of(sock: socket.socket) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return Peer(pid, uid, gid)
+    return Peer(pid, uid, gid, peer_groups(sock))
 
 
 def group_id(name: str | None) -> int | None:
@@ -71,7 +94,7 @@ class Authorizer:
     def in_group(self, peer: Peer) -> bool:
         if self.group_gid is None:
             return False
-        return peer.gid == self.group_gid or self.group_gid in procinfo.groups_of(peer.pid)
+        return peer.gid == self.group_gid or self.group_gid in peer.groups
 
     def check(self, op: str, peer: Peer) -> None:
         """Raise AccessDenied unless ``peer`` may perform ``op`` at all."""
