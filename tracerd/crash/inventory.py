@@ -31,6 +31,9 @@ Diagnostics: the inventory says where it came from (``source``: ``daemon``,
 ``index`` or None) and why not (``error``: "tracerd is not running (no
 socket ...); crash store ...: permission denied"), so that the caller can
 print it; a report that cannot be read is None, never an exception.
+A report read from the store by someone who is neither root nor the store's
+owner is the one a ``socket_group`` member gets from the daemon, without
+locals and memory (:func:`privileged_reader`, tracerd.crash.redact).
 :class:`StoreUnreadable` carries one line: no store, permission denied, an
 unsafe directory.
 """
@@ -47,6 +50,7 @@ from typing import Any
 from tracerd.client import Unreachable, call
 from tracerd.config import Config
 from tracerd.config import load as load_config
+from tracerd.crash import redact
 from tracerd.crash.report import CRASH_ID_RE
 from tracerd.crash.store import MAX_FILE, CrashStore, read_json_at
 from tracerd.errors import ConfigError, NotFound
@@ -190,7 +194,13 @@ class CrashInventory:
                 data = read_json(self.directory, f"{crash_id}.json")
             except (OSError, ValueError):
                 return None
-            return data if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                return None
+            try:
+                owner = os.stat(self.directory).st_uid
+            except OSError:
+                owner = -1  # whose it is unknown: the group's view
+            return data if privileged_reader(owner) else redact.for_group(data)
         return None
 
 
@@ -255,9 +265,19 @@ def store_reply(command: str, crash_id: str | None, state_dir: Path) -> dict[str
         if command == "crashes":
             return {"ok": True, "crashes": store.list(), **origin}
         try:
-            return {"ok": True, "crash": store.get(str(crash_id)), **origin}
+            report = store.get(str(crash_id))
         except NotFound as err:
             return {"ok": False, "error": err.code, "message": str(err), **origin}
+        if not privileged_reader(os.fstat(store.fd).st_uid):
+            report = redact.for_group(report)
+        return {"ok": True, "crash": report, **origin}
+
+
+def privileged_reader(owner: int) -> bool:
+    """Whether this process sees whole reports read from a store ``owner`` owns: as the
+    daemon answers (tracerd.daemon.auth), root and the store's own uid do; anyone
+    else gets tracerd.crash.redact's view, whatever the files let them read."""
+    return os.geteuid() in (0, owner)
 
 
 def default_state_dir() -> Path:

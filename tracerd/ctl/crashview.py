@@ -19,6 +19,10 @@ rendered with control characters replaced by ``?`` (newlines and tabs kept
 only inside gdb's text blocks), so that a hostile string cannot drive the
 terminal or forge lines.  Nothing is evaluated.
 
+A report a ``socket_group`` member got (``redacted``: without locals and
+memory, tracerd.crash.redact) says so on one ``redacted`` line, and its
+threads show their frames, since there is no ``bt full`` text.
+
 Diagnostics: none of its own; a key the report lacks (an older report, a
 capture step that failed, an interrupted capture with no backtrace) is
 left out or shown as ``?``, never an error; a capture that was interrupted
@@ -87,6 +91,9 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     lines.append(f"signal   {signal_line(_dict(report.get('signal')))}")
     lines.append(f"time     {clean(report.get('time'))}  tracer {clean(report.get('tracer'))}")
     lines.append(f"log      {clean(report.get('log') or '(none)')}")
+    withheld = withheld_line(report.get("redacted"))
+    if withheld:
+        lines.append(f"redacted {withheld}")
     errors = process.get("capture_errors")
     errors = [clean(error) for error in errors] if isinstance(errors, list) else []
     state = process.get("capture")  # "complete", or "interrupted": a previous tracerd died while it ran
@@ -119,6 +126,15 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     lines += _libraries(report.get("libraries"))
     lines += _missing_symbols(report.get("missing_symbols"), report.get("debug_symbols"))
     return "\n".join(lines).rstrip()
+
+
+def withheld_line(redacted: object) -> str | None:
+    """A ``socket_group`` member's report (tracerd.crash.redact): what it lacks and why, one line."""
+    if not isinstance(redacted, dict):
+        return None
+    withheld = redacted.get("withheld")
+    what = "; ".join(clean(item) for item in withheld) if isinstance(withheld, list) and withheld else "some fields"
+    return f"{what} withheld: {clean(redacted.get('reason') or 'root only')}; root sees them"
 
 
 def _core_line(core: dict[str, Any], crash_id: str) -> str:

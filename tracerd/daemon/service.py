@@ -34,7 +34,7 @@ import structlog
 
 from tracerd import __version__, procinfo, tracers
 from tracerd.config import Config
-from tracerd.crash import corefile, inflight, lastwords
+from tracerd.crash import corefile, inflight, lastwords, redact
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon import fleet
@@ -231,7 +231,9 @@ class TracerdService:
 
     async def op_crash(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.id is not None
-        return {"crash": self.crashes.get(request.id)}
+        report = self.crashes.get(request.id)
+        # locals and memory are root's (README, "Security model"): socket_group gets the rest
+        return {"crash": report if self.auth.privileged(peer) else redact.for_group(report)}
 
     async def op_where(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
