@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 from dataclasses import dataclass, field
+
+from tracerd import arch
 
 PTRACE_GETREGS = 12
 PTRACE_GETFPREGS = 14
@@ -61,7 +62,7 @@ _libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c
 
 
 def supported() -> bool:
-    return platform.machine() == "x86_64"
+    return arch.watch_unsupported() is None
 
 
 def _ptrace_read(request: int, tid: int, size: int) -> bytes:

@@ -53,6 +53,7 @@ import signal
 from pathlib import Path
 from typing import ClassVar
 
+from tracerd import arch
 from tracerd.errors import TracerFailed
 from tracerd.spawn import Child
 from tracerd.tracers import perfcheck, perfrecord
@@ -63,8 +64,6 @@ EXIT_RE = re.compile(
     r"\s*\d{1,12}\.\d{3} \(\s*(?:\d{1,12}\.\d{3} ms)?\s*\): (?:[^\n]{1,16}/\d{1,10} )?"
     r"exit_group\((?:error_code: (?P<code>\d{1,3}))?\)\s*= \?"
 )
-# poll(2) and ppoll(2) per machine: perf's main loop waits in one of them
-POLL_CALLS = {"x86_64": {7, 271}, "aarch64": {73}, "riscv64": {73}, "i686": {168, 309}, "i386": {168, 309}}
 
 
 class PerfTracer(CommandTracer):
@@ -114,7 +113,8 @@ class PerfTracer(CommandTracer):
 
     def confirmed(self, child: Child) -> bool:
         """perf holds its events and waits for them in poll()."""
-        calls = POLL_CALLS.get(os.uname().machine)
+        facts = arch.of()
+        calls = facts.poll_calls if facts is not None else None
         try:
             with open(f"/proc/{child.pid}/syscall", encoding="ascii") as file:
                 call = file.read().split(maxsplit=1)[0]

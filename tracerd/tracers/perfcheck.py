@@ -31,9 +31,10 @@ import asyncio
 import ctypes
 import errno
 import os
-import platform
 import signal
 import sys
+
+from tracerd import arch
 
 TRACEFS_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 EVENT = "events/raw_syscalls/sys_enter/id"
@@ -41,8 +42,6 @@ PARANOID = "/proc/sys/kernel/perf_event_paranoid"
 MOUNT_HINT = "mount -t tracefs nodev /sys/kernel/tracing"
 CAP_PERFMON = 38
 CAP_SYS_ADMIN = 21
-# perf_event_open(2)'s number per machine (asm/unistd.h)
-SYSCALL = {"x86_64": 298, "aarch64": 241, "i686": 336, "i386": 336, "ppc64le": 319, "s390x": 331, "riscv64": 241}
 PERF_TYPE_TRACEPOINT = 2
 PERF_SAMPLE_RAW = 1 << 10
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -111,9 +110,10 @@ def has_capability(number: int, status: str = "/proc/self/status") -> bool:
 
 def open_event(pid: int, tracepoint: int) -> int:
     """Open and close the tracepoint event on ``pid``: 0, or the errno it failed with."""
-    number = SYSCALL.get(platform.machine())
-    if number is None:
+    facts = arch.of()
+    if facts is None:
         return 0  # an unknown machine: let perf itself say
+    number = facts.perf_event_open
     attr = (ctypes.c_uint8 * ATTR_SIZE)()
     # struct perf_event_attr: u32 type, u32 size, u64 config, u64 sample_period, u64 sample_type, ...
     ctypes.c_uint32.from_buffer(attr, 0).value = PERF_TYPE_TRACEPOINT

@@ -35,11 +35,11 @@ from typing import Any
 
 import structlog
 
-from tracerd import failpoint, procinfo
+from tracerd import arch, failpoint, procinfo
 from tracerd.crash import corefile
 from tracerd.crash.release import wait_for_death
 from tracerd.crash.siginfo import FATAL_SIGNALS
-from tracerd.errors import TargetGone, TracerdError, TracerFailed
+from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
 from tracerd.gdb import warm
 from tracerd.gdb.capture import capture
 from tracerd.gdb.mi import GdbMI, quote
@@ -66,6 +66,7 @@ class WatchTracer(Tracer):
         self.supervisor.core_limit = self.target.core_limit  # from the watcher's next start on
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._in_where = False
+        self._capturing = False  # a crash is being captured: it will die, not be let go of
         self.handed_off = False  # released for tracerctl gdb (README, "Interactive debugging")
 
     @classmethod
@@ -79,6 +80,10 @@ class WatchTracer(Tracer):
         finally:
             if pool is not None:
                 await pool.stop()
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return arch.watch_unsupported()
 
     @classmethod
     def counters(cls) -> dict[str, int]:
@@ -136,11 +141,20 @@ class WatchTracer(Tracer):
                     return Ending("crashed" if name in FATAL_SIGNALS else "exited", signal=name)
                 self.output.line(f"tracerd: child {pid} killed by {name}")
             elif kind == "fatal":
-                crash_id = await self._crash(event)
+                self._capturing = True
+                try:
+                    crash_id = await self._crash(event)
+                finally:
+                    self._capturing = False
                 if main:
                     return Ending("crashed", signal=str(event["signal"]), crash=crash_id)
 
+    def _not_capturing(self) -> None:
+        if self._capturing:
+            raise Busy(f"pid {self.target.pid}: crash capture in progress (it dies of its signal once captured)")
+
     async def detach(self) -> None:
+        self._not_capturing()
         await self.supervisor.release(self.target.pid)
 
     async def hand_off(self) -> None:
@@ -151,6 +165,7 @@ class WatchTracer(Tracer):
         group-stop, which survives it) or after (pending, taken before any
         user instruction runs), the process is never running untraced.
         """
+        self._not_capturing()
         self.handed_off = True
         pidfd = procinfo.open_pidfd(self.target.identity)
         try:
@@ -162,6 +177,7 @@ class WatchTracer(Tracer):
     async def where(self) -> str:
         """Hand the process to gdb for a backtrace of every thread, then watch it again."""
         identity = self.target.identity
+        self._not_capturing()
         self._in_where = True
         try:
             await self.supervisor.release(identity.pid)

@@ -24,18 +24,35 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ptrace.binding.func import PTRACE_DETACH, ptrace
+from ptrace.binding.func import PTRACE_CONT, PTRACE_DETACH, ptrace
 from ptrace.error import PtraceError
 
+from tracerd import arch
 from tracerd.crash import coredump
 
 PTRACE_INTERRUPT = 0x4207
 HOLD_LIMIT = 120.0  # seconds a crash is held at most, whatever tracerd does
-SYS_TGKILL = 234  # x86-64
 _libc = ctypes.CDLL(None, use_errno=True)
+
+# A watched process's modes and the only moves between them (the end of
+# every mode is being forgotten: exited, released, finished):
+#   run       -> releasing (release, or a seize rolled back), holding (a fatal signal)
+#   releasing -> (each thread detached at its next stop)
+#   holding   -> held (every thread stopped, core written)
+#   held      -> (finish: the crashing thread detached delivering its signal)
+# A move not declared here is refused and logged (:meth:`CrashHolder.move`).
+Mode = Literal["run", "releasing", "holding", "held"]
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "run": frozenset({"releasing", "holding"}),
+    "releasing": frozenset(),
+    "holding": frozenset({"held"}),
+    "held": frozenset(),
+}
+HOLDING = ("holding", "held")
 
 
 @dataclass
@@ -44,35 +61,35 @@ class Watched:
     root: int  # the session's pid (differs for a followed fork child)
     follow_forks: bool
     threads: set[int] = field(default_factory=set)
-    mode: str = "run"  # run | releasing | holding (stopping threads) | held (core written)
+    mode: Mode = "run"
     fatal: dict[str, Any] | None = None
     crash_tid: int = 0
     crash_signal: int = 0
     stopped: set[int] = field(default_factory=set)  # threads held in a ptrace-stop
     held_since: float = 0.0
     core_fd: int = -1  # a core kept in memory, closed when the crash is let go
+    waiters: list[Any] = field(default_factory=list)  # ids of release requests answered at ``released``
 
 
 class CrashHolder:
-    """The crash-holding half of the watcher (see the module docstring)."""
+    """The crash-holding half of the watcher (see the module docstring);
+    the watcher provides ``emit``, ``complain``, ``_forget_thread`` and ``_drop``."""
 
     processes: dict[int, Watched]
     capture_dir: str | None
     core_limit: int
+    emit: Callable[..., None]
+    complain: Callable[[str], None]
+    _forget_thread: Callable[[int], None]
+    _drop: Callable[[Watched], None]
 
-    # provided by the watcher
-    def emit(self, event: str, **fields: Any) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    def complain(message: str) -> None:
-        raise NotImplementedError
-
-    def _forget_thread(self, tid: int) -> None:
-        raise NotImplementedError
-
-    def _drop(self, watched: Watched) -> None:
-        raise NotImplementedError
+    def move(self, watched: Watched, mode: Mode) -> bool:
+        """Change ``watched``'s mode if TRANSITIONS declares the move; else log it and refuse."""
+        if mode not in TRANSITIONS[watched.mode]:
+            self.complain(f"undeclared transition of {watched.pid}: {watched.mode} -> {mode} (refused)")
+            return False
+        watched.mode = mode
+        return True
 
     # -- ptrace, for both halves ---------------------------------------------
 
@@ -92,26 +109,26 @@ class CrashHolder:
             if err.errno != errno.ESRCH:
                 self.complain(f"PTRACE_DETACH {tid}: {os.strerror(err.errno)}")
 
-    def finish(self, pid: int) -> None:
+    def finish(self, pid: int, rid: Any = None) -> None:
         """Let a held crash die of its own signal: detach its crashing thread
         delivering the signal (the other threads are taken down with it)."""
         watched = self.processes.get(pid)
-        if watched is None or watched.mode not in ("holding", "held"):
-            self.emit("finished", pid=pid)
+        if watched is None or watched.mode not in HOLDING:
+            self.emit("finished", pid=pid, id=rid)
             return
         self._detach(watched.crash_tid, watched.crash_signal)
         for tid in sorted(watched.stopped - {watched.crash_tid}):
             self._detach(tid, 0)
         # threads still running (not yet stopped) die with the process; we
         # reap whatever status they still report to us
-        self.emit("finished", pid=pid)
+        self.emit("finished", pid=pid, id=rid)
         self._drop(watched)
 
     def expire_holds(self) -> None:
         """A crash is never held past HOLD_LIMIT, even if tracerd forgot it."""
         now = time.monotonic()
         for watched in list(self.processes.values()):
-            if watched.mode in ("holding", "held") and now - watched.held_since > HOLD_LIMIT:
+            if watched.mode in HOLDING and now - watched.held_since > HOLD_LIMIT:
                 self.complain(f"crash of {watched.pid} held {HOLD_LIMIT:.0f} s: letting it die")
                 self.finish(watched.pid)
 
@@ -121,7 +138,9 @@ class CrashHolder:
         from here on, the process dies of it."""
         name, si_code = signal.Signals(sig).name, int(info.si_code)
         fault = info._sifields._sigfault._addr if si_code > 0 else None
-        watched.mode = "holding"
+        if not self.move(watched, "holding"):
+            ptrace(PTRACE_CONT, tid, 0, sig)  # never swallow the signal
+            return
         watched.crash_tid, watched.crash_signal = tid, sig
         watched.held_since = time.monotonic()
         watched.stopped = {tid}
@@ -136,7 +155,8 @@ class CrashHolder:
         # The kernel drops the signal of a thread in signal-delivery-stop
         # whose tracer dies; a second copy queued on the thread survives it.
         # The thread is stopped under us, so its tid cannot be recycled.
-        if _libc.syscall(SYS_TGKILL, watched.pid, tid, sig) != 0:
+        facts = arch.of()
+        if facts is None or _libc.syscall(facts.tgkill, watched.pid, tid, sig) != 0:
             self.complain(f"tgkill {tid}: {os.strerror(ctypes.get_errno())}")
         for other in list(watched.threads - {tid}):
             self._interrupt(other)
@@ -146,7 +166,7 @@ class CrashHolder:
         """Once every thread is stopped: write the core, report ``fatal``."""
         if watched.mode != "holding" or watched.threads - watched.stopped:
             return
-        watched.mode = "held"
+        self.move(watched, "held")
         assert watched.fatal is not None
         fatal = dict(watched.fatal)
         if coredump.supported():

@@ -10,7 +10,11 @@ watcher.  A watcher that keeps dying is restarted after a growing delay
 (:data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`; reset once one has
 lived :data:`BACKOFF_RESET` seconds), so a broken watcher cannot spin the
 daemon; ``status`` shows ``watcher_restarts``, ``watcher_deaths`` (in a row)
-and ``watcher_restart_delay_ms``.
+and ``watcher_restart_delay_ms``.  Only the re-seize of a process the dead
+watcher held waits that delay; a new attach (a hook: Postfix waits) never
+waits more than :data:`ATTACH_WAIT`: it is refused at once, saying why, and
+the process runs untraced.  Each command carries an id that its answer
+echoes, so concurrent requests for one pid each get their own answer.
 
 Security: the watcher is our own program (``python -m``), started with no
 shell; its lines are parsed as JSON and trusted no further than routing.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -31,7 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from tracerd.errors import TargetGone, TracerFailed
+from tracerd.errors import Busy, TargetGone, TracerFailed
 from tracerd.perloop import PerLoop
 from tracerd.spawn import Child, restart_delay
 
@@ -39,6 +44,7 @@ log = structlog.get_logger("tracerd.watch")
 BACKOFF_FIRST = 0.25  # seconds before restarting a watcher that died once
 BACKOFF_MAX = 8.0  # and never more (a hook waits 15 s by default)
 BACKOFF_RESET = 60.0  # a watcher that lived this long died "for the first time"
+ATTACH_WAIT = 0.5  # seconds a new attach waits for a delayed restart; longer, it is refused
 
 
 class WatchClient(Protocol):
@@ -51,7 +57,10 @@ class WatchSupervisor:
     def __init__(self) -> None:
         self.child: Child | None = None
         self._ready: asyncio.Future[None] | None = None
-        self._waiting: dict[tuple[str, int], asyncio.Future[dict[str, Any]]] = {}
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> its answer
+        self._ids = itertools.count(1)
+        self._died_at = 0.0  # loop time of the last unexpected death
+        self.survivors: set[int] = set()  # processes the dead watcher held: their re-seize waits the delay
         self.clients: dict[int, WatchClient] = {}
         self._start_lock = asyncio.Lock()
         self.restarts = 0
@@ -78,14 +87,27 @@ class WatchSupervisor:
     def pid(self) -> int | None:
         return self.child.pid if self.child and self.child.returncode is None else None
 
-    async def ensure_started(self) -> None:
+    def _delay_left(self) -> float:
+        if not self.deaths:
+            return 0.0
+        return max(0.0, self._died_at + self.restart_delay - asyncio.get_running_loop().time())
+
+    async def ensure_started(self, patient: bool = True) -> None:
+        """A running watcher; after deaths in a row, not before the backoff
+        delay: ``patient=False`` (a new attach) is refused at once when that
+        is more than ATTACH_WAIT away."""
+        if not patient and self._delay_left() > ATTACH_WAIT:
+            raise TracerFailed(
+                f"the ptrace watcher died {self.deaths} times in a row; it restarts in"
+                f" {self._delay_left():.1f} s: not traced"
+            )
         async with self._start_lock:
             if self.child is not None and self.child.returncode is None:
                 return
             loop = asyncio.get_running_loop()
-            if self.deaths:
-                delay = self.restart_delay
-                log.warning("watcher_restart_delayed", delay=delay, deaths=self.deaths)
+            delay = self._delay_left()
+            if delay:
+                log.warning("watcher_restart_delayed", delay=round(delay, 3), deaths=self.deaths)
                 await asyncio.sleep(delay)
             self._ready = loop.create_future()
             self._started_at = loop.time()
@@ -119,14 +141,11 @@ class WatchSupervisor:
                 self._ready.set_result(None)
             return
         pid = int(event.get("pid", 0))
-        if kind in ("seized", "seize_failed"):
-            self._resolve(("seize", pid), event)
-        elif kind == "released":
-            self._resolve(("release", pid), event)
-        elif kind == "finished":
-            self._resolve(("finish", pid), event)
-        elif kind == "pong":
-            self._resolve(("ping", 0), event)
+        rid = event.get("id")
+        if isinstance(rid, int):
+            future = self._waiting.pop(rid, None)
+            if future is not None and not future.done():
+                future.set_result(event)
         root = int(event.get("root", pid))
         client = self.clients.get(root)
         if client is not None and kind in ("exited", "killed", "fatal", "released"):
@@ -150,11 +169,6 @@ class WatchSupervisor:
             with contextlib.suppress(OSError):
                 self.child.write(json.dumps(command).encode() + b"\n")
 
-    def _resolve(self, key: tuple[str, int], event: dict[str, Any]) -> None:
-        future = self._waiting.pop(key, None)
-        if future is not None and not future.done():
-            future.set_result(event)
-
     async def _monitor(self, child: Child) -> None:
         code = await child.wait()
         child.close()
@@ -165,6 +179,7 @@ class WatchSupervisor:
             if not future.done():
                 future.set_exception(TracerFailed("the ptrace watcher died"))
         self._waiting.clear()
+        held = set(self.clients)
         clients = list(self.clients.values())
         self.clients.clear()
         if self._stopping:
@@ -172,6 +187,8 @@ class WatchSupervisor:
         else:
             lived = asyncio.get_running_loop().time() - self._started_at
             self.deaths = 1 if lived >= BACKOFF_RESET else self.deaths + 1
+            self._died_at = asyncio.get_running_loop().time()
+            self.survivors = held
             if clients:
                 self.restarts += 1
             log.warning("watcher_died", status=code, sessions=len(clients), deaths=self.deaths,
@@ -179,55 +196,67 @@ class WatchSupervisor:
         for client in clients:
             client.on_watcher_died()
 
-    async def _request(self, key: tuple[str, int], command: dict[str, Any], timeout: float) -> dict[str, Any]:
-        await self.ensure_started()
+    async def _request(self, command: dict[str, Any], timeout: float, patient: bool = True) -> dict[str, Any]:
+        """Send ``command`` with a fresh id; its answer, bounded by ``timeout``."""
+        await self.ensure_started(patient)
         assert self.child is not None
+        rid = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[key] = future
+        self._waiting[rid] = future
         try:
-            self.child.write(json.dumps(command).encode() + b"\n")
+            self.child.write(json.dumps({**command, "id": rid}).encode() + b"\n")
         except OSError as err:
-            self._waiting.pop(key, None)
+            self._waiting.pop(rid, None)
             raise TracerFailed("the ptrace watcher is gone") from err
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            self._waiting.pop(key, None)
             raise TracerFailed(f"the ptrace watcher did not answer {command['op']} within {timeout} s") from None
+        finally:
+            self._waiting.pop(rid, None)
 
     async def seize(self, client: WatchClient, pid: int, start: int, follow_forks: bool, timeout: float) -> None:
+        patient = pid in self.survivors  # a process the dead watcher held waits out the backoff
+        self.survivors.discard(pid)
         self.clients[pid] = client
         command = {"op": "seize", "pid": pid, "start": start, "follow_forks": follow_forks}
         try:
-            event = await self._request(("seize", pid), command, timeout)
+            event = await self._request(command, timeout, patient)
         except BaseException:
-            self.clients.pop(pid, None)
+            if self.clients.get(pid) is client:
+                self.clients.pop(pid, None)
             # the seize may still succeed in the watcher: let go of it then
             self._send({"op": "release", "pid": pid})
             raise
         if event.get("event") != "seized":
-            self.clients.pop(pid, None)
+            if self.clients.get(pid) is client:
+                self.clients.pop(pid, None)
             error = str(event.get("error", "seize failed"))
             if "reused" in error or "ended" in error or "no such process" in error:
                 raise TargetGone(error)
             raise TracerFailed(f"watch could not attach: {error}")
 
     async def release(self, pid: int, timeout: float = 10.0) -> None:
-        """Detach from pid, leaving it running; the client stops hearing of it."""
+        """Detach from pid, leaving it running; the client stops hearing of it.
+        Refused (Busy) while the watcher holds its crash: it dies once captured."""
         if self.child is None or self.child.returncode is not None:
             self.clients.pop(pid, None)
             return
         try:
-            await self._request(("release", pid), {"op": "release", "pid": pid}, timeout)
-        finally:
+            event = await self._request({"op": "release", "pid": pid}, timeout)
+        except TracerFailed:
             self.clients.pop(pid, None)
+            raise
+        if event.get("event") == "release_refused":
+            raise Busy(f"pid {pid}: {event.get('error', 'crash capture in progress')}")
+        self.clients.pop(pid, None)
 
     async def finish(self, pid: int, timeout: float = 5.0) -> None:
         """Let a held crash die of its signal (the watcher detaches it delivering it)."""
         if self.child is None or self.child.returncode is not None:
             return  # a dead watcher has already let it die
         with contextlib.suppress(TracerFailed):
-            await self._request(("finish", pid), {"op": "finish", "pid": pid}, timeout)
+            await self._request({"op": "finish", "pid": pid}, timeout)
 
     def forget(self, pid: int, client: WatchClient | None = None) -> None:
         """Stop routing pid's events (to ``client`` only, when given: a newer

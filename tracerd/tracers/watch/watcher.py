@@ -30,14 +30,23 @@ on the crashing thread (tgkill) the moment it is caught, so a release by
 anybody's death delivers it.  Nothing is ever left in a group-stop that
 only a living process could end.
 
-Commands: ``{"op": "seize", "pid", "start", "follow_forks"}``,
-``{"op": "release", "pid"}`` (detach, leaving it running), ``{"op":
-"finish", "pid"}`` (let a held crash die of its signal), ``{"op":
-"ping"}``.  Events: ``seized``, ``seize_failed``, ``released``, ``exited``
-(code), ``killed`` (signal), ``fatal`` (signal, tid, si_code,
-fault_address, core, core_bytes, core_error), ``finished``, ``pong``.  On
-end of input (or SIGTERM, our parent-death signal) it releases everything,
-lets every held crash die, and exits.
+Commands: ``{"op": "seize", "id", "pid", "start", "follow_forks"}``,
+``{"op": "release", "id", "pid"}`` (detach, leaving it running; refused
+with ``release_refused`` while a crash is held: it dies, never runs on),
+``{"op": "finish", "id", "pid"}`` (let a held crash die of its signal).
+Events: ``seized``, ``seize_failed``, ``released``, ``release_refused``,
+``finished`` (each answering the command whose ``id`` it carries),
+``exited`` (code), ``killed`` (signal), ``fatal`` (signal, tid, si_code,
+fault_address, core, core_bytes, core_error).  On end of input (or
+SIGTERM, our parent-death signal) it releases everything, lets every held
+crash die, and exits.
+
+A seize races with the target's threads: a thread born of a seized thread
+is already ours (TRACECLONE) before we list it, and an exiting thread
+refuses PTRACE_SEIZE (EPERM, ESRCH).  Neither fails the seize.  A seize
+that does fail is rolled back: every thread is released, and so is any
+stop reported by a thread we hold but cannot place (born during the
+rollback): nothing we hold is ever left stopped.
 
 Security: commands come only from tracerd through a pipe; a pid is checked
 against its start time before it is seized.  Cores are written 0600 with
@@ -83,11 +92,13 @@ from ptrace.error import PtraceError
 from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import TargetGone
 from tracerd.procinfo import identify, signal_is_fatal
-from tracerd.tracers.watch.holds import CrashHolder, Watched
+from tracerd.tracers.watch.holds import HOLDING, CrashHolder, Watched
 
 PTRACE_SEIZE = 0x4206
 PTRACE_LISTEN = 0x4208
 PTRACE_EVENT_STOP = 128
+PF_EXITING = 0x4  # /proc/PID/task/TID/stat flags: the thread is exiting
+SEIZE_ROUNDS = 200  # listings of /proc/PID/task before a seize gives up on threads that keep coming
 WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children alike
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
@@ -117,81 +128,105 @@ class Watcher(CrashHolder):
     def command(self, line: str) -> None:
         try:
             request = json.loads(line)
-            op = request["op"]
+            op, pid, rid = request["op"], int(request["pid"]), request.get("id")
         except (ValueError, KeyError, TypeError):
             self.complain(f"bad command {line[:80]!r}")
             return
         if op == "seize":
-            self.seize(int(request["pid"]), int(request["start"]), bool(request.get("follow_forks")))
+            self.seize(pid, int(request["start"]), bool(request.get("follow_forks")), rid)
         elif op == "release":
-            self.release(int(request["pid"]))
+            self.release(pid, rid)
         elif op == "finish":
-            self.finish(int(request["pid"]))
-        elif op == "ping":
-            self.emit("pong", watched=len(self.processes), threads=len(self.owner))
+            self.finish(pid, rid)
         else:
             self.complain(f"unknown op {op!r}")
 
-    def seize(self, pid: int, start: int, follow_forks: bool) -> None:
+    def seize(self, pid: int, start: int, follow_forks: bool, rid: Any = None) -> None:
+        def failed(error: str) -> None:
+            self.emit("seize_failed", pid=pid, id=rid, error=error)
+
         try:
             if identify(pid).start != start:
                 raise TargetGone(f"pid {pid} was reused")
         except TargetGone as err:
-            self.emit("seize_failed", pid=pid, error=str(err))
+            failed(str(err))
             return
-        if pid in self.processes:
-            self.emit("seized", pid=pid, threads=len(self.processes[pid].threads))
+        known = self.processes.get(pid)
+        if known is not None:
+            if known.mode == "run":
+                self.emit("seized", pid=pid, id=rid, threads=len(known.threads))
+            else:
+                failed(f"process {pid} is being let go of ({known.mode}): try again")
             return
         watched = Watched(pid, pid, follow_forks)
         options = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC
         if follow_forks:
             options |= PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
         self.processes[pid] = watched
-        # Threads may be born while we seize: list again until nothing is new
-        # (threads born of a seized thread are auto-attached by TRACECLONE).
-        for _ in range(100):
+        error = self._seize_threads(watched, options)
+        if error is None:
+            try:
+                if identify(pid).start != start or pid not in watched.threads:
+                    error = f"process {pid} ended while being seized"
+            except TargetGone:
+                error = f"process {pid} ended while being seized"
+        if error is not None:
+            self._abandon(watched)
+            failed(error)
+            return
+        self.emit("seized", pid=pid, id=rid, threads=len(watched.threads))
+
+    def _seize_threads(self, watched: Watched, options: int) -> str | None:
+        """Seize the leader, then every thread, listing again until nothing is
+        new; None, or why the seize failed."""
+        pid, skipped = watched.pid, set[int]()
+        for _ in range(SEIZE_ROUNDS):
             try:
                 tids = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
             except OSError:
-                tids = set()
-            new = tids - watched.threads
+                return f"process {pid} ended while being seized"
+            new = tids - watched.threads - skipped
             if not new:
-                break
-            for tid in sorted(new):
+                return None
+            for tid in sorted(new, key=lambda t: t != pid):  # the leader first
                 try:
                     ptrace(PTRACE_SEIZE, tid, 0, options)
                 except PtraceError as err:
-                    if err.errno == errno.ESRCH:
-                        continue  # the thread just ended
-                    self._abandon(watched)
-                    self.emit("seize_failed", pid=pid, error=f"PTRACE_SEIZE {tid}: {os.strerror(err.errno)}")
-                    return
+                    if _our_tracee(tid):
+                        pass  # born of a seized thread: TRACECLONE made it ours already
+                    elif tid != pid and err.errno in (errno.EPERM, errno.ESRCH) and _exiting(pid, tid):
+                        skipped.add(tid)  # an exiting thread: nothing left to watch
+                        continue
+                    elif err.errno == errno.ESRCH:
+                        return f"process {pid} ended while being seized"
+                    else:
+                        return f"PTRACE_SEIZE {tid}: {os.strerror(err.errno)}"
                 watched.threads.add(tid)
                 self.owner[tid] = pid
-        try:
-            if identify(pid).start != start or not watched.threads:
-                raise TargetGone(f"process {pid} ended while being seized")
-        except TargetGone as err:
-            self._abandon(watched)
-            self.emit("seize_failed", pid=pid, error=str(err))
-            return
-        self.emit("seized", pid=pid, threads=len(watched.threads))
+        return f"threads of {pid} kept coming for {SEIZE_ROUNDS} listings"
 
     def _abandon(self, watched: Watched) -> None:
-        """Let go of a half-seized process at once (it keeps running)."""
-        watched.mode = "releasing"
+        """Roll a half-seized process back: release every thread we hold (it
+        keeps running); threads TRACECLONE gave us meanwhile report a stop we
+        release too (:meth:`on_status`)."""
+        self.move(watched, "releasing")
         for tid in list(watched.threads):
             self._interrupt(tid)
+        self._maybe_done(watched)
 
-    def release(self, pid: int) -> None:
+    def release(self, pid: int, rid: Any = None) -> None:
         watched = self.processes.get(pid)
         if watched is None:
-            self.emit("released", pid=pid)
+            self.emit("released", pid=pid, id=rid)
             return
-        if watched.mode in ("holding", "held"):
-            self.finish(pid)  # a crash is never released into service: it dies
+        if watched.mode in HOLDING:
+            # a crash is never released into service: it dies once captured
+            self.emit("release_refused", pid=pid, id=rid, error="crash capture in progress")
             return
-        watched.mode = "releasing"
+        watched.waiters.append(rid)
+        if watched.mode == "releasing":
+            return  # already on its way: answered with the others
+        self.move(watched, "releasing")
         # a thread can only be detached from a ptrace-stop: interrupt them all,
         # each is detached when its stop is reported
         for tid in list(watched.threads):
@@ -199,8 +234,12 @@ class Watcher(CrashHolder):
         self._maybe_done(watched)
 
     def release_all(self) -> None:
-        for pid in list(self.processes):
-            self.release(pid)
+        """End of input: running processes are released, held crashes die."""
+        for pid, watched in list(self.processes.items()):
+            if watched.mode in HOLDING:
+                self.finish(pid)
+            else:
+                self.release(pid)
 
     # -- events ---------------------------------------------------------------
 
@@ -245,6 +284,10 @@ class Watcher(CrashHolder):
         pid = self.owner.get(tid)
         watched = self.processes.get(pid) if pid is not None else self._adopt(tid)
         if watched is None:
+            if os.WIFSTOPPED(status):
+                # ours (waitpid reports only our tracees) yet no process of ours:
+                # born while its process was let go of; never leave it stopped
+                self._detach(tid, os.WSTOPSIG(status) if status >> 16 == 0 else 0)
             return
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._forget_thread(tid)
@@ -264,7 +307,7 @@ class Watcher(CrashHolder):
             return
         sig = os.WSTOPSIG(status)
         event = status >> 16
-        if watched.mode in ("holding", "held"):
+        if watched.mode in HOLDING:
             # keep every thread of a crashed process stopped until finish
             watched.stopped.add(tid)
             self._maybe_held(watched)
@@ -283,6 +326,13 @@ class Watcher(CrashHolder):
             else:
                 ptrace(PTRACE_CONT, tid, 0, 0)  # a new thread's first stop, or an interrupt
             return
+        if event == 0:
+            self._signal_stop(watched, tid, sig)
+            return
+        self._ptrace_event(watched, tid, event)
+
+    def _ptrace_event(self, watched: Watched, tid: int, event: int) -> None:
+        """A clone, fork, vfork or exec stop (or one we do not ask for): note it, go on."""
         if event in (PTRACE_EVENT_CLONE, PTRACE_EVENT_FORK, PTRACE_EVENT_VFORK):
             new = ptrace_geteventmsg(tid)
             if event == PTRACE_EVENT_CLONE:
@@ -295,11 +345,15 @@ class Watcher(CrashHolder):
             ptrace(PTRACE_CONT, tid, 0, 0)
             return
         if event == PTRACE_EVENT_EXEC:
-            # after exec only the leader's tid remains; the others were reaped above
+            # after exec only the leader's tid remains; the other threads were
+            # reported exited, except the one that called exec when it was not
+            # the leader: it now has the leader's tid, and its old one is gone
+            former = ptrace_geteventmsg(tid)
+            if former != tid:
+                self._forget_thread(former)
+            watched.threads.add(tid)
+            self.owner[tid] = watched.pid
             ptrace(PTRACE_CONT, tid, 0, 0)
-            return
-        if event == 0:
-            self._signal_stop(watched, tid, sig)
             return
         ptrace(PTRACE_CONT, tid, 0, 0)
 
@@ -328,7 +382,8 @@ class Watcher(CrashHolder):
         if watched.threads or watched.mode == "run":
             return
         if watched.root == watched.pid:
-            self.emit("released", pid=watched.pid)
+            for rid in watched.waiters or [None]:
+                self.emit("released", pid=watched.pid, id=rid)
         self._drop(watched)
 
     def _drop(self, watched: Watched) -> None:
@@ -338,6 +393,27 @@ class Watcher(CrashHolder):
         for tid in list(watched.threads):
             self.owner.pop(tid, None)
         self.processes.pop(watched.pid, None)
+
+
+def _our_tracee(tid: int) -> bool:
+    try:
+        with open(f"/proc/{tid}/status") as status:
+            for line in status:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1]) == os.getpid()
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _exiting(pid: int, tid: int) -> bool:
+    """The thread is gone, a zombie, or past do_exit's PF_EXITING."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] in "ZXx" or bool(int(fields[6]) & PF_EXITING)
 
 
 def main() -> int:
