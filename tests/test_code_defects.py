@@ -6,18 +6,24 @@ console output of a timed-out MI command was handed to the next command."""
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+
+from tests.support import assert_running, tracer_pid
+from tracerd import procinfo
+from tracerd.daemon.handoff import HandOffs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,3 +125,65 @@ def test_socket_group_through_a_supplementary_group_of_a_peer_that_exited(
         reply = json.loads(conn.makefile().readline())
     assert reply["ok"] is True, reply
     assert reply["daemon"]["pid"] == daemon.proc.pid
+
+
+class _NoTracers:
+    """The SessionRunner's face HandOffs sees for a process tracerd does not trace."""
+
+    class registry:  # the attribute HandOffs reads
+        @staticmethod
+        def current(identity: Any) -> None:
+            return None
+
+    @staticmethod
+    def tracer_pids() -> set[int]:
+        return set()
+
+
+HELD_SECONDS = 3.0
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace as the human's tracer")
+def test_a_long_hold_is_not_polled_every_2_ms(cbin: Any, spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a human's tracer (strace here) holds a handed-off process, tracerd's
+    looks at its TracerPid back off: over 3 s held, far fewer than the 1500 a
+    2 ms poll makes; and the hand-back is still seen when the tracer lets go."""
+    looks = [0]
+    real = procinfo.tracer_pid
+
+    def counted(pid: int) -> int:
+        looks[0] += 1
+        return real(pid)
+
+    monkeypatch.setattr(procinfo, "tracer_pid", counted)
+    target = spawn(cbin("sleeper"))
+    assert target.readline() == "ready\n"
+
+    def no_warning() -> Any:
+        raise AssertionError("the hand-off went back without a human")
+
+    async def scenario() -> int:
+        handoffs = HandOffs(cast(Any, _NoTracers()), no_warning)
+        handoff = await handoffs.give(procinfo.identify(target.pid), "sleeper", os.getpid())
+        human = await asyncio.create_subprocess_exec("strace", "-qq", "-e", "trace=none", "-p", str(target.pid),
+                                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            for _ in range(1000):
+                if handoff.state == "held":
+                    break
+                await asyncio.sleep(0.01)
+            assert handoff.human == human.pid
+            before = looks[0]
+            await asyncio.sleep(HELD_SECONDS)
+            held_looks = looks[0] - before
+        finally:
+            human.terminate()
+            await asyncio.wait_for(human.wait(), timeout=30)
+        assert await asyncio.wait_for(handoff.returned, timeout=10) is None
+        await handoffs.shutdown()
+        return held_looks
+
+    held_looks = asyncio.run(scenario())
+    assert held_looks < 500, f"{held_looks} looks at TracerPid in {HELD_SECONDS} s held"
+    assert tracer_pid(target.pid) == 0
+    assert_running(target.pid)

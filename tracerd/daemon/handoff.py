@@ -16,8 +16,14 @@
    rules name) attaches again, then SIGCONT resumes it.  tracerctl's gdb
    set-up stops the process (SIGSTOP queued by its hook-detach/hook-quit)
    before it detaches, so the process waits, stopped, through the untraced
-   instant; :data:`POLL` bounds how late tracerd sees it (README has the
-   figures, from bench/handoff.py).
+   instant; the poll interval bounds how late tracerd sees it (README has
+   the figures, from bench/handoff.py).
+
+TracerPid changes with no event to wait on, so tracerd looks at
+/proc/PID/status: every :data:`POLL` seconds at first, then less often as
+the hold goes on (:func:`poll_interval`: at most :data:`POLL_SHARE` of the
+time held so far, at most :data:`POLL_MAX`), so that a human who holds a
+process for hours costs the event loop a few looks a second, not 500.
 
 Security: the request handler authorizes (root only) and checks the target
 (never tracerd, its tracers, pid 1); everything here acts on a process
@@ -53,8 +59,15 @@ from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 from tracerd.timefmt import iso_utc
 
 log = structlog.get_logger("tracerd")
-POLL = 0.002  # seconds between two looks at TracerPid while a human holds the process
+POLL = 0.002  # seconds between the first looks at TracerPid (giving, held)
+POLL_MAX = 0.1  # ... and between the looks of a long hold
+POLL_SHARE = 0.02  # the interval grows to this share of the time spent waiting so far
 GIVE_TIMEOUT = 60.0  # tracerctl gdb PID: its gdb must attach within this, or the process goes back
+
+
+def poll_interval(waited: float) -> float:
+    """Seconds until the next look at TracerPid, ``waited`` seconds into a phase."""
+    return min(POLL_MAX, max(POLL, waited * POLL_SHARE))
 
 
 @dataclass
@@ -175,7 +188,8 @@ class HandOffs:
 
     async def _wait_human(self, handoff: HandOff) -> str | None:
         """None once the human's tracer holds the process; else why it goes back without one."""
-        deadline = time.monotonic() + handoff.bound
+        started = time.monotonic()
+        deadline = started + handoff.bound
         fds: list[tuple[int, str]] = []
         try:
             for pid, why in handoff.watched:
@@ -194,17 +208,18 @@ class HandOffs:
                 ended = [why for fd, why in fds if select.select([fd], [], [], 0)[0]]
                 if ended:
                     return ended[0]
-                await asyncio.sleep(POLL)
+                await asyncio.sleep(poll_interval(time.monotonic() - started))
         finally:
             for fd, _ in fds:
                 os.close(fd)
 
     async def _wait_let_go(self, handoff: HandOff) -> None:
         """Until the human's tracer lets go (TracerPid 0): the kernel tells nobody else, so look."""
+        started = time.monotonic()
         while True:
             if not procinfo.tracer_pid(handoff.pid):
                 break
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(poll_interval(time.monotonic() - started))
         handoff.identity.require()
 
     async def _take_back(self, handoff: HandOff, reason: str | None) -> None:
