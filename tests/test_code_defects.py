@@ -24,6 +24,8 @@ import pytest
 from tests.support import assert_running, tracer_pid
 from tracerd import procinfo
 from tracerd.daemon.handoff import HandOffs
+from tracerd.errors import TracerFailed
+from tracerd.gdb.mi import GdbMI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,3 +189,23 @@ def test_a_long_hold_is_not_polled_every_2_ms(cbin: Any, spawn: Any, monkeypatch
     assert held_looks < 500, f"{held_looks} looks at TracerPid in {HELD_SECONDS} s held"
     assert tracer_pid(target.pid) == 0
     assert_running(target.pid)
+
+
+@pytest.mark.skipif(not shutil.which("gdb"), reason="needs gdb")
+def test_late_output_of_a_timed_out_gdb_command_is_not_the_next_ones() -> None:
+    """An MI command that times out but prints later: its console text and its
+    result are not handed to the next command, which gets its own output only."""
+
+    async def scenario() -> tuple[str, str]:
+        gdb = GdbMI()
+        await gdb.start()
+        try:
+            with pytest.raises(TracerFailed, match="did not answer"):
+                await gdb.console("python import time; time.sleep(2); print('late')", timeout=0.5)
+            second = await gdb.console("echo next\\n", timeout=30)
+            third = await gdb.console("echo third\\n", timeout=30)
+        finally:
+            await gdb.close()
+        return second, third
+
+    assert asyncio.run(scenario()) == ("next\n", "third\n")

@@ -7,7 +7,12 @@ every command carries a token, and :meth:`GdbMI.command` waits for *that*
 token's result record (``^done``/``^error``), bounded by a timeout.
 Asynchronous ``*stopped`` records go to a queue that the tracer reads.
 Console output (``~"..."``) between a command and its result belongs to that
-command: commands are serialized by a lock, so nothing interleaves.
+command: commands are serialized by a lock, so nothing interleaves.  Console
+records carry no token, though, and a command that timed out may still print
+and answer later, during the next command: its token is remembered, and when
+its late result record comes, everything the current command has gathered so
+far is the late command's (gdb runs commands one after the other) and is
+dropped.
 
 Security: gdb is started from an argv list with ``-nx`` (no ~/.gdbinit nor
 a system gdbinit of the target's choosing), and CLI text we send is quoted
@@ -77,6 +82,7 @@ class GdbMI:
         self._tokens = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._current: _Pending | None = None
+        self._late: set[int] = set()  # tokens of timed-out commands whose result has not come
         self._lock = asyncio.Lock()
         self.stops: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.child: Child | None = None
@@ -108,7 +114,13 @@ class GdbMI:
             return
         kind = record.get("type")
         if kind == "result":
-            pending = self._pending.pop(record.get("token") or -1, None)
+            token = record.get("token") or -1
+            if token in self._late:
+                self._late.discard(token)
+                if self._current is not None:  # what it gathered so far was the late command's
+                    self._current.console.clear()
+                return
+            pending = self._pending.pop(token, None)
             if pending is not None and not pending.future.done():
                 payload = record.get("payload") or {}
                 pending.future.set_result(
@@ -147,6 +159,7 @@ class GdbMI:
             if pending.future not in done:
                 if self.child.returncode is not None:
                     raise TracerFailed(f"gdb exited during {text!r}: {self.last_complaint()}")
+                self._late.add(token)
                 raise TracerFailed(f"gdb did not answer {text!r} within {timeout} s")
             result = pending.future.result()
         if result.message == "error":
