@@ -14,7 +14,9 @@ instead).  They run dpkg: call them from a thread (:mod:`tracerd.crash.debugsyms
 
 Security: the files read are the crashed process's objects, so they are
 untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
-library's name cannot hang us) and read only if it is a regular file; every
+library's name cannot hang us) and read only if it is a regular file; a path
+the target names is not opened at all unless lstat says it is a regular file,
+and never through a symlink (``O_NOFOLLOW``); every
 offset and size read from the file is checked against the file's size, and
 the note area read is capped.  dpkg runs from an argv list, no shell, with a
 5 s timeout, and is only ever given an absolute path without glob characters
@@ -61,10 +63,12 @@ _PHDR = {1: ("IIIIIIII", (0, 1, 4, 7)), 2: ("IIQQQQQQ", (0, 2, 5, 7))}
 _SHDR = {1: ("IIIIIIIIII", (1, 4, 5, 8)), 2: ("IIQQQQIIQQ", (1, 4, 5, 8))}
 
 
-def build_id(path: str | Path) -> str | None:
-    """The GNU build-id of the ELF file at ``path`` as hex, or None."""
+def build_id(path: str | Path, *, untrusted: bool = False) -> str | None:
+    """The GNU build-id of the ELF file at ``path`` as hex, or None.  An ``untrusted``
+    path (one the target names) is opened only when lstat says it is a regular
+    file, and never through a symlink (O_NOFOLLOW): no device node is ever opened."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_regular(path, untrusted=untrusted)
     except (OSError, ValueError, TypeError):
         return None
     try:
@@ -75,6 +79,16 @@ def build_id(path: str | Path) -> str | None:
             return _build_id(elf, info.st_size)
     except (OSError, ValueError, struct.error, OverflowError):
         return None
+
+
+def open_regular(path: str | Path, *, untrusted: bool = False) -> int:
+    """``path`` opened read-only without blocking (a FIFO cannot hang us); see :func:`build_id`."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if untrusted:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise OSError(0, "not a regular file")
+        flags |= os.O_NOFOLLOW
+    return os.open(path, flags)
 
 
 def _read(elf: BinaryIO, offset: int, size: int, file_size: int) -> bytes | None:

@@ -13,8 +13,8 @@ frame's ``module_offset`` is ``pc - bias``: the address to look up in the
 module's ELF or its separate debug file (README "Cores and retrace").
 
 Security: the maps and the mapped files are the target's; paths are data
-(never opened except through the pid's own map_files links and the same
-paths gdb already named), ELF headers are parsed with bounds, and only
+(never opened except through the pid's own map_files links, else the path
+when lstat says it is a regular file, with O_NONBLOCK|O_NOFOLLOW), ELF headers are parsed with bounds, and only
 x86-64/aarch64 64-bit little-endian headers are understood.
 
 Diagnostics: a module whose header cannot be read has no bias (None) and
@@ -76,8 +76,8 @@ def read_modules(pid: int) -> list[Module]:
         module.build_id, module.source = elfinfo.build_id(mapped), "map_files"
         first = _first_load(mapped)
         if module.build_id is None and not module.deleted:
-            module.build_id, module.source = elfinfo.build_id(module.path), "path"
-            first = first if first is not None else _first_load(module.path)
+            module.build_id, module.source = elfinfo.build_id(module.path, untrusted=True), "path"
+            first = first if first is not None else _first_load(module.path, untrusted=True)
         if module.build_id is None and first is None:
             module.source = None
         if first is not None:
@@ -85,10 +85,10 @@ def read_modules(pid: int) -> list[Module]:
     return [m for m in modules if m.bias is not None or m.build_id is not None]
 
 
-def _first_load(path: str) -> int | None:
+def _first_load(path: str, *, untrusted: bool = False) -> int | None:
     """The page of the lowest file offset PT_LOAD's vaddr (what the offset-0 mapping holds)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = elfinfo.open_regular(path, untrusted=untrusted)
     except OSError:
         return None
     try:

@@ -26,6 +26,7 @@ import asyncio
 import os
 import re
 import signal as signalmod
+import time
 from typing import Any
 
 import psutil
@@ -84,7 +85,7 @@ def _fill_objects(threads: list[Thread], maps: list[tuple[int, int, str]]) -> No
             frame.object = next((path for start, end, path in maps if start <= address < end), None)
 
 
-def _process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
+def process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
     info: dict[str, Any] = {"name": name, "pid": identity.pid, "exe": None, "cmdline": [], "uid": None}
     try:
         proc = psutil.Process(identity.pid)
@@ -104,16 +105,22 @@ async def capture(
     *,
     tracer: str,
     log_path: str | None,
+    deadline: float | None = None,
 ) -> CrashReport:
-    """Collect the crash report of the process gdb holds stopped at ``stop``."""
+    """Collect the crash report of the process gdb holds stopped at ``stop``; no step
+    runs past ``deadline`` (time.monotonic()): the rest are skipped, and said so."""
     errors: list[str] = []
 
     async def step(what: str, cli: str | None = None, mi_command: str | None = None) -> Any:
+        timeout = left(deadline, 60.0 if cli is not None else 30.0)
+        if timeout is None:
+            errors.append(f"{what}: skipped, the capture's deadline was reached")
+            return None
         try:
             if cli is not None:
-                return await mi.console(cli, timeout=60.0)
+                return await mi.console(cli, timeout=timeout)
             assert mi_command is not None
-            return (await mi.command(mi_command, timeout=30.0)).payload
+            return (await mi.command(mi_command, timeout=timeout)).payload
         except TracerFailed as err:
             errors.append(f"{what}: {err}")
             return None
@@ -140,13 +147,13 @@ async def capture(
     registers_text = await step("registers", cli="info registers") or ""
     registers = {m.group(1): m.group(2) for m in _REGISTER.finditer(registers_text)}
     disassembly = await step("disassembly", cli="x/16i $pc") or ""
-    signal = await _signal(mi, identity.pid, stop.get("signal-name"), errors)
+    signal = await _signal(mi, identity.pid, stop.get("signal-name"), errors, deadline)
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
-    process = _process_info(identity, name)
+    process = process_info(identity, name)
     libraries, missing, advice = await asyncio.to_thread(_objects, libs_payload, process.get("exe"), threads)
     # for a retrace later: bias, range, (deleted), build-ids of the mapped copies; pc and module offset
     modules.annotate(await asyncio.to_thread(modules.read_modules, identity.pid), libraries, threads)
-    abort_message = await _abort_message(mi) if signal.get("name") == "SIGABRT" else None
+    abort_message = await _abort_message(mi, deadline) if signal.get("name") == "SIGABRT" else None
     report = CrashReport(
         process=process,
         signal=signal,
@@ -167,14 +174,22 @@ async def capture(
     return report
 
 
-async def _abort_message(mi: GdbMI) -> str | None:
+def left(deadline: float | None, timeout: float) -> float | None:
+    """``timeout`` cut to what is left before ``deadline``; None once it has passed."""
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    return min(timeout, remaining) if remaining > 0 else None
+
+
+async def _abort_message(mi: GdbMI, deadline: float | None) -> str | None:
     """glibc's ``__abort_msg->msg`` (abort_msg_s: an unsigned size, then the text), set by
     assert() and glibc's fatal errors; None when unset or unreadable."""
     try:
-        pointer = siginfo.parse_int(await mi.evaluate("*(long *)&__abort_msg"))
+        pointer = siginfo.parse_int(await mi.evaluate("*(long *)&__abort_msg", timeout=left(deadline, 10.0) or 0.1))
         if not pointer:
             return None
-        text = await mi.evaluate(f"(char *){pointer + 4:#x}")
+        text = await mi.evaluate(f"(char *){pointer + 4:#x}", timeout=left(deadline, 10.0) or 0.1)
     except TracerFailed:
         return None
     found = _C_STRING.match(text or "")
@@ -183,13 +198,14 @@ async def _abort_message(mi: GdbMI) -> str | None:
     return found.group(1).encode("latin-1", "backslashreplace").decode("unicode_escape", "replace").strip() or None
 
 
-async def _signal(mi: GdbMI, pid: int, stop_name: object, errors: list[str]) -> dict[str, Any]:
+async def _signal(mi: GdbMI, pid: int, stop_name: object, errors: list[str],
+                  deadline: float | None = None) -> dict[str, Any]:  # fmt: skip
     """The signal dict, decoded from ``$_siginfo`` only; fields it cannot vouch for stay None."""
     expected = signalmod.Signals.__members__.get(str(stop_name))
 
     async def read(expression: str) -> int | None:
         try:
-            return siginfo.parse_int(await mi.evaluate(expression))
+            return siginfo.parse_int(await mi.evaluate(expression, timeout=left(deadline, 10.0) or 0.1))
         except TracerFailed as err:
             errors.append(f"siginfo: {err}")
             return None
@@ -248,7 +264,7 @@ def _attach_text(threads: list[Thread], full: str) -> None:
 def _libraries(payload: dict[str, Any], exe: str | None) -> list[Library]:
     libraries = []
     if exe:
-        libraries.append(Library(path=exe, start=None, end=None, build_id=elfinfo.build_id(exe)))
+        libraries.append(Library(path=exe, start=None, end=None, build_id=elfinfo.build_id(exe, untrusted=True)))
     for raw in payload.get("shared-libraries", []):
         path = str(raw.get("target-name") or raw.get("id"))
         ranges = raw.get("ranges") or [{}]
@@ -257,7 +273,7 @@ def _libraries(payload: dict[str, Any], exe: str | None) -> list[Library]:
                 path=path,
                 start=ranges[0].get("from"),
                 end=ranges[-1].get("to"),
-                build_id=elfinfo.build_id(path),
+                build_id=elfinfo.build_id(path, untrusted=True),
             )
         )
     return libraries

@@ -36,12 +36,13 @@ from typing import Any
 import structlog
 
 from tracerd import arch, failpoint, procinfo
-from tracerd.crash import corefile
+from tracerd.crash import corefile, fallback
 from tracerd.crash.release import wait_for_death
+from tracerd.crash.report import CrashReport
 from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
-from tracerd.gdb import warm
-from tracerd.gdb.capture import capture
+from tracerd.gdb import sysroot, warm
+from tracerd.gdb.capture import capture, left, process_info
 from tracerd.gdb.mi import GdbMI, quote
 from tracerd.procinfo import ProcessIdentity
 from tracerd.tracers.base import Ending, Tracer
@@ -224,42 +225,88 @@ class WatchTracer(Tracer):
         return crash_id
 
     async def _capture(self, identity: ProcessIdentity, name: str, event: dict[str, Any]) -> str | None:
+        """The report by gdb within :data:`GDB_BUDGET`, else (gdb failed, hung or ran out of
+        time) the report of what is known without it (:mod:`tracerd.crash.fallback`)."""
+        began = time.monotonic()
+        steps: dict[str, float] = {}
+        report: CrashReport | None = None
+        try:
+            async with asyncio.timeout(GDB_BUDGET + 1.0):  # the backstop of every step's own deadline
+                report = await self._gdb_report(identity, name, event, began + GDB_BUDGET, steps)
+        except (TracerdError, TimeoutError, OSError) as err:
+            reason = str(err) or f"gdb did not finish within {GDB_BUDGET:g} s"
+            log.warning("watch_capture_without_gdb", pid=identity.pid, reason=reason)
+            process = process_info(identity, name)
+            report = await asyncio.to_thread(fallback.report, process, event, reason, tracer=self.name,
+                                             log_path=self.output.log_path)  # fmt: skip
+        core = event.get("core")
+        if core and not event.get("core_skipped"):
+            report.core_source = str(core)  # kept (compressed) by the store as the core policy says
+        steps["capture_ms"] = time.monotonic() - began
+        await failpoint.reached("capture-running")
+        if event.get("core_skipped"):
+            report.process.setdefault("capture_errors", []).append(
+                "memory left out of the core (over its size limit): " + "; ".join(event["core_skipped"])
+            )
+            report.core = corefile.skipped(
+                f"process over max_core_process_bytes ({self.target.core_limit}): memory left out, no core kept"
+            )
+        crash_id = await self.output.crash(report)
+        steps["report_ms"] = time.monotonic() - began
+        # where a crash's time goes (bench/crash_latency.py reads these): cumulative ms
+        log.info("watch_capture", pid=identity.pid, **{k: round(v * 1000, 1) for k, v in steps.items()})
+        return crash_id
+
+    async def _gdb_report(self, identity: ProcessIdentity, name: str, event: dict[str, Any], deadline: float,
+                          steps: dict[str, float]) -> CrashReport:  # fmt: skip
+        """gdb on the core, every file it opens served from a sysroot of verified files
+        (:mod:`tracerd.gdb.sysroot`: never a path the target controls), each step bounded by ``deadline``."""
         core = event.get("core")
         if not core:
             raise TracerFailed(str(event.get("core_error") or "the watcher wrote no core"))
         if not _PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
             raise TracerFailed(f"gdb cannot open a core at {core!r}: use a plain state_dir path")
         began = time.monotonic()
-        async with warm.pool().borrow() as mi:
-            steps = {"gdb_ms": time.monotonic() - began}
-            await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid))}", timeout=30.0)
-            await mi.command(f"-target-select core {core}", timeout=30.0)
-            if event["signal"] == "SIGABRT":  # __abort_msg is looked up by name: the core's libc's
-                await warm.forget_preloads(mi, warm.pool().preload)
-            thread_id = await _gdb_thread_of(mi, int(event["tid"]))
-            steps["load_ms"] = time.monotonic() - began
-            stop = {"signal-name": event["signal"], "thread-id": thread_id}
-            report = await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path)
-            if not event.get("core_skipped"):
-                report.core_source = str(core)  # kept (compressed) by the store as the core policy says
-            steps["capture_ms"] = time.monotonic() - began
-            await failpoint.reached("capture-running")
-            if event.get("core_skipped"):
-                report.process.setdefault("capture_errors", []).append(
-                    "memory left out of the core (over its size limit): " + "; ".join(event["core_skipped"])
-                )
-                report.core = corefile.skipped(
-                    f"process over max_core_process_bytes ({self.target.core_limit}): memory left out, no core kept"
-                )
-            crash_id = await self.output.crash(report)
-            steps["report_ms"] = time.monotonic() - began
-            # where a crash's time goes (bench/crash_latency.py reads these): cumulative ms
-            log.info("watch_capture", pid=identity.pid, **{k: round(v * 1000, 1) for k, v in steps.items()})
-            return crash_id
+        root = await asyncio.to_thread(sysroot.build, identity.pid, self.target.capture_dir)
+        try:
+            async with warm.pool().borrow() as mi:
+                steps["gdb_ms"] = time.monotonic() - began
+
+                def budget(timeout: float = 30.0) -> float:
+                    remaining = left(deadline, timeout)
+                    if remaining is None:
+                        raise TracerFailed(f"gdb did not load the core within {GDB_BUDGET:g} s")
+                    return remaining
+
+                for command in _sysroot_commands(root.path):
+                    await mi.command(command, timeout=budget())
+                await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid, root))}", timeout=budget())
+                await mi.command(f"-target-select core {core}", timeout=budget())
+                if event["signal"] == "SIGABRT":  # __abort_msg is looked up by name: the core's libc's
+                    await warm.forget_preloads(mi, warm.pool().preload)
+                thread_id = await _gdb_thread_of(mi, int(event["tid"]), budget())
+                steps["load_ms"] = time.monotonic() - began
+                stop = {"signal-name": event["signal"], "thread-id": thread_id}
+                return await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path,
+                                     deadline=deadline)  # fmt: skip
+        finally:
+            root.close()
 
 
-def _executable(pid: int) -> str:
-    """The program's path for gdb; /proc/PID/exe when it was replaced or deleted."""
+GDB_BUDGET = 7.0  # seconds of gdb per watch crash: with the rest, the process dies within 10 s of its fault
+
+
+def _sysroot_commands(path: str) -> list[str]:
+    """gdb finds every object in the crash's own sysroot, and nothing beside it: the
+    sysroot as cwd (a relative name), no auto-loaded scripts next to an object."""
+    return [f"-gdb-set sysroot {quote(path)}", f"-environment-cd {quote(path)}", "-gdb-set auto-load off"]
+
+
+def _executable(pid: int, root: sysroot.Sysroot | None = None) -> str:
+    """The program's path for gdb: its verified entry in the crash's sysroot; else
+    /proc/PID/exe when it was replaced or deleted."""
+    if root is not None and root.exe:
+        return root.exe
     try:
         path = os.readlink(f"/proc/{pid}/exe")
     except OSError:
@@ -267,8 +314,8 @@ def _executable(pid: int) -> str:
     return f"/proc/{pid}/exe" if path.endswith(" (deleted)") or not os.path.exists(path) else path
 
 
-async def _gdb_thread_of(mi: GdbMI, tid: int) -> str:
-    info = await mi.command("-thread-info", timeout=30.0)
+async def _gdb_thread_of(mi: GdbMI, tid: int, timeout: float = 30.0) -> str:
+    info = await mi.command("-thread-info", timeout=timeout)
     for thread in info.payload.get("threads", []):
         if f"LWP {tid})" in str(thread.get("target-id", "")):
             return str(thread["id"])

@@ -1,0 +1,60 @@
+/* usage: fifo_lib HOOK_COMMAND NAME LIBRARY
+ * A hostile target for the crash capture (issue 23): runs the hook through
+ * system() as Postfix's debug_process() does, prints "hook=RC", waits for
+ * one byte on stdin, dlopen()s LIBRARY (this same file built with
+ * -DFIFO_LIB_SO -shared -fPIC) and calls fifo_lib_value() from it, replaces
+ * the library file by a FIFO at the same path (unlink + mkfifo), prints
+ * "fifo", and dereferences NULL: a gdb that opens LIBRARY by its path blocks.
+ */
+#ifdef FIFO_LIB_SO
+__attribute__((noinline)) int fifo_lib_value(void)
+{
+    return 42;
+}
+#else
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+__attribute__((noinline)) static int fault(int value)
+{
+    volatile int *volatile null = NULL;
+    return *null + value;
+}
+
+int main(int argc, char **argv)
+{
+    char command[8192];
+    char buf[1];
+    int status;
+    void *lib;
+    int (*value)(void);
+
+    if (argc != 4) {
+        fprintf(stderr, "usage: fifo_lib HOOK_COMMAND NAME LIBRARY\n");
+        return 2;
+    }
+    snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
+    status = system(command);
+    printf("hook=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    fflush(stdout);
+    if (read(0, buf, 1) < 0)
+        return 2;
+    lib = dlopen(argv[3], RTLD_NOW);
+    if (lib == NULL) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return 3;
+    }
+    value = (int (*)(void)) dlsym(lib, "fifo_lib_value");
+    if (value == NULL || unlink(argv[3]) != 0 || mkfifo(argv[3], 0600) != 0) {
+        perror("fifo_lib");
+        return 4;
+    }
+    printf("fifo\n");
+    fflush(stdout);
+    return fault(value());
+}
+#endif
