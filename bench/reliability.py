@@ -9,7 +9,10 @@ sessions, each a process that went through the hook), in one run:
   gdb end by their parent-death signal, the watcher at end of input), and
   whether any was ever seen in tracing stop;
 - fuzzing: 100,000 garbage frames over 10 pipelined connections: time, and
-  tracerd's RSS before, at peak (sampled) and after.
+  tracerd's RSS before, at peak (sampled) and after;
+- a hostile crash (issue 23): a watched process that dlopen()s a library,
+  replaces it by a FIFO and faults (tests/c/fifo_lib.c): the hold (fault to
+  death), its signal, and whether the crash report was written with frames.
 
 Usage: .venv/bin/python bench/reliability.py [--watched 100]
 """
@@ -33,7 +36,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, compile_c, private_tracerd, proc_state, reap, request, save, wait_until
+from common import BIN, C_DIR, compile_c, no_core_dumps, private_tracerd, proc_state, reap, request, save, wait_until
 
 from tracerd.procinfo import tracer_pid
 
@@ -168,6 +171,41 @@ def fuzz_run(frames_per_conn: int = 10_000, conns: int = 10) -> dict[str, float]
             "rss_peak_mb": peak / mb, "rss_after_mb": after / mb, "daemon_alive": alive}  # fmt: skip
 
 
+def fifo_lib_run(tmp: Path) -> dict[str, object]:
+    """tests/c/fifo_lib.c under the watch tracer: the hold, and the report."""
+    no_core_dumps()  # the target's own fault dumps no core (the watcher writes tracerd's)
+    exe = compile_c("fifo_lib", tmp, "-ldl")
+    lib = tmp / "libfifo.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-DFIFO_LIB_SO", "-o", str(lib),
+                    str(C_DIR / "fifo_lib.c")],
+                   check=True)  # fmt: skip
+    with private_tracerd('[[rule]]\nprocess = "*"\ntracer = "watch"\n') as (sock, _root):
+        hook = f"{BIN / 'pftrace-hook'} --socket {sock}"
+        proc = subprocess.Popen([str(exe), hook, "fifolib", str(lib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"hook=0\n"
+        proc.stdin.write(b"x")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"fifo\n"
+        fault = time.monotonic()
+        status = proc.wait(timeout=120)
+        held = time.monotonic() - fault
+        reap(proc)
+
+        def ended() -> dict[str, object] | None:
+            session: dict[str, object] = request(sock, "show", pid=proc.pid).get("session") or {}
+            return session if session.get("state") not in (None, "attached") else None
+
+        session = wait_until(ended, "the session's end", timeout=30)
+        crash = session.get("crash")
+        frames = 0
+        if crash:
+            report = request(sock, "crash", id=crash)["crash"]
+            frames = sum(len(t["frames"]) for t in report["threads"] if t["crashed"])
+    return {"hold_s": held, "signal": -status, "report": bool(crash), "frames": frames}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--watched", type=int, default=100)
@@ -176,6 +214,7 @@ def main() -> int:
         exe = compile_c("crash", Path(tmp), "-pthread")
         term = sigterm_run(exe, args.watched)
         kill = kill9_run(exe, args.watched)
+        fifo = fifo_lib_run(Path(tmp))
     fuzz = fuzz_run()
     print(f"load: {args.watched} watched + 10 strace + 5 gdb = {term['sessions']:.0f} sessions")
     print(f"SIGTERM -> tracerd exited:           {term['sigterm_exit_s'] * 1000:8.0f} ms  (goal < 5000)"
@@ -186,7 +225,10 @@ def main() -> int:
     print(f"fuzz: {fuzz['frames']:.0f} garbage frames in {fuzz['seconds']:.1f} s;"
           f" RSS {fuzz['rss_before_mb']:.1f} MB before, {fuzz['rss_peak_mb']:.1f} peak,"
           f" {fuzz['rss_after_mb']:.1f} after; daemon alive: {fuzz['daemon_alive']}")
-    path = save("reliability", {"sigterm": term, "kill9": kill, "fuzz": fuzz})
+    print(f"library replaced by a FIFO, then a fault: held {fifo['hold_s'] * 1000:8.0f} ms  (goal < 10000)"
+          f"  died of signal {fifo['signal']}; report written: {fifo['report']},"
+          f" crashed thread's frames: {fifo['frames']}")
+    path = save("reliability", {"sigterm": term, "kill9": kill, "fuzz": fuzz, "fifo_lib": fifo})
     print(f"saved {path}")
     return 0
 
