@@ -148,3 +148,18 @@ def test_a_gdb_that_hangs_still_gives_the_report_of_what_is_known(
     assert any(error.startswith("gdb: ") and "did not" in error for error in errors), errors
     assert "gdb failed" in report["notice"]
     assert "watch_capture_without_gdb" in daemon.stderr()
+
+
+def test_under_the_gdb_tracer_the_fifo_library_is_never_reopened(
+    daemon_factory: Any, spawn: Any, fifo_lib: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The gdb tracer's gdb read the library at its dlopen, as a regular file: the
+    crash after the swap is reported with its frames, within the same bound."""
+    exe, built = fifo_lib
+    daemon = daemon_factory('[[rule]]\nprocess = "*"\ntracer = "gdb"\n')
+    lib = library_copy(built, tmp_path / "lib")
+    _target, held, report = crash(daemon, spawn, exe, lib)
+    assert held < HOLD_BOUND, f"held {held:.1f} s"
+    crashed = next(t for t in report["threads"] if t["crashed"])
+    assert [f["function"] for f in crashed["frames"][:2]] == ["fault", "main"]
+    assert str(lib) in [entry["path"] for entry in report["libraries"]]
