@@ -21,7 +21,7 @@ import select
 import signal as signalmod
 from dataclasses import dataclass
 
-from tracerd.errors import Busy, TargetGone, TracerdError
+from tracerd.errors import AccessDenied, Busy, TargetGone, TracerdError
 
 
 def _translate(pid: int, err: OSError) -> TracerdError:
@@ -165,6 +165,74 @@ class OwnAncestry:
             os.close(fd)
         self._fds = []
         self._pids = None
+
+
+PF_KTHREAD = 0x00200000  # field 9 of /proc/PID/stat
+
+
+def check_ptraceable(pid: int, ours: set[int]) -> None:
+    """Refuse, in one line, a pid that no tracer can attach: a kernel thread (AccessDenied),
+    a zombie (TargetGone), a thread that is not its process's leader (AccessDenied), a
+    process another tracer holds, not one of ``ours`` (Busy)."""
+    fields = _stat_fields(pid)
+    if int(fields[6]) & PF_KTHREAD:
+        raise AccessDenied(f"pid {pid} is a kernel thread; only user processes can be traced")
+    if fields[0] in ("Z", "X"):
+        raise TargetGone(f"process {pid} has exited (a zombie its parent has not reaped)")
+    status = _status(pid)
+    if int(status.get(b"Tgid", pid)) != pid:
+        raise AccessDenied(f"pid {pid} is a thread of process {int(status[b'Tgid'])}; trace the process")
+    current = int(status.get(b"TracerPid", 0))
+    if current and current not in ours:
+        raise Busy(f"process {pid} is already traced by pid {current}")
+
+
+def _status(pid: int) -> dict[bytes, bytes]:
+    """/proc/PID/status as key: value (the value's first word)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            return {key: rest.split()[0] for key, _, rest in (line.partition(b":") for line in status) if rest.split()}
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise TargetGone(f"no such process {pid}") from err
+    except OSError as err:
+        raise _translate(pid, err) from err
+
+
+def pid_namespace(pid: int | str) -> tuple[int, int]:
+    """The identity (device, inode) of a process's pid namespace ("self" for ours)."""
+    try:
+        info = os.stat(f"/proc/{pid}/ns/pid")
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise TargetGone(f"no such process {pid}") from err
+    except OSError as err:
+        raise _translate(int(pid) if pid != "self" else os.getpid(), err) from err
+    return info.st_dev, info.st_ino
+
+
+def ancestor_by_inner_pid(inner: int, pid: int, limit: int) -> int | None:
+    """Our pid of the nearest of the ``limit`` ancestors of ``pid`` (our pid) that is ``inner``
+    in ``pid``'s own pid namespace (a hook in a container names its caller so), else None."""
+    try:
+        namespace = pid_namespace(pid)
+        parent = parent_of(pid)
+        for _ in range(limit):
+            if parent <= 0:
+                return None
+            if pid_namespace(parent) == namespace and int(_ns_pids(parent)[-1]) == inner:
+                return parent
+            parent = parent_of(parent)
+    except (OSError, TracerdError, ValueError, IndexError):  # a process on the way is gone
+        return None
+    return None
+
+
+def _ns_pids(pid: int) -> list[bytes]:
+    """NSpid of /proc/PID/status: its pid in each pid namespace, ours first, its own last."""
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"NSpid:"):
+                return line.split()[1:]
+    return []
 
 
 def tracer_pid(pid: int) -> int:

@@ -364,10 +364,13 @@ def _valid_entry(entry: object) -> bool:
 def _open_directory(directory: Path) -> int:
     """Create (0o750) and open the store's directory; refuse one that is not safely ours."""
     if not directory.is_symlink() and not directory.exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o750)
-            os.chmod(directory, 0o750)  # noqa: S103 -- the contract's mode: socket_group may read; umask filtered mkdir's
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o750)
+                os.chmod(directory, 0o750)  # noqa: S103 -- the contract's mode: socket_group may read; umask filtered mkdir's
+        except OSError as err:  # a read-only state_dir: one line, not a traceback
+            raise ConfigError(f"crash directory {directory}: cannot create it: {err.strerror}") from err
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:

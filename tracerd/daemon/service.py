@@ -9,9 +9,13 @@ live part of a reload.  Sessions themselves are the runner's
 
 Security: authorization happens first, in :meth:`TracerdService.handle`,
 before any /proc read about the target; hook requests also pass the ancestor
-rule.  Every process is an identity (pid, start time) from the moment the
-request is accepted.  A hook request is acknowledged (``ack``) only after
-all of those checks, just before its tracer starts.
+rule (a hook in another pid namespace names its caller by that namespace's
+pid, mapped back through the caller's ancestors: :func:`hook_target`).  No
+kernel thread, zombie, non-leader thread or process another tracer holds is
+handed to a tracer (:meth:`TracerdService.check_target`).  Every process is
+an identity (pid, start time) from the moment the request is accepted.  A
+hook request is acknowledged (``ack``) only after all of those checks, just
+before its tracer starts.
 
 Diagnostics: a refusal is one ``request_refused`` log line and the
 request's error reply; a failing tracer fails its own session only.  On
@@ -38,11 +42,11 @@ from tracerd.crash import corefile, inflight, lastwords, redact
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon import fleet
-from tracerd.daemon.auth import Authorizer, Peer
+from tracerd.daemon.auth import MAX_HOOK_DEPTH, Authorizer, Peer
 from tracerd.daemon.catches import Catch, Catches
 from tracerd.daemon.handoff import HandOffs
 from tracerd.daemon.runner import SessionRunner
-from tracerd.errors import BadRequest, ConfigError, NotFound, TracerdError
+from tracerd.errors import AccessDenied, BadRequest, ConfigError, NotFound, TracerdError
 from tracerd.gdb import warm
 from tracerd.protocol import OPERATIONS, Ack, Request
 from tracerd.sinks.logfile import LogDir
@@ -143,6 +147,13 @@ class TracerdService:
             raise
         return {"ok": True, **reply}
 
+    def check_target(self, identity: procinfo.ProcessIdentity) -> None:
+        """The rules of every target: tracerd's (auth) and the kernel's (no kernel thread,
+        zombie, non-leader thread, nor a process another tracer holds), each a one-line refusal."""
+        ours = self.runner.tracer_pids()
+        self.auth.check_traceable(identity, ours)
+        procinfo.check_ptraceable(identity.pid, ours)
+
     async def op_status(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         return self.status()
 
@@ -155,8 +166,8 @@ class TracerdService:
         assert request.pid is not None
         assert request.name is not None
         started = time.monotonic()
-        identity = procinfo.identify(request.pid)
-        self.auth.check_traceable(identity, self.runner.tracer_pids())
+        identity = procinfo.identify(hook_target(request.pid, peer))
+        self.check_target(identity)
         self.auth.check_ancestor(identity, peer)
         ack()  # accepted: the hook now waits its --timeout for the attach
         catch = self.catches.take(request.name)
@@ -209,14 +220,14 @@ class TracerdService:
     async def op_handoff(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
         identity = procinfo.identify(request.pid)
-        self.auth.check_traceable(identity, self.runner.tracer_pids())
+        self.check_target(identity)
         handoff = await self.handoffs.give(identity, comm_name(request.pid), peer.pid)
         return {"handoff": handoff.to_json()}
 
     async def op_attach(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
         identity = procinfo.identify(request.pid)
-        self.auth.check_traceable(identity, self.runner.tracer_pids())
+        self.check_target(identity)
         name = request.name or comm_name(request.pid)
         session = await self.runner.start(identity, name, request.tracer)
         return {"session": session.to_json()}
@@ -358,6 +369,19 @@ class TracerdService:
         self._old_sinks_sent += previous.sent
         self._old_sinks_dropped += previous.dropped
         return new
+
+
+def hook_target(pid: int, peer: Peer) -> int:
+    """Our pid of the process a hook names: a hook in another pid namespace (a container)
+    names its caller by that namespace's pid, which is mapped back through the caller's
+    nearest ancestors (the ancestor rule's own bound), or refused."""
+    if procinfo.pid_namespace(peer.pid) == procinfo.pid_namespace("self"):
+        return pid
+    found = procinfo.ancestor_by_inner_pid(pid, peer.pid, MAX_HOOK_DEPTH)
+    if found is None:
+        raise AccessDenied(f"pid {pid} of the caller's pid namespace is not an ancestor of the calling process"
+                           f" (within {MAX_HOOK_DEPTH} generations)")  # fmt: skip
+    return found
 
 
 def comm_name(pid: int) -> str:

@@ -19,7 +19,8 @@ Format: ``{"version": 1, "sessions": [{"pid", "start", "name", "tracer",
 
 Security: the file is root's (0600 in the 0750 state_dir); it is still read
 as hostile (tracerd.daemon.readopt validates every entry).  :func:`load`
-refuses a symlink and anything over :data:`MAX_BYTES`.
+refuses a symlink, anything over :data:`MAX_BYTES`, and a file that is not
+ours or that group or others may write (another user could have planted it).
 
 Diagnostics: a write that fails is logged (``sessions_file_failed``, once
 until one succeeds) and retried on the next change; tracing goes on.  A file
@@ -34,6 +35,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -66,8 +68,14 @@ def load(state_dir: Path) -> list[Any]:
         reason = "is a symlink" if err.errno == errno.ELOOP else err.strerror
         raise SessionsFileError(f"{path}: {reason}") from err
     with os.fdopen(fd, "rb") as stream:
-        if not os.path.isfile(f"/proc/self/fd/{fd}") or os.fstat(fd).st_size > MAX_BYTES:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_BYTES:
             raise SessionsFileError(f"{path}: not a regular file of at most {MAX_BYTES} bytes")
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise SessionsFileError(
+                f"{path}: owned by uid {info.st_uid} with mode {info.st_mode & 0o7777:04o};"
+                f" only a file of uid {os.geteuid()} that nobody else may write is read"
+            )
         raw = stream.read(MAX_BYTES + 1)
     try:
         document = json.loads(raw)
