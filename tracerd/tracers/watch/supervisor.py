@@ -47,6 +47,10 @@ BACKOFF_RESET = 60.0  # a watcher that lived this long died "for the first time"
 ATTACH_WAIT = 0.5  # seconds a new attach waits for a delayed restart; longer, it is refused
 
 
+class WatcherDied(TracerFailed):
+    """The watcher died with the request pending (the kernel let go of all it held)."""
+
+
 class WatchClient(Protocol):
     def on_event(self, event: dict[str, Any]) -> None: ...
 
@@ -177,7 +181,7 @@ class WatchSupervisor:
         self.child = None
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(TracerFailed("the ptrace watcher died"))
+                future.set_exception(WatcherDied("the ptrace watcher died"))
         self._waiting.clear()
         held = set(self.clients)
         clients = list(self.clients.values())
@@ -221,7 +225,12 @@ class WatchSupervisor:
         self.clients[pid] = client
         command = {"op": "seize", "pid": pid, "start": start, "follow_forks": follow_forks}
         try:
-            event = await self._request(command, timeout, patient)
+            try:
+                event = await self._request(command, timeout, patient)
+            except WatcherDied:
+                # sent to a watcher that was dying: whatever it seized, the
+                # kernel has let go of; the next watcher takes it
+                event = await self._request(command, timeout, patient)
         except BaseException:
             if self.clients.get(pid) is client:
                 self.clients.pop(pid, None)
