@@ -15,8 +15,9 @@ instead).  They run dpkg: call them from a thread (:mod:`tracerd.crash.debugsyms
 Security: the files read are the crashed process's objects, so they are
 untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
 library's name cannot hang us) and read only if it is a regular file; a path
-the target names is not opened at all unless lstat says it is a regular file,
-and never through a symlink (``O_NOFOLLOW``); every
+the target names is resolved by readlink alone (``realpath``) and not opened
+at all unless lstat says it is a regular file, then never through a symlink
+(``O_NOFOLLOW``); every
 offset and size read from the file is checked against the file's size, and
 the note area read is capped.  dpkg runs from an argv list, no shell, with a
 5 s timeout, and is only ever given an absolute path without glob characters
@@ -84,7 +85,8 @@ def build_id(path: str | Path, *, untrusted: bool = False) -> str | None:
 def open_regular(path: str | Path, *, untrusted: bool = False) -> int:
     """``path`` opened read-only without blocking (a FIFO cannot hang us); see :func:`build_id`."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if untrusted:
+    if untrusted:  # links resolved by readlink alone (a SONAME), then the file itself, never a device
+        path = os.path.realpath(path)
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise OSError(0, "not a regular file")
         flags |= os.O_NOFOLLOW
