@@ -14,7 +14,10 @@ sessions, each a process that went through the hook), in one run:
   replaces it by a FIFO and faults (tests/c/fifo_lib.c): the hold (fault to
   death), its signal, and whether the crash report was written with frames.
 
-Usage: .venv/bin/python bench/reliability.py [--watched 100]
+- 200 watch attaches (then detaches) to processes whose threads come and
+  go: failed attaches, tasks left in ptrace-stop, targets that exit 0.
+
+Usage: .venv/bin/python bench/reliability.py [--watched 100] [--churn 200]
 """
 
 from __future__ import annotations
@@ -206,15 +209,62 @@ def fifo_lib_run(tmp: Path) -> dict[str, object]:
     return {"hold_s": held, "signal": -status, "report": bool(crash), "frames": frames}
 
 
+def stopped_tasks(pid: int) -> int:
+    """Tasks of pid in a ptrace-stop ('t'), every one of /proc/PID/task looked at."""
+    count = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        count += stat.rsplit(")", 1)[1].split()[0] == "t"
+    return count
+
+
+def churn_run(tmp: Path, attaches: int, at_once: int = 8) -> dict[str, float]:
+    """tests/c/churn.c (8 threads created and joined in a loop): watch attach,
+    detach; failed attaches, tasks left stopped, targets that exit 0."""
+    exe = compile_c("churn", tmp, "-pthread")
+    failed = stopped = exited_0 = 0
+    began = time.monotonic()
+    with private_tracerd('[[rule]]\nprocess = "*"\ntracer = "watch"\n') as (sock, _root):
+        done = 0
+        while done < attaches:
+            batch = [subprocess.Popen([str(exe), "400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                     for _ in range(min(at_once, attaches - done))]  # fmt: skip
+            for proc in batch:
+                assert proc.stdout is not None
+                assert proc.stdout.readline() == b"ready\n"
+            for proc in batch:
+                failed += not request(sock, "attach", pid=proc.pid, name="churn").get("ok")
+            for proc in batch:
+                request(sock, "detach", pid=proc.pid)
+            for proc in batch:
+                try:
+                    exited_0 += proc.wait(timeout=60) == 0
+                except subprocess.TimeoutExpired:
+                    stopped += stopped_tasks(proc.pid)
+                reap(proc)
+            done += len(batch)
+    return {"attaches": attaches, "failed": failed, "stopped_tasks": stopped, "exited_0": exited_0,
+            "seconds": time.monotonic() - began}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--watched", type=int, default=100)
+    parser.add_argument("--churn", type=int, default=200, help="watch attaches to churning processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_c("crash", Path(tmp), "-pthread")
         term = sigterm_run(exe, args.watched)
         kill = kill9_run(exe, args.watched)
         fifo = fifo_lib_run(Path(tmp))
+        churn = churn_run(Path(tmp), args.churn)
     fuzz = fuzz_run()
     print(f"load: {args.watched} watched + 10 strace + 5 gdb = {term['sessions']:.0f} sessions")
     print(f"SIGTERM -> tracerd exited:           {term['sigterm_exit_s'] * 1000:8.0f} ms  (goal < 5000)"
@@ -228,7 +278,10 @@ def main() -> int:
     print(f"library replaced by a FIFO, then a fault: held {fifo['hold_s'] * 1000:8.0f} ms  (goal < 10000)"
           f"  died of signal {fifo['signal']}; report written: {fifo['report']},"
           f" crashed thread's frames: {fifo['frames']}")
-    path = save("reliability", {"sigterm": term, "kill9": kill, "fuzz": fuzz, "fifo_lib": fifo})
+    print(f"{churn['attaches']:.0f} watch attaches to churning processes: {churn['failed']:.0f} failed,"
+          f" {churn['stopped_tasks']:.0f} tasks left stopped, {churn['exited_0']:.0f} exited 0 on their own"
+          f" ({churn['seconds']:.1f} s)")
+    path = save("reliability", {"sigterm": term, "kill9": kill, "fuzz": fuzz, "fifo_lib": fifo, "churn": churn})
     print(f"saved {path}")
     return 0
 

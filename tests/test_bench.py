@@ -25,7 +25,7 @@ COMMANDS = {
     "overhead": (["--runs", "1", "--strace-runs", "1", "--iterations", "20000"], "watched"),
     "postfix": (["--runs", "1", "--messages", "60", "--warmup", "20", "--sessions", "3",
                  "--modes", "untraced,watch,strace,perf"], "tracerd perf"),
-    "reliability": (["--watched", "5"], "watched"),
+    "reliability": (["--watched", "5", "--churn", "8"], "watched"),
     "retrace_time": (["--runs", "1"], "retrace"),
     "watch_scale": (["--count", "20", "--concurrency", "5"], "per watched process"),
 }  # fmt: skip
