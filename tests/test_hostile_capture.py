@@ -163,3 +163,34 @@ def test_under_the_gdb_tracer_the_fifo_library_is_never_reopened(
     crashed = next(t for t in report["threads"] if t["crashed"])
     assert [f["function"] for f in crashed["frames"][:2]] == ["fault", "main"]
     assert str(lib) in [entry["path"] for entry in report["libraries"]]
+
+
+def test_the_capture_gdb_gets_the_sysroot_itself_not_a_quoted_name(tmp_path: Path) -> None:
+    """The sysroot commands give gdb the very directory (``-gdb-set`` keeps quotes as
+    part of the name: a quoted sysroot loaded no library, frames without functions),
+    and a path gdb could not take verbatim is refused (the report without gdb)."""
+    import asyncio  # noqa: PLC0415
+
+    from tracerd.errors import TracerFailed  # noqa: PLC0415
+    from tracerd.gdb.mi import GdbMI  # noqa: PLC0415
+    from tracerd.tracers.watch.backend import _sysroot_commands  # noqa: PLC0415
+
+    root = tmp_path / ".sysroot-1-abc_9"
+    root.mkdir()
+
+    async def shown() -> tuple[str, str]:
+        mi = GdbMI()
+        await mi.start()
+        try:
+            for command in _sysroot_commands(str(root)):
+                await mi.command(command, timeout=30.0)
+            value = (await mi.command("-gdb-show sysroot", timeout=30.0)).payload["value"]
+            return str(value), "".join(await mi.console("pwd", timeout=30.0))
+        finally:
+            await mi.close()
+
+    value, pwd = asyncio.run(shown())
+    assert value == str(root)
+    assert pwd == f"Working directory {root}.\n"
+    with pytest.raises(TracerFailed, match="plain"):
+        _sysroot_commands(str(tmp_path / "a dir"))

@@ -298,8 +298,12 @@ GDB_BUDGET = 7.0  # seconds of gdb per watch crash: with the rest, the process d
 
 def _sysroot_commands(path: str) -> list[str]:
     """gdb finds every object in the crash's own sysroot, and nothing beside it: the
-    sysroot as cwd (a relative name), no auto-loaded scripts next to an object."""
-    return [f"-gdb-set sysroot {quote(path)}", f"-environment-cd {quote(path)}", "-gdb-set auto-load off"]
+    sysroot as cwd (a relative name), no auto-loaded scripts next to an object.  ``-gdb-set``
+    takes the rest of its line verbatim, quotes included (a quoted sysroot named no directory:
+    no library loaded), so the path goes unquoted and must be plain."""
+    if not _PLAIN_PATH.fullmatch(path):
+        raise TracerFailed(f"gdb cannot use a sysroot at {path!r}: use a plain state_dir path")
+    return [f"-gdb-set sysroot {path}", f"-environment-cd {quote(path)}", "-gdb-set auto-load off"]
 
 
 def _executable(pid: int, root: sysroot.Sysroot | None = None) -> str:
