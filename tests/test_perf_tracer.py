@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support import TRACEFS, Daemon, script, tracefs_mounted, wait_until
+from tracerd import arch
 from tracerd.tracers import perfcheck
 
 pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="perf (linux-perf) not installed")
@@ -155,9 +156,10 @@ def test_refusal_names_perf_event_paranoid_without_cap_perfmon(tracefs: str) -> 
 
 SECCOMP_PROGRAM = """
 import asyncio, ctypes, os, platform, struct, sys
+from tracerd import arch
 from tracerd.tracers import perfcheck
 action = {"errno": 0x00050000 | 1, "kill": 0x80000000}[sys.argv[1]]  # SECCOMP_RET_ERRNO|EPERM, RET_KILL_PROCESS
-nr = perfcheck.SYSCALL[platform.machine()]
+nr = arch.of().perf_event_open
 code = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, action), (0x06, 0, 0, 0x7FFF0000)]
 filters = b"".join(struct.pack("HBBI", *insn) for insn in code)
 buf = ctypes.create_string_buffer(filters)
@@ -174,7 +176,7 @@ def test_refusal_names_a_seccomp_filter(tracefs: str, action: str) -> None:
     """Under a seccomp filter that refuses perf_event_open (EPERM, as systemd's
     SystemCallErrorNumber=EPERM) or kills its caller (SIGSYS, systemd's default), the
     check probes in a child, survives, and says in one line that the filter is why."""
-    if platform.machine() not in perfcheck.SYSCALL:
+    if arch.of() is None:
         pytest.skip(f"no perf_event_open number for {platform.machine()}")
     result = subprocess.run(
         [sys.executable, "-c", SECCOMP_PROGRAM, action], check=False, capture_output=True, text=True, timeout=60,

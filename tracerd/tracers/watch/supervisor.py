@@ -111,7 +111,8 @@ class WatchSupervisor:
             loop = asyncio.get_running_loop()
             delay = self._delay_left()
             if delay:
-                log.warning("watcher_restart_delayed", delay=round(delay, 3), deaths=self.deaths)
+                log.warning("watcher_restart_delayed", delay=self.restart_delay, left=round(delay, 3),
+                            deaths=self.deaths)  # fmt: skip
                 await asyncio.sleep(delay)
             self._ready = loop.create_future()
             self._started_at = loop.time()
