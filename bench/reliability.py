@@ -39,7 +39,19 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, C_DIR, compile_c, no_core_dumps, private_tracerd, proc_state, reap, request, save, wait_until
+from common import (
+    BIN,
+    C_DIR,
+    compile_c,
+    no_core_dumps,
+    private_tracerd,
+    proc_state,
+    reap,
+    request,
+    save,
+    support,
+    wait_until,
+)
 
 from tracerd.procinfo import tracer_pid
 
@@ -209,22 +221,6 @@ def fifo_lib_run(tmp: Path) -> dict[str, object]:
     return {"hold_s": held, "signal": -status, "report": bool(crash), "frames": frames}
 
 
-def stopped_tasks(pid: int) -> int:
-    """Tasks of pid in a ptrace-stop ('t'), every one of /proc/PID/task looked at."""
-    count = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        count += stat.rsplit(")", 1)[1].split()[0] == "t"
-    return count
-
-
 def churn_run(tmp: Path, attaches: int, at_once: int = 8) -> dict[str, float]:
     """tests/c/churn.c (8 threads created and joined in a loop): watch attach,
     detach; failed attaches, tasks left stopped, targets that exit 0."""
@@ -247,7 +243,7 @@ def churn_run(tmp: Path, attaches: int, at_once: int = 8) -> dict[str, float]:
                 try:
                     exited_0 += proc.wait(timeout=60) == 0
                 except subprocess.TimeoutExpired:
-                    stopped += stopped_tasks(proc.pid)
+                    stopped += sum(state == "t" for _, state, _ in support.task_states(proc.pid))
                 reap(proc)
             done += len(batch)
     return {"attaches": attaches, "failed": failed, "stopped_tasks": stopped, "exited_0": exited_0,

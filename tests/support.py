@@ -157,6 +157,23 @@ def proc_state(pid: int) -> str:
         return ""
 
 
+def task_states(pid: int) -> list[tuple[int, str, int]]:
+    """(tid, one-letter state, TracerPid) of every task of pid ('t' = ptrace-stop); [] when gone."""
+    found = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue  # the thread just ended
+        found.append((int(tid), stat.rsplit(")", 1)[1].split()[0], int(status.split("TracerPid:")[1].split()[0])))
+    return found
+
+
 def tracer_pid(pid: int) -> int:
     """TracerPid of a live process (0 = untraced); AssertionError when it is gone."""
     try:

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.conftest import have
-from tests.support import Daemon, Target, proc_state, reap, tracer_pid, wait_until
+from tests.support import Daemon, Target, proc_state, reap, task_states, tracer_pid, wait_until
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="gdb and strace needed")
 
@@ -61,17 +61,8 @@ def assert_daemon_fine(daemon: Daemon) -> None:
 
 def tasks_stopped(pid: int) -> list[str]:
     """Threads of ``pid`` in a stop ('t' or 'T') or held by a tracer: [] when none (or gone)."""
-    found = []
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-                state = stat.rsplit(")", 1)[1].split()[0]
-                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-                tracer = int(status.split("TracerPid:")[1].split()[0])
-                if state in "tT" or tracer:
-                    found.append(f"{tid}: state {state}, TracerPid {tracer}")
-    return found
+    return [f"{tid}: state {state}, TracerPid {tracer}"
+            for tid, state, tracer in task_states(pid) if state in "tT" or tracer]  # fmt: skip
 
 
 def assert_fatal_line(daemon: Daemon, words: str) -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import have
-from tests.support import Target, wait_until
+from tests.support import Target, task_states, wait_until
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 ATTACHES = int(os.environ.get("CHURN_ATTACHES", "200"))
@@ -26,22 +25,8 @@ AT_ONCE = 8
 
 def stopped_tasks(pid: int) -> list[str]:
     """Every task of pid in a ptrace-stop ('t'), with its tracer."""
-    found = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
-        state = stat.rsplit(")", 1)[1].split()[0]
-        tracer = int(status.split("TracerPid:")[1].split()[0])
-        if state == "t":
-            found.append(f"task {tid} of {pid} in ptrace-stop, TracerPid {tracer}")
-    return found
+    return [f"task {tid} of {pid} in ptrace-stop, TracerPid {tracer}"
+            for tid, state, tracer in task_states(pid) if state == "t"]  # fmt: skip
 
 
 def test_200_attaches_to_churning_processes_leave_nothing_stopped(daemon_factory: Any, cbin: Any) -> None:
