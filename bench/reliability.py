@@ -230,7 +230,7 @@ def churn_run(tmp: Path, attaches: int, at_once: int = 8) -> dict[str, float]:
     with private_tracerd('[[rule]]\nprocess = "*"\ntracer = "watch"\n') as (sock, _root):
         done = 0
         while done < attaches:
-            batch = [subprocess.Popen([str(exe), "400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            batch = [subprocess.Popen([str(exe), "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                      for _ in range(min(at_once, attaches - done))]  # fmt: skip
             for proc in batch:
                 assert proc.stdout is not None
@@ -239,6 +239,9 @@ def churn_run(tmp: Path, attaches: int, at_once: int = 8) -> dict[str, float]:
                 failed += not request(sock, "attach", pid=proc.pid, name="churn").get("ok")
             for proc in batch:
                 request(sock, "detach", pid=proc.pid)
+            for proc in batch:
+                assert proc.stdin is not None
+                proc.stdin.close()  # churn.c ends its loop at EOF
             for proc in batch:
                 try:
                     exited_0 += proc.wait(timeout=60) == 0

@@ -422,6 +422,11 @@ class Target:
         self.proc.stdin.write(b"x")
         self.proc.stdin.flush()
 
+    def close_stdin(self) -> None:
+        """End a target that runs until end of file on stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
     def wait(self, timeout: float = 30.0) -> int:
         return self.proc.wait(timeout=timeout)
 

@@ -1,6 +1,6 @@
 /* Threads that come and go: prints "ready", then creates and joins 8
- * threads in a loop until ROUNDS rounds are done (argv[1], default 2000) or
- * stdin closes, and exits 0.  A thread left in a ptrace-stop hangs it in
+ * threads in a loop until ROUNDS rounds are done (argv[1], default 2000; 0:
+ * no limit) or stdin closes, and exits 0.  A thread left in a ptrace-stop hangs it in
  * pthread_join: the tests see that as a target that never exits. */
 #include <fcntl.h>
 #include <pthread.h>
@@ -24,7 +24,7 @@ int main(int argc, char **argv)
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     printf("ready\n");
     fflush(stdout);
-    for (long r = 0; r < rounds; r++) {
+    for (long r = 0; rounds == 0 || r < rounds; r++) {
         pthread_t t[8];
         if (read(0, buf, sizeof(buf)) == 0)
             break;
