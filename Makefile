@@ -1,5 +1,7 @@
 # The two commands of the README:
-#   make run   install everything, run tracerd in the foreground (built-in defaults)
+#   make run   install everything, run tracerd in the foreground with a development config of
+#              the checkout: .run/tracerd.toml, its socket, logs and crash reports under .run/
+#              (never /etc/tracerd, /run/tracerd, /var/log/tracerd, /var/lib/tracerd)
 #   make test  install everything, run lint, types and the whole test suite
 # Both are safe to repeat; they install only what is missing.
 #
@@ -50,8 +52,18 @@ hook_build = if command -v $(CC) >/dev/null 2>&1; then \
 
 .PHONY: run test deps apt venv lint bench clean install uninstall
 
+# make run's development config, written on each run: every path under RUNDIR, so that neither
+# TRACERD_CONFIG nor an installed /etc/tracerd/tracerd.toml nor root's defaults apply
+RUNDIR ?= $(CURDIR)/.run
 run: deps
-	$(BIN)/tracerd $(ARGS)
+	@install -d -m 0700 "$(RUNDIR)"
+	@printf '%s\n' '# written by make run: the development config of this checkout' \
+	  'socket = "$(RUNDIR)/tracerd.sock"' 'log_dir = "$(RUNDIR)/log"' 'state_dir = "$(RUNDIR)/state"' \
+	  > "$(RUNDIR)/tracerd.toml"
+	@echo "make run: tracerd --config $(RUNDIR)/tracerd.toml: socket $(RUNDIR)/tracerd.sock, logs $(RUNDIR)/log," \
+	  "crash reports $(RUNDIR)/state/crashes; the rest built-in defaults (README \"The two commands\")"
+	@echo "make run: TRACERD_SOCKET=$(RUNDIR)/tracerd.sock $(BIN)/tracerctl status"
+	exec $(BIN)/tracerd --config "$(RUNDIR)/tracerd.toml" $(ARGS)
 
 test: deps
 	$(BIN)/ruff check tracerd tests bench
@@ -170,4 +182,4 @@ bench: deps
 	$(BIN)/python bench/metrics_cost.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .run build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,11 +13,14 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import reap_zombies, wait_until
 
 ROOT = Path(__file__).parent.parent
 OPT = "opt/tracerd"
@@ -339,3 +342,69 @@ def test_reinstall_keeps_a_changed_config_and_uninstall_leaves_nothing_else(
     make("install")
     make("uninstall")
     assert left_behind() == []
+
+
+# -- make run (README "The two commands") --------------------------------------------------------
+
+SYSTEM_DATA = [Path("/var/lib/tracerd"), Path("/var/log/tracerd"), Path("/run/tracerd")]
+
+
+def listing(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every entry under paths with its mtime and size: what a run wrote there."""
+    found: dict[str, tuple[int, int]] = {}
+    for top in paths:
+        for path in [top, *top.rglob("*")] if top.exists() else []:
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                found[str(path)] = (info.st_mtime_ns, info.st_size)
+    return found
+
+
+@pytest.mark.slow
+def test_make_run_uses_the_checkouts_development_config(tmp_path: Path) -> None:
+    """`make run`, as the README gives it, says which config it runs with and runs with it: the
+    checkout's .run/tracerd.toml, socket and data under .run; never $TRACERD_CONFIG (nor, the same
+    way, an installed /etc/tracerd/tracerd.toml) and nothing in the system's data directories."""
+    command = next(line.split("#")[0].split() for line in (ROOT / "README.md").read_text().splitlines()
+                   if line.strip().startswith("make run "))  # fmt: skip
+    assert command == ["make", "run"]
+    rundir = ROOT / ".run"
+    existed = rundir.exists()
+    planted = tmp_path / "planted.toml"  # what an installed config would name
+    planted.write_text(f'socket = "{tmp_path}/planted.sock"\nlog_dir = "{tmp_path}/log"\nstate_dir = "{tmp_path}/st"\n')
+    before = listing(SYSTEM_DATA)
+    out = tmp_path / "make-run.out"
+    env = {**os.environ, "TRACERD_CONFIG": str(planted)}
+    env.pop("TRACERD_SOCKET", None)
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        socket_path = rundir / "tracerd.sock"
+        wait_until(lambda: '"event": "ready"' in out.read_text(errors="replace") or proc.poll() is not None,
+                   "make run's tracerd ready", timeout=300)  # fmt: skip
+        text = out.read_text(errors="replace")
+        assert proc.poll() is None, text
+        assert f"make run: tracerd --config {rundir}/tracerd.toml: socket {socket_path}" in text, text
+        assert f'"socket": "{socket_path}"' in text, text
+        assert f'"log_dir": "{rundir}/log"' in text, text
+        status = subprocess.run(
+            [ROOT / ".venv/bin/tracerctl", "--socket", str(socket_path), "status"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert not (tmp_path / "planted.sock").exists()
+        assert not (tmp_path / "st").exists()
+    finally:
+        # Ctrl-C, as in the terminal: make passes it on and waits for tracerd
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reap_zombies({"tracerd", "gdb"})
+        if not existed:
+            shutil.rmtree(rundir, ignore_errors=True)
+    assert listing(SYSTEM_DATA) == before
