@@ -140,7 +140,7 @@ def test_load_of_an_unreadable_file_names_it(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("as_root")
 def test_example_file_parses_to_the_expected_config() -> None:
-    """contrib/tracerd.toml.example loads as exactly the documented values and its one rule."""
+    """contrib/tracerd.toml.example loads as exactly the documented values and no rule."""
     config = load(EXAMPLE)
     assert config == Config(
         socket=Path("/run/tracerd/tracerd.sock"),
@@ -155,26 +155,74 @@ def test_example_file_parses_to_the_expected_config() -> None:
         max_crash_bytes=268435456,
         history=256,
         syslog=SyslogConfig(enabled=True, address="/dev/log", facility="mail", max_lines_per_second=200),
-        rules=(Rule(process="smtpd", tracer="strace", args=("-f", "-tt", "-s", "256"), core="none"),),
+        rules=(),
         source=EXAMPLE,
     )
 
 
 @pytest.mark.usefixtures("as_root")
 def test_example_file_shows_the_defaults() -> None:
-    """Apart from its example rule, the example changes nothing: each value shown is the default."""
-    assert replace(load(EXAMPLE), rules=(), source=None) == Config()
+    """The example changes nothing: each value shown is the default."""
+    assert replace(load(EXAMPLE), source=None) == Config()
 
 
 def test_example_file_mentions_every_key() -> None:
-    """Every configurable key appears in the example, set or (socket_group) commented out."""
+    """Every configurable key appears in the example, set or (socket_group, a rule's) commented out."""
     text = EXAMPLE.read_text()
     data = tomllib.loads(text)
     top = {f.name for f in dataclasses.fields(Config)} - {"syslog", "rules", "source"}
     for key in top:
         assert key in data or f"# {key} = " in text, key
     assert set(data["syslog"]) == {f.name for f in dataclasses.fields(SyslogConfig)}
-    assert set(data["rule"][0]) == {f.name for f in dataclasses.fields(Rule)}
+    rule_keys = {key for block in _commented_rules(text).values() for key in tomllib.loads(block)["rule"][0]}
+    assert rule_keys == {f.name for f in dataclasses.fields(Rule)}
+
+
+# Postfix's master.cf services (postconf -M of 3.7 and a few optional ones): what $process_name can be
+POSTFIX_NAMES = ("smtpd", "smtp", "lmtp", "cleanup", "qmgr", "oqmgr", "pickup", "local", "virtual", "pipe",
+                 "bounce", "defer", "trace", "verify", "flush", "proxymap", "proxywrite", "anvil", "scache",
+                 "showq", "error", "retry", "discard", "tlsmgr", "tlsproxy", "postscreen", "dnsblog",
+                 "spawn", "postlogd")  # fmt: skip
+SYSCALL_TRACERS = ("strace", "ltrace", "perf", "truss", "ktrace")
+
+
+def _commented_rules(text: str) -> dict[int, str]:
+    """The example's commented-out [[rule]] blocks, uncommented, by where each starts in ``text``."""
+    found = re.finditer(r"^# \[\[rule\]\]\n(?:# \w+ = .*\n)+", text, re.MULTILINE)
+    return {match.start(): re.sub(r"^# ", "", match[0], flags=re.MULTILINE) for match in found}
+
+
+@pytest.mark.usefixtures("as_root")
+def test_shipped_example_traces_every_postfix_daemon_with_the_watcher() -> None:
+    """What `make install` puts in /etc (issue 24): every daemon gets the watcher, no active rule runs
+    a system-call tracer, and no tracer output is sent to syslog but the watcher's own notices."""
+    config = load(EXAMPLE)
+    assert config.default_tracer == "watch"
+    assert not [rule for rule in config.rules if rule.tracer in SYSCALL_TRACERS], config.rules
+    for name in POSTFIX_NAMES:
+        assert config.tracer_for(name) == ("watch", ()), name
+        assert config.core_for(name) == "first", name
+    assert "\n[[rule]]" not in "\n" + EXAMPLE.read_text()
+
+
+@pytest.mark.usefixtures("as_root")
+def test_example_rules_in_comments_parse_and_say_what_they_log() -> None:
+    """Each commented [[rule]] of the example is valid when uncommented (the docs do not rot), and each
+    system-call tracer's rule has a comment above it on what it logs: the mail."""
+    text = EXAMPLE.read_text()
+    blocks = _commented_rules(text)
+    assert len(blocks) >= 2
+    config = parse(text + "\n" + "\n".join(blocks.values()))  # in place of the example's (empty) rules
+    assert len(config.rules) == len(blocks)
+    assert {rule.tracer for rule in config.rules} >= {"strace", "gdb"}
+    for (start, block), rule in zip(blocks.items(), config.rules, strict=True):
+        assert rule == Rule(**{"process": "", **tomllib.loads(block)["rule"][0], "args": rule.args})
+        if rule.tracer in SYSCALL_TRACERS:
+            comment = text[:start].rstrip("\n").rsplit("\n\n", 1)[-1]  # the paragraph just above
+            assert "log" in comment, comment
+            assert "mail" in comment, comment
+    strace = next(rule for rule in config.rules if rule.tracer == "strace")
+    assert config.syslog_output_for(strace.process, "strace") is False  # the log only, not the mail log
 
 
 # -- rules -------------------------------------------------------------------
@@ -245,6 +293,31 @@ def test_tracer_for_prefers_request_then_rule_then_default(
 ) -> None:
     """tracer_for: the requested tracer, else the first matching rule's, else default_tracer."""
     assert parse(RULES).tracer_for(name, requested) == expected
+
+
+@pytest.mark.parametrize(
+    ("rules", "name", "tracer", "expected"),
+    [
+        ("", "smtpd", "strace", False),  # no rule: system-call tracers' lines stay in the log
+        ("", "smtpd", "ltrace", False),
+        ("", "smtpd", "perf", False),
+        ("", "smtpd", "watch", True),  # the watcher's and gdb's few own lines (a child's exit) go
+        ("", "smtpd", "gdb", True),
+        ('process = "smtpd"\ntracer = "strace"\nsyslog_output = true', "smtpd", "strace", True),
+        ('process = "smtpd"\ntracer = "strace"\nsyslog_output = true', "smtp", "strace", False),  # not its rule
+        ('process = "smtpd"\ntracer = "strace"\nsyslog_output = true', "smtpd", "gdb", True),  # gdb asked for
+        ('process = "smtpd"\ntracer = "watch"\nsyslog_output = true', "smtpd", "strace", False),  # not for strace
+        ('process = "*"\nsyslog_output = true', "smtpd", "ltrace", True),  # no tracer: whatever runs
+        ('process = "*"\nsyslog_output = false', "qmgr", "watch", False),
+    ],
+)
+def test_syslog_output_is_the_rules_word_else_off_for_system_call_tracers(
+    rules: str, name: str, tracer: str, expected: bool
+) -> None:
+    """syslog_output_for: a rule's syslog_output (when the rule's tracer is the one running), else on
+    for watch and gdb only."""
+    config = parse(f"[[rule]]\n{rules}\n" if rules else "")
+    assert config.syslog_output_for(name, tracer) is expected
 
 
 def test_default_tracer_applies_when_no_rule_names_one() -> None:
@@ -377,6 +450,10 @@ BAD = [
     pytest.param("[[rule]]\nprocess = 5", "rule[0].process", 4, id="rule-process-int"),
     pytest.param("[[rule]]\nprocess = \"a\"\ntracer = \"gdb\"\n[[rule]]\nprocess = \"b\"\ntracer = \"gbd\"",
                  "rule[1].tracer", 8, id="error-in-second-rule-found-there"),
+    pytest.param("[[rule]]\nprocess = \"a\"\nsyslog_output = \"yes\"", "rule[0].syslog_output", 5,
+                 id="rule-syslog_output-string"),
+    pytest.param("[[rule]]\nprocess = \"a\"\nsyslog_output = 1", "rule[0].syslog_output", 5,
+                 id="rule-syslog_output-int"),
 ]  # fmt: skip
 
 

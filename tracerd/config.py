@@ -92,6 +92,7 @@ class Rule:
     tracer: str | None = None
     args: tuple[str, ...] = ()
     core: str | None = None  # none | first | all; None: the global core
+    syslog_output: bool | None = None  # tracer output lines to syslog too; None: tracers.SYSLOG_OUTPUT
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.process)
@@ -143,6 +144,14 @@ class Config:
         args = rule.args if rule and (rule.tracer in (None, tracer)) else ()
         return tracer, args
 
+    def syslog_output_for(self, name: str, tracer: str) -> bool:
+        """Do ``tracer``'s output lines for ``name`` go to syslog? The rule's word (for its tracer), else
+        tracers.SYSLOG_OUTPUT: watch and gdb yes (a child's exit), system-call tracers no (mail content)."""
+        rule = self.rule_for(name)
+        if rule and rule.syslog_output is not None and rule.tracer in (None, tracer):
+            return rule.syslog_output
+        return tracer in tracers.SYSLOG_OUTPUT
+
 
 def _default_dir(system: str, leaf: str) -> Path:
     if os.geteuid() == 0:
@@ -184,6 +193,12 @@ _RULE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "tracer": (str, "one of " + ", ".join(tracers.NAMES)),
     "args": (list, "a list of strings"),
     "core": (str, "one of none, first, all"),
+    "syslog_output": (bool, "true or false"),
+}
+_RULE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "tracer": lambda tracer: tracer in tracers.BACKENDS,
+    "args": lambda args: all(isinstance(arg, str) and "\0" not in arg for arg in args),
+    "core": lambda core: core in CORE_POLICIES,
 }
 
 
@@ -236,20 +251,12 @@ def parse_all(text: str, source: Path | None = None) -> tuple[Config | None, lis
     checker = _Checker(Locator(text))
     values: dict[str, Any] = {"source": source}
     for key, value in data.items():
-        if key == "syslog":
-            syslog = checker.syslog(value)
-            if syslog is not None:
-                values["syslog"] = syslog
-        elif key == "rule":
+        if key == "rule":
             values["rules"] = checker.rules(value)
-        elif key in ("journal", "metrics"):
-            section = checker.fleet(key, value)
+        elif key in ("syslog", "journal", "metrics", "debuginfod"):
+            section = checker.section(key, value)
             if section is not None:
                 values[key] = section
-        elif key == "debuginfod":
-            debuginfod = checker.debuginfod(value)
-            if debuginfod is not None:
-                values["debuginfod"] = debuginfod
         elif checker.check(key, value, _TOP_KEYS, section=None):
             values[key] = value
     config = checker.top(values)
@@ -331,8 +338,10 @@ class _Checker:
                 del good[key]
         return SyslogConfig(**good)
 
-    def fleet(self, name: str, value: object) -> JournalConfig | MetricsConfig | None:
-        """[journal] or [metrics]: checked by tracerd.fleetconfig, errors located here."""
+    def section(self, name: str, value: object) -> Any:
+        """A table: [syslog], [debuginfod], or [journal] and [metrics] (tracerd.fleetconfig's, errors located here)."""
+        if name in ("syslog", "debuginfod"):
+            return self.syslog(value) if name == "syslog" else self.debuginfod(value)
 
         def report(message: str, dotted: str) -> None:
             section, _, key = dotted.rpartition(".")
@@ -355,19 +364,13 @@ class _Checker:
                         if self.check(key, field_value, _RULE_KEYS, section)}  # fmt: skip
                 if "process" not in item:
                     self.error("missing key 'process'", section, header=True)
-            if "tracer" in good and good["tracer"] not in tracers.BACKENDS:
-                self.bad("tracer", _RULE_KEYS, section)
-                del good["tracer"]
-            if "args" in good and not all(isinstance(arg, str) and "\0" not in arg for arg in good["args"]):
-                self.bad("args", _RULE_KEYS, section)
-                del good["args"]
+            for key, ok in _RULE_CHECKS.items():
+                if key in good and not ok(good[key]):
+                    self.bad(key, _RULE_KEYS, section)
+                    del good[key]
             # one Rule per [[rule]], so that rule[N] stays rule[N] for later checks;
             # an invalid one keeps its valid fields (no process: "" matches no name)
-            if "core" in good and good["core"] not in CORE_POLICIES:
-                self.bad("core", _RULE_KEYS, section)
-                del good["core"]
-            rules.append(Rule(good.get("process", ""), good.get("tracer"), tuple(good.get("args", [])),
-                              good.get("core")))  # fmt: skip
+            rules.append(Rule(**{"process": "", **good, "args": tuple(good.get("args", []))}))
         return tuple(rules)
 
     def debuginfod(self, value: object) -> DebuginfodConfig | None:
@@ -384,11 +387,11 @@ class _Checker:
 
 def _top_value_ok(key: str, value: Any) -> bool:
     """The range and name checks of the top-level keys (their type is checked already)."""
-    if key == "default_tracer":
-        return value in tracers.BACKENDS
+    if key in ("default_tracer", "core"):
+        return value in (tracers.BACKENDS if key == "default_tracer" else CORE_POLICIES)
     if key == "attach_timeout":
         return bool(0 < value <= 300)
-    if key == "max_gdb_hold":
+    if key in ("max_gdb_hold", "core_timeout"):
         return math.isfinite(value) and 0 < value <= 3600
     if key == "crash_flood_window":
         # TOML has nan and inf; `nan < 0` is false, and a nan window would
@@ -397,12 +400,8 @@ def _top_value_ok(key: str, value: Any) -> bool:
     if key in ("max_sessions", "max_log_bytes", "max_crash_bytes", "history"):
         low = {"max_sessions": 1, "max_log_bytes": 4096, "max_crash_bytes": 65536}.get(key, 0)
         return bool(value >= low)
-    if key == "core":
-        return value in CORE_POLICIES
     if key in ("max_core_bytes", "max_core_process_bytes"):
         return bool(value >= 0)
-    if key == "core_timeout":
-        return math.isfinite(value) and 0 < value <= 3600
     if key == "socket_group":
         return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value) is not None
     return True

@@ -36,6 +36,9 @@ BACKENDS: dict[str, str] = {
     "perf": "tracerd.tracers.perf:PerfTracer",
 }
 NAMES: tuple[str, ...] = tuple(BACKENDS)
+# whose output lines go to syslog unless a rule says otherwise (config.syslog_output_for): the watcher's
+# and gdb's are few and tracerd's own (a child's exit); a system-call tracer's are one per call, mail data in them
+SYSLOG_OUTPUT: tuple[str, ...] = ("watch", "gdb")
 
 
 def _load(name: str) -> type[Tracer]:
