@@ -269,7 +269,9 @@ def test_enable_is_idempotent(tracerctl: Tracerctl, instance: PostfixInstance) -
     after = files(instance)
     state = (instance.config_dir / "tracerd-postfix.json").read_bytes()
     code, out, err = tracerctl("postfix", "enable", "smtpd", "-c", str(instance.config_dir))
-    assert (code, out, err) == (0, f"{smtpd(instance)}: nothing to do (enabled already)\n", "")
+    assert (code, out) == (0, f"{smtpd(instance)}: nothing to do (enabled already)\n")
+    assert err.startswith("tracerctl: warning: tracerd is not running")
+    assert err.count("\n") == 1
     assert files(instance) == after
     assert (instance.config_dir / "tracerd-postfix.json").read_bytes() == state
     code, out, _ = tracerctl("--json", "postfix", "enable", "smtpd", "-c", str(instance.config_dir))
@@ -335,7 +337,8 @@ def test_status_without_daemon_lists_services_and_exits_3(tracerctl: Tracerctl, 
     assert "tracerd is not running" in report["daemon"]["error"]
     assert report["master_pid"] is None
     assert report["hook"] is True
-    assert report["services"] == [{"service": smtpd(instance), "command": "smtpd -D", "processes": []}]
+    assert report["services"] == [{"service": smtpd(instance), "command": "smtpd -D", "debug": True,
+                                   "master_cf": None, "processes": []}]  # fmt: skip
     code, out, _ = tracerctl("postfix", "status", "-c", str(instance.config_dir))
     assert code == 3
     assert "NOT reachable" in out
@@ -369,3 +372,49 @@ def test_real_tracerctl_entry_point(instance: PostfixInstance, tmp_path: Path) -
     result = subprocess.run([*argv, "-c", str(instance.config_dir)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "-D'" in result.stdout
+
+
+def test_status_of_one_service(tracerctl: Tracerctl, instance: PostfixInstance) -> None:
+    """``postfix status SERVICE`` (README's table): that service alone, -D or not,
+    with its master.cf entry; an unknown one is one line and exit 1."""
+    directory = str(instance.config_dir)
+    code, out, err = tracerctl("--json", "postfix", "status", "smtpd", "-c", directory)
+    assert code == 3, err  # tracerd absent; the service is listed all the same
+    report = json.loads(out)
+    assert report["service"] == smtpd(instance)
+    [service] = report["services"]
+    assert service["service"] == smtpd(instance)
+    assert service["debug"] is False
+    assert service["master_cf"].startswith(f"{instance.listen}")
+    assert service["master_cf"].endswith("smtpd")
+    code, out, _ = tracerctl("postfix", "status", "smtpd", "-c", directory)
+    assert code == 3
+    assert f"{smtpd(instance)}: -D off" in out
+    assert f"master.cf: {instance.listen}" in out
+    assert tracerctl("postfix", "enable", "smtpd", "-c", directory)[0] == 0
+    code, out, _ = tracerctl("--json", "postfix", "status", smtpd(instance), "-c", directory)
+    [service] = json.loads(out)["services"]
+    assert (service["debug"], service["command"]) == (True, "smtpd -D")
+    assert service["master_cf"].endswith("smtpd -D")
+    assert json.loads(out)["hook"] is True
+    code, out, err = tracerctl("postfix", "status", "nosuchservice", "-c", directory)
+    assert code == 1
+    assert err.strip() == (f"tracerctl: postfix: no service or program nosuchservice in {directory}/master.cf"
+                           " (see postconf -M)")  # fmt: skip
+
+
+def test_enable_without_tracerd_warns(tracerctl: Tracerctl, instance: PostfixInstance, daemon_factory: Any) -> None:
+    """enable while tracerd does not answer: enabled all the same, with a warning
+    that every new process will log "not traced"; none while tracerd runs."""
+    directory = str(instance.config_dir)
+    code, _out, err = tracerctl("postfix", "enable", "smtpd", "-c", directory)
+    assert code == 0
+    assert "-D" in instance.postconf("-F", f"{smtpd(instance)}/command")
+    assert "tracerctl: warning: tracerd is not running" in err
+    assert 'every new smtpd process will log "not traced"' in err
+    assert tracerctl("postfix", "disable", "smtpd", "-c", directory)[0] == 0
+    daemon = daemon_factory()
+    code = ctl.main(["--socket", str(daemon.socket), "postfix", "enable", "smtpd", "-c", directory])
+    err = tracerctl.capsys.readouterr().err
+    assert code == 0
+    assert "not traced" not in err, err

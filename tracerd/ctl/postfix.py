@@ -5,7 +5,10 @@ SERVICE's command in master.cf, points ``debugger_command`` at the installed
 pftrace-hook, and reloads the instance if it runs; ``disable SERVICE`` takes
 the ``-D`` away and, once no service has one, puts the old debugger_command
 back; ``status`` lists the ``-D`` services and asks tracerd whether their
-processes are traced now.  A process belongs to the service its own argv
+processes are traced now (``status SERVICE``: that service alone, ``-D`` or
+not, with its master.cf entry as ``postconf -M`` prints it).  ``enable``
+while tracerd does not answer still enables, and warns that every new
+process of the service will log "not traced" until tracerd runs.  A process belongs to the service its own argv
 names, read as its getopt reads it (:func:`master_child`): ``-n SERVICE``, else
 the program's name, and ``-t TYPE``, options in any order, clustered or not.
 SERVICE is what ``postconf -M`` names (``smtp/inet``; ``smtp`` when one type
@@ -264,6 +267,9 @@ def change(args: argparse.Namespace) -> int:
         key = (enable if args.postfix_command == "enable" else disable)(inst, args)
         if inst.actions:
             inst.reload()
+    if args.postfix_command == "enable" and (down := daemon_down(args.socket, args.timeout)) is not None:
+        inst.notes.append(f"{down}: every new {args.service} process will log \"not traced\" (syslog,"
+                          " mail.warning) until tracerd runs")  # fmt: skip
     if args.json:
         print_json({"service": key, "config_directory": str(inst.config_dir), "dry_run": args.dry_run,
                           "actions": inst.actions, "notes": inst.notes})  # fmt: skip
@@ -274,8 +280,19 @@ def change(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def daemon_down(socket: str, timeout: float) -> str | None:
+    """Why tracerd does not answer on ``socket`` (None: it answers)."""
+    try:
+        call(socket, {"op": "status"}, timeout=min(timeout, 5.0))
+    except Unreachable as err:
+        return str(err)
+    return None
+
+
 def status(args: argparse.Namespace) -> dict[str, Any]:
     inst = Instance(args.config_dir)
+    all_services = inst.services()
+    only = inst.resolve(args.service, all_services) if args.service else None
     master, sessions = inst.master(), {}
     daemon: dict[str, Any] = {"socket": args.socket, "reachable": True, "error": None}
     catches: list[dict[str, Any]] = []  # tracerctl gdb (README, "Interactive debugging")
@@ -295,19 +312,22 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
             if child is not None:
                 children.setdefault(child.key, []).append((process.pid, child))
     services: list[dict[str, Any]] = []
-    for key, command in sorted(inst.services().items()):
-        if has_debug(command):
+    for key, command in sorted(all_services.items()):
+        if key == only or (only is None and has_debug(command)):
             processes = [{"pid": pid, "debug": child.debug, "traced": pid in sessions,
                           "state": sessions.get(pid, {}).get("state"), "tracer": sessions.get(pid, {}).get("tracer")}
                          for pid, child in sorted(children.get(key, []), key=lambda found: found[0])]  # fmt: skip
-            services.append({"service": key, "command": command, "processes": processes})
+            services.append({"service": key, "command": command, "debug": has_debug(command),
+                             "master_cf": inst.postconf("-M", key).strip() if only else None,
+                             "processes": processes})  # fmt: skip
     current = inst.debugger_command()
     path = hook_path(current)
     problem = hook_problem(path) if path else None
     return {"config_directory": str(inst.config_dir), "master_pid": master.pid if master else None,
             "master": "running" if master else inst.master_state, "debugger_command": current,
             "hook": is_hook(current), "hook_path": path, "hook_problem": problem,
-            "daemon": daemon, "services": services, "catches": catches, "handoffs": handoffs}  # fmt: skip
+            "daemon": daemon, "service": only, "services": services, "catches": catches,
+            "handoffs": handoffs}  # fmt: skip
 
 
 def render_status(report: dict[str, Any]) -> str:
@@ -319,6 +339,10 @@ def render_status(report: dict[str, Any]) -> str:
              f"debugger_command = {report['debugger_command'] or ''}{hook}",
              f"tracerd {daemon['socket']}: " + ("reachable" if daemon["reachable"] else
                                                 f"NOT reachable: {daemon['error']}"), ""]  # fmt: skip
+    for service in report["services"] if report.get("service") else []:  # postfix status SERVICE
+        lines[-1:-1] = [f"master.cf: {service['master_cf']}",
+                        f"{service['service']}: -D " + ("on" if service["debug"] else
+                                                       "off: not traced (tracerctl postfix enable turns it on)")]
     rows = [("SERVICE", "COMMAND", "PID", "TRACED")]
     for service in report["services"]:
         if not service["processes"]:
@@ -363,6 +387,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if action != "status":
             one.add_argument("service", type=_service, metavar="SERVICE", help="smtp, smtp/inet, 127.0.0.1:10025/inet")
             one.add_argument("--dry-run", action="store_true", help="print the commands, change nothing")
+        else:
+            one.add_argument("service", type=_service, metavar="SERVICE", nargs="?",
+                             help="this service only, with -D or not: its master.cf entry and processes")  # fmt: skip
         if action == "enable":
             one.add_argument("--tracer", choices=TRACER_NAMES, help="the hook's --tracer (else tracerd's rules)")
             one.add_argument("--force", action="store_true",
