@@ -152,9 +152,16 @@ install:
 # created it and it is still byte for byte what install put there; a changed
 # one, or one that was there before, stays.
 # Logs, crash reports and the socket (/var/log/tracerd, /var/lib/tracerd,
-# /run/tracerd) are tracerd's data, not installed files: they stay.
+# /run/tracerd) are tracerd's data, not installed files: they stay, and uninstall lists them.
+# First (not for a DESTDIR: a staged tree runs nothing), contrib/uninstall.py: every Postfix instance
+# whose debugger_command runs this install's hook gets `tracerctl postfix disable` for each service
+# enabled (else it refuses, says how, and nothing is removed); then it lists the data that stays.
+# POSTFIX_CONFIG_DIRS: more instances to check than the default one, postmulti's and running masters'.
+POSTFIX_CONFIG_DIRS ?=
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then echo "make uninstall: run as root (or set DESTDIR)"; exit 1; fi
+	@if [ -z "$(DESTDIR)" ]; then $(SYSTEM_PYTHON) -I contrib/uninstall.py --sbindir "$(SBINDIR)" --optdir "$(OPTDIR)" \
+	  --config "$(CONFDIR)/tracerd.toml" $(foreach dir,$(POSTFIX_CONFIG_DIRS),--postfix "$(dir)"); fi
 	@if [ -f "$(DESTDIR)$(CONFDIR)/tracerd.toml" ] && [ -f "$(DESTDIR)$(OPTDIR)/share/tracerd.toml.installed" ] && \
 	  cmp -s "$(DESTDIR)$(CONFDIR)/tracerd.toml" "$(DESTDIR)$(OPTDIR)/share/tracerd.toml.installed"; then \
 	  rm -f "$(DESTDIR)$(CONFDIR)/tracerd.toml"; rmdir "$(DESTDIR)$(CONFDIR)" 2>/dev/null || true; \

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.postfix_instance import PostfixInstance
 from tests.support import reap_zombies, wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -408,3 +409,65 @@ def test_make_run_uses_the_checkouts_development_config(tmp_path: Path) -> None:
         if not existed:
             shutil.rmtree(rundir, ignore_errors=True)
     assert listing(SYSTEM_DATA) == before
+
+
+# -- make uninstall with Postfix enabled (a private prefix: nothing of the system's is touched) ------
+
+
+@pytest.mark.slow
+def test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves(
+    tmp_path: Path, postfix: PostfixInstance
+) -> None:
+    """A real install under a private PREFIX/SYSCONFDIR/OPTDIR, a running Postfix instance pointed at
+    its hook: a debugger_command set by hand makes uninstall refuse (saying how, removing nothing);
+    one `tracerctl postfix enable` set is disabled first (main.cf and master.cf byte for byte as
+    before, the state file gone), and uninstall lists the logs, reports and cores it leaves."""
+    if os.geteuid() != 0:
+        pytest.skip("a real install (no DESTDIR) needs root")
+    where = [f"PREFIX={tmp_path}/usr/local", f"SYSCONFDIR={tmp_path}/etc", f"OPTDIR={tmp_path}/opt/tracerd"]
+    hook = f"{tmp_path}/usr/local/sbin/pftrace-hook"
+    config = tmp_path / "etc/tracerd/tracerd.toml"  # the admin's own: install keeps it
+    config.parent.mkdir(parents=True)
+    data = tmp_path / "data"
+    config.write_text(f'socket = "{data}/run/tracerd.sock"\nlog_dir = "{data}/log"\nstate_dir = "{data}/lib"\n')
+    (data / "lib/crashes").mkdir(parents=True)
+    (data / "log").mkdir()
+    (data / "lib/crashes/20261205T000000Z-0123abcd-42.json").write_text("{}\n")
+    (data / "lib/crashes/20261205T000000Z-0123abcd-42.core.zst").write_bytes(b"core")
+    (data / "log/smtpd.42.log").write_text("a line\n")
+    make("install", *where)
+    postfix.create()
+    postfix.start()
+    main_cf, master_cf = postfix.config_dir / "main.cf", postfix.config_dir / "master.cf"
+    before = main_cf.read_bytes(), master_cf.read_bytes()
+
+    # by hand, not through tracerctl: uninstall refuses and removes nothing
+    postfix.postconf("-e", f"debugger_command={hook} $process_name $process_id")
+    refused = subprocess.run(["make", "--no-print-directory", "uninstall", *where], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600, check=False)  # fmt: skip
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert f"{postfix.config_dir}/main.cf: debugger_command still runs {hook}" in refused.stderr, refused.stderr
+    assert "undo it first" in refused.stderr
+    assert "nothing removed" in refused.stderr
+    assert (tmp_path / "opt/tracerd/bin/tracerctl").is_file()
+    main_cf.write_bytes(before[0])
+
+    # through tracerctl: uninstall disables it, then removes the install
+    enabled = subprocess.run(
+        [tmp_path / "usr/local/bin/tracerctl", "postfix", "enable", "smtpd", "-c", str(postfix.config_dir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    assert postfix.postconf("-h", "debugger_command").split()[0] == hook
+    assert (postfix.config_dir / "tracerd-postfix.json").exists()
+    result = make("uninstall", *where)
+    out = result.stdout
+    assert (main_cf.read_bytes(), master_cf.read_bytes()) == before
+    assert not (postfix.config_dir / "tracerd-postfix.json").exists()
+    assert f"tracerctl postfix disable {postfix.listen}/inet -c {postfix.config_dir}" in out, out
+    assert f"{data}/log: per-process logs, 1 files" in out, out
+    assert f"{data}/lib/crashes: 1 crash reports, 1 cores" in out, out
+    assert f"remove them with: rm -rf {data}/log {data}/lib" in out, out
+    assert not (tmp_path / "opt/tracerd").exists()
+    assert not (tmp_path / "usr/local/bin/tracerctl").is_symlink()
+    assert config.exists()  # the admin's: kept
