@@ -89,3 +89,24 @@ def test_attach_with_unavailable_tracer_fails_cleanly(daemon: Any, cbin: Any, sp
     assert result.returncode == 1
     assert "not available" in result.stderr
     assert "TracerPid:\t0" in Path(f"/proc/{sleeper.pid}/status").read_text()
+
+
+def test_status_shows_a_pid_once_after_detach_and_attach(daemon: Any, cbin: Any, spawn: Any) -> None:
+    """The same process detached and attached again: one status row (the live
+    session), the earlier one in ``show PID`` (JSON ``history``, newest first)."""
+    sleeper = spawn(cbin("sleeper"))
+    assert sleeper.readline() == "ready\n"
+    for _ in range(2):
+        assert daemon.ctl("attach", str(sleeper.pid)).returncode == 0
+        assert daemon.ctl("detach", str(sleeper.pid)).returncode == 0
+    assert daemon.ctl("attach", str(sleeper.pid)).returncode == 0
+    out = daemon.ctl("status").stdout
+    rows = [line for line in out.splitlines() if line.split()[:1] == [str(sleeper.pid)]]
+    assert len(rows) == 1, out
+    assert " attached " in rows[0]
+    assert "2 earlier session(s) of these pids not shown: tracerctl show PID" in out
+    shown = json.loads(daemon.ctl("--json", "show", str(sleeper.pid)).stdout)
+    assert shown["session"]["state"] == "attached"
+    assert [old["state"] for old in shown["history"]] == ["detached", "detached"]
+    assert shown["history"][0]["started"] >= shown["history"][1]["started"]
+    assert "earlier sessions of this pid:" in daemon.ctl("show", str(sleeper.pid)).stdout

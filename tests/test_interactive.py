@@ -528,3 +528,28 @@ def test_gdb_on_an_untraced_process_leaves_it_running(daemon: Any, cbin: Any, sp
     usage = daemon.ctl("gdb")
     assert usage.returncode == 2
     assert "give a PID, a CRASH-ID or --next NAME" in usage.stderr
+
+
+def test_status_lists_a_handed_off_pid_once(watch_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """After a gdb hand-off (the session detached, a new one attached) ``status``
+    shows the process once, its live session; ``show PID`` has the earlier one."""
+    target = spawn(cbin("crash", "-pthread"), watch_daemon.hook_command(), "handed", "exit3")
+    assert target.readline() == "hook=0\n"
+    child = tracerctl_gdb(watch_daemon, str(target.pid))
+    child.expect(GDB_PROMPT)
+    child.sendline("quit")
+    end(child)
+    watched_again(watch_daemon, target.pid)
+    sessions = json.loads(watch_daemon.ctl("--json", "status").stdout)["sessions"]
+    assert [s["state"] for s in sessions if s["pid"] == target.pid] == ["detached", "attached"]  # the JSON: all
+    out = watch_daemon.ctl("status").stdout
+    rows = [line for line in out.splitlines() if line.split()[:1] == [str(target.pid)]]
+    assert len(rows) == 1, out
+    assert " attached " in rows[0]
+    assert "1 earlier session(s) of these pids not shown: tracerctl show PID" in out
+    shown = json.loads(watch_daemon.ctl("--json", "show", str(target.pid)).stdout)
+    assert shown["session"]["state"] == "attached"
+    assert [old["state"] for old in shown["history"]] == ["detached"]
+    assert "earlier sessions of this pid:" in watch_daemon.ctl("show", str(target.pid)).stdout
+    target.release()
+    assert target.wait() == 3

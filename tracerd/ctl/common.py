@@ -79,6 +79,12 @@ def render_status(reply: dict[str, Any]) -> str:
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)
+    # one line a process: its latest session (the list is oldest first); the rest is `show PID`'s
+    latest = {session["pid"]: session for session in sessions}
+    earlier = len(sessions) - len(latest)
+    sessions = sorted(latest.values(), key=sessions.index)
+    if earlier:
+        lines.insert(-1, f"{earlier} earlier session(s) of these pids not shown: tracerctl show PID")
     rows = [("PID", "NAME", "TRACER", "STATE", "STARTED", "LINES", "ENDING", "LOG")]
     for session in sessions:
         rows.append(
@@ -112,5 +118,11 @@ def _ending(session: dict[str, Any]) -> str:
     return "-"
 
 
-def render_session(session: dict[str, Any]) -> str:
-    return "\n".join(f"{key:10} {'-' if value is None else value}" for key, value in session.items())
+def render_session(session: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
+    """One session, key by key; then the pid's earlier sessions (``show``), one line each, newest first."""
+    lines = [f"{key:10} {'-' if value is None else value}" for key, value in session.items()]
+    if history:
+        lines += ["", "earlier sessions of this pid:"]
+        lines += [f"  {old['started']}  {old['tracer']}  {old['state']}  ended {old['ended'] or '-'}  {_ending(old)}"
+                  f"  {old['log']}" for old in history]  # fmt: skip
+    return "\n".join(lines)

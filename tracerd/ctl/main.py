@@ -239,7 +239,7 @@ def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
         "crashes": lambda reply, full: render_crashes(reply["crashes"]),
         "crash": lambda reply, full: render_crash(reply["crash"], full=full),
         "where": lambda reply, full: str(reply["where"]),
-        "show": lambda reply, full: render_session(reply["session"]),
+        "show": lambda reply, full: render_session(reply["session"], reply.get("history")),
         "attach": lambda reply, full: render_session(reply["session"]),
         "detach": lambda reply, full: render_session(reply["session"]),
     }

@@ -160,7 +160,9 @@ class TracerdService:
     async def op_show(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
         self.runner.refresh()
-        return {"session": self.registry.find(request.pid).to_json()}
+        # the pid's earlier sessions (README: `status` shows the latest one only)
+        history = [session.to_json() for session in self.registry.earlier(request.pid)]
+        return {"session": self.registry.find(request.pid).to_json(), "history": history}
 
     async def op_hook(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None

@@ -189,6 +189,11 @@ class SessionRegistry:
                 return session
         raise NotFound(f"no session for pid {pid}")
 
+    def earlier(self, pid: int) -> list[Session]:
+        """pid's sessions before the one :meth:`find` gives (a gdb hand-off, a detach and attach), newest first."""
+        sessions = [*self._history, *([self._active[pid]] if pid in self._active else [])]
+        return [session for session in sessions if session.pid == pid][::-1][1:]
+
     def remember(self, session: Session) -> None:
         """An ended session that never was active here (ended while tracerd was down)."""
         self._history.append(session)
