@@ -1,6 +1,7 @@
 """The core chain end to end: a target runs the hook through system() as
 Postfix's debug_process() does; tracerd attaches strace or ltrace; the traced
-write reaches the per-process log and syslog; status follows the session."""
+write reaches the per-process log, and syslog where the rule asks
+(``syslog_output``); status follows the session."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from tests.support import wait_until
 def test_hook_attaches_before_returning_and_output_reaches_log_and_syslog(
     tracer: str, daemon_factory: Any, cbin: Any, spawn: Any, syslog_receiver: Any
 ) -> None:
-    """The hook returns 0 only once attached; the traced write is in the log and
-    in syslog with NAME[PID]; status shows attached, then exited with the code."""
+    """The hook returns 0 only once attached; the traced write is in the log and, the rule asking
+    for it (syslog_output), in syslog with NAME[PID]; status shows attached, then exited with the code."""
     if not have(tracer):
         pytest.skip(f"{tracer} not installed")
-    daemon = daemon_factory(f'[[rule]]\nprocess = "hooked*"\ntracer = "{tracer}"\n')
+    daemon = daemon_factory(f'[[rule]]\nprocess = "hooked*"\ntracer = "{tracer}"\nsyslog_output = true\n')
     target = spawn(cbin("hooked"), daemon.hook_command(), "hookedd", "3")
     assert target.readline() == "hook=0\n"
     # The hook returned 0, so the tracer was attached before the marker write.
@@ -47,10 +48,12 @@ def test_hook_attaches_before_returning_and_output_reaches_log_and_syslog(
         assert "read(" in text or "write(" in text or "exit" in text
     assert text.rstrip().endswith(f"tracerd: hookedd[{target.pid}] exited with status 3")
     assert session["lines"] > 0
-    message = syslog_receiver.wait_for(f"hookedd[{target.pid}]: ")
+    message = syslog_receiver.wait_for(f"hookedd[{target.pid}]: attached with {tracer}")
     assert message.startswith("<22>")  # mail.info
     if tracer == "strace":
-        syslog_receiver.wait_for("MARKER-after-hook")
+        assert syslog_receiver.wait_for("MARKER-after-hook").startswith("<22>")
+    else:
+        syslog_receiver.wait_for(f"hookedd[{target.pid}]: write(")
     closing = syslog_receiver.wait_for(f"hookedd[{target.pid}]: exited with status 3")
     assert closing.startswith("<22>")
 

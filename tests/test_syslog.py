@@ -298,7 +298,8 @@ def test_tracerds_own_lines_name_the_process_once(
 def test_exited_process_closing_line_on_the_wire(daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
     """A real process traced by strace exits: the closing record tracerd sends
     to syslog is exactly "<22>DATE tracerd[DAEMON_PID]: NAME[PID]: exited with
-    status 3", and no record of the session repeats NAME[PID] or says "tracerd:"."""
+    status 3", and no record of the session repeats NAME[PID] or says "tracerd:".
+    No rule asks for strace's lines: only the session's start and end are sent."""
     # conftest's receiver, which a thread reads all the time: a datagram queue holds only 10
     receiver = ThreadedReceiver(tmp_path / "threaded-syslog.sock")
     try:
@@ -318,9 +319,58 @@ def test_exited_process_closing_line_on_the_wire(daemon_factory: Any, cbin: Any,
     assert record is not None, closing
     assert int(record["pid"]) == daemon.proc.pid
     assert record["msg"] == f"{tag}: exited with status 3"
-    assert 'write(1, "MARKER-after-hook\\n", 18)' in "".join(received)  # strace's lines came too
     messages = [LOCAL_ANY.fullmatch(r) for r in received]
     assert all(m is not None and m["msg"].count(tag) == 1 and "tracerd:" not in m["msg"] for m in messages), received
+    ours = [m["msg"] for m in messages if m is not None and tag in m["msg"]]
+    assert len(ours) == 2, received  # strace's lines stay in the log (syslog_output is off for strace)
+    assert re.fullmatch(rf"{re.escape(tag)}: attached with strace \(tracer pid \d+\)", ours[0])
+
+
+SYSCALL_LINE = re.compile(r"\b(?:read|write)\(\d+, |^--- SIG|\+\+\+ ")  # strace's lines, never tracerd's
+
+
+@pytest.mark.parametrize("opt_in", [False, True], ids=["no-rule-asks", "syslog_output"])
+def test_strace_lines_reach_syslog_only_where_a_rule_asks(
+    opt_in: bool, daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """issue 24: under a strace rule the per-process logs hold the system calls; syslog gets
+    each session's start and end and the crash summary, and strace's lines (mail content, one
+    per call) only with ``syslog_output = true``."""
+    receiver = ThreadedReceiver(tmp_path / "threaded-syslog.sock")
+    try:
+        option = "syslog_output = true\n" if opt_in else ""
+        # few lines (reads and writes only): a unix datagram queue holds 10, a burst past it would be dropped
+        rule = f'[[rule]]\nprocess = "tgt*"\ntracer = "strace"\nargs = ["-e", "trace=read,write"]\n{option}'
+        daemon = daemon_factory(rule, syslog_path=receiver.path)
+        exiter = spawn(cbin("hooked"), daemon.hook_command(), "tgtexit", "3")
+        crasher = spawn(cbin("crash", "-pthread"), daemon.hook_command(), "tgtcrash", "segv")
+        assert exiter.readline() == "hook=0\n"
+        assert exiter.readline() == "MARKER-after-hook\n"
+        assert crasher.readline() == "hook=0\n"
+        exiter.release()
+        crasher.release()
+        assert exiter.wait() == 3
+        assert crasher.wait() == -11
+        sessions = [daemon.wait_session(exiter.pid, "exited"), daemon.wait_session(crasher.pid, "crashed")]
+        receiver.wait_for(f"tgtexit[{exiter.pid}]: exited with status 3")
+        summary = receiver.wait_for(f"tgtcrash[{crasher.pid}]: crashed: SIGSEGV")  # the crit summary: always
+        receiver.wait_for(f"tgtcrash[{crasher.pid}]: crashed: killed by SIGSEGV")  # the closing line, last
+        received = receiver.collect()
+    finally:
+        receiver.close()
+    assert summary.startswith("<18>")  # mail.crit
+    logs = [Path(session["log"]).read_text() for session in sessions]
+    assert 'write(1, "MARKER-after-hook\\n", 18)' in logs[0]
+    assert "--- SIGSEGV {si_signo=SIGSEGV" in logs[1]
+    for target in (exiter, crasher):
+        assert any(re.search(rf"\[{target.pid}\]: attached with strace", r) for r in received), received
+    syscalls = [r for r in received if SYSCALL_LINE.search(r.partition("]: ")[2].partition(": ")[2])]
+    if opt_in:
+        assert any('write(1, "MARKER-after-hook\\n", 18)' in r for r in syscalls), received
+        assert any("--- SIGSEGV {si_signo=SIGSEGV" in r for r in syscalls), received
+    else:
+        assert syscalls == [], syscalls
+        assert not any("MARKER" in r for r in received), received
 
 
 def test_receiver_that_never_reads_does_not_block(

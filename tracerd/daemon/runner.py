@@ -50,11 +50,16 @@ RecordCrash = Callable[[CrashReport], Awaitable[dict[str, Any] | None]]
 
 
 class SessionOutput:
-    """Fans a backend's output out to the session counters, its log and syslog."""
+    """Fans a backend's output out to the session counters, its log and syslog.
 
-    def __init__(self, session: Session, logfile: LogFile, syslog: SessionSyslog, *,
+    Output lines go to syslog only when ``forward`` (config.syslog_output_for:
+    off for system-call tracers unless a rule says ``syslog_output = true``);
+    warnings and crash summaries always."""
+
+    def __init__(self, session: Session, logfile: LogFile, syslog: SessionSyslog, *, forward: bool = True,
                  record_crash: RecordCrash, capture_dir: Path | None) -> None:  # fmt: skip
         self.session = session
+        self.forward = forward
         self.logfile = logfile
         self.syslog = syslog
         self.log_path = session.log
@@ -68,7 +73,7 @@ class SessionOutput:
         self.session.lines += len(texts)
         self.session.bytes += sum(map(len, texts)) + len(texts)
         self.logfile.write_lines(texts)
-        if self.syslog.sink.config.enabled:
+        if self.forward and self.syslog.sink.config.enabled:
             for text in texts:
                 self.syslog.line(text)
 
@@ -195,8 +200,8 @@ class SessionRunner:
             fleet.hub.session_failed(session, f"cannot open log {log_name}: {err.strerror}")
             raise TracerFailed(f"cannot open log {session.log}: {err.strerror}") from err
         syslog = SessionSyslog(self.sink, session.tag, self.config.syslog.max_lines_per_second)
-        output = SessionOutput(session, logfile, syslog, record_crash=self.record_crash,
-                               capture_dir=self.capture_dir)  # fmt: skip
+        output = SessionOutput(session, logfile, syslog, forward=self.config.syslog_output_for(name, tracer_name),
+                               record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
         logfile.on_error = self._log_error_reporter(output)
         capture = str(self.capture_dir) if self.capture_dir else None
         target = Target(identity, name, args, self.config.attach_timeout, capture_dir=capture,
@@ -235,12 +240,13 @@ class SessionRunner:
         session.tracer_pid = backend.tracer_pid
         self.counters["sessions_started"] += 1
         fleet.hub.session_started(session)
-        output.logfile.write_line(
-            f"tracerd: {session.tag} attached with {session.tracer}"
-            + (f" (tracer pid {backend.tracer_pid})" if backend.tracer_pid else "")
-        )
+        attached = f"tracerd: {session.tag} attached with {session.tracer}" + (
+            f" (tracer pid {backend.tracer_pid})" if backend.tracer_pid else "")  # fmt: skip
+        output.logfile.write_line(attached)
         if session.readopted:
-            output.logfile.write_line(f"tracerd: {session.tag} re-attached after tracerd restart")
+            attached = f"tracerd: {session.tag} re-attached after tracerd restart"
+            output.logfile.write_line(attached)
+        output.syslog.notice(LOG_INFO, attached)  # a session's start, whatever its output does (its end: finish)
         log.info("attached", pid=session.pid, name=session.name, tracer=session.tracer)
         running.attached.set_result(None)
         self.on_change()
