@@ -1,4 +1,4 @@
-"""Syslog forwarding: tracer output and session summaries, like ``logger -p mail.info``.
+"""Syslog forwarding: session events, crash summaries and (where a rule asks) tracer output.
 
 :class:`SyslogSink` owns one connection to ``[syslog] address``: a unix
 socket path (``/dev/log``: the traditional local format that rsyslog and
