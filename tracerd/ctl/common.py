@@ -67,6 +67,8 @@ def render_status(reply: dict[str, Any]) -> str:
         "counters: " + ", ".join(f"{key} {value}" for key, value in counters.items()),
         "",
     ]
+    if daemon.get("syslog_warning"):  # README "Status JSON": lines are being dropped
+        lines[1:1] = [f"warning: {daemon['syslog_warning']}"]
     if daemon.get("config_error"):
         lines[1:1] = [f"config error (the previous config stays in force): {daemon['config_error']}"]
     # tracerctl gdb (README, "Interactive debugging")

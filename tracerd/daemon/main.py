@@ -53,7 +53,7 @@ import structlog
 from tracerd import __version__, tracers
 from tracerd import config as configmod
 from tracerd.config import Config, Locator
-from tracerd.daemon import listenfds
+from tracerd.daemon import listenfds, syslogcheck
 from tracerd.daemon.auth import group_id
 from tracerd.daemon.readopt import Readoption, snapshot
 from tracerd.daemon.server import Server, seconds_since_exec
@@ -244,6 +244,8 @@ async def serve(
     writer.start()
     logdir = LogDir(config.log_dir, max_log_bytes=config.max_log_bytes, writer=writer)
     sink = SyslogSink(config.syslog)
+    if (problem := syslogcheck.probe(config.syslog)) is not None:  # said once; `status` says it while it lasts
+        log.warning("syslog_unreachable", warning=problem)
     service = TracerdService(config, logdir, sink)
 
     def bad_request() -> None:

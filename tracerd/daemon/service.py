@@ -41,7 +41,7 @@ from tracerd.config import Config
 from tracerd.crash import corefile, inflight, lastwords, redact
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
-from tracerd.daemon import fleet
+from tracerd.daemon import fleet, syslogcheck
 from tracerd.daemon.auth import MAX_HOOK_DEPTH, Authorizer, Peer
 from tracerd.daemon.catches import Catch, Catches
 from tracerd.daemon.handoff import HandOffs
@@ -271,6 +271,10 @@ class TracerdService:
                 "syslog": dataclasses.asdict(self.config.syslog),
                 "config_error": self.config_error,
                 "restart_needed": self.restart_needed,
+                # README: why syslog lines are dropped (no /dev/log...), else null
+                "syslog_warning": syslogcheck.warning(
+                    self.config.syslog, self._old_sinks_dropped + self.sink.dropped, self.sink.last_error
+                ),
             },
             "counters": {
                 **self.counters,
@@ -368,6 +372,8 @@ class TracerdService:
             running.output.syslog.sink = sink
             running.output.syslog.max_lines_per_second = max(1, new.syslog.max_lines_per_second)
         previous.close()
+        if (problem := syslogcheck.probe(new.syslog)) is not None:
+            log.warning("syslog_unreachable", warning=problem)
         self._old_sinks_sent += previous.sent
         self._old_sinks_dropped += previous.dropped
         return new
