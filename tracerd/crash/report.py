@@ -2,11 +2,13 @@
 
 A tracer that sees a fatal signal fills a :class:`CrashReport` and hands it
 to :meth:`tracerd.crash.store.CrashStore.record` before releasing the process.
-:func:`signature` hashes the top frames' function names, never addresses, so
-the same bug in another pid (or moved by ASLR) is the same crash.  A signal
-another process sent (``kill -SEGV``, see :func:`tracerd.crash.siginfo.sent_by_another`)
-is no bug in the top frame: its signature is :func:`sent_signature`, the
-program and the signal, and the report says so (``signature_basis``).
+Its signature (:mod:`tracerd.crash.signature`) is program, signal, an
+assertion's location and the top frames past libc's abort path, never
+addresses, so the same bug in another pid (or moved by ASLR) is the same
+crash.  A signal another process sent (``kill -SEGV``, see
+:func:`tracerd.crash.siginfo.sent_by_another`) is no bug in the top frame:
+its signature is :func:`sent_signature`, the program and the signal, and the
+report says so (``signature_basis``).
 
 Security: the report's strings are the target's and are data only; they
 never name a file, and the summary and log block replace control characters
@@ -17,16 +19,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from tracerd.crash import siginfo
+from tracerd.crash.signature import (
+    assertion_location,
+    frame_token,
+    frames_basis,
+    frames_signature,
+    meaningful,
+    program_of,
+    program_signature,
+    sent_signature,
+)
+from tracerd.crash.signature import named_frames as count_named
 from tracerd.textclean import LINES, clean
 
-TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
 INDEX = "index.json"
 TEMP_PREFIX = ".tmp-"
 MAX_REPEATS = 100
@@ -79,40 +89,14 @@ def _clean(text: object, *, lines: bool = False) -> str:
     return clean(text, LINES if lines else "")
 
 
-def _frame_token(frame: Frame) -> str:
-    if frame.function:
-        return frame.function
-    return "?@" + os.path.basename(frame.object) if frame.object else "?"
-
-
-def _meaningful(frames: list[Frame]) -> list[Frame]:
-    """The frames from the first one that is not a signal trampoline on."""
-    start = 0
-    while start < len(frames) and frames[start].function in TRAMPOLINES:
-        start += 1
-    return frames[start:]
-
-
 def signature(frames: list[Frame], depth: int = 5) -> str:
-    """16 hex digits of sha256 over the top ``depth`` frames' function names."""
-    names = [_frame_token(frame) for frame in _meaningful(frames)[:depth]]
-    return hashlib.sha256("\n".join(names).encode("utf-8", "replace")).hexdigest()[:16]
-
-
-def sent_signature(program: str, signal_name: str) -> str:
-    """16 hex digits of sha256 over program and signal, for a signal another process sent."""
-    return hashlib.sha256(f"sent by user\n{program}\n{signal_name}".encode("utf-8", "replace")).hexdigest()[:16]
-
-
-def program_signature(program: str, signal_name: str) -> str:
-    """16 hex digits of sha256 over program and signal, for a crash without frames
-    (a capture that was interrupted, or a tracer that gives no backtrace)."""
-    return hashlib.sha256(f"no frames\n{program}\n{signal_name}".encode("utf-8", "replace")).hexdigest()[:16]
+    """The signature of ``frames`` alone (no program, signal or assertion): see tracerd.crash.signature."""
+    return frames_signature(frames, depth)
 
 
 def top_functions(frames: list[Frame], n: int = 3) -> list[str]:
-    """The names of the top ``n`` frames, innermost first (as in the summary)."""
-    return [_frame_token(frame) for frame in _meaningful(frames)[:n]]
+    """The top ``n`` frames past libc's abort path, innermost first (as in the summary)."""
+    return [frame_token(frame) for frame in meaningful(frames)[:n]]
 
 
 def format_frame(frame: Frame) -> str:
@@ -177,20 +161,35 @@ class CrashReport:
         return siginfo.sent_by_another(self.signal)
 
     @property
-    def signature_basis(self) -> str:
+    def signature_kind(self) -> str:
+        """``sender`` (kill from another process), ``frames``, or ``program`` (no frames)."""
         if self.sent_by_another:
             return "sender"
         return "frames" if self._crashed_frames() else "program"
 
     @property
+    def signature_basis(self) -> str:
+        """What went into the signature, in words, after its kind (``frames: crashd SIGFPE, ...``)."""
+        kind, program, signal_name = self.signature_kind, program_of(self.process), str(self.signal.get("name"))
+        if kind == "frames":
+            location = assertion_location(self.assertion)
+            return frames_basis(self._crashed_frames(), program=program, signal_name=signal_name, location=location)
+        return f"{kind}: {program} {signal_name}"
+
+    @property
     def signature(self) -> str:
-        basis = self.signature_basis
-        program, signal_name = str(self.process.get("name")), str(self.signal.get("name"))
-        if basis == "sender":
+        kind, program, signal_name = self.signature_kind, program_of(self.process), str(self.signal.get("name"))
+        if kind == "sender":
             return sent_signature(program, signal_name)
-        if basis == "program":
+        if kind == "program":
             return program_signature(program, signal_name)
-        return signature(self._crashed_frames())
+        return frames_signature(self._crashed_frames(), program=program, signal_name=signal_name,
+                                location=assertion_location(self.assertion))  # fmt: skip
+
+    @property
+    def named_frames(self) -> int:
+        """The crashed thread's identified frames: the store keeps the report naming most."""
+        return count_named(self._crashed_frames())
 
     @property
     def top(self) -> list[str]:

@@ -116,7 +116,9 @@ class CrashStore:
             entry = self._entries.get(sig)
             # A clock stepped back (elapsed < 0) must not silence full reports for as long.
             flooding = entry is not None and 0 <= now - _epoch(entry["last_full"]) < self.flood_window
-            full = entry is None or entry["report"] is None or not flooding
+            # a repeat naming more frames than the kept report (strace's, then the watcher's) is kept too
+            better = entry is not None and report.named_frames > _kept_frames(entry)
+            full = entry is None or entry["report"] is None or not flooding or better
             crash_id = None
             if full:
                 crash_id = self._new_id(now, sig, pid)
@@ -195,16 +197,22 @@ class CrashStore:
             "signal": sig.get("name"),
             "top": report.get("top") or [],
             "capture": process.get("capture") or "complete",  # or "interrupted"
-            # a core of the signature's (this report's, else an older one's still on disk)
-            "core": _core_file(report) or (entry or {}).get("core"),
-            "last_seen": seen,
-            "last_full": seen,
+            "frames": _report_frames(report),  # how many frames the shown report names
+            "kept": seen,  # when it was stored
         }
+        # a core of the signature's (this report's, else an older one's still on disk)
+        core = _core_file(report) or (entry or {}).get("core")
         if entry is None:
-            entry = {"signature": report["signature"], "count": 0, "first_seen": seen, "repeats": [], "reports": []}
+            entry = {"signature": report["signature"], "count": 0, "first_seen": seen, "repeats": [], "reports": [],
+                     "last_seen": seen, "last_full": seen}  # fmt: skip
             entry.update(latest)
-        elif _epoch(seen) >= _epoch(entry["last_full"]):
-            entry.update(latest)
+        elif entry["report"] is None or (latest["frames"], _epoch(seen)) >= _kept_rank(entry):
+            entry.update(latest)  # the shown report: the one naming most frames, the latest of those
+        entry["core"] = core
+        if _epoch(seen) >= _epoch(entry["last_full"]):
+            entry["last_full"] = seen
+        if _epoch(seen) >= _epoch(entry["last_seen"]):
+            entry["last_seen"] = seen
         entry["first_seen"] = min(entry["first_seen"], seen, key=_epoch)
         entry["count"] += 1
         entry["reports"] = sorted({*entry["reports"], report["id"]})
@@ -353,6 +361,24 @@ class CrashStore:
 def _core_file(report: dict[str, Any]) -> str | None:
     core = report.get("core")
     return core.get("file") if isinstance(core, dict) and core.get("state") == "saved" else None
+
+
+def _report_frames(report: dict[str, Any]) -> int:
+    """How many frames a stored report's crashed thread names (as CrashReport.named_frames counts)."""
+    threads = [t for t in report.get("threads") or [] if isinstance(t, dict)]
+    crashed = next((t for t in threads if t.get("crashed")), threads[0] if threads else {})
+    frames = [f for f in crashed.get("frames") or [] if isinstance(f, dict)]
+    return sum(1 for f in frames if f.get("function") or (f.get("object") and f.get("module_offset")))
+
+
+def _kept_frames(entry: dict[str, Any]) -> int:
+    """The shown report's named frames (an index from before they were counted: its top's length)."""
+    frames = entry.get("frames")
+    return frames if isinstance(frames, int) else len(entry.get("top") or [])
+
+
+def _kept_rank(entry: dict[str, Any]) -> tuple[int, float]:
+    return _kept_frames(entry), _epoch(entry.get("kept") or entry["last_full"])
 
 
 def _valid_entry(entry: object) -> bool:
