@@ -181,3 +181,53 @@ def postfix() -> Iterator[PostfixInstance]:
     yield instance
     instance.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+# The system's tracerd paths: no test may write them (README "Tests"; issue 24 item 10).
+SYSTEM_PATHS = (Path("/etc/tracerd"), Path("/var/lib/tracerd"), Path("/var/log/tracerd"))
+SYSTEM_SOCKET = Path("/run/tracerd/tracerd.sock")
+
+
+def system_listing() -> dict[str, tuple[int, int]]:
+    """Every entry under SYSTEM_PATHS (the directories too) with its mtime and size."""
+    found: dict[str, tuple[int, int]] = {}
+    for top in SYSTEM_PATHS:
+        for path in [top, *top.rglob("*")] if top.exists() else []:
+            try:
+                info = path.lstat()
+            except OSError:  # gone meanwhile
+                continue
+            found[str(path)] = (info.st_mtime_ns, info.st_size)
+    return found
+
+
+def system_changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    """What changed under SYSTEM_PATHS.  Where a real tracerd runs here, its own writes to its log
+    and state directories are its business: there only /etc/tracerd, and new files that name the
+    tests' temporary directory (a test's target, crash or Postfix), count."""
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    if not SYSTEM_SOCKET.exists():
+        return changed
+    tmp = tempfile.gettempdir().encode()
+    ours = [name for name in changed if name.startswith("/etc/tracerd")]
+    for name in changed:
+        if name in before or name.startswith("/etc/tracerd"):
+            continue
+        try:
+            data = Path(name).read_bytes()[: 1 << 20]
+        except OSError:  # a directory, or gone meanwhile
+            continue
+        if tmp in data:
+            ours.append(name)
+    return ours
+
+
+@pytest.fixture(scope="session", autouse=True)
+def system_paths_untouched() -> Iterator[None]:
+    """Fails the run if the tests wrote /etc/tracerd, /var/lib/tracerd or /var/log/tracerd (tests use
+    private roots, configs and sockets; the install tests put back what they change)."""
+    before = system_listing()
+    yield
+    changes = system_changes(before, system_listing())
+    if changes:
+        pytest.fail(f"the tests changed the system's tracerd paths: {changes[:20]}", pytrace=False)
