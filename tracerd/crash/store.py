@@ -2,7 +2,10 @@
 
 The store keeps one full report per signature per flood window in
 ``ID.json``; repeats within the window only bump the signature's entry in
-``index.json`` (README, "Crash JSON", plus ``repeats``).  Every file
+``index.json`` (README, "Crash JSON", plus ``repeats``), unless a repeat's
+report names more frames than the one the entry shows: it is kept too.  An
+entry shows (``id``, ``pid``, ``top``) its report naming most frames, the
+latest of those.  Every file
 is written atomically: temp file ``.tmp-*`` beside it, fsync, rename, fsync
 of the directory.
 
