@@ -31,7 +31,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 DEPTH = 5
 TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
@@ -143,3 +143,11 @@ def program_signature(program: str, signal_name: str) -> str:
 def named_frames(frames: Sequence[FrameLike]) -> int:
     """How many frames are identified (a function, or a module offset): how good a report is."""
     return sum(1 for frame in frames if frame.function or (frame.object and frame.module_offset))
+
+
+def report_named_frames(report: dict[str, Any]) -> int:
+    """:func:`named_frames` of a stored report's (JSON) crashed thread."""
+    threads = [t for t in report.get("threads") or [] if isinstance(t, dict)]
+    crashed = next((t for t in threads if t.get("crashed")), threads[0] if threads else {})
+    frames = [f for f in crashed.get("frames") or [] if isinstance(f, dict)]
+    return sum(1 for f in frames if f.get("function") or (f.get("object") and f.get("module_offset")))

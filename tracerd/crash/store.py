@@ -56,6 +56,7 @@ from typing import Any
 from tracerd import atomic
 from tracerd.crash import corefile
 from tracerd.crash.report import CRASH_ID_RE, INDEX, MAX_REPEATS, PUBLIC_FIELDS, TEMP_PREFIX, CrashReport, _epoch
+from tracerd.crash.signature import report_named_frames
 from tracerd.errors import ConfigError, NotFound
 from tracerd.timefmt import iso_utc
 
@@ -200,7 +201,7 @@ class CrashStore:
             "signal": sig.get("name"),
             "top": report.get("top") or [],
             "capture": process.get("capture") or "complete",  # or "interrupted"
-            "frames": _report_frames(report),  # how many frames the shown report names
+            "frames": report_named_frames(report),  # how many frames the shown report names
             "kept": seen,  # when it was stored
         }
         # a core of the signature's (this report's, else an older one's still on disk)
@@ -364,14 +365,6 @@ class CrashStore:
 def _core_file(report: dict[str, Any]) -> str | None:
     core = report.get("core")
     return core.get("file") if isinstance(core, dict) and core.get("state") == "saved" else None
-
-
-def _report_frames(report: dict[str, Any]) -> int:
-    """How many frames a stored report's crashed thread names (as CrashReport.named_frames counts)."""
-    threads = [t for t in report.get("threads") or [] if isinstance(t, dict)]
-    crashed = next((t for t in threads if t.get("crashed")), threads[0] if threads else {})
-    frames = [f for f in crashed.get("frames") or [] if isinstance(f, dict)]
-    return sum(1 for f in frames if f.get("function") or (f.get("object") and f.get("module_offset")))
 
 
 def _kept_frames(entry: dict[str, Any]) -> int:
