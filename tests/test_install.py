@@ -4,7 +4,10 @@ place, and a real install on this machine works and goes away without a trace.
 
 The real install writes to /opt/tracerd, /usr/local, /etc: it runs only as
 root, only when no tracerd is installed here already, and its fixture
-uninstalls (and removes whatever is left) in a finally.
+uninstalls (and removes whatever is left) in a finally.  `make uninstall`
+with a Postfix instance enabled runs on an install under a private PREFIX,
+SYSCONFDIR and OPTDIR (no DESTDIR: a live one), and `make run` writes only
+the checkout's .run (removed after, if the test created it).
 """
 
 from __future__ import annotations
