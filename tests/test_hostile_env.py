@@ -154,12 +154,12 @@ def test_disk_full_flags_sessions_warns_once_and_recovers(
 def test_syslog_not_reading_never_blocks_and_counts_drops(
     daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path
 ) -> None:
-    """A syslog socket nobody reads: tracer output still reaches the log, the
-    lines syslog cannot take are dropped and counted, the process runs on."""
+    """A syslog socket nobody reads: tracer output (sent there: syslog_output) still reaches the
+    log, the lines syslog cannot take are dropped and counted, the process runs on."""
     deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     deaf.bind(str(tmp_path / "deaf.sock"))
     try:
-        daemon = daemon_factory(syslog_path=tmp_path / "deaf.sock")
+        daemon = daemon_factory('[[rule]]\nprocess = "*"\nsyslog_output = true\n', syslog_path=tmp_path / "deaf.sock")
         sleeper = sleeper_attached(daemon, cbin, spawn)
         log = Path(daemon.session(sleeper.pid)["log"])
         time.sleep(1.5)
