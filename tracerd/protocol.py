@@ -61,6 +61,7 @@ class Request:
     id: str | None = None
     ack: bool = False  # the client wants ACK before the final reply (hook only)
     hold: float | None = None  # catch: seconds a caught process waits for the human's gdb
+    older_than: float | None = None  # crash-delete: seconds
 
 
 def check_name(value: object) -> str:
@@ -110,6 +111,16 @@ def check_hold(value: object) -> float:
     return float(value)
 
 
+MAX_AGE = 100 * 366 * 86400.0
+
+
+def check_age(value: object) -> float:
+    """Seconds of a crash-delete --older-than: a number, 0 < S <= 100 years."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_AGE:
+        raise ProtocolError("older_than must be a number of seconds, 0 < S <= 100 years")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Field:
     """A request field: its checker, and whether JSON null means "absent"."""
@@ -125,6 +136,7 @@ FIELDS: dict[str, Field] = {
     "ack": Field(check_flag),
     "id": Field(check_crash_id),
     "hold": Field(check_hold),
+    "older_than": Field(check_age),
 }
 
 
@@ -151,7 +163,8 @@ class Operation:
 
 
 def _op(name: str, required: str = "", optional: str = "", *, read_only: bool = False) -> Operation:
-    return Operation(name, frozenset(required.split()), frozenset(optional.split()), read_only, f"op_{name}")
+    handler = f"op_{name.replace('-', '_')}"
+    return Operation(name, frozenset(required.split()), frozenset(optional.split()), read_only, handler)
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -168,6 +181,8 @@ OPERATIONS: dict[str, Operation] = {
         # tracerctl gdb (README, "Interactive debugging"): root only
         _op("handoff", "pid"),
         _op("catch", "name", "hold ack"),
+        # retention (README, "Crash retention"): root only; an id or older_than
+        _op("crash-delete", "", "id older_than"),
     )
 }
 

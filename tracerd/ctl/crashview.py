@@ -271,3 +271,14 @@ def _known(value: object) -> str:
 
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def render_deleted(reply: dict[str, Any]) -> str:
+    """``tracerctl crash-delete``: what went, one line a report."""
+    reports, cores = reply.get("deleted") or [], reply.get("cores") or []
+    if not reports and not cores:
+        return "nothing to delete" + (f" stored before {clean(reply['cutoff'])}" if reply.get("cutoff") else "")
+    head = f"deleted {len(reports)} crash report(s) and {len(cores)} core(s)"
+    if reply.get("signatures"):
+        head += f"; signature(s) gone: {', '.join(clean(sig) for sig in reply['signatures'])}"
+    return "\n".join([head, *(f"  {clean(rid)}" for rid in reports)])

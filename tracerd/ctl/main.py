@@ -32,6 +32,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -50,8 +51,8 @@ from tracerd.ctl.common import (
     render_session,
     render_status,
 )
-from tracerd.ctl.crashview import render_crash, render_crashes
-from tracerd.protocol import check_name, check_pid
+from tracerd.ctl.crashview import render_crash, render_crashes, render_deleted
+from tracerd.protocol import MAX_AGE, check_name, check_pid
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Unreachable", "call", "main"]
 # commands that work on files and Postfix rather than the socket: their
@@ -121,6 +122,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     crash = sub.add_parser("crash", help="one full crash report (by id, id prefix or signature)")
     crash.add_argument("id", type=_crash_id, help="the crash id (or a prefix of it, or a signature)")
     crash.add_argument("--full", action="store_true", help="every thread's bt full, not only the crashing one's")
+    delete = sub.add_parser("crash-delete", help="delete a crash's report and core, or all older than AGE (root)")
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", type=_crash_id, help="a crash id as `crashes` lists it, or a signature")
+    which.add_argument("--older-than", dest="older_than", type=_age, metavar="AGE",
+                       help="every crash stored more than AGE ago: a number and s, m, h or d (30d)")  # fmt: skip
     for each in (crashes, crash):
         each.add_argument("--state-dir", type=Path, metavar="DIR",
                           help="tracerd's state_dir, read when it is down (default: the configured one)")  # fmt: skip
@@ -151,6 +157,19 @@ def _crash_id(text: str) -> str:
     if not CRASH_ID_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"not a crash id: {text!r}")
     return text
+
+
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``3600s`` -> seconds (at most 100 years)."""
+    match = re.fullmatch(r"([0-9]{1,9})([smhd])", text)
+    seconds = int(match.group(1)) * AGE_UNITS[match.group(2)] if match else 0
+    if not 0 < seconds <= MAX_AGE:
+        raise argparse.ArgumentTypeError(f"bad age {text!r}: want a whole number above 0 and a unit:"
+                                         " s, m, h or d (30d), at most 100 years")  # fmt: skip
+    return float(seconds)
 
 
 def request_for(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,6 +215,8 @@ def _main(argv: list[str]) -> int:
     except Unreachable as err:
         if args.command in STORE_COMMANDS:
             return from_store(args, str(err))
+        if args.command == "crash-delete":  # README "Crash retention": the daemon keeps the store's index
+            return fail(f"{err}; crash-delete goes through tracerd: start it", EXIT_UNREACHABLE, as_json=args.json)
         return fail(str(err), EXIT_UNREACHABLE, as_json=args.json)
     return output(args, reply)
 
@@ -239,6 +260,7 @@ def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
         "crashes": lambda reply, full: render_crashes(reply["crashes"]),
         "crash": lambda reply, full: render_crash(reply["crash"], full=full),
         "where": lambda reply, full: str(reply["where"]),
+        "crash-delete": lambda reply, full: render_deleted(reply),
         "show": lambda reply, full: render_session(reply["session"], reply.get("history")),
         "attach": lambda reply, full: render_session(reply["session"]),
         "detach": lambda reply, full: render_session(reply["session"]),

@@ -38,7 +38,7 @@ import structlog
 
 from tracerd import __version__, procinfo, tracers
 from tracerd.config import Config
-from tracerd.crash import corefile, inflight, lastwords, redact
+from tracerd.crash import corefile, inflight, lastwords, redact, retention
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon import fleet, syslogcheck
@@ -247,6 +247,16 @@ class TracerdService:
         report = self.crashes.get(request.id)
         # locals and memory are root's (README, "Security model"): socket_group gets the rest
         return {"crash": report if self.auth.privileged(peer) else redact.for_group(report)}
+
+    async def op_crash_delete(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        """Retention (tracerd.crash.retention): one crash, or all older than ``older_than`` seconds."""
+        if (request.id is None) == (request.older_than is None):
+            raise BadRequest("crash-delete: give a crash id or older_than (one of them)")
+        async with self._crash_lock:  # not while a crash is being recorded
+            result = await asyncio.to_thread(retention.delete, self.crashes, request.id, request.older_than)
+        log.info("crashes_deleted", uid=peer.uid, pid=peer.pid, id=request.id, older_than=request.older_than,
+                 reports=len(result["deleted"]), cores=len(result["cores"]))  # fmt: skip
+        return result
 
     async def op_where(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None
