@@ -222,3 +222,48 @@ def test_what_is_recognised_and_what_is_kept() -> None:
         assert anonymize(original) == [expected], original
     kinds = [span.kind for span in find_spans("a@b.example <c@d> mx.example.org[192.0.2.1] 10.0.0.0/8")]
     assert kinds == ["email", "address", "host", "ip", "ip"]
+
+
+def test_addresses_and_ips_next_to_escapes_and_in_key_value() -> None:
+    """An address or IP right after an escape (strace's \\0, \\t, \\r\\n, \\\\, \\", \\x41,
+    \\012) or after =, <, : is masked from its first own character; the escape stays."""
+    cases = {
+        r"key\0root@localhost": r"key\0AAAA@AAAAAAAAA",
+        r"S\ttester@vm": r"S\tAAAAAA@AA",
+        r"R\r\nbob@mail.example.org\r\n": r"R\r\nAAA@AAAA.AAAAAAA.AAA\r\n",
+        r"x\\carol@example.net": r"x\\AAAAA@AAAAAAA.AAA",
+        r"\"dave@example.com\"": r"\"AAAA@AAAAAAA.AAA\"",
+        r"\x41erin@example.com": r"\x41AAAA@AAAAAAA.AAA",
+        r"\012frank@pftest": r"\012AAAAA@AAAAAA",
+        r"log_client_address=127.0.0.1": "log_client_address=DDD.D.D.D",
+        r"addr:192.0.2.7:25": "addr:DDD.D.D.D:25",
+        r"\t10.1.2.3\n": r"\tDD.D.D.D\n",
+        r"\n2001:db8::5\r": r"\nDDDD:AAD::D\r",
+        r"peer=[::ffff:198.51.100.7]": "peer=[::AAAA:DDD.DD.DDD.D]",
+        "client=<grace@pftest>": "client=<AAAAA@AAAAAA>",
+        "sasl_username=henry@corp": "sasl_username=AAAAA@AAAA",
+        "in memcpy@GLIBC_2.2.5 and printf@plt": "in memcpy@GLIBC_2.2.5 and printf@plt",
+    }
+    for original, expected in cases.items():
+        assert anonymize(original) == [expected], original
+
+
+def test_trace_strings_become_their_length() -> None:
+    """Every quoted string of a strace or ltrace call line is <N bytes> (N: the bytes it
+    stands for, + when -s cut it), whatever precedes the call; other quotes stay."""
+    cases = {
+        r'17:07:30.468 read(15, "Subject: crash-test SEGV\r\n\r\npartial body", 4096) = 40':
+            "17:07:30.468 read(15, <40 bytes>, 4096) = 40",
+        r'[pid 12] write(3, "key\0root@localhost"..., 64) = 64': "[pid 12] write(3, <18+ bytes>, 64) = 64",
+        r'<... read resumed>"\x41\\\"", 3) = 3': "<... read resumed><3 bytes>, 3) = 3",
+        r'Nov 24 16:53:38 mx tracerd[1]: smtpd[7]: sendto(6, "a", 1, {sin_addr=inet_addr("192.0.2.1")}, 16) = 1':
+            "Nov 24 16:53:38 AA tracerd[1]: smtpd[7]: sendto(6, <1 bytes>, 1, {sin_addr=inet_addr(<9 bytes>)}, 16) = 1",
+        r'execve("/usr/lib/postfix/smtpd", ["smtpd", "-n"], 0x7ffd /* 9 vars */) = 0':
+            "execve(<22 bytes>, [<5 bytes>, <2 bytes>], 0x7ffd /* 9 vars */) = 0",
+        'write(3, "said "hi", she said "no"\\n", 25) = 25': "write(3, <25 bytes>, 25) = 25",  # ltrace: unescaped
+        r'read(4, "cut short at the line\'s end': "read(4, <27+ bytes>",
+        r'read(4, "partial" <unfinished ...>': "read(4, <7 bytes> <unfinished ...>",
+        'warning: lookup error for "x@pftest"': 'warning: lookup error for "A@AAAAAA"',
+    }  # fmt: skip
+    for original, expected in cases.items():
+        assert anonymize(original) == [expected], original

@@ -49,6 +49,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from tracerd.ctl.tracestrings import ESCAPE, scrub_line
+
 HOST_PARAMETERS = frozenset({
     "myhostname", "mydomain", "myorigin", "mydestination", "relayhost", "mynetworks",
     "default_transport", "relay_transport", "fallback_relay", "smtp_fallback_relay",
@@ -64,6 +66,7 @@ FILE_SUFFIXES = frozenset({
     "conf", "cfg", "ini", "toml", "yaml", "yml", "pem", "crt", "csr", "key", "lock", "sock", "tmp",
     "bak", "dat", "orig", "old", "cidr", "pcre", "regexp", "proto", "out", "err", "so", "py", "html",
 })  # fmt: skip
+SEPARATOR = "\x01"  # stands for an escape's characters while rules look for names
 KEYWORDS = frozenset({"unknown", "all", "none", "loopback-only", "subnet", "host", "class", "localhost"})
 # Learned single-label names that are also everyday words of a report are masked
 # only where a rule sees them, not everywhere (a host called "mail" must not
@@ -79,8 +82,13 @@ _KEYED = re.compile(r"\b(?:from|to|orig_to|helo|sasl_username|sasl_sender)=<(?P<
 _ANGLE_AT = re.compile(r"<(?P<in>[^<>\s]*@[^<>\s]*)>")
 # no "=" in the local part: in a log, "sasl_username=dave@example.com" is key=address
 _EMAIL = re.compile(r"(?<![\w.+%!-])(?:[\w.+%!-]{1,64})?@(?P<domain>" + _LABEL + r"(?:\.(?:" + _LABEL + r"))+)")
+# root@localhost, tester@vm; not a symbol version (memcpy@GLIBC_2.2.5) nor memcpy@plt
+_EMAIL_SHORT = re.compile(rf"(?<![\w.+%!-])[\w.+%!-]{{1,64}}@(?!(?:plt|got)\b){_LABEL}(?![\w.@-])")
 _IP4 = r"(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,2})?"
-_IP6 = r"(?:ipv6:)?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/\d{1,3})?"
+_IP6 = (
+    r"(?:ipv6:)?(?:[0-9A-Fa-f]{0,4}:){2,6}(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,3})?"  # ::ffff:192.0.2.1
+    r"|(?:ipv6:)?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/\d{1,3})?"
+)
 _HOST_IP = re.compile(rf"(?<![\w.-])(?P<host>[\w.-]{{1,253}})\[(?P<ip>{_IP4}|{_IP6})\]")
 _BRACKET = re.compile(rf"(?<![\w\]])\[(?P<in>{_IP4}|{_IP6}|{_LABEL}(?:\.{_LABEL})*)\](?P<len>/\d{{1,3}})?")
 _SYSLOG_HOST = re.compile(
@@ -90,7 +98,8 @@ _SYSLOG_HOST = re.compile(
 _PARAM_LINE = re.compile(r"^\s*(?P<name>[a-z0-9_]{2,64})\s*=[ \t]*(?P<value>.*)$")
 _PARAM_OPTION = re.compile(r"-o\s+(?P<name>[a-z0-9_]{2,64})=(?P<value>\S*)")
 _VALUE_WORD = re.compile(r"[^\s,]+")
-_IP_ANY = re.compile(rf"(?<![\w.:])(?:{_IP4}|{_IP6})(?![\w.]|:[0-9A-Fa-f]*:)")
+# IPv4 after a colon too (addr:192.0.2.1); IPv6 not inside a longer colon run
+_IP_ANY = re.compile(rf"(?:(?<![\w.]){_IP4}|(?<![\w.:])(?:{_IP6}))(?![\w.]|:[0-9A-Fa-f]*:)")
 _WORD = re.compile(r"[\w@+%!.-]+")
 _DOTTED = re.compile(rf"(?<![\w.@-])(?P<name>{_LABEL}(?:\.{_LABEL})+)\.?(?![\w-])")
 
@@ -102,9 +111,13 @@ class Span:
     kind: str  # "address" (inside <>), "email", "host", "ip"
 
 
-def mask(text: str) -> str:
-    """Every letter becomes A, every digit D; punctuation stays."""
-    return "".join("A" if c.isalpha() else "D" if c.isdigit() else c for c in text)
+def mask(text: str, probed: str | None = None) -> str:
+    """Every letter becomes A, every digit D; punctuation stays (and escapes: where ``probed`` has a separator)."""
+    probed = text if probed is None else probed
+    return "".join(
+        c if p == SEPARATOR else "A" if c.isalpha() else "D" if c.isdigit() else c
+        for c, p in zip(text, probed, strict=True)
+    )
 
 
 def is_ip(text: str) -> bool:
@@ -124,8 +137,15 @@ def is_hostname(name: str) -> bool:
     return len(labels) >= 2 and last.isalpha() and 2 <= len(last) <= 63 and last.lower() not in FILE_SUFFIXES
 
 
+def probe(line: str) -> str:
+    """``line`` with each backslash escape (:data:`tracestrings.ESCAPE`) made as many
+    :data:`SEPARATOR` characters: offsets stay, and ``\\tuser@host`` is an address after a separator."""
+    return ESCAPE.sub(lambda escape: SEPARATOR * len(escape.group()), line) if "\\" in line else line
+
+
 def find_spans(line: str) -> list[Span]:
     """Every address, host name and IP in one line, by the module's rules, left to right."""
+    line = probe(line)
     spans: list[Span] = []
 
     def add(start: int, end: int, kind: str) -> None:
@@ -137,6 +157,8 @@ def find_spans(line: str) -> list[Span]:
     for found in _ANGLE_AT.finditer(line):
         add(found.start("in"), found.end("in"), "address")
     for found in _EMAIL.finditer(line):
+        add(found.start(), found.end(), "email")
+    for found in _EMAIL_SHORT.finditer(line):
         add(found.start(), found.end(), "email")
     for found in _HOST_IP.finditer(line):
         if found.group("host").lower() != "unknown":
@@ -248,7 +270,8 @@ class Anonymizer:
 
     def learn(self, text: str) -> None:
         """Remember every name recognised in ``text``, to mask it wherever else it appears."""
-        for line in text.splitlines():
+        for raw in text.splitlines():
+            line = scrub_line(raw)
             for span in find_spans(line):
                 if span.kind == "ip":
                     continue
@@ -264,9 +287,11 @@ class Anonymizer:
         return "\n".join(self._line(line) for line in text.split("\n"))
 
     def _line(self, line: str) -> str:
+        line = scrub_line(line)
+        probed = probe(line)
         spans = [(s.start, s.end) for s in find_spans(line)]
         if self._names:
-            for word in _WORD.finditer(line):
+            for word in _WORD.finditer(probed):
                 token = word.group().rstrip(".")
                 start, end = word.start(), word.start() + len(token)
                 if token.lower() not in self._names or (start and line[start - 1] == "/"):
@@ -275,7 +300,7 @@ class Anonymizer:
                     spans.append((start, end))
         out, last = [], 0
         for start, end in sorted(spans):
-            out += [line[last:start], mask(line[start:end])]
+            out += [line[last:start], mask(line[start:end], probed[start:end])]
             last = end
         out.append(line[last:])
         return "".join(out)
