@@ -14,6 +14,11 @@ only, with a one-line notice on stderr and ``"source": "store"``,
 ``"daemon": "unreachable"`` in the JSON; exit 0 when the store was read, 1
 when it may not be read (permission), 3 when there is none.
 
+``crash-delete ID`` and ``crash-delete --older-than AGE`` (``30d``: s, m, h
+or d) go through the daemon's ``crash-delete`` operation, root only
+(:mod:`tracerd.crash.retention`): tracerd keeps the store's index, so there
+is no store fallback; exit 3 while it is down.
+
 ``--json`` is accepted before or after the command.  Under it a failure is
 JSON too: ``{"error": REASON, "exit": N}`` on stdout (a daemon's refusal: its
 reply with ``"exit": 1``), usage errors and an unreachable daemon included.
