@@ -16,10 +16,13 @@ section each:
 7. ``tracerd-status``: the daemon, its counters and sessions.
 
 Output: text on stdout, or to ``-o FILE``; a ``.tar.gz`` or ``.tgz`` FILE is
-an archive with one ``NN-SECTION.txt`` per section.  ``--anonymize`` masks
-every email address, host name and IP address of the data sections, the
-same way everywhere (:mod:`tracerd.ctl.anonymize`); the summary, our own text,
-is left as it is.  A section that cannot be had says why inside it
+an archive with one ``NN-SECTION.txt`` per section.  ``--anonymize`` shows
+every quoted string of a strace or ltrace line (a crash report's trace tail,
+mail log lines) as its length only, ``<N bytes>`` (:mod:`tracerd.ctl.tracestrings`),
+and masks every email address, host name and IP address of the data
+sections, also next to a backslash escape, the same way everywhere
+(:mod:`tracerd.ctl.anonymize`); the summary, our own text, is left as it is.
+A section that cannot be had says why inside it
 ("qshape: not installed", "tracerd is not running ..."): a bug report
 with a gap is still worth sending.
 
@@ -230,7 +233,8 @@ def anonymize(sections: list[Section]) -> None:
 
 
 def as_text(sections: list[Section], anonymized: bool) -> str:
-    how = "anonymized: addresses, host names and IPs masked A/D" if anonymized else "not anonymized"
+    how = "anonymized: trace strings as <N bytes>, addresses, host names and IPs masked A/D"
+    how = how if anonymized else "not anonymized"
     parts = [f"tracerctl bugreport ({how})", ""]
     for section in sections:
         parts += [f"===== {section.title} =====", section.body.rstrip("\n"), ""]
@@ -273,7 +277,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_log_options(parser)
     parser.add_argument("--anonymize", action="store_true",
-                        help="mask email addresses, host names and IPs: letters A, digits D")  # fmt: skip
+                        help="trace strings as <N bytes>; addresses, hosts, IPs: letters A, digits D")  # fmt: skip
     parser.add_argument("-o", dest="output", metavar="FILE",
                         help="write to FILE (a .tar.gz or .tgz: one file per section); default stdout")  # fmt: skip
     parser.add_argument("--log", dest="logs", action="append", metavar="LOGFILE",
