@@ -69,16 +69,16 @@ def library_copy(lib: Path, where: Path) -> Path:
     return copy
 
 
-def crash(daemon: Any, spawn: Any, exe: Path, lib: Path) -> tuple[Any, float, dict[str, Any]]:
+def crash(daemon: Any, spawn: Any, exe: Path, lib: Path, *mode: str) -> tuple[Any, float, dict[str, Any]]:
     """Run the target to its fault: (target, seconds from the fault to its death, report)."""
-    target = spawn(exe, daemon.hook_command(), "fifolib", lib)
+    target = spawn(exe, daemon.hook_command(), "fifolib", lib, *mode)
     assert target.readline() == "hook=0\n"
     target.release()
     assert target.readline() == "fifo\n"  # the library is a FIFO now; the fault follows at once
     fault = time.monotonic()
     assert target.wait(timeout=60) == -signal.SIGSEGV
     held = time.monotonic() - fault
-    assert stat.S_ISFIFO(os.lstat(lib).st_mode)
+    assert stat.S_ISFIFO(os.lstat(lib).st_mode) == (mode != ("keep",))
     session = daemon.wait_session(target.pid, "crashed")
     assert session["crash"], session
     result = daemon.ctl("--json", "crash", session["crash"])
@@ -173,7 +173,7 @@ def test_the_capture_gdb_gets_the_sysroot_itself_not_a_quoted_name(tmp_path: Pat
 
     from tracerd.errors import TracerFailed  # noqa: PLC0415
     from tracerd.gdb.mi import GdbMI  # noqa: PLC0415
-    from tracerd.tracers.watch.backend import _sysroot_commands  # noqa: PLC0415
+    from tracerd.gdb.sysroot import gdb_commands  # noqa: PLC0415
 
     root = tmp_path / ".sysroot-1-abc_9"
     root.mkdir()
@@ -182,7 +182,7 @@ def test_the_capture_gdb_gets_the_sysroot_itself_not_a_quoted_name(tmp_path: Pat
         mi = GdbMI()
         await mi.start()
         try:
-            for command in _sysroot_commands(str(root)):
+            for command in gdb_commands(str(root)):
                 await mi.command(command, timeout=30.0)
             value = (await mi.command("-gdb-show sysroot", timeout=30.0)).payload["value"]
             return str(value), "".join(await mi.console("pwd", timeout=30.0))
@@ -193,4 +193,96 @@ def test_the_capture_gdb_gets_the_sysroot_itself_not_a_quoted_name(tmp_path: Pat
     assert value == str(root)
     assert pwd == f"Working directory {root}.\n"
     with pytest.raises(TracerFailed, match="plain"):
-        _sysroot_commands(str(tmp_path / "a dir"))
+        gdb_commands(str(tmp_path / "a dir"))
+
+
+GDB_RULE = '[[rule]]\nprocess = "*"\ntracer = "gdb"\n'
+
+
+def debuglinked_copy(lib: Path, where: Path) -> Path:
+    """A stripped copy of the library whose .gnu_debuglink names a FIFO beside it: gdb
+    looks for that file in the library's real directory, and blocked there."""
+    copy = library_copy(lib, where)
+    debug = where.parent / f"{where.name}-debug" / lib.name.replace(".so", ".debug")
+    debug.parent.mkdir()
+    subprocess.run(["objcopy", "--only-keep-debug", str(lib), str(debug)], check=True)
+    subprocess.run(["strip", "-g", str(copy)], check=True)
+    subprocess.run(["objcopy", f"--add-gnu-debuglink={debug}", str(copy)], check=True)
+    os.mkfifo(where / debug.name)
+    return copy
+
+
+def test_a_debuglink_naming_a_fifo_beside_the_library_is_never_opened(
+    daemon_factory: Any, spawn: Any, fifo_lib: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """gdb looks for a library's .gnu_debuglink file beside its real path (a directory
+    the target writes) and opened a FIFO there, blocking (gdb's budget cut it: a report
+    without gdb): such a library is served to
+    gdb only from a directory root alone writes, so the report is whole and prompt."""
+    exe, built = fifo_lib
+    daemon = daemon_factory(RULE)
+    lib = debuglinked_copy(built, tmp_path / "lib")
+    _target, held, report = crash(daemon, spawn, exe, lib, "keep")
+    assert held < HOLD_BOUND, f"held {held:.1f} s"
+    crashed = next(t for t in report["threads"] if t["crashed"])
+    assert [f["function"] for f in crashed["frames"][:2]] == ["fault", "main"]
+    assert report.get("notice") is None, report.get("notice")
+    assert not report["process"].get("capture_errors"), report["process"]
+    assert str(lib) in [entry["path"] for entry in report["libraries"]]
+
+
+def test_the_gdb_tracer_attaches_to_a_process_whose_library_is_a_fifo(
+    daemon_factory: Any, spawn: Any, fifo_lib: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The library is a FIFO (and its debuglink names one) before the hook runs: the gdb
+    tracer's gdb, reading objects only through its sysroot, attaches at once instead
+    of blocking until attach_timeout, and the crash is reported with its frames."""
+    exe, built = fifo_lib
+    daemon = daemon_factory(GDB_RULE)
+    lib = debuglinked_copy(built, tmp_path / "lib")
+    target = spawn(exe, daemon.hook_command(), "fifolib", lib, "early")
+    assert target.readline() == "hook=0\n"
+    assert stat.S_ISFIFO(os.lstat(lib).st_mode)
+    session = daemon.session(target.pid)
+    assert session["state"] == "attached", session
+    target.release()
+    assert target.readline() == "fifo\n"
+    fault = time.monotonic()
+    assert target.wait(timeout=60) == -signal.SIGSEGV
+    held = time.monotonic() - fault
+    assert held < HOLD_BOUND, f"held {held:.1f} s"
+    ended = daemon.wait_session(target.pid, "crashed")
+    result = daemon.ctl("--json", "crash", ended["crash"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["crash"]
+    crashed = next(t for t in report["threads"] if t["crashed"])
+    assert [f["function"] for f in crashed["frames"][:2]] == ["fault", "main"]
+    assert str(lib) in [entry["path"] for entry in report["libraries"]]
+    assert not list((daemon.root).rglob(".sysroot-*")), "the sysroots outlived the session"
+
+
+def test_which_objects_gdb_may_be_given(tmp_path: Path, fifo_lib: tuple[Path, Path]) -> None:
+    """An object naming a debuglink or an altlink is given to gdb only from a directory
+    root alone writes (libc's), with a plain debuglink and an altlink in /usr/lib/debug."""
+    from tracerd.gdb.sysroot import symbols_safe  # noqa: PLC0415
+
+    _exe, built = fifo_lib
+
+    def safe(path: Path | str) -> bool:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return symbols_safe(fd)
+        finally:
+            os.close(fd)
+
+    plain = library_copy(built, tmp_path / "plain")
+    assert safe(plain)  # no link to follow: anywhere
+    assert not safe(debuglinked_copy(built, tmp_path / "linked"))  # /tmp: anyone writes there
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    if os.path.exists(libc):
+        assert safe(libc)
+    alt = tmp_path / "alt"
+    alt.write_bytes(b"/tmp/fifo\0" + b"\0" * 20)
+    altlinked = library_copy(built, tmp_path / "altlinked")
+    subprocess.run(["objcopy", f"--add-section=.gnu_debugaltlink={alt}", str(altlinked)], check=True)
+    assert not safe(altlinked)

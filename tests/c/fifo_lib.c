@@ -5,6 +5,9 @@
  * -DFIFO_LIB_SO -shared -fPIC) and calls fifo_lib_value() from it, replaces
  * the library file by a FIFO at the same path (unlink + mkfifo), prints
  * "fifo", and dereferences NULL: a gdb that opens LIBRARY by its path blocks.
+ * With a 4th argument "early", the library is loaded and swapped before the
+ * hook runs: a tracer's attach meets the FIFO; with "keep", it stays a
+ * regular file (a FIFO its debuglink names beside it is the trap).
  */
 #ifdef FIFO_LIB_SO
 __attribute__((noinline)) int fifo_lib_value(void)
@@ -25,34 +28,48 @@ __attribute__((noinline)) static int fault(int value)
     return *null + value;
 }
 
+static int keep;  /* "keep": the library stays a regular file */
+
+static int (*load_and_swap(const char *path))(void)
+{
+    void *lib = dlopen(path, RTLD_NOW);
+    int (*value)(void);
+
+    if (lib == NULL) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        exit(3);
+    }
+    value = (int (*)(void)) dlsym(lib, "fifo_lib_value");
+    if (value == NULL || (!keep && (unlink(path) != 0 || mkfifo(path, 0600) != 0))) {
+        perror("fifo_lib");
+        exit(4);
+    }
+    return value;
+}
+
 int main(int argc, char **argv)
 {
     char command[8192];
     char buf[1];
     int status;
-    void *lib;
-    int (*value)(void);
+    int early = argc == 5 && argv[4][0] == 'e';
+    int (*value)(void) = NULL;
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: fifo_lib HOOK_COMMAND NAME LIBRARY\n");
+    keep = argc == 5 && argv[4][0] == 'k';
+    if (argc != 4 && !early && !keep) {
+        fprintf(stderr, "usage: fifo_lib HOOK_COMMAND NAME LIBRARY [early|keep]\n");
         return 2;
     }
+    if (early)
+        value = load_and_swap(argv[3]);
     snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
     status = system(command);
     printf("hook=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     fflush(stdout);
     if (read(0, buf, 1) < 0)
         return 2;
-    lib = dlopen(argv[3], RTLD_NOW);
-    if (lib == NULL) {
-        fprintf(stderr, "dlopen: %s\n", dlerror());
-        return 3;
-    }
-    value = (int (*)(void)) dlsym(lib, "fifo_lib_value");
-    if (value == NULL || unlink(argv[3]) != 0 || mkfifo(argv[3], 0600) != 0) {
-        perror("fifo_lib");
-        return 4;
-    }
+    if (!early)
+        value = load_and_swap(argv[3]);
     printf("fifo\n");
     fflush(stdout);
     return fault(value());

@@ -45,6 +45,7 @@ SHT_NOTE = 7
 NT_GNU_BUILD_ID = 3
 MAX_NOTE_BYTES = 1 << 20  # a real note area is a few hundred bytes
 MAX_NOTE_AREAS = 256
+MAX_SECTIONS = 65535
 DPKG_TIMEOUT = 5.0
 DEBUG_ROOT = "/usr/lib/debug/.build-id"
 
@@ -91,6 +92,40 @@ def open_regular(path: str | Path, *, untrusted: bool = False) -> int:
             raise OSError(0, "not a regular file")
         flags |= os.O_NOFOLLOW
     return os.open(path, flags)
+
+
+def debug_links(fd: int) -> tuple[bytes | None, bytes | None]:
+    """The ``.gnu_debuglink`` file name and ``.gnu_debugaltlink`` path of the ELF file
+    open at ``fd`` (what gdb opens to find its symbols), each None when absent."""
+    try:
+        with os.fdopen(os.dup(fd), "rb") as elf:
+            return _debug_links(elf, os.fstat(elf.fileno()).st_size)
+    except (OSError, ValueError, struct.error, OverflowError, IndexError):
+        return None, None
+
+
+def _debug_links(elf: BinaryIO, file_size: int) -> tuple[bytes | None, bytes | None]:
+    ident = _read(elf, 0, 16, file_size)
+    if ident is None or ident[:4] != b"\x7fELF" or ident[4] not in _HEADER or ident[5] not in (1, 2):
+        return None, None
+    order = "<" if ident[5] == 1 else ">"
+    header_fmt, row_fmt = order + _HEADER[ident[4]], order + _SHDR[ident[4]][0]
+    header = _read(elf, 16, struct.calcsize(header_fmt), file_size)
+    if header is None:
+        return None, None
+    fields = struct.unpack(header_fmt, header)
+    shoff, entsize, count, names_at = fields[5], fields[10], fields[11], fields[12]
+    if not shoff or not 0 < count <= MAX_SECTIONS or entsize < struct.calcsize(row_fmt) or names_at >= count:
+        return None, None
+    raw = _read(elf, shoff, entsize * count, file_size) or b""
+    rows = [struct.unpack_from(row_fmt, raw, index * entsize) for index in range(count)] if raw else []
+    names = _read(elf, rows[names_at][4], min(rows[names_at][5], MAX_NOTE_BYTES), file_size) if rows else None
+    found: dict[bytes, bytes] = {}
+    for row in rows if names else []:
+        name = names[row[0] : names.find(b"\0", row[0])] if names else b""
+        if name in (b".gnu_debuglink", b".gnu_debugaltlink"):
+            found[name] = (_read(elf, row[4], min(row[5], 4096), file_size) or b"").split(b"\0", 1)[0]
+    return found.get(b".gnu_debuglink"), found.get(b".gnu_debugaltlink")
 
 
 def _read(elf: BinaryIO, offset: int, size: int, file_size: int) -> bytes | None:

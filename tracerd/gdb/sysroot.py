@@ -18,7 +18,15 @@ are symlinks to files tracerd itself opened and checked:
   capture ends, under the mapping's path and under every link-map name
   whose ``l_ld`` lies in that mapping (``/lib/...`` for ``/usr/lib/...``,
   a SONAME for its versioned file);
-- the program is ``/proc/PID/exe``, opened and checked the same way.
+- the program is ``/proc/PID/exe``, opened and checked the same way;
+- gdb looks for a ``.gnu_debuglink`` file beside the object's *real* path
+  (it resolves our link: gdb PR 9538) and opens a ``.gnu_debugaltlink``
+  path as written, both blocking: an object naming either gets an entry
+  only if its real directory (and its ``.debug``) is root's alone, the
+  debuglink a plain file name, the altlink under ``/usr/lib/debug/``.
+
+gdb checks a source file is regular before it opens it; it never opens
+one here but to print a source line, which tracerd never asks for.
 
 A name that is not absolute and normalized (``..``, ``.``, ``//``) gets no
 entry; gdb's cwd is the sysroot too, so a relative name finds nothing.
@@ -37,11 +45,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import struct
 import tempfile
 from dataclasses import dataclass, field
+
+from tracerd.crash import elfinfo
+from tracerd.errors import TracerFailed
 
 DELETED = " (deleted)"
 AT_PHDR, AT_PHNUM = 3, 5
@@ -49,6 +61,7 @@ PT_DYNAMIC, PT_PHDR = 2, 6
 DT_NULL, DT_DEBUG = 0, 21
 MAX_NAME = 4096
 MAX_OBJECTS = 4096
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")  # what gdb takes verbatim, unquoted
 
 
 @dataclass
@@ -91,6 +104,9 @@ def build(pid: int, parent: str | None) -> Sysroot:
             fd = _open_mapped(pid, path, mapping)
             if fd is None:
                 continue
+            if not symbols_safe(fd):
+                os.close(fd)
+                continue
             root.fds.append(fd)
             link = f"/proc/{os.getpid()}/fd/{fd}"
             root.files[path] = link
@@ -98,6 +114,9 @@ def build(pid: int, parent: str | None) -> Sysroot:
             _place(root, path, link)
             _place(root, path + DELETED, link)
         exe = _open_exe(pid)
+        if exe is not None and not symbols_safe(exe[0]):
+            os.close(exe[0])
+            exe = None
         if exe is not None:
             fd, name = exe
             root.fds.append(fd)
@@ -114,6 +133,51 @@ def build(pid: int, parent: str | None) -> Sysroot:
         root.close()
         raise
     return root
+
+
+def gdb_commands(path: str) -> list[str]:
+    """gdb finds every object in the sysroot at ``path``, and nothing beside it: the sysroot
+    as cwd (a relative name), no auto-loaded scripts next to an object, no opening of the
+    program by the target's own path.  ``-gdb-set`` takes the rest of its line verbatim,
+    quotes included (a quoted sysroot names no directory), so the path must be plain."""
+    if not PLAIN_PATH.fullmatch(path):
+        raise TracerFailed(f"gdb cannot use a sysroot at {path!r}: use a plain state_dir path")
+    return [f"-gdb-set sysroot {path}", f'-environment-cd "{path}"', "-gdb-set auto-load off",
+            "-gdb-set exec-file-mismatch off"]  # fmt: skip
+
+
+def missing(root: Sysroot, pid: int) -> bool:
+    """Does the link map of ``pid`` name an object ``root`` has no entry for (one loaded since)?"""
+    return any(clean(name) and not os.path.lexists(root.path + name) for name, _ in link_map(pid))
+
+
+def symbols_safe(fd: int) -> bool:
+    """May gdb be given the object open at ``fd``?  (See the module's docstring.)"""
+    debuglink, altlink = elfinfo.debug_links(fd)
+    if debuglink is None and altlink is None:
+        return True
+    if altlink is not None and not (altlink.startswith(b"/usr/lib/debug/") and clean(os.fsdecode(altlink))):
+        return False
+    if debuglink is not None and (not debuglink or b"/" in debuglink or debuglink in (b".", b"..")):
+        return False
+    try:
+        directory = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}").removesuffix(DELETED))
+        extra = os.path.join(directory, ".debug")
+        return _roots_alone(directory) and (not os.path.lexists(extra) or _roots_alone(extra))
+    except OSError:
+        return False
+
+
+def _roots_alone(directory: str) -> bool:
+    """Is ``directory`` and every directory above it owned by root, written by no one else?"""
+    path = os.path.realpath(directory)
+    while True:
+        info = os.stat(path)
+        if info.st_uid != 0 or info.st_mode & 0o022 or not stat.S_ISDIR(info.st_mode):
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
 
 
 def _place(root: Sysroot, name: str, link: str) -> str | None:

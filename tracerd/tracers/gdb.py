@@ -16,6 +16,11 @@ meant, done right:
 - gdb dying on its own fails the session; the kernel has detached the
   process, which runs on untraced.
 
+gdb opens the target's objects only through a sysroot of verified files
+(:mod:`tracerd.gdb.sysroot`), built at the attach and again at a crash when
+a library was loaded since: a library the target replaced by a FIFO cannot
+block the attach or the capture.
+
 Every wait is bounded: ``detach()`` waits at most ``detach_timeout`` seconds
 for the session loop to detach cleanly (it may be busy with a capture, or not
 running at all), then ends gdb, which leaves the process untraced.
@@ -38,8 +43,9 @@ from tracerd.crash import corefile
 from tracerd.crash.report import CrashReport
 from tracerd.crash.siginfo import CODE, FATAL_SIGNALS, parse_int
 from tracerd.errors import Busy, TargetGone, TracerdError, TracerFailed
+from tracerd.gdb import sysroot
 from tracerd.gdb.capture import capture
-from tracerd.gdb.mi import GdbMI, MIError
+from tracerd.gdb.mi import GdbMI, MIError, quote
 from tracerd.procinfo import signal_is_fatal
 from tracerd.tracers.base import Ending, Tracer, poll_until
 
@@ -60,6 +66,7 @@ class GdbTracer(Tracer):
         self._where: asyncio.Future[str] | None = None
         self._detached = asyncio.Event()
         self._gcore_path: str | None = None  # the gcore of a crash, removed once the process is released
+        self._roots: list[sysroot.Sysroot] = []  # gdb's sysroots, the newest last: closed when gdb ends
 
     async def attach(self) -> None:
         pid = self.target.pid
@@ -70,11 +77,21 @@ class GdbTracer(Tracer):
         await self.mi.start()
         self.tracer_pid = self.mi.pid
         try:
+            await self._use_sysroot(exe=True)
             await self._attach_and_continue(pid)
         except BaseException:
             await self._end_gdb()
             self._release_pidfd()
             raise
+
+    async def _use_sysroot(self, *, exe: bool) -> None:
+        """Give gdb a new sysroot of the target's verified files (and, at the attach, its program)."""
+        root = await asyncio.to_thread(sysroot.build, self.target.pid, self.target.capture_dir)
+        self._roots.append(root)
+        for command in sysroot.gdb_commands(root.path):  # a new sysroot makes gdb reload every library
+            await self.mi.command(command, timeout=self.target.attach_timeout)
+        if exe and root.exe:
+            await self.mi.command(f"-file-exec-and-symbols {quote(root.exe)}", timeout=self.target.attach_timeout)
 
     def _watch_exit(self) -> None:
         self._pidfd = procinfo.open_pidfd(self.target.identity)
@@ -180,6 +197,8 @@ class GdbTracer(Tracer):
         with self.output.capturing(self.target.identity, self.target.name, name):
             try:
                 await failpoint.reached("capture-start")
+                if sysroot.missing(self._roots[-1], self.target.pid):  # a library loaded since the attach
+                    await self._use_sysroot(exe=False)
                 report = await capture(
                     self.mi, self.target.identity, self.target.name, stop,
                     tracer=self.name, log_path=self.output.log_path,
@@ -293,6 +312,9 @@ class GdbTracer(Tracer):
     async def _end_gdb(self) -> None:
         await self.mi.close()
         self._detached.set()
+        for root in self._roots:
+            root.close()
+        self._roots.clear()
 
     def _release_pidfd(self) -> None:
         if self._pidfd >= 0:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import time
 from typing import Any
@@ -52,7 +51,6 @@ from tracerd.tracers.watch.supervisor import discard_core, supervisor
 log = structlog.get_logger("tracerd.watch")
 FOLLOW_FORKS = "follow-forks"
 HANDED_OFF = "handed to an interactive gdb: tracerctl gdb"
-_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 
 class WatchTracer(Tracer):
@@ -264,7 +262,7 @@ class WatchTracer(Tracer):
         core = event.get("core")
         if not core:
             raise TracerFailed(str(event.get("core_error") or "the watcher wrote no core"))
-        if not _PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
+        if not sysroot.PLAIN_PATH.fullmatch(str(core)):  # -target-select takes no quoting
             raise TracerFailed(f"gdb cannot open a core at {core!r}: use a plain state_dir path")
         began = time.monotonic()
         root = await asyncio.to_thread(sysroot.build, identity.pid, self.target.capture_dir)
@@ -278,7 +276,7 @@ class WatchTracer(Tracer):
                         raise TracerFailed(f"gdb did not load the core within {GDB_BUDGET:g} s")
                     return remaining
 
-                for command in _sysroot_commands(root.path):
+                for command in sysroot.gdb_commands(root.path):
                     await mi.command(command, timeout=budget())
                 await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid, root))}", timeout=budget())
                 await mi.command(f"-target-select core {core}", timeout=budget())
@@ -294,16 +292,6 @@ class WatchTracer(Tracer):
 
 
 GDB_BUDGET = 7.0  # seconds of gdb per watch crash: with the rest, the process dies within 10 s of its fault
-
-
-def _sysroot_commands(path: str) -> list[str]:
-    """gdb finds every object in the crash's own sysroot, and nothing beside it: the
-    sysroot as cwd (a relative name), no auto-loaded scripts next to an object.  ``-gdb-set``
-    takes the rest of its line verbatim, quotes included (a quoted sysroot named no directory:
-    no library loaded), so the path goes unquoted and must be plain."""
-    if not _PLAIN_PATH.fullmatch(path):
-        raise TracerFailed(f"gdb cannot use a sysroot at {path!r}: use a plain state_dir path")
-    return [f"-gdb-set sysroot {path}", f"-environment-cd {quote(path)}", "-gdb-set auto-load off"]
 
 
 def _executable(pid: int, root: sysroot.Sysroot | None = None) -> str:
