@@ -231,7 +231,42 @@ def hostile_variants(daemon: Daemon, pid: int, start: int) -> list[tuple[str, An
         ("args not strings", [{**good, "args": [1]}], 1),
         ("started not a time", [{**good, "started": "yesterday"}], 1),
         ("listed twice", [good, good], 1),
-    ]
+    ] + [("a kernel thread", [record(daemon, k, "watchload", "watch", start=start_of(k))], 1)
+         for k in [kernel_thread()] if k is not None]  # fmt: skip
+
+
+def start_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def kernel_thread() -> int | None:
+    """A kernel thread's pid (PF_KTHREAD), if this pid namespace shows one."""
+    for entry in sorted(os.listdir("/proc")):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[6]) & 0x00200000:
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_zombie_in_sessions_json_ended_while_down(daemon_factory: Any) -> None:
+    """A process that exited while tracerd was down, its parent not yet reaping it (a
+    zombie with the very start time), counts as ended while down: no attach tried."""
+    import subprocess  # noqa: PLC0415
+
+    proc = subprocess.Popen(["true"])
+    try:
+        wait_until(lambda: proc_state(proc.pid) == "Z", "a zombie", 10)
+        daemon = daemon_factory(RULES, start=False)
+        write_sessions(daemon, [record(daemon, proc.pid, "watchload", "watch", start=start_of(proc.pid))])
+        daemon.start()
+        wait_until(lambda: daemon.status()["counters"].get("ended_while_down") == 1, "ended while down", 15)
+        assert "readopt_failed" not in daemon.stderr()
+        assert daemon.status()["counters"].get("readopted", 0) == 0
+    finally:
+        proc.wait()
 
 
 def test_hostile_sessions_json_variants_each_warn_and_start_clean(daemon_factory: Any, cbin: Any,

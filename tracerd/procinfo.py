@@ -171,9 +171,17 @@ PF_KTHREAD = 0x00200000  # field 9 of /proc/PID/stat
 
 
 def check_ptraceable(pid: int, ours: set[int]) -> None:
-    """Refuse, in one line, a pid that no tracer can attach: a kernel thread (AccessDenied),
-    a zombie (TargetGone), a thread that is not its process's leader (AccessDenied), a
-    process another tracer holds, not one of ``ours`` (Busy)."""
+    """Refuse, in one line, a pid that no tracer can attach: see :func:`check_user_process`;
+    a process another tracer holds, not one of ``ours`` (Busy)."""
+    status = check_user_process(pid)
+    current = int(status.get(b"TracerPid", 0))
+    if current and current not in ours:
+        raise Busy(f"process {pid} is already traced by pid {current}")
+
+
+def check_user_process(pid: int) -> dict[bytes, bytes]:
+    """Refuse, in one line, a kernel thread (AccessDenied), a zombie (TargetGone), a thread
+    that is not its process's leader (AccessDenied); else /proc/PID/status (:func:`_status`)."""
     fields = _stat_fields(pid)
     if int(fields[6]) & PF_KTHREAD:
         raise AccessDenied(f"pid {pid} is a kernel thread; only user processes can be traced")
@@ -182,9 +190,7 @@ def check_ptraceable(pid: int, ours: set[int]) -> None:
     status = _status(pid)
     if int(status.get(b"Tgid", pid)) != pid:
         raise AccessDenied(f"pid {pid} is a thread of process {int(status[b'Tgid'])}; trace the process")
-    current = int(status.get(b"TracerPid", 0))
-    if current and current not in ours:
-        raise Busy(f"process {pid} is already traced by pid {current}")
+    return status
 
 
 def _status(pid: int) -> dict[bytes, bytes]:

@@ -121,6 +121,12 @@ def validate(raw: Any, log_dir: Path) -> Entry:
 def check_rules(entry: Entry, refused: set[int]) -> None:
     """The rules every request obeys (Invalid otherwise): a target tracerd may trace
     (``refused``: see :func:`untraceable`), a tracer it finds."""
+    try:  # a kernel thread or a thread named by a tampered file; a zombie: adopt() ends it
+        procinfo.check_user_process(entry.pid)
+    except TargetGone:
+        pass
+    except TracerdError as err:
+        raise Invalid(str(err)) from None
     if entry.pid in refused:
         try:  # the same words as a request's refusal
             Authorizer.check_traceable(ProcessIdentity(entry.pid, entry.start), refused)
@@ -130,6 +136,16 @@ def check_rules(entry: Entry, refused: set[int]) -> None:
         tracers.backend(entry.tracer)
     except TracerdError as err:
         raise Invalid(str(err)) from None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        procinfo.check_user_process(pid)
+    except TargetGone:
+        return True
+    except TracerdError:
+        return False
+    return False
 
 
 def untraceable(tracer_pids: set[int]) -> set[int]:
@@ -204,7 +220,7 @@ class Readoption:
         except TracerdError as err:
             log.warning("readopt_failed", pid=entry.pid, name=entry.name, error=str(err))
             return
-        if identity is None or identity.start != entry.start:
+        if identity is None or identity.start != entry.start or _zombie(entry.pid):
             self.ended(entry)  # gone, or the pid is another process's now: never touched
             return
         if self.runner.registry.current(identity) is not None:
