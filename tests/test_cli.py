@@ -138,3 +138,16 @@ def test_complete_crashes_from_daemon_and_store(daemon_factory: Any, tmp_path: P
     daemon.start()
     up = daemon.ctl("_complete", "crashes", "--state-dir", str(tmp_path / "no-store"))
     assert (up.returncode, up.stdout) == (0, f"{entry['id']}\n")
+
+
+def test_bash_completion_offers_every_command() -> None:
+    """contrib/tracerctl.bash-completion's own list of commands is tracerctl's (crash-delete,
+    retrace and gdb were missing from it)."""
+    import re  # noqa: PLC0415
+
+    text = (Path(__file__).parent.parent / "contrib" / "tracerctl.bash-completion").read_text()
+    listed = re.search(r'local commands="([^"]*)"', text)
+    assert listed is not None
+    result = run(*script("tracerctl"), "_complete", "commands")
+    assert result.returncode == 0
+    assert sorted(listed.group(1).split()) == sorted(result.stdout.split())

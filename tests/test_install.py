@@ -317,7 +317,7 @@ def test_completion_offers_subcommands_and_survives_a_missing_helper(
         assert result.returncode == 0, result.stderr
         return [w for w in result.stdout.splitlines() if w], result.stderr
 
-    assert complete("tracerctl", "cr") == (["crashes", "crash"], "")
+    assert complete("tracerctl", "cr") == (["crashes", "crash", "crash-delete"], "")
     assert complete("tracerctl", "postfix", "") == (["enable", "disable", "status"], "")
     assert complete("tracerctl", "--json", "postfix", "enable", "--tr")[0] == ["--tracer"]
     assert complete("tracerctl", "crash", "2026") == ([], "")
