@@ -25,18 +25,14 @@ two together (what they print, send and read) and tests/test_hook.py runs
 every hook behaviour against both.
 
 Start-up is the whole cost: Postfix pays it on every traced process start
-(README, "Hook latency").  So this module is a script of its own.  It imports
-nothing of tracerd (not even the package's ``__init__``) and only the parts of
-the standard library that cost nothing to load: ``sys``, ``time``, ``posix``,
-``_socket`` and ``_json`` (the C halves of os, socket and json, which would
-cost more than all the rest of the hook put together), and it avoids
-``typing`` and ``from __future__``.  ``make install`` runs it from a stub
-(contrib/pftrace-hook.in) as ``/usr/bin/python3 -IS``: isolated mode and no
-site, so neither the environment (PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, ...)
-nor anything in site-packages runs with it, and the interpreter starts at its
-floor.  The socket rule (:func:`default_socket`) is :mod:`tracerd.client`'s,
-written again here for that reason (tests/test_hook_startup.py holds the two
-together).
+(README, "Hook latency").  So this module is a script of its own: it imports
+nothing of tracerd (not even the package's ``__init__``), only the standard
+library (``json``, ``socket``, ``os``, ``sys``, ``time``), and ``make install``
+runs it from a stub (contrib/pftrace-hook.in) as ``/usr/bin/python3 -IS``:
+isolated mode and no site, so neither the environment (PYTHONPATH,
+PYTHONHOME, PYTHONSTARTUP, ...) nor anything in site-packages runs with it.
+The socket rule (:func:`default_socket`) is :mod:`tracerd.client`'s, written
+again here for that reason (tests/test_hook_startup.py holds the two together).
 
 Security: the hook trusts nothing it is given; tracerd checks the caller's
 credentials (SO_PEERCRED), the name, and that PID is an ancestor of the hook.
@@ -47,11 +43,12 @@ Diagnostics: every failure is the one warning line above, on stderr and to
 syslog; the reasons are :mod:`tracerd.client`'s wording.
 """
 
-import posix
+import json
+import os
 import sys
 import time
-from _socket import AF_UNIX, SOCK_DGRAM, SOCK_STREAM
-from _socket import socket as Socket
+from socket import AF_UNIX, SOCK_DGRAM, SOCK_STREAM
+from socket import socket as Socket
 
 VERSION = "0.1.0"  # tracerd.__version__ (tests/test_hook_startup.py checks)
 SYSTEM_SOCKET = "/run/tracerd/tracerd.sock"
@@ -102,31 +99,25 @@ class Timeout(Exception):
     """A deadline passed (connect, send or answer)."""
 
 
-def getenv(name: str) -> str | None:
-    """An environment variable (``posix.environ``: ``os`` is not loaded)."""
-    value = posix.environ.get(name.encode())
-    return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
-
-
 def user_socket() -> str:
     """The per-user socket of a tracerd run by this (non-root) user (tracerd.client's rule)."""
-    xdg = getenv("XDG_RUNTIME_DIR")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and xdg.startswith("/"):
         return xdg.rstrip("/") + "/tracerd/tracerd.sock"
-    return f"/tmp/tracerd-{posix.getuid()}/tracerd.sock"
+    return f"/tmp/tracerd-{os.getuid()}/tracerd.sock"
 
 
 def default_socket() -> str:
     """The socket tracerd listens on when nothing says (tracerd.client.default_socket)."""
-    return SYSTEM_SOCKET if posix.geteuid() == 0 else user_socket()
+    return SYSTEM_SOCKET if os.geteuid() == 0 else user_socket()
 
 
 def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     """A tiny parser (argparse costs start-up time on every process start)."""
     opts: dict[str, str | float | int] = {
-        "socket": getenv("TRACERD_SOCKET") or default_socket(),
+        "socket": os.environ.get("TRACERD_SOCKET") or default_socket(),
         "timeout": DEFAULT_TIMEOUT,
-        "ack-timeout": getenv("TRACERD_ACK_TIMEOUT") or DEFAULT_ACK_TIMEOUT,
+        "ack-timeout": os.environ.get("TRACERD_ACK_TIMEOUT") or DEFAULT_ACK_TIMEOUT,
         "syslog": SYSLOG_PATH,
     }
     given: set[str] = set()
@@ -178,79 +169,18 @@ def shown(duration: float) -> str:
 
 
 # -- JSON lines ----------------------------------------------------------------
-# json itself would load re and enum: the C half of it (_json) is loaded only
-# for a line that is not one of the two that a successful attach brings.
-
-ACK_LINE = b'{"ack":true}'  # tracerd.protocol.encode(ACK)
-OK_START = b'{"ok":true,'  # tracerd.protocol.encode of a success: "ok" comes first
-
-
-class _Decoding:
-    """What _json's scanner reads off a json.JSONDecoder: the defaults of json.loads."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float  # NaN, Infinity, -Infinity
-
-
-def quote(text: str) -> str:
-    """``text`` as a JSON string (json.dumps's ASCII escaping)."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'  # nothing to escape: a name, a tracer, a key
-    try:
-        import _json  # noqa: PLC0415 (see above)
-    except ImportError:  # an interpreter without the C half
-        import json  # noqa: PLC0415
-
-        return json.dumps(text)
-    return _json.encode_basestring_ascii(text)
 
 
 def encode_request(request: dict[str, str | int | bool]) -> bytes:
-    """One request line; values are strings, integers or booleans."""
-    fields = []
-    for key, value in request.items():
-        if isinstance(value, bool):
-            shown_value = "true" if value else "false"
-        elif isinstance(value, int):
-            shown_value = str(value)
-        else:
-            shown_value = quote(value)
-        fields.append(f"{quote(key)}: {shown_value}")
-    return ("{" + ", ".join(fields) + "}\n").encode()
+    """One request line (tracerd.protocol's form: ASCII, one line)."""
+    return (json.dumps(request) + "\n").encode()
 
 
 def decode_object(line: bytes) -> dict[str, object] | None:
-    """One JSON object from a line, or None when the line holds anything else.
-
-    The acknowledgement and a success are told by their first bytes, which is
-    all the hook needs of them (of a success, only that "ok" is true)."""
-    if line == ACK_LINE:
-        return {"ack": True}
-    if line == b'{"ok":true}' or (line.startswith(OK_START) and line.endswith(b"}")):
-        return {"ok": True}
+    """One JSON object from a line, or None when the line holds anything else."""
     try:
-        text = line.decode("utf-8").strip()
-        try:
-            import _json  # noqa: PLC0415 (see above)
-        except ImportError:  # an interpreter without the C half
-            import json  # noqa: PLC0415
-
-            value: object = json.loads(text)
-        else:
-            # the stub types the context as a scanner; it is anything with _Decoding's attributes
-            value, end = _json.make_scanner(_Decoding)(text, 0)  # type: ignore[arg-type]
-            if end != len(text):
-                return None
-    except (ValueError, StopIteration, RecursionError):
-        return None
-    except SystemError:
-        # _json raises JSONDecodeError only when json.decoder is already imported (it looks the
-        # class up in sys.modules); in the hook it is not, and a malformed line (b'{"ok": true')
-        # ends in "returned NULL without setting an exception" instead
+        value = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
     return value if isinstance(value, dict) else None
 
@@ -379,10 +309,10 @@ def restarting(socket_path: str) -> bool:
     """Whether tracerd said, less than RESTART_GRACE ago, that it is restarting (SOCKET.restarting,
     root's or the hook's own uid's, as the socket's directory is)."""
     try:
-        info = posix.stat(socket_path + ".restarting")
+        info = os.stat(socket_path + ".restarting")
     except (OSError, ValueError):
         return False
-    return info.st_uid in (0, posix.geteuid()) and 0 <= time.time() - info.st_mtime < RESTART_GRACE
+    return info.st_uid in (0, os.geteuid()) and 0 <= time.time() - info.st_mtime < RESTART_GRACE
 
 
 def one_line(text: str) -> str:
@@ -410,7 +340,7 @@ def one_line(text: str) -> str:
 def warn_syslog(path: str, message: str) -> None:
     """mail.warning to the local syslog socket; never blocks, never fails."""
     stamp = time.strftime("%b %d %H:%M:%S")
-    line = f"<{LOG_MAIL_WARNING}>{stamp} pftrace-hook[{posix.getpid()}]: {message}"
+    line = f"<{LOG_MAIL_WARNING}>{stamp} pftrace-hook[{os.getpid()}]: {message}"
     try:
         sock = Socket(AF_UNIX, SOCK_DGRAM)
     except OSError:
@@ -439,7 +369,7 @@ def run() -> None:
             stream.flush()
         except (OSError, ValueError):
             code = code or 1  # as the interpreter would, without the 120: Postfix reads only 0 or not
-    posix._exit(code)
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
