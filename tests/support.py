@@ -29,9 +29,6 @@ from typing import Any, TypeVar
 
 import psutil
 
-from tracerd.errors import TargetGone
-from tracerd.procinfo import state_of
-
 HERE = Path(__file__).parent
 C_DIR = HERE / "c"
 BIN = Path(sys.executable).parent
@@ -152,8 +149,9 @@ def compile_c(name: str, out: Path, *flags: str, optimize: str = "-O0") -> Path:
 def proc_state(pid: int) -> str:
     """One-letter state of a process ('t' = tracing stop), '' when gone."""
     try:
-        return state_of(pid)
-    except TargetGone:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return ""
 
 

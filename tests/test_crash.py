@@ -299,28 +299,34 @@ def test_build_id_never_raises_on_elf_shaped_noise(tmp_path: Path, elf_class: in
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg") is None, reason="dpkg is not installed (not Debian)")
 
 
+def debug_package(path: str) -> str | None:
+    """The package debugsyms names for an object's symbols: its owner's debug package."""
+    found = elfinfo.owner(path)
+    return elfinfo.debug_package_of(found[0]) if found else None
+
+
 @needs_dpkg
 def test_debug_package_of_libc_is_libc6_dbg(target: Path) -> None:
     """libc, by the path ldd resolves, its real path, or its usrmerge twin, gets its symbols from libc6-dbg."""
     libc = libc_of(target)
-    assert elfinfo.debug_package(libc, elfinfo.build_id(libc)) == "libc6-dbg"
-    assert elfinfo.debug_package(os.path.realpath(libc), None) == "libc6-dbg"
-    assert elfinfo.debug_package("/usr/lib/x86_64-linux-gnu/libc.so.6", None) == "libc6-dbg"
+    assert debug_package(str(libc)) == "libc6-dbg"
+    assert debug_package(os.path.realpath(libc)) == "libc6-dbg"
+    assert debug_package("/usr/lib/x86_64-linux-gnu/libc.so.6") == "libc6-dbg"
 
 
 @needs_dpkg
 def test_debug_package_of_other_packages_is_dbgsym() -> None:
     """An object owned by package P gets its symbols from P-dbgsym."""
     dpkg = os.path.realpath(shutil.which("dpkg") or "")
-    assert elfinfo.debug_package(dpkg, None) == "dpkg-dbgsym"
+    assert debug_package(dpkg) == "dpkg-dbgsym"
 
 
 @needs_dpkg
 def test_debug_package_is_none_when_dpkg_cannot_tell(target: Path) -> None:
     """A file no package owns, a relative path or a glob pattern: None (dpkg -S would search by pattern)."""
-    assert elfinfo.debug_package(str(target), elfinfo.build_id(target)) is None
-    assert elfinfo.debug_package("libc.so.6", None) is None
-    assert elfinfo.debug_package("/usr/lib/*/libc.so.6", None) is None
+    assert debug_package(str(target)) is None
+    assert debug_package("libc.so.6") is None
+    assert debug_package("/usr/lib/*/libc.so.6") is None
 
 
 # -- store --------------------------------------------------------------------

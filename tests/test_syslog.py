@@ -436,7 +436,7 @@ def test_tcp_receiver_absent_queues_then_drops(sinks: list[SyslogSink]) -> None:
         for _ in range(100):
             sink.send(LOG_INFO, "x" * 8000)
     assert sink.dropped > 0
-    assert sink.pending_bytes <= MAX_PENDING_BYTES
+    assert sink._pending <= MAX_PENDING_BYTES
     assert sink.last_error is not None
     assert "refused" in sink.last_error
 
@@ -458,7 +458,7 @@ def test_tcp_receiver_that_never_reads_does_not_block(sinks: list[SyslogSink]) -
             assert len(results) == 3000
             assert sink.dropped > 0
             assert results.count(False) == sink.dropped
-            assert sink.pending_bytes <= MAX_PENDING_BYTES
+            assert sink._pending <= MAX_PENDING_BYTES
 
 
 def test_disabled_sink_sends_nothing_and_counts_nothing(
@@ -507,7 +507,7 @@ def test_tcp_queued_frame_goes_out_without_another_message(sinks: list[SyslogSin
             sink = make_sink(f"tcp://127.0.0.1:{port}")
             sinks.append(sink)
             SessionSyslog(sink, "smtpd[7]", 200).notice(LOG_CRIT, "crashed: SIGSEGV")
-            assert sink.pending_bytes > 0  # queued: nobody listens yet
+            assert sink._pending > 0  # queued: nobody listens yet
             listener.listen()
             listener.setblocking(False)
             data = b""

@@ -83,11 +83,6 @@ def identify(pid: int) -> ProcessIdentity:
     return ProcessIdentity(pid, int(fields[19]))
 
 
-def state_of(pid: int) -> str:
-    """One-letter state: R S D T t Z X ... ('t' is tracing stop)."""
-    return _stat_fields(pid)[0]
-
-
 def parent_of(pid: int) -> int:
     return int(_stat_fields(pid)[1])
 

@@ -6,11 +6,10 @@ segments when the file has program headers (executables, shared objects),
 else from its ``SHT_NOTE`` sections (detached ``.debug`` files, objects).
 
 :func:`owner` names the Debian package (and architecture) that installed a
-file, per ``dpkg -S``; :func:`debug_package` the package that would give
-symbols for an object without them: the owner of
-``/usr/lib/debug/.build-id/xx/rest.debug`` when that file exists, else the
-owner of the object itself plus ``-dbgsym`` (``libc6`` ships ``libc6-dbg``
-instead).  They run dpkg: call them from a thread (:mod:`tracerd.crash.debugsyms`).
+file, per ``dpkg -S``; :func:`debug_file_owner` the owner of
+``/usr/lib/debug/.build-id/xx/rest.debug`` when that file exists, and
+:func:`debug_package_of` a package's debug package (``-dbgsym``; ``libc6``
+ships ``libc6-dbg`` instead).  They run dpkg: call them from a thread (:mod:`tracerd.crash.debugsyms`).
 
 Security: the files read are the crashed process's objects, so they are
 untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
@@ -30,7 +29,6 @@ file no package owns.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -63,6 +61,9 @@ _MERGED = (("/usr/lib/", "/lib/"), ("/usr/lib64/", "/lib64/"), ("/usr/bin/", "/b
 _HEADER = {1: "HHIIIIIHHHHHH", 2: "HHIQQQIHHHHHH"}
 _PHDR = {1: ("IIIIIIII", (0, 1, 4, 7)), 2: ("IIQQQQQQ", (0, 2, 5, 7))}
 _SHDR = {1: ("IIIIIIIIII", (1, 4, 5, 8)), 2: ("IIQQQQIIQQ", (1, 4, 5, 8))}
+_VADDR = {1: (1, 2, 2), 2: (2, 3, 3)}  # where a program header's (offset, vaddr) sit, padded to 3
+PT_LOAD = 1
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def build_id(path: str | Path, *, untrusted: bool = False) -> str | None:
@@ -105,15 +106,11 @@ def debug_links(fd: int) -> tuple[bytes | None, bytes | None]:
 
 
 def _debug_links(elf: BinaryIO, file_size: int) -> tuple[bytes | None, bytes | None]:
-    ident = _read(elf, 0, 16, file_size)
-    if ident is None or ident[:4] != b"\x7fELF" or ident[4] not in _HEADER or ident[5] not in (1, 2):
+    parsed = _header(elf, file_size)
+    if parsed is None:
         return None, None
-    order = "<" if ident[5] == 1 else ">"
-    header_fmt, row_fmt = order + _HEADER[ident[4]], order + _SHDR[ident[4]][0]
-    header = _read(elf, 16, struct.calcsize(header_fmt), file_size)
-    if header is None:
-        return None, None
-    fields = struct.unpack(header_fmt, header)
+    order, elf_class, fields = parsed
+    row_fmt = order + _SHDR[elf_class][0]
     shoff, entsize, count, names_at = fields[5], fields[10], fields[11], fields[12]
     if not shoff or not 0 < count <= MAX_SECTIONS or entsize < struct.calcsize(row_fmt) or names_at >= count:
         return None, None
@@ -136,26 +133,32 @@ def _read(elf: BinaryIO, offset: int, size: int, file_size: int) -> bytes | None
     return data if len(data) == size else None
 
 
-def _build_id(elf: BinaryIO, file_size: int) -> str | None:
+def _header(elf: BinaryIO, file_size: int) -> tuple[str, int, tuple[int, ...]] | None:
+    """(byte order, ELF class, the header's fields after e_ident), or None for no ELF."""
     ident = _read(elf, 0, 16, file_size)
     if ident is None or ident[:4] != b"\x7fELF" or ident[4] not in _HEADER or ident[5] not in (1, 2):
         return None
     order = "<" if ident[5] == 1 else ">"
     header_fmt = order + _HEADER[ident[4]]
     header = _read(elf, 16, struct.calcsize(header_fmt), file_size)
-    if header is None:
+    return None if header is None else (order, ident[4], struct.unpack(header_fmt, header))
+
+
+def _build_id(elf: BinaryIO, file_size: int) -> str | None:
+    parsed = _header(elf, file_size)
+    if parsed is None:
         return None
-    fields = struct.unpack(header_fmt, header)
+    order, elf_class, fields = parsed
     phoff, shoff, phentsize, phnum, shentsize, shnum = fields[4], fields[5], *fields[8:12]
     # Program headers first: they are what the loader (and gdb) see.
     areas = [
         row[1:]
-        for row in _table(elf, file_size, (phoff, phentsize, phnum), order, _PHDR[ident[4]])
+        for row in _table(elf, file_size, (phoff, phentsize, phnum), order, _PHDR[elf_class])
         if row[0] == PT_NOTE
     ]
     areas += [
         row[1:]
-        for row in _table(elf, file_size, (shoff, shentsize, shnum), order, _SHDR[ident[4]])
+        for row in _table(elf, file_size, (shoff, shentsize, shnum), order, _SHDR[elf_class])
         if row[0] == SHT_NOTE
     ]
     for offset, size, align in areas[:MAX_NOTE_AREAS]:
@@ -164,6 +167,27 @@ def _build_id(elf: BinaryIO, file_size: int) -> str | None:
         if found:
             return found
     return None
+
+
+def first_load_page(path: str, *, untrusted: bool = False) -> int | None:
+    """The page of the vaddr of the PT_LOAD with the lowest file offset (what the mapping at
+    file offset 0 holds), or None; ``untrusted`` as for :func:`build_id`."""
+    try:
+        with os.fdopen(open_regular(path, untrusted=untrusted), "rb") as elf:
+            size = os.fstat(elf.fileno()).st_size
+            parsed = _header(elf, size)
+            if parsed is None:
+                return None
+            order, elf_class, fields = parsed
+            layout = (_PHDR[elf_class][0], (0, *_VADDR[elf_class]))  # (type, offset, vaddr, -)
+            loads = [row[1:3] for row in _table(elf, size, (fields[4], fields[8], fields[9]), order, layout)
+                     if row[0] == PT_LOAD]  # fmt: skip
+    except (OSError, ValueError, struct.error, OverflowError):
+        return None
+    if not loads:
+        return None
+    p_offset, p_vaddr = min(loads)
+    return int((p_vaddr - p_offset) & ~(PAGE - 1))
 
 
 def _table(
@@ -198,20 +222,6 @@ def _gnu_build_id(blob: bytes, order: str, align: int) -> str | None:
         if kind == NT_GNU_BUILD_ID and blob[name_at : name_at + namesz] == b"GNU\x00" and 0 < descsz <= 256:
             return blob[desc_at : desc_at + descsz].hex()
     return None
-
-
-def debug_package(path: str, build_id: str | None) -> str | None:
-    """The Debian package that would give symbols for ``path``, where dpkg can tell."""
-    return _debug_package(str(path), build_id)
-
-
-@functools.lru_cache(maxsize=1024)
-def _debug_package(path: str, build_id: str | None) -> str | None:
-    debug = debug_file_owner(build_id)
-    if debug:
-        return debug  # already the debug package
-    found = owner(path)
-    return debug_package_of(found[0]) if found else None
 
 
 def debug_file_owner(build_id: str | None) -> str | None:

@@ -14,8 +14,8 @@ module's ELF or its separate debug file (README "Cores and retrace").
 
 Security: the maps and the mapped files are the target's; paths are data
 (never opened except through the pid's own map_files links, else the path
-when lstat says it is a regular file, with O_NONBLOCK|O_NOFOLLOW), ELF headers are parsed with bounds, and only
-x86-64/aarch64 64-bit little-endian headers are understood.
+when lstat says it is a regular file, with O_NONBLOCK|O_NOFOLLOW); ELF headers
+are parsed with bounds by :mod:`tracerd.crash.elfinfo`, the one ELF reader.
 
 Diagnostics: a module whose header cannot be read has no bias (None) and
 its frames no module offset; nothing raises.
@@ -24,15 +24,12 @@ its frames no module offset; nothing raises.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 
 from tracerd.crash import elfinfo
 from tracerd.crash.report import Library, Thread
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 DELETED = " (deleted)"
-PT_LOAD = 1
 
 
 @dataclass
@@ -74,45 +71,15 @@ def read_modules(pid: int) -> list[Module]:
     for module in modules:
         mapped = f"/proc/{pid}/map_files/{module.base:x}-{module.base_end:x}"
         module.build_id, module.source = elfinfo.build_id(mapped), "map_files"
-        first = _first_load(mapped)
+        first = elfinfo.first_load_page(mapped)
         if module.build_id is None and not module.deleted:
             module.build_id, module.source = elfinfo.build_id(module.path, untrusted=True), "path"
-            first = first if first is not None else _first_load(module.path, untrusted=True)
+            first = first if first is not None else elfinfo.first_load_page(module.path, untrusted=True)
         if module.build_id is None and first is None:
             module.source = None
         if first is not None:
             module.bias = module.base - first
     return [m for m in modules if m.bias is not None or m.build_id is not None]
-
-
-def _first_load(path: str, *, untrusted: bool = False) -> int | None:
-    """The page of the lowest file offset PT_LOAD's vaddr (what the offset-0 mapping holds)."""
-    try:
-        fd = elfinfo.open_regular(path, untrusted=untrusted)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as elf:
-            header = elf.read(64)
-            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
-                return None
-            phoff, = struct.unpack_from("<Q", header, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
-            if phentsize < 56 or phnum > 4096:
-                return None
-            elf.seek(phoff)
-            table = elf.read(phentsize * phnum)
-    except (OSError, struct.error, ValueError):
-        return None
-    loads = []
-    for index in range(len(table) // phentsize):
-        p_type, _, p_offset, p_vaddr = struct.unpack_from("<IIQQ", table, index * phentsize)
-        if p_type == PT_LOAD:
-            loads.append((p_offset, p_vaddr))
-    if not loads:
-        return None
-    p_offset, p_vaddr = min(loads)
-    return int((p_vaddr - p_offset) & ~(PAGE - 1))
 
 
 def module_of(modules: list[Module], address: int) -> Module | None:

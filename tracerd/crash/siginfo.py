@@ -149,12 +149,6 @@ def code_info(signo: int, si_code: int) -> tuple[str, str] | None:
     return GENERIC.get(si_code)
 
 
-def code_name(signo: int, si_code: int) -> str | None:
-    """``SEGV_MAPERR``, ``SI_USER``...: the symbolic name, or None."""
-    info = code_info(signo, si_code)
-    return info[0] if info else None
-
-
 def user_sent(si_code: int) -> bool:
     """Sent by a process (kill, tgkill, sigqueue...), not raised by the kernel: si_code <= 0."""
     return si_code <= SI_USER

@@ -77,9 +77,6 @@ class SessionOutput:
             for text in texts:
                 self.syslog.line(text)
 
-    def block(self, text: str) -> None:
-        self.logfile.write_block(text)
-
     def warn(self, text: str) -> None:
         self.syslog.notice(LOG_WARNING, text)
         log.warning("session_warning", pid=self.session.pid, name=self.session.name, message=text)

@@ -110,10 +110,6 @@ class SyslogSink:
         if self.endpoint.kind != "unix":
             self._resolve()
 
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending
-
     def send(self, severity: int, message: str, sd: tuple[str, str] | None = None) -> bool:
         """Send one record now or queue it (tcp); False when dropped.  Never blocks.
 

@@ -95,9 +95,6 @@ class Output(Protocol):
     def lines(self, texts: list[str]) -> None:
         """Several lines of tracer output at once (what one read brought)."""
 
-    def block(self, text: str) -> None:
-        """A multi-line block for the log only (a backtrace)."""
-
     def warn(self, text: str) -> None:
         """A problem worth one syslog warning."""
 
