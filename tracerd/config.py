@@ -1,22 +1,17 @@
 """Configuration: TOML in, frozen dataclasses out.
 
-Every key is optional; what is absent takes the built-in default.  As root
-the defaults are the system paths of README ("Configuration"); as anyone else they live
-under ``$XDG_RUNTIME_DIR/tracerd`` (or ``/tmp/tracerd-UID``), so that
-``tracerd`` runs anywhere with no set-up.
+Every key is optional.  As root the defaults are the system paths of
+tracerd.toml(5); as anyone else they live under ``$XDG_RUNTIME_DIR/tracerd``
+(or ``/tmp/tracerd-UID``).
 
-Security: the file is trusted as far as root wrote it, but every value is
-still type- and range-checked, so that a typo cannot turn into, say, a
-negative size cap or a tracer argv with a non-string in it.
+Security: the file is root's, yet every value is type- and range-checked.
 
-Diagnostics: every problem is a :class:`~tracerd.errors.ConfigError` naming
-the dotted key and, where it can be found, the line in the file.
-:func:`parse_all` collects every one in line order (``tracerd --check`` lists
-them all); :func:`parse` and :func:`load` raise the first.  A TOML syntax
-error stops tomllib, so it is the only one reported.  An unknown key is an
-error too: a misspelt key silently ignored is a bug report later.  What
-depends on the machine rather than the file (is the tracer installed, does
-the group exist) is tracerd.daemon.main's ``--check``, not this module's.
+Diagnostics: each problem is a :class:`~tracerd.errors.ConfigError` naming
+the dotted key and its line; :func:`parse_all` collects them in line order
+(``tracerd --check``), :func:`parse` and :func:`load` raise the first.  An
+unknown key is an error.  A TOML syntax error stops tomllib: it is the only
+one reported.  What depends on the machine (tracer installed, group known)
+is ``tracerd --check``'s (tracerd.daemon.main).
 """
 
 from __future__ import annotations
@@ -32,11 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracerd import (
-    client,
-    fleetconfig,
-    tracers,  # the one registry of tracer names
-)
+from tracerd import client, fleetconfig, tracers  # tracers: the one registry of tracer names
 from tracerd.errors import ConfigError
 from tracerd.fleetconfig import JournalConfig, MetricsConfig
 
@@ -47,8 +38,7 @@ FACILITIES = {
     "local0": 16, "local1": 17, "local2": 18, "local3": 19,
     "local4": 20, "local5": 21, "local6": 22, "local7": 23,
 }  # fmt: skip
-# The grammar of tracerd.sinks.syslog.parse_address (which cannot be imported
-# here: it imports this module), so that what --check accepts the sink accepts.
+# tracerd.sinks.syslog.parse_address's grammar (it imports this module, not the reverse)
 _SYSLOG_INET = re.compile(r"(?:udp|tcp)://(?:\[[0-9A-Fa-f:.]+\]|[^\[\]/:\s]+)(?::(?P<port>\d+))?")
 
 
