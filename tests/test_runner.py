@@ -281,3 +281,25 @@ def test_config_accepts_exactly_the_registry_tracers() -> None:
     assert config.rules[0].tracer == "stubborn"
     with pytest.raises(ConfigError, match="default_tracer"):
         parse('default_tracer = "nosuch"\n')
+
+
+def test_events_carry_their_peer_and_session(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    """structlog's context: a request's events name its peer (pid, uid) without each call
+    passing it, and a session's events its pid, name and tracer (bound in the session's own
+    task, so a request about another session does not carry them)."""
+    import structlog  # noqa: PLC0415
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    async def body(service: TracerdService) -> None:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+            await attach(service, sleeper.pid, "toy")
+            with pytest.raises(Exception, match="init"):
+                await service.handle(Request("attach", pid=1, name="toy", tracer="toy"), me())
+        attached = next(e for e in events if e["event"] == "attached")
+        assert (attached["pid"], attached["name"], attached["tracer"]) == (sleeper.pid, "toy", "toy")
+        assert (attached["peer"], attached["peer_uid"]) == (os.getpid(), os.geteuid())  # the request that began it
+        refused = next(e for e in events if e["event"] == "request_refused")
+        assert (refused["peer"], refused["peer_uid"]) == (os.getpid(), os.geteuid())
+        assert "tracer" not in refused
+
+    run(tmp_path, body)

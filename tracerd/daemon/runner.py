@@ -219,6 +219,8 @@ class SessionRunner:
         return report
 
     async def _run(self, session: Session, running: Running) -> None:
+        # this task's events (and its tracer's) name the session: bound in its own context
+        structlog.contextvars.bind_contextvars(pid=session.pid, name=session.name, tracer=session.tracer)
         backend, output = running.backend, running.output
         try:
             await asyncio.wait_for(backend.attach(), timeout=self.config.attach_timeout + 2.0)
@@ -244,13 +246,13 @@ class SessionRunner:
             attached = f"tracerd: {session.tag} re-attached after tracerd restart"
             output.logfile.write_line(attached)
         output.syslog.notice(LOG_INFO, attached)  # a session's start, whatever its output does (its end: finish)
-        log.info("attached", pid=session.pid, name=session.name, tracer=session.tracer)
+        log.info("attached")  # pid, name, tracer: bound above
         running.attached.set_result(None)
         self.on_change()
         try:
             ending = await backend.wait()
         except Exception as err:  # a backend bug must not take the daemon down
-            log.exception("backend_failed", pid=session.pid)
+            log.exception("backend_failed")
             await _quietly(backend.detach())
             ending = Ending("failed", reason=f"internal error: {err}")
         self.finish(session, ending)

@@ -131,8 +131,10 @@ class TracerdService:
     # -- requests -------------------------------------------------------------
 
     async def handle(self, request: Request, peer: Peer, ack: Ack = lambda: None) -> dict[str, Any]:
-        """One request's reply; ``ack`` tells a hook that its request was accepted."""
+        """One request's reply; ``ack`` tells a hook that its request was accepted.  Every event
+        logged meanwhile (and by a session it starts, until it binds its own) names the peer."""
         self.counters["requests"] += 1
+        structlog.contextvars.bind_contextvars(peer=peer.pid, peer_uid=peer.uid)  # this connection's task only
         try:
             self.auth.check(request.op, peer)
             handler = getattr(self, OPERATIONS[request.op].handler)
@@ -142,8 +144,7 @@ class TracerdService:
                 self.counters["refused"] += 1
             if request.op == "hook":
                 fleet.hub.hook_refused(err.code)
-            log.info("request_refused", op=request.op, pid=request.pid, peer=peer.pid,
-                     uid=peer.uid, error=err.code, message=str(err))  # fmt: skip
+            log.info("request_refused", op=request.op, pid=request.pid, error=err.code, message=str(err))
             raise
         return {"ok": True, **reply}
 
