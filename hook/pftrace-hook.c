@@ -230,45 +230,6 @@ static void buf_json(struct buf *b, const char *text)
     buf_str(b, "\"");
 }
 
-/* Python's repr() of a str (argv as Python decodes it), near enough for an error line: single
- * quotes, or double quotes when the text has a single quote and no double one; \n \r \t and \\
- * escaped, other controls as \xNN, a byte that is not UTF-8 as the \udcNN surrogateescape makes. */
-static void buf_repr(struct buf *b, const char *text)
-{
-    const unsigned char *s = (const unsigned char *)text;
-    size_t n = strlen(text);
-    int dq = strchr(text, '\'') && !strchr(text, '"');
-    char q = dq ? '"' : '\'';
-    buf_add(b, &q, 1);
-    for (size_t i = 0; i < n;) {
-        unsigned cp;
-        size_t len = utf8_seq(s + i, n - i, &cp);
-        if (len == 0) {
-            buf_fmt(b, "\\udc%02x", s[i]);
-            i++;
-            continue;
-        }
-        if (cp == '\\' || cp == (unsigned char)q) {
-            char esc[2] = {'\\', (char)cp};
-            buf_add(b, esc, 2);
-        } else if (cp == '\n') {
-            buf_str(b, "\\n");
-        } else if (cp == '\r') {
-            buf_str(b, "\\r");
-        } else if (cp == '\t') {
-            buf_str(b, "\\t");
-        } else if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) {
-            buf_fmt(b, "\\x%02x", cp);
-        } else if (cp == 0x2028 || cp == 0x2029) {
-            buf_fmt(b, "\\u%04x", cp);
-        } else {
-            buf_add(b, text + i, len);
-        }
-        i += len;
-    }
-    buf_add(b, &q, 1);
-}
-
 /* -- time ----------------------------------------------------------------- */
 
 static double now(void)
@@ -312,7 +273,7 @@ static int seconds(const char *where, const char *value, double *out)
         end++;
     if (!whole || *end || !(number > 0 && number <= 3600)) {
         buf_fmt(&usage_error, "%s wants a number of seconds, 0 < SECONDS <= 3600, not ", where);
-        buf_repr(&usage_error, value);
+        buf_json(&usage_error, value);
         return -1;
     }
     *out = number;
@@ -424,7 +385,7 @@ static enum parsed parse_args(int argc, char **argv, struct opts *o)
         end++;
     if (end == p || *end || errno || !(*p == '-' || *p == '+' || (*p >= '0' && *p <= '9'))) {
         buf_str(&usage_error, "PID must be a number, not ");
-        buf_repr(&usage_error, positional[1]);
+        buf_json(&usage_error, positional[1]);
         return BAD;
     }
     return PARSED;

@@ -149,7 +149,7 @@ def parse_args(argv: list[str]) -> dict[str, str | float | int]:
     try:
         opts["pid"] = int(positional[1])
     except ValueError as err:
-        raise ValueError(f"PID must be a number, not {positional[1]!r}") from err
+        raise ValueError(f"PID must be a number, not {json.dumps(positional[1])}") from err
     return opts
 
 
@@ -160,7 +160,7 @@ def seconds(where: str, value: str | float | int) -> float:
     except ValueError:
         number = float("nan")  # and NaN fails the range test below
     if not 0 < number <= 3600:
-        raise ValueError(f"{where} wants a number of seconds, 0 < SECONDS <= 3600, not {value!r}")
+        raise ValueError(f"{where} wants a number of seconds, 0 < SECONDS <= 3600, not {json.dumps(str(value))}")
     return number
 
 
