@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import have
 from tests.support import C_DIR, script, wait_until
 from tracerd.crash import elfinfo
+from tracerd.crash import retrace as retrace_mod
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("objcopy")), reason="gdb and binutils are needed")
 
@@ -336,3 +337,68 @@ def test_watch_process_over_max_core_process_bytes_keeps_no_core_but_a_full_repo
     assert len(crashed_frames(report)) >= 2, report  # the capture gdb read the trimmed core
     assert not list((daemon.state_dir / "crashes").glob("*.core.zst"))
     assert not list((daemon.state_dir / "capture").glob("*.core"))
+
+
+def test_retrace_is_stored_and_shown_by_crash_and_crashes(
+    retrace_daemon: Any, spawn: Any, built: Built, tmp_path: Path
+) -> None:
+    """``tracerctl --socket S retrace ID`` (no --state-dir: the daemon of S says
+    where its store is) keeps the names in that daemon's report: ``crash ID``,
+    ``crashes`` and the report retrace prints show them, not ``??``."""
+    report = crash(retrace_daemon, spawn, built.exe, "deep2")
+    assert not any(f.get("function") == "retrace_crash_here" for f in crashed_frames(report))
+    result = subprocess.run([*script("tracerctl"), "--socket", str(retrace_daemon.socket), "retrace", report["id"],
+                             "--no-debuginfod", "--debug-dir", str(built.debug_root)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.partition("\n\n")[2]
+    assert "retrace_crash_here () at " in printed, result.stdout
+    assert "?? ()" not in printed.partition("other threads")[0].split("x/16i")[0], result.stdout
+    human = retrace_daemon.ctl("crash", report["id"]).stdout
+    assert "retrace_crash_here () at " in human, human
+    assert "retrace_target.c:22" in human, human
+    stored = json.loads(retrace_daemon.ctl("--json", "crash", report["id"]).stdout)["crash"]
+    top = crashed_frames(stored)[0]
+    assert (top["function"], top["line"]) == ("retrace_crash_here", 22)
+    assert stored["top"][:2] == ["retrace_crash_here", "descend"], stored["top"]
+    assert stored["signature"] == report["signature"]
+    listed = retrace_daemon.ctl("crashes").stdout
+    assert "retrace_crash_here < descend" in listed, listed
+    entry = next(e for e in json.loads(retrace_daemon.ctl("--json", "crashes").stdout)["crashes"]
+                 if e["signature"] == report["signature"])  # fmt: skip
+    assert entry["top"][:2] == ["retrace_crash_here", "descend"]
+
+
+def test_retrace_leaves_frames_gdb_named_alone(retrace_daemon: Any, spawn: Any, built: Built) -> None:
+    """glibc's symbols installed (libc6-dbg under /usr/lib/debug): gdb named
+    ``__libc_start_call_main`` at ``libc_start_call_main.h:58`` (an inlined
+    frame, which addr2line without -i puts at libc-start.c:58); retrace fills
+    only the frames gdb left unnamed and keeps gdb's file:line."""
+    report = crash(retrace_daemon, spawn, built.exe, "deep1")
+    gdb_named = [f for f in crashed_frames(report) if f["function"] and f["file"] and f["line"] is not None]
+    libc = [f for f in gdb_named if f["function"] == "__libc_start_call_main"]
+    if not libc or retrace_mod.local_debug_file(retrace_mod.DEFAULT_ROOTS, libc[0]["build_id"]) is None:
+        pytest.skip("glibc's debug symbols (libc6-dbg) are not installed")
+    result = retrace(retrace_daemon, report["id"], "--json", "--no-debuginfod", "--debug-dir", str(built.debug_root),
+                     "--debug-dir", "/usr/lib/debug")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert {c["level"] for c in record["changed"]}.isdisjoint(f["level"] for f in gdb_named), record["changed"]
+    assert any(c["function"] == "retrace_crash_here" for c in record["changed"])
+    stored = crashed_frames(json.loads(retrace_daemon.ctl("--json", "crash", report["id"]).stdout)["crash"])
+    for before in gdb_named:
+        after = next(f for f in stored if f["level"] == before["level"])
+        assert (after["function"], after["file"], after["line"]) == (before["function"], before["file"], before["line"])
+    assert any(f["file"].endswith("libc_start_call_main.h") and f["line"] == 58 for f in stored if f["file"])
+
+
+@pytest.mark.parametrize(("given", "wanted"), [
+    ("./nptl/./nptl/pthread_create.c", "nptl/pthread_create.c"),
+    ("./csu/../sysdeps/x86/libc-start.c", "sysdeps/x86/libc-start.c"),
+    ("/build/glibc/./nptl/x.c", "/build/glibc/nptl/x.c"),
+    ("/src/a/../b.c", "/src/b.c"),
+    ("/work/tests/c/retrace_target.c", "/work/tests/c/retrace_target.c"),
+    ("x.c", "x.c"),
+])  # fmt: skip
+def test_addr2line_source_paths_are_normalised(given: str, wanted: str) -> None:
+    assert retrace_mod.source_path(given) == wanted

@@ -183,6 +183,8 @@ OPERATIONS: dict[str, Operation] = {
         _op("catch", "name", "hold ack"),
         # retention (README, "Crash retention"): root only; an id or older_than
         _op("crash-delete", "", "id older_than"),
+        # tracerctl retrace (README "Cores and retrace"): root only; ID.retrace into the stored report
+        _op("crash-retrace", "id"),
     )
 }
 

@@ -8,8 +8,19 @@ packages put them), then from debuginfod (:mod:`tracerd.crash.debuginfod`),
 and asks binutils' ``addr2line`` for the function and file:line of every
 frame of that module at once.  A return address (every frame but the
 innermost, and the one a signal interrupted) is looked up one byte back, so
-that the line is the call's.  The result records which frames changed, to
-what, and from which source (README "Cores and retrace").
+that the line is the call's.  Only what gdb left unnamed is filled: a frame
+with a function and file:line keeps them (gdb knows inlined frames, addr2line
+without ``-i`` does not); a named frame without file:line gets only those.
+addr2line's file names are normalised (``./nptl/./nptl/x.c`` ->
+``nptl/x.c``).  The result records which frames changed, to what, and from
+which source (README "Cores and retrace").
+
+:func:`keep` puts a record (``ID.retrace``, beside the report) into the stored
+report: its frames, gdb's ``bt full`` lines of those frames, its ``top`` and
+the index entry's, written atomically under the store's lock, so ``crash
+ID`` and ``crashes`` show the names.  tracerd runs it for ``tracerctl
+retrace`` (the ``crash-retrace`` operation, root only); with tracerd down,
+tracerctl runs it on the store itself.
 
 Security: the report is data: a build-id must be hex and an offset an
 integer before either reaches a path or addr2line's argv (no shell);
@@ -18,11 +29,16 @@ addr2line runs with a timeout on files found by build-id only.
 Diagnostics: a module without a debug file, a debuginfod failure or an
 addr2line failure is one line in ``errors`` and its frames stay as they
 were; nothing raises past :class:`RetraceError` (a report without the
-fields a retrace needs).
+fields a retrace needs).  :func:`keep` raises NotFound (no report, no
+record) or OSError (the report not written: it stays as it was).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
 import subprocess
 import time
 from collections.abc import Iterable
@@ -31,11 +47,17 @@ from typing import Any
 
 from tracerd.crash import elfinfo
 from tracerd.crash.debuginfod import BUILD_ID_RE, Client, FetchError
+from tracerd.crash.report import CRASH_ID_RE, Frame, top_functions
+from tracerd.crash.signature import report_named_frames
+from tracerd.crash.store import CrashStore
+from tracerd.errors import NotFound
 from tracerd.timefmt import iso_utc
 
 DEFAULT_ROOTS = (Path("/usr/lib/debug"),)
 ADDR2LINE_TIMEOUT = 60.0
 TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
+# gdb's line for a frame it could not name: "#3  0x00007f... in ?? () from /lib/x.so"
+_UNNAMED_LINE = re.compile(r"#(?P<level>\d+)(?P<gap>\s+)(?P<address>0x[0-9a-fA-F]+ in )?\?\? \(\)(?P<tail>.*)")
 
 
 class RetraceError(Exception):
@@ -79,13 +101,16 @@ def retrace(report: dict[str, Any], roots: Iterable[Path] = DEFAULT_ROOTS,
     wanted: dict[str, list[tuple[int, dict[str, Any], int]]] = {}
     previous: dict[str, Any] | None = None
     frames = _frames(report)
+    offsets = 0
     for thread_id, frame in frames:
         after = previous is not None and previous.get("function") in TRAMPOLINES
         previous = frame
         build_id, offset = frame.get("build_id"), _lookup_offset(frame, after)
         if isinstance(build_id, str) and BUILD_ID_RE.fullmatch(build_id) and offset is not None:
-            wanted.setdefault(build_id, []).append((thread_id, frame, offset))
-    if not wanted and frames:
+            offsets += 1
+            if not named_by_gdb(frame):
+                wanted.setdefault(build_id, []).append((thread_id, frame, offset))
+    if not offsets and frames:
         raise RetraceError("the report has no module offsets (taken by a tracerd without retrace support)")
     modules: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
@@ -112,7 +137,7 @@ def retrace(report: dict[str, Any], roots: Iterable[Path] = DEFAULT_ROOTS,
             if function is None and file is None:
                 continue
             before = (frame.get("function"), frame.get("file"), frame.get("line"))
-            new = (function or frame.get("function"), file or frame.get("file"),
+            new = (frame.get("function") or function, file or frame.get("file"),
                    line if file else frame.get("line"))  # fmt: skip
             if new != before:
                 changed.append({"thread": thread_id, "level": frame.get("level"), "pc": frame.get("pc"),
@@ -120,6 +145,21 @@ def retrace(report: dict[str, Any], roots: Iterable[Path] = DEFAULT_ROOTS,
                                 "file": new[1], "line": new[2], "source": source})  # fmt: skip
     return {"time": iso_utc(), "seconds": round(time.monotonic() - started, 3), "frames": len(frames),
             "changed": changed, "modules": modules, "errors": errors}  # fmt: skip
+
+
+def named_by_gdb(frame: dict[str, Any]) -> bool:
+    """gdb named the frame with its function and file:line: a retrace leaves it alone."""
+    return bool(frame.get("function") and frame.get("file") and frame.get("line") is not None)
+
+
+def source_path(name: str) -> str:
+    """addr2line's file name, normalised: its directory joined twice (``./nptl/./nptl/x.c``,
+    binutils on DWARF 5) once, and ``.``/``..`` resolved; absolute names stay absolute."""
+    head, sep, tail = name.partition("/./")
+    stem = os.path.normpath(head) if sep else ""
+    if sep and stem not in (".", "/") and (tail == stem or tail.startswith(stem + "/")):
+        name = tail
+    return os.path.normpath(name) if name else name
 
 
 def _describe(function: object, file: object, line: object) -> str:
@@ -149,17 +189,89 @@ def _addr2line(path: Path, offsets: list[int]) -> list[tuple[str | None, str | N
         file, _, number = where.partition(" (")[0].rpartition(":")
         out.append((
             None if function == "??" else function,
-            None if file in ("", "??") else file,
+            None if file in ("", "??") else source_path(file),
             int(number) if number.isdigit() and number != "0" else None,
         ))  # fmt: skip
     return out
 
 
-def apply(report: dict[str, Any], record: dict[str, Any]) -> None:
-    """The record's names into the report's frames (for printing the retraced backtrace)."""
-    by_key = {(c["thread"], c["level"]): c for c in record.get("changed", [])}
+def apply(report: dict[str, Any], record: dict[str, Any]) -> int:
+    """The record's names into the report's frames gdb left unnamed (the same pc), their
+    lines of gdb's ``bt full`` text, and the report's ``top``; how many frames changed."""
+    changes = {(c.get("thread"), c.get("level")): c for c in record.get("changed") or [] if isinstance(c, dict)}
+    applied = 0
     for thread in report.get("threads") or []:
+        if not isinstance(thread, dict):
+            continue
+        renamed: dict[int, dict[str, Any]] = {}
         for frame in thread.get("frames") or []:
-            change = by_key.get((thread.get("id"), frame.get("level")))
-            if change is not None:
-                frame.update(function=change["function"], file=change["file"], line=change["line"])
+            change = changes.get((thread.get("id"), frame.get("level"))) if isinstance(frame, dict) else None
+            if change is None or named_by_gdb(frame) or change.get("pc") != frame.get("pc"):
+                continue
+            function, file, line = change.get("function"), change.get("file"), change.get("line")
+            if not (isinstance(function, str | None) and isinstance(file, str | None)
+                    and (line is None or (isinstance(line, int) and not isinstance(line, bool)))):  # fmt: skip
+                continue
+            frame.update(function=frame.get("function") or function, file=file or frame.get("file"),
+                         line=line if file else frame.get("line"), retraced=str(change.get("source")))  # fmt: skip
+            renamed[int(frame.get("level") or 0)] = frame
+            applied += 1
+        if renamed and isinstance(thread.get("text"), str):
+            thread["text"] = "\n".join(_rename_line(text, renamed) for text in thread["text"].split("\n"))
+    report["top"] = top_functions(_crashed_frames(report))
+    return applied
+
+
+def _rename_line(text: str, renamed: dict[int, dict[str, Any]]) -> str:
+    """gdb's ``#N  0x... in ?? () from X`` line of a renamed frame, with its name and file:line."""
+    found = _UNNAMED_LINE.fullmatch(text)
+    frame = renamed.get(int(found["level"])) if found else None
+    if found is None or frame is None:
+        return text
+    where = f" at {frame['file']}" + (f":{frame['line']}" if frame.get("line") is not None else "")
+    return (f"#{found['level']}{found['gap']}{found['address'] or ''}{frame.get('function') or '??'} ()"
+            + (where if frame.get("file") else found["tail"]))  # fmt: skip
+
+
+def _crashed_frames(report: dict[str, Any]) -> list[Frame]:
+    threads = [t for t in report.get("threads") or [] if isinstance(t, dict)]
+    crashed = next((t for t in threads if t.get("crashed")), threads[0] if threads else {})
+    return [Frame(int(f.get("level") or 0), _text(f.get("function")), _text(f.get("file")), None,
+                  _text(f.get("object")), None, module_offset=_text(f.get("module_offset")))
+            for f in crashed.get("frames") or [] if isinstance(f, dict)]  # fmt: skip
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def keep(store: CrashStore, crash_id: str) -> dict[str, Any]:
+    """The record ``ID.retrace`` into the stored report ``ID.json`` and its index entry.
+
+    Runs in tracerd (``crash-retrace``) or, with tracerd down, in tracerctl.
+    Returns ``{"id", "applied", "top"}``; NotFound without a report or record."""
+    if store.read_only:
+        raise PermissionError(f"crash store {store.directory} is open read-only")
+    with store._lock:
+        report = store.get(crash_id)
+        rid = report.get("id")
+        if not isinstance(rid, str) or not CRASH_ID_RE.fullmatch(rid):
+            raise NotFound(f"crash {crash_id}: report unreadable")
+        try:
+            record = store._read_json(f"{rid}.retrace")
+        except (OSError, ValueError):
+            raise NotFound(f"crash {rid}: no retrace record (tracerctl retrace {rid} writes it)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("changed"), list):
+            raise NotFound(f"crash {rid}: retrace record unreadable")
+        applied = apply(report, record)
+        if applied:
+            sources = sorted({str(c.get("source")) for c in record["changed"] if isinstance(c, dict)})
+            report["retrace"] = {"time": str(record.get("time")), "frames": applied, "sources": sources}
+            store._write_atomic(f"{rid}.json", json.dumps(report, indent=2, default=str).encode())
+            for entry in store._entries.values():
+                if entry.get("id") == rid:
+                    entry.update(top=report["top"], frames=report_named_frames(report))
+            store._publish()
+            with contextlib.suppress(OSError):  # the report is safe; the index is rebuilt from it at start
+                store._save_index()
+    return {"id": rid, "applied": applied, "top": report["top"]}

@@ -1,22 +1,28 @@
 """``tracerctl retrace ID``: name a crash's frames again from the debug symbols available now.
 
-The report is read from tracerd's crash store (``--state-dir``, else the
-configured one, read-only); :func:`tracerd.crash.retrace.retrace` looks the
-frames up in the local debug roots (``--debug-dir``, default
-``/usr/lib/debug``: installed ``-dbgsym`` packages) and, unless
-``--no-debuginfod``, on the debuginfod servers (``$DEBUGINFOD_URLS``, then
-``[debuginfod] urls`` of tracerd.toml; bounded by ``$DEBUGINFOD_MAXTIME``).
-It prints which frames changed and from which source, then the retraced
-backtrace of the crashed thread; ``--json``: the retrace record.  When the
-store directory is writable (root), the record is also kept beside the
-report as ``ID.retrace`` (README "Cores and retrace").
+The report is read from tracerd's crash store: ``--state-dir``, else the
+state_dir of the tracerd that answers on ``--socket`` (its ``status``),
+else the configured one; read-only.  :func:`tracerd.crash.retrace.retrace`
+looks the frames gdb left unnamed up in the local debug roots
+(``--debug-dir``, default ``/usr/lib/debug``: installed ``-dbgsym``
+packages) and, unless ``--no-debuginfod``, on the debuginfod servers
+(``$DEBUGINFOD_URLS``, then ``[debuginfod] urls`` of tracerd.toml; bounded
+by ``$DEBUGINFOD_MAXTIME``).  When the store directory is writable (root),
+the record is kept beside the report as ``ID.retrace`` and put into the
+report: by that tracerd (its ``crash-retrace`` operation: it owns the store
+and its index), or, when no tracerd serves the store, here
+(:func:`tracerd.crash.retrace.keep`).  So ``crash ID`` and ``crashes`` show
+the names from then on.  It prints which frames changed and from which
+source, then the report as stored (``crash ID``); ``--json``: the retrace
+record, with ``kept`` (README "Cores and retrace").
 
 Security: as :mod:`tracerd.crash.retrace`; the crash id must match the
-store's pattern; the record is written atomically.
+store's pattern; the record and the report are written atomically; only
+root (or tracerd's own uid) may have tracerd keep a retrace.
 
 Diagnostics: one line ``tracerctl: ...``: no store, no such crash, a report
 without retrace fields; exit 1.  Modules without symbols are listed, not
-failures.
+failures; a retrace that could not be kept says why on stderr (exit 0).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ import sys
 from pathlib import Path
 
 from tracerd import atomic
+from tracerd.client import Unreachable, call
 from tracerd.config import Config
 from tracerd.config import load as load_config
 from tracerd.crash import debuginfod, retrace
 from tracerd.crash.inventory import StoreUnreadable, default_state_dir, open_store
 from tracerd.crash.report import CRASH_ID_RE
+from tracerd.crash.store import CrashStore
 from tracerd.ctl.common import EXIT_FAILED, EXIT_OK, fail, print_json
 from tracerd.ctl.crashview import render_crash
 from tracerd.errors import ConfigError, NotFound
@@ -51,7 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="a debug root holding .build-id/ (default /usr/lib/debug; repeatable)")  # fmt: skip
     parser.add_argument("--no-debuginfod", action="store_true", help="local debug files only")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
-                        help="tracerd's state_dir (default: the configured one)")  # fmt: skip
+                        help="tracerd's state_dir (default: that of the tracerd on --socket, else the"
+                        " configured one)")  # fmt: skip
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
     parser.set_defaults(run=run)
 
@@ -64,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
         config = load_config()
     except ConfigError:
         config = Config()
+    daemon_dir = _daemon_state_dir(args)
+    state_dir = args.state_dir or daemon_dir or config.state_dir or default_state_dir()
+    served = daemon_dir is not None and _same(daemon_dir, state_dir)
     try:
-        store = open_store(args.state_dir or config.state_dir or default_state_dir())
+        store = open_store(state_dir)
     except StoreUnreadable as err:
         return fail(str(err), EXIT_FAILED, as_json=as_json)
     with store:
@@ -82,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"crash {report.get('id')}: {err}", EXIT_FAILED, as_json=as_json)
         record["id"] = report.get("id")
         record["saved"] = _save(store.directory, str(report.get("id")), record)
+        record["kept"], why = _keep(args, store.directory, str(record["id"]), served) if record["saved"] else (
+            None, f"not kept in the report: {store.directory} is not writable (root's)")  # fmt: skip
+        if record["kept"] is not None:
+            with contextlib.suppress(NotFound):
+                report = store.get(str(record["id"]))
+    if why and record["changed"]:
+        print(f"tracerctl: {why}", file=sys.stderr)
     if as_json:
         print_json(record)
         return EXIT_OK
@@ -92,10 +111,47 @@ def run(args: argparse.Namespace) -> int:
               f"  [{change['source']}]")  # fmt: skip
     for error in record["errors"]:
         print(f"  not named: {error}")
-    retrace.apply(report, record)
+    if record["kept"] is None:
+        retrace.apply(report, record)
     print()
     print(render_crash(report))
     return EXIT_OK
+
+
+def _daemon_state_dir(args: argparse.Namespace) -> Path | None:
+    """The state_dir of the tracerd answering on ``--socket``, or None (none answers)."""
+    try:
+        reply = call(args.socket, {"op": "status"}, timeout=min(float(args.timeout), 10.0))
+    except Unreachable:
+        return None
+    state_dir = (reply.get("daemon") or {}).get("state_dir") if reply.get("ok") else None
+    return Path(state_dir) if isinstance(state_dir, str) and state_dir else None
+
+
+def _same(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return one == other
+
+
+def _keep(args: argparse.Namespace, directory: Path, crash_id: str, served: bool) -> tuple[str | None, str]:
+    """The record into the stored report: by tracerd when it serves the store, else here.
+    (how it was kept, or None; why not)."""
+    if served:
+        try:
+            reply = call(args.socket, {"op": "crash-retrace", "id": crash_id}, timeout=float(args.timeout))
+        except Unreachable as err:
+            return None, f"not kept in the report: {err}"
+        if reply.get("ok") is not True:
+            return None, f"not kept in the report: {reply.get('message') or reply.get('error')}"
+        return "tracerd", ""
+    try:
+        with CrashStore(directory) as store:
+            retrace.keep(store, crash_id)
+    except (OSError, ValueError, NotFound, ConfigError) as err:
+        return None, f"not kept in the report: {err}"
+    return "store", ""
 
 
 def _save(directory: Path, crash_id: str, record: dict[str, object]) -> str | None:

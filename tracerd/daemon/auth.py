@@ -1,8 +1,9 @@
 """Who may ask what: SO_PEERCRED credentials and the ancestor rule.
 
 Security (README, "Security model"):
-- hook, attach, detach, where and crash-delete need uid 0 (or the daemon's own uid, so that
-  an unprivileged tracerd serves the user who runs it and nobody else);
+- hook, attach, detach, where, crash-delete and crash-retrace need uid 0
+  (or the daemon's own uid, so that an unprivileged tracerd serves the user
+  who runs it and nobody else);
 - the read-only operations (``read_only`` in tracerd.protocol.OPERATIONS:
   status, show, crashes and crash) also admit members of ``socket_group``
   (primary or supplementary group of the connecting process, as the kernel

@@ -38,7 +38,7 @@ import structlog
 
 from tracerd import __version__, procinfo, tracers
 from tracerd.config import Config
-from tracerd.crash import corefile, inflight, lastwords, redact, retention
+from tracerd.crash import corefile, inflight, lastwords, redact, retention, retrace
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
 from tracerd.daemon import fleet, syslogcheck
@@ -257,6 +257,14 @@ class TracerdService:
             result = await asyncio.to_thread(retention.delete, self.crashes, request.id, request.older_than)
         log.info("crashes_deleted", uid=peer.uid, pid=peer.pid, id=request.id, older_than=request.older_than,
                  reports=len(result["deleted"]), cores=len(result["cores"]))  # fmt: skip
+        return result
+
+    async def op_crash_retrace(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
+        """``tracerctl retrace``: its record (ID.retrace) into the stored report and the index."""
+        assert request.id is not None
+        async with self._crash_lock:  # not while a crash is being recorded
+            result = await asyncio.to_thread(retrace.keep, self.crashes, request.id)
+        log.info("crash_retraced", uid=peer.uid, pid=peer.pid, id=result["id"], frames=result["applied"])
         return result
 
     async def op_where(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
