@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,34 @@ def pytest_configure(config: pytest.Config) -> None:
     which here reaps nothing."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+# -- pytest-xdist (make test runs -n 4 --dist loadgroup) ------------------------------------------
+# Test files that share one of the machine's resources, by group: one worker runs a group's tests one
+# after another, while the other workers run everything else a test at a time.  "system": the install
+# tests (/opt/tracerd, /usr/local, /etc, the checkout's build/), the quick start (the system socket,
+# the guarded paths) and the non-root tests (/run/tracerd/tracerd.sock, useradd).  A table here, not
+# xdist_group marks: with pytest 9.2 xdist's loadgroup drops the marks (pytest-xdist issue #1386).
+XDIST_GROUPS = {
+    "tests/test_install.py": "system",
+    "tests/test_quickstart.py": "system",
+    "tests/test_nonroot.py": "system",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadgroup with the groups of XDIST_GROUPS (the largest group is sent first)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling  # noqa: PLC0415 (only under xdist)
+
+    class FileGroups(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            group = XDIST_GROUPS.get(nodeid.split("::", 1)[0])
+            return f"group:{group}" if group else nodeid
+
+    return FileGroups(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -222,12 +251,37 @@ def system_changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[in
     return ours
 
 
-@pytest.fixture(scope="session", autouse=True)
-def system_paths_untouched() -> Iterator[None]:
+def is_xdist_worker(config: pytest.Config) -> bool:
+    """A pytest-xdist worker (its controller runs the session-wide checks)."""
+    return hasattr(config, "workerinput")
+
+
+_SYSTEM_BEFORE = pytest.StashKey[dict[str, tuple[int, int]]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The guard's first look at the system's tracerd paths, once per run: in the single process, or
+    in xdist's controller before any worker starts (a worker's own look could catch the install
+    tests of another worker half-way, and see changes they put back)."""
+    if not is_xdist_worker(session.config):
+        session.config.stash[_SYSTEM_BEFORE] = system_listing()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fails the run if the tests wrote /etc/tracerd, /var/lib/tracerd or /var/log/tracerd (tests use
-    private roots, configs and sockets; the install tests put back what they change)."""
-    before = system_listing()
-    yield
+    private roots, configs and sockets; the install tests put back what they change).  Looked at after
+    every test and every worker has ended."""
+    before = session.config.stash.get(_SYSTEM_BEFORE, None)
+    if before is None:
+        return
     changes = system_changes(before, system_listing())
     if changes:
-        pytest.fail(f"the tests changed the system's tracerd paths: {changes[:20]}", pytrace=False)
+        message = f"the tests changed the system's tracerd paths: {changes[:20]}"
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED {message}", red=True, bold=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

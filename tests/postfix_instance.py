@@ -47,7 +47,25 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+# Under pytest-xdist each worker takes its ports from a block of its own, below the kernel's ephemeral
+# range (32768-60999 by default): a port one worker found free and released is never handed to
+# another worker, nor to an outgoing connection, before its Postfix binds it.
+_WORKER_PORTS = 200
+_next_port = [0]
+
+
 def free_port() -> int:
+    """A loopback port free now: the worker's own block under xdist, else one the kernel picks."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        base = 20000 + int(worker[2:]) * _WORKER_PORTS
+        for _ in range(_WORKER_PORTS):
+            port = base + _next_port[0] % _WORKER_PORTS
+            _next_port[0] += 1
+            with socket.socket() as sock, contextlib.suppress(OSError):
+                sock.bind(("127.0.0.1", port))
+                return port
+        raise AssertionError(f"no free port in {base}-{base + _WORKER_PORTS - 1}")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
