@@ -10,8 +10,7 @@ Diagnostics: each problem is a :class:`~tracerd.errors.ConfigError` naming
 the dotted key and its line; :func:`parse_all` collects them in line order
 (``tracerd --check``), :func:`parse` and :func:`load` raise the first.  An
 unknown key is an error.  A TOML syntax error stops tomllib: it is the only
-one reported.  What depends on the machine (tracer installed, group known)
-is ``tracerd --check``'s (tracerd.daemon.main).
+one reported.  What depends on the machine (tracer installed, group known) is ``tracerd --check``'s.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracerd import client, fleetconfig, tracers  # tracers: the one registry of tracer names
+from tracerd import client, fleetconfig, syscountconfig, tracers  # tracers: the one registry of tracer names
 from tracerd.errors import ConfigError
 from tracerd.fleetconfig import JournalConfig, MetricsConfig
 
@@ -107,6 +106,7 @@ class Config:
     source: Path | None = None
     journal: JournalConfig = field(default_factory=JournalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    syscount: syscountconfig.SyscountConfig = field(default_factory=syscountconfig.SyscountConfig)
     # cores and retrace (README "Cores and retrace")
     core: str = "first"
     max_core_bytes: int = 1024 * 1024 * 1024
@@ -243,7 +243,7 @@ def parse_all(text: str, source: Path | None = None) -> tuple[Config | None, lis
     for key, value in data.items():
         if key == "rule":
             values["rules"] = checker.rules(value)
-        elif key in ("syslog", "journal", "metrics", "debuginfod"):
+        elif key in ("syslog", "journal", "metrics", "debuginfod", "syscount"):
             section = checker.section(key, value)
             if section is not None:
                 values[key] = section
@@ -329,15 +329,15 @@ class _Checker:
         return SyslogConfig(**good)
 
     def section(self, name: str, value: object) -> Any:
-        """A table: [syslog], [debuginfod], or [journal] and [metrics] (tracerd.fleetconfig's, errors located here)."""
+        """[syslog], [debuginfod]; [journal], [metrics] (tracerd.fleetconfig), [syscount] (errors located here)."""
         if name in ("syslog", "debuginfod"):
             return self.syslog(value) if name == "syslog" else self.debuginfod(value)
 
         def report(message: str, dotted: str) -> None:
             section, _, key = dotted.rpartition(".")
             self.error(message, key, section or None)
-
-        return fleetconfig.journal(value, report) if name == "journal" else fleetconfig.metrics(value, report)
+        parse = {"journal": fleetconfig.journal, "metrics": fleetconfig.metrics, "syscount": syscountconfig.syscount}
+        return parse[name](value, report)
 
     def rules(self, value: object) -> tuple[Rule, ...]:
         if not isinstance(value, list):

@@ -120,9 +120,15 @@ def _ending(session: dict[str, Any]) -> str:
     return "-"
 
 
-def render_session(session: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
-    """One session, key by key; then the pid's earlier sessions (``show``), one line each, newest first."""
+def render_session(session: dict[str, Any], history: list[dict[str, Any]] | None = None,
+                   syscalls: list[dict[str, Any]] | None = None) -> str:
+    """One session, key by key; a syscount session's live top system calls; then the pid's earlier
+    sessions (``show``), one line each, newest first."""
     lines = [f"{key:10} {'-' if value is None else value}" for key, value in session.items()]
+    if syscalls is not None:
+        from tracerd.tracers.syscount.table import render  # noqa: PLC0415 -- only show of a syscount session
+
+        lines += ["", "top system calls since the attach (live):", *render(syscalls)]
     if history:
         lines += ["", "earlier sessions of this pid:"]
         lines += [f"  {old['started']}  {old['tracer']}  {old['state']}  ended {old['ended'] or '-'}  {_ending(old)}"

@@ -266,7 +266,7 @@ def render(command: str, reply: dict[str, Any], *, full: bool = False) -> str:
         "crash": lambda reply, full: render_crash(reply["crash"], full=full),
         "where": lambda reply, full: str(reply["where"]),
         "crash-delete": lambda reply, full: render_deleted(reply),
-        "show": lambda reply, full: render_session(reply["session"], reply.get("history")),
+        "show": lambda reply, full: render_session(reply["session"], reply.get("history"), reply.get("syscalls")),
         "attach": lambda reply, full: render_session(reply["session"]),
         "detach": lambda reply, full: render_session(reply["session"]),
     }

@@ -117,6 +117,13 @@ class Fleet:
         watch = sys.modules.get("tracerd.tracers.watch.supervisor")  # only if the watch tracer was used
         running = watch.current() if watch is not None else None
         values.watcher_rss_bytes = rss_bytes(running.pid) if running is not None else None
+        syscount = sys.modules.get("tracerd.tracers.syscount.loader")  # only if the syscount tracer was used
+        loader = syscount.current() if syscount is not None else None
+        if loader is not None and self.metrics is not None:
+            for service_name, calls in loader.by_service.items():
+                program = self.metrics.program(service_name)
+                for name, count in calls.items():
+                    values.syscalls[program, name] = values.syscalls.get((program, name), 0) + count
         return values
 
     def counters(self) -> dict[str, int]:

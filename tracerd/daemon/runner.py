@@ -203,7 +203,8 @@ class SessionRunner:
         capture = str(self.capture_dir) if self.capture_dir else None
         target = Target(identity, name, args, self.config.attach_timeout, capture_dir=capture,
                         core=self.config.core_for(name), core_timeout=self.config.core_timeout,
-                        core_limit=max(self.config.max_core_process_bytes, MIN_CAPTURE_CORE))  # fmt: skip
+                        core_limit=max(self.config.max_core_process_bytes, MIN_CAPTURE_CORE),
+                        syscount=self.config.syscount)  # fmt: skip
         running = Running(backend_cls(target, output), output)
         session.running = running
         running.task = self._spawn(self._run(session, running))

@@ -163,7 +163,12 @@ class TracerdService:
         self.runner.refresh()
         # the pid's earlier sessions (README: `status` shows the latest one only)
         history = [session.to_json() for session in self.registry.earlier(request.pid)]
-        return {"session": self.registry.find(request.pid).to_json(), "history": history}
+        found = self.registry.find(request.pid)
+        reply: dict[str, Any] = {"session": found.to_json(), "history": history}
+        live = getattr(found.running.backend, "syscalls", None) if found.running is not None else None
+        if live is not None:  # syscount: the live top system calls (tracerctl show)
+            reply["syscalls"] = await live()
+        return reply
 
     async def op_hook(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.pid is not None

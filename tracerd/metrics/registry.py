@@ -9,7 +9,8 @@ by :class:`_Live` rather than copied.
 
 Security: labels are bounded, so a stream of hostile names cannot grow the
 exposition: ``program`` is a Postfix daemon's name or a name a ``[[rule]]``
-gives literally, else ``other``; ``tracer`` is a registry name; ``signal``
+gives literally, else ``other``; ``tracer`` is a registry name; ``syscall`` a
+system call's name, at most 64 a program (syscount's counts), else ``other``; ``signal``
 one of the fatal signals, else ``other``; ``reason`` one of the error codes
 of :mod:`tracerd.errors`, else ``other``.  The signature is never a label.
 
@@ -52,6 +53,7 @@ class LiveValues:
     syslog_dropped: int = 0
     journal_dropped: int = 0
     watcher_rss_bytes: int | None = None  # None: no watcher running
+    syscalls: dict[tuple[str, str], int] = field(default_factory=dict)  # (program, syscall) -> calls (syscount)
 
 
 def known_programs(rule_patterns: Iterable[str]) -> frozenset[str]:
@@ -120,6 +122,12 @@ class _Live(Collector):
         rss = GaugeMetricFamily("tracerd_watcher_rss_bytes", "Resident memory of the watch tracer's watcher "
                                 "(0: none running)", value=values.watcher_rss_bytes or 0)  # fmt: skip
         yield rss
+        calls = CounterMetricFamily("tracerd_syscalls", "System calls counted by the syscount tracer, per program"
+                                    " and system call name (at most 64 names a program, the rest: other)",
+                                    labels=["program", "syscall"])  # fmt: skip
+        for (program, syscall), value in sorted(values.syscalls.items()):
+            calls.add_metric([program, syscall], value)
+        yield calls
 
 
 def rss_bytes(pid: int | None) -> int | None:

@@ -34,6 +34,7 @@ BACKENDS: dict[str, str] = {
     "truss": "tracerd.tracers.truss:TrussTracer",
     "ktrace": "tracerd.tracers.ktrace:KtraceTracer",
     "perf": "tracerd.tracers.perf:PerfTracer",
+    "syscount": "tracerd.tracers.syscount.backend:SyscountTracer",
 }
 NAMES: tuple[str, ...] = tuple(BACKENDS)
 # whose output lines go to syslog unless a rule says otherwise (config.syslog_output_for): the watcher's

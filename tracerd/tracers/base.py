@@ -53,6 +53,7 @@ class Target:
     core_timeout: float = 60.0  # how long the gdb tracer's gcore may hold the process
     # the watcher's capture core: memory past it is left out (and no core is kept)
     core_limit: int = 2 * 1024 * 1024 * 1024
+    syscount: Any = None  # the [syscount] settings in force (tracerd.syscountconfig.SyscountConfig)
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,54 @@
+"""The ``[syscount]`` section of the configuration (docs/syscount.md, man tracerd.toml(5)).
+
+:mod:`tracerd.config` calls :func:`syscount` with the table and its error
+reporter, as it does for :mod:`tracerd.fleetconfig`'s sections.
+
+- ``interval``: seconds between two tables in a session's log (1 to 86400,
+  default 10); the last table is written at the session's end whatever it is.
+- ``latency``: also time each call and keep a log2 histogram per system call
+  (default false).  It costs the traced process about 5 times what counting
+  alone costs (docs/syscount.md, "Figures"); it applies from the shared
+  bpftrace's next start (a tracerd restart).
+
+Security: root's file; every value is checked.
+
+Diagnostics: every problem goes to ``error(message, key)`` as one line
+(``must be ...``); the section keeps its valid keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Report = Callable[[str, str], None]  # (message, key)
+
+
+@dataclass(frozen=True)
+class SyscountConfig:
+    interval: float = 10.0
+    latency: bool = False
+
+
+_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "interval": ("a number of seconds, 1 <= t <= 86400", lambda v: isinstance(v, int | float)
+                 and not isinstance(v, bool) and math.isfinite(v) and 1 <= v <= 86400),
+    "latency": ("true or false", lambda v: isinstance(v, bool)),
+}  # fmt: skip
+
+
+def syscount(value: object, error: Report) -> SyscountConfig | None:
+    if not isinstance(value, dict):
+        error("must be a table", "syscount")
+        return None
+    good: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in _KEYS:
+            error("unknown key", f"syscount.{key}")
+        elif _KEYS[key][1](item):
+            good[key] = float(item) if key == "interval" else item
+        else:
+            error(f"must be {_KEYS[key][0]}", f"syscount.{key}")
+    return SyscountConfig(**good)

@@ -1,0 +1,341 @@
+"""The one bpftrace of a daemon, shared by every syscount session: started, fed pids, read, restarted.
+
+:class:`Loader` (one per event loop, :mod:`tracerd.perloop`) starts
+``bpftrace -e PROGRAM`` (:mod:`tracerd.tracers.syscount.script`) at the
+first session, and keeps it.  Its maps are found through the bpftrace
+process's own descriptors (``/proc/PID/fdinfo``'s ``map_id``, then ``bpftool
+map show id``): map names are machine-wide, two daemons' bpftraces never
+mix.  A session's root pid goes into ``@pids`` with ``bpftool map update``
+(the hook returns once that has returned); at its end the session is read a
+last time and its keys are deleted (``bpftool batch``).
+
+Counts are read with ``bpftool -j map dump`` every tick (the shortest
+``interval`` of the live sessions, and at ``tracerctl show``): the maps are
+cumulative, so a read loses nothing; a session's totals are what earlier
+bpftraces counted (``base``) plus what this one has.  When bpftrace dies
+(even by SIGKILL) the counts since the last read are lost: the next one is
+started (after a growing delay when it keeps dying, as the watcher is) and
+every live root is put back, with the descendants it has then.
+
+Metrics: the increase of each read is added per service and system call
+name (at most :data:`MAX_NAMES` names a service, the rest ``other``).
+
+Security: bpftrace and bpftool are run from fixed argv lists (no shell);
+their output is parsed as JSON or as ``exit PID CODE`` lines.
+
+Diagnostics: bpftrace's own words are logged (``syscount_bpftrace_says``),
+its deaths (``syscount_bpftrace_died``) and restarts too; a bpftool that
+fails raises TracerFailed with its last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from tracerd.errors import TracerFailed
+from tracerd.perloop import PerLoop
+from tracerd.spawn import Child, restart_delay
+from tracerd.tracers.syscount import script
+from tracerd.tracers.syscount.table import Counts, syscall_name
+
+log = structlog.get_logger("tracerd.syscount")
+START_TIMEOUT = 30.0
+BPFTOOL_TIMEOUT = 10.0
+MAX_NAMES = 64  # system call names a service's metrics keep; the rest are "other"
+MAX_SERVICES = 256  # services the metrics keep apart; the rest are "other"
+KINDS = {"AT_c": "c", "AT_e": "e", "AT_pids": "pids", "AT_ns": "ns", "AT_h": "h"}
+
+
+class Client(Protocol):
+    def on_exit(self, code: int) -> None: ...
+
+
+@dataclass
+class Tally:
+    client: Client
+    service: str
+    interval: float
+    base: Counts = field(default_factory=Counts)  # what earlier bpftraces counted
+    last: Counts = field(default_factory=Counts)  # what this one has, as last read
+
+    def totals(self) -> Counts:
+        return self.base.add(self.last)
+
+
+async def bpftool(*args: str, stdin: bytes | None = None) -> bytes:
+    """Run bpftool with ``args``; its stdout, or TracerFailed with its last line."""
+    proc = await asyncio.create_subprocess_exec(
+        "bpftool", *args, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), BPFTOOL_TIMEOUT)
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise TracerFailed(f"bpftool {args[0]} {args[1] if len(args) > 1 else ''} did not finish") from None
+    if proc.returncode != 0:
+        last = (err.decode(errors="replace").strip().splitlines() or [f"status {proc.returncode}"])[-1]
+        raise TracerFailed(f"bpftool {' '.join(args[:3])}: {last}")
+    return out
+
+
+def descendants(roots: set[int]) -> dict[int, int]:
+    """Every live descendant of ``roots`` (one pass over /proc): pid -> its root."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as file:
+                    stat = file.read()
+                parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found: dict[int, int] = {}
+    for pid in parents:
+        seen, up = 0, parents.get(pid, 0)
+        while up > 1 and seen < 64:
+            if up in roots:
+                found[pid] = up
+                break
+            up, seen = parents.get(up, 0), seen + 1
+    return found
+
+
+def map_ids(pid: int) -> list[int]:
+    """The ids of the BPF maps process ``pid`` holds (its fdinfo's ``map_id``)."""
+    ids: list[int] = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as file:
+            ids += [int(line.split()[1]) for line in file if line.startswith("map_id:")]
+    return ids
+
+
+class Loader:
+    def __init__(self) -> None:
+        self.child: Child | None = None
+        self.maps: dict[str, int] = {}
+        self.tallies: dict[int, Tally] = {}  # root pid -> its session's counts
+        self.latency = False
+        self.restarts = 0
+        self.deaths = 0
+        self.by_service: dict[str, dict[str, int]] = {}  # metrics: service -> syscall name -> calls
+        self._lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
+        self._ready: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._recent: list[str] = []
+        self.last_read = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child is not None and self.child.returncode is None else None
+
+    def counters(self) -> dict[str, int]:
+        return {"syscount_restarts": self.restarts, "syscount_sessions": len(self.tallies)}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ensure_started(self, latency: bool) -> None:
+        async with self._start_lock:
+            if self.pid is not None:
+                return
+            await asyncio.sleep(restart_delay(self.deaths, 0.25, 8.0))
+            self.latency, self.maps, self._recent = latency, {}, []
+            loop = asyncio.get_running_loop()
+            self._ready = loop.create_future()
+            env = {**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(script.KEYS_MAX)}
+            self.child = child = Child(["bpftrace", "-e", script.program(latency)], self._on_lines, env=env)
+            self._spawn(self._monitor(child))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT)
+                self.maps = await self._find_maps(child.pid)
+            except (TimeoutError, TracerFailed) as err:
+                await child.stop()
+                why = "; ".join(self._recent[-2:]) or str(err) or "no word from it"
+                raise TracerFailed(f"syscount: bpftrace did not start: {why}") from None
+            log.info("syscount_bpftrace_started", pid=child.pid, latency=latency, maps=self.maps)
+            if self._ticker is None or self._ticker.done():
+                self._ticker = loop.create_task(self._tick())
+
+    async def _find_maps(self, pid: int) -> dict[str, int]:
+        ids = map_ids(pid)
+        maps: dict[str, int] = {}
+        for map_id in ids:
+            shown = json.loads(await bpftool("-j", "map", "show", "id", str(map_id)))
+            kind = KINDS.get(str(shown.get("name", "")))
+            if kind:
+                maps[kind] = map_id
+        if "pids" not in maps or "c" not in maps:
+            raise TracerFailed(f"bpftrace's maps not found among {ids}")
+        return maps
+
+    def _on_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            if line == "syscount-ready":
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+            elif line.startswith("exit "):
+                words = line.split()
+                if len(words) == 3 and words[1].isdigit() and words[2].lstrip("-").isdigit():
+                    tally = self.tallies.get(int(words[1]))
+                    if tally is not None:
+                        tally.client.on_exit(int(words[2]))
+            elif line and not line.startswith(("Attaching ", "ERROR: Unknown error -1: couldn't set RLIMIT_MEMLOCK")):
+                self._recent = [*self._recent[-3:], line[:300]]
+                log.warning("syscount_bpftrace_says", line=line[:300])
+
+    async def _monitor(self, child: Child) -> None:
+        code = await child.wait()
+        child.close()
+        if self.child is not child or self._stopping:
+            return
+        self.child, self.maps = None, {}
+        self.deaths += 1
+        for tally in self.tallies.values():  # what this bpftrace counted and we read is kept
+            tally.base, tally.last = tally.totals(), Counts()
+        log.warning("syscount_bpftrace_died", status=code, sessions=len(self.tallies))
+        if self.tallies:
+            self._spawn(self._restart())
+
+    async def _restart(self) -> None:
+        try:
+            await self.ensure_started(self.latency)
+            roots = set(self.tallies)
+            await self._put(roots, descendants(roots))
+        except TracerFailed as err:
+            log.warning("syscount_restart_failed", error=str(err))
+            return
+        self.restarts += 1
+        log.info("syscount_bpftrace_restarted", pid=self.pid, sessions=len(roots))
+
+    async def _put(self, roots: set[int], children: dict[int, int]) -> None:
+        pairs = [(pid, pid) for pid in roots] + list(children.items())
+        commands = "".join(
+            f"map update id {self.maps['pids']} key hex {' '.join(script.pid_key(pid))}"
+            f" value hex {' '.join(script.pid_key(root))}\n" for pid, root in pairs)  # fmt: skip
+        if commands:
+            await bpftool("batch", "file", "/dev/stdin", stdin=commands.encode())
+
+    async def add(self, root: int, client: Client, service: str, interval: float, latency: bool) -> None:
+        """Count ``root`` (and its threads and later children): returns once it is in @pids."""
+        await self.ensure_started(latency)
+        async with self._lock:
+            self.tallies[root] = Tally(client, service, interval)
+            try:
+                await self._put({root}, {})
+            except BaseException:
+                self.tallies.pop(root, None)
+                raise
+
+    async def remove(self, root: int) -> Counts:
+        """Stop counting ``root`` and its children; its final totals (read now), its keys deleted."""
+        async with self._lock:
+            tally = self.tallies.get(root)
+            if tally is None:
+                return Counts()
+            try:
+                if self.pid is not None:
+                    pids = await self._dump("pids")
+                    gone = [e["key"] for e in pids if script.parse_pid(e.get("value")) == root]
+                    await self._delete("pids", gone)
+                    await self._read_locked()
+                    keys = [(kind, e["key"]) for kind in ("c", "e", "ns", "h") if kind in self.maps
+                            for e in await self._dump(kind) if script.parse_pid(e.get("key")) == root]
+                    await self._delete_keys(keys)
+            except TracerFailed as err:
+                log.warning("syscount_remove_failed", pid=root, error=str(err))
+            finally:
+                self.tallies.pop(root, None)
+            return tally.totals()
+
+    async def _delete(self, kind: str, keys: Sequence[list[str]]) -> None:
+        if keys:
+            lines = "".join(f"map delete id {self.maps[kind]} key hex {' '.join(key)}\n" for key in keys)
+            with contextlib.suppress(TracerFailed):  # a key the program deleted meanwhile
+                await bpftool("batch", "file", "/dev/stdin", stdin=lines.encode())
+
+    async def _delete_keys(self, keys: Sequence[tuple[str, list[str]]]) -> None:
+        for kind in {kind for kind, _ in keys}:
+            await self._delete(kind, [key for k, key in keys if k == kind])
+
+    async def _dump(self, kind: str) -> list[dict[str, Any]]:
+        raw = await bpftool("-j", "map", "dump", "id", str(self.maps[kind]))
+        found = json.loads(raw or b"[]")
+        return found if isinstance(found, list) else []
+
+    async def read(self) -> None:
+        """Read every map once: each live session's counts, and the metrics' increases."""
+        async with self._lock:
+            await self._read_locked()
+
+    async def _read_locked(self) -> None:
+        if self.pid is None:
+            return
+        fresh: dict[int, Counts] = {}
+        for kind in ("c", "e", "ns", "h"):
+            if kind in self.maps:
+                script.parse_dump(kind, await self._dump(kind), fresh)
+        self.last_read = asyncio.get_running_loop().time()
+        for root, tally in self.tallies.items():
+            now = fresh.get(root, Counts())
+            kept = tally.service in self.by_service or len(self.by_service) < MAX_SERVICES
+            service = tally.service if kept else "other"
+            names = self.by_service.setdefault(service, {})
+            for number, call in now.calls.items():
+                before = tally.last.calls.get(number)
+                delta = call.calls - (before.calls if before else 0)
+                if delta > 0:
+                    name = syscall_name(number)
+                    name = name if name in names or len(names) < MAX_NAMES else "other"
+                    names[name] = names.get(name, 0) + delta
+            tally.last = now
+
+    async def _tick(self) -> None:
+        """Read the maps every shortest interval, and have each session log its table when due."""
+        while True:
+            interval = min((t.interval for t in self.tallies.values()), default=10.0)
+            await asyncio.sleep(interval)
+            if not self.tallies or self.pid is None:
+                continue
+            try:
+                await self.read()
+            except TracerFailed as err:
+                log.warning("syscount_read_failed", error=str(err))
+                continue
+            for tally in list(self.tallies.values()):
+                due = getattr(tally.client, "tick", None)
+                if due is not None:
+                    due()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.child is not None and self.child.returncode is None:
+            await self.child.stop()
+
+
+_loaders: PerLoop[Loader] = PerLoop(Loader)
+
+
+def current() -> Loader | None:
+    return _loaders.current()
+
+
+def loader() -> Loader:
+    return _loaders.get()

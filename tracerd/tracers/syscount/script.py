@@ -1,0 +1,109 @@
+"""The bpftrace program every syscount session shares, and how its maps are read.
+
+Maps (bpftrace names them ``AT_`` + the map's name; found by the bpftrace
+process's own descriptors, never by name, since map names are machine-wide):
+
+- ``@pids[tgid] = root``: the processes counted, each under its session's
+  root tgid.  tracerd adds and removes roots; the program adds a child at
+  ``sched_process_fork`` from a counted process (every thread is looked up
+  by its tgid, so threads count under their process) and removes it when it
+  exits.
+- ``@c[root, nr] = count()``: calls, at ``raw_syscalls:sys_enter``
+  (per-CPU counters: exact, no lost increments).
+- ``@e[root, nr, errno] = count()``: failed calls, at ``sys_exit``.
+- with latency: ``@ns[root, nr] = sum(ns)`` and ``@h[root, nr] = hist(ns)``,
+  from ``@t[tid]``, the entry time.
+
+The maps are cumulative; tracerd reads them (:func:`parse_dump`) and keeps
+the differences.  A root's process exiting prints ``exit ROOT CODE``, its
+wait status (so that the session ends with its exit status).
+
+Security: the program is ours; tracerd writes only pids into ``@pids``.
+
+Diagnostics: none here; bpftrace's own errors go to its output, which the
+loader reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracerd.tracers.syscount.table import Counts
+
+KEYS_MAX = 32768  # BPFTRACE_MAP_KEYS_MAX: entries per map (sessions x distinct system calls)
+
+_BEGIN = 'BEGIN { @pids[0] = (uint64)0; %s printf("syscount-ready\\n"); }'
+_COMMON = """
+tracepoint:sched:sched_process_fork /@pids[pid]/ { @pids[(uint64)args->child_pid] = @pids[pid]; }
+tracepoint:sched:sched_process_exit /@pids[pid] && pid == tid/ {
+  if (@pids[pid] == pid) { printf("exit %d %d\\n", pid, curtask->exit_code); } else { delete(@pids[pid]); }
+}
+"""
+_PLAIN = """
+tracepoint:raw_syscalls:sys_enter /@pids[pid]/ { @c[@pids[pid], args->id] = count(); }
+tracepoint:raw_syscalls:sys_exit /@pids[pid] && args->ret < 0 && args->ret > -4096/ {
+  @e[@pids[pid], args->id, - args->ret] = count();
+}
+END { clear(@pids); clear(@c); clear(@e); }
+"""
+_TIMED = """
+tracepoint:raw_syscalls:sys_enter /@pids[pid]/ { @c[@pids[pid], args->id] = count(); @t[tid] = nsecs; }
+tracepoint:raw_syscalls:sys_exit /@t[tid]/ {
+  $d = nsecs - @t[tid]; delete(@t[tid]);
+  if (@pids[pid]) {
+    @ns[@pids[pid], args->id] = sum($d); @h[@pids[pid], args->id] = hist($d);
+    if (args->ret < 0 && args->ret > -4096) { @e[@pids[pid], args->id, - args->ret] = count(); }
+  }
+}
+tracepoint:sched:sched_process_exit /@t[tid]/ { delete(@t[tid]); }
+END { clear(@pids); clear(@c); clear(@e); clear(@t); clear(@ns); clear(@h); }
+"""
+
+
+def program(latency: bool) -> str:
+    return (_BEGIN % ("@t[0] = (uint64)0;" if latency else "")) + _COMMON + (_TIMED if latency else _PLAIN)
+
+
+def _u64s(key: list[str]) -> list[int]:
+    raw = bytes(int(byte, 16) for byte in key)
+    return [int.from_bytes(raw[i : i + 8], "little", signed=True) for i in range(0, len(raw) - len(raw) % 8, 8)]
+
+
+def _value(entry: dict[str, Any]) -> int:
+    """A map value: one integer, or the sum over CPUs of a per-CPU map."""
+    if "values" in entry:
+        return sum(_value(cpu) for cpu in entry["values"])
+    value = entry["value"]
+    if isinstance(value, list):
+        return int.from_bytes(bytes(int(byte, 16) for byte in value), "little", signed=True)
+    return int(value)
+
+
+def parse_dump(kind: str, entries: list[dict[str, Any]], into: dict[int, Counts]) -> None:
+    """Add one map's ``bpftool -j map dump`` (``kind``: c, e, ns or h) to the counts per root."""
+    for entry in entries:
+        keys = _u64s(entry.get("key", []))
+        if len(keys) < 2 or keys[0] <= 0:
+            continue
+        call = into.setdefault(keys[0], Counts()).call(keys[1])
+        value = _value(entry)
+        if kind == "c":
+            call.calls += value
+        elif kind == "e" and len(keys) >= 3:
+            call.errors[keys[2]] = call.errors.get(keys[2], 0) + value
+        elif kind == "ns":
+            call.ns += value
+        elif kind == "h" and len(keys) >= 3:
+            call.hist[keys[2]] = call.hist.get(keys[2], 0) + value
+
+
+def pid_key(pid: int) -> list[str]:
+    """A pid as an @pids key (or value): 8 bytes, little-endian, for bpftool's ``hex``."""
+    return [f"{byte:02x}" for byte in pid.to_bytes(8, "little")]
+
+
+def parse_pid(raw: Any) -> int:
+    """The first u64 of a key or value given as bpftool's hex bytes (0 when it is not one)."""
+    if not isinstance(raw, list) or len(raw) < 8:
+        return 0
+    return _u64s(raw[:8])[0]
