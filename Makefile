@@ -14,7 +14,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := strace ltrace gdb gdbserver linux-perf gcc libc6-dev make binutils util-linux procps systemd postfix groff-base man-db python3-venv rsyslog prometheus debuginfod elfutils
+APT_PACKAGES := strace ltrace gdb gdbserver linux-perf gcc libc6-dev make binutils util-linux procps systemd postfix groff-base man-db python3-venv rsyslog prometheus debuginfod elfutils bpftrace bpftool
 
 # make install: the system's own interpreter, never one under a home directory
 # (root's python3 may be a private build under /root that nobody else may run).
