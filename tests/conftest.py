@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from tests.postfix_instance import PostfixInstance
 from tests.postfix_instance import available as postfix_available
@@ -31,6 +32,12 @@ from tests.support import Daemon, Target, compile_c, have, proc_state, reap_zomb
 __all__ = ["Daemon", "Target", "have", "proc_state", "reap_zombies", "script"]
 
 PR_SET_CHILD_SUBREAPER = 36
+
+# hypothesis: "ci" (the default, make test) tries fewer examples where a test names no count of its
+# own; HYPOTHESIS_PROFILE=full tries the full count (test_fuzz's 1500 requests), as before.
+settings.register_profile("ci", max_examples=200)
+settings.register_profile("full", max_examples=1500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

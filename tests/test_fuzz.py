@@ -71,7 +71,9 @@ def test_hypothesis_requests_always_get_a_well_formed_reply(daemon: Any) -> None
     codes = {"bad_request", "denied", "no_such_process", "not_found", "busy", "tracer_failed",
              "tracer_unavailable", "internal"}  # fmt: skip
 
-    @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+    # how many requests: the hypothesis profile's (tests/conftest.py: 200 in make test, 1500 with
+    # HYPOTHESIS_PROFILE=full)
+    @settings(deadline=None, suppress_health_check=list(HealthCheck))
     @given(requests)
     def check(request: dict[str, Any]) -> None:
         if request.get("op") in ("attach",) and isinstance(request.get("pid"), int):

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import script
 from tests.postfix_instance import PostfixInstance
 from tests.test_cli import run
+from tracerd import hookcheck
 from tracerd.ctl import main as ctl
 
 MISSING = "/nonexistent/sbin/pftrace-hook"
@@ -101,6 +102,25 @@ def test_tracerd_warns_at_check_and_start(
     postfix.create(debugger_command=f"{script('pftrace-hook')[0]} $process_name $process_id")
     quiet = run(*script("tracerd"), "--check", "--config", daemon.config, env=env)
     assert "debugger_command" not in quiet.stderr
+
+
+def test_no_main_cf_no_postconf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where $MAIL_CONFIG (or /etc/postfix) holds no main.cf, tracerd's start does not run postconf
+    (it would fail after a 1 s sleep); with one, it does."""
+    bin_dir, config_dir = tmp_path / "bin", tmp_path / "postfix"
+    bin_dir.mkdir()
+    config_dir.mkdir()
+    ran = tmp_path / "postconf-ran"
+    postconf = bin_dir / "postconf"
+    postconf.write_text(f"#!/bin/sh\necho \"$@\" >> {ran}\necho /usr/bin/ddd\n")
+    postconf.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MAIL_CONFIG", str(config_dir))
+    assert hookcheck.postfix_debugger_command() is None
+    assert not ran.exists()
+    (config_dir / "main.cf").write_text("")
+    assert hookcheck.postfix_debugger_command() == "/usr/bin/ddd"
+    assert ran.read_text() == "-h debugger_command\n"
 
 
 def test_status_names_a_stub_whose_hook_module_is_gone(

@@ -78,9 +78,11 @@ def hook_problem(path: str) -> str | None:
 
 
 def postfix_debugger_command(timeout: float = POSTCONF_TIMEOUT) -> str | None:
-    """Postfix's debugger_command (``postconf -h``, honouring $MAIL_CONFIG); None without postconf."""
+    """Postfix's debugger_command (``postconf -h``, honouring $MAIL_CONFIG); None without postconf,
+    and without a main.cf, where postconf is not run (it fails only after a 1 s sleep: each start of
+    tracerd on a machine with Postfix installed but not configured waited for it)."""
     postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if postconf is None:
+    if postconf is None or not os.path.isfile(os.path.join(os.environ.get("MAIL_CONFIG") or "/etc/postfix", "main.cf")):
         return None
     try:
         result = subprocess.run([postconf, "-h", "debugger_command"], capture_output=True, text=True,
