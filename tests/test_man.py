@@ -3,6 +3,7 @@ with the Postfix-style sections in order, and the paths `make install` uses."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -86,3 +87,27 @@ def test_man_l_renders_the_page(page: str) -> None:
     assert result.stderr == ""
     for section in SECTIONS:
         assert f"\n{section}\n" in result.stdout
+
+
+
+def tracerctl_commands() -> set[str]:
+    from tracerd.ctl.main import build_parser  # noqa: PLC0415 -- only this test needs the parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+@needs_groff
+def test_each_tracerctl_command_is_its_own_tagged_paragraph() -> None:
+    """In tracerctl(8) every command's entry opens its own .TP (or .TQ) paragraph:
+    rendered, its head starts a line at the tag's indent, never inside the
+    previous command's text (``gdb`` once ran into ``retrace``'s paragraph)."""
+    page = MAN / "tracerctl.8"
+    source = page.read_text()
+    documented = {name for name in tracerctl_commands()
+                  if re.search(rf"^\\fB{re.escape(name)}\\fR", source, flags=re.MULTILINE)}  # fmt: skip
+    assert {"retrace", "gdb", "triage", "crash-delete"} <= documented
+    rendered = subprocess.run(["groff", "-man", "-Tutf8", "-P-cbou", str(page)], capture_output=True, text=True,
+                              timeout=60, check=True).stdout  # fmt: skip
+    for name in sorted(documented):
+        assert re.search(rf"^ {{7}}{re.escape(name)}( |$)", rendered, flags=re.MULTILINE), f"{name}: not a tag"

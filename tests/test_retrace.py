@@ -30,6 +30,7 @@ from tests.conftest import have
 from tests.support import C_DIR, script, wait_until
 from tracerd.crash import elfinfo
 from tracerd.crash import retrace as retrace_mod
+from tracerd.ctl.crashview import human_size
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("objcopy")), reason="gdb and binutils are needed")
 
@@ -355,6 +356,9 @@ def test_retrace_is_stored_and_shown_by_crash_and_crashes(
     assert "retrace_crash_here () at " in printed, result.stdout
     assert "?? ()" not in printed.partition("other threads")[0].split("x/16i")[0], result.stdout
     human = retrace_daemon.ctl("crash", report["id"]).stdout
+    assert report["core"]["bytes"] < 1 << 20  # a small core: its size in KB, not "0.0 MB"
+    assert f"core     saved {report['id']}.core.zst ({human_size(report['core']['bytes'])}):" in human, human
+    assert " KB):" in human
     assert "retrace_crash_here () at " in human, human
     assert "retrace_target.c:22" in human, human
     stored = json.loads(retrace_daemon.ctl("--json", "crash", report["id"]).stdout)["crash"]
@@ -402,3 +406,11 @@ def test_retrace_leaves_frames_gdb_named_alone(retrace_daemon: Any, spawn: Any, 
 ])  # fmt: skip
 def test_addr2line_source_paths_are_normalised(given: str, wanted: str) -> None:
     assert retrace_mod.source_path(given) == wanted
+
+
+@pytest.mark.parametrize(("size", "shown"), [
+    (0, "0 B"), (512, "512 B"), (1023, "1023 B"), (1024, "1.0 KB"), (25 * 1024, "25 KB"), (25_600, "25 KB"),
+    ((1 << 20) - 1, "1.0 MB"), (1 << 20, "1.0 MB"), (3_565_158, "3.4 MB"), (50 << 20, "50 MB"), (1 << 30, "1.0 GB"),
+])  # fmt: skip
+def test_core_sizes_are_human(size: int, shown: str) -> None:
+    assert human_size(size) == shown

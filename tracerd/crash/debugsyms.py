@@ -10,7 +10,10 @@ line for this release (``VERSION_CODENAME`` of /etc/os-release), needed
 when apt cannot see the ``-dbgsym`` package, or debuginfod
 (``https://debuginfod.debian.net``), each with whether it is already
 configured.  The ``-dbgsym`` package is built per source package version:
-the advice installs ``P-dbgsym=VERSION``.  See README, "Files".
+the advice installs ``P-dbgsym=VERSION``, each once however many of its
+objects lack symbols (the later objects' notes point at the first's).  A
+file no package owns gets its note only: no archive or debuginfod advice,
+which could not name it.  See README, "Files".
 
 These functions run dpkg and apt-cache: call them from a thread, never on
 the event loop (:mod:`tracerd.gdb.capture` does, through ``asyncio.to_thread``).
@@ -212,24 +215,33 @@ def missing_symbols(threads: list[Any], build_ids: Mapping[str, str | None]) -> 
                 counts[frame.object] = counts.get(frame.object, 0) + 1
     debian_debug = debian_debug_source()
     out = []
+    first: dict[str, str] = {}  # install (P-dbgsym=VERSION) -> the first object it names
     for path, frames in counts.items():
         build_id = build_ids[path] if path in build_ids else elfinfo.build_id(path)
         entry: dict[str, Any] = {"object": path, "build_id": build_id, "frames": frames, **lookup(path, build_id)}
-        entry["note"] = _note(entry, debian_debug)
+        install = entry.get("install")
+        if install and install in first:
+            entry["note"] = f"symbols in {install} too, as for {first[install]}"
+        else:
+            entry["note"] = _note(entry, debian_debug)
+            if install:
+                first[install] = path
         out.append(entry)
     return out
 
 
 def advice(missing: list[dict[str, Any]], environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """How to get the symbols of ``missing`` on this system, or None when nothing is missing."""
-    if not missing:
+    """How to get the symbols of ``missing`` on this system, once; None when no package owns
+    any of them (each unowned object's note says what to do)."""
+    owned = [entry for entry in missing if entry.get("package")]
+    if not owned:
         return None
     codename = os_release().get("VERSION_CODENAME", "")
     line = f"deb http://deb.debian.org/debian-debug/ {codename}-debug main" if _is_debian() else None
     debian_debug = debian_debug_source()
     debuginfod = debuginfod_source(os.environ if environ is None else environ)
-    wanted = [entry for entry in missing if entry.get("install") and not entry.get("debug_installed")]
-    install = "apt-get install " + " ".join(entry["install"] for entry in wanted) if wanted else None
+    wanted = [entry for entry in owned if entry.get("install") and not entry.get("debug_installed")]
+    install = "apt-get install " + " ".join(dict.fromkeys(entry["install"] for entry in wanted)) if wanted else None
     text = []
     if wanted:
         if line and any(entry.get("debug_available") is False for entry in wanted):
@@ -240,14 +252,11 @@ def advice(missing: list[dict[str, Any]], environ: Mapping[str, str] | None = No
                 text.append(f"debian-debug is configured ({debian_debug}) but apt cannot see every -dbgsym"
                             " package at the installed version: apt-get update first")  # fmt: skip
         text.append(f"install: {install} (a -dbgsym package must match its package's exact version)")
-    ids = [str(entry["build_id"]) for entry in missing if entry.get("build_id") and entry.get("package")]
+    ids = list(dict.fromkeys(str(entry["build_id"]) for entry in owned if entry.get("build_id")))
     state = f"configured ({debuginfod})" if debuginfod else "not configured"
     if ids:
         text.append(f"or debuginfod, {state}: export DEBUGINFOD_URLS={DEBUGINFOD_URL} and gdb fetches the symbols"
                     f" by build-id ({', '.join(ids)}); tracerd's own gdb never downloads during a capture")
-    for entry in missing:
-        if entry.get("package") is None:
-            text.append(f"{entry['object']}: {entry['note']}")
     return {
         "suite": codename or None,
         "debian_debug": {"line": line, "configured": debian_debug is not None, "source": debian_debug},

@@ -142,10 +142,20 @@ def _core_line(core: dict[str, Any], crash_id: str) -> str:
     state = clean(core.get("state") or "?")
     if state == "saved":
         size = core.get("bytes")
-        shown = f" ({size / 1048576:.1f} MB)" if isinstance(size, int) else ""
+        shown = f" ({human_size(size)})" if isinstance(size, int) else ""
         return f"saved {clean(core.get('file'))}{shown}: tracerctl gdb {crash_id}"
     reason = core.get("reason")
     return state + (f": {clean(reason)}" if reason else "")
+
+
+def human_size(size: int) -> str:
+    """``512 B``, ``25 KB``, ``3.4 MB``, ``1.2 GB``: powers of 1024, one decimal below 10."""
+    value, unit = float(size), "B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1023.5 or unit == "TB":  # 1023.6 KB would print as "1024 KB"
+            break
+        value /= 1024
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
 
 
 def signal_line(sig: dict[str, Any]) -> str:
@@ -252,13 +262,7 @@ def _missing_symbols(missing: object, debug: object = None) -> list[str]:
             lines.append("    " + "; ".join(facts))
         if item.get("note"):
             lines.append(f"    {clean(item['note'])}")
-    if isinstance(debug, dict):
-        for source in ("debian_debug", "debuginfod"):
-            way = debug.get(source)
-            if isinstance(way, dict):
-                state = f"configured ({clean(way.get('source'))})" if way.get("configured") else "not configured"
-                what = way.get("line") or way.get("url")
-                lines.append(f"  {source.replace('_', '-')}: {state}" + (f"; {clean(what)}" if what else ""))
+    if isinstance(debug, dict):  # its advice lines say whether debian-debug and debuginfod are configured
         advice = debug.get("advice")
         for text in advice if isinstance(advice, list) else []:
             lines.append(f"  {clean(text)}")
