@@ -40,14 +40,14 @@ tracepoint:sched:sched_process_exit /@pids[pid] && pid == tid/ {
 }
 """
 _PLAIN = """
-tracepoint:raw_syscalls:sys_enter /@pids[pid]/ { @c[@pids[pid], args->id] = count(); }
-tracepoint:raw_syscalls:sys_exit /@pids[pid] && args->ret < 0 && args->ret > -4096/ {
-  @e[@pids[pid], args->id, - args->ret] = count();
+tracepoint:raw_syscalls:sys_enter { $r = @pids[pid]; if ($r) { @c[$r, args->id] = count(); } }
+tracepoint:raw_syscalls:sys_exit /args->ret < 0 && args->ret > -4096/ {
+  $r = @pids[pid]; if ($r) { @e[$r, args->id, - args->ret] = count(); }
 }
 END { clear(@pids); clear(@c); clear(@e); }
 """
 _TIMED = """
-tracepoint:raw_syscalls:sys_enter /@pids[pid]/ { @c[@pids[pid], args->id] = count(); @t[tid] = nsecs; }
+tracepoint:raw_syscalls:sys_enter { $r = @pids[pid]; if ($r) { @c[$r, args->id] = count(); @t[tid] = nsecs; } }
 tracepoint:raw_syscalls:sys_exit /@t[tid]/ {
   $d = nsecs - @t[tid]; delete(@t[tid]);
   if (@pids[pid]) {
