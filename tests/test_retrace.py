@@ -365,6 +365,9 @@ def test_retrace_is_stored_and_shown_by_crash_and_crashes(
     top = crashed_frames(stored)[0]
     assert (top["function"], top["line"]) == ("retrace_crash_here", 22)
     assert stored["top"][:2] == ["retrace_crash_here", "descend"], stored["top"]
+    before = {m["object"]: m["frames"] for m in report["missing_symbols"]}
+    after = {m["object"]: m["frames"] for m in stored["missing_symbols"]}
+    assert after.get(str(built.exe), 0) < before[str(built.exe)], (before, after)  # named now: no longer missing
     assert stored["signature"] == report["signature"]
     listed = retrace_daemon.ctl("crashes").stdout
     assert "retrace_crash_here < descend" in listed, listed
@@ -414,3 +417,25 @@ def test_addr2line_source_paths_are_normalised(given: str, wanted: str) -> None:
 ])  # fmt: skip
 def test_core_sizes_are_human(size: int, shown: str) -> None:
     assert human_size(size) == shown
+
+
+def test_addr2line_paths_of_glibcs_debug_file_are_normalised() -> None:
+    """The real libc6-dbg file: addr2line says ``./nptl/./nptl/pthread_create.c``
+    for start_thread; the retrace says ``nptl/pthread_create.c``."""
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    build_id = elfinfo.build_id(libc) if os.path.exists(libc) else None
+    debug = retrace_mod.local_debug_file(retrace_mod.DEFAULT_ROOTS, build_id) if build_id else None
+    if debug is None:
+        pytest.skip("glibc's debug symbols (libc6-dbg) are not installed")
+    symbols = subprocess.run(["nm", str(debug)], capture_output=True, text=True, check=True).stdout.splitlines()
+    start = next(int(line.split()[0], 16) for line in symbols if line.endswith(" t start_thread"))
+    offsets = [start + step for step in range(0, 0x400, 0x10)]
+    raw = subprocess.run(["addr2line", "-e", str(debug), *map(hex, offsets)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()  # fmt: skip
+    doubled = [(offset, where) for offset, where in zip(offsets, raw, strict=True) if "/./" in where]
+    if not doubled:
+        pytest.skip("this binutils does not double the directory")
+    ours = retrace_mod._addr2line(debug, [offset for offset, _ in doubled])
+    assert [file for _, file, _ in ours] == [retrace_mod.source_path(where.partition(":")[0]) for _, where in doubled]
+    assert "nptl/pthread_create.c" in [file for _, file, _ in ours]
+    assert not [file for _, file, _ in ours if file is None or "/./" in file or file.startswith("./")]

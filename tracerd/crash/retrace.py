@@ -219,7 +219,26 @@ def apply(report: dict[str, Any], record: dict[str, Any]) -> int:
         if renamed and isinstance(thread.get("text"), str):
             thread["text"] = "\n".join(_rename_line(text, renamed) for text in thread["text"].split("\n"))
     report["top"] = top_functions(_crashed_frames(report))
+    if applied:
+        _still_missing(report)
     return applied
+
+
+def _still_missing(report: dict[str, Any]) -> None:
+    """``missing_symbols`` without the objects whose frames all have file:line now (and their count)."""
+    items = report.get("missing_symbols")
+    if not isinstance(items, list):
+        return
+    counts: dict[str, int] = {}
+    for thread in report.get("threads") or []:
+        for frame in thread.get("frames") or [] if isinstance(thread, dict) else []:
+            if isinstance(frame, dict) and frame.get("object") and not (frame.get("file") and frame.get("line")):
+                counts[str(frame["object"])] = counts.get(str(frame["object"]), 0) + 1
+    kept = [{**item, "frames": counts[str(item.get("object"))]} for item in items
+            if isinstance(item, dict) and str(item.get("object")) in counts]  # fmt: skip
+    report["missing_symbols"] = kept
+    if not any(item.get("package") for item in kept):
+        report["debug_symbols"] = None
 
 
 def _rename_line(text: str, renamed: dict[int, dict[str, Any]]) -> str:
