@@ -439,3 +439,21 @@ def test_addr2line_paths_of_glibcs_debug_file_are_normalised() -> None:
     assert [file for _, file, _ in ours] == [retrace_mod.source_path(where.partition(":")[0]) for _, where in doubled]
     assert "nptl/pthread_create.c" in [file for _, file, _ in ours]
     assert not [file for _, file, _ in ours if file is None or "/./" in file or file.startswith("./")]
+
+
+def test_retrace_with_tracerd_down_keeps_the_names_in_the_store(
+    retrace_daemon: Any, spawn: Any, built: Built
+) -> None:
+    """No tracerd serves the store: tracerctl puts the record into the report
+    and the index itself (``kept``: ``store``); the store read while tracerd is
+    down, and a tracerd started on it, show the names."""
+    report = crash(retrace_daemon, spawn, built.exe, "deep1")
+    retrace_daemon.stop()
+    result = retrace(retrace_daemon, report["id"], "--json", "--no-debuginfod", "--debug-dir", str(built.debug_root))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kept"] == "store"
+    listed = retrace_daemon.ctl("crashes", "--state-dir", str(retrace_daemon.state_dir)).stdout
+    assert "retrace_crash_here < descend" in listed, listed
+    retrace_daemon.start()
+    assert "retrace_crash_here () at " in retrace_daemon.ctl("crash", report["id"]).stdout
+    assert "retrace_crash_here < descend" in retrace_daemon.ctl("crashes").stdout
