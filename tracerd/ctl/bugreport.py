@@ -128,6 +128,15 @@ def _config_args(config_dir: str | None) -> list[str]:
     return ["-c", config_dir] if config_dir else []
 
 
+def postfix_command(argv: list[str], config: list[str], timeout: float) -> str:
+    """postconf or qshape, run only where the configuration directory has a main.cf (postconf fails
+    without one, and only after a 1 s sleep): else a line saying so."""
+    where = config[1] if config else os.environ.get("MAIL_CONFIG") or "/etc/postfix"
+    if not os.path.isfile(os.path.join(where, "main.cf")):
+        return f"({' '.join(argv)}: not run: no main.cf in {where})\n"
+    return run_command(argv, timeout)
+
+
 def gather(args: argparse.Namespace) -> list[Section]:
     """Every section, in the order of the module docstring."""
     config = _config_args(args.config_dir)
@@ -135,8 +144,8 @@ def gather(args: argparse.Namespace) -> list[Section]:
     return [
         Section("summary", "Summary (fill in)", SUMMARY, data=False),
         Section("environment", "Environment", environment(config)),
-        Section("postconf-n", "postconf -n", run_command(["postconf", *config, "-n"], POSTCONF_TIMEOUT)),
-        Section("postconf-Mf", "postconf -Mf", run_command(["postconf", *config, "-Mf"], POSTCONF_TIMEOUT)),
+        Section("postconf-n", "postconf -n", postfix_command(["postconf", *config, "-n"], config, POSTCONF_TIMEOUT)),
+        Section("postconf-Mf", "postconf -Mf", postfix_command(["postconf", *config, "-Mf"], config, POSTCONF_TIMEOUT)),
         Section("triage", "Mail log triage (tracerctl triage)", triage_section(args, inventory)),
         Section("crashes", "tracerd crash reports", crashes_section(inventory, args.max_crashes)),
         Section("qshape", "qshape", qshape_section(config)),
@@ -146,8 +155,8 @@ def gather(args: argparse.Namespace) -> list[Section]:
 
 def environment(config: list[str]) -> str:
     uname = platform.uname()
-    version = run_command(["postconf", *config, "-h", "mail_version"], POSTCONF_TIMEOUT).strip()
-    directory = run_command(["postconf", *config, "-h", "config_directory"], POSTCONF_TIMEOUT).strip()
+    version = postfix_command(["postconf", *config, "-h", "mail_version"], config, POSTCONF_TIMEOUT).strip()
+    directory = postfix_command(["postconf", *config, "-h", "config_directory"], config, POSTCONF_TIMEOUT).strip()
     return "\n".join([
         f"generated        {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"tracerd          {__version__}",
@@ -194,8 +203,8 @@ def crashes_section(inventory: CrashInventory, limit: int) -> str:
 def qshape_section(config: list[str]) -> str:
     if program_path("qshape") is None:
         return "(qshape is not installed)\n"
-    incoming = run_command(["qshape", *config], QSHAPE_TIMEOUT)
-    deferred = run_command(["qshape", *config, "deferred"], QSHAPE_TIMEOUT)
+    incoming = postfix_command(["qshape", *config], config, QSHAPE_TIMEOUT)
+    deferred = postfix_command(["qshape", *config, "deferred"], config, QSHAPE_TIMEOUT)
     return f"qshape (incoming and active queues):\n{incoming}\nqshape deferred:\n{deferred}"
 
 
