@@ -1,12 +1,13 @@
 """bench/postfix: a private Postfix instance's smtpd, untraced and traced.
 
-Five ways to run smtpd, alternated run by run (5 runs each) on one private
+Six ways to run smtpd, alternated run by run (5 runs each) on one private
 instance (tests/postfix_instance.py; master started and stopped for each run):
 
 - untraced:         smtpd without -D;
 - tracerd watch:    smtpd -D, ``pftrace-hook --tracer watch``;
 - tracerd strace:   smtpd -D, ``pftrace-hook --tracer strace``;
 - tracerd perf:     smtpd -D, ``pftrace-hook --tracer perf`` (needs tracefs);
+- tracerd syscount: smtpd -D, ``pftrace-hook --tracer syscount`` (bpftrace; docs/syscount.md);
 - seed gdb recipe:  smtpd -D, DEBUG_README's
   ``(echo cont; echo where; sleep 8640000) | gdb ... & sleep 5``.
 
@@ -34,7 +35,7 @@ sleep and subshells come back to it, and it kills and reaps every one of them
 smtpd stopped at master's SIGTERM).  Prints a table and writes
 bench/results/postfix.json.
 Usage: .venv/bin/python bench/postfix.py [--runs 5] [--messages 1000] [--sessions 10]
-       [--warmup 200] [--modes untraced,watch,strace,perf,recipe]
+       [--warmup 200] [--modes untraced,watch,strace,perf,syscount,recipe]
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ SEED_GDB = (
 )
 # what each run measures per mode, in the order one_run and steady_run give them
 SERIES = ("rates", "delays", "run_cpu", "run_tracer", "steady", "starts", "tracer_ms", "busy", "lines")
-MODES = ("untraced", "tracerd watch", "tracerd strace", "tracerd perf", "seed gdb recipe")
+MODES = ("untraced", "tracerd watch", "tracerd strace", "tracerd perf", "tracerd syscount", "seed gdb recipe")
 SHORT = {"untraced": "untraced", "tracerd watch": "watch", "tracerd strace": "strace", "tracerd perf": "perf",
-         "seed gdb recipe": "recipe"}  # fmt: skip
+         "tracerd syscount": "syscount", "seed gdb recipe": "recipe"}  # fmt: skip
 STEADY_MAX_USE = 1000000
 
 
@@ -334,7 +335,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=200, help="messages before a steady-state measure")
     parser.add_argument("--modes", default="untraced,watch,strace,perf,recipe",
-                        help="comma-separated: untraced, watch, strace, perf, recipe")  # fmt: skip
+                        help="comma-separated: untraced, watch, strace, perf, syscount, recipe")  # fmt: skip
     args = parser.parse_args()
     modes = [m for m in MODES if SHORT[m] in args.modes.split(",")]
     if "untraced" not in modes:

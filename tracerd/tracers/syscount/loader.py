@@ -243,53 +243,52 @@ class Loader:
                 raise
 
     async def remove(self, root: int) -> Counts:
-        """Stop counting ``root`` and its children; its final totals (read now), its keys deleted."""
+        """Stop counting ``root`` and its children: its final totals (read now), then its keys deleted.
+
+        Two bpftool runs: one batch of dumps (every map), one batch of deletes."""
         async with self._lock:
             tally = self.tallies.get(root)
             if tally is None:
                 return Counts()
             try:
                 if self.pid is not None:
-                    pids = await self._dump("pids")
-                    gone = [e["key"] for e in pids if script.parse_pid(e.get("value")) == root]
-                    await self._delete("pids", gone)
-                    await self._read_locked()
-                    keys = [(kind, e["key"]) for kind in ("c", "e", "ns", "h") if kind in self.maps
-                            for e in await self._dump(kind) if script.parse_pid(e.get("key")) == root]
-                    await self._delete_keys(keys)
+                    dumps = await self._read_locked(with_pids=True)
+                    keys = [(kind, e["key"]) for kind in ("c", "e", "ns", "h", "pids") for e in dumps.get(kind, [])
+                            if script.parse_pid(e.get("value" if kind == "pids" else "key")) == root]  # fmt: skip
+                    await self._delete(keys)
             except TracerFailed as err:
                 log.warning("syscount_remove_failed", pid=root, error=str(err))
             finally:
                 self.tallies.pop(root, None)
             return tally.totals()
 
-    async def _delete(self, kind: str, keys: Sequence[list[str]]) -> None:
-        if keys:
-            lines = "".join(f"map delete id {self.maps[kind]} key hex {' '.join(key)}\n" for key in keys)
-            with contextlib.suppress(TracerFailed):  # a key the program deleted meanwhile
+    async def _delete(self, keys: Sequence[tuple[str, list[str]]]) -> None:
+        """One bpftool batch deleting ``keys``, @pids' last (the program may delete a child's itself)."""
+        lines = "".join(f"map delete id {self.maps[kind]} key hex {' '.join(key)}\n" for kind, key in keys)
+        if lines:
+            with contextlib.suppress(TracerFailed):
                 await bpftool("batch", "file", "/dev/stdin", stdin=lines.encode())
 
-    async def _delete_keys(self, keys: Sequence[tuple[str, list[str]]]) -> None:
-        for kind in {kind for kind, _ in keys}:
-            await self._delete(kind, [key for k, key in keys if k == kind])
-
-    async def _dump(self, kind: str) -> list[dict[str, Any]]:
-        raw = await bpftool("-j", "map", "dump", "id", str(self.maps[kind]))
-        found = json.loads(raw or b"[]")
-        return found if isinstance(found, list) else []
+    async def _dumps(self, kinds: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every map of ``kinds`` in one bpftool run (a batch of dumps)."""
+        wanted = [kind for kind in kinds if kind in self.maps]
+        commands = "".join(f"map dump id {self.maps[kind]}\n" for kind in wanted)
+        raw = json.loads(await bpftool("-j", "batch", "file", "/dev/stdin", stdin=commands.encode()) or b"[]")
+        outputs = [item.get("output") if isinstance(item, dict) else None for item in raw]
+        return {kind: out for kind, out in zip(wanted, outputs, strict=False) if isinstance(out, list)}
 
     async def read(self) -> None:
         """Read every map once: each live session's counts, and the metrics' increases."""
         async with self._lock:
             await self._read_locked()
 
-    async def _read_locked(self) -> None:
+    async def _read_locked(self, with_pids: bool = False) -> dict[str, list[dict[str, Any]]]:
         if self.pid is None:
-            return
+            return {}
+        dumps = await self._dumps(("c", "e", "ns", "h", "pids") if with_pids else ("c", "e", "ns", "h"))
         fresh: dict[int, Counts] = {}
         for kind in ("c", "e", "ns", "h"):
-            if kind in self.maps:
-                script.parse_dump(kind, await self._dump(kind), fresh)
+            script.parse_dump(kind, dumps.get(kind, []), fresh)
         self.last_read = asyncio.get_running_loop().time()
         for root, tally in self.tallies.items():
             now = fresh.get(root, Counts())
@@ -304,6 +303,7 @@ class Loader:
                     name = name if name in names or len(names) < MAX_NAMES else "other"
                     names[name] = names.get(name, 0) + delta
             tally.last = now
+        return dumps
 
     async def _tick(self) -> None:
         """Read the maps every shortest interval, and have each session log its table when due."""
