@@ -44,6 +44,8 @@ def hook_request(name: Any, pid: Any) -> bytes:
         (hook_request("smtpd", True), "pid must be an integer"),
         (hook_request("smtpd", 1.5), "pid must be an integer"),
     ],
+    # the same ids in every pytest-xdist worker (each has its own pid)
+    ids=lambda value: value.decode("latin-1").replace(str(os.getpid()), "PID") if isinstance(value, bytes) else None,
 )
 def test_bad_requests_get_a_clear_error(daemon: Any, payload: bytes, needle: str) -> None:
     """Every malformed request: ok false, code bad_request, a message naming the fault."""
