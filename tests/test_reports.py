@@ -226,7 +226,7 @@ def test_crash_report_for_humans_has_every_section(daemon_factory: Any, cbin: An
     crashed = next(t for t in report["threads"] if t["crashed"])
     other = next(t for t in report["threads"] if not t["crashed"])
     name = f' "{crashed["name"]}"' if crashed["name"] else ""  # gdb reading a core names no threads
-    assert f"Thread {crashed['id']} (LWP {crashed['tid']}){name}  <- crashed" in lines
+    assert f"Thread {crashed['id']} (LWP {crashed['tid']}{name}) [crashed]" in lines
     body = crashed["text"].splitlines()[1:]  # gdb's own "Thread N (Thread 0x... (LWP n))" head is ours instead
     assert any(line.startswith("#0  thread_crash") for line in body)
     start = lines.index(body[0])
@@ -234,7 +234,7 @@ def test_crash_report_for_humans_has_every_section(daemon_factory: Any, cbin: An
     other_body = [line for line in other["text"].splitlines()[1:] if line.startswith("#")]
     assert other_body
     assert not any(line in lines for line in other_body)
-    assert any(line.startswith(f"  Thread {other['id']} (LWP {other['tid']})") for line in lines)
+    assert any(line.startswith(f"  Thread {other['id']} (LWP {other['tid']}") for line in lines)
     full = daemon.ctl("crash", "--full", crash_id).stdout.splitlines()
     assert all(line in full for line in other_body)
 

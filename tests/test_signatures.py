@@ -154,8 +154,8 @@ def test_sigfpe_and_sigill_in_one_stripped_binary_are_two_entries(
     found = {entry["signal"]: entry for entry in entries(tracerd, "bugstrip")}
     assert sorted(found) == ["SIGFPE", "SIGILL"], found
     fpe, ill = found["SIGFPE"]["top"], found["SIGILL"]["top"]
-    assert re.fullmatch(r"bugs\+0x[0-9a-f]+", fpe[0]), fpe
-    assert re.fullmatch(r"bugs\+0x[0-9a-f]+", ill[0]), ill
+    assert re.fullmatch(r"\(bugs \+ 0x[0-9a-f]+\)", fpe[0]), fpe
+    assert re.fullmatch(r"\(bugs \+ 0x[0-9a-f]+\)", ill[0]), ill
     assert fpe[0] != ill[0]
 
 
@@ -171,7 +171,7 @@ def test_the_stripped_and_the_unstripped_binary_of_one_bug_are_two_entries(
     tops = sorted(entry["top"][0] for entry in entries(tracerd, "bugbuild"))
     assert len(tops) == 2, tops
     assert tops[1] == "divide_here", tops
-    assert re.fullmatch(r"bugs\+0x[0-9a-f]+", tops[0]), tops
+    assert re.fullmatch(r"\(bugs \+ 0x[0-9a-f]+\)", tops[0]), tops
 
 
 @needs_gdb

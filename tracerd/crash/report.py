@@ -23,10 +23,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracerd.crash import siginfo
+from tracerd.crash import facts, siginfo
 from tracerd.crash.signature import (
     assertion_location,
-    frame_token,
     frames_basis,
     frames_signature,
     meaningful,
@@ -96,7 +95,7 @@ def signature(frames: list[Frame], depth: int = 5) -> str:
 
 def top_functions(frames: list[Frame], n: int = 3) -> list[str]:
     """The top ``n`` frames past libc's abort path, innermost first (as in the summary)."""
-    return [frame_token(frame) for frame in meaningful(frames)[:n]]
+    return [facts.frame_label(frame) for frame in meaningful(frames)[:n]]  # unnamed: (smtpd + 0x1427)
 
 
 def format_frame(frame: Frame) -> str:
@@ -105,6 +104,8 @@ def format_frame(frame: Frame) -> str:
     if frame.address:
         text += f"{_clean(frame.address)} in "
     text += f"{_clean(frame.function or '??')} ()"
+    if not frame.function and frame.object and frame.module_offset:
+        text += f" {_clean(facts.frame_label(frame))}"  # coredumpctl's (smtpd + 0x1427)
     if frame.file:
         text += f" at {_clean(frame.file)}" + (f":{frame.line}" if frame.line is not None else "")
     elif frame.object:
@@ -142,6 +143,7 @@ class CrashReport:
     abort_message: str | None = None  # glibc's __abort_msg (SIGABRT)
     assertion: str | None = None  # an assert()'s message, as apport's AssertionMessage
     core_source: str | None = None  # the raw core the tracer took (not stored)
+    host: dict[str, Any] = field(default_factory=dict)  # tracerd.crash.facts.host_facts(): hostname, boot id...
 
     def crashed_thread(self) -> Thread:
         """The thread that took the signal, else the first; raises ValueError if there is none."""
@@ -221,6 +223,9 @@ class CrashReport:
             f"fault address: {_clean(sig.get('fault_address') or 'none')}",
             f"signature: {self.signature}  tracer: {self.tracer}",
         ]
+        if sig.get("analysis"):
+            lines.append(f"analysis: {_clean(sig['analysis'])}")
+        lines += [f"{label}: {_clean(text)}" for label, text in facts.describe(self.process, self.host)]
         if self.sent_by_another:
             lines.insert(2, f"sent by pid {sig.get('sender_pid')} uid {sig.get('sender_uid')}: not a fault, the frames"
                             " show where the process was; signature of program and signal, not of the frames")
@@ -230,9 +235,9 @@ class CrashReport:
             lines.append(f"abort message: {_clean(self.assertion or self.abort_message)}")
         crashed = self.crashed_thread() if self.threads else None
         for thread in sorted(self.threads, key=lambda t: t is not crashed):
-            mark = "  <- crashed" if thread is crashed else ""
+            mark = " [crashed]" if thread is crashed else ""
             label = f' "{_clean(thread.name)}"' if thread.name else ""
-            lines += ["", f"Thread {thread.id} (LWP {thread.tid}){label}{mark}:"]
+            lines += ["", f"Thread {thread.id} (LWP {thread.tid}{label}){mark}:"]
             lines += [format_frame(frame) for frame in thread.frames] or ["(no frames)"]
         if crashed is not None and crashed.text:
             lines += ["", "bt full of the crashed thread:", _clean(crashed.text, lines=True)]

@@ -31,14 +31,17 @@ or had errors says so on a ``capture`` line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from tracerd import textclean
+from tracerd.crash import facts
 
 REGISTERS_PER_LINE = 4
+_UNNAMED = re.compile(r"^#(\d+)\s.*\?\? \(\)")
 _SIGNAL_KEYS = frozenset({"number", "name", "si_code", "si_code_name", "fault_address", "sender_pid", "sender_uid",
-                          "user_sent"})  # fmt: skip
+                          "user_sent", "analysis"})  # fmt: skip
 
 
 def clean(value: object) -> str:
@@ -89,6 +92,9 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     if isinstance(cmdline, list) and cmdline:
         lines.append(f"cmdline  {' '.join(clean(arg) for arg in cmdline)}")
     lines.append(f"signal   {signal_line(_dict(report.get('signal')))}")
+    if _dict(report.get("signal")).get("analysis"):
+        lines.append(f"fault    {clean(report['signal']['analysis'])}")  # apport's SegvAnalysis
+    lines += [f"{label:<8} {clean(text)}" for label, text in facts.describe(process, report.get("host"))]
     lines.append(f"time     {clean(report.get('time'))}  tracer {clean(report.get('tracer'))}")
     lines.append(f"log      {clean(report.get('log') or '(none)')}")
     withheld = withheld_line(report.get("redacted"))
@@ -188,11 +194,10 @@ def _threads(report: dict[str, Any], full: bool) -> list[str]:
     lines: list[str] = []
     others = [t for t in threads if t is not crashed]
     for thread in [crashed, *others]:
-        head = f"Thread {clean(thread.get('id'))} (LWP {clean(thread.get('tid'))})"
-        if thread.get("name"):
-            head += f' "{clean(thread["name"])}"'
+        name = f' "{clean(thread["name"])}"' if thread.get("name") else ""
+        head = f"Thread {clean(thread.get('id'))} (LWP {clean(thread.get('tid'))}{name})"
         if thread is crashed:
-            lines += ["", f"{head}  <- crashed" if thread.get("crashed") else head]
+            lines += ["", f"{head} [crashed]" if thread.get("crashed") else head]
             lines += _bt_full(thread)
         elif full:
             lines += ["", head]
@@ -211,21 +216,40 @@ def _bt_full(thread: dict[str, Any]) -> list[str]:
     if text:
         if text.startswith("Thread "):
             text = text.partition("\n")[2]
-        return clean_block(text).splitlines() or ["(no frames)"]
+        return _label_unnamed(clean_block(text).splitlines(), thread.get("frames")) or ["(no frames)"]
     frames = [frame for frame in thread.get("frames") or [] if isinstance(frame, dict)]
     return [_frame_line(frame) for frame in frames] or ["(no frames)"]
 
 
 def _frame_name(frame: dict[str, Any]) -> str:
+    """The function, else coredumpctl's ``(smtpd + 0x1427)``."""
     if frame.get("function"):
         return str(frame["function"])
-    obj = str(frame.get("object") or "")
-    return "?@" + obj.rsplit("/", 1)[-1] if obj else "??"
+    obj, offset = frame.get("object"), frame.get("module_offset")
+    if not obj:
+        return "??"
+    module = str(obj).rsplit("/", 1)[-1]
+    return f"({module} + {offset})" if offset else f"({module})"
+
+
+def _label_unnamed(lines: list[str], frames: object) -> list[str]:
+    """gdb's ``#3  0x... in ?? ()`` lines with the frame's ``(module + 0xOFFSET)`` after them."""
+    rows = [frame for frame in frames if isinstance(frame, dict)] if isinstance(frames, list) else []
+    labels = {frame.get("level"): _frame_name(frame) for frame in rows
+              if not frame.get("function") and frame.get("module_offset")}  # fmt: skip
+    out = []
+    for line in lines:
+        found = _UNNAMED.match(line)
+        label = labels.get(int(found.group(1))) if found else None
+        out.append(line.replace("?? ()", f"?? () {clean(label)}", 1) if label else line)
+    return out
 
 
 def _frame_line(frame: dict[str, Any]) -> str:
     function = clean(frame.get("function") or "??")
     text = f"#{clean(frame.get('level')):<3} {clean(frame.get('address') or '?')} in {function}"
+    if not frame.get("function") and frame.get("object") and frame.get("module_offset"):
+        text += f" {clean(_frame_name(frame))}"
     if frame.get("file"):
         text += f" at {clean(frame['file'])}" + (f":{clean(frame['line'])}" if frame.get("line") is not None else "")
     elif frame.get("object"):

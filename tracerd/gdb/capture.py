@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from tracerd.crash import debugsyms, elfinfo, modules, siginfo
+from tracerd.crash import debugsyms, elfinfo, facts, modules, segv, siginfo
 from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
 from tracerd.gdb.mi import GdbMI
@@ -94,7 +94,23 @@ def process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
         info["uid"] = proc.uids().real
     except (psutil.Error, OSError):
         pass
+    info.update(facts.process_facts(identity.pid))  # ppid, gid, cwd, cgroup, unit, exe_mtime; never environ
     return info
+
+
+async def host_and_package(process: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+    """The host's facts, and the executable's package and version into ``process``: dpkg in a
+    thread, bounded (past the bound the package is left unknown)."""
+    process.update(package=None, package_version=None)
+    try:
+        async with asyncio.timeout(left(deadline, PACKAGE_TIMEOUT) or 0.1):
+            process.update(await asyncio.to_thread(facts.package_facts, process.get("exe")))
+    except TimeoutError:
+        process.setdefault("capture_errors", []).append("package: dpkg did not answer in time")
+    return await asyncio.to_thread(facts.host_facts)
+
+
+PACKAGE_TIMEOUT = 10.0
 
 
 async def capture(
@@ -143,13 +159,17 @@ async def capture(
     _fill_objects(threads, _mappings(identity.pid))
     full = await step("bt full", cli="thread apply all bt full") or ""
     _attach_text(threads, full)
+    facts.number_threads(threads, identity.pid)  # as the other tracer numbers them
     await step("select", mi_command=f"-thread-select {crashed_id}")
     registers_text = await step("registers", cli="info registers") or ""
     registers = {m.group(1): m.group(2) for m in _REGISTER.finditer(registers_text)}
     disassembly = await step("disassembly", cli="x/16i $pc") or ""
     signal = await _signal(mi, identity.pid, stop.get("signal-name"), errors, deadline)
+    maps = await asyncio.to_thread(segv.read_maps, identity.pid)
+    signal["analysis"] = segv.analyse(signal, registers, maps, disassembly)  # apport's SegvAnalysis
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
     process = process_info(identity, name)
+    host = await host_and_package(process, deadline)
     libraries, missing, advice = await asyncio.to_thread(_objects, libs_payload, process.get("exe"), threads)
     # for a retrace later: bias, range, (deleted), build-ids of the mapped copies; pc and module offset
     modules.annotate(await asyncio.to_thread(modules.read_modules, identity.pid), libraries, threads)
@@ -168,9 +188,10 @@ async def capture(
         debug_symbols=advice,
         abort_message=abort_message,
         assertion=abort_message if abort_message and _ASSERTION.search(abort_message) else None,
+        host=host,
     )
     if errors:
-        report.process["capture_errors"] = errors
+        report.process.setdefault("capture_errors", []).extend(errors)
     return report
 
 
