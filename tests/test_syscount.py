@@ -205,6 +205,24 @@ def test_tracerd_restart_readopts_syscount_sessions(daemon_factory: Any, cbin: A
     assert last_table(text)["getppid"][0] == ROUND_GETPPID  # counted since the re-adoption
 
 
+def test_sigterm_ends_every_session_with_its_table(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """tracerd's SIGTERM: each of three sessions gets its last table, exact, then its closing line
+    (their ends share one read); the processes run on."""
+    daemon = daemon_factory(CONFIG)
+    targets = [start(daemon, cbin, spawn) for _ in range(3)]
+    for target in targets:
+        one_round(target, 1)
+    logs = [Path(daemon.session(target.pid)["log"]) for target in targets]
+    assert daemon.stop() == 0
+    for target, log in zip(targets, logs, strict=True):
+        text = log.read_text()
+        assert last_table(text)["getppid"][0] == ROUND_GETPPID
+        assert text.rstrip().endswith("detached (tracerd shutting down); it runs on untraced")
+        assert proc_state(target.pid) == "S"
+        target.close_stdin()
+        assert target.wait() == 3
+
+
 REFUSE = (
     "import sys; sys.path[:0] = [sys.argv[1]]; from tracerd.tracers.syscount import check; "
     "print(check.refusal(*sys.argv[2:]))"

@@ -78,13 +78,16 @@ class SyscountTracer(Tracer):
     def tick(self) -> None:
         """The loader has read the maps: log the table when this session's interval has passed."""
         now = asyncio.get_running_loop().time()
-        if self.loader.deaths != self._deaths:
-            self._deaths = self.loader.deaths
-            self.output.line("tracerd: syscount's bpftrace died and was restarted; calls since its last read are"
-                             " not counted")  # fmt: skip
+        self._note_death()
         if now - self._last_table >= self.interval - 0.05:
             self._last_table = now
             self._log_table("so far")
+
+    def _note_death(self) -> None:
+        if self.loader.died != self._deaths:
+            self._deaths = self.loader.died
+            self.output.line("tracerd: syscount's bpftrace died and was restarted; calls since its last read are"
+                             " not counted")  # fmt: skip
 
     # -- Tracer ---------------------------------------------------------------
 
@@ -98,7 +101,7 @@ class SyscountTracer(Tracer):
         except BaseException:
             self._release()
             raise
-        self._deaths = self.loader.deaths
+        self._deaths = self.loader.died
         self._last_table = loop.time()
         self.tracer_pid = self.loader.pid
         if self.loader.latency != self.latency:
@@ -112,6 +115,7 @@ class SyscountTracer(Tracer):
             self._gone.set_result(None)
 
     async def wait(self) -> Ending:
+        """The process's end (pidfd) or a detach; then the last read and table, the pid out of the map."""
         assert self._gone is not None
         detached = asyncio.ensure_future(self._detached.wait())
         waiting: set[asyncio.Future[Any]] = {self._gone, detached}
@@ -124,6 +128,7 @@ class SyscountTracer(Tracer):
                 await asyncio.wait_for(self._status_seen.wait(), EXIT_WORD_WAIT)
         counts = await self.loader.remove(self.target.pid)
         self._release()
+        self._note_death()
         self._write_table(counts, "at the end")
         if not self._gone.done():
             return Ending("detached")

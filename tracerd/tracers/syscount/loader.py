@@ -48,6 +48,7 @@ from tracerd.tracers.syscount.table import Counts, syscall_name
 
 log = structlog.get_logger("tracerd.syscount")
 START_TIMEOUT = 30.0
+BACKOFF_RESET = 60.0  # a bpftrace that lived this long died "for the first time" (restart delay reset)
 BPFTOOL_TIMEOUT = 10.0
 MAX_NAMES = 64  # system call names a service's metrics keep; the rest are "other"
 MAX_SERVICES = 256  # services the metrics keep apart; the rest are "other"
@@ -127,7 +128,10 @@ class Loader:
         self.tallies: dict[int, Tally] = {}  # root pid -> its session's counts
         self.latency = False
         self.restarts = 0
-        self.deaths = 0
+        self.deaths = 0  # unexpected deaths in a row (reset by one that lived BACKOFF_RESET seconds)
+        self.died = 0  # every unexpected death (sessions compare it to say one happened)
+        self._started_at = 0.0
+        self._removing: dict[int, asyncio.Future[Counts]] = {}
         self.by_service: dict[str, dict[str, int]] = {}  # metrics: service -> syscall name -> calls
         self._lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
@@ -158,6 +162,7 @@ class Loader:
             self.latency, self.maps, self._recent = latency, {}, []
             loop = asyncio.get_running_loop()
             self._ready = loop.create_future()
+            self._started_at = loop.time()
             env = {**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(script.KEYS_MAX)}
             self.child = child = Child(["bpftrace", "-e", script.program(latency)], self._on_lines, env=env)
             self._spawn(self._monitor(child))
@@ -205,7 +210,9 @@ class Loader:
         if self.child is not child or self._stopping:
             return
         self.child, self.maps = None, {}
-        self.deaths += 1
+        lived = asyncio.get_running_loop().time() - self._started_at
+        self.deaths = 1 if lived >= BACKOFF_RESET else self.deaths + 1
+        self.died += 1
         for tally in self.tallies.values():  # what this bpftrace counted and we read is kept
             tally.base, tally.last = tally.totals(), Counts()
         log.warning("syscount_bpftrace_died", status=code, sessions=len(self.tallies))
@@ -245,22 +252,30 @@ class Loader:
     async def remove(self, root: int) -> Counts:
         """Stop counting ``root`` and its children: its final totals (read now), then its keys deleted.
 
-        Two bpftool runs: one batch of dumps (every map), one batch of deletes."""
+        Sessions ending together (a shutdown) share the work: one batch of dumps, one batch of deletes."""
+        future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
+        self._removing[root] = future
         async with self._lock:
-            tally = self.tallies.get(root)
-            if tally is None:
-                return Counts()
-            try:
-                if self.pid is not None:
-                    dumps = await self._read_locked(with_pids=True)
-                    keys = [(kind, e["key"]) for kind in ("c", "e", "ns", "h", "pids") for e in dumps.get(kind, [])
-                            if script.parse_pid(e.get("value" if kind == "pids" else "key")) == root]  # fmt: skip
-                    await self._delete(keys)
-            except TracerFailed as err:
-                log.warning("syscount_remove_failed", pid=root, error=str(err))
-            finally:
-                self.tallies.pop(root, None)
-            return tally.totals()
+            if self._removing:
+                await self._remove_all(dict(self._removing))
+        return await future
+
+    async def _remove_all(self, futures: dict[int, asyncio.Future[Counts]]) -> None:
+        for root in futures:
+            self._removing.pop(root, None)
+        try:
+            if self.pid is not None and any(root in self.tallies for root in futures):
+                dumps = await self._read_locked(with_pids=True)
+                keys = [(kind, e["key"]) for kind in ("c", "e", "ns", "h", "pids") for e in dumps.get(kind, [])
+                        if script.parse_pid(e.get("value" if kind == "pids" else "key")) in futures]  # fmt: skip
+                await self._delete(keys)
+        except TracerFailed as err:
+            log.warning("syscount_remove_failed", pids=sorted(futures), error=str(err))
+        finally:
+            for root, future in futures.items():
+                tally = self.tallies.pop(root, None)
+                if not future.done():
+                    future.set_result(tally.totals() if tally is not None else Counts())
 
     async def _delete(self, keys: Sequence[tuple[str, list[str]]]) -> None:
         """One bpftool batch deleting ``keys``, @pids' last (the program may delete a child's itself)."""
