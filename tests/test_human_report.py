@@ -194,3 +194,44 @@ def test_unit_of_a_cgroup() -> None:
     assert facts.unit_of("/") is None
     assert facts.cgroup_of("12:cpu:/a\n1:name=systemd:/system.slice/x.service\n0::/b\n") == "/b"
     assert facts.cgroup_of("1:name=systemd:/system.slice/x.service\n2:cpu:/a\n") == "/system.slice/x.service"
+
+
+def kernel_core_functions(exe: Path, workdir: Path) -> list[str] | None:
+    """The crashing thread's function names by gdb on the kernel's core of the same fault; None
+    when this machine's core_pattern gives no core file in the working directory."""
+    with open("/proc/sys/kernel/core_pattern") as pattern:
+        if pattern.read().strip() not in ("core", "core.%p"):
+            return None
+
+    def unlimited() -> None:
+        import resource  # noqa: PLC0415
+
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    done = subprocess.run([str(exe), "-", "faultd", "null44"], input=b"x", capture_output=True, cwd=workdir,
+                          preexec_fn=unlimited, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == -signal.SIGSEGV
+    cores = list(workdir.glob("core*"))
+    if not cores:
+        return None
+    out = subprocess.run(["gdb", "-nx", "-batch", "-ex", "bt", str(exe), str(cores[0])], capture_output=True,
+                         text=True, timeout=120, check=False).stdout  # fmt: skip
+    lines = [line for line in out.splitlines() if line.startswith("#")]
+    starts = [index for index, line in enumerate(lines) if line.startswith("#0 ")]
+    lines = lines[starts[-1]:] if starts else lines  # gdb prints frame 0 once on loading the core
+    return [line.split(" in ", 1)[1].split(" (")[0] if " in " in line else line.split()[1] for line in lines]
+
+
+@pytest.mark.parametrize("tracer", ["watch", "gdb"])
+def test_crashed_thread_matches_gdb_on_a_kernel_core(
+    tracer: str, daemon_factory: Any, cbin: Any, tmp_path: Path
+) -> None:
+    exe = faults_bin(cbin)
+    reference = kernel_core_functions(exe, tmp_path)
+    if reference is None:
+        pytest.skip("no kernel core file here (core_pattern)")
+    daemon = daemon_factory(config(tracer))
+    _pid, report, _text = crash(daemon, exe, "null44", tmp_path)
+    crashed = next(thread for thread in report["threads"] if thread["crashed"])
+    assert [frame["function"] for frame in crashed["frames"]][:3] == reference[:3], reference
+    assert reference[:2] == ["read_null_field", "main"]
