@@ -279,3 +279,17 @@ def test_hook_refused_in_one_line_without_bpftrace(daemon_factory: Any, cbin: An
     assert target.wait() == 0
     assert target.proc.stderr is not None
     assert "bpftrace is not installed (apt install bpftrace bpftool)" in target.proc.stderr.read().decode()
+
+
+@pytest.mark.slow
+def test_the_bench_runs(tmp_path: Path) -> None:
+    """bench/syscount.py (docs/syscount.md's command), small: exit 0, its table, its results saved."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "bench" / "syscount.py"), "--runs", "1", "--iterations",
+                             "20000", "--slow-iterations", "2000", "--attaches", "2"],
+                            capture_output=True, text=True, timeout=600, check=False, cwd=root,
+                            env={**os.environ, "TRACERD_BENCH_RESULTS": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"^syscount\s+[\d.]+\s+[\d.]+\s+\(goal <= 1.6\)$", result.stdout, re.M), result.stdout
+    assert "attach through the hook: first" in result.stdout
+    assert json.loads((tmp_path / "syscount.json").read_text())["ratios"]["syscount"] > 0

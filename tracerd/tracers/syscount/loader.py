@@ -43,7 +43,7 @@ import structlog
 from tracerd.errors import TracerFailed
 from tracerd.perloop import PerLoop
 from tracerd.spawn import Child, restart_delay
-from tracerd.tracers.syscount import script
+from tracerd.tracers.syscount import check, script
 from tracerd.tracers.syscount.table import Counts, syscall_name
 
 log = structlog.get_logger("tracerd.syscount")
@@ -159,6 +159,9 @@ class Loader:
             if self.pid is not None:
                 return
             await asyncio.sleep(restart_delay(self.deaths, 0.25, 8.0))
+            reason = check.refusal()  # again: tracefs may have been unmounted since (it is mounted again then)
+            if reason:
+                raise TracerFailed(reason)
             self.latency, self.maps, self._recent = latency, {}, []
             loop = asyncio.get_running_loop()
             self._ready = loop.create_future()
