@@ -5,7 +5,9 @@ cheapest system call: any per-call cost shows in full) and prints the time
 its loop took (the hook is not timed).  Kinds, each against the untraced
 baseline of the same run:
 
-- untraced: the hook is skipped;
+- untraced: the hook is skipped (bpftrace is loaded for the other kinds, so
+  this baseline pays what its probes cost every process of the machine);
+- untraced, no bpftrace: the same, first, before any bpftrace is loaded;
 - syscount: ``pftrace-hook --tracer syscount`` through a private tracerd;
 - syscount+latency: the same with ``[syscount] latency = true`` (a second tracerd);
 - strace: ``pftrace-hook --tracer strace`` (tracerd's own strace path);
@@ -106,6 +108,10 @@ def main() -> int:
         hooks = {"syscount": (base.format(sock, "syscount"), sock),
                  "syscount+latency": (base.format(sock_lat, "syscount"), sock_lat),
                  "strace": (base.format(sock, "strace"), sock)}  # fmt: skip
+        for _ in range(args.runs):  # no bpftrace loaded yet: what its probes cost every other process
+            value = run(exe, "untraced", args.iterations, hooks, tmp)
+            if value is not None:
+                times.setdefault("untraced, no bpftrace", []).append(value)
         first = attach_latency(timed, hooks["syscount"][0], sock, 1)  # bpftrace's start
         run(exe, "syscount+latency", 1000, hooks, tmp)  # its bpftrace started too
         for round_ in range(args.runs):
@@ -126,12 +132,12 @@ def main() -> int:
     untraced = medians["untraced"]
     print(f"getppid() loop: {args.iterations} calls ({args.slow_iterations} for strace and perf), median of"
           f" {args.runs} runs (slow ones: 1)\n")  # fmt: skip
-    print(f"{'kind':18} {'ns/call':>9} {'x untraced':>11}")
+    print(f"{'kind':22} {'ns/call':>9} {'x untraced':>11}")
     ratios = {}
     for kind, value in medians.items():
         ratios[kind] = value / untraced
         goal = f"   (goal <= {GOAL})" if kind == "syscount" else ""
-        print(f"{kind:18} {value:9.1f} {ratios[kind]:11.2f}{goal}")
+        print(f"{kind:22} {value:9.1f} {ratios[kind]:11.2f}{goal}")
     print(f"\nattach through the hook: first (bpftrace starts) {first[0]:.0f} ms; next {args.attaches}: "
           f"median {statistics.median(warm):.1f} ms, max {max(warm):.1f} ms")  # fmt: skip
     result: dict[str, Any] = {"iterations": args.iterations, "slow_iterations": args.slow_iterations,
