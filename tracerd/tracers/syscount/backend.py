@@ -56,7 +56,7 @@ class SyscountTracer(Tracer):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        return check.refusal()
+        return check.missing_program()  # the rest (BTF, capabilities, tracefs) before bpftrace starts
 
     @classmethod
     async def shutdown(cls) -> None:

@@ -49,11 +49,19 @@ def mount_tracefs() -> str | None:
     return None
 
 
-def refusal(btf: str = BTF) -> str | None:
-    """Why syscount cannot run here (one line with the fix), or None."""
+def missing_program() -> str | None:
+    """bpftrace or bpftool not installed (the backend's ``unavailable``, and ``tracerd --check``'s)."""
     for program in ("bpftrace", "bpftool"):
         if shutil.which(program) is None:
             return PREFIX + f"{program} is not installed (apt install bpftrace bpftool)"
+    return None
+
+
+def refusal(btf: str = BTF) -> str | None:
+    """Why syscount cannot run here (one line with the fix), or None; checked before each bpftrace start."""
+    missing = missing_program()
+    if missing:
+        return missing
     if not os.path.exists(btf):
         return PREFIX + (f"the kernel has no BTF ({btf} is missing): bpftrace needs a kernel built with"
                          " CONFIG_DEBUG_INFO_BTF=y (Debian's since 11); use the strace or perf tracer")  # fmt: skip
