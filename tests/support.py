@@ -13,6 +13,7 @@ state it found ('' = gone).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import select
@@ -271,6 +272,11 @@ class StubTracerd:
         self.thread.join(10)
 
 
+# tracerctl's commands that only ask tracerd over its socket (or read its crash store): Daemon.ctl runs
+# them in-process, sparing a Python start for each
+CTL_IN_PROCESS = frozenset({"status", "show", "crashes", "crash", "where", "crash-delete", "attach", "detach"})
+
+
 class Daemon:
     """A real tracerd subprocess with its own socket, dirs and syslog."""
 
@@ -337,11 +343,24 @@ class Daemon:
             words += ["--syslog", str(syslog)]
         return " ".join(words)
 
-    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*script("tracerctl"), "--socket", str(self.socket), *args],
-            capture_output=True, text=True, timeout=60, check=check,
-        )  # fmt: skip
+    def ctl(self, *args: str, check: bool = False, fresh: bool = False) -> subprocess.CompletedProcess[str]:
+        """tracerctl --socket SOCKET ARGS: its exit code, stdout and stderr.  A command that only asks
+        tracerd (CTL_IN_PROCESS) runs tracerctl's main() in this process, as the same user; the
+        others, and any call with ``fresh``, run a tracerctl process (where the process is under test)."""
+        argv = ["--socket", str(self.socket), *args]
+        command = next((arg for arg in args if not arg.startswith("-")), None)
+        if fresh or command not in CTL_IN_PROCESS:
+            return subprocess.run([*script("tracerctl"), *argv], capture_output=True, text=True, timeout=60,
+                                  check=check)  # fmt: skip
+        from tracerd.ctl import main as ctl_main  # noqa: PLC0415 (bench/ has no need of it)
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = ctl_main.main(argv)
+        result = subprocess.CompletedProcess(["tracerctl", *argv], code, out.getvalue(), err.getvalue())
+        if check:
+            result.check_returncode()
+        return result
 
     def request(self, payload: bytes, timeout: float = 10.0) -> dict[str, Any]:
         """Send raw bytes, return the one reply (or {} when the daemon closed)."""
