@@ -6,6 +6,7 @@ getppid() and failing close(-1) calls in several threads and a forked child.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,10 +67,18 @@ def last_table(text: str, when: str = "at the end") -> dict[str, tuple[int, int,
     return rows
 
 
+def map_ids(pid: int) -> list[int]:
+    """The ids of the BPF maps process ``pid`` holds (its fdinfo's ``map_id``)."""
+    ids = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError):
+            ids += [int(line.split()[1]) for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                    if line.startswith("map_id:")]  # fmt: skip
+    return ids
+
+
 def map_pids(bpftrace: int) -> set[int]:
     """The pids in @pids of this very bpftrace (found by its own fds, never by a machine-wide name)."""
-    from tracerd.tracers.syscount.loader import map_ids  # noqa: PLC0415
-
     for map_id in map_ids(bpftrace):
         shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)], check=True,
                                           capture_output=True, text=True, timeout=30).stdout)  # fmt: skip

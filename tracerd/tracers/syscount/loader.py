@@ -2,37 +2,36 @@
 
 :class:`Loader` (one per event loop, :mod:`tracerd.perloop`) starts
 ``bpftrace -e PROGRAM`` (:mod:`tracerd.tracers.syscount.script`) at the
-first session, and keeps it.  Its maps are found through the bpftrace
-process's own descriptors (``/proc/PID/fdinfo``'s ``map_id``, then ``bpftool
-map show id``): map names are machine-wide, two daemons' bpftraces never
-mix.  A session's root pid goes into ``@pids`` with ``bpftool map update``
-(the hook returns once that has returned); at its end the session is read a
-last time and its keys are deleted (``bpftool batch``).
+first session, and keeps it.  Its maps are taken from the bpftrace process's
+own descriptors (:mod:`tracerd.tracers.syscount.bpfmap`: pidfd_getfd): map
+names are machine-wide, two daemons' bpftraces never mix.  A session's root
+pid goes into ``@pids`` with one bpf(2) call (the hook returns once it has
+returned); at its end the session is read a last time and its keys are
+deleted.  Sessions ending together (a shutdown) share one read.
 
-Counts are read with ``bpftool -j map dump`` every tick (the shortest
-``interval`` of the live sessions, and at ``tracerctl show``): the maps are
-cumulative, so a read loses nothing; a session's totals are what earlier
-bpftraces counted (``base``) plus what this one has.  When bpftrace dies
-(even by SIGKILL) the counts since the last read are lost: the next one is
-started (after a growing delay when it keeps dying, as the watcher is) and
-every live root is put back, with the descendants it has then.
+Counts are read every tick (the shortest ``interval`` of the live sessions,
+and at ``tracerctl show``): the maps are cumulative, so a read loses
+nothing; a session's totals are what earlier bpftraces counted (``base``)
+plus what this one has.  When bpftrace dies (even by SIGKILL) the counts
+since the last read are lost: the next one is started (after a growing delay
+when it keeps dying, as the watcher is) and every live root is put back,
+with the descendants it has then.
 
 Metrics: the increase of each read is added per service and system call
-name (at most :data:`MAX_NAMES` names a service, the rest ``other``).
+name (at most :data:`MAX_NAMES` names a service, :data:`MAX_SERVICES`
+services, the rest ``other``).
 
-Security: bpftrace and bpftool are run from fixed argv lists (no shell);
-their output is parsed as JSON or as ``exit PID CODE`` lines.
+Security: bpftrace is run from a fixed argv (no shell); its output is read
+only as its ready line and ``exit PID CODE`` lines.
 
 Diagnostics: bpftrace's own words are logged (``syscount_bpftrace_says``),
-its deaths (``syscount_bpftrace_died``) and restarts too; a bpftool that
-fails raises TracerFailed with its last line.
+its deaths (``syscount_bpftrace_died``) and restarts too; a failing bpf(2)
+call raises TracerFailed saying which.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from tracerd.errors import TracerFailed
 from tracerd.perloop import PerLoop
 from tracerd.spawn import Child, restart_delay
 from tracerd.tracers.syscount import check, script
+from tracerd.tracers.syscount.bpfmap import BpfMap, open_maps
 from tracerd.tracers.syscount.table import Counts, syscall_name
 
 log = structlog.get_logger("tracerd.syscount")
@@ -71,25 +71,6 @@ class Tally:
         return self.base.add(self.last)
 
 
-async def bpftool(*args: str, stdin: bytes | None = None) -> bytes:
-    """Run bpftool with ``args``; its stdout, or TracerFailed with its last line."""
-    proc = await asyncio.create_subprocess_exec(
-        "bpftool", *args, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), BPFTOOL_TIMEOUT)
-    except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise TracerFailed(f"bpftool {args[0]} {args[1] if len(args) > 1 else ''} did not finish") from None
-    if proc.returncode != 0:
-        last = (err.decode(errors="replace").strip().splitlines() or [f"status {proc.returncode}"])[-1]
-        raise TracerFailed(f"bpftool {' '.join(args[:3])}: {last}")
-    return out
-
-
 def descendants(roots: set[int]) -> dict[int, int]:
     """Every live descendant of ``roots`` (one pass over /proc): pid -> its root."""
     parents: dict[int, int] = {}
@@ -112,19 +93,10 @@ def descendants(roots: set[int]) -> dict[int, int]:
     return found
 
 
-def map_ids(pid: int) -> list[int]:
-    """The ids of the BPF maps process ``pid`` holds (its fdinfo's ``map_id``)."""
-    ids: list[int] = []
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as file:
-            ids += [int(line.split()[1]) for line in file if line.startswith("map_id:")]
-    return ids
-
-
 class Loader:
     def __init__(self) -> None:
         self.child: Child | None = None
-        self.maps: dict[str, int] = {}
+        self.maps: dict[str, BpfMap] = {}
         self.tallies: dict[int, Tally] = {}  # root pid -> its session's counts
         self.latency = False
         self.restarts = 0
@@ -162,7 +134,8 @@ class Loader:
             reason = check.refusal()  # again: tracefs may have been unmounted since (it is mounted again then)
             if reason:
                 raise TracerFailed(reason)
-            self.latency, self.maps, self._recent = latency, {}, []
+            self._close_maps()
+            self.latency, self._recent = latency, []
             loop = asyncio.get_running_loop()
             self._ready = loop.create_future()
             self._started_at = loop.time()
@@ -171,26 +144,34 @@ class Loader:
             self._spawn(self._monitor(child))
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT)
-                self.maps = await self._find_maps(child.pid)
+                self.maps = self._find_maps(child.pid)
             except (TimeoutError, TracerFailed) as err:
                 await child.stop()
                 why = "; ".join(self._recent[-2:]) or str(err) or "no word from it"
                 raise TracerFailed(f"syscount: bpftrace did not start: {why}") from None
-            log.info("syscount_bpftrace_started", pid=child.pid, latency=latency, maps=self.maps)
+            log.info("syscount_bpftrace_started", pid=child.pid, latency=latency, maps=sorted(self.maps))
             if self._ticker is None or self._ticker.done():
                 self._ticker = loop.create_task(self._tick())
 
-    async def _find_maps(self, pid: int) -> dict[str, int]:
-        ids = map_ids(pid)
-        maps: dict[str, int] = {}
-        for map_id in ids:
-            shown = json.loads(await bpftool("-j", "map", "show", "id", str(map_id)))
-            kind = KINDS.get(str(shown.get("name", "")))
-            if kind:
-                maps[kind] = map_id
+    def _find_maps(self, pid: int) -> dict[str, BpfMap]:
+        try:
+            found = open_maps(pid)
+        except OSError as err:
+            raise TracerFailed(f"cannot take bpftrace's maps: {err.strerror}") from None
+        maps = {KINDS[name]: bpf for name, bpf in found.items() if name in KINDS}
+        for name, bpf in found.items():
+            if name not in KINDS:
+                bpf.close()
         if "pids" not in maps or "c" not in maps:
-            raise TracerFailed(f"bpftrace's maps not found among {ids}")
+            for bpf in maps.values():
+                bpf.close()
+            raise TracerFailed(f"bpftrace's maps not found among {sorted(found)}")
         return maps
+
+    def _close_maps(self) -> None:
+        for bpf in self.maps.values():
+            bpf.close()
+        self.maps = {}
 
     def _on_lines(self, lines: list[str]) -> None:
         for line in lines:
@@ -212,7 +193,8 @@ class Loader:
         child.close()
         if self.child is not child or self._stopping:
             return
-        self.child, self.maps = None, {}
+        self.child = None
+        self._close_maps()
         lived = asyncio.get_running_loop().time() - self._started_at
         self.deaths = 1 if lived >= BACKOFF_RESET else self.deaths + 1
         self.died += 1
@@ -235,11 +217,11 @@ class Loader:
 
     async def _put(self, roots: set[int], children: dict[int, int]) -> None:
         pairs = [(pid, pid) for pid in roots] + list(children.items())
-        commands = "".join(
-            f"map update id {self.maps['pids']} key hex {' '.join(script.pid_key(pid))}"
-            f" value hex {' '.join(script.pid_key(root))}\n" for pid, root in pairs)  # fmt: skip
-        if commands:
-            await bpftool("batch", "file", "/dev/stdin", stdin=commands.encode())
+        try:
+            for pid, root in pairs:
+                self.maps["pids"].update(script.pid_key(pid), script.pid_key(root))
+        except (OSError, KeyError) as err:
+            raise TracerFailed(f"cannot add pid to bpftrace's map: {err}") from None
 
     async def add(self, root: int, client: Client, service: str, interval: float, latency: bool) -> None:
         """Count ``root`` (and its threads and later children): returns once it is in @pids."""
@@ -269,9 +251,9 @@ class Loader:
         try:
             if self.pid is not None and any(root in self.tallies for root in futures):
                 dumps = await self._read_locked(with_pids=True)
-                keys = [(kind, e["key"]) for kind in ("c", "e", "ns", "h", "pids") for e in dumps.get(kind, [])
-                        if script.parse_pid(e.get("value" if kind == "pids" else "key")) in futures]  # fmt: skip
-                await self._delete(keys)
+                keys = [(kind, key) for kind in ("c", "e", "ns", "h", "pids") for key, value in dumps.get(kind, [])
+                        if (script.root_of(key) if kind != "pids" else value) in futures]  # fmt: skip
+                self._delete(keys)
         except TracerFailed as err:
             log.warning("syscount_remove_failed", pids=sorted(futures), error=str(err))
         finally:
@@ -280,30 +262,30 @@ class Loader:
                 if not future.done():
                     future.set_result(tally.totals() if tally is not None else Counts())
 
-    async def _delete(self, keys: Sequence[tuple[str, list[str]]]) -> None:
-        """One bpftool batch deleting ``keys``, @pids' last (the program may delete a child's itself)."""
-        lines = "".join(f"map delete id {self.maps[kind]} key hex {' '.join(key)}\n" for kind, key in keys)
-        if lines:
-            with contextlib.suppress(TracerFailed):
-                await bpftool("batch", "file", "/dev/stdin", stdin=lines.encode())
+    def _delete(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        """Delete ``keys`` (kind, key); one the program deleted meanwhile is no error."""
+        for kind, key in keys:
+            try:
+                self.maps[kind].delete(key)
+            except (OSError, KeyError) as err:
+                raise TracerFailed(f"cannot remove a key of bpftrace's map: {err}") from None
 
-    async def _dumps(self, kinds: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        """Every map of ``kinds`` in one bpftool run (a batch of dumps)."""
-        wanted = [kind for kind in kinds if kind in self.maps]
-        commands = "".join(f"map dump id {self.maps[kind]}\n" for kind in wanted)
-        raw = json.loads(await bpftool("-j", "batch", "file", "/dev/stdin", stdin=commands.encode()) or b"[]")
-        outputs = [item.get("output") if isinstance(item, dict) else None for item in raw]
-        return {kind: out for kind, out in zip(wanted, outputs, strict=False) if isinstance(out, list)}
+    def _dumps(self, kinds: Sequence[str]) -> dict[str, list[tuple[bytes, int]]]:
+        """Every map of ``kinds``, read now (microseconds a key: bpf(2), no process started)."""
+        try:
+            return {kind: self.maps[kind].items() for kind in kinds if kind in self.maps}
+        except OSError as err:
+            raise TracerFailed(f"cannot read bpftrace's maps: {err.strerror}") from None
 
     async def read(self) -> None:
         """Read every map once: each live session's counts, and the metrics' increases."""
         async with self._lock:
             await self._read_locked()
 
-    async def _read_locked(self, with_pids: bool = False) -> dict[str, list[dict[str, Any]]]:
+    async def _read_locked(self, with_pids: bool = False) -> dict[str, list[tuple[bytes, int]]]:
         if self.pid is None:
             return {}
-        dumps = await self._dumps(("c", "e", "ns", "h", "pids") if with_pids else ("c", "e", "ns", "h"))
+        dumps = self._dumps(("c", "e", "ns", "h", "pids") if with_pids else ("c", "e", "ns", "h"))
         fresh: dict[int, Counts] = {}
         for kind in ("c", "e", "ns", "h"):
             script.parse_dump(kind, dumps.get(kind, []), fresh)
@@ -346,6 +328,7 @@ class Loader:
             self._ticker.cancel()
         if self.child is not None and self.child.returncode is None:
             await self.child.stop()
+        self._close_maps()
 
 
 _loaders: PerLoop[Loader] = PerLoop(Loader)

@@ -26,8 +26,6 @@ loader reads.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tracerd.tracers.syscount.table import Counts
 
 KEYS_MAX = 32768  # BPFTRACE_MAP_KEYS_MAX: entries per map (sessions x distinct system calls)
@@ -64,29 +62,18 @@ def program(latency: bool) -> str:
     return (_BEGIN % ("@t[0] = (uint64)0;" if latency else "")) + _COMMON + (_TIMED if latency else _PLAIN)
 
 
-def _u64s(key: list[str]) -> list[int]:
-    raw = bytes(int(byte, 16) for byte in key)
+def u64s(raw: bytes) -> list[int]:
+    """A map key as its 8-byte little-endian signed integers."""
     return [int.from_bytes(raw[i : i + 8], "little", signed=True) for i in range(0, len(raw) - len(raw) % 8, 8)]
 
 
-def _value(entry: dict[str, Any]) -> int:
-    """A map value: one integer, or the sum over CPUs of a per-CPU map."""
-    if "values" in entry:
-        return sum(_value(cpu) for cpu in entry["values"])
-    value = entry["value"]
-    if isinstance(value, list):
-        return int.from_bytes(bytes(int(byte, 16) for byte in value), "little", signed=True)
-    return int(value)
-
-
-def parse_dump(kind: str, entries: list[dict[str, Any]], into: dict[int, Counts]) -> None:
-    """Add one map's ``bpftool -j map dump`` (``kind``: c, e, ns or h) to the counts per root."""
-    for entry in entries:
-        keys = _u64s(entry.get("key", []))
+def parse_dump(kind: str, entries: list[tuple[bytes, int]], into: dict[int, Counts]) -> None:
+    """Add one map's (key, value) pairs (``kind``: c, e, ns or h) to the counts per root."""
+    for key, value in entries:
+        keys = u64s(key)
         if len(keys) < 2 or keys[0] <= 0:
             continue
         call = into.setdefault(keys[0], Counts()).call(keys[1])
-        value = _value(entry)
         if kind == "c":
             call.calls += value
         elif kind == "e" and len(keys) >= 3:
@@ -97,13 +84,11 @@ def parse_dump(kind: str, entries: list[dict[str, Any]], into: dict[int, Counts]
             call.hist[keys[2]] = call.hist.get(keys[2], 0) + value
 
 
-def pid_key(pid: int) -> list[str]:
-    """A pid as an @pids key (or value): 8 bytes, little-endian, for bpftool's ``hex``."""
-    return [f"{byte:02x}" for byte in pid.to_bytes(8, "little")]
+def pid_key(pid: int) -> bytes:
+    """A pid as an @pids key (or value): 8 bytes, little-endian."""
+    return pid.to_bytes(8, "little")
 
 
-def parse_pid(raw: Any) -> int:
-    """The first u64 of a key or value given as bpftool's hex bytes (0 when it is not one)."""
-    if not isinstance(raw, list) or len(raw) < 8:
-        return 0
-    return _u64s(raw[:8])[0]
+def root_of(raw: bytes) -> int:
+    """The first u64 of a key (or value): the root pid of a count, the session of a pid."""
+    return int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
