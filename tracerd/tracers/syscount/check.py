@@ -1,6 +1,7 @@
 """Can syscount count here?  Its checks before the shared bpftrace starts, each a one-line refusal.
 
-In order: bpftrace and bpftool installed (apt packages of the same names);
+In order: bpftrace installed (the apt package of that name; tracerd uses
+its maps itself through bpf(2), so bpftool is for looking at them only);
 the kernel's BTF (/sys/kernel/btf/vmlinux: bpftrace reads the kernel's types
 from it, since Debian ships no kernel headers); tracefs (the tracepoints'
 ids); the capabilities to load BPF programs and open tracepoint events
@@ -50,10 +51,9 @@ def mount_tracefs() -> str | None:
 
 
 def missing_program() -> str | None:
-    """bpftrace or bpftool not installed (the backend's ``unavailable``, and ``tracerd --check``'s)."""
-    for program in ("bpftrace", "bpftool"):
-        if shutil.which(program) is None:
-            return PREFIX + f"{program} is not installed (apt install bpftrace bpftool)"
+    """bpftrace not installed (the backend's ``unavailable``, and ``tracerd --check``'s)."""
+    if shutil.which("bpftrace") is None:
+        return PREFIX + "bpftrace is not installed (apt install bpftrace)"
     return None
 
 
