@@ -49,6 +49,7 @@ class SyscountTracer(Tracer):
         self._pidfd = -1
         self._gone: asyncio.Future[None] | None = None
         self._detached = asyncio.Event()
+        self._failed: str | None = None
         self._status: int | None = None
         self._status_seen = asyncio.Event()
         self._last_table = 0.0
@@ -74,6 +75,10 @@ class SyscountTracer(Tracer):
     def on_exit(self, code: int) -> None:
         self._status = code
         self._status_seen.set()
+
+    def on_failed(self, reason: str) -> None:
+        self._failed = reason
+        self._detached.set()
 
     def tick(self) -> None:
         """The loader has read the maps: log the table when this session's interval has passed."""
@@ -131,7 +136,7 @@ class SyscountTracer(Tracer):
         self._note_death()
         self._write_table(counts, "at the end")
         if not self._gone.done():
-            return Ending("detached")
+            return Ending("failed", reason=self._failed) if self._failed else Ending("detached")
         return self._ending()
 
     def _ending(self) -> Ending:

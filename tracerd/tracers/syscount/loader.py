@@ -58,6 +58,8 @@ KINDS = {"AT_c": "c", "AT_e": "e", "AT_pids": "pids", "AT_ns": "ns", "AT_h": "h"
 class Client(Protocol):
     def on_exit(self, code: int) -> None: ...
 
+    def on_failed(self, reason: str) -> None: ...
+
 
 @dataclass
 class Tally:
@@ -211,6 +213,8 @@ class Loader:
             await self._put(roots, descendants(roots))
         except TracerFailed as err:
             log.warning("syscount_restart_failed", error=str(err))
+            for tally in list(self.tallies.values()):  # they end failed, saying why; their processes run on
+                tally.client.on_failed(f"syscount's bpftrace died and could not be restarted: {err}")
             return
         self.restarts += 1
         log.info("syscount_bpftrace_restarted", pid=self.pid, sessions=len(roots))
