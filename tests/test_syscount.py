@@ -145,6 +145,26 @@ def test_a_changing_set_of_pids_each_counted_exactly(shared: Daemon, cbin: Any, 
     assert rows["close"][:2] == (2 * ROUND_CLOSE, 2 * ROUND_CLOSE)
 
 
+def test_latency_adds_time_columns_and_histograms(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """latency = true: strace -c's time columns, the histogram lines, and the counts still exact."""
+    daemon = daemon_factory(CONFIG + "latency = true\n")
+    target = start(daemon, cbin, spawn)
+    one_round(target, 1)
+    target.close_stdin()
+    assert target.wait() == 3
+    text = Path(daemon.wait_session(target.pid, "exited")["log"]).read_text()
+    table = text[text.rindex("tracerd: syscount at the end:"):].splitlines()
+    assert table[1].split() == ["%", "time", "seconds", "usecs/call", "calls", "errors", "syscall", "errno"]
+    timed = re.compile(r"^\s*([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d*)\s+(\w+)\s*(.*)$")
+    rows = {found[6]: found for found in map(timed.match, table[3:]) if found}
+    assert int(rows["getppid"][4]) == ROUND_GETPPID
+    assert (int(rows["close"][4]), int(rows["close"][5]), rows["close"][7]) == (
+        ROUND_CLOSE, ROUND_CLOSE, f"EBADF:{ROUND_CLOSE}")  # fmt: skip
+    assert float(rows["getppid"][2]) > 0  # seconds spent in the calls
+    histogram = next(line for line in table if line.startswith("  latency getppid: "))
+    assert sum(int(part.rsplit(":", 1)[1]) for part in histogram.split(": ", 1)[1].split()) == ROUND_GETPPID
+
+
 def test_metrics_count_per_service(daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
     """The textfile exposition has tracerd_syscalls per program and system call name."""
     prom = tmp_path / "tracerd.prom"
