@@ -325,3 +325,21 @@ def test_the_bench_runs(tmp_path: Path) -> None:
     assert re.search(r"^syscount\s+[\d.]+\s+[\d.]+\s+\(goal <= 1.6\)$", result.stdout, re.M), result.stdout
     assert "attach through the hook: first" in result.stdout
     assert json.loads((tmp_path / "syscount.json").read_text())["ratios"]["syscount"] > 0
+
+
+def test_a_bpftrace_that_cannot_start_refuses_the_hook_with_its_words(daemon_factory: Any, cbin: Any, spawn: Any,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """A bpftrace that exits at once (here a broken one first on PATH): the hook is refused with its
+    last line, at once (not after the start timeout), and the process runs on."""
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "bpftrace").write_text("#!/bin/sh\necho 'ERROR: this bpftrace is broken' >&2\nexit 1\n")
+    (broken / "bpftrace").chmod(0o755)
+    daemon = daemon_factory(CONFIG, env={**os.environ, "PATH": f"{broken}:{os.environ['PATH']}"})
+    hook = daemon.hook_command(timeout=60) + " --tracer syscount"
+    target: Target = spawn(cbin("syscount_target", "-pthread"), hook, "smtpd", "1", "1", "0", "0")
+    assert target.readline(timeout=20) != "hook=0\n"  # well before bpftrace's 30 s start timeout
+    target.close_stdin()
+    assert target.wait() == 0
+    assert target.proc.stderr is not None
+    assert "bpftrace did not start: ERROR: this bpftrace is broken" in target.proc.stderr.read().decode()

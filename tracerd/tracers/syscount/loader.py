@@ -193,6 +193,13 @@ class Loader:
     async def _monitor(self, child: Child) -> None:
         code = await child.wait()
         child.close()
+        ready = self._ready
+        if self.child is child and ready is not None and not ready.done():  # died starting: its starter says why
+            ready.set_exception(TracerFailed(f"bpftrace exited with status {code}"))
+            ready.exception()  # retrieved (a starter that timed out is gone)
+            self.child = None
+            self.deaths += 1
+            return
         if self.child is not child or self._stopping:
             return
         self.child = None
