@@ -57,6 +57,16 @@ def one_round(target: Target, number: int) -> None:
     assert target.readline() == f"round {number}\n"
 
 
+CLOSING = re.compile(r"^tracerd: \S+ (exited|detached|ended|failed|crashed)", re.M)
+
+
+def closed_log(path: str | Path) -> str:
+    """The log once its closing line is written (the log writer is a thread of its own)."""
+    log = Path(path)
+    wait_until(lambda: CLOSING.search(log.read_text()), f"the closing line of {log}", 15)
+    return log.read_text()
+
+
 def last_table(text: str, when: str = "at the end") -> dict[str, tuple[int, int, str]]:
     """The last table of the log written ``when``: syscall -> (calls, errors, errno detail)."""
     start = text.rindex(f"tracerd: syscount {when}:")
@@ -113,7 +123,7 @@ def test_exact_counts_threads_child_table_show_and_exit_status(shared: Daemon, c
     assert target.wait() == 3
     ended = shared.wait_session(target.pid, "exited")
     assert ended["exit_code"] == 3
-    text = log.read_text()
+    text = closed_log(log)
     rows = last_table(text)
     assert rows["getppid"] == (2 * ROUND_GETPPID, 0, "")
     assert rows["close"] == (2 * ROUND_CLOSE, 2 * ROUND_CLOSE, f"EBADF:{2 * ROUND_CLOSE}")
@@ -139,8 +149,8 @@ def test_a_changing_set_of_pids_each_counted_exactly(shared: Daemon, cbin: Any, 
         target.close_stdin()
         assert target.wait() == 3
     shared.wait_session(second.pid, "exited")
-    assert last_table(Path(detached["log"]).read_text())["getppid"][0] == ROUND_GETPPID
-    rows = last_table(Path(shared.session(second.pid)["log"]).read_text())
+    assert last_table(closed_log(detached["log"]))["getppid"][0] == ROUND_GETPPID
+    rows = last_table(closed_log(shared.session(second.pid)["log"]))
     assert rows["getppid"][0] == 2 * ROUND_GETPPID
     assert rows["close"][:2] == (2 * ROUND_CLOSE, 2 * ROUND_CLOSE)
 
@@ -152,7 +162,7 @@ def test_latency_adds_time_columns_and_histograms(daemon_factory: Any, cbin: Any
     one_round(target, 1)
     target.close_stdin()
     assert target.wait() == 3
-    text = Path(daemon.wait_session(target.pid, "exited")["log"]).read_text()
+    text = closed_log(daemon.wait_session(target.pid, "exited")["log"])
     table = text[text.rindex("tracerd: syscount at the end:"):].splitlines()
     assert table[1].split() == ["%", "time", "seconds", "usecs/call", "calls", "errors", "syscall", "errno"]
     timed = re.compile(r"^\s*([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d*)\s+(\w+)\s*(.*)$")
@@ -197,7 +207,7 @@ def test_kill9_of_bpftrace_restarts_it_and_keeps_the_counts(daemon_factory: Any,
     target.close_stdin()
     assert target.wait() == 3
     ended = daemon.wait_session(target.pid, "exited")
-    text = Path(ended["log"]).read_text()
+    text = closed_log(ended["log"])
     assert "syscount's bpftrace died and was restarted" in text
     rows = last_table(text)
     assert rows["getppid"][0] == 2 * ROUND_GETPPID
@@ -232,7 +242,7 @@ def test_tracerd_restart_readopts_syscount_sessions(daemon_factory: Any, cbin: A
     one_round(target, 2)
     target.close_stdin()
     assert target.wait() == 3
-    text = Path(daemon.wait_session(target.pid, "exited")["log"]).read_text()
+    text = closed_log(daemon.wait_session(target.pid, "exited")["log"])
     assert "re-attached after tracerd restart" in text
     assert last_table(text)["getppid"][0] == ROUND_GETPPID  # counted since the re-adoption
 
@@ -247,7 +257,7 @@ def test_sigterm_ends_every_session_with_its_table(daemon_factory: Any, cbin: An
     logs = [Path(daemon.session(target.pid)["log"]) for target in targets]
     assert daemon.stop() == 0
     for target, log in zip(targets, logs, strict=True):
-        text = log.read_text()
+        text = closed_log(log)
         assert last_table(text)["getppid"][0] == ROUND_GETPPID
         assert text.rstrip().endswith("detached (tracerd shutting down); it runs on untraced")
         assert proc_state(target.pid) == "S"
