@@ -23,12 +23,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracerd.crash import facts, siginfo
+from tracerd.crash import facts, overflow, siginfo
 from tracerd.crash.signature import (
     assertion_location,
     frames_basis,
     frames_signature,
     meaningful,
+    overflow_cycle,
+    overflow_signature,
     program_of,
     program_signature,
     sent_signature,
@@ -143,6 +145,7 @@ class CrashReport:
     abort_message: str | None = None  # glibc's __abort_msg (SIGABRT)
     assertion: str | None = None  # an assert()'s message, as apport's AssertionMessage
     core_source: str | None = None  # the raw core the tracer took (not stored)
+    stack_overflow: dict[str, Any] | None = None  # tracerd.crash.overflow.analyse(): depth, cycle and count
     host: dict[str, Any] = field(default_factory=dict)  # tracerd.crash.facts.host_facts(): hostname, boot id...
 
     def crashed_thread(self) -> Thread:
@@ -164,9 +167,12 @@ class CrashReport:
 
     @property
     def signature_kind(self) -> str:
-        """``sender`` (kill from another process), ``frames``, or ``program`` (no frames)."""
+        """``sender`` (kill from another process), ``overflow`` (a recursion's cycle), ``frames``,
+        or ``program`` (no frames)."""
         if self.sent_by_another:
             return "sender"
+        if overflow_cycle(self.stack_overflow, self._crashed_frames()):
+            return "overflow"
         return "frames" if self._crashed_frames() else "program"
 
     @property
@@ -176,6 +182,9 @@ class CrashReport:
         if kind == "frames":
             location = assertion_location(self.assertion)
             return frames_basis(self._crashed_frames(), program=program, signal_name=signal_name, location=location)
+        if kind == "overflow":
+            return f"overflow: {program} {signal_name}, stack overflow in the cycle " + " < ".join(
+                overflow_cycle(self.stack_overflow, self._crashed_frames()))
         return f"{kind}: {program} {signal_name}"
 
     @property
@@ -185,6 +194,8 @@ class CrashReport:
             return sent_signature(program, signal_name)
         if kind == "program":
             return program_signature(program, signal_name)
+        if kind == "overflow":
+            return overflow_signature(program, signal_name, overflow_cycle(self.stack_overflow, self._crashed_frames()))
         return frames_signature(self._crashed_frames(), program=program, signal_name=signal_name,
                                 location=assertion_location(self.assertion))  # fmt: skip
 
@@ -223,6 +234,8 @@ class CrashReport:
             f"fault address: {_clean(sig.get('fault_address') or 'none')}",
             f"signature: {self.signature}  tracer: {self.tracer}",
         ]
+        if self.stack_overflow:
+            lines.append(_clean(overflow.describe(self.stack_overflow)))
         if sig.get("analysis"):
             lines.append(f"analysis: {_clean(sig['analysis'])}")
         lines += [f"{label}: {_clean(text)}" for label, text in facts.describe(self.process, self.host)]
@@ -238,7 +251,8 @@ class CrashReport:
             mark = " [crashed]" if thread is crashed else ""
             label = f' "{_clean(thread.name)}"' if thread.name else ""
             lines += ["", f"Thread {thread.id} (LWP {thread.tid}{label}){mark}:"]
-            lines += [format_frame(frame) for frame in thread.frames] or ["(no frames)"]
+            info = self.stack_overflow if thread is crashed else None
+            lines += overflow.listing(thread.frames, format_frame, info) or ["(no frames)"]
         if crashed is not None and crashed.text:
             lines += ["", "bt full of the crashed thread:", _clean(crashed.text, lines=True)]
         if self.registers:

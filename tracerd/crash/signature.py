@@ -140,6 +140,21 @@ def program_signature(program: str, signal_name: str) -> str:
     return _digest(["no frames", program, signal_name])
 
 
+def overflow_cycle(info: dict[str, Any] | None, frames: Sequence[FrameLike]) -> list[str]:
+    """A stack overflow's recursion cycle as frame tokens, in the rotation that sorts first (the
+    fault may hit any function of a mutual recursion); [] when there is none."""
+    if not info or not info.get("cycle"):
+        return []
+    start, period = int(info.get("cycle_start") or 0), len(info["cycle"])
+    tokens = [frame_token(frame) for frame in frames[start : start + period]]
+    return min(tokens[i:] + tokens[:i] for i in range(len(tokens))) if len(tokens) == period else []
+
+
+def overflow_signature(program: str, signal_name: str, cycle: Sequence[str]) -> str:
+    """A stack overflow: program, signal and the recursion's cycle (not its depth nor where the fault hit)."""
+    return _digest(["stack overflow", program, signal_name, *cycle])
+
+
 def named_frames(frames: Sequence[FrameLike]) -> int:
     """How many frames are identified (a function, or a module offset): how good a report is."""
     return sum(1 for frame in frames if frame.function or (frame.object and frame.module_offset))

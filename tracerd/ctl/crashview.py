@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tracerd import textclean
-from tracerd.crash import facts
+from tracerd.crash import facts, overflow
 
 REGISTERS_PER_LINE = 4
 _UNNAMED = re.compile(r"^#(\d+)\s.*\?\? \(\)")
@@ -95,6 +95,8 @@ def render_crash(report: dict[str, Any], *, full: bool = False) -> str:
     if _dict(report.get("signal")).get("analysis"):
         lines.append(f"fault    {clean(report['signal']['analysis'])}")  # apport's SegvAnalysis
     lines += [f"{label:<8} {clean(text)}" for label, text in facts.describe(process, report.get("host"))]
+    if isinstance(report.get("stack_overflow"), dict):
+        lines.append(f"overflow {clean(overflow.describe(report['stack_overflow']))}")
     lines.append(f"time     {clean(report.get('time'))}  tracer {clean(report.get('tracer'))}")
     lines.append(f"log      {clean(report.get('log') or '(none)')}")
     withheld = withheld_line(report.get("redacted"))

@@ -31,9 +31,10 @@ from typing import Any
 
 import psutil
 
-from tracerd.crash import debugsyms, elfinfo, facts, modules, segv, siginfo
+from tracerd.crash import debugsyms, elfinfo, facts, modules, overflow, segv, siginfo
 from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
+from tracerd.gdb import frames
 from tracerd.gdb.mi import GdbMI
 from tracerd.procinfo import ProcessIdentity
 from tracerd.timefmt import iso_utc
@@ -55,21 +56,6 @@ def _frame(raw: dict[str, Any]) -> Frame:
         object=raw.get("from"),
         address=raw.get("addr"),
     )
-
-
-def _mappings(pid: int) -> list[tuple[int, int, str]]:
-    """(start, end, path) of the file-backed mappings, to name a frame's object."""
-    out = []
-    try:
-        with open(f"/proc/{pid}/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].startswith("/"):
-                    start, end = (int(x, 16) for x in fields[0].split("-"))
-                    out.append((start, end, fields[5].strip()))
-    except OSError:
-        pass
-    return out
 
 
 def _fill_objects(threads: list[Thread], maps: list[tuple[int, int, str]]) -> None:
@@ -143,30 +129,36 @@ async def capture(
 
     crashed_id = str(stop.get("thread-id") or "1")
     info = await step("threads", mi_command="-thread-info") or {}
-    threads: list[Thread] = []
-    for raw in info.get("threads", []):
-        tid_match = _LWP.search(str(raw.get("target-id", "")))
-        payload = await step("frames", mi_command=f"-stack-list-frames --thread {raw['id']}") or {}
-        threads.append(
-            Thread(
-                id=int(raw["id"]),
-                tid=int(tid_match.group(1)) if tid_match else None,
-                name=raw.get("name"),
-                crashed=str(raw["id"]) == crashed_id,
-                frames=[_frame(frame) for frame in payload.get("stack", [])],
-            )
-        )
-    _fill_objects(threads, _mappings(identity.pid))
-    full = await step("bt full", cli="thread apply all bt full") or ""
-    _attach_text(threads, full)
-    facts.number_threads(threads, identity.pid)  # as the other tracer numbers them
     await step("select", mi_command=f"-thread-select {crashed_id}")
     registers_text = await step("registers", cli="info registers") or ""
     registers = {m.group(1): m.group(2) for m in _REGISTER.finditer(registers_text)}
     disassembly = await step("disassembly", cli="x/16i $pc") or ""
     signal = await _signal(mi, identity.pid, stop.get("signal-name"), errors, deadline)
     maps = await asyncio.to_thread(segv.read_maps, identity.pid)
+    found = overflow.recognise(signal, registers, maps)
+
+    async def run(what: str, command: str) -> Any:
+        return await step(what, mi_command=command)
+
+    threads: list[Thread] = []
+    stack_overflow = None
+    for raw in info.get("threads", []):
+        tid_match = _LWP.search(str(raw.get("target-id", "")))
+        crashed = str(raw["id"]) == crashed_id
+        if crashed and found:
+            stack, stack_overflow = await _overflowed(run, str(raw["id"]), found)
+        else:
+            limit = frames.DEPTH_LIMIT if crashed else frames.OTHER_DEPTH_LIMIT
+            stack = [_frame(frame) for frame in (await frames.unwind(run, str(raw["id"]), limit=limit)).frames]
+        threads.append(Thread(id=int(raw["id"]), tid=int(tid_match.group(1)) if tid_match else None,
+                              name=raw.get("name"), crashed=crashed, frames=stack))  # fmt: skip
+    if stack_overflow is not None:
+        signal["analysis"] = "stack overflow"
     signal["analysis"] = segv.analyse(signal, registers, maps, disassembly)  # apport's SegvAnalysis
+    _fill_objects(threads, [(m.start, m.end, m.path) for m in maps if m.path.startswith("/")])
+    full = await step("bt full", cli=f"thread apply all bt full {frames.BT_FULL}") or ""
+    _attach_text(threads, full)
+    facts.number_threads(threads, identity.pid, stack_overflow)  # as the other tracer numbers them
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
     process = process_info(identity, name)
     host = await host_and_package(process, deadline)
@@ -188,11 +180,31 @@ async def capture(
         debug_symbols=advice,
         abort_message=abort_message,
         assertion=abort_message if abort_message and _ASSERTION.search(abort_message) else None,
+        stack_overflow=stack_overflow,
         host=host,
     )
     if errors:
         report.process.setdefault("capture_errors", []).extend(errors)
     return report
+
+
+async def _overflowed(run: frames.Run, thread: str, found: dict[str, Any]) -> tuple[list[Frame], dict[str, Any]]:
+    """The overflowed thread's bounded frames and the overflow's analysis: unwound to the end
+    (exact depth, outermost frames) only when the estimate says it is under the depth limit."""
+    stack = await frames.unwind(run, thread, limit=frames.DEPTH_LIMIT, count_depth=False)
+    inner = [_frame(raw) for raw in stack.frames]
+    if stack.complete:  # a short stack after all
+        return inner, overflow.analyse(found, inner, [], thread=int(thread), depth=len(inner), sp_at_last=None)
+    sp_last = segv.number(await frames.sp_at(run, thread, len(inner) - 1))
+    guess = overflow.analyse(found, inner, [], thread=int(thread), depth=None, sp_at_last=sp_last)
+    if int(guess.get("depth") or 0) >= frames.DEPTH_LIMIT:
+        return inner, guess  # too deep to unwind within the time a held process may wait
+    stack = await frames.unwind(run, thread, limit=frames.DEPTH_LIMIT)
+    listed = [_frame(raw) for raw in stack.frames]
+    if stack.depth is None:
+        return inner, guess
+    outer = [frame for frame in listed if frame.level >= frames.INNER]
+    return listed, overflow.analyse(found, inner, outer, thread=int(thread), depth=stack.depth, sp_at_last=sp_last)
 
 
 def left(deadline: float | None, timeout: float) -> float | None:
