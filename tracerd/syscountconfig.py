@@ -6,7 +6,7 @@ reporter, as it does for :mod:`tracerd.fleetconfig`'s sections.
 - ``interval``: seconds between two tables in a session's log (1 to 86400,
   default 10); the last table is written at the session's end whatever it is.
 - ``latency``: also time each call and keep a log2 histogram per system call
-  (default false).  It costs the traced process about 5 times what counting
+  (default false).  It costs the traced process 6 to 7 times what counting
   alone costs (docs/syscount.md, "Figures"); it applies from the shared
   bpftrace's next start (a tracerd restart).
 
