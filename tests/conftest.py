@@ -52,13 +52,44 @@ def pytest_configure(config: pytest.Config) -> None:
 # Test files that share one of the machine's resources, by group: one worker runs a group's tests one
 # after another, while the other workers run everything else a test at a time.  "system": the install
 # tests (/opt/tracerd, /usr/local, /etc, the checkout's build/), the quick start (the system socket,
-# the guarded paths) and the non-root tests (/run/tracerd/tracerd.sock, useradd).  A table here, not
-# xdist_group marks: with pytest 9.2 xdist's loadgroup drops the marks (pytest-xdist issue #1386).
-XDIST_GROUPS = {
+# the guarded paths) and the non-root tests (/run/tracerd/tracerd.sock, useradd); "slow" tests start
+# first.  A table here, not xdist_group marks: with pytest 9.2 xdist's loadgroup drops the marks
+# (pytest-xdist issue #1386).  A key is a file or a test of it (FILE::NAME); the longest that matches
+# wins; None: no group.
+XDIST_GROUPS: dict[str, str | None] = {
     "tests/test_install.py": "system",
     "tests/test_quickstart.py": "system",
     "tests/test_nonroot.py": "system",
+    # "destdir": these install under a DESTDIR from a copy of the checkout, beside the "system" group;
+    # on one worker, which makes their staged install (and the copy) once
+    "tests/test_install.py::test_destdir_lays_out_exactly_the_documented_files": "destdir",
+    "tests/test_install.py::test_staged_venv_names_its_final_place_only": "destdir",
+    "tests/test_install.py::test_without_a_c_compiler_install_writes_the_python_hook": "destdir",
+    "tests/test_install.py::test_a_staged_venv_runs_once_moved": "destdir",
+    "tests/test_install.py::test_prefix_usr_moves_links_and_the_paths_the_files_name": "destdir",
+    "tests/test_install.py::test_destdir_uninstall_removes_what_install_added": "destdir",
+    # a private PREFIX, SYSCONFDIR and OPTDIR, from a copy of the checkout
+    "tests/test_install.py::test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves": None,
 }
+
+
+def xdist_group(nodeid: str) -> str | None:
+    """The XDIST_GROUPS group of a test id (None: none)."""
+    keys = [key for key in XDIST_GROUPS if nodeid == key or nodeid.startswith((f"{key}::", f"{key}["))]
+    return XDIST_GROUPS[max(keys, key=len)] if keys else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the tests marked slow start first (each worker sorts the same collection the
+    same way), so that no long test is left to run alone at the end.  Nothing is deselected: make
+    test runs every test."""
+    if is_xdist_worker(config):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    files = {item.nodeid.split("::", 1)[0] for item in items}
+    for key in XDIST_GROUPS:  # a test renamed since: its entry would silently stop applying
+        named = (key, f"{key}::", f"{key}[")
+        if key.split("::", 1)[0] in files and not any(item.nodeid.startswith(named) for item in items):
+            raise pytest.UsageError(f"tests/conftest.py XDIST_GROUPS names {key}, which is not collected")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -70,7 +101,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class FileGroups(LoadGroupScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            group = XDIST_GROUPS.get(nodeid.split("::", 1)[0])
+            group = xdist_group(nodeid)
             return f"group:{group}" if group else nodeid
 
     return FileGroups(config, log)

@@ -78,10 +78,22 @@ def hook_runs(hook: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout's files (not its venv, .git or build products) for the DESTDIR tests:
+    make install builds in its checkout (build/, *.egg-info), so that these run beside the tests of
+    the real install, which use the checkout itself (tests/conftest.py XDIST_GROUPS)."""
+    copy = tmp_path_factory.mktemp("checkout") / "tracerd"
+    ignore = shutil.ignore_patterns(".git", ".venv", ".run", "build", "*.egg-info", "*_cache", "__pycache__",
+                                    ".hypothesis")  # fmt: skip
+    shutil.copytree(ROOT, copy, ignore=ignore, symlinks=True)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
     """One `make install DESTDIR=...` for the module's layout tests."""
     destdir = tmp_path_factory.mktemp("stage")
-    make("install", f"DESTDIR={destdir}")
+    make("install", f"DESTDIR={destdir}", cwd=source)
     return destdir
 
 
@@ -128,10 +140,18 @@ def test_staged_venv_names_its_final_place_only(staged: Path) -> None:
 
 
 @pytest.mark.slow
-def test_without_a_c_compiler_install_writes_the_python_hook(tmp_path: Path) -> None:
+def seed_venv(destdir: Path, staged: Path) -> None:
+    """The staged install's venv copied into ``destdir``: make install then reuses it (its venv exists,
+    its dependencies are there) and builds no second one; what it installs over it is its own."""
+    shutil.copytree(staged / OPT, destdir / OPT, symlinks=True)
+
+
+def test_without_a_c_compiler_install_writes_the_python_hook(tmp_path: Path, source: Path, staged: Path) -> None:
     """Where make finds no C compiler, make install says so and writes the Python form: the system
     interpreter, isolated and without site, and the installed hook.py alone; it runs."""
-    result = make("install", f"DESTDIR={tmp_path}", "CC=/nonexistent/cc")
+    seed_venv(tmp_path, staged)
+    (tmp_path / OPT / "bin/pftrace-hook").unlink()  # the compiled one of the staged install
+    result = make("install", f"DESTDIR={tmp_path}", "CC=/nonexistent/cc", cwd=source)
     assert "no C compiler (/nonexistent/cc)" in result.stdout, result.stdout
     venv = tmp_path / OPT
     hook = (venv / "bin/pftrace-hook").read_text()
@@ -145,12 +165,13 @@ def test_without_a_c_compiler_install_writes_the_python_hook(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_a_staged_venv_runs_once_moved(tmp_path: Path) -> None:
+def test_a_staged_venv_runs_once_moved(tmp_path: Path, source: Path) -> None:
     """DESTDIR + OPTDIR staged, then moved to OPTDIR: its commands run there (#! and bytecode
     point at the final place), and the package is a real install, not a link to the checkout."""
     final = tmp_path / "final"
     stage = tmp_path / "stage"
-    make("install", f"DESTDIR={stage}", f"OPTDIR={final}", f"PREFIX={tmp_path}/prefix", f"SYSCONFDIR={tmp_path}/etc")
+    make("install", f"DESTDIR={stage}", f"OPTDIR={final}", f"PREFIX={tmp_path}/prefix", f"SYSCONFDIR={tmp_path}/etc",
+         cwd=source)
     shutil.move(str(stage / str(final).lstrip("/")), final)
     shutil.rmtree(stage)
     for script in ("tracerctl", "tracerd"):
@@ -172,9 +193,10 @@ def test_a_staged_venv_runs_once_moved(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_prefix_usr_moves_links_and_the_paths_the_files_name(tmp_path: Path) -> None:
+def test_prefix_usr_moves_links_and_the_paths_the_files_name(tmp_path: Path, source: Path, staged: Path) -> None:
     """PREFIX=/usr: links in /usr/sbin and /usr/bin, and the unit, logrotate file and man pages name them."""
-    make("install", f"DESTDIR={tmp_path}", "PREFIX=/usr")
+    seed_venv(tmp_path, staged)
+    make("install", f"DESTDIR={tmp_path}", "PREFIX=/usr", cwd=source)
     assert os.readlink(tmp_path / "usr/sbin/tracerd") == "/opt/tracerd/bin/tracerd"
     assert os.readlink(tmp_path / "usr/bin/tracerctl") == "/opt/tracerd/bin/tracerctl"
     assert "\nExecStart=/usr/sbin/tracerd\n" in (tmp_path / "etc/systemd/system/tracerd.service").read_text()
@@ -184,12 +206,12 @@ def test_prefix_usr_moves_links_and_the_paths_the_files_name(tmp_path: Path) -> 
     assert not (tmp_path / "usr/local").exists()
 
 
-def test_destdir_uninstall_removes_what_install_added(tmp_path: Path) -> None:
+def test_destdir_uninstall_removes_what_install_added(tmp_path: Path, source: Path) -> None:
     """install then uninstall under a DESTDIR leaves nothing but empty directories; both repeat cleanly."""
-    make("install", f"DESTDIR={tmp_path}")
-    make("install", f"DESTDIR={tmp_path}")
-    make("uninstall", f"DESTDIR={tmp_path}")
-    make("uninstall", f"DESTDIR={tmp_path}")
+    make("install", f"DESTDIR={tmp_path}", cwd=source)
+    make("install", f"DESTDIR={tmp_path}", cwd=source)
+    make("uninstall", f"DESTDIR={tmp_path}", cwd=source)
+    make("uninstall", f"DESTDIR={tmp_path}", cwd=source)
     assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []
     assert not (tmp_path / OPT).exists()
     assert not (tmp_path / "etc/tracerd").exists()
@@ -419,7 +441,7 @@ def test_make_run_uses_the_checkouts_development_config(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves(
-    tmp_path: Path, postfix: PostfixInstance
+    tmp_path: Path, postfix: PostfixInstance, source: Path
 ) -> None:
     """A real install under a private PREFIX/SYSCONFDIR/OPTDIR, a running Postfix instance pointed at
     its hook: a debugger_command set by hand makes uninstall refuse (saying how, removing nothing);
@@ -438,7 +460,7 @@ def test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves(
     (data / "lib/crashes/20261205T000000Z-0123abcd-42.json").write_text("{}\n")
     (data / "lib/crashes/20261205T000000Z-0123abcd-42.core.zst").write_bytes(b"core")
     (data / "log/smtpd.42.log").write_text("a line\n")
-    make("install", *where)
+    make("install", *where, cwd=source)
     postfix.create()
     postfix.start()
     main_cf, master_cf = postfix.config_dir / "main.cf", postfix.config_dir / "master.cf"
@@ -446,7 +468,7 @@ def test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves(
 
     # by hand, not through tracerctl: uninstall refuses and removes nothing
     postfix.postconf("-e", f"debugger_command={hook} $process_name $process_id")
-    refused = subprocess.run(["make", "--no-print-directory", "uninstall", *where], cwd=ROOT, capture_output=True,
+    refused = subprocess.run(["make", "--no-print-directory", "uninstall", *where], cwd=source, capture_output=True,
                              text=True, timeout=600, check=False)  # fmt: skip
     assert refused.returncode != 0, refused.stdout + refused.stderr
     assert f"{postfix.config_dir}/main.cf: debugger_command still runs {hook}" in refused.stderr, refused.stderr
@@ -463,7 +485,7 @@ def test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves(
     assert enabled.returncode == 0, enabled.stdout + enabled.stderr
     assert postfix.postconf("-h", "debugger_command").split()[0] == hook
     assert (postfix.config_dir / "tracerd-postfix.json").exists()
-    result = make("uninstall", *where)
+    result = make("uninstall", *where, cwd=source)
     out = result.stdout
     assert (main_cf.read_bytes(), master_cf.read_bytes()) == before
     assert not (postfix.config_dir / "tracerd-postfix.json").exists()
