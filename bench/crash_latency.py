@@ -34,8 +34,11 @@ RSS with the same 10 processes plus the warm gdb's, next to the watcher's RSS
 with none; and what the watch side (watcher + warm gdb) costs per process
 at 1000 processes (bench/watch_scale.py measures it with 1000 for real).
 
+Then stack overflows (bench/overflow_case.py, ``--overflow-runs`` per tracer
+and depth): fault -> process gone, the depth and the recursion's cycle.
+
 Prints a table and writes bench/results/crash_latency.json.
-Usage: .venv/bin/python bench/crash_latency.py [--runs 20] [--rss-count 10]
+Usage: .venv/bin/python bench/crash_latency.py [--runs 20] [--rss-count 10] [--overflow-runs 5]
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overflow_case
 from common import (
     BIN,
     compile_c,
@@ -305,6 +309,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20, help="crashes per kind")
     parser.add_argument("--rss-count", type=int, default=10, help="targets traced at once for the memory figures")
+    parser.add_argument("--overflow-runs", type=int, default=5, help="stack overflows per tracer and depth")
     args = parser.parse_args()
     no_core_dumps()
     results: list[dict[str, Any]] = []
@@ -328,6 +333,7 @@ def main() -> int:
     table = print_latency(args.runs, results)
     phases = print_phases(root_stderr)
     print_memory(args.rss_count, rss)
+    overflows = overflow_case.run(args.overflow_runs)  # stack overflow: bench/overflow_case.py
     noteworthy = {k: v for k, v in events.items() if not k.startswith("info")}
     if noteworthy:
         print(f"tracerd warnings/errors: {dict(noteworthy)}")
@@ -340,6 +346,7 @@ def main() -> int:
             "memory": rss,
             "crashes": results,
             "daemon_events": dict(events),
+            "stack_overflow": overflows,
         },
     )
     print(f"saved {path}")
