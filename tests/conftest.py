@@ -221,6 +221,22 @@ def daemon(daemon_factory: Any) -> Daemon:
     return d
 
 
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One tracerd (default config) for the tests of a module that only send it requests and read the
+    replies: never for a test that counts from zero, traces, reloads, stops or kills it (`daemon`)."""
+    root = tmp_path_factory.mktemp("shared")
+    receiver = SyslogReceiver(root / "syslog.sock")
+    (root / "d").mkdir()
+    daemon = Daemon(root / "d", receiver.path)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        receiver.close()
+
+
 @pytest.fixture
 def spawn() -> Iterator[Any]:
     targets: list[Target] = []
