@@ -99,7 +99,9 @@ def test_stack_overflow_dies_within_3_s_and_names_its_recursion(tracing: Any, cb
     assert "fault    stack overflow" in text
     assert f"recurse (x {info['cycle_count']})" in text
     assert not report["process"].get("capture_errors"), report["process"]["capture_errors"]
-    assert "stack overflow" in Path(report["log"]).read_text()
+    log = Path(report["log"]).read_text()
+    assert "stack overflow in thread" in log
+    assert re.search(r"^#\d{4} 0x[0-9a-f]+ in ", log, re.MULTILINE), "a level of 4 digits, then a space"
 
 
 def test_a_stack_too_deep_to_unwind_is_estimated_and_its_cycle_counted(tracing: Any, cbin: Any, spawn: Any,

@@ -102,7 +102,7 @@ def top_functions(frames: list[Frame], n: int = 3) -> list[str]:
 
 def format_frame(frame: Frame) -> str:
     """One frame the way gdb's ``bt`` prints it."""
-    text = f"#{frame.level:<3}"
+    text = f"{'#' + str(frame.level):<3} "  # as gdb: "#0  0x..", "#4024 0x.."
     if frame.address:
         text += f"{_clean(frame.address)} in "
     text += f"{_clean(frame.function or '??')} ()"
