@@ -323,6 +323,7 @@ def test_status_sees_every_kind_of_traced_daemon(
     assert re.fullmatch(rf"{header}qmgr\[{qmgr}\]: exited with status 0", record), record
 
 
+@pytest.mark.slow
 def test_sigabrt_of_smtpd_keeps_its_last_mail_log_lines_and_a_core(
     daemon_factory: Any, postfix: PostfixInstance
 ) -> None:

@@ -269,6 +269,7 @@ def test_a_zombie_in_sessions_json_ended_while_down(daemon_factory: Any) -> None
         proc.wait()
 
 
+@pytest.mark.slow
 def test_hostile_sessions_json_variants_each_warn_and_start_clean(daemon_factory: Any, cbin: Any,
                                                                    spawn: Any) -> None:  # fmt: skip
     """Each damaged or hostile sessions.json (truncated, not JSON, wrong

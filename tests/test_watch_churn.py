@@ -29,6 +29,7 @@ def stopped_tasks(pid: int) -> list[str]:
             for tid, state, tracer in task_states(pid) if state == "t"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_200_attaches_to_churning_processes_leave_nothing_stopped(daemon_factory: Any, cbin: Any) -> None:
     daemon = daemon_factory('[[rule]]\nprocess = "*"\ntracer = "watch"\n')
     exe = cbin("churn", "-pthread")
