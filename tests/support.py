@@ -317,7 +317,7 @@ class Daemon:
             notify_path.unlink()
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
-        notify.settimeout(timeout)
+        notify.settimeout(0.05)
         env = dict(self.env or os.environ, NOTIFY_SOCKET=str(notify_path))
         with open(self.stderr_path, "ab") as stderr:
             argv = [*script("tracerd"), "--config", str(self.config)]
@@ -325,11 +325,16 @@ class Daemon:
                 argv = activated(listen_fd, argv)
             passed = () if listen_fd is None else (listen_fd,)
             self.proc = subprocess.Popen(argv, stderr=stderr, env=env, pass_fds=passed)
+        deadline = time.monotonic() + timeout
         try:
-            message = notify.recv(1024)
-        except TimeoutError:
-            self.stop()
-            raise AssertionError(f"tracerd never said READY=1: {self.stderr()}") from None
+            while True:
+                try:
+                    message = notify.recv(1024)
+                    break
+                except TimeoutError:  # no READY=1 yet: fails at once if tracerd has exited
+                    if self.proc.poll() is not None or time.monotonic() >= deadline:
+                        self.stop()
+                        raise AssertionError(f"tracerd never said READY=1: {self.stderr()}") from None
         finally:
             notify.close()
         assert message == b"READY=1"
