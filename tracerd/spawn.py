@@ -71,8 +71,10 @@ class Child:
         env: dict[str, str] | None = None,
         pdeathsig: bool = True,
         coalesce: float = 0.0,
+        max_line: int = MAX_LINE,
     ) -> None:
         self.argv = list(argv)
+        self._max_line = max_line
         if pdeathsig and SETPRIV and shutil.which(self.argv[0]):
             argv = [SETPRIV, "--pdeathsig", "TERM", "--", *self.argv]
         self._on_lines = on_lines
@@ -150,9 +152,9 @@ class Child:
             return
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
-        while len(self._partial) > MAX_LINE:
-            lines.append(self._partial[:MAX_LINE])
-            self._partial = self._partial[MAX_LINE:]
+        while len(self._partial) > self._max_line:
+            lines.append(self._partial[: self._max_line])
+            self._partial = self._partial[self._max_line :]
         if lines:
             self._emit(lines)
         if self._coalesce and len(chunk) < READ_SIZE and self._out >= 0:

@@ -11,10 +11,10 @@ process:
   first: gdb takes the first as the current thread), ``NT_PRPSINFO``,
   ``NT_SIGINFO`` (so ``$_siginfo`` is the real one), ``NT_AUXV`` and
   ``NT_FILE`` (the file-backed mappings, so gdb finds the objects);
-- the memory, chosen as the kernel's default ``coredump_filter`` does:
-  anonymous and written private mappings whole, file-backed ones only their
-  first page when it holds an ELF header (gdb reads code from the files);
-  zero pages are left as holes, so thread stacks cost nothing on disk.
+- the memory :mod:`tracerd.crash.coremaps` plans, as the kernel's default
+  ``coredump_filter`` does: of anonymous mappings only the pages present or
+  swapped are read, and zero pages are left as holes (a sparse file), so
+  thread stacks cost the pages they used.
 
 x86-64 Linux only (the register layouts are the kernel's ``elf_gregset_t``
 and ``user_fpregs_struct``).
@@ -27,8 +27,9 @@ Diagnostics: a core that cannot be written to disk (full, read-only) can be
 written to a memfd instead (``write_core_in_memory``).  A mapping that
 cannot be read is written as a hole (gdb says
 "Cannot access memory" for it); ptrace failures raise ``OSError``.  A core
-larger than ``limit`` bytes loses its largest anonymous mappings first
-(never a thread's stack), and says which in ``CoreFile.skipped``.
+whose pages written exceed ``limit`` loses the least needed memory first
+(:mod:`tracerd.crash.coremaps`: never what unwinding needs), and says
+which in ``CoreFile.skipped``; ``CoreFile.size`` is the bytes written.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import struct
 from dataclasses import dataclass, field
 
 from tracerd import arch
+from tracerd.crash import coremaps
+from tracerd.crash.coremaps import Mapping
 
 PTRACE_GETREGS = 12
 PTRACE_GETFPREGS = 14
@@ -52,6 +55,8 @@ NT_FILE = 0x46494C45
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CHUNK = 1 << 20
 ELF_MAGIC = b"\x7fELF"
+ZERO = bytes(CHUNK)
+ZERO_PAGE = bytes(PAGE)
 PRSTATUS = struct.Struct("<3ih2xQQ4i8q216sI4x")  # struct elf_prstatus, 336 bytes
 PRPSINFO = struct.Struct("<bcbb4xQII4i16s80s")  # struct elf_prpsinfo, 136 bytes
 RSP = 19  # index of rsp in elf_gregset_t
@@ -97,72 +102,10 @@ def read_siginfo(tid: int) -> bytes:
 
 
 @dataclass
-class Mapping:
-    start: int
-    end: int
-    perms: str
-    offset: int
-    path: str
-    anonymous_kb: int = 0
-    dump: int = 0  # bytes of it to write, from start
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-
-@dataclass
 class CoreFile:
     path: str
     size: int = 0
     skipped: list[str] = field(default_factory=list)
-
-
-def _mappings(pid: int) -> list[Mapping]:
-    out: list[Mapping] = []
-    with open(f"/proc/{pid}/smaps", "rb") as smaps:
-        for raw in smaps:
-            line = raw.decode("utf-8", "surrogateescape")
-            head = line.split(maxsplit=5)
-            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-                start, end = (int(x, 16) for x in head[0].split("-"))
-                path = head[5].rstrip("\n") if len(head) == 6 else ""
-                out.append(Mapping(start, end, head[1], int(head[2], 16), path))
-            elif line.startswith("Anonymous:") and out:
-                out[-1].anonymous_kb = int(line.split()[1])
-    return out
-
-
-def _choose(mapping: Mapping, mem: int) -> int:
-    """How many bytes of a mapping go into the core (the kernel's default filter)."""
-    perms, path = mapping.perms, mapping.path
-    if "r" not in perms or path in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
-        return 0
-    file_backed = path.startswith("/") and not path.startswith("/dev/zero") and not path.startswith("/SYSV")
-    if not file_backed:
-        return mapping.size  # heap, stacks, anonymous and shared anonymous memory, vdso
-    if perms[3] == "p" and (mapping.anonymous_kb > 0 or "w" in perms):
-        return mapping.size  # written private file mapping: relocations, .data, .bss, r_debug
-    if mapping.offset == 0:
-        try:
-            if os.pread(mem, 4, mapping.start) == ELF_MAGIC:
-                return PAGE  # the ELF header, so gdb can match build-ids
-        except OSError:
-            pass
-    return 0
-
-
-def _trim(mappings: list[Mapping], stacks: list[int], limit: int, skipped: list[str]) -> None:
-    total = sum(m.dump for m in mappings)
-    def is_stack(m: Mapping) -> bool:
-        return m.path == "[stack]" or any(m.start <= sp < m.end for sp in stacks)
-    for m in sorted(mappings, key=lambda m: m.dump, reverse=True):
-        if total <= limit:
-            return
-        if m.dump and not is_stack(m) and not m.path.startswith("/"):
-            total -= m.dump
-            skipped.append(f"{m.start:#x}-{m.end:#x} {m.path or '[anon]'} ({m.dump} bytes)")
-            m.dump = 0
 
 
 def _pad4(data: bytes) -> bytes:
@@ -202,7 +145,7 @@ def _prpsinfo(pid: int, comm: str, rest: list[str]) -> bytes:
 
 
 def _nt_file(mappings: list[Mapping]) -> bytes:
-    files = [m for m in mappings if m.path.startswith("/") and not m.path.endswith(" (deleted)")]
+    files = [m for m in mappings if m.file_backed and not m.path.endswith(" (deleted)")]
     head = struct.pack("<2Q", len(files), PAGE)
     ranges = b"".join(struct.pack("<3Q", m.start, m.end, m.offset // PAGE) for m in files)
     names = b"".join(os.fsencode(m.path) + b"\0" for m in files)
@@ -248,10 +191,8 @@ def write_core_to(fd: int, pid: int, threads: list[ThreadState], siginfo: bytes,
     core = CoreFile("")
     mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        mappings = _mappings(pid)
-        for mapping in mappings:
-            mapping.dump = _choose(mapping, mem)
-        _trim(mappings, [t.stack_pointer for t in threads], limit, core.skipped)
+        memory = coremaps.plan(pid, [t.stack_pointer for t in threads], limit, mem)
+        mappings, core.skipped = memory.mappings, memory.skipped
         notes = [_note(b"CORE", NT_PRSTATUS, _prstatus(threads[0], pid, ppid, pgrp, sid))]
         notes.append(_note(b"CORE", NT_PRPSINFO, _prpsinfo(pid, comm, rest)))
         notes.append(_note(b"CORE", NT_SIGINFO, siginfo))
@@ -275,27 +216,44 @@ def write_core_to(fd: int, pid: int, threads: list[ThreadState], siginfo: bytes,
             offset += mapping.dump
         elf = ELF_MAGIC + bytes([2, 1, 1, 0]) + bytes(8)
         elf += struct.pack("<2HI3QI6H", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
-        os.pwrite(fd, elf + b"".join(headers) + note_bytes, 0)
-        offset, zero = first, bytes(CHUNK)
+        head = elf + b"".join(headers) + note_bytes
+        os.pwrite(fd, head, 0)
+        written, offset = len(head), first
         for mapping in mappings:
-            _copy(mem, fd, mapping, offset, zero)
+            written += _copy(mem, fd, mapping, offset)
             offset += mapping.dump
         os.ftruncate(fd, offset)
-        core.size = offset
+        core.size = written
     finally:
         os.close(mem)
     return core
 
 
-def _copy(mem: int, fd: int, mapping: Mapping, offset: int, zero: bytes) -> None:
-    """Copy a mapping's chosen bytes; zero or unreadable chunks stay holes."""
-    done = 0
-    while done < mapping.dump:
-        size = min(CHUNK, mapping.dump - done)
-        try:
-            chunk = os.pread(mem, size, mapping.start + done)
-        except OSError:
-            chunk = b""
-        if chunk and chunk != zero[: len(chunk)]:
-            os.pwrite(fd, chunk, offset + done)
-        done += size
+def _copy(mem: int, fd: int, mapping: Mapping, offset: int) -> int:
+    """Copy a mapping's planned runs, page by page; zero or unreadable pages stay holes.
+    The bytes written."""
+    written = 0
+    for start, length in mapping.runs:
+        done = 0
+        while done < length:
+            size = min(CHUNK, length - done)
+            at = start + done
+            done += size
+            try:
+                chunk = os.pread(mem, size, mapping.start + at)
+            except OSError:
+                continue
+            if not chunk or chunk == ZERO[: len(chunk)]:
+                continue
+            view, page = memoryview(chunk), 0
+            while page < len(chunk):  # runs of non-zero pages, one write each
+                while page < len(chunk) and view[page : page + PAGE] == ZERO_PAGE:
+                    page += PAGE
+                end = page
+                while end < len(chunk) and view[end : end + PAGE] != ZERO_PAGE:
+                    end += PAGE
+                if end > page:
+                    os.pwrite(fd, view[page:end], offset + at + page)
+                    written += end - page
+                page = end
+    return written

@@ -97,7 +97,7 @@ def keep(dir_fd: int, crash_id: str, request: CoreRequest, *, temp_prefix: str) 
     except OSError as err:
         return skipped(f"core unreadable: {err.strerror or err}")
     with source:
-        raw_bytes = os.fstat(source.fileno()).st_size
+        raw_bytes = written_bytes(source.fileno())
         if raw_bytes > request.max_process_bytes:
             return skipped(f"core of {raw_bytes} bytes is over max_core_process_bytes ({request.max_process_bytes})",
                            raw_bytes)  # fmt: skip
@@ -112,6 +112,13 @@ def keep(dir_fd: int, crash_id: str, request: CoreRequest, *, temp_prefix: str) 
             return skipped(f"core not written: {err}", raw_bytes)
     return {"state": "saved", "file": core_name(crash_id), "raw_bytes": raw_bytes, "bytes": stored,
             "seconds": round(time.monotonic() - started, 3), "reason": None}  # fmt: skip
+
+
+def written_bytes(fd: int) -> int:
+    """A raw core's bytes written: the pages the file holds, not its holes (the watcher's core,
+    as the kernel's, is sparse: a thread's untouched stack is a hole)."""
+    info = os.fstat(fd)
+    return min(info.st_size, info.st_blocks * 512)
 
 
 def keep_by_policy(dir_fd: int, crash_id: str, request: CoreRequest, signature_has_core: bool, *, max_bytes: int,

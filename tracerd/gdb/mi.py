@@ -38,6 +38,8 @@ from tracerd.errors import TracerFailed
 from tracerd.spawn import Child
 
 GDB_ARGV = ("gdb", "--interpreter=mi3", "-nx", "-q")
+# one MI record is one line: ``-thread-info`` of 300 threads is ~140 KB, past spawn's 64 KiB line cut
+MAX_RECORD = 32 * 1024 * 1024
 SETTINGS = (
     "-gdb-set mi-async on",
     "-gdb-set pagination off",
@@ -93,7 +95,7 @@ class GdbMI:
         return self.child.pid if self.child else None
 
     async def start(self, *extra: str) -> None:
-        self.child = Child([*GDB_ARGV, *extra], self._on_lines, stdin=True)
+        self.child = Child([*GDB_ARGV, *extra], self._on_lines, stdin=True, max_line=MAX_RECORD)
         for setting in SETTINGS:
             try:
                 await self.command(setting, timeout=30.0)
