@@ -258,6 +258,7 @@ def test_the_gdb_tracer_attaches_to_a_process_whose_library_is_a_fifo(
     crashed = next(t for t in report["threads"] if t["crashed"])
     assert [f["function"] for f in crashed["frames"][:2]] == ["fault", "main"]
     assert str(lib) in [entry["path"] for entry in report["libraries"]]
+    assert ".sysroot-" not in json.dumps(report), "an object named by the sysroot gdb read it from"
     assert not list((daemon.root).rglob(".sysroot-*")), "the sysroots outlived the session"
 
 

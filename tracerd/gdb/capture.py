@@ -34,7 +34,7 @@ import psutil
 from tracerd.crash import debugsyms, elfinfo, facts, modules, overflow, segv, siginfo
 from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
-from tracerd.gdb import frames
+from tracerd.gdb import frames, sysroot
 from tracerd.gdb.mi import GdbMI
 from tracerd.procinfo import ProcessIdentity
 from tracerd.timefmt import iso_utc
@@ -53,7 +53,7 @@ def _frame(raw: dict[str, Any]) -> Frame:
         function=raw.get("func") if raw.get("func") not in (None, "??") else None,
         file=raw.get("fullname") or raw.get("file"),
         line=int(line) if line and str(line).isdigit() else None,
-        object=raw.get("from"),
+        object=sysroot.unprefixed(raw.get("from")),
         address=raw.get("addr"),
     )
 
@@ -157,6 +157,8 @@ async def capture(
     signal["analysis"] = segv.analyse(signal, registers, maps, disassembly)  # apport's SegvAnalysis
     _fill_objects(threads, [(m.start, m.end, m.path) for m in maps if m.path.startswith("/")])
     full = await step("bt full", cli=f"thread apply all bt full {frames.BT_FULL}") or ""
+    for root in sysroot.LIVE:  # "from /ROOT/usr/lib/...": the object's own path
+        full = full.replace(f" {root}/", " /")
     _attach_text(threads, full)
     facts.number_threads(threads, identity.pid, stack_overflow)  # as the other tracer numbers them
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}

@@ -61,6 +61,7 @@ PT_DYNAMIC, PT_PHDR = 2, 6
 DT_NULL, DT_DEBUG = 0, 21
 MAX_NAME = 4096
 MAX_OBJECTS = 4096
+LIVE: set[str] = set()  # the sysroots gdb may name files by: unprefixed() takes them off
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")  # what gdb takes verbatim, unquoted
 
 
@@ -81,6 +82,7 @@ class Sysroot:
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
+        LIVE.discard(self.path)
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -97,6 +99,7 @@ def clean(name: str) -> bool:
 def build(pid: int, parent: str | None) -> Sysroot:
     """The sysroot of the held process ``pid``, in a new 0700 directory under ``parent``."""
     root = Sysroot(tempfile.mkdtemp(prefix=f".sysroot-{pid}-", dir=parent))
+    LIVE.add(root.path)
     try:
         mapped = _maps(pid)
         by_fd: list[tuple[_Mapped, str]] = []
@@ -133,6 +136,14 @@ def build(pid: int, parent: str | None) -> Sysroot:
         root.close()
         raise
     return root
+
+
+def unprefixed(path: str | None) -> str | None:
+    """A path gdb gave (an object's ``from``) without the sysroot it found the object in."""
+    for root in LIVE:
+        if path and path.startswith(root + "/"):
+            return path[len(root) :]
+    return path
 
 
 def gdb_commands(path: str) -> list[str]:
