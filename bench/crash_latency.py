@@ -37,8 +37,12 @@ at 1000 processes (bench/watch_scale.py measures it with 1000 for real).
 Then stack overflows (bench/overflow_case.py, ``--overflow-runs`` per tracer
 and depth): fault -> process gone, the depth and the recursion's cycle.
 
+Then 301 threads (bench/threads_case.py, ``--threads-runs`` per tracer):
+fault -> report and -> gone, threads named, the core's bytes written
+beside the kernel's.
+
 Prints a table and writes bench/results/crash_latency.json.
-Usage: .venv/bin/python bench/crash_latency.py [--runs 20] [--rss-count 10] [--overflow-runs 5]
+Usage: .venv/bin/python bench/crash_latency.py [--runs 20] [--rss-count 10] [--overflow-runs 5] [--threads-runs 3]
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overflow_case
+import threads_case
 from common import (
     BIN,
     compile_c,
@@ -310,6 +315,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="crashes per kind")
     parser.add_argument("--rss-count", type=int, default=10, help="targets traced at once for the memory figures")
     parser.add_argument("--overflow-runs", type=int, default=5, help="stack overflows per tracer and depth")
+    parser.add_argument("--threads-runs", type=int, default=3, help="301-thread crashes per tracer")
     args = parser.parse_args()
     no_core_dumps()
     results: list[dict[str, Any]] = []
@@ -334,6 +340,7 @@ def main() -> int:
     phases = print_phases(root_stderr)
     print_memory(args.rss_count, rss)
     overflows = overflow_case.run(args.overflow_runs)  # stack overflow: bench/overflow_case.py
+    many_threads = threads_case.run(args.threads_runs)  # 301 threads: bench/threads_case.py
     noteworthy = {k: v for k, v in events.items() if not k.startswith("info")}
     if noteworthy:
         print(f"tracerd warnings/errors: {dict(noteworthy)}")
@@ -347,6 +354,7 @@ def main() -> int:
             "crashes": results,
             "daemon_events": dict(events),
             "stack_overflow": overflows,
+            "threads_301": many_threads,
         },
     )
     print(f"saved {path}")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # each README bench command, made small; and a line of the table it must print
 COMMANDS = {
-    "crash_latency": (["--runs", "2", "--rss-count", "2", "--overflow-runs", "1"], "fault"),
+    "crash_latency": (["--runs", "2", "--rss-count", "2", "--overflow-runs", "1", "--threads-runs", "1"], "fault"),
     "core_hold": (["--sizes", "20", "--runs", "1"], "watch"),
     "handoff": (["--runs", "2"], "p50"),
     "metrics_cost": (["--rounds", "1", "--hooks", "10"], "metrics"),
