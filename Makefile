@@ -35,7 +35,7 @@ MAN5 := tracerd.toml.5
 # the shipped files name /usr/local/{s,}bin; another PREFIX is written into the installed copies
 PATHS_SED := sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/bin/|$(BINDIR)/|g'
 STAMP := $(VENV)/.installed
-# pftrace-hook is compiled from hook/pftrace-hook.c (README "Hook latency": Postfix waits for it
+# pftrace-hook is compiled from hook/pftrace-hook.c (docs/performance.md "Hook latency": Postfix waits for it
 # on every traced process start); with no C compiler, make writes the Python form instead, this
 # stub (python -IS, the hook module alone), never pip's entry point.
 # $(call hook_stub,INTERPRETER,DIRECTORY OF hook.py,OUTPUT)
@@ -118,7 +118,7 @@ install:
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile --no-cache-dir --force-reinstall --no-deps .
 	"$(DESTDIR)$(OPTDIR)/bin/python" -m pip install -q --no-compile .
 	@# the hook: compiled, else the system interpreter with -IS and the installed tracerd/hook.py alone
-	@# (README "Hook latency")
+	@# (docs/performance.md "Hook latency")
 	hookdir="$$("$(DESTDIR)$(OPTDIR)/bin/python" -I -c 'import tracerd; print(tracerd.__path__[0])')" && \
 	  $(call hook_build,$(DESTDIR)$(OPTDIR)/bin/pftrace-hook,$(SYSTEM_PYTHON),$$hookdir)
 	@if [ -n "$(DESTDIR)" ]; then \

@@ -1,4 +1,4 @@
-"""bench/restart: a tracerd restart with N watched processes (README, "Reliability").
+"""bench/restart: a tracerd restart with N watched processes (docs/design.md, "Reliability").
 
 Socket activation is emulated as systemd does it: the bench binds the
 listening socket (as tracerd.socket's ListenStream= would), keeps it across

@@ -1,6 +1,6 @@
 /*
  * pftrace-hook, compiled: what Postfix's debugger_command runs on every traced
- * process start (README, "Commands" and "Hook latency").
+ * process start (tracerctl(8), "Commands" and "Hook latency").
  *
  * pftrace-hook [--socket PATH] [--timeout S] [--ack-timeout S] [--tracer T]
  *              [--syslog PATH] NAME PID
@@ -13,7 +13,7 @@
  * program's run.  The two are held together by tests/test_hook.py, which runs
  * every hook behaviour against both, and tests/test_hook_compiled.py.
  *
- * Behaviour (README, "Commands"): a missing daemon fails at once; tracerd must
+ * Behaviour (tracerctl(8), "Commands"): a missing daemon fails at once; tracerd must
  * accept the connection and acknowledge (or refuse) the request within
  * --ack-timeout (else $TRACERD_ACK_TIMEOUT, else 1.5 s); an acknowledged request
  * gets the rest of --timeout (default 15 s, counted from the start).  A tracerd

@@ -53,7 +53,7 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 10.0, interva
         time.sleep(interval)
 
 
-# pftrace-hook comes in two forms (README, "Hook latency"): the compiled one make writes, and the
+# pftrace-hook comes in two forms (docs/performance.md, "Hook latency"): the compiled one make writes, and the
 # Python one (tracerd/hook.py: pip's entry point, and what make writes with no C compiler).  Tests of
 # the hook's behaviour run against both by setting hook_form (tests/test_hook.py).
 HOOK_FORMS = ("compiled", "python")

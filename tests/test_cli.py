@@ -1,4 +1,4 @@
-"""The command-line conventions of the three commands (README, "Commands"):
+"""The command-line conventions of the three commands (tracerctl(8), "Commands"):
 --help and --version on stdout with exit 0, help text for every option,
 --json after the command, errors as JSON under --json, and the hidden
 ``tracerctl _complete`` that shell completion calls."""

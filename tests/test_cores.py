@@ -1,4 +1,4 @@
-"""Cores by policy (README "Cores and retrace"): taken while the crashed
+"""Cores by policy (docs/crashes.md "Cores and retrace"): taken while the crashed
 process is held, kept zstd-compressed beside the report, budgeted apart from
 the reports, opened by gdb; bad input gets one line and damages nothing."""
 

@@ -1,4 +1,4 @@
-"""Locals and memory are root's (README, "Security model"): a ``socket_group``
+"""Locals and memory are root's (docs/design.md, "Security model"): a ``socket_group``
 member gets a crash report without gdb's ``bt full`` text (arguments and
 locals) nor a trace's last lines, through every read-only operation and every
 file it may read; root gets all of it.

@@ -1,4 +1,4 @@
-"""The compiled pftrace-hook (hook/pftrace-hook.c) is the Python one, faster (README, "Hook
+"""The compiled pftrace-hook (hook/pftrace-hook.c) is the Python one, faster (docs/performance.md, "Hook
 latency"): make builds it; its help, version and usage errors are the Python form's, byte for
 byte; it sends tracerd the same request for any name, hostile bytes included; it reads every
 answer as the Python form does, and hostile answers (malformed, nested, endless, fuzzed) end in

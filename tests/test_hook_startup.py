@@ -1,4 +1,4 @@
-"""pftrace-hook's Python form starts as little as Python can (README, "Hook latency"):
+"""pftrace-hook's Python form starts as little as Python can (docs/performance.md, "Hook latency"):
 the hook make writes where there is no C compiler runs ``python -IS`` and loads nothing but the standard library's
 built-in parts and tracerd/hook.py itself, which an environment such as
 PYTHONPATH or PYTHONHOME cannot change; what the hook writes again of

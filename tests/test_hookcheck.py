@@ -1,4 +1,4 @@
-"""The hook checks itself (README, "Commands"): ``tracerctl postfix status`` says
+"""The hook checks itself (tracerctl(8), "Commands"): ``tracerctl postfix status`` says
 ``hook missing: PATH`` and exits 1, ``enable`` refuses a hook root cannot run
 unless --force, and tracerd (at start and --check) warns when Postfix's
 debugger_command names a pftrace-hook that does not exist."""

@@ -128,7 +128,7 @@ def test_staged_venv_names_its_final_place_only(staged: Path) -> None:
     assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
     for script in ("tracerd", "tracerctl"):
         assert (venv / "bin" / script).read_text().splitlines()[0] == "#!/opt/tracerd/bin/python"
-    # the hook: compiled, position-independent, its relocations read-only (README "Hook latency")
+    # the hook: compiled, position-independent, its relocations read-only (docs/performance.md "Hook latency")
     hook = venv / "bin/pftrace-hook"
     assert hook.read_bytes()[:4] == b"\x7fELF"
     elf = subprocess.run(["readelf", "-h", "-d", str(hook)], capture_output=True, text=True, check=True).stdout

@@ -220,10 +220,10 @@ def test_real_prometheus_scrapes_the_endpoint(daemon_factory: Any, cbin: Any, sp
             reap(proc)
 
 
-def test_readme_fleet_configuration_is_valid() -> None:
-    """The [journal] and [metrics] block of README's Fleet section is a valid configuration, and
+def test_docs_fleet_configuration_is_valid() -> None:
+    """The [journal] and [metrics] block of docs/fleet.md is a valid configuration, and
     says what it means (a loopback port, a textfile)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "fleet.md").read_text()
     section = readme.split("## Fleet: journald, structured syslog, metrics", 1)[1]
     start = section.index("    [journal]\n")
     block = section[start : section.index("textfile_interval", start)] + "textfile_interval = 15.0"

@@ -1,4 +1,4 @@
-"""The perf tracer (README "Tracers"): perf trace -p on real C targets, its refusals."""
+"""The perf tracer (docs/design.md "Tracers"): perf trace -p on real C targets, its refusals."""
 
 from __future__ import annotations
 

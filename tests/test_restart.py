@@ -1,4 +1,4 @@
-"""A tracerd restart loses no coverage (README, "Reliability"): sessions.json,
+"""A tracerd restart loses no coverage (docs/design.md, "Reliability"): sessions.json,
 re-adoption, socket activation.
 
 Real processes throughout: tests/c/crash.c targets traced through the hook,

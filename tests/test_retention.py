@@ -1,4 +1,4 @@
-"""Crash retention (README "Crash retention"): ``tracerctl crash-delete ID``
+"""Crash retention (docs/crashes.md "Crash retention"): ``tracerctl crash-delete ID``
 and ``--older-than AGE`` on a real store of real crashes (tests/c/crash.c
 under the watch tracer, cores kept): reports and cores go, ``crashes`` and
 the index agree at once; bad ages and unknown ids are one line; a

@@ -1,4 +1,4 @@
-"""Retrace and post-mortem (README "Cores and retrace"): a stripped target's
+"""Retrace and post-mortem (docs/crashes.md "Cores and retrace"): a stripped target's
 unnamed frames named again from split debug files (a local .build-id root,
 a real debuginfod), bounded against a server that hangs or answers garbage;
 build-ids of the mapped copies (a library replaced on disk after the start);

@@ -199,7 +199,7 @@ def test_a_child_ending_under_f_does_not_end_the_session(
 def test_children_left_running_are_let_go_untraced(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
     """The process exits while its child lives on under strace -f: the session ends exited 0 at
     once, strace is asked to detach (SIGTERM, not SIGKILL), and the child runs on untraced.
-    (ltrace 0.7 cannot detach from a -f child: README "Tracers".)"""
+    (ltrace 0.7 cannot detach from a -f child: docs/design.md "Tracers".)"""
     need("strace")
     daemon = daemon_factory(rule("strace", README_ARGS))
     target = spawn(cbin("children"), daemon.hook_command(), "tgtorphan", "orphan")

@@ -100,14 +100,14 @@ class Config:
     crash_flood_window: float = 60.0
     max_crash_bytes: int = 256 * 1024 * 1024
     history: int = 256
-    max_gdb_hold: float = 300.0  # tracerctl gdb --next: the longest --hold (README, "Interactive debugging")
+    max_gdb_hold: float = 300.0  # tracerctl gdb --next: the longest --hold (docs/debugging.md, "Interactive debugging")
     syslog: SyslogConfig = field(default_factory=SyslogConfig)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
     journal: JournalConfig = field(default_factory=JournalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     syscount: syscountconfig.SyscountConfig = field(default_factory=syscountconfig.SyscountConfig)
-    # cores and retrace (README "Cores and retrace")
+    # cores and retrace (docs/crashes.md "Cores and retrace")
     core: str = "first"
     max_core_bytes: int = 1024 * 1024 * 1024
     max_core_process_bytes: int = 2 * 1024 * 1024 * 1024

@@ -2,7 +2,7 @@
 
 :mod:`tracerd.config` reads the file and calls :func:`journal` and
 :func:`metrics` with each table and its error reporter, so that these
-sections' errors come in line order with the others (README, "Fleet:
+sections' errors come in line order with the others (docs/fleet.md, "Fleet:
 journald, structured syslog, metrics").
 
 Security: root's file; every value is still checked.  A metrics address

@@ -11,7 +11,7 @@ counted from the start) for the attach itself.  A tracerd that is restarting
 under socket activation is no hung one: it leaves ``SOCKET.restarting`` beside
 its socket (tracerd.daemon.listenfds), and while that file is younger than
 :data:`RESTART_GRACE` the hook waits for the acknowledgement, in the socket's
-backlog, up to ``--timeout`` (README, "Reliability").  On any failure it exits 1
+backlog, up to ``--timeout`` (docs/design.md, "Reliability").  On any failure it exits 1
 with one line ``pftrace-hook: warning: NAME[PID]: not traced: REASON`` on
 stderr and the same at mail.warning to syslog (where ``tracerctl triage``
 finds it), since Postfix throws stderr away; the daemon then runs on
@@ -25,7 +25,7 @@ two together (what they print, send and read) and tests/test_hook.py runs
 every hook behaviour against both.
 
 Start-up is the whole cost: Postfix pays it on every traced process start
-(README, "Hook latency").  So this module is a script of its own: it imports
+(docs/performance.md, "Hook latency").  So this module is a script of its own: it imports
 nothing of tracerd (not even the package's ``__init__``), only the standard
 library (``json``, ``socket``, ``os``, ``sys``, ``time``), and ``make install``
 runs it from a stub (contrib/pftrace-hook.in) as ``/usr/bin/python3 -IS``:

@@ -1,7 +1,7 @@
 """Does the hook that Postfix's debugger_command names exist, and can root run it?
 
 Shared by ``tracerctl postfix enable``/``status`` and by ``tracerd`` at start
-and ``--check`` (README, "Commands"): a debugger_command that names a
+and ``--check`` (tracerctl(8), "Commands"): a debugger_command that names a
 missing pftrace-hook makes every ``-D`` process start untraced, and sh's
 "not found" goes to a stderr that Postfix throws away.
 

@@ -178,12 +178,12 @@ OPERATIONS: dict[str, Operation] = {
         _op("show", "pid", read_only=True),
         _op("crashes", read_only=True),
         _op("crash", "id", read_only=True),
-        # tracerctl gdb (README, "Interactive debugging"): root only
+        # tracerctl gdb (docs/debugging.md, "Interactive debugging"): root only
         _op("handoff", "pid"),
         _op("catch", "name", "hold ack"),
-        # retention (README, "Crash retention"): root only; an id or older_than
+        # retention (docs/crashes.md, "Crash retention"): root only; an id or older_than
         _op("crash-delete", "", "id older_than"),
-        # tracerctl retrace (README "Cores and retrace"): root only; ID.retrace into the stored report
+        # tracerctl retrace (docs/crashes.md "Cores and retrace"): root only; ID.retrace into the stored report
         _op("crash-retrace", "id"),
     )
 }

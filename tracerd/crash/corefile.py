@@ -13,7 +13,7 @@ is released.  Cores are budgeted apart from the reports
 the oldest): a large core never evicts the small JSON reports, and a report
 whose core went says so (``core.state = "evicted"``).
 
-The report's ``core`` field (README "Cores and retrace")::
+The report's ``core`` field (docs/crashes.md "Cores and retrace")::
 
     {"state": "saved" | "skipped" | "evicted", "file": "ID.core.zst" | null,
      "raw_bytes": N, "bytes": N, "seconds": S, "reason": "..." | null}

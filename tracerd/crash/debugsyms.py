@@ -13,7 +13,7 @@ configured.  The ``-dbgsym`` package is built per source package version:
 the advice installs ``P-dbgsym=VERSION``, each once however many of its
 objects lack symbols (the later objects' notes point at the first's).  A
 file no package owns gets its note only: no archive or debuginfod advice,
-which could not name it.  See README, "Files".
+which could not name it.  See docs/design.md, "Files".
 
 These functions run dpkg and apt-cache: call them from a thread, never on
 the event loop (:mod:`tracerd.gdb.capture` does, through ``asyncio.to_thread``).

@@ -5,7 +5,7 @@
 for the watch tracer, the core file the watcher wrote.  Both are removed
 when the capture ends.  A marker found when tracerd starts is a capture
 that tracerd (or the machine) did not live to finish: the process died of
-its signal all the same (see README, "Reliability"), and the crash is
+its signal all the same (see docs/design.md, "Reliability"), and the crash is
 recorded as an *interrupted capture*, with what the marker knew.
 
 Security: the directory is created 0700 and must be a real directory owned

@@ -10,7 +10,7 @@ disk read, and the library says which (``build_id_source``).  The load bias
 is where the ELF's virtual address 0 sits in the process: the start of the
 mapping at file offset 0 less the page of the first ``PT_LOAD``'s vaddr.  A
 frame's ``module_offset`` is ``pc - bias``: the address to look up in the
-module's ELF or its separate debug file (README "Cores and retrace").
+module's ELF or its separate debug file (docs/crashes.md "Cores and retrace").
 
 Security: the maps and the mapped files are the target's; paths are data
 (never opened except through the pid's own map_files links, else the path

@@ -1,6 +1,6 @@
 """A crash report as a ``socket_group`` member may see it: without the target's memory.
 
-Locals and memory are root's (README, "Security model"), as cores are (0600):
+Locals and memory are root's (docs/design.md, "Security model"), as cores are (0600):
 gdb's ``bt full`` text prints every frame's arguments and locals (a
 password in a buffer, a session key), and a strace or ltrace report's last
 lines print the buffers of the calls.  :func:`for_group` keeps the rest of a

@@ -58,7 +58,7 @@ class Frame:
     line: int | None
     object: str | None
     address: str | None
-    pc: str | None = None  # absolute program counter (README "Cores and retrace")
+    pc: str | None = None  # absolute program counter (docs/crashes.md "Cores and retrace")
     module_offset: str | None = None  # pc - the module's load bias: the address in its ELF file
     build_id: str | None = None  # of the module the pc is in
 

@@ -1,7 +1,7 @@
 """Crash retention: delete one crash, or every crash older than an age.
 
 ``tracerctl crash-delete ID`` and ``tracerctl crash-delete --older-than
-30d`` (README, "Crash retention") reach :func:`delete` through the daemon's
+30d`` (docs/crashes.md, "Crash retention") reach :func:`delete` through the daemon's
 ``crash-delete`` operation: tracerd is the one writer of its store, and its
 index lives in its memory, so deleting files behind its back would leave
 ``crashes`` listing what is gone.  Like coredumpctl's retention, it removes

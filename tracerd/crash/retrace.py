@@ -13,7 +13,7 @@ with a function and file:line keeps them (gdb knows inlined frames, addr2line
 without ``-i`` does not); a named frame without file:line gets only those.
 addr2line's file names are normalised (``./nptl/./nptl/x.c`` ->
 ``nptl/x.c``).  The result records which frames changed, to what, and from
-which source (README "Cores and retrace").
+which source (docs/crashes.md "Cores and retrace").
 
 :func:`keep` puts a record (``ID.retrace``, beside the report) into the stored
 report: its frames, gdb's ``bt full`` lines of those frames, its ``top`` and

@@ -16,7 +16,7 @@ of ``_sifields`` holds data follows the kernel's ``siginfo_layout()``:
 
 :func:`fields_to_read` says which ``$_siginfo`` fields to ask gdb for, given
 si_signo and si_code; :func:`decode` turns the answers into the report's
-``signal`` dict (see README, "Files").
+``signal`` dict (see docs/design.md, "Files").
 
 Security: pure functions over integers, standard library only.  For
 ``SI_USER`` and ``SI_TKILL`` the kernel fills the sender's pid and uid; for

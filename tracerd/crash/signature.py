@@ -16,7 +16,7 @@ and never over what changes from run to run (pid, ASLR, time):
 
 :func:`frames_basis` says in words what went in (the report's
 ``signature_basis``).  Entries a store already holds keep the signature
-they were recorded under (README "Files", Signature).
+they were recorded under (docs/design.md "Files", Signature).
 
 Security: frame names and the abort message are the target's; they are
 hashed and shown, never evaluated.

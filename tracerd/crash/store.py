@@ -2,7 +2,7 @@
 
 The store keeps one full report per signature per flood window in
 ``ID.json``; repeats within the window only bump the signature's entry in
-``index.json`` (README, "Crash JSON", plus ``repeats``), unless a repeat's
+``index.json`` (docs/json.md, "Crash JSON", plus ``repeats``), unless a repeat's
 report names more frames than the one the entry shows: it is kept too.  An
 entry shows (``id``, ``pid``, ``top``) its report naming most frames, the
 latest of those.  Every file

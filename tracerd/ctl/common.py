@@ -4,7 +4,7 @@ Every module under ``tracerd/ctl`` may import this one, and it imports none
 of theirs (nor :mod:`tracerd.ctl.main`): the import graph has no cycle
 (tests/test_layout.py checks it).
 
-Exit codes (README, "Commands"): 0 ok, 1 refused or failed, 2 usage, 3 the
+Exit codes (tracerctl(8), "Commands"): 0 ok, 1 refused or failed, 2 usage, 3 the
 daemon is not reachable.  Under ``--json`` an error is one JSON document on
 stdout, ``{"error": REASON, "exit": N}``, as well as the usual line on stderr.
 
@@ -67,11 +67,11 @@ def render_status(reply: dict[str, Any]) -> str:
         "counters: " + ", ".join(f"{key} {value}" for key, value in counters.items()),
         "",
     ]
-    if daemon.get("syslog_warning"):  # README "Status JSON": lines are being dropped
+    if daemon.get("syslog_warning"):  # docs/json.md "Status JSON": lines are being dropped
         lines[1:1] = [f"warning: {daemon['syslog_warning']}"]
     if daemon.get("config_error"):
         lines[1:1] = [f"config error (the previous config stays in force): {daemon['config_error']}"]
-    # tracerctl gdb (README, "Interactive debugging")
+    # tracerctl gdb (docs/debugging.md, "Interactive debugging")
     for catch in reply.get("catches", []):
         lines.insert(-1, f"armed: tracerctl gdb --next {catch['name']} (hold {catch['hold']:g} s,"
                          f" tracerctl pid {catch['by']}, since {catch['armed']})")  # fmt: skip

@@ -146,7 +146,7 @@ def withheld_line(redacted: object) -> str | None:
 
 
 def _core_line(core: dict[str, Any], crash_id: str) -> str:
-    """The report's ``core`` (README "Cores and retrace"): kept, skipped or evicted, and why."""
+    """The report's ``core`` (docs/crashes.md "Cores and retrace"): kept, skipped or evicted, and why."""
     state = clean(core.get("state") or "?")
     if state == "saved":
         size = core.get("bytes")

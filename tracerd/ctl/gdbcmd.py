@@ -5,7 +5,7 @@
 --next NAME [--hold S]`` arms a catch (op ``catch``, acknowledged once
 armed) and waits, on the same connection, for the next hook of NAME, whose
 process then waits in its hook until this gdb has attached.  A CRASH-ID
-argument is a post-mortem session (tracerd.ctl.postmortem).  README,
+argument is a post-mortem session (tracerd.ctl.postmortem).  docs/debugging.md,
 "Interactive debugging", is the contract; :mod:`tracerd.daemon.handoff` the
 daemon's half.
 

@@ -220,7 +220,7 @@ def _main(argv: list[str]) -> int:
     except Unreachable as err:
         if args.command in STORE_COMMANDS:
             return from_store(args, str(err))
-        if args.command == "crash-delete":  # README "Crash retention": the daemon keeps the store's index
+        if args.command == "crash-delete":  # docs/crashes.md "Crash retention": the daemon keeps the store's index
             return fail(f"{err}; crash-delete goes through tracerd: start it", EXIT_UNREACHABLE, as_json=args.json)
         return fail(str(err), EXIT_UNREACHABLE, as_json=args.json)
     return output(args, reply)

@@ -295,7 +295,7 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
     only = inst.resolve(args.service, all_services) if args.service else None
     master, sessions = inst.master(), {}
     daemon: dict[str, Any] = {"socket": args.socket, "reachable": True, "error": None}
-    catches: list[dict[str, Any]] = []  # tracerctl gdb (README, "Interactive debugging")
+    catches: list[dict[str, Any]] = []  # tracerctl gdb (docs/debugging.md, "Interactive debugging")
     handoffs: list[dict[str, Any]] = []
     try:
         reply = call(args.socket, {"op": "status"}, timeout=args.timeout)

@@ -1,4 +1,4 @@
-"""``tracerctl gdb CRASH-ID``: gdb on a crash's saved core (README "Cores and retrace").
+"""``tracerctl gdb CRASH-ID``: gdb on a crash's saved core (docs/crashes.md "Cores and retrace").
 
 :func:`run_postmortem` finds the report and its core in tracerd's crash
 store (``{state_dir}/crashes``, read-only), checks the executable and every

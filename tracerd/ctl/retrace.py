@@ -14,7 +14,7 @@ and its index), or, when no tracerd serves the store, here
 (:func:`tracerd.crash.retrace.keep`).  So ``crash ID`` and ``crashes`` show
 the names from then on.  It prints which frames changed and from which
 source, then the report as stored (``crash ID``); ``--json``: the retrace
-record, with ``kept`` (README "Cores and retrace").
+record, with ``kept`` (docs/crashes.md "Cores and retrace").
 
 Security: as :mod:`tracerd.crash.retrace`; the crash id must match the
 store's pattern; the record and the report are written atomically; only

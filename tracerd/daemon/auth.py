@@ -1,6 +1,6 @@
 """Who may ask what: SO_PEERCRED credentials and the ancestor rule.
 
-Security (README, "Security model"):
+Security (docs/design.md, "Security model"):
 - hook, attach, detach, where, crash-delete and crash-retrace need uid 0
   (or the daemon's own uid, so that an unprivileged tracerd serves the user
   who runs it and nobody else);

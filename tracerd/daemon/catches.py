@@ -1,6 +1,6 @@
 """Armed catches: ``tracerctl gdb --next NAME`` waits for the next start of NAME.
 
-A catch is armed by a ``catch`` request (README, "Interactive debugging")
+A catch is armed by a ``catch`` request (docs/debugging.md, "Interactive debugging")
 and lives exactly as long as that request: one per NAME at a time; the next
 ``hook`` for NAME takes it (:meth:`Catches.take`), and the request is
 answered with the caught process.  When tracerctl ends (interrupted,

@@ -6,7 +6,7 @@ refused or attached), one line each; the hub turns each event into a
 journald entry (:mod:`tracerd.sinks.journal`) and metric updates
 (:mod:`tracerd.metrics`).  Until :meth:`Fleet.open` runs (tracerd's start)
 the hub does nothing, so code that runs sessions without a daemon is not
-affected.  README, "Fleet: journald, structured syslog, metrics".
+affected.  docs/fleet.md, "Fleet: journald, structured syslog, metrics".
 
 Security: what reaches the journal is what the crash report and session
 already hold (names checked by the protocol, target strings encoded

@@ -1,6 +1,6 @@
 """Hand a process to a human's gdb, and take it back when that gdb lets go.
 
-``tracerctl gdb PID`` and ``tracerctl gdb --next NAME`` (README,
+``tracerctl gdb PID`` and ``tracerctl gdb --next NAME`` (docs/debugging.md,
 "Interactive debugging") come here.  A hand-off has three phases:
 
 1. *giving*: the process's tracer lets go of it *stopped* (the watch and gdb

@@ -1,4 +1,4 @@
-"""Socket activation: the listening socket systemd passes (README, "Reliability").
+"""Socket activation: the listening socket systemd passes (docs/design.md, "Reliability").
 
 systemd's tracerd.socket holds the socket while tracerd restarts, so a hook
 that connects in between waits in the listen backlog and is served by the

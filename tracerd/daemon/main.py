@@ -20,7 +20,7 @@ SIGHUP leaves the old one in force: the reason goes to syslog at warning and
 to ``status`` (``config_error``) until a reload succeeds.  With
 ``NOTIFY_SOCKET`` set it tells systemd READY=1 once the socket listens.
 
-Restart (README, "Reliability"): under socket activation (``LISTEN_FDS``,
+Restart (docs/design.md, "Reliability"): under socket activation (``LISTEN_FDS``,
 tracerd.daemon.listenfds) the listening socket is systemd's and outlives
 tracerd, else tracerd binds it itself.  The attached sessions are kept in
 ``{state_dir}/sessions.json`` (tracerd.daemon.sessionsfile); SIGTERM writes

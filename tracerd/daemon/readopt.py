@@ -1,4 +1,4 @@
-"""Re-adoption: the sessions a previous tracerd left in sessions.json, traced again (README, "Reliability").
+"""Re-adoption: the sessions a previous tracerd left in sessions.json, traced again (docs/design.md, "Reliability").
 
 At start, after the socket accepts (hooks are served meanwhile), each entry
 of ``{state_dir}/sessions.json`` (tracerd.daemon.sessionsfile) is checked on

@@ -1,6 +1,6 @@
 """The session runner: start, run, finish, reattach, detach and shut down sessions.
 
-:class:`SessionRunner` drives one backend per traced process (README,
+:class:`SessionRunner` drives one backend per traced process (docs/design.md,
 "Tracers") through its states (:mod:`tracerd.daemon.sessions`): it opens the
 per-process log, builds the backend from the tracer registry
 (:mod:`tracerd.tracers`), waits for the attach, then for the ending, and
@@ -134,7 +134,7 @@ class SessionRunner:
         self.shutting_down = False
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()  # every task we start, until it ends
-        # called when the set of attached sessions changes (sessions.json, README "Files")
+        # called when the set of attached sessions changes (sessions.json, docs/design.md "Files")
         self.on_change: Callable[[], None] = lambda: None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -90,7 +90,7 @@ class TracerdService:
                                     record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
         self.registry = self.runner.registry
         fleet.hub.open(config, self)
-        # tracerctl gdb (README, "Interactive debugging")
+        # tracerctl gdb (docs/debugging.md, "Interactive debugging")
         self.catches = Catches()
         self.handoffs = HandOffs(self.runner, lambda: self.sink)
 
@@ -185,7 +185,7 @@ class TracerdService:
         fleet.hub.hook_attached(session.tracer, time.monotonic() - started)
         return {"session": session.to_json()}
 
-    # -- tracerctl gdb (README, "Interactive debugging") -----------------------
+    # -- tracerctl gdb (docs/debugging.md, "Interactive debugging") -----------------------
 
     async def _caught(self, identity: procinfo.ProcessIdentity, request: Request, peer: Peer,
                       catch: Catch) -> dict[str, Any]:  # fmt: skip
@@ -251,7 +251,7 @@ class TracerdService:
     async def op_crash(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.id is not None
         report = self.crashes.get(request.id)
-        # locals and memory are root's (README, "Security model"): socket_group gets the rest
+        # locals and memory are root's (docs/design.md, "Security model"): socket_group gets the rest
         return {"crash": report if self.auth.privileged(peer) else redact.for_group(report)}
 
     async def op_crash_delete(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
@@ -431,7 +431,7 @@ __all__ = ["TracerdService", "comm_name"]
 
 
 def postmortem_input(config: Config, report: CrashReport) -> corefile.CoreRequest | None:
-    """The crashed pid's last mail log lines into the report, and its core's rules (README
+    """The crashed pid's last mail log lines into the report, and its core's rules (docs/crashes.md
     "Cores and retrace"); runs while the process is still held: both are bounded."""
     errors: list[str] = []
     if report.process.get("capture") != "interrupted":

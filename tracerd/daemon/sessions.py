@@ -76,7 +76,7 @@ class Session:
     tracer_pid: int | None = None
     log_error: str | None = None  # the log cannot be written (disk full...): flagged
     log_dropped: int = 0
-    readopted: bool = False  # traced again after a tracerd restart (README, "Reliability")
+    readopted: bool = False  # traced again after a tracerd restart (docs/design.md, "Reliability")
     lost_events: int = 0  # events the tracer lost (perf), as it reported them
     running: Any = field(default=None, repr=False, compare=False)  # the runner's parts while active
 

@@ -1,4 +1,4 @@
-"""``{state_dir}/sessions.json``: the attached sessions, for the next tracerd (README, "Files").
+"""``{state_dir}/sessions.json``: the attached sessions, for the next tracerd (docs/design.md, "Files").
 
 Every change of the set of attached sessions marks the file dirty; one
 writer task rewrites it whole (tracerd.atomic: a reader, or a tracerd killed

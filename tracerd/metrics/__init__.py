@@ -1,4 +1,4 @@
 """OpenMetrics for a fleet: the registry (:mod:`.registry`) and where it is served (:mod:`.serve`).
 
-See README, "Fleet: journald, structured syslog, metrics".
+See docs/fleet.md, "Fleet: journald, structured syslog, metrics".
 """

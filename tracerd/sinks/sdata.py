@@ -4,7 +4,7 @@
 US-ASCII without ``=``, space, ``]`` or ``"``, at most 32 characters (section
 6.3.3); a PARAM-VALUE is UTF-8 with ``"``, ``\\`` and ``]`` escaped by a
 backslash (section 6.3.3).  :func:`crash_element` is the one tracerd sends
-with a crash summary on the ``udp://``/``tcp://`` syslog path (README,
+with a crash summary on the ``udp://``/``tcp://`` syslog path (docs/fleet.md,
 "Fleet: journald, structured syslog, metrics"); :func:`parse` reads elements
 back (tests, and anyone checking a collector's output).
 

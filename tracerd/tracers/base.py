@@ -49,7 +49,7 @@ class Target:
     args: tuple[str, ...] = ()
     attach_timeout: float = 10.0
     capture_dir: str | None = None  # where crash cores and capture markers go (None: nowhere)
-    core: str = "first"  # the core policy for this process (README "Cores and retrace")
+    core: str = "first"  # the core policy for this process (docs/crashes.md "Cores and retrace")
     core_timeout: float = 60.0  # how long the gdb tracer's gcore may hold the process
     # the watcher's capture core: memory past it is left out (and no core is kept)
     core_limit: int = 2 * 1024 * 1024 * 1024

@@ -10,7 +10,7 @@ it ended (exit status or signal) is read from the tracer's own closing line
 strace and ltrace lines are read by :mod:`tracerd.tracers.tracecrash`
 whatever the rule's output options (``-f``, ``-t``/``-tt``/``-ttt``, ``-r``,
 ``-i``, ``-T``); a process killed by a fatal signal gets a crash report of
-what the tracer saw (README "Tracers").  Once the process is gone and its
+what the tracer saw (docs/design.md "Tracers").  Once the process is gone and its
 ending read, a tracer still tracing its children (``-f``) is told to detach:
 they run on untraced, and the session ends without waiting for them.
 

@@ -222,7 +222,7 @@ class GdbTracer(Tracer):
 
     async def _gcore(self, report: CrashReport) -> None:
         """gdb's gcore of the held process into the capture directory, bounded by core_timeout;
-        the store keeps it as the core policy says (README "Cores and retrace")."""
+        the store keeps it as the core policy says (docs/crashes.md "Cores and retrace")."""
         if self.target.core == "none" or not self.target.capture_dir:
             report.core = corefile.skipped('core = "none"' if self.target.core == "none" else "no capture directory")
             return

@@ -6,7 +6,7 @@ tracepoints through perf_event_open into a private directory, and
 and at its end) with ``perf trace -i FILE [ARGS]``.  The process is never
 stopped, and it wakes perf only when perf's buffer fills: a live ``perf
 trace`` asks the kernel to wake it at every event, which costs the process
-about what strace's stops cost (README "Figures").  The price is a delay:
+about what strace's stops cost (docs/performance.md "Figures").  The price is a delay:
 lines reach the log and syslog about a second after the calls.  Before perf
 runs, :mod:`tracerd.tracers.perfcheck` refuses the session with one line
 when tracefs is not mounted or the kernel (``kernel.perf_event_paranoid``, a

@@ -3,7 +3,7 @@
 ``perf trace -p PID`` reads the system-call tracepoints: it needs tracefs
 mounted (the tracepoints' ids and formats) and the kernel's leave to open a
 per-task tracepoint event (perf_event_open).  :func:`refusal` answers with
-one line naming what is missing, or None (README "Tracers"):
+one line naming what is missing, or None (docs/design.md "Tracers"):
 
 - tracefs: a ``tracefs`` mount at /sys/kernel/tracing (or the old
   /sys/kernel/debug/tracing) in tracerd's own mount namespace, which is the

@@ -7,7 +7,7 @@ file as ``perf.data.<timestamp>`` and says ``[ perf record: Dump ... ]``.
 [ARGS]``, hands its lines on in order, counts the events the file records as
 lost, and deletes it.  So the traced process only wakes perf when its buffer
 fills (not at every event, as a live ``perf trace`` asks), and its lines
-reach the log about a second late (README "Tracers").
+reach the log about a second late (docs/design.md "Tracers").
 
 Lost events are read from the file itself, not from perf's text: each
 ``PERF_RECORD_LOST`` record (the ring buffer was full) adds its count, and
@@ -50,7 +50,7 @@ from tracerd.spawn import Child
 
 SWITCH = "1s"  # how often perf closes a file: the lines' delay
 MAX_SIZE = "64M"  # one file's bound (one second of events)
-# a buffer per thread (not per CPU) of 1 MiB: no loss at a getppid() loop's rate here (README "Figures")
+# a buffer per thread (not per CPU) of 1 MiB: no loss at a getppid() loop's rate here (docs/performance.md "Figures")
 BUFFER = ("--per-thread", "-m", "256")
 FILE_RE = re.compile(r"perf\.data\.\d{1,20}")
 REPLAY_TIMEOUT = 60.0

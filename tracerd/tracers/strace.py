@@ -7,7 +7,7 @@ the exit status, read whatever the output options put before it (``-f``'s
 :mod:`tracerd.tracers.tracetext`); under ``-f`` only the traced pid's own
 line ends the session, not a thread's or a child's.  A fatal signal gets a
 crash report of what strace printed: its ``--- SIGSEGV {si_code=...} ---``
-line, the trace's last lines and, with ``-k``, its stack frames (README
+line, the trace's last lines and, with ``-k``, its stack frames (docs/design.md
 "Tracers").  SIGTERM makes strace detach cleanly.
 """
 

@@ -202,7 +202,7 @@ def _number(text: str) -> int | None:
 def siginfo(line: SignalLine, own_pid: int | None = None) -> dict[str, object]:
     """The report's ``signal`` dict from a signal line, as far as the tracer printed it.
 
-    The keys of the watch and gdb tracers' reports (README "Files"): number,
+    The keys of the watch and gdb tracers' reports (docs/design.md "Files"): number,
     name, si_code (a number) and si_code_name (si_code_meaning is left
     None), user_sent (si_code <= 0), sender_pid and sender_uid (si_pid and
     si_uid, for the codes whose siginfo names a sender), self_sent (the

@@ -66,7 +66,7 @@ class WatchTracer(Tracer):
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._in_where = False
         self._capturing = False  # a crash is being captured: it will die, not be let go of
-        self.handed_off = False  # released for tracerctl gdb (README, "Interactive debugging")
+        self.handed_off = False  # released for tracerctl gdb (docs/debugging.md, "Interactive debugging")
 
     @classmethod
     async def shutdown(cls) -> None:
