@@ -1,65 +1,37 @@
 """The ptrace watcher: one small process that watches every ``watch`` session.
 
-tracerd starts it as ``python -m tracerd.tracers.watch.watcher`` and speaks JSON lines with
-it over its stdin (commands) and stdout (events).  It is a process of its
-own, single-threaded, because ptrace requests must come from the thread that
-attached, and because ``waitpid(-1)`` would steal the statuses of tracerd's
-other children (strace, gdb).
+Started as ``python -m tracerd.tracers.watch.watcher``; JSON lines in on stdin
+(commands), out on stdout (events).  A process of its own, single-threaded:
+ptrace requests must come from the attaching thread, and ``waitpid(-1)``
+would steal tracerd's other children's statuses.
 
-It seizes each process with PTRACE_SEIZE (python-ptrace's raw ``ptrace()``
-binding: the library has no SEIZE helpers), every thread, and new threads
-through PTRACE_O_TRACECLONE.  No syscall stops: a watched process runs at
-full speed and stops only for signals, clone/fork/exec events and exits.
+Each process is seized (PTRACE_SEIZE, every thread, new ones through
+TRACECLONE) with no syscall stops.  Non-fatal signals are re-injected at once;
+group-stops get PTRACE_LISTEN; an exiting process is reaped at once, so its
+parent reaps it as usual.  A fatal signal without a handler is *held*
+(:mod:`tracerd.tracers.watch.holds`): core written, ``fatal`` reported, and
+only ``finish``, tracerd's end or ``HOLD_LIMIT`` lets it die of that signal.
+The signal is also queued again (tgkill) when caught, so a release by
+anybody's death delivers it: nothing is ever left stopped.
 
-- Non-fatal signals are re-injected at once; group-stops are answered with
-  PTRACE_LISTEN so that ``kill -STOP``/``-CONT`` behave as untraced.
-- An exiting process is reaped here (as its tracer) right away, which is
-  what lets its own parent reap it as usual.
-- A fatal signal that would kill the process (no handler of its own) is
-  *held*, never let go of: the crashing thread stays in its
-  signal-delivery-stop, the other threads are stopped with
-  PTRACE_INTERRUPT, and the watcher writes a core file of the process
-  (:mod:`tracerd.crash.coredump`) for gdb to read, then reports ``fatal``.  Only
-  ``finish`` (or the end of tracerd, or a hold past ``HOLD_LIMIT``) lets
-  go: the crashing thread is detached *delivering its signal*, so the
-  process dies of it as it would untraced.
+Commands: ``seize`` (id, pid, start, follow_forks), ``release`` (id, pid;
+``release_refused`` while a crash is held), ``finish`` (id, pid).  Events:
+``seized``, ``seize_failed``, ``released``, ``release_refused``,
+``finished`` (with the command's ``id``), ``exited``, ``killed``,
+``fatal`` (signal, tid, si_code, fault_address, core, core_bytes,
+core_error).  End of input or SIGTERM: release everything, let held crashes
+die, exit.
 
-Why this holds at every instant: a process in a ptrace-stop is released by
-the kernel when its tracer dies, and the same signal is also queued again
-on the crashing thread (tgkill) the moment it is caught, so a release by
-anybody's death delivers it.  Nothing is ever left in a group-stop that
-only a living process could end.
+A seize races with thread births (TRACECLONE makes them ours before we list
+them) and deaths (EPERM/ESRCH): neither fails it.  A failed seize is rolled
+back, every thread released; a stop from a thread we cannot place is
+detached with its signal.
 
-Commands: ``{"op": "seize", "id", "pid", "start", "follow_forks"}``,
-``{"op": "release", "id", "pid"}`` (detach, leaving it running; refused
-with ``release_refused`` while a crash is held: it dies, never runs on),
-``{"op": "finish", "id", "pid"}`` (let a held crash die of its signal).
-Events: ``seized``, ``seize_failed``, ``released``, ``release_refused``,
-``finished`` (each answering the command whose ``id`` it carries),
-``exited`` (code), ``killed`` (signal), ``fatal`` (signal, tid, si_code,
-fault_address, core, core_bytes, core_error).  On end of input (or
-SIGTERM, our parent-death signal) it releases everything, lets every held
-crash die, and exits.
+Security: commands come only from tracerd's pipe; a pid is checked against
+its start time.  Cores are 0600, O_EXCL|O_NOFOLLOW, in tracerd's capture
+directory.  Our death (even SIGKILL) detaches every tracee: no EXITKILL.
 
-A seize races with the target's threads: a thread born of a seized thread
-is already ours (TRACECLONE) before we list it, and an exiting thread
-refuses PTRACE_SEIZE (EPERM, ESRCH).  Neither fails the seize.  A seize
-that does fail is rolled back: every thread is released, and so is any
-stop reported by a thread we hold but cannot place (born during the
-rollback): nothing we hold is ever left stopped.
-
-Security: commands come only from tracerd through a pipe; a pid is checked
-against its start time before it is seized.  Cores are written 0600 with
-O_EXCL|O_NOFOLLOW into the capture directory tracerd names (its own).  The
-watcher dying (even by SIGKILL) detaches every tracee in the kernel: they
-run on, none stopped (we never set PTRACE_O_EXITKILL), and a held crash
-dies of its signal.
-
-Diagnostics: errors go to stderr as one line each, and a failed command is
-answered with an event carrying ``error``.
-
-Holding a crash (the fatal signal's stop, the core, ``finish``) is
-:mod:`tracerd.tracers.watch.holds`.
+Diagnostics: one stderr line per error; a failed command's event has ``error``.
 """
 
 from __future__ import annotations
