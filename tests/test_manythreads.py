@@ -67,8 +67,11 @@ def test_a_301_thread_crash_is_named_thread_by_thread_and_its_core_kept(
     assert target.wait(timeout=120) == -signal.SIGSEGV
     session = daemon.wait_session(target.pid, "crashed", timeout=120)
     assert session["crash"], (session, daemon.stderr()[-3000:])
-    # read from the store: a 301-thread report (bt full) is past the socket's 1 MiB answer
-    report = json.loads((daemon.state_dir / "crashes" / f"{session['crash']}.json").read_text())
+    # over the socket, as an admin reads it: a 301-thread report (bt full) is past 1 MiB
+    shown = daemon.ctl("--json", "crash", session["crash"])
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)["crash"]
+    assert report == json.loads((daemon.state_dir / "crashes" / f"{session['crash']}.json").read_text())
     threads = report["threads"]
     assert len(threads) == WORKERS + 2
     names = {t["tid"]: [f.get("function") for f in t["frames"]] for t in threads}

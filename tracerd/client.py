@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 SYSTEM_SOCKET = "/run/tracerd/tracerd.sock"
-MAX_REPLY = 1 << 20
+MAX_REPLY = 64 << 20  # a crash report of hundreds of threads is megabytes
 ROOT_HINT = "the hook must run as root"
 CTL_HINT = "need root or socket_group"
 
