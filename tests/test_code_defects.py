@@ -23,7 +23,7 @@ import pytest
 
 from tests.support import assert_running, tracer_pid
 from tracerd import procinfo
-from tracerd.daemon.handoff import HandOffs
+from tracerd.daemon.gdbhandoff import HandOffs
 from tracerd.errors import TracerFailed
 from tracerd.gdb.mi import GdbMI
 

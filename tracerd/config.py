@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracerd import client, fleetconfig, syscountconfig, tracers  # tracers: the one registry of tracer names
+from tracerd import client, journalmetricsconfig, syscountconfig, tracers  # tracers: the one registry of tracer names
 from tracerd.errors import ConfigError
-from tracerd.fleetconfig import JournalConfig, MetricsConfig
+from tracerd.journalmetricsconfig import JournalConfig, MetricsConfig
 
 SYSTEM_CONFIG = Path("/etc/tracerd/tracerd.toml")
 FACILITIES = {
@@ -149,7 +149,6 @@ def _default_dir(system: str, leaf: str) -> Path:
     return default_runtime_dir() / leaf
 
 
-# key -> (type(s), explanation)
 _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "socket": (str, "an absolute path"),
     "socket_group": (str, "a group name"),
@@ -329,14 +328,15 @@ class _Checker:
         return SyslogConfig(**good)
 
     def section(self, name: str, value: object) -> Any:
-        """[syslog], [debuginfod]; [journal], [metrics] (tracerd.fleetconfig), [syscount] (errors located here)."""
+        """[syslog], [debuginfod]; [journal], [metrics], [syscount] (their modules; errors located here)."""
         if name in ("syslog", "debuginfod"):
             return self.syslog(value) if name == "syslog" else self.debuginfod(value)
 
         def report(message: str, dotted: str) -> None:
             section, _, key = dotted.rpartition(".")
             self.error(message, key, section or None)
-        parse = {"journal": fleetconfig.journal, "metrics": fleetconfig.metrics, "syscount": syscountconfig.syscount}
+        outputs = journalmetricsconfig
+        parse = {"journal": outputs.journal, "metrics": outputs.metrics, "syscount": syscountconfig.syscount}
         return parse[name](value, report)
 
     def rules(self, value: object) -> tuple[Rule, ...]:

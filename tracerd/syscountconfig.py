@@ -1,7 +1,7 @@
 """The ``[syscount]`` section of the configuration (docs/syscount.md, man tracerd.toml(5)).
 
 :mod:`tracerd.config` calls :func:`syscount` with the table and its error
-reporter, as it does for :mod:`tracerd.fleetconfig`'s sections.
+reporter, as it does for :mod:`tracerd.journalmetricsconfig`'s sections.
 
 - ``interval``: seconds between two tables in a session's log (1 to 86400,
   default 10); the last table is written at the session's end whatever it is.

@@ -6,7 +6,7 @@
 armed) and waits, on the same connection, for the next hook of NAME, whose
 process then waits in its hook until this gdb has attached.  A CRASH-ID
 argument is a post-mortem session (tracerd.ctl.postmortem).  docs/debugging.md,
-"Interactive debugging", is the contract; :mod:`tracerd.daemon.handoff` the
+"Interactive debugging", is the contract; :mod:`tracerd.daemon.gdbhandoff` the
 daemon's half.
 
 The gdb set-up (a command file of ours, gdb run with ``-nx``): the

@@ -25,7 +25,7 @@ tracerd.daemon.listenfds) the listening socket is systemd's and outlives
 tracerd, else tracerd binds it itself.  The attached sessions are kept in
 ``{state_dir}/sessions.json`` (tracerd.daemon.sessionsfile); SIGTERM writes
 them as they are before detaching, and the next start re-adopts them in the
-background once the socket accepts (tracerd.daemon.readopt).
+background once the socket accepts (tracerd.daemon.resume).
 
 Security: the config file is root's and trusted as tracerd.config says;
 nothing from a client reaches the config.
@@ -55,7 +55,7 @@ from tracerd import config as configmod
 from tracerd.config import Config, Locator
 from tracerd.daemon import listenfds, syslogcheck
 from tracerd.daemon.auth import group_id
-from tracerd.daemon.readopt import Readoption, snapshot
+from tracerd.daemon.resume import Readoption, snapshot
 from tracerd.daemon.server import Server, seconds_since_exec
 from tracerd.daemon.service import TracerdService
 from tracerd.daemon.sessionsfile import SessionsFile

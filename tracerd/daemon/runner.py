@@ -33,7 +33,7 @@ from tracerd import procinfo, tracers
 from tracerd.config import Config
 from tracerd.crash import inflight
 from tracerd.crash.report import CrashReport
-from tracerd.daemon import fleet
+from tracerd.daemon import journalmetrics
 from tracerd.daemon.sessions import Session, SessionRegistry, State, utcnow
 from tracerd.errors import Busy, NotFound, TracerdError, TracerFailed
 from tracerd.procinfo import ProcessIdentity
@@ -87,7 +87,7 @@ class SessionOutput:
             "pid": identity.pid, "start": identity.start, "name": name, "signal": signal,
             "tracer": self.session.tracer, "log": self.log_path, "time": utcnow(),
         }  # fmt: skip
-        fleet.hub.fault(identity.pid)
+        journalmetrics.hub.fault(identity.pid)
         return inflight.marker(self._capture_dir, record)
 
     async def crash(self, report: CrashReport) -> str | None:
@@ -95,7 +95,7 @@ class SessionOutput:
         self.logfile.write_block(report.readable())
         entry = await self._record_crash(report)
         where = entry["report"] if entry and entry.get("report") else "not stored (see the log)"
-        fleet.hub.crash(report, entry)
+        journalmetrics.hub.crash(report, entry)
         # the summary names NAME[PID] itself: straight to the sink, untagged (RFC 5424: with its SD element)
         self.syslog.sink.send(LOG_CRIT, report.summary(str(where)), sd=("crash", sdata.crash_element(report, entry)))
         self.session.crash = entry["id"] if entry else None
@@ -168,7 +168,7 @@ class SessionRunner:
         """Start tracing ``identity``; return once the tracer is attached.
 
         ``readopt_started``: a session of a previous tracerd re-adopted
-        (tracerd.daemon.readopt): it keeps that ``started``, and its log gets
+        (tracerd.daemon.resume): it keeps that ``started``, and its log gets
         a "re-attached after tracerd restart" line."""
         if self.shutting_down:
             raise Busy("tracerd is shutting down")
@@ -194,7 +194,7 @@ class SessionRunner:
             self.registry.retire(session)
             session.end(Ending("failed", reason=f"cannot open log {log_name}: {err.strerror}"))
             self.counters["sessions_failed"] += 1
-            fleet.hub.session_failed(session, f"cannot open log {log_name}: {err.strerror}")
+            journalmetrics.hub.session_failed(session, f"cannot open log {log_name}: {err.strerror}")
             raise TracerFailed(f"cannot open log {session.log}: {err.strerror}") from err
         syslog = SessionSyslog(self.sink, session.tag, self.config.syslog.max_lines_per_second)
         output = SessionOutput(session, logfile, syslog, forward=self.config.syslog_output_for(name, tracer_name),
@@ -239,7 +239,7 @@ class SessionRunner:
         session.transition(State.ATTACHED)
         session.tracer_pid = backend.tracer_pid
         self.counters["sessions_started"] += 1
-        fleet.hub.session_started(session)
+        journalmetrics.hub.session_started(session)
         attached = f"tracerd: {session.tag} attached with {session.tracer}" + (
             f" (tracer pid {backend.tracer_pid})" if backend.tracer_pid else "")  # fmt: skip
         output.logfile.write_line(attached)
@@ -278,7 +278,7 @@ class SessionRunner:
             ending = dataclasses.replace(ending, reason=reason)
         if ending.state == State.FAILED and session.state == State.ATTACHING:
             self.counters["sessions_failed"] += 1
-        fleet.hub.session_ended(session, ending)
+        journalmetrics.hub.session_ended(session, ending)
         session.end(ending)
         closing = ending.describe(session.tag)
         if running is not None:

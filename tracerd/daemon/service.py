@@ -41,10 +41,10 @@ from tracerd.config import Config
 from tracerd.crash import corefile, inflight, lastwords, redact, retention, retrace
 from tracerd.crash.report import CrashReport
 from tracerd.crash.store import CrashStore
-from tracerd.daemon import fleet, syslogcheck
+from tracerd.daemon import journalmetrics, syslogcheck
 from tracerd.daemon.auth import MAX_HOOK_DEPTH, Authorizer, Peer
-from tracerd.daemon.catches import Catch, Catches
-from tracerd.daemon.handoff import HandOffs
+from tracerd.daemon.gdbhandoff import HandOffs
+from tracerd.daemon.nextstart import Catch, Catches
 from tracerd.daemon.runner import SessionRunner
 from tracerd.errors import AccessDenied, BadRequest, ConfigError, NotFound, TracerdError
 from tracerd.gdb import warm
@@ -89,7 +89,7 @@ class TracerdService:
         self.runner = SessionRunner(config, logdir, sink, self.counters,
                                     record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
         self.registry = self.runner.registry
-        fleet.hub.open(config, self)
+        journalmetrics.hub.open(config, self)
         # tracerctl gdb (docs/debugging.md, "Interactive debugging")
         self.catches = Catches()
         self.handoffs = HandOffs(self.runner, lambda: self.sink)
@@ -143,7 +143,7 @@ class TracerdService:
             if err.code in ("denied", "busy", "no_such_process", "bad_request"):
                 self.counters["refused"] += 1
             if request.op == "hook":
-                fleet.hub.hook_refused(err.code)
+                journalmetrics.hub.hook_refused(err.code)
             log.info("request_refused", op=request.op, pid=request.pid, error=err.code, message=str(err))
             raise
         return {"ok": True, **reply}
@@ -182,7 +182,7 @@ class TracerdService:
         if catch is not None:
             return await self._caught(identity, request, peer, catch)
         session = await self.runner.start(identity, request.name, request.tracer)
-        fleet.hub.hook_attached(session.tracer, time.monotonic() - started)
+        journalmetrics.hub.hook_attached(session.tracer, time.monotonic() - started)
         return {"session": session.to_json()}
 
     # -- tracerctl gdb (docs/debugging.md, "Interactive debugging") -----------------------
@@ -306,7 +306,7 @@ class TracerdService:
                 "syslog_sent": self._old_sinks_sent + self.sink.sent,
                 "syslog_dropped": self._old_sinks_dropped + self.sink.dropped,
                 **tracers.counters(),
-                **fleet.hub.counters(),
+                **journalmetrics.hub.counters(),
             },
             "warm_gdb": warm.status(),  # README: the warm gdb (None until a watch session)
             "sessions": [session.to_json() for session in self.registry.all()],
@@ -323,7 +323,7 @@ class TracerdService:
             await self.runner.shutdown(timeout)
         finally:
             self.crashes.close()
-            await fleet.hub.close()
+            await journalmetrics.hub.close()
 
     def close(self) -> None:
         """After shutdown: the log directories and the syslog sink."""
@@ -356,7 +356,7 @@ class TracerdService:
         applied = self._reload_syslog(applied, old)
         self.config = applied
         self.runner.config = applied
-        fleet.hub.reload(applied)
+        journalmetrics.hub.reload(applied)
 
     def _reload_logs(self, new: Config, old: Config) -> Config:
         if new.log_dir != old.log_dir:

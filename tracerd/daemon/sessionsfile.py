@@ -18,7 +18,7 @@ Format: ``{"version": 1, "sessions": [{"pid", "start", "name", "tracer",
 /proc/PID/stat, which tells the process from a later one with its pid).
 
 Security: the file is root's (0600 in the 0750 state_dir); it is still read
-as hostile (tracerd.daemon.readopt validates every entry).  :func:`load`
+as hostile (tracerd.daemon.resume validates every entry).  :func:`load`
 refuses a symlink, anything over :data:`MAX_BYTES`, and a file that is not
 ours or that group or others may write (another user could have planted it).
 

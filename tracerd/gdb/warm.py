@@ -44,7 +44,7 @@ import structlog
 
 from tracerd.errors import TracerdError
 from tracerd.gdb.mi import GdbMI, MIError, quote
-from tracerd.perloop import PerLoop
+from tracerd.loopsingleton import PerLoop
 from tracerd.spawn import restart_delay
 
 log = structlog.get_logger("tracerd.gdb.warm")

@@ -14,7 +14,7 @@ Security: a scraper is untrusted.  A request head is read up to 8 KiB
 within 5 s, only ``GET``/``HEAD`` of ``/metrics`` (or ``/``) is answered,
 at most 16 connections are served at once (more are closed at once), and
 every connection is closed after its one answer.  The address is root's
-configuration; a routable one needs ``allow_remote`` (tracerd.fleetconfig).
+configuration; a routable one needs ``allow_remote`` (tracerd.journalmetricsconfig).
 A unix socket is 0666 (a loopback port is open to every local user too);
 a stale socket at its path is replaced, anything else there is refused.
 
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 
 from tracerd import atomic
-from tracerd.fleetconfig import parse_listen
+from tracerd.journalmetricsconfig import parse_listen
 
 log = structlog.get_logger("tracerd")
 MAX_HEAD = 8192

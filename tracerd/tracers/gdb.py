@@ -284,7 +284,7 @@ class GdbTracer(Tracer):
             await self._end_gdb()
 
     async def hand_off(self) -> None:
-        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.handoff):
+        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.gdbhandoff):
         interrupted, SIGSTOP queued while gdb holds it, then detached, so it
         stays in group-stop and never runs untraced."""
         if self.mi.child is None or self.mi.child.returncode is not None:

@@ -1,6 +1,6 @@
 """The one bpftrace of a daemon, shared by every syscount session: started, fed pids, read, restarted.
 
-:class:`Loader` (one per event loop, :mod:`tracerd.perloop`) starts
+:class:`Loader` (one per event loop, :mod:`tracerd.loopsingleton`) starts
 ``bpftrace -e PROGRAM`` (:mod:`tracerd.tracers.syscount.script`) at the
 first session, and keeps it.  Its maps are taken from the bpftrace process's
 own descriptors (:mod:`tracerd.tracers.syscount.bpfmap`: pidfd_getfd): map
@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import structlog
 
 from tracerd.errors import TracerFailed
-from tracerd.perloop import PerLoop
+from tracerd.loopsingleton import PerLoop
 from tracerd.spawn import Child, restart_delay
 from tracerd.tracers.syscount import check, script
 from tracerd.tracers.syscount.bpfmap import BpfMap, open_maps

@@ -157,7 +157,7 @@ class WatchTracer(Tracer):
         await self.supervisor.release(self.target.pid)
 
     async def hand_off(self) -> None:
-        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.handoff).
+        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.gdbhandoff).
 
         SIGSTOP is queued while the watcher still holds it, then the watcher
         detaches: whether the stop is delivered before the detach (a

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import structlog
 
 from tracerd.errors import Busy, TargetGone, TracerFailed
-from tracerd.perloop import PerLoop
+from tracerd.loopsingleton import PerLoop
 from tracerd.spawn import Child, restart_delay
 
 log = structlog.get_logger("tracerd.watch")
