@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
+#include "hook.h"  /* run_hook(); stdio, stdlib, string, sys/wait, unistd */
 #include <unistd.h>
 
 static volatile int *null_pointer;
@@ -82,22 +82,14 @@ static void on_segv(int sig)
 
 int main(int argc, char **argv)
 {
-    char command[8192];
     char buf[1];
-    int status = 0;
     pthread_t thread;
 
     if (argc != 4) {
         fprintf(stderr, "usage: crash HOOK_COMMAND NAME MODE\n");
         return 2;
     }
-    if (strcmp(argv[1], "-") != 0) {
-        snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
-        status = system(command);
-        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    printf("hook=%d\n", status);
-    fflush(stdout);
+    run_hook(argv[1], argv[2]);
     if (read(0, buf, 1) < 0)
         return 2;
     if (strcmp(argv[3], "segv") == 0)

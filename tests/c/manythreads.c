@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
+#include "hook.h"  /* run_hook(); stdio, stdlib, string, sys/wait, unistd */
 #include <unistd.h>
 
 static volatile int *null_pointer;
@@ -47,9 +47,8 @@ static void *crasher_main(void *arg)
 
 int main(int argc, char **argv)
 {
-    char command[8192];
     char c;
-    int status = 0, count = argc > 3 ? atoi(argv[3]) : 300, done = 0;
+    int count = argc > 3 ? atoi(argv[3]) : 300, done = 0;
     pthread_t thread;
     char *heap;
 
@@ -66,13 +65,7 @@ int main(int argc, char **argv)
         pthread_mutex_unlock(&lock);
         usleep(1000);
     }
-    if (strcmp(argv[1], "-") != 0) {
-        snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
-        status = system(command);
-        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    printf("hook=%d\n", status);
-    fflush(stdout);
+    run_hook(argv[1], argv[2]);
     if (read(0, &c, 1) != 1)
         return 2;
     pthread_create(&thread, NULL, crasher_main, NULL);

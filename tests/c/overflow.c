@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
+#include "hook.h"  /* run_hook(); stdio, stdlib, string, sys/wait, unistd */
 #include <time.h>
 #include <unistd.h>
 
@@ -49,9 +49,7 @@ static void *thread_main(void *arg)
 
 int main(int argc, char **argv)
 {
-    char command[8192];
     char buf[1];
-    int status = 0;
     struct timespec now;
     pthread_t thread;
     pthread_attr_t attr;
@@ -60,13 +58,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: overflow HOOK_COMMAND NAME MODE\n");
         return 2;
     }
-    if (strcmp(argv[1], "-") != 0) {
-        snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
-        status = system(command);
-        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    printf("hook=%d\n", status);
-    fflush(stdout);
+    run_hook(argv[1], argv[2]);
     if (read(0, buf, 1) < 0)
         return 2;
     clock_gettime(CLOCK_MONOTONIC, &now);

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
+#include "hook.h"  /* run_hook(); stdio, stdlib, string, sys/wait, unistd */
 #include <unistd.h>
 
 int retrace_lib_crash(int);
@@ -55,21 +55,13 @@ static int touch_memory(long megabytes)
 
 int main(int argc, char **argv)
 {
-    char command[8192];
     char buf[1];
-    int status = 0;
 
     if (argc != 4) {
         fprintf(stderr, "usage: retrace_target HOOK_COMMAND NAME MODE\n");
         return 2;
     }
-    if (strcmp(argv[1], "-") != 0) {
-        snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
-        status = system(command);
-        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    printf("hook=%d\n", status);
-    fflush(stdout);
+    run_hook(argv[1], argv[2]);
     if (read(0, buf, 1) < 0)
         return 2;
     if (strncmp(argv[3], "deep", 4) == 0)
