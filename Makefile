@@ -68,7 +68,7 @@ run: deps
 # pytest-xdist: 4 workers on 2 cores (the tests mostly wait on their processes); tests that share a
 # system resource carry one @pytest.mark.xdist_group and run on one worker (README "Development").
 # One file alone: .venv/bin/pytest tests/test_watch.py -q (or make test PYTEST_ARGS=tests/test_watch.py)
-PYTEST_ARGS ?= -n 4 --dist loadgroup
+PYTEST_ARGS ?= -n 4 --dist loadgroup --durations=25
 test: deps
 	$(BIN)/ruff check tracerd tests bench
 	$(BIN)/mypy

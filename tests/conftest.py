@@ -68,8 +68,9 @@ XDIST_GROUPS: dict[str, str | None] = {
     "tests/test_install.py::test_a_staged_venv_runs_once_moved": "destdir",
     "tests/test_install.py::test_prefix_usr_moves_links_and_the_paths_the_files_name": "destdir",
     "tests/test_install.py::test_destdir_uninstall_removes_what_install_added": "destdir",
-    # a private PREFIX, SYSCONFDIR and OPTDIR, from a copy of the checkout
+    # a private PREFIX, SYSCONFDIR and OPTDIR, from a copy of the checkout (the quick start: a clone)
     "tests/test_install.py::test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves": None,
+    "tests/test_quickstart.py::test_quick_start_as_written": None,
 }
 
 
