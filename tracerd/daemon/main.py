@@ -282,8 +282,11 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     readopting = loop.create_task(readoption.run())
-    # restarted once every session is back (a cancelled re-adoption is a stop: the marker stays)
-    readopting.add_done_callback(lambda task: None if task.cancelled() else listenfds.clear_restarting(config.socket))
+    # restarted once every session is back (a cancelled re-adoption is a stop: the marker stays; so is one
+    # that ends as SIGTERM comes, before hand_over cancels it: its marker was just written)
+    readopting.add_done_callback(
+        lambda task: None if task.cancelled() or stop.is_set() else listenfds.clear_restarting(config.socket)
+    )
     await hookcheck  # its warning before READY=1; hooks are served meanwhile
     log.info("ready", socket=str(config.socket), pid=os.getpid(), log_dir=str(config.log_dir),
              default_tracer=config.default_tracer, activated=inherited is not None,
