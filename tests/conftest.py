@@ -80,6 +80,7 @@ def xdist_group(nodeid: str) -> str | None:
     return XDIST_GROUPS[max(keys, key=len)] if keys else None
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: the check below sees every test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist, the tests marked slow start first (each worker sorts the same collection the
     same way), so that no long test is left to run alone at the end.  Nothing is deselected: make
