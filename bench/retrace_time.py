@@ -109,10 +109,7 @@ def main() -> None:
                     return False
 
             wait_until(serving, "debuginfod serving", 60)
-            crash_id = crash(sock, exe)
             frames = 0
-            base = [str(BIN / "tracerctl"), "--socket", str(sock), "--json", "retrace", crash_id,
-                    "--state-dir", str(root / "state")]  # fmt: skip
             for _ in range(args.runs):
                 cache = work / "cache"
                 shutil.rmtree(cache, ignore_errors=True)
@@ -120,6 +117,9 @@ def main() -> None:
                 for kind, extra in (("local", ["--no-debuginfod", "--debug-dir", str(work / "debug")]),
                                     ("debuginfod cold", ["--debug-dir", str(work / "none")]),
                                     ("debuginfod warm", ["--debug-dir", str(work / "none")])):  # fmt: skip
+                    # a crash of its own: a retrace is kept in the report, so a second one would find nothing to name
+                    base = [str(BIN / "tracerctl"), "--socket", str(sock), "--json", "retrace", crash(sock, exe),
+                            "--state-dir", str(root / "state")]  # fmt: skip
                     started = time.monotonic()
                     result = subprocess.run([*base, *extra], capture_output=True, text=True, env=env, check=True)
                     times[kind].append(time.monotonic() - started)
