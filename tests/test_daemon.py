@@ -91,7 +91,7 @@ def test_check_reports_every_error_in_line_order(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "tracerd: max_sessions: must be an integer >= 1 (line 1)",
         "tracerd: syslog.facility: must be a syslog facility name such as mail or local0 (line 4)",
-        "tracerd: rule[0].tracer: must be one of watch, gdb, strace, ltrace, truss, ktrace, perf (line 7)",
+        "tracerd: rule[0].tracer: must be one of watch, gdb, strace, ltrace, truss, ktrace, perf, syscount (line 7)",
         "tracerd: rule[1].bogus: unknown key (line 10)",
     ]
 

@@ -33,7 +33,7 @@ REASON = "locals and memory are root's (README, \"Security model\")"
 KEPT = frozenset({
     "id", "signature", "signature_basis", "top", "stored", "process", "signal", "time", "threads", "registers",
     "disassembly", "libraries", "log", "tracer", "missing_symbols", "debug_symbols", "notice", "core", "mail_log",
-    "abort_message", "assertion",
+    "abort_message", "assertion", "host", "stack_overflow",  # the machine's names; depths and addresses
 })  # fmt: skip
 # What it does not: memory, named for the ``redacted`` note (threads' ``text`` is bt full's).
 WITHHELD = {"text": "bt full (arguments and locals)", "trace": "the trace's last lines (call arguments, buffers)"}

@@ -97,7 +97,10 @@ def clean(name: str) -> bool:
 
 
 def build(pid: int, parent: str | None) -> Sysroot:
-    """The sysroot of the held process ``pid``, in a new 0700 directory under ``parent``."""
+    """The sysroot of the held process ``pid``, in a new 0700 directory under ``parent`` (the
+    temporary directory where ``parent`` is not a path gdb takes verbatim: quotes, spaces...)."""
+    if parent is not None and not PLAIN_PATH.fullmatch(parent):
+        parent = None
     root = Sysroot(tempfile.mkdtemp(prefix=f".sysroot-{pid}-", dir=parent))
     LIVE.add(root.path)
     try:
