@@ -52,10 +52,12 @@ def test_marker_write_and_exit_status_in_the_log(tracefs: str, daemon: Any, cbin
     ended = daemon.wait_session(target.pid, "exited")
     assert ended["exit_code"] == 3
     assert ended["lost_events"] == 0
+    closing = f"tracerd: smtpd[{target.pid}] exited with status 3"
+    # the log's writer thread may be a moment behind the session's state
+    wait_until(lambda: log_path.read_text().rstrip().endswith(closing), "the closing line last in the log", 15)
     log = log_path.read_text()
     assert len(MARKER_RE.findall(log)) == 1, log[-2000:]
     assert "exit_group(error_code: 3)" in log
-    assert log.rstrip().endswith(f"tracerd: smtpd[{target.pid}] exited with status 3")
     table = daemon.ctl("status", check=True).stdout
     assert re.search(rf"^{target.pid}\s+smtpd\s+perf\s+exited\s+\S+\s+\d+\s+0\s+status 3", table, re.M), table
 
