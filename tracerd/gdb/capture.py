@@ -34,7 +34,7 @@ import psutil
 from tracerd.crash import debugsyms, elfinfo, facts, modules, overflow, segv, siginfo
 from tracerd.crash.report import CrashReport, Frame, Library, Thread
 from tracerd.errors import TracerFailed
-from tracerd.gdb import frames, sysroot
+from tracerd.gdb import frames
 from tracerd.gdb.mi import GdbMI
 from tracerd.procinfo import ProcessIdentity
 from tracerd.timefmt import iso_utc
@@ -53,7 +53,7 @@ def _frame(raw: dict[str, Any]) -> Frame:
         function=raw.get("func") if raw.get("func") not in (None, "??") else None,
         file=raw.get("fullname") or raw.get("file"),
         line=int(line) if line and str(line).isdigit() else None,
-        object=sysroot.unprefixed(raw.get("from")),
+        object=raw.get("from"),
         address=raw.get("addr"),
     )
 
@@ -108,6 +108,7 @@ async def capture(
     tracer: str,
     log_path: str | None,
     deadline: float | None = None,
+    sysroot: str | None = None,
 ) -> CrashReport:
     """Collect the crash report of the process gdb holds stopped at ``stop``; no step
     runs past ``deadline`` (time.monotonic()): the rest are skipped, and said so."""
@@ -157,8 +158,7 @@ async def capture(
     signal["analysis"] = segv.analyse(signal, registers, maps, disassembly)  # apport's SegvAnalysis
     _fill_objects(threads, [(m.start, m.end, m.path) for m in maps if m.path.startswith("/")])
     full = await step("bt full", cli=f"thread apply all bt full {frames.BT_FULL}") or ""
-    for root in sysroot.LIVE:  # "from /ROOT/usr/lib/...": the object's own path
-        full = full.replace(f" {root}/", " /")
+    full = _without_sysroot(threads, full, sysroot)
     _attach_text(threads, full)
     facts.number_threads(threads, identity.pid, stack_overflow)  # as the other tracer numbers them
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
@@ -283,6 +283,18 @@ def _objects(
         if lib is not None:
             lib.debug_package = entry.get("debug_package")
     return libraries, missing, debugsyms.advice(missing, os.environ)
+
+
+def _without_sysroot(threads: list[Thread], full: str, sysroot: str | None) -> str:
+    """gdb names an object by where it found it, ``/SYSROOT/usr/lib/...``: its own path instead,
+    in the frames and in ``bt full``'s text (returned)."""
+    if not sysroot:
+        return full
+    for thread in threads:
+        for frame in thread.frames:
+            if frame.object and frame.object.startswith(sysroot + "/"):
+                frame.object = frame.object[len(sysroot) :]
+    return full.replace(f" {sysroot}/", " /")
 
 
 def _attach_text(threads: list[Thread], full: str) -> None:

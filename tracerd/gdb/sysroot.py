@@ -61,7 +61,6 @@ PT_DYNAMIC, PT_PHDR = 2, 6
 DT_NULL, DT_DEBUG = 0, 21
 MAX_NAME = 4096
 MAX_OBJECTS = 4096
-LIVE: set[str] = set()  # the sysroots gdb may name files by: unprefixed() takes them off
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")  # what gdb takes verbatim, unquoted
 
 
@@ -82,7 +81,6 @@ class Sysroot:
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
-        LIVE.discard(self.path)
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -102,7 +100,6 @@ def build(pid: int, parent: str | None) -> Sysroot:
     if parent is not None and not PLAIN_PATH.fullmatch(parent):
         parent = None
     root = Sysroot(tempfile.mkdtemp(prefix=f".sysroot-{pid}-", dir=parent))
-    LIVE.add(root.path)
     try:
         mapped = _maps(pid)
         by_fd: list[tuple[_Mapped, str]] = []
@@ -139,14 +136,6 @@ def build(pid: int, parent: str | None) -> Sysroot:
         root.close()
         raise
     return root
-
-
-def unprefixed(path: str | None) -> str | None:
-    """A path gdb gave (an object's ``from``) without the sysroot it found the object in."""
-    for root in LIVE:
-        if path and path.startswith(root + "/"):
-            return path[len(root) :]
-    return path
 
 
 def gdb_commands(path: str) -> list[str]:

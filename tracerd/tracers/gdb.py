@@ -201,7 +201,7 @@ class GdbTracer(Tracer):
                     await self._use_sysroot(exe=False)
                 report = await capture(
                     self.mi, self.target.identity, self.target.name, stop,
-                    tracer=self.name, log_path=self.output.log_path,
+                    tracer=self.name, log_path=self.output.log_path, sysroot=self._roots[-1].path,
                 )  # fmt: skip
                 await failpoint.reached("capture-running")
                 await self._gcore(report)

@@ -287,7 +287,7 @@ class WatchTracer(Tracer):
                 steps["load_ms"] = time.monotonic() - began
                 stop = {"signal-name": event["signal"], "thread-id": thread_id}
                 return await capture(mi, identity, name, stop, tracer=self.name, log_path=self.output.log_path,
-                                     deadline=deadline)  # fmt: skip
+                                     deadline=deadline, sysroot=root.path)  # fmt: skip
         finally:
             root.close()
 
