@@ -27,19 +27,14 @@ import functools
 import os
 import re
 import socket
-from typing import Any, Protocol
+from typing import Any
 
 from tracerd.crash import debugsyms, elfinfo
+from tracerd.crash.signature import FrameLike
 from tracerd.timefmt import iso_utc
 
 _UNIT = re.compile(r"[^/]+\.(?:service|scope)$")
 _THREAD_HEAD = re.compile(r"^Thread \d+ ")
-
-
-class FrameLike(Protocol):
-    function: str | None
-    object: str | None
-    module_offset: str | None
 
 
 def _read(path: str, limit: int = 65536) -> str | None:
