@@ -1,46 +1,16 @@
 """Finding email addresses, host names and IP addresses in text, and masking them.
 
-DEBUG_README asks for bug reports where "each letter in an email address or
-host name is replaced by A and each digit by D", keeping the punctuation,
-so that a syntax error in an address stays visible.  :class:`Anonymizer`
-does that to a whole report, consistently: the mask is a pure function of
-the text (``mx1.example.com`` is ``AAD.AAAAAAA.AAA`` wherever it appears),
-and a name recognised in one place (say ``myhostname = pftest``) is masked
-in every other place it occurs as a whole word, even where it would not be
-recognised on its own.  IP addresses and networks are masked the same way
-(``192.168.1.0/24`` becomes ``DDD.DDD.D.D/DD``; hex letters of IPv6 become A).
-
-What is recognised (:func:`find_spans`), first rule first, never overlapping:
-
-1. ``<...>`` after ``from=``, ``to=``, ``orig_to=``, ``helo=``, ``sasl_username=``
-   and ``sasl_sender=``, and any ``<...>`` holding an ``@``: the whole content;
-2. email addresses ``local@domain`` (also ``@domain``, as in virtual maps);
-3. ``host[ip]`` as Postfix logs clients and servers: both parts (``unknown``
-   stays: it is Postfix's word for "no name", not a name);
-4. ``[host]`` and ``[ip]`` not glued to a word (``relayhost = [smtp.example.com]:587``);
-5. the host field of a syslog line (``Nov 24 16:53:38 HOST postfix/smtpd[1]:``);
-6. the values of parameters known to hold host names, domains, networks or
-   addresses (:data:`HOST_PARAMETERS` and names ending in :data:`HOST_SUFFIXES`),
-   in ``name = value`` lines (``postconf -n``) and ``-o name=value`` (master.cf):
-   every word that is not ``$parameter``, a lookup table (``type:/path``) or a
-   table-free keyword; ``transport:nexthop`` masks the next hop only;
-7. IPv4 and IPv6 addresses, with an optional ``/prefix``;
-8. dotted names whose last label is 2 to 63 letters (a TLD-like label), unless
-   the name is a path component (right after ``/``) or ends in a file suffix
-   of :data:`FILE_SUFFIXES` (``main.cf``, ``aliases.db``, ``smtpd.pid``).
-
-Never masked: Postfix parameter names (``_`` cannot occur in a host name, and
-a ``name =`` is never a value), daemon and program names, paths, numbers
-that are not addresses, and any other word.  Known gaps, on purpose: a host
-name in a TLD of :data:`FILE_SUFFIXES` (``.cf``, ``.so``...) or a single-label
-host name is masked only where rules 1 to 6 see it (or where it was learned);
-the file suffixes keep ``main.cf`` readable, which a report needs more.
+DEBUG_README's masking: each letter of an address or host name becomes A,
+each digit D, punctuation stays.  :class:`Anonymizer` masks a whole report
+consistently: a name recognised in one place is masked wherever it occurs
+as a word.  The rules, in order, and the gaps kept on purpose (a host in a
+:data:`FILE_SUFFIXES` TLD): docs/crashes.md, ``--anonymize``.
 
 Security: the input is untrusted (logs); every pattern is linear (no nested
-quantifiers over the same characters), and lines are handled one at a time.
+quantifiers over the same characters); lines are handled one at a time.
 
-Diagnostics: none; masking cannot fail.  What no rule recognises stays as it
-is, so a report is still to be read before it is sent.
+Diagnostics: none; masking cannot fail.  What no rule recognises stays, so
+a report is still to be read before it is sent.
 """
 
 from __future__ import annotations
@@ -68,9 +38,7 @@ FILE_SUFFIXES = frozenset({
 })  # fmt: skip
 SEPARATOR = "\x01"  # stands for an escape's characters while rules look for names
 KEYWORDS = frozenset({"unknown", "all", "none", "loopback-only", "subnet", "host", "class", "localhost"})
-# Learned single-label names that are also everyday words of a report are masked
-# only where a rule sees them, not everywhere (a host called "mail" must not
-# turn "mail_version" or "postfix/smtpd" into mush).
+# Learned names that are everyday words too: masked only where a rule sees them (a host "mail").
 RESERVED = frozenset({
     "postfix", "mail", "smtp", "smtpd", "lmtp", "local", "master", "localhost", "localdomain", "unknown",
     "relay", "virtual", "pipe", "error", "discard", "root", "postmaster", "nobody",
@@ -138,13 +106,12 @@ def is_hostname(name: str) -> bool:
 
 
 def probe(line: str) -> str:
-    """``line`` with each backslash escape (:data:`tracestrings.ESCAPE`) made as many
-    :data:`SEPARATOR` characters: offsets stay, and ``\\tuser@host`` is an address after a separator."""
+    """``line``, each backslash escape made as many :data:`SEPARATOR` characters (offsets stay)."""
     return ESCAPE.sub(lambda escape: SEPARATOR * len(escape.group()), line) if "\\" in line else line
 
 
 def find_spans(line: str) -> list[Span]:
-    """Every address, host name and IP in one line, by the module's rules, left to right."""
+    """Every address, host name and IP in one line, left to right; rules in order (docs/crashes.md)."""
     line = probe(line)
     spans: list[Span] = []
 
@@ -220,9 +187,7 @@ def _parameter_spans(line: str) -> list[tuple[int, int, str]]:
 def _value_word_span(word: str, *, nexthop_only: bool = False) -> tuple[int, int, str] | None:
     """The part of one parameter-value word that names a host, network or address.
 
-    ``nexthop_only``: a ``*_transport`` value, where a bare word is a transport
-    name (``discard``, ``smtp``) and only what follows ``transport:`` is a host.
-    """
+    ``nexthop_only``: a ``*_transport`` value, where only what follows ``transport:`` is a host."""
     start = 0
     if word.startswith(("$", "{", "(")) or ":/" in word or word.lower() in KEYWORDS:
         return None
@@ -256,14 +221,7 @@ def _value_word_span(word: str, *, nexthop_only: bool = False) -> tuple[int, int
 class Anonymizer:
     """Mask a report consistently: :meth:`learn` every part first, then :meth:`apply` each.
 
-    Learned names are kept in a set and looked up word by word, so a report
-    with thousands of distinct names costs a set lookup per word, not a
-    regular expression of thousands of alternatives.  Only names the rules
-    would miss elsewhere are learned (single labels such as a syslog host
-    ``pftest``, names in a :data:`FILE_SUFFIXES` TLD, addresses without a
-    dotted domain); a dotted host name or an email address is recognised
-    wherever it appears anyway.
-    """
+    Learned (only names the rules would miss elsewhere) are a set, looked up word by word."""
 
     def __init__(self) -> None:
         self._names: set[str] = set()

@@ -1,49 +1,22 @@
 """tracerctl postfix: trace a Postfix service through tracerd, and stop.
 
-``enable SERVICE [-c DIR] [--tracer T] [--dry-run] [--force]`` adds ``-D`` to
-SERVICE's command in master.cf, points ``debugger_command`` at the installed
-pftrace-hook, and reloads the instance if it runs; ``disable SERVICE`` takes
-the ``-D`` away and, once no service has one, puts the old debugger_command
-back; ``status`` lists the ``-D`` services and asks tracerd whether their
-processes are traced now (``status SERVICE``: that service alone, ``-D`` or
-not, with its master.cf entry as ``postconf -M`` prints it).  ``enable``
-while tracerd does not answer still enables, and warns that every new
-process of the service will log "not traced" until tracerd runs.  A process belongs to the service its own argv
-names, read as its getopt reads it (:func:`master_child`): ``-n SERVICE``, else
-the program's name, and ``-t TYPE``, options in any order, clustered or not.
-SERVICE is what ``postconf -M`` names (``smtp/inet``; ``smtp`` when one type
-has that name) or a program one service runs (``smtpd``).
+``enable SERVICE`` adds ``-D`` in master.cf, points debugger_command at the
+installed pftrace-hook and reloads; ``disable`` undoes it byte for byte from
+``$config_directory/tracerd-postfix.json`` (postconf re-lays-out what it
+writes); ``status`` lists the ``-D`` services and whether tracerd traces them.
+A process's service is read from its argv as its getopt reads it
+(:func:`master_child`).  See docs/postfix.md and tracerctl(8).
 
-Every edit is made by postconf, which parses and locks main.cf and master.cf
-as Postfix does.  postconf re-lays-out any entry it writes (columns,
-continuation lines), so it cannot undo its own edit byte for byte: each edit
-is recorded as the lines postconf replaced and the lines it wrote, in
-``$config_directory/tracerd-postfix.json``.  ``disable`` puts the old lines
-back where postconf's still stand (exactly once; checked with postconf after),
-else it edits with postconf and warns that the layout was not restored.  Why
-that file: a main.cf parameter (``tracerd_saved_debugger_command``) would make
-Postfix warn "unused parameter" and lose the old value's layout; tracerd's
-state_dir belongs to the daemon's config, which tracerctl does not read; the
-config directory goes with the instance (postmulti), is root's, and is backed
-up along with main.cf.
+Security: every edit goes through postconf, argv lists, never a shell.
+Trusted: postconf's output and the state file, only if a regular file of
+ours that no one else may write (its lines go back into main.cf, run as
+root).  SERVICE must match :data:`SERVICE_RE`, debugger_command words
+:data:`SAFE_WORD` (no ``$``, no shell syntax).  ``enable`` refuses a hook
+root cannot run unless ``--force``.
 
-Security: trusted are postconf's output and the state file, which must be a
-regular file (not a symlink) owned by us and writable by nobody else: its
-lines go back into main.cf, where debugger_command runs as root.  Never a
-shell: argv lists only.  SERVICE must match :data:`SERVICE_RE` before it
-reaches postconf; each word put into debugger_command must match
-:data:`SAFE_WORD` (no ``$``, which Postfix expands, nor shell syntax).
-
-The hook checks itself (:mod:`tracerd.hookcheck`): ``enable`` refuses a
-pftrace-hook root cannot run unless ``--force``; ``status`` labels one
-``hook missing: PATH REASON`` and exits 1.  ``status`` run by a non-root user
-never runs ``postfix status`` (that logs a fatal into the mail log): see
-:meth:`tracerd.ctl.postconf.Instance.master`.
-
-Diagnostics: ``tracerctl: postfix: REASON`` and exit 1 when a step fails or
-is refused (under ``--json`` also ``{"error": ..., "exit": 1}`` on stdout);
-``tracerctl: warning: ...`` for what goes on regardless; exit 3 from
-``status`` when tracerd does not answer (services are listed anyway).
+Diagnostics: ``tracerctl: postfix: REASON``, exit 1, on failure or refusal;
+``tracerctl: warning: ...`` for what goes on regardless; ``status`` exits 1
+for a missing hook, 3 when tracerd does not answer (services listed anyway).
 """
 
 from __future__ import annotations
@@ -83,12 +56,8 @@ def command_words(command: str) -> list[str]:
     return re.findall(r"\{[^}]*\}|\S+", command)
 
 
-# How Postfix's daemons read the argv master gives them (master_ent.c builds
-# "PROGRAM [-l] [-z] [-n SERVICE] -t TYPE [-d] [-v] [-u] [-c] [-o stress=]
-# [-s N]" and appends master.cf's arguments): getopt("+cdDi:lm:n:o:r:s:St:uvVz")
-# in libpostfix-master.  Flags cluster (-vD), an argument is attached (-tunix)
-# or the next word, and the first word that is not an option ends them all
-# ("+"), so pipe's "argv=uux -r -n -z" holds no option of pipe's own.
+# Postfix daemons' getopt("+cdDi:lm:n:o:r:s:St:uvVz") (libpostfix-master): flags cluster,
+# the first non-option ends them all, so pipe's "argv=uux -r -n -z" holds none of pipe's.
 OPTIONS_WITH_ARGUMENT = frozenset("imnorst")
 
 
@@ -340,9 +309,11 @@ def render_status(report: dict[str, Any]) -> str:
              f"tracerd {daemon['socket']}: " + ("reachable" if daemon["reachable"] else
                                                 f"NOT reachable: {daemon['error']}"), ""]  # fmt: skip
     for service in report["services"] if report.get("service") else []:  # postfix status SERVICE
-        lines[-1:-1] = [f"master.cf: {service['master_cf']}",
-                        f"{service['service']}: -D " + ("on" if service["debug"] else
-                                                       "off: not traced (tracerctl postfix enable turns it on)")]
+        lines[-1:-1] = [
+            f"master.cf: {service['master_cf']}",
+            f"{service['service']}: -D "
+            + ("on" if service["debug"] else "off: not traced (tracerctl postfix enable turns it on)"),
+        ]
     rows = [("SERVICE", "COMMAND", "PID", "TRACED")]
     for service in report["services"]:
         if not service["processes"]:
@@ -357,7 +328,7 @@ def render_status(report: dict[str, Any]) -> str:
     extra += [f"with gdb: {h['name']}[{h['pid']}] ({h['state']}, tracerctl pid {h['by']})"
               for h in report.get("handoffs", [])]  # fmt: skip
     return "\n".join(lines + (table(rows) if report["services"] else ["no service has -D"])
-                     + (["", *extra] if extra else []))
+                     + (["", *extra] if extra else []))  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
