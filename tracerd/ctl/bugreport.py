@@ -1,42 +1,18 @@
 """tracerctl bugreport: the report DEBUG_README asks for, "Reporting problems".
 
-``tracerctl bugreport [-c CONFIG_DIR] [--anonymize] [-o FILE] [--log FILE]...
-[--since TIME] [--rotated] [--state-dir DIR] [--max-crashes N]`` gathers, one
-section each:
+Sections, in order: summary (to fill in), environment, postconf-n,
+postconf-Mf, triage (every problem line), crashes (with ``bt full``),
+qshape, tracerd-status.  Text on stdout or ``-o FILE`` (``.tar.gz``: one
+file per section); ``--anonymize`` applies :mod:`tracestrings` and
+:mod:`anonymize` to the data sections, never the summary.  A section that
+cannot be had says why inside it.  See docs/crashes.md.
 
-1. ``summary``: what you did, what you expected, what happened (to fill in);
-2. ``environment``: when, tracerd and Postfix versions, the system;
-3. ``postconf-n`` and ``postconf-Mf``: ``postconf -n`` and ``postconf -Mf``;
-4. ``triage``: :mod:`tracerd.ctl.triage` of the mail log, with every problem line
-   earliest first (complete error messages, as the seed asks);
-5. ``crashes``: tracerd's crash inventory and the most recent reports with
-   their backtraces (readable, and gdb's ``bt full`` of the crashed thread);
-6. ``qshape``: ``qshape`` of the incoming and active queues, then of the
-   deferred queue, when qshape is installed;
-7. ``tracerd-status``: the daemon, its counters and sessions.
+Security: postconf and qshape run from argv lists with timeouts; their
+output and every log or crash string are control-character cleaned and
+capped at :data:`MAX_SECTION`.  The file is written 0600 through a temp file
+and a rename: never readable by others, half-written, or through a symlink.
 
-Output: text on stdout, or to ``-o FILE``; a ``.tar.gz`` or ``.tgz`` FILE is
-an archive with one ``NN-SECTION.txt`` per section.  ``--anonymize`` shows
-every quoted string of a strace or ltrace line (a crash report's trace tail,
-mail log lines) as its length only, ``<N bytes>`` (:mod:`tracerd.ctl.tracestrings`),
-and masks every email address, host name and IP address of the data
-sections, also next to a backslash escape, the same way everywhere
-(:mod:`tracerd.ctl.anonymize`); the summary, our own text, is left as it is.
-A section that cannot be had says why inside it
-("qshape: not installed", "tracerd is not running ..."): a bug report
-with a gap is still worth sending.
-
-Exit codes: 0 the report was written; 1 it could not be written (the output
-file's directory is missing or not writable); 2 usage.
-
-Security: postconf and qshape run from argv lists with timeouts, never a
-shell; their output and every log or crash string are control-character
-cleaned (newlines and tabs kept) and capped at :data:`MAX_SECTION` bytes.  The
-output file is created 0600 beside its final name and renamed over it, so
-that a report that holds the configuration is never readable by others,
-half-written, or written through a symlink planted at that name.
-
-Diagnostics: ``tracerctl: cannot write FILE: REASON`` on stderr.
+Diagnostics: ``tracerctl: cannot write FILE: REASON``, exit 1.
 """
 
 from __future__ import annotations
@@ -129,8 +105,7 @@ def _config_args(config_dir: str | None) -> list[str]:
 
 
 def postfix_command(argv: list[str], config: list[str], timeout: float) -> str:
-    """postconf or qshape, run only where the configuration directory has a main.cf (postconf fails
-    without one, and only after a 1 s sleep): else a line saying so."""
+    """postconf or qshape, run only where there is a main.cf (postconf fails without, after a 1 s sleep)."""
     where = config[1] if config else os.environ.get("MAIL_CONFIG") or "/etc/postfix"
     if not os.path.isfile(os.path.join(where, "main.cf")):
         return f"({' '.join(argv)}: not run: no main.cf in {where})\n"
@@ -138,7 +113,7 @@ def postfix_command(argv: list[str], config: list[str], timeout: float) -> str:
 
 
 def gather(args: argparse.Namespace) -> list[Section]:
-    """Every section, in the order of the module docstring."""
+    """Every section, in report order."""
     config = _config_args(args.config_dir)
     inventory = load_inventory(args.socket, args.state_dir or default_state_dir(), getattr(args, "timeout", 30.0))
     return [
@@ -264,8 +239,7 @@ def as_tarball(sections: list[Section]) -> bytes:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` 0600 via a temp file, rename and directory fsync: never
-    half-written, never through a symlink."""
+    """Write ``path`` 0600 via a temp file and rename: never half-written, never through a symlink."""
     atomic.write_file(path, data, 0o600, prefix=".bugreport-")
 
 

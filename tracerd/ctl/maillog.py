@@ -1,43 +1,20 @@
 """Mail log reading: where the log is, its rotated siblings, and its lines.
 
-Postfix logs through syslog (``/var/log/mail.log`` on Debian,
-``/var/log/maillog`` on Red Hat, ``/var/log/mail`` on SUSE) or, with
-``maillog_file`` set, through its own postlogd.  Both write the same line::
+:func:`default_logs` finds the log (``postconf -x -h maillog_file``, else
+the syslog locations), :func:`with_rotated` adds its rotated files oldest
+first, :func:`read_log` yields :class:`LogLine` from syslog or RFC 3339
+lines, decompressing by magic bytes.  A syslog line gets the year that puts
+it no later than a day after the file's mtime; times are timezone-aware.
+Formats, rotation and years: docs/crashes.md, "Triage and bug reports".
 
-    Nov 24 16:53:38 host postfix/smtpd[15970]: warning: ...
+Security: log contents are untrusted.  Lines are capped at :data:`MAX_LINE`
+bytes (marked truncated), decoded with replacement, control characters made
+``?``; nothing is evaluated or used as a path.  A log must be a regular
+file, opened non-blocking (no FIFO or device hangs us).  postconf: argv
+list, timeout.
 
-and rsyslog's high-precision template writes RFC 3339 instead::
-
-    2026-11-24T16:53:38.123456+01:00 host postfix/smtpd[15970]: warning: ...
-
-:func:`default_logs` finds the log (``postconf -x -h maillog_file``, with
-``-c`` when given, else the first of the syslog locations that exists);
-:func:`with_rotated` adds a file's rotated siblings, oldest first
-(``NAME.N`` with higher N older, ``NAME-YYYYMMDD`` dateext, each optionally
-``.gz``, ``.bz2`` or ``.xz``); :func:`read_log` yields :class:`LogLine`.
-Compression is recognised by the file's magic bytes, not by its name.
-
-Syslog timestamps have no year.  A line's year is the one that puts it at
-or before the file's *reference* time (its modification time, or now if
-that is later than now): the current year, or the year before when that
-would be more than a day in the future.  Using the file's mtime rather than
-"now" keeps a rotated file of last December right in January, and a file
-copied from another machine right whatever today's date.  Times without a
-zone are local time; every time handed out is timezone-aware.
-
-Security: log contents are untrusted (any local user can syslog, remote
-peers choose HELO names and addresses).  A line is read with a cap of
-:data:`MAX_LINE` bytes (the rest of it skipped and the line marked
-truncated), decoded with replacement, and its control characters replaced
-by ``?`` so that a line cannot drive the terminal it is printed on.
-Nothing in a line is evaluated or used as a path.  A log file is opened
-non-blocking and must be a regular file, so that a FIFO or device named as
-a log cannot hang or flood us.  postconf runs from an argv list, never a
-shell, with a timeout.
-
-Diagnostics: :class:`LogError` names the file and the reason (missing,
-not a regular file, permission denied, corrupt compressed data); a damaged
-compressed file yields the lines read before the damage, then raises.
+Diagnostics: :class:`LogError` names the file and the reason; a damaged
+compressed file yields its good lines first, then raises.
 """
 
 from __future__ import annotations
@@ -127,9 +104,7 @@ def postconf_maillog_file(config_dir: str | None) -> str:
 def default_logs(config_dir: str | None) -> tuple[list[Path], str]:
     """The mail log to read when none is named, and how it was chosen.
 
-    With ``-c`` a postconf failure is the caller's error (LogError); without,
-    a missing postconf only means we look at the syslog locations.
-    """
+    A postconf failure raises LogError with ``-c`` only; without, the syslog locations are tried."""
     try:
         maillog_file = postconf_maillog_file(config_dir)
     except LogError:
@@ -173,7 +148,7 @@ def with_rotated(path: Path) -> list[Path]:
 def open_log(path: Path) -> Iterator[tuple[io.BufferedIOBase, float]]:
     """Open a log (decompressing by magic bytes): the stream and the file's mtime; closes both."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; we refuse it below.
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; refused below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise LogError(f"{path}: no such file") from None

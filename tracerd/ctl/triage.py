@@ -1,46 +1,19 @@
 """tracerctl triage: DEBUG_README's first step, "look for obvious signs of trouble".
 
-``tracerctl triage [-c CONFIG_DIR] [--rotated] [--since TIME] [--all] [LOGFILE...]``
-is ``grep -E '(warning|error|fatal|panic):'`` over the mail log, made to
-answer the questions that come next:
+``grep -E '(warning|error|fatal|panic):'`` over the mail log (:mod:`maillog`
+picks and reads it), earliest first across files, grouped by daemon,
+severity and message shape, each severity explained, and master's ``killed
+by signal`` lines tied to tracerd's crash reports (:mod:`tracerd.crash.inventory`).
+Options, output and JSON: docs/crashes.md, "Triage and bug reports".
 
-- the problem lines are put in time order, earliest first, across every
-  file read ("the most important message is near the BEGINNING");
-- they are grouped by daemon (the syslog tag, ``postfix/smtpd``), severity
-  and message *shape*: the message with queue ids, numbers (pids among
-  them), IP addresses, email addresses and host names folded
-  (``process /usr/lib/postfix/sbin/smtpd pid N killed by signal N``), each
-  group with its count, first and last time and its first line (a hex code
-  such as OpenSSL's ``error:0A000086:`` is kept: only where Postfix puts a
-  queue id is a classic hex queue id folded);
-- each severity present is explained as DEBUG_README does;
-- each master ``process ... pid N killed by signal S`` line is tied to
-  tracerd's crash report for that pid (see :mod:`tracerd.crash.inventory`: the
-  daemon's inventory, else the crash store ``{state_dir}/crashes``).
+Security: log lines are untrusted: capped at 8 KiB, control characters
+replaced before printing, never evaluated; postconf is the only program run
+(argv list, timeout).  At most :data:`MAX_KEPT` lines are kept; the rest are
+only counted, so a flooded log costs bounded memory.
 
-Which log: the LOGFILEs, else Postfix's ``maillog_file`` (``postconf -x -h``,
-with ``-c``), else the first of /var/log/mail.log, /var/log/maillog and
-/var/log/mail that exists.  ``--rotated`` adds each file's rotated siblings
-(``mail.log.1``, ``mail.log.2.gz``, ``mail.log-20261124``...), oldest first;
-with ``--since``, a rotated file last written before that time is skipped
-unread.  Formats and year inference: :mod:`tracerd.ctl.maillog`.
-
-Exit codes: 0 the logs were read (whatever they hold); 1 a log could not be
-read (missing, unreadable, not a regular file, damaged), what could be read
-still reported; 2 usage (a ``--since`` that is not a time).  An unreachable
-daemon is not a failure: the crash ties are then read from the files, or
-reported as unavailable, with the reason.
-
-Security: log lines are untrusted input: capped at 8 KiB, control
-characters replaced before anything is printed, never evaluated; the only
-programs run are postconf, from an argv list with a timeout.  At most
-:data:`MAX_KEPT` problem lines are kept for listing; beyond that they are
-still counted in their groups, so a log flooded with warnings costs bounded
-memory.
-
-Diagnostics: ``tracerctl: PATH: REASON`` on stderr for each log that could
-not be read; the crash inventory's source or the reason it is missing is
-part of the report (``crash_index`` in JSON).
+Diagnostics: ``tracerctl: PATH: REASON`` for each unreadable log, exit 1, the
+rest still reported; exit 2 for a bad ``--since``.  An unreachable daemon is
+no failure: the report names the crash index used or why there is none.
 """
 
 from __future__ import annotations
@@ -76,12 +49,8 @@ CRASH_SIGNALS = {4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFP
 
 _SEVERITY = re.compile(r"(?<![A-Za-z])(panic|fatal|error|warning):")
 _KILLED = re.compile(r"process (?P<path>\S+) pid (?P<pid>\d{1,10}) killed by signal (?P<signal>\d{1,3})")
-# Postfix's queue ids (global/mail_queue.h).  Long (enable_long_queue_ids): seconds and microseconds
-# in base 52 (a "safe" alphabet without vowels), at least 6 + 4 characters, "z", the inode in base 51
-# (no "z"); distinctive enough to fold anywhere.  Short (the classic): 5 hex digits of microseconds and
-# the inode in hex, [0-9A-F]{6,}, which OpenSSL's error codes (error:0A000086:SSL routines::...) and
-# other hex also look like: folded only where Postfix puts a queue id, at the start of the message
-# ("3F1A2B4C5D: to=<...>") and in a queue file's path ("deferred/3/3F1A2B4C5D").
+# Queue ids (global/mail_queue.h): long ones (base 52, "z", base 51) fold anywhere; classic hex ones
+# look like OpenSSL's error:0A000086:, so fold only at a message's start and in a queue file's path.
 _LONG_QUEUE_ID = re.compile(r"\b[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]+\b")
 _SHORT_QUEUE_ID = re.compile(r"^(?=[0-9A-F]*[0-9])[0-9A-F]{6,21}(?=:)")
 _QUEUE_FILE = re.compile(r"\b(?P<queue>maildrop|incoming|active|deferred|hold|corrupt|bounce|defer|trace|flush|saved)"
