@@ -1,27 +1,15 @@
 """Who may ask what: SO_PEERCRED credentials and the ancestor rule.
 
-Security (docs/design.md, "Security model"):
-- hook, attach, detach, where, crash-delete and crash-retrace need uid 0
-  (or the daemon's own uid, so that an unprivileged tracerd serves the user
-  who runs it and nobody else);
-- the read-only operations (``read_only`` in tracerd.protocol.OPERATIONS:
-  status, show, crashes and crash) also admit members of ``socket_group``
-  (primary or supplementary group of the connecting process, as the kernel
-  recorded them at connect(): SO_PEERGROUPS, never /proc of a pid that may
-  have exited and been reused since);
-- a hook request may only name one of the *nearest* ancestors of the
-  connecting process (``MAX_HOOK_DEPTH``): Postfix's daemon is the hook's
-  parent or grandparent through ``sh -c`` (one more for a subshell).  So a
-  hook cannot be abused to attach a debugger to an arbitrary process, nor to
-  Postfix's master or init further up the chain;
-- nobody, root included, may trace pid 1, tracerd itself or its ancestors,
-  or one of tracerd's own tracers.
+Privileged operations need uid 0 (or tracerd's own uid); the read-only ones
+(``OPERATIONS[op].read_only``) also admit ``socket_group`` members.
 
-Credentials come from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from
-the request.
-Diagnostics: a refusal raises :class:`~tracerd.errors.AccessDenied` with the
-reason in one line.  A kernel without SO_PEERGROUPS (before 4.13) gives no
-supplementary groups: members through one are refused, not guessed at.
+Security: credentials come from the kernel (SO_PEERCRED, SO_PEERGROUPS as of
+connect()), never from the request or /proc. A hook may name only one of its
+caller's nearest ``MAX_HOOK_DEPTH`` ancestors; nobody may trace pid 1, tracerd,
+its ancestors or its tracers. See docs/design.md, "Security model".
+
+Diagnostics: a refusal raises AccessDenied with a one-line reason. Without
+SO_PEERGROUPS (kernel < 4.13) supplementary groups are refused, not guessed.
 """
 
 from __future__ import annotations
@@ -58,7 +46,7 @@ class Peer:
 
 def peer_groups(sock: socket.socket) -> frozenset[int]:
     """The peer's supplementary groups as of its connect() (empty if the kernel cannot say)."""
-    count = 64  # socket.getsockopt caps its buffer at 1 KiB: ask libc, for any NGROUPS_MAX
+    count = 64  # socket.getsockopt caps its buffer at 1 KiB: ask libc
     while True:
         gids = (ctypes.c_uint32 * count)()
         size = ctypes.c_uint32(ctypes.sizeof(gids))
@@ -98,7 +86,7 @@ class Authorizer:
         return peer.gid == self.group_gid or self.group_gid in peer.groups
 
     def check(self, op: str, peer: Peer) -> None:
-        """Raise AccessDenied unless ``peer`` may perform ``op`` at all."""
+        """Raise AccessDenied unless ``peer`` may perform ``op``."""
         if self.privileged(peer):
             return
         read_only = op in OPERATIONS and OPERATIONS[op].read_only

@@ -1,30 +1,17 @@
-"""Socket activation: the listening socket systemd passes (docs/design.md, "Reliability").
+"""Socket activation: the listening socket systemd passes (docs/design.md, "Restart").
 
-systemd's tracerd.socket holds the socket while tracerd restarts, so a hook
-that connects in between waits in the listen backlog and is served by the
-next tracerd.  :func:`listen_fds` is sd_listen_fds(3) with ``unset_environment``
-true: descriptors from 3 (``SD_LISTEN_FDS_START``) on, counted by
-``LISTEN_FDS``, only when ``LISTEN_PID`` names this very process (a variable
-inherited from some parent means nothing); the variables are removed at once,
-so that no tracer tracerd starts inherits them, and each descriptor is made
-close-on-exec.  :func:`inherited_socket` picks the one listening AF_UNIX
-stream socket bound to the configured path.
+:func:`listen_fds` is sd_listen_fds(3) with ``unset_environment``: the
+variables are removed and each fd made close-on-exec, so no tracer inherits
+them. ``SOCKET.restarting`` tells hooks in the backlog that a tracerd is
+coming (they wait up to --timeout, not --ack-timeout); removed once sessions
+are re-adopted.
 
-While a socket-activated tracerd stops, and from the moment one starts (after
-a crash no one said it at the stop), ``SOCKET.restarting`` (empty, 0644,
-root's) tells the hooks that wait in the backlog that tracerd is coming
-(tracerd.hook: they then wait up to their --timeout rather than their
---ack-timeout); the new tracerd removes it once it has re-adopted the
-sessions of sessions.json (it serves hooks meanwhile, but busier)
-(:func:`mark_restarting`, :func:`clear_restarting`).
+Security: LISTEN_FDS counts only when LISTEN_PID is this process; an fd is
+used only if the kernel says it is a listening unix stream socket on exactly
+the configured path.
 
-Security: the environment comes from systemd (or whoever started tracerd as
-root); a descriptor is used only after the kernel says it is a listening
-unix stream socket on exactly the configured path.
-
-Diagnostics: a passed descriptor that is not that socket raises ConfigError
-with the reason (tracerd then exits 1: the unit pair disagrees with the
-config); with no LISTEN_FDS for us, None (tracerd binds the socket itself).
+Diagnostics: any other passed fd raises ConfigError (tracerd exits 1); no
+LISTEN_FDS for us gives None (tracerd binds the socket itself).
 """
 
 from __future__ import annotations

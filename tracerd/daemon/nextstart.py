@@ -1,19 +1,14 @@
 """Armed catches: ``tracerctl gdb --next NAME`` waits for the next start of NAME.
 
-A catch is armed by a ``catch`` request (docs/debugging.md, "Interactive debugging")
-and lives exactly as long as that request: one per NAME at a time; the next
-``hook`` for NAME takes it (:meth:`Catches.take`), and the request is
-answered with the caught process.  When tracerctl ends (interrupted,
-killed: its process is gone, seen through a pidfd of the connecting
-process), the catch is disarmed at once, so no later hook is held for it.
+One catch per NAME, alive exactly as long as its ``catch`` request; the next
+``hook`` for NAME takes it. When tracerctl ends (seen through its pidfd) the
+catch is disarmed at once. See docs/debugging.md.
 
-Security: only root may arm (the op is not read-only); the name was checked
-by tracerd.protocol; the caller's pid comes from SO_PEERCRED, and its pidfd
-is opened against its start time.
+Security: root only (not read-only); the name was checked by tracerd.protocol;
+the caller's pid is SO_PEERCRED's, its pidfd opened against its start time.
 
-Diagnostics: a second catch for a NAME gets Busy naming the first (who
-armed it and when); a caller gone before the catch is armed gets
-TargetGone.
+Diagnostics: a second catch for NAME gets Busy naming the first; a caller
+gone before arming gets TargetGone (CallerGone once armed).
 """
 
 from __future__ import annotations

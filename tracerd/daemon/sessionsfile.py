@@ -1,31 +1,16 @@
-"""``{state_dir}/sessions.json``: the attached sessions, for the next tracerd (docs/design.md, "Files").
+"""``{state_dir}/sessions.json``: the attached sessions, for the next tracerd.
 
-Every change of the set of attached sessions marks the file dirty; one
-writer task rewrites it whole (tracerd.atomic: a reader, or a tracerd killed
-with -9, sees the old file or the new one, never half of one), at most once
-per :data:`COALESCE_SECONDS` (the first change after a quiet spell at once),
-serialised on the event loop and written in a thread.  A burst of 1000 hooks
-thus costs a few dozen writes, not 1000, and the file is at most that much
-behind: a session attached in the last instants before a kill -9 may be
-missing from it (its process then runs on untraced, as without the file).  Entries the starting tracerd has not
-re-adopted yet (``pending``) stay in the file until it has, so a second crash
-during re-adoption loses nothing.  At SIGTERM, :meth:`SessionsFile.freeze`
-writes the sessions as they are *before* tracerd detaches them, and stops
-recording: the next tracerd re-adopts them.
+One writer task rewrites the file whole (tracerd.atomic) in a thread, at most
+once per :data:`COALESCE_SECONDS`; entries not yet re-adopted (``pending``)
+stay. At SIGTERM :meth:`SessionsFile.freeze` writes the sessions as they are
+before the detach and records no more. Format: docs/design.md, "Files".
 
-Format: ``{"version": 1, "sessions": [{"pid", "start", "name", "tracer",
-"args", "log", "started"}, ...]}`` (``start``: clock ticks since boot, from
-/proc/PID/stat, which tells the process from a later one with its pid).
+Security: root's file (0600), still read as hostile (tracerd.daemon.resume
+checks every entry); :func:`load` refuses a symlink, over :data:`MAX_BYTES`,
+and a file not ours or writable by group or others.
 
-Security: the file is root's (0600 in the 0750 state_dir); it is still read
-as hostile (tracerd.daemon.resume validates every entry).  :func:`load`
-refuses a symlink, anything over :data:`MAX_BYTES`, and a file that is not
-ours or that group or others may write (another user could have planted it).
-
-Diagnostics: a write that fails is logged (``sessions_file_failed``, once
-until one succeeds) and retried on the next change; tracing goes on.  A file
-that cannot be read as a whole raises :class:`SessionsFileError` with the
-reason in one line.
+Diagnostics: a failed write logs ``sessions_file_failed`` once and is retried
+on the next change; an unusable file raises SessionsFileError in one line.
 """
 
 from __future__ import annotations
@@ -102,7 +87,7 @@ class SessionsFile:
         self._frozen = False
         self._failing = False
         self._task: asyncio.Task[None] | None = None
-        self._lock = threading.Lock()  # one write at a time, never an older one after a newer
+        self._lock = threading.Lock()  # never an older snapshot after a newer
         self._encoded = self._written = 0
         self._last = float("-inf")  # loop time of the last write's start
 
@@ -122,7 +107,6 @@ class SessionsFile:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._dirty and not self._frozen:
-            # at once after a quiet spell; in a burst, one write per coalesce interval
             await asyncio.sleep(max(0.0, self._last + self.coalesce - loop.time()))
             self._last = loop.time()
             self._dirty = False

@@ -1,18 +1,11 @@
 """Whether syslog lines can go out: the warning at start and in ``status``.
 
-tracerd's syslog sink (:mod:`tracerd.sinks.syslog`) never blocks and never
-raises: a line it cannot send is dropped and counted (``syslog_dropped``).
-On a machine without a syslog daemon (Debian 12 ships no rsyslog; without
-systemd there is no journald) every line goes that way, silently.  This
-module says so: :func:`probe` tries the configured unix address once (a
-datagram connect, then a stream one, as the sink does), and
-:func:`warning` gives ``status`` one line while the probe fails or the sink
-is dropping lines for a reason it names.
+The syslog sink drops what it cannot send; with no syslog daemon (Debian 12
+ships no rsyslog) that is every line, silently. :func:`probe` connects to a
+unix address once, as the sink does; :func:`warning` gives ``status`` one line.
 
-Security: only the configured address (root's config) is connected to;
-nothing is sent.  The probe never blocks: unix sockets only (an
-``udp://``/``tcp://`` receiver is judged by the sink's own last error, so a
-slow network costs ``status`` nothing).
+Security: connects only to the configured address; sends nothing. Unix sockets
+only: ``udp://``/``tcp://`` are judged by the sink's last error, never probed.
 
 Diagnostics: each function returns one line, or None when all is well.
 """
@@ -58,7 +51,7 @@ def probe(config: SyslogConfig) -> str | None:
 
 
 def warning(config: SyslogConfig, dropped: int, last_error: str | None) -> str | None:
-    """The status warning: the probe's, else the sink's own while it drops lines (``last_error``)."""
+    """The probe's warning, else the sink's own while it drops lines."""
     found = probe(config)
     if found is not None:
         return f"{found} ({dropped} dropped so far)"
