@@ -1,25 +1,15 @@
 """tracerctl's client of tracerd's socket (and the tests' and bench's).
 
-A request is one JSON line and every reply is one JSON object line
-(README, "The socket").  :func:`connect`, :func:`send` and :func:`read_line`
-are the steps, each bounded by an absolute ``time.monotonic()`` deadline;
-:func:`call` is tracerctl's one request, one reply.  pftrace-hook has a
-client of its own in :mod:`tracerd.hook` (built-in modules only, for its
-start-up), with the same socket rule and the same reasons.
+One JSON line out, one JSON object line back (README, "The socket"); each step
+is bounded by an absolute monotonic deadline.  :func:`find_socket` also gives a
+``socket_group`` member the system socket (README, "Non-root users").  Standard
+library only; tracerd.hook repeats the socket rule and the reasons.
 
-Which socket: :func:`default_socket` is the daemon's own rule (root: the
-system socket; others: a per-user one); :func:`find_socket` is tracerctl's,
-which also gives a non-root member of ``socket_group`` the system socket
-when it exists and they may connect to it (README, "Non-root users").
+Security: nothing from the daemon is trusted beyond one JSON object of at most
+:data:`MAX_REPLY` bytes.
 
-Standard library only, and nothing else of tracerd.
-
-Security: nothing from the daemon is trusted beyond being one JSON object of
-at most :data:`MAX_REPLY` bytes.
-
-Diagnostics: every failure is :class:`Unreachable` (or its subclasses
-:class:`Timeout` and :class:`BadAnswer`) with a one-line reason that names
-the socket.
+Diagnostics: every failure is Unreachable (or Timeout, BadAnswer) with a
+one-line reason naming the socket.
 """
 
 from __future__ import annotations
@@ -38,11 +28,11 @@ CTL_HINT = "need root or socket_group"
 
 
 class Unreachable(Exception):
-    """Nobody answered on the socket; the message is the one-line reason."""
+    """Nobody answered; the message is the one-line reason."""
 
 
 class Timeout(Unreachable):
-    """The deadline passed before the connection, the send or the answer."""
+    """A deadline passed."""
 
 
 class BadAnswer(Unreachable):
@@ -50,7 +40,7 @@ class BadAnswer(Unreachable):
 
 
 def user_socket() -> str:
-    """The per-user socket of a tracerd run by this (non-root) user."""
+    """The per-user socket of a non-root tracerd."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg):
         return os.path.join(xdg, "tracerd", "tracerd.sock")
@@ -58,13 +48,12 @@ def user_socket() -> str:
 
 
 def default_socket() -> str:
-    """The socket tracerd listens on when nothing says (the same rule as tracerd.config)."""
+    """The daemon's default socket: the system one for root, else the per-user one."""
     return SYSTEM_SOCKET if os.geteuid() == 0 else user_socket()
 
 
 def find_socket(system: str = SYSTEM_SOCKET) -> str:
-    """tracerctl's socket: the system one for root, and for anyone who may connect to it
-    (a ``socket_group`` member); else the per-user one."""
+    """The system socket for root or anyone who may connect to it; else the per-user one."""
     if os.geteuid() == 0:
         return system
     try:
@@ -103,7 +92,6 @@ def connect(path: str, deadline: float, hint: str = CTL_HINT) -> socket.socket:
 
 
 def send(sock: socket.socket, request: dict[str, Any], deadline: float) -> None:
-    """The request as one JSON line, by ``deadline``."""
     try:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.sendall(json.dumps(request).encode() + b"\n")
@@ -114,7 +102,7 @@ def send(sock: socket.socket, request: dict[str, Any], deadline: float) -> None:
 
 
 def read_line(sock: socket.socket, pending: bytes, deadline: float) -> tuple[dict[str, Any], bytes]:
-    """One JSON object line from tracerd by ``deadline``, and what came after it."""
+    """One JSON object line by ``deadline``, and what came after it."""
     try:
         while b"\n" not in pending:
             left = deadline - time.monotonic()
@@ -144,7 +132,7 @@ def read_line(sock: socket.socket, pending: bytes, deadline: float) -> tuple[dic
 
 
 def call(path: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """One request, one reply within ``timeout`` seconds; raises Unreachable when nobody answers."""
+    """One request, one reply within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     try:
         with connect(path, deadline) as sock:

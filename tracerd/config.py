@@ -1,16 +1,14 @@
-"""Configuration: TOML in, frozen dataclasses out.
+"""Configuration: TOML in, frozen dataclasses out (man/tracerd.toml.5).
 
-Every key is optional.  As root the defaults are the system paths of
-tracerd.toml(5); as anyone else they live under ``$XDG_RUNTIME_DIR/tracerd``
-(or ``/tmp/tracerd-UID``).
+Every key is optional.  Defaults: the system paths as root, else under
+``$XDG_RUNTIME_DIR/tracerd`` (or ``/tmp/tracerd-UID``).
 
 Security: the file is root's, yet every value is type- and range-checked.
 
-Diagnostics: each problem is a :class:`~tracerd.errors.ConfigError` naming
-the dotted key and its line; :func:`parse_all` collects them in line order
-(``tracerd --check``), :func:`parse` and :func:`load` raise the first.  An
-unknown key is an error.  A TOML syntax error stops tomllib: it is the only
-one reported.  What depends on the machine (tracer installed, group known) is ``tracerd --check``'s.
+Diagnostics: each problem is a ConfigError naming the dotted key and its line;
+:func:`parse_all` collects them in line order (``tracerd --check``), :func:`parse`
+and :func:`load` raise the first.  Unknown keys are errors; a TOML syntax error
+is the only one reported.  Machine-dependent checks are ``tracerd --check``'s.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracerd import client, journalmetricsconfig, syscountconfig, tracers  # tracers: the one registry of tracer names
+from tracerd import client, journalmetricsconfig, syscountconfig, tracers
 from tracerd.errors import ConfigError
 from tracerd.journalmetricsconfig import JournalConfig, MetricsConfig
 
@@ -50,8 +48,7 @@ def default_runtime_dir() -> Path:
 
 
 def default_socket() -> Path:
-    """The socket both the daemon and its clients use when nothing says (the
-    rule lives in tracerd.client, which the hook uses too)."""
+    """The default socket (tracerd.client's rule, shared with the hook)."""
     return Path(client.default_socket())
 
 
@@ -100,14 +97,14 @@ class Config:
     crash_flood_window: float = 60.0
     max_crash_bytes: int = 256 * 1024 * 1024
     history: int = 256
-    max_gdb_hold: float = 300.0  # tracerctl gdb --next: the longest --hold (docs/debugging.md, "Interactive debugging")
+    max_gdb_hold: float = 300.0  # the longest tracerctl gdb --hold
     syslog: SyslogConfig = field(default_factory=SyslogConfig)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
     journal: JournalConfig = field(default_factory=JournalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     syscount: syscountconfig.SyscountConfig = field(default_factory=syscountconfig.SyscountConfig)
-    # cores and retrace (docs/crashes.md "Cores and retrace")
+    # docs/crashes.md, "Cores and retrace"
     core: str = "first"
     max_core_bytes: int = 1024 * 1024 * 1024
     max_core_process_bytes: int = 2 * 1024 * 1024 * 1024
@@ -116,7 +113,6 @@ class Config:
     debuginfod: DebuginfodConfig = field(default_factory=DebuginfodConfig)
 
     def core_for(self, name: str) -> str:
-        """The core policy for a process: its rule's, else the global one."""
         rule = self.rule_for(name)
         return rule.core if rule and rule.core else self.core
 
@@ -135,8 +131,7 @@ class Config:
         return tracer, args
 
     def syslog_output_for(self, name: str, tracer: str) -> bool:
-        """Do ``tracer``'s output lines for ``name`` go to syslog? The rule's word (for its tracer), else
-        tracers.SYSLOG_OUTPUT: watch and gdb yes (a child's exit), system-call tracers no (mail content)."""
+        """Do ``tracer``'s lines for ``name`` go to syslog?  The rule's word, else tracers.SYSLOG_OUTPUT."""
         rule = self.rule_for(name)
         if rule and rule.syslog_output is not None and rule.tracer in (None, tracer):
             return rule.syslog_output
@@ -192,7 +187,7 @@ _RULE_CHECKS: dict[str, Callable[[Any], bool]] = {
 
 
 def source_of(path: Path | None = None) -> Path | None:
-    """Which file the config comes from: flag, env, system file, else None (built-in defaults)."""
+    """The config file: flag, env, system file, else None (built-in defaults)."""
     if path is None and os.environ.get("TRACERD_CONFIG"):
         path = Path(os.environ["TRACERD_CONFIG"])
     if path is None and SYSTEM_CONFIG.exists():
@@ -201,7 +196,6 @@ def source_of(path: Path | None = None) -> Path | None:
 
 
 def read(path: Path) -> str:
-    """The file's text, or ConfigError naming the path."""
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -209,7 +203,6 @@ def read(path: Path) -> str:
 
 
 def load(path: Path | None = None) -> Config:
-    """Load the configuration the way README says: flag, env, system file, defaults."""
     source = source_of(path)
     if source is None:
         return Config()
@@ -217,7 +210,7 @@ def load(path: Path | None = None) -> Config:
 
 
 def parse(text: str, source: Path | None = None) -> Config:
-    """Parse and validate TOML text; raise the first ConfigError in line order."""
+    """Parse and validate; raise the first ConfigError in line order."""
     config, errors = parse_all(text, source)
     if errors:
         raise errors[0]
@@ -226,13 +219,8 @@ def parse(text: str, source: Path | None = None) -> Config:
 
 
 def parse_all(text: str, source: Path | None = None) -> tuple[Config | None, list[ConfigError]]:
-    """Every error in ``text`` in line order (those without a line last).
-
-    The Config is built from the valid values only (an invalid one keeps its
-    default; each ``[[rule]]`` keeps its place and its valid fields): use it
-    only when there are no errors, or for further checks (``--check``).  None
-    when the text is not TOML at all.
-    """
+    """Every error in line order, and a Config of the valid values only (each ``[[rule]]`` keeps its
+    place), fit for use only without errors or for ``--check``; None when not TOML at all."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -269,7 +257,7 @@ _Known = dict[str, tuple[type | tuple[type, ...], str]]
 
 
 class _Checker:
-    """Validates one parsed file, collecting every error instead of stopping at the first."""
+    """Validates one parsed file, collecting every error."""
 
     def __init__(self, locate: Locator) -> None:
         self.locate = locate
@@ -289,7 +277,7 @@ class _Checker:
             self.error("unknown key", key, section)
             return False
         expected, _ = known[key]
-        # bool is an int in Python; a number key given `true` is still a mistake.
+        # bool is an int in Python; `true` for a number is still a mistake
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             self.bad(key, known, section)
             return False
@@ -335,6 +323,7 @@ class _Checker:
         def report(message: str, dotted: str) -> None:
             section, _, key = dotted.rpartition(".")
             self.error(message, key, section or None)
+
         outputs = journalmetricsconfig
         parse = {"journal": outputs.journal, "metrics": outputs.metrics, "syscount": syscountconfig.syscount}
         return parse[name](value, report)
@@ -358,8 +347,7 @@ class _Checker:
                 if key in good and not ok(good[key]):
                     self.bad(key, _RULE_KEYS, section)
                     del good[key]
-            # one Rule per [[rule]], so that rule[N] stays rule[N] for later checks;
-            # an invalid one keeps its valid fields (no process: "" matches no name)
+            # one Rule per [[rule]], so rule[N] stays rule[N]; no process: "" matches no name
             rules.append(Rule(**{"process": "", **good, "args": tuple(good.get("args", []))}))
         return tuple(rules)
 
@@ -376,7 +364,7 @@ class _Checker:
 
 
 def _top_value_ok(key: str, value: Any) -> bool:
-    """The range and name checks of the top-level keys (their type is checked already)."""
+    """Range and name checks of the top-level keys (types are checked already)."""
     if key in ("default_tracer", "core"):
         return value in (tracers.BACKENDS if key == "default_tracer" else CORE_POLICIES)
     if key == "attach_timeout":
@@ -384,8 +372,7 @@ def _top_value_ok(key: str, value: Any) -> bool:
     if key in ("max_gdb_hold", "core_timeout"):
         return math.isfinite(value) and 0 < value <= 3600
     if key == "crash_flood_window":
-        # TOML has nan and inf; `nan < 0` is false, and a nan window would
-        # silently turn the flood protection off.
+        # TOML has nan: a nan window would silently turn flood protection off
         return math.isfinite(value) and value >= 0
     if key in ("max_sessions", "max_log_bytes", "max_crash_bytes", "history"):
         low = {"max_sessions": 1, "max_log_bytes": 4096, "max_crash_bytes": 65536}.get(key, 0)
@@ -406,12 +393,7 @@ def _syslog_address_ok(address: str) -> bool:
 
 
 class Locator:
-    """Find the line of a key in the TOML text (tomllib keeps no positions).
-
-    Good enough for a config file written by hand: it tracks ``[table]`` and
-    ``[[rule]]`` headers and returns the first ``key =`` line inside the
-    matching section, or the section's header line when ``key`` is None.
-    """
+    """The line of a key (or, for key None, of a section header): tomllib keeps no positions."""
 
     _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"-]+)\s*\]\]?")
     _KEY = re.compile(r"^\s*\"?([A-Za-z0-9_-]+)\"?\s*=")
@@ -446,5 +428,4 @@ class Locator:
 
 
 def replace(config: Config, **changes: Any) -> Config:
-    """A copy of ``config`` with some fields changed (tests and --socket overrides)."""
     return dataclasses.replace(config, **changes)

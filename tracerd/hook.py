@@ -1,46 +1,17 @@
 """pftrace-hook: what Postfix's debugger_command runs.
 
-``pftrace-hook [--socket PATH] [--timeout S] [--ack-timeout S] [--tracer T]
-NAME PID`` asks the resident tracerd to attach a tracer to PID and returns 0
-only once tracerd confirms that the tracer *is* attached.  Postfix waits for
-this command, so it must never hang: a missing daemon fails at once; a daemon
-that does not acknowledge the request (connect, send, its ``{"ack": true}``
-line) within ``--ack-timeout`` (default 1.5 s) is taken for hung and given
-up on; an acknowledged request gets the rest of ``--timeout`` (default 15 s,
-counted from the start) for the attach itself.  A tracerd that is restarting
-under socket activation is no hung one: it leaves ``SOCKET.restarting`` beside
-its socket (tracerd.daemon.listenfds), and while that file is younger than
-:data:`RESTART_GRACE` the hook waits for the acknowledgement, in the socket's
-backlog, up to ``--timeout`` (docs/design.md, "Reliability").  On any failure it exits 1
-with one line ``pftrace-hook: warning: NAME[PID]: not traced: REASON`` on
-stderr and the same at mail.warning to syslog (where ``tracerctl triage``
-finds it), since Postfix throws stderr away; the daemon then runs on
-untraced ("fail open for mail").  ``--help`` and ``--version`` print on
-stdout and exit 0; a usage error exits 2.
+Asks tracerd to attach a tracer to PID; exits 0 only once tracerd confirms
+the attach, 1 otherwise (fail open), 2 on a usage error (man/pftrace-hook.8).
+Bounded: ``--ack-timeout`` for the acknowledgement, ``--timeout`` in all,
+longer only while ``SOCKET.restarting`` is fresh (docs/design.md, "Reliability").
+The Python form of hook/pftrace-hook.c (tests/test_hook_compiled.py holds them
+together); run as ``python3 -IS``, it imports only the standard library.
 
-This is the Python form of the hook: pip's entry point, and what make writes
-where there is no C compiler.  make builds the compiled form,
-hook/pftrace-hook.c, the same program; tests/test_hook_compiled.py holds the
-two together (what they print, send and read) and tests/test_hook.py runs
-every hook behaviour against both.
+Security: trusts nothing it is given; tracerd checks credentials, name and
+ancestry.  From the socket, only one JSON object line of at most MAX_REPLY bytes.
 
-Start-up is the whole cost: Postfix pays it on every traced process start
-(docs/performance.md, "Hook latency").  So this module is a script of its own: it imports
-nothing of tracerd (not even the package's ``__init__``), only the standard
-library (``json``, ``socket``, ``os``, ``sys``, ``time``), and ``make install``
-runs it from a stub (contrib/pftrace-hook.in) as ``/usr/bin/python3 -IS``:
-isolated mode and no site, so neither the environment (PYTHONPATH,
-PYTHONHOME, PYTHONSTARTUP, ...) nor anything in site-packages runs with it.
-The socket rule (:func:`default_socket`) is :mod:`tracerd.client`'s, written
-again here for that reason (tests/test_hook_startup.py holds the two together).
-
-Security: the hook trusts nothing it is given; tracerd checks the caller's
-credentials (SO_PEERCRED), the name, and that PID is an ancestor of the hook.
-Nothing from the socket is trusted beyond being one JSON object line of at
-most :data:`MAX_REPLY` bytes.
-
-Diagnostics: every failure is the one warning line above, on stderr and to
-syslog; the reasons are :mod:`tracerd.client`'s wording.
+Diagnostics: one line ``pftrace-hook: warning: NAME[PID]: not traced: REASON``
+on stderr and at mail.warning to syslog.
 """
 
 import json
@@ -100,7 +71,7 @@ class Timeout(Exception):
 
 
 def user_socket() -> str:
-    """The per-user socket of a tracerd run by this (non-root) user (tracerd.client's rule)."""
+    """The per-user socket (tracerd.client's rule)."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and xdg.startswith("/"):
         return xdg.rstrip("/") + "/tracerd/tracerd.sock"
@@ -108,7 +79,7 @@ def user_socket() -> str:
 
 
 def default_socket() -> str:
-    """The socket tracerd listens on when nothing says (tracerd.client.default_socket)."""
+    """As tracerd.client.default_socket (tests/test_hook_startup.py holds them together)."""
     return SYSTEM_SOCKET if os.geteuid() == 0 else user_socket()
 
 
@@ -172,7 +143,6 @@ def shown(duration: float) -> str:
 
 
 def encode_request(request: dict[str, str | int | bool]) -> bytes:
-    """One request line (tracerd.protocol's form: ASCII, one line)."""
     return (json.dumps(request) + "\n").encode()
 
 
@@ -180,7 +150,7 @@ def decode_object(line: bytes) -> dict[str, object] | None:
     """One JSON object from a line, or None when the line holds anything else."""
     try:
         value = json.loads(line.decode("utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError):  # includes JSONDecodeError, UnicodeDecodeError
         return None
     return value if isinstance(value, dict) else None
 
@@ -216,7 +186,6 @@ def connect(path: str, deadline: float) -> Socket:
 
 
 def send(sock: Socket, line: bytes, deadline: float) -> None:
-    """The request line, by ``deadline``."""
     try:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.sendall(line)
@@ -227,8 +196,7 @@ def send(sock: Socket, line: bytes, deadline: float) -> None:
 
 
 def read_line(sock: Socket, pending: bytearray, deadline: float) -> dict[str, object]:
-    """One JSON object line from tracerd by ``deadline``, taken off ``pending``, which keeps what
-    came after it (and, on a timeout, what came of a line so far, for a longer wait to go on)."""
+    """One JSON object line by ``deadline``, taken off ``pending`` (which keeps any partial line)."""
     try:
         while b"\n" not in pending:
             left = deadline - time.monotonic()
@@ -254,11 +222,7 @@ def read_line(sock: Socket, pending: bytearray, deadline: float) -> dict[str, ob
 
 
 def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
-    """Send the hook request and wait, bounded, for tracerd's verdict.
-
-    Two waits: up to ``--ack-timeout`` for tracerd to accept the connection
-    and acknowledge (or refuse) the request, then up to the rest of
-    ``--timeout`` for its final answer.  Neither goes past ``--timeout``."""
+    """Send the request; wait ``--ack-timeout`` for the ack, then the rest of ``--timeout``."""
     started = time.monotonic()
     deadline = started + float(opts["timeout"])
     ack_deadline = min(deadline, started + float(opts["ack-timeout"]))
@@ -306,8 +270,7 @@ def request_attach(opts: dict[str, str | float | int]) -> dict[str, object]:
 
 
 def restarting(socket_path: str) -> bool:
-    """Whether tracerd said, less than RESTART_GRACE ago, that it is restarting (SOCKET.restarting,
-    root's or the hook's own uid's, as the socket's directory is)."""
+    """A SOCKET.restarting younger than RESTART_GRACE, owned by root or our euid."""
     try:
         info = os.stat(socket_path + ".restarting")
     except (OSError, ValueError):
@@ -316,9 +279,7 @@ def restarting(socket_path: str) -> bool:
 
 
 def one_line(text: str) -> str:
-    """``text`` for a one-line warning, as the compiled hook shows it: control characters, and
-    bytes that were not UTF-8 (surrogateescape's U+DC80..U+DCFF), as \\xNN; C1 controls and the
-    line and paragraph separators as \\uNNNN; a lone surrogate from JSON as U+FFFD."""
+    """``text`` escaped for one line, as the compiled hook does (\\xNN, \\uNNNN, U+FFFD)."""
     if text.isprintable():
         return text
     shown = []
@@ -355,12 +316,7 @@ def warn_syslog(path: str, message: str) -> None:
 
 
 def run() -> None:
-    """The command: :func:`main`, then exit at once.
-
-    Skipping the interpreter's finalization (module teardown, collection)
-    saves more than a millisecond on every process start; all the hook
-    leaves behind is its output, flushed here, and descriptors, which the
-    kernel closes."""
+    """:func:`main`, then os._exit: skipping finalization saves a millisecond per process start."""
     code = main()
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # its descriptor was closed when the hook started
@@ -386,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if answer.get("ok") is not True:
             raise HookFailed(str(answer.get("message") or answer.get("error") or "refused"))
     except HookFailed as err:
-        # "warning:" as Postfix's own lines have it: triage and bugreport grep for it
+        # "warning:" as Postfix writes it: triage and bugreport grep for it
         reason = f"warning: {one_line(str(opts['name']))}[{opts['pid']}]: not traced: {one_line(str(err))}"
         warn_syslog(str(opts["syslog"]), reason)  # first: a stderr nobody reads must not lose it
         say(f"pftrace-hook: {reason}", error=True)
@@ -395,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def say(text: str, *, error: bool = False) -> bool:
-    """``text`` and a newline on stdout (stderr if ``error``); False when it cannot be written
-    (closed at start, a pipe whose reader went away), which must not turn into a traceback."""
+    """``text`` on stdout (stderr if ``error``); False, never a traceback, when it cannot be written."""
     stream = sys.stderr if error else sys.stdout
     if stream is None:
         return False

@@ -1,15 +1,13 @@
 """What the kernel says about a process, read from /proc.
 
-A process is identified by (pid, start time in clock ticks since boot), never
-by pid alone: pids are recycled, and acting on a recycled pid would trace,
-signal or report on the wrong process.
+A process is (pid, start time in ticks since boot), never a pid alone: pids
+are recycled, and acting on a recycled one would hit the wrong process.
 
-Security: every value read here comes from the kernel for a pid the caller
-chose; nothing is trusted beyond that.  The command name in /proc/PID/stat is
-chosen by the process itself, so it is skipped by looking for the *last* ')'.
+Security: values come from the kernel for a pid the caller chose.  The comm in
+/proc/PID/stat is the process's own choice, so parsing starts after the last ')'.
 
-Diagnostics: a process that is gone, or whose pid now names another process,
-raises :class:`~tracerd.errors.TargetGone`.
+Diagnostics: a process gone, or a pid now naming another, raises TargetGone;
+our own fd or memory shortage raises Busy.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from tracerd.errors import AccessDenied, Busy, TargetGone, TracerdError
 
 
 def _translate(pid: int, err: OSError) -> TracerdError:
-    """An OSError reading /proc: our own resource shortage is not the target's fault."""
+    """Our own resource shortage is not the target's fault."""
     if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
         return Busy(f"tracerd is short of resources ({err.strerror}); raise LimitNOFILE or max_sessions")
     if err.errno == errno.ESRCH:
@@ -39,8 +37,7 @@ def free_fds(reserve: int) -> bool:
     if soft == resource.RLIM_INFINITY:
         return True
     try:
-        # Linux 6.2+ gives the number of open descriptors as the directory's size: one
-        # stat(2) instead of listing them all, on every hook (a thousand with 1000 sessions)
+        # Linux 6.2+: the directory's size is the count (one stat, not a listing, per hook)
         used = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
     except OSError:
         return False
@@ -60,7 +57,6 @@ class ProcessIdentity:
             return False
 
     def require(self) -> None:
-        """Raise TargetGone unless this very process still exists."""
         if not self.alive():
             raise TargetGone(f"process {self.pid} is gone (or its pid was reused)")
 
@@ -73,7 +69,7 @@ def _stat_fields(pid: int) -> list[str]:
         raise TargetGone(f"no such process {pid}") from err
     except OSError as err:
         raise _translate(pid, err) from err
-    # fields after the comm, which may itself hold spaces and parentheses
+    # the comm may hold spaces and parentheses
     return raw[raw.rindex(b")") + 2 :].decode("ascii", "replace").split()
 
 
@@ -88,10 +84,7 @@ def parent_of(pid: int) -> int:
 
 
 def ancestors(pid: int, limit: int = 32) -> list[ProcessIdentity]:
-    """The chain of parents of ``pid``, nearest first, up to (not including) pid 0.
-
-    One read of /proc/PID/stat a generation: each parent's own line gives
-    its start time and the next parent."""
+    """The parents of ``pid``, nearest first, up to (not including) pid 0."""
     chain: list[ProcessIdentity] = []
     parent = parent_of(pid)
     for _ in range(limit):
@@ -104,11 +97,8 @@ def ancestors(pid: int, limit: int = 32) -> list[ProcessIdentity]:
 
 
 def is_ancestor(target: ProcessIdentity, pid: int, limit: int) -> bool:
-    """Whether ``target`` is one of the ``limit`` nearest ancestors of ``pid``.
-
-    Walks up only until it meets target's pid (a hook's caller is most often
-    the target's child: two reads).  TargetGone when ``pid`` or a parent on
-    the way is gone."""
+    """Whether ``target`` is one of the ``limit`` nearest ancestors of ``pid`` (TargetGone if one
+    on the way is gone)."""
     parent = parent_of(pid)
     for _ in range(limit):
         if parent <= 0:
@@ -121,13 +111,8 @@ def is_ancestor(target: ProcessIdentity, pid: int, limit: int) -> bool:
 
 
 class OwnAncestry:
-    """The pids of this process and its ancestors, read again only once one of those has exited.
-
-    Ancestry changes only by reparenting, which happens when an ancestor
-    exits; a pidfd of each ancestor turns readable at that exit (after its
-    children were reparented), so one poll(2) with no timeout tells whether
-    the chain read before still holds.  Without pidfds (an old kernel, no
-    descriptors left) nothing is kept and every call reads /proc."""
+    """The pids of this process and its ancestors, cached until an ancestor's pidfd turns readable
+    (ancestry changes only when one exits).  Without pidfds every call reads /proc."""
 
     def __init__(self) -> None:
         self._pids: frozenset[int] | None = None
@@ -154,7 +139,6 @@ class OwnAncestry:
         return pids
 
     def close(self) -> None:
-        """Forget the chain and close its pidfds."""
         for fd in self._fds:
             self._poll.unregister(fd)
             os.close(fd)
@@ -166,8 +150,7 @@ PF_KTHREAD = 0x00200000  # field 9 of /proc/PID/stat
 
 
 def check_ptraceable(pid: int, ours: set[int]) -> None:
-    """Refuse, in one line, a pid that no tracer can attach: see :func:`check_user_process`;
-    a process another tracer holds, not one of ``ours`` (Busy)."""
+    """As :func:`check_user_process`, and Busy for a process another tracer (not ``ours``) holds."""
     status = check_user_process(pid)
     current = int(status.get(b"TracerPid", 0))
     if current and current not in ours:
@@ -175,8 +158,8 @@ def check_ptraceable(pid: int, ours: set[int]) -> None:
 
 
 def check_user_process(pid: int) -> dict[bytes, bytes]:
-    """Refuse, in one line, a kernel thread (AccessDenied), a zombie (TargetGone), a thread
-    that is not its process's leader (AccessDenied); else /proc/PID/status (:func:`_status`)."""
+    """Refuse a kernel thread or a non-leader thread (AccessDenied), a zombie (TargetGone);
+    else /proc/PID/status."""
     fields = _stat_fields(pid)
     if int(fields[6]) & PF_KTHREAD:
         raise AccessDenied(f"pid {pid} is a kernel thread; only user processes can be traced")
@@ -200,7 +183,7 @@ def _status(pid: int) -> dict[bytes, bytes]:
 
 
 def pid_namespace(pid: int | str) -> tuple[int, int]:
-    """The identity (device, inode) of a process's pid namespace ("self" for ours)."""
+    """(device, inode) of a process's pid namespace ("self" for ours)."""
     try:
         info = os.stat(f"/proc/{pid}/ns/pid")
     except (FileNotFoundError, ProcessLookupError) as err:
@@ -211,8 +194,8 @@ def pid_namespace(pid: int | str) -> tuple[int, int]:
 
 
 def ancestor_by_inner_pid(inner: int, pid: int, limit: int) -> int | None:
-    """Our pid of the nearest of the ``limit`` ancestors of ``pid`` (our pid) that is ``inner``
-    in ``pid``'s own pid namespace (a hook in a container names its caller so), else None."""
+    """Our pid of the nearest ancestor of ``pid`` that is ``inner`` in ``pid``'s pid namespace
+    (how a hook in a container names its caller), else None."""
     try:
         namespace = pid_namespace(pid)
         parent = parent_of(pid)
@@ -228,7 +211,7 @@ def ancestor_by_inner_pid(inner: int, pid: int, limit: int) -> int | None:
 
 
 def _ns_pids(pid: int) -> list[bytes]:
-    """NSpid of /proc/PID/status: its pid in each pid namespace, ours first, its own last."""
+    """NSpid: its pid in each pid namespace, ours first, its own last."""
     with open(f"/proc/{pid}/status", "rb") as status:
         for line in status:
             if line.startswith(b"NSpid:"):
@@ -237,7 +220,7 @@ def _ns_pids(pid: int) -> list[bytes]:
 
 
 def tracer_pid(pid: int) -> int:
-    """TracerPid from /proc/PID/status: 0 when nobody traces the process."""
+    """TracerPid: 0 when nobody traces the process."""
     try:
         with open(f"/proc/{pid}/status", "rb") as status:
             for line in status:
@@ -275,12 +258,8 @@ def _mask(pid: int, field: str, tid: int | None = None) -> int:
 
 
 def signal_is_fatal(pid: int, tid: int | None, signal_name: str, si_code: int | None) -> bool:
-    """Will delivering this signal kill the process, as it would untraced?
-
-    A handler that is installed and not blocked runs instead (the program's
-    own SIGSEGV handler); an ignored signal sent by kill() is dropped.  A
-    fault (si_code > 0) that is blocked or ignored is forced on by the kernel.
-    """
+    """Will this signal kill the process, as untraced?  An unblocked handler runs instead; an ignored
+    kill() is dropped; a fault (si_code > 0) blocked or ignored is forced on by the kernel."""
     try:
         signo = int(getattr(signalmod.Signals, signal_name))
     except AttributeError:

@@ -1,35 +1,18 @@
 """Wire protocol between tracerd and its clients: JSON lines over a unix socket.
 
-Each request is one JSON object on one line; each reply is one JSON object on
-one line: ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message":
-TEXT}``.  CODE is one of the stable codes of :mod:`tracerd.errors`.
+One request object per line; one reply per line, ``{"ok": true, ...}`` or
+``{"ok": false, "error": CODE, "message": TEXT}`` (CODE from tracerd.errors).
+A hook with ``"ack": true`` first gets :data:`ACK` once authorised (a refusal
+replaces it), so the hook tells a hung daemon from a slow attach.  Every op is
+declared once, in :data:`OPERATIONS`.  pftrace-hook does not import this: it
+tells ACK and success by their first bytes, so keep encode's shape
+(tests/test_hook_startup.py).
 
-A hook request may ask for an acknowledgement with ``"ack": true``: once the
-daemon has read and authorised it, before the tracer starts, it writes the
-interim line :data:`ACK` (``{"ack": true}``), then the final reply.  A
-refusal comes instead of the acknowledgement, as the only line.  So the hook
-can tell a hung daemon (no acknowledgement within ``--ack-timeout``) from a
-slow attach (acknowledged, no reply yet within ``--timeout``).  Without the
-field, and for every other op, there is one reply and nothing else.
+Security: a request is hostile until :func:`parse_request` checks it: size
+cap, name and pid ranges, unknown fields refused.
 
-Every operation is declared once, in :data:`OPERATIONS`: its required and
-optional fields (each checked by :data:`FIELDS`), whether it is read-only
-(group members may call it: tracerd.daemon.auth) and the name of its
-handler (tracerd.daemon.service).
-
-Security: everything in a request is hostile until :func:`parse_request` has
-checked it.  A frame is capped at :data:`MAX_REQUEST_BYTES`; names must match
-:data:`NAME_RE`; pids are positive integers no larger than the kernel allows;
-unknown fields are refused, so a typo is an error rather than a silent no-op.
-
-Diagnostics: every refusal raises :class:`ProtocolError` with a one-line
-message fit to show an administrator; the server answers it as
-``bad_request`` (:class:`~tracerd.errors.BadRequest`).
-
-pftrace-hook does not import this module (its start-up is all its cost): it
-writes its one request itself and tells :data:`ACK` and a success by their
-first bytes, as :func:`encode` writes them ({"ok": true, ...} puts "ok"
-first), so those two must keep that shape (tests/test_hook_startup.py).
+Diagnostics: every refusal is a one-line :class:`ProtocolError`, answered as
+``bad_request``.
 """
 
 from __future__ import annotations
@@ -49,7 +32,7 @@ TRACER_RE = re.compile(r"[a-z]{1,16}")
 
 
 class ProtocolError(ValueError):
-    """A frame or field is malformed (mapped to BadRequest by the server)."""
+    """A malformed frame or field (answered as BadRequest)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +48,6 @@ class Request:
 
 
 def check_name(value: object) -> str:
-    """A process name as Postfix passes it: ``[A-Za-z0-9._-]{1,64}``, no leading dot."""
     if not isinstance(value, str):
         raise ProtocolError("name must be a string")
     if not NAME_RE.fullmatch(value):
@@ -77,7 +59,7 @@ def check_name(value: object) -> str:
 
 
 def check_pid(value: object) -> int:
-    """A pid: a positive integer (JSON number, not bool, not float)."""
+    """A positive integer (not bool, not float)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError("pid must be an integer")
     if not 1 <= value <= MAX_PID:
@@ -86,7 +68,6 @@ def check_pid(value: object) -> int:
 
 
 def check_tracer(value: object) -> str:
-    """A tracer name's shape (the daemon looks it up in tracerd.tracers)."""
     if not isinstance(value, str) or not TRACER_RE.fullmatch(value):
         raise ProtocolError("tracer must be a tracer name such as strace")
     return value
@@ -105,7 +86,7 @@ def check_flag(value: object) -> bool:
 
 
 def check_hold(value: object) -> float:
-    """Seconds of a --hold: a number, 0 < S <= 3600 (the daemon caps it at max_gdb_hold)."""
+    """Seconds of a --hold (the daemon caps it at max_gdb_hold)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
         raise ProtocolError("hold must be a number of seconds, 0 < S <= 3600")
     return float(value)
@@ -115,7 +96,6 @@ MAX_AGE = 100 * 366 * 86400.0
 
 
 def check_age(value: object) -> float:
-    """Seconds of a crash-delete --older-than: a number, 0 < S <= 100 years."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_AGE:
         raise ProtocolError("older_than must be a number of seconds, 0 < S <= 100 years")
     return float(value)
@@ -142,14 +122,8 @@ FIELDS: dict[str, Field] = {
 
 @dataclass(frozen=True)
 class Operation:
-    """One daemon operation, declared once.
-
-    ``required`` and ``optional`` name :data:`FIELDS`; ``read_only``
-    operations also admit members of ``socket_group`` (tracerd.daemon.auth);
-    ``handler`` is the method of tracerd.daemon.service.TracerdService that
-    answers it.  Adding an operation: one line in :data:`OPERATIONS`, one
-    handler there and one renderer in tracerd.ctl.main.RENDERERS.
-    """
+    """One op: fields from :data:`FIELDS`; ``read_only`` admits socket_group; ``handler`` is the
+    TracerdService method.  A new op also needs a renderer in tracerd.ctl.main.RENDERERS."""
 
     name: str
     required: frozenset[str] = frozenset()
@@ -178,19 +152,18 @@ OPERATIONS: dict[str, Operation] = {
         _op("show", "pid", read_only=True),
         _op("crashes", read_only=True),
         _op("crash", "id", read_only=True),
-        # tracerctl gdb (docs/debugging.md, "Interactive debugging"): root only
+        # docs/debugging.md, "Interactive debugging": root only
         _op("handoff", "pid"),
         _op("catch", "name", "hold ack"),
-        # retention (docs/crashes.md, "Crash retention"): root only; an id or older_than
+        # docs/crashes.md, "Crash retention": root only
         _op("crash-delete", "", "id older_than"),
-        # tracerctl retrace (docs/crashes.md "Cores and retrace"): root only; ID.retrace into the stored report
+        # docs/crashes.md, "Cores and retrace": root only
         _op("crash-retrace", "id"),
     )
 }
 
 
 def parse_request(frame: bytes) -> Request:
-    """Decode and validate one request line against :data:`OPERATIONS`."""
     if len(frame) > MAX_REQUEST_BYTES:
         raise ProtocolError(f"request too large (over {MAX_REQUEST_BYTES} bytes)")
     try:
@@ -223,12 +196,11 @@ def parse_request(frame: bytes) -> Request:
 
 
 ACK: dict[str, Any] = {"ack": True}
-# what a request handler calls once it accepts a hook: sends ACK if asked for
+# called by a handler once it accepts a hook: sends ACK if asked for
 Ack = Callable[[], None]
 
 
 def encode(reply: dict[str, Any]) -> bytes:
-    """One reply line."""
     return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
 
 

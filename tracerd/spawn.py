@@ -1,33 +1,16 @@
 """Tracer child processes, run from argv lists and drained by the event loop.
 
-Tracers are started with :class:`subprocess.Popen` (never a shell), in a
-session of their own so that a ^C meant for tracerd does not reach them
-before tracerd has decided how to detach.  Their exit is watched through a
-pidfd registered with the event loop, not through a SIGCHLD child watcher:
-tracerd may hold a thousand tracers, and a thread per child (asyncio's
-default watcher on Python 3.11) would be a thousand threads.
+Each tracer runs via Popen in its own session (a ^C for tracerd does not reach
+it), under ``setpriv --pdeathsig TERM`` where present (it dies with tracerd;
+preexec_fn is unsafe with threads).  Exit is watched by pidfd, not a SIGCHLD
+watcher (no thread per child).  Output is always drained, whole lines at once;
+stdin writes never block (at most MAX_INPUT_PENDING queued).
 
-Output is always drained: the reader callback runs as soon as the pipe is
-readable and hands whole lines on at once, so a tracer never blocks on a full
-pipe because of us.  What the line consumer cannot keep is its business (the
-log writer drops and counts); nothing here waits on it.
+Security: argv lists only, never a shell; close_fds; the caller's env.
 
-Tracers die with tracerd: each is started through ``setpriv --pdeathsig
-TERM`` (util-linux) when it is there, so that even a SIGKILLed tracerd
-leaves no strace or gdb holding a process; on SIGTERM both detach cleanly.
-(Popen's preexec_fn could call prctl itself, but it is unsafe in a process
-that has threads, as tracerd has.)
-
-Input is never blocking either: :meth:`Child.write` hands the pipe what it
-takes at once and keeps the rest (at most 1 MiB) for the event loop to feed
-as the tracer reads; a tracer that has stopped reading makes ``write`` raise
-:class:`~tracerd.errors.TracerFailed` instead of stalling the daemon.
-
-Diagnostics: a program that cannot be started raises
-:class:`~tracerd.errors.TracerUnavailable` (not installed) or
-:class:`~tracerd.errors.TracerFailed`; so does one that started but cannot be
-watched (no fd left for its pidfd: EMFILE), killed and reaped first, so that
-a tracer that has already attached never runs on unowned.
+Diagnostics: TracerUnavailable (not installed) or TracerFailed (cannot start,
+cannot be watched, not reading its input).  A child that cannot be watched is
+killed and reaped first, so no attached tracer runs on unowned.
 """
 
 from __future__ import annotations
@@ -52,8 +35,7 @@ SETPRIV = shutil.which("setpriv")
 
 
 def restart_delay(deaths_in_a_row: int, first: float, most: float) -> float:
-    """How long to wait before starting a helper again (the watcher, the warm gdb):
-    none before the first death, then ``first`` doubling per death in a row, at most ``most``."""
+    """Backoff before restarting a helper: 0, then ``first`` doubling per death in a row, up to ``most``."""
     if deaths_in_a_row <= 0:
         return 0.0
     return float(min(first * 2 ** min(deaths_in_a_row - 1, 16), most))
@@ -158,10 +140,7 @@ class Child:
         if lines:
             self._emit(lines)
         if self._coalesce and len(chunk) < READ_SIZE and self._out >= 0:
-            # A chatty tracer writes a line per write(): waking up for each
-            # costs more than the line.  Let the pipe gather for a moment (it
-            # holds 1 MiB; a full read re-arms at once, so the tracer never
-            # waits on us).
+            # a wake-up per line costs more than the line: let the 1 MiB pipe gather a moment
             self._loop.remove_reader(self._out)
             self._loop.call_later(self._coalesce, self._rearm)
 
@@ -187,20 +166,14 @@ class Child:
     async def wait(self) -> int:
         """Wait for exit and for the last of the output; returns Popen's returncode."""
         code = await asyncio.shield(self._exited)
-        # the pipe may hold the tracer's last words: read them before reporting
-        # a grandchild may hold the pipe open: what we have by then is enough
+        # read the last words; bounded, since a grandchild may hold the pipe open
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._eof.wait(), timeout=2.0)
         return code
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` to the tracer's stdin without blocking, in order.
-
-        What the pipe does not take now waits for the loop to feed it.  Raises
-        TracerFailed (nothing of ``data`` sent) when more than MAX_INPUT_PENDING
-        bytes would wait: the tracer has stopped reading.  OSError (EPIPE) when
-        the tracer is gone.
-        """
+        """``data`` to stdin, in order, never blocking; the rest is fed by the loop.  TracerFailed
+        (nothing sent) past MAX_INPUT_PENDING; OSError (EPIPE) when the tracer is gone."""
         stdin = self.proc.stdin
         if stdin is None or stdin.closed:
             raise TracerFailed(f"{self.argv[0]} has no stdin")
@@ -231,7 +204,7 @@ class Child:
             self._loop.remove_writer(self._in)
 
     async def exit_or_kill(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for the child to end on its own, then stop it."""
+        """Wait up to ``timeout`` for the child to end, then stop it."""
         try:
             return await asyncio.wait_for(asyncio.shield(self.wait()), timeout=timeout)
         except TimeoutError:
