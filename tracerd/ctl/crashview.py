@@ -1,32 +1,19 @@
 """Crash reports and the crash inventory, rendered for a terminal.
 
-``tracerctl crash ID`` prints what README's Postfix quick start promises, in
-this order: the process, the signal line (name, number, si_code and its
-name, the fault address or the sender's pid and uid, when the report has
-them), the time and the tracer, the per-process log; the crashing thread's
-gdb ``bt full`` (every thread's with ``--full``; without it the other
-threads get one line each); the registers, a few per line; ``x/16i $pc``;
-the shared libraries, one line each with their build-id; and the frames
-without symbols with whatever the report says would name them (its
-``missing_symbols`` items: object, build-id, and any other key, such as a
-package, its version or advice, rendered generically as ``key: value``).
-``tracerctl crashes`` is a table, one signature a row.
+``tracerctl crash ID``: process, signal line, time and tracer, the crashing
+thread's ``bt full`` (every thread's with ``--full``), registers, ``x/16i
+$pc``, shared libraries with build-ids, and what would name the frames
+without symbols (``missing_symbols``, rendered generically as ``key:
+value``), in README's order.  A redacted report (``socket_group``) says so
+on one line and shows frames.  ``tracerctl crashes``: one signature a row.
 
-Security: a report holds strings taken from a crashed program (thread and
-function names, command lines, gdb's text of its variables), and a report
-read from the store while tracerd is down is a file: everything is data,
-rendered with control characters replaced by ``?`` (newlines and tabs kept
-only inside gdb's text blocks), so that a hostile string cannot drive the
-terminal or forge lines.  Nothing is evaluated.
+Security: a report holds strings from a crashed program, or is a file read
+from the store: all data, never evaluated, control characters made ``?``
+(newlines and tabs kept only in gdb's text blocks), so no string drives the
+terminal or forges lines.
 
-A report a ``socket_group`` member got (``redacted``: without locals and
-memory, tracerd.crash.redact) says so on one ``redacted`` line, and its
-threads show their frames, since there is no ``bt full`` text.
-
-Diagnostics: none of its own; a key the report lacks (an older report, a
-capture step that failed, an interrupted capture with no backtrace) is
-left out or shown as ``?``, never an error; a capture that was interrupted
-or had errors says so on a ``capture`` line.
+Diagnostics: none of its own; a key the report lacks is left out or shown
+as ``?``; an interrupted or failed capture says so on a ``capture`` line.
 """
 
 from __future__ import annotations
@@ -274,8 +261,7 @@ def _libraries(libraries: object) -> list[str]:
 
 
 def _missing_symbols(missing: object, debug: object = None) -> list[str]:
-    """Each object lacking file:line (its build-id, package, version and what to
-    do), then how to get symbols on this system (``debug_symbols``)."""
+    """Each object lacking file:line (build-id, package, what to do), then ``debug_symbols``' advice."""
     items = [item for item in missing if isinstance(item, dict)] if isinstance(missing, list) else []
     if not items:
         return []

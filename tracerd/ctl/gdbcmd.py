@@ -1,33 +1,19 @@
 """``tracerctl gdb``: an interactive gdb on a traced process, handed over and taken back by tracerd.
 
-``tracerctl gdb PID`` asks tracerd (op ``handoff``) to let go of PID
-*stopped*, then runs the human's front-end on this terminal; ``tracerctl gdb
---next NAME [--hold S]`` arms a catch (op ``catch``, acknowledged once
-armed) and waits, on the same connection, for the next hook of NAME, whose
-process then waits in its hook until this gdb has attached.  A CRASH-ID
-argument is a post-mortem session (tracerd.ctl.postmortem).  docs/debugging.md,
-"Interactive debugging", is the contract; :mod:`tracerd.daemon.gdbhandoff` the
-daemon's half.
+``gdb PID`` asks tracerd (op ``handoff``) to let go of PID stopped and runs
+the front-end here; ``gdb --next NAME`` arms a catch (op ``catch``) and waits
+for NAME's next hook; a CRASH-ID is a post-mortem (:mod:`postmortem`).  Our
+gdb set-up (``-nx`` and a command file) queues SIGSTOP on detach or quit so
+tracerd gets the process back, and leaves a fatal signal's process at its
+fault for tracerd to report.  Contract: docs/debugging.md, "Interactive
+debugging"; the daemon's half: :mod:`tracerd.daemon.gdbhandoff`.
 
-The gdb set-up (a command file of ours, gdb run with ``-nx``): the
-executable and a sysroot (a chrooted Postfix daemon's libraries), ``handle
-SIGPIPE nostop noprint pass``, ``set confirm off``, and hook-detach /
-hook-quit that queue SIGSTOP before gdb lets go, so that the process waits,
-stopped, until tracerd has it again.  A process stopped at a fatal signal is
-detached *without* that signal (``handle SIG nopass``): it stays at the
-faulting instruction, which faults again under tracerd's tracer, which then
-writes the crash report and lets it die of the signal.
+Security: tracerd admits root only (SO_PEERCRED).  Only plain paths from the
+process reach gdb's command file.  gdbserver gets no address: tracerctl binds
+a loopback or unix socket (0600) itself and hands over the one connection.
 
-Security: tracerd checks that the caller is root (SO_PEERCRED).  Nothing
-from the process reaches gdb's command file unless it is a plain path;
-gdbserver is never given an address: tracerctl binds the listening socket
-itself (a loopback address or a unix socket, 0600) and runs ``gdbserver
---attach -`` on the one connection it accepts, so it cannot listen anywhere
-routable.
-
-Diagnostics: one line ``tracerctl: gdb: REASON`` for every failure; exit 0
-when the front-end ran (its own exit status is the human's business), 1
-refused or failed, 2 usage, 3 tracerd unreachable.
+Diagnostics: ``tracerctl: gdb: REASON``; exit 0 when the front-end ran
+(whatever its own status), 1 refused or failed, 2 usage, 3 unreachable.
 """
 
 from __future__ import annotations
@@ -202,12 +188,12 @@ def _report_back(args: argparse.Namespace, pid: int) -> None:
 
 
 def command_file(pid: int, handed: dict[str, Any], directory: str) -> str:
-    """Our gdb set-up for the process (see the module docstring); its path."""
+    """Our gdb set-up for the process (docs/debugging.md); its path."""
     exe = str(handed.get("exe") or "")
     root = str(handed.get("root") or "/")
     # SIGSTOP: tracerd handed the process over stopped; passing that stop on would stop it again
     lines = ["set confirm off", "handle SIGPIPE nostop noprint pass", "handle SIGSTOP nostop noprint nopass",
-             "set sysroot /"]
+             "set sysroot /"]  # fmt: skip
     if root != "/" and _PLAIN_PATH.fullmatch(root):
         # libraries loaded after chroot() are named inside it (loaded before: outside)
         lines.append("set solib-search-path " + ":".join(f"{root}/{lib}" for lib in LIB_DIRS))

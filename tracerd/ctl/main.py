@@ -1,34 +1,18 @@
 """tracerctl: the administrator's side of the status socket.
 
-``tracerctl [--socket PATH] [--json] COMMAND``.  Every command is one request
-and one reply.  Exit codes are the contract: 0 ok, 1 the daemon refused or
-the operation failed, 2 usage, 3 the daemon is not reachable.
+``tracerctl [--socket PATH] [--json] COMMAND``: one request, one reply,
+printed as a table or (``--json``, before or after the command) as the
+reply without its ``ok`` field.  ``crashes`` and ``crash`` answer from the
+crash store, read only, while tracerd is down; ``crash-delete`` does not
+(the daemon keeps the index).  Local commands (:data:`LOCAL_COMMANDS`) are
+imported only when named.  Contract: tracerctl(8), docs/json.md.
 
-With ``--json`` the daemon's reply is printed as one JSON document (the
-``ok`` field dropped on success, so the shape is README's); without it, a
-table made for a terminal (a crash report: :mod:`tracerd.ctl.crashview`).
+Security: pids, names, crash ids and ages are checked before they reach the
+socket; who may do what is tracerd's decision (SO_PEERCRED).
 
-``crashes`` and ``crash ID`` still answer while tracerd is down: from its
-crash store (``--state-dir``, else tracerd's configured state_dir), read
-only, with a one-line notice on stderr and ``"source": "store"``,
-``"daemon": "unreachable"`` in the JSON; exit 0 when the store was read, 1
-when it may not be read (permission), 3 when there is none.
-
-``crash-delete ID`` and ``crash-delete --older-than AGE`` (``30d``: s, m, h
-or d) go through the daemon's ``crash-delete`` operation, root only
-(:mod:`tracerd.crash.retention`): tracerd keeps the store's index, so there
-is no store fallback; exit 3 while it is down.
-
-``--json`` is accepted before or after the command.  Under it a failure is
-JSON too: ``{"error": REASON, "exit": N}`` on stdout (a daemon's refusal: its
-reply with ``"exit": 1``), usage errors and an unreachable daemon included.
-``--help`` and ``--version`` print on stdout and exit 0.  Without
-``--socket`` (or $TRACERD_SOCKET), a non-root user talks to the system socket
-when it exists and they may connect to it (``socket_group``), else to their
-own (:func:`tracerd.client.find_socket`).  The hidden ``_complete`` command
-feeds shell completion (:mod:`tracerd.ctl.complete`).
-
-Diagnostics: one line ``tracerctl: REASON`` on stderr for every failure.
+Diagnostics: one line ``tracerctl: REASON`` on stderr; under ``--json`` also
+``{"error": REASON, "exit": N}`` on stdout.  Exit 0 ok, 1 refused or
+failed, 2 usage, 3 tracerd not reachable (or no crash store).
 """
 
 from __future__ import annotations
@@ -60,9 +44,7 @@ from tracerd.ctl.crashview import render_crash, render_crashes, render_deleted
 from tracerd.protocol import MAX_AGE, check_name, check_pid
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Unreachable", "call", "main"]
-# commands that work on files and Postfix rather than the socket: their
-# module is imported only when the command line names them (so `status`
-# loads none of them); the help text stands in for them otherwise
+# imported only when the command line names them (`status` loads none); else the help text stands in
 LOCAL_COMMANDS: dict[str, tuple[str, str]] = {
     "postfix": ("tracerd.ctl.postfix", "trace Postfix services: enable, disable, status (through postconf)"),
     "triage": ("tracerd.ctl.triage", "warning/error/fatal/panic lines of the mail log, earliest first"),
@@ -78,8 +60,7 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`UsageError` instead of printing and exiting,
-    so that ``--json`` can report a usage error as JSON too (subparsers inherit it)."""
+    """argparse raising :class:`UsageError`, so that ``--json`` can report a usage error as JSON too."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
@@ -100,8 +81,7 @@ def _name(text: str) -> str:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The whole parser, or (given ``argv``) one whose local commands are
-    imported only if ``argv`` names them."""
+    """The whole parser, or (given ``argv``) one that imports only the local commands it names."""
     parser = Parser(prog="tracerctl", description="Query and steer tracerd.",
                     epilog="Exit status: 0 ok, 1 refused or failed, 2 usage, 3 tracerd not reachable.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"tracerctl {__version__}")
@@ -147,8 +127,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _json_after_command(parser: argparse.ArgumentParser) -> None:
-    """``tracerctl status --json`` as well as ``tracerctl --json status``: every
-    subcommand takes --json too; SUPPRESS so that its default does not reset the global one."""
+    """Every subcommand takes --json too; SUPPRESS, so its default does not reset the global one."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
