@@ -1,39 +1,17 @@
 """Hand a process to a human's gdb, and take it back when that gdb lets go.
 
-``tracerctl gdb PID`` and ``tracerctl gdb --next NAME`` (docs/debugging.md,
-"Interactive debugging") come here.  A hand-off has three phases:
+``tracerctl gdb PID`` and ``--next NAME`` (docs/debugging.md). Phases: giving
+(the tracer lets go of it stopped, or it waits in its hook), held (TracerPid
+names the human's tracer), returning (traced again, then SIGCONT). TracerPid
+changes with no event, so it is polled, less often as a hold goes on
+(:func:`poll_interval`).
 
-1. *giving*: the process's tracer lets go of it *stopped* (the watch and gdb
-   backends' ``hand_off``: SIGSTOP queued while still traced, then detach),
-   or, for a process caught at its hook, it is blocked in the hook (Postfix
-   waits for debugger_command) and runs no code of its own;
-2. *held*: from the moment TracerPid names another tracer (the human's gdb)
-   until it is 0 again.  Phase 1 ends without a human when the bound passes
-   (``--hold`` for a catch, :data:`GIVE_TIMEOUT` for a pid), when tracerctl
-   ends, or when the hook gives up (its ``--timeout``): the process goes
-   back at once and syslog says why;
-3. *taking back*: the tracer it had (or, for a catch, the one tracerd's
-   rules name) attaches again, then SIGCONT resumes it.  tracerctl's gdb
-   set-up stops the process (SIGSTOP queued by its hook-detach/hook-quit)
-   before it detaches, so the process waits, stopped, through the untraced
-   instant; the poll interval bounds how late tracerd sees it (README has
-   the figures, from bench/handoff.py).
+Security: the request handler authorizes (root) and checks the target; here
+every act is on a (pid, start time) identity, signals go through a pidfd. The
+human's tracer is whatever TracerPid names, trusted no further.
 
-TracerPid changes with no event to wait on, so tracerd looks at
-/proc/PID/status: every :data:`POLL` seconds at first, then less often as
-the hold goes on (:func:`poll_interval`: at most :data:`POLL_SHARE` of the
-time held so far, at most :data:`POLL_MAX`), so that a human who holds a
-process for hours costs the event loop a few looks a second, not 500.
-
-Security: the request handler authorizes (root only) and checks the target
-(never tracerd, its tracers, pid 1); everything here acts on a process
-identity (pid, start time) and signals it through a pidfd.  The human's
-tracer is whatever TracerPid names: tracerd does not trust it further.
-
-Diagnostics: each hand-off and hand-back is one line of tracerd's log
-(``handed_off``, ``handed_back`` with the untraced milliseconds); a
-hand-off that ends without a human, and a take-back that fails, is a
-syslog warning.
+Diagnostics: ``handed_off``/``handed_back`` log lines (with untraced ms); a
+hand-off that ends without a human, or a failed take-back, is a syslog warning.
 """
 
 from __future__ import annotations
@@ -59,10 +37,10 @@ from tracerd.sinks.syslog import LOG_WARNING, SyslogSink
 from tracerd.timefmt import iso_utc
 
 log = structlog.get_logger("tracerd")
-POLL = 0.002  # seconds between the first looks at TracerPid (giving, held)
+POLL = 0.002  # seconds between the first looks at TracerPid
 POLL_MAX = 0.1  # ... and between the looks of a long hold
-POLL_SHARE = 0.02  # the interval grows to this share of the time spent waiting so far
-GIVE_TIMEOUT = 60.0  # tracerctl gdb PID: its gdb must attach within this, or the process goes back
+POLL_SHARE = 0.02  # the interval grows to this share of the time waited so far
+GIVE_TIMEOUT = 60.0  # tracerctl gdb PID: the human's gdb must attach within this
 
 
 def poll_interval(waited: float) -> float:
@@ -84,9 +62,7 @@ class HandOff:
     human: int = 0  # the human's tracer pid, once attached
     watched: list[tuple[int, str]] = field(default_factory=list)  # (pid, why its end matters)
     attached: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    returned: asyncio.Future[Session | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    returned: asyncio.Future[Session | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     untraced_ms: float | None = None
 
     @property
@@ -214,7 +190,7 @@ class HandOffs:
                 os.close(fd)
 
     async def _wait_let_go(self, handoff: HandOff) -> None:
-        """Until the human's tracer lets go (TracerPid 0): the kernel tells nobody else, so look."""
+        """Until the human's tracer lets go (TracerPid 0); the kernel tells nobody, so poll."""
         started = time.monotonic()
         while True:
             if not procinfo.tracer_pid(handoff.pid):

@@ -1,20 +1,15 @@
 """Fleet outputs: journald entries and metrics for each session and crash.
 
-The runner and the request handler call the module's :data:`hub` where
-things happen (a session attached, ended or failed; a crash stored; a hook
-refused or attached), one line each; the hub turns each event into a
-journald entry (:mod:`tracerd.sinks.journal`) and metric updates
-(:mod:`tracerd.metrics`).  Until :meth:`Fleet.open` runs (tracerd's start)
-the hub does nothing, so code that runs sessions without a daemon is not
-affected.  docs/fleet.md, "Fleet: journald, structured syslog, metrics".
+The runner and request handler call :data:`hub` where things happen (session
+attached, ended, failed; crash stored; hook refused or attached); it feeds the
+journal sink and the metrics. Inert until :meth:`Fleet.open` (tracerd's
+start). See docs/fleet.md.
 
-Security: what reaches the journal is what the crash report and session
-already hold (names checked by the protocol, target strings encoded
-length-prefixed); metric labels are bounded by :mod:`tracerd.metrics.registry`.
+Security: the journal gets only what the report and session already hold;
+metric labels are bounded by tracerd.metrics.registry.
 
-Diagnostics: nothing here raises into its callers: journald absent or
-full, a metrics port in use, a textfile directory missing each give one
-warning (logged by the sink or endpoint) and tracing goes on.
+Diagnostics: nothing raises into callers: journald absent, a metrics port in
+use or a missing textfile directory each give one warning; tracing goes on.
 """
 
 from __future__ import annotations
@@ -84,7 +79,7 @@ class Fleet:
         self.sessions_to_journal = config.journal.sessions
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: [journal] and the program label's names apply at once; [metrics] serving at a restart."""
+        """SIGHUP: [journal] and program label names apply at once; [metrics] waits for a restart."""
         dropped = self.journal.dropped if self.journal else 0
         self._open_journal(config)
         if self.journal is not None:
@@ -127,7 +122,7 @@ class Fleet:
         return values
 
     def counters(self) -> dict[str, int]:
-        """For ``status``: what the journal sink sent and dropped (when it is on)."""
+        """For ``status``: journal entries sent and dropped (when the journal is on)."""
         if self.journal is None:
             return {}
         return {"journal_sent": self.journal.sent, "journal_dropped": self.journal.dropped}

@@ -1,36 +1,17 @@
 """tracerd: the resident daemon, in the foreground (systemd supervises).
 
-``tracerd [--config FILE] [--check]``.  Start-up is the ladder of severity:
-a bad config or an unusable socket is fatal (exit 1 with the reason); after
-that nothing a client or tracer does stops the daemon.
+``tracerd [--config FILE] [--check]``; signals, --check and reloads are in
+tracerd(8). A bad config or unusable socket is fatal (exit 1); after that
+nothing a client or tracer does stops the daemon. SIGTERM exits within
+:data:`SHUTDOWN_SECONDS`, leaving sessions.json for the next start
+(docs/design.md, "Restart").
 
-``--check`` lists every error of the file in line order (exit 1 if any), and
-warns about what would fail on this machine although the file is valid: a
-tracer that is not on PATH, an attach_timeout longer than pftrace-hook waits,
-Postfix's debugger_command naming a pftrace-hook that does not exist.
-The same warnings go to the log at start-up and on each reload.
+Security: the config file is root's, trusted as tracerd.config says; nothing
+from a client reaches the config.
 
-Signals: SIGTERM/SIGINT detach every tracer, close every log with a final
-line and exit 0 (traced processes run on), within 5 s even when a tracer
-does not let go; SIGHUP reloads the config, applies what can change live
-(rules, limits, max_log_bytes, ``[syslog]``, log_dir for new sessions) and
-reopens every log (logrotate); socket, state_dir and socket_group need a
-restart (logged as ``restart_needed``, listed in ``status``).  A config that fails to load on
-SIGHUP leaves the old one in force: the reason goes to syslog at warning and
-to ``status`` (``config_error``) until a reload succeeds.  With
-``NOTIFY_SOCKET`` set it tells systemd READY=1 once the socket listens.
-
-Restart (docs/design.md, "Reliability"): under socket activation (``LISTEN_FDS``,
-tracerd.daemon.listenfds) the listening socket is systemd's and outlives
-tracerd, else tracerd binds it itself.  The attached sessions are kept in
-``{state_dir}/sessions.json`` (tracerd.daemon.sessionsfile); SIGTERM writes
-them as they are before detaching, and the next start re-adopts them in the
-background once the socket accepts (tracerd.daemon.resume).
-
-Security: the config file is root's and trusted as tracerd.config says;
-nothing from a client reaches the config.
-
-Diagnostics: its own log is structlog JSON lines on stderr.
+Diagnostics: structlog JSON lines on stderr; a fatal error is also one
+``tracerd: ...`` line on stderr. A failed SIGHUP reload keeps the old config
+and says why in syslog and ``status`` (``config_error``).
 """
 
 from __future__ import annotations
@@ -101,14 +82,8 @@ def sd_notify(message: str) -> None:
 
 
 def machine_checks(config: Config, locate: Locator) -> tuple[list[ConfigError], list[ConfigError]]:
-    """What the file cannot say by itself, checked on this machine: (errors, warnings).
-
-    Errors: socket_group names no group.  Warnings: a tracer (default_tracer
-    or a rule's) whose program is not on this PATH, found as its backend
-    finds it at attach (shutil.which); attach_timeout longer than
-    pftrace-hook's default --timeout (hook.DEFAULT_TIMEOUT), so that the hook
-    would give up on an attach tracerd still allows.
-    """
+    """(errors, warnings) only this machine can tell: an unknown socket_group; a tracer
+    not on PATH; attach_timeout longer than pftrace-hook's default --timeout."""
     errors: list[ConfigError] = []
     warnings: list[ConfigError] = []
     if config.socket_group and group_id(config.socket_group) is None:
@@ -159,17 +134,14 @@ def check(path: Path | None) -> int:
 
 
 def warn_postfix_hook(emit: Callable[[str], None]) -> None:
-    """Postfix's debugger_command names a pftrace-hook root cannot run (missing,
-    say): every -D process would start untraced, silently.  Checked with
-    postconf, bounded, when it is installed (tracerd.hookcheck)."""
+    """Warn if debugger_command names a pftrace-hook root cannot run (tracerd.hookcheck)."""
     warning = postfix_hook_warning()
     if warning is not None:
         emit(warning)
 
 
 def load_config(path: Path | None) -> tuple[Config, list[ConfigError]]:
-    """The config (or ConfigError: its first error) and, in line order, what
-    machine_checks says about it: at run time all of it is only a warning."""
+    """The config (or ConfigError) and machine_checks' findings, all only warnings at run time."""
     source = configmod.source_of(path)
     text = configmod.read(source) if source else ""
     config = configmod.parse(text, source)
@@ -190,8 +162,7 @@ def prepare_dirs(config: Config) -> None:
 
 
 def raise_fd_limit() -> None:
-    """Each session holds a log file, and tracers pipes and pidfds: a thousand
-    sessions need more than the usual soft limit of 1024 descriptors."""
+    """A thousand sessions (logs, pipes, pidfds) need more than the usual 1024 descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < want:
@@ -202,8 +173,7 @@ def raise_fd_limit() -> None:
 
 
 def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
-    """asyncio's own errors (e.g. accept() failing with EMFILE, which it retries
-    in a loop) as structlog lines, at most one a second with a count."""
+    """asyncio's own errors (accept() retrying EMFILE) as log lines, at most one a second."""
     last = [0.0, 0]
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -219,9 +189,8 @@ def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, 
 
 
 async def hand_over(server: Server, readopting: asyncio.Task[None], sessions_file: SessionsFile) -> None:
-    """SIGTERM, before any detach: stop accepting (under socket activation, say
-    that the next tracerd is coming: hooks wait for it in the backlog), stop
-    re-adopting, and leave sessions.json listing what the next start re-adopts."""
+    """SIGTERM, before any detach: stop accepting and re-adopting, mark the restart
+    (socket activation), and freeze sessions.json for the next start."""
     if server.inherited is not None:
         listenfds.mark_restarting(server.path)
     await server.close()
@@ -244,7 +213,7 @@ async def serve(
     writer.start()
     logdir = LogDir(config.log_dir, max_log_bytes=config.max_log_bytes, writer=writer)
     sink = SyslogSink(config.syslog)
-    if (problem := syslogcheck.probe(config.syslog)) is not None:  # said once; `status` says it while it lasts
+    if (problem := syslogcheck.probe(config.syslog)) is not None:  # once here; `status` repeats it
         log.warning("syslog_unreachable", warning=problem)
     service = TracerdService(config, logdir, sink)
 
@@ -282,8 +251,7 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     readopting = loop.create_task(readoption.run())
-    # restarted once every session is back (a cancelled re-adoption is a stop: the marker stays; so is one
-    # that ends as SIGTERM comes, before hand_over cancels it: its marker was just written)
+    # clear the marker once every session is back; a re-adoption ended by a stop keeps it
     readopting.add_done_callback(
         lambda task: None if task.cancelled() or stop.is_set() else listenfds.clear_restarting(config.socket)
     )
