@@ -1,7 +1,11 @@
 """tracerd: attach tracers to Postfix daemons started with ``-D``.
 
-The package holds three programs (``pftrace-hook``, ``tracerd``,
-``tracerctl``) and the modules they share.  See README.md for the contract.
+Three programs (``pftrace-hook``, ``tracerd``, ``tracerctl``) and their shared
+modules; README.md is the contract.
+
+Security: see each module.
+
+Diagnostics: see each module.
 """
 
 __version__ = "0.1.0"

@@ -1,13 +1,12 @@
 """Per-architecture facts: system call numbers and what the watch tracer supports.
 
-The one table of numbers tracerd needs outside libc (``asm/unistd.h`` of
-each machine): tgkill for the watcher's crash holds, perf_event_open for the
-perf check, poll and ppoll for the perf tracer's idle test.
+The syscall numbers tracerd needs outside libc: tgkill (crash holds),
+perf_event_open (perf check), poll and ppoll (perf's idle test).
 
 Security: the machine name comes from ``uname``, never from a request.
 
 Diagnostics: :func:`watch_unsupported` says in one line why ``watch`` cannot
-run here (its cores and register layouts are x86-64's) and what to use.
+run here (x86-64 only) and what to use.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 class Arch:
     tgkill: int
     perf_event_open: int
-    poll_calls: frozenset[int]  # poll(2) and ppoll(2); perf's main loop waits in one of them
+    poll_calls: frozenset[int]  # perf's main loop waits in one of them
     watch: bool = False  # the watcher's core writer knows this machine's registers
 
 
@@ -40,14 +39,12 @@ def machine() -> str:
 
 
 def of(name: str | None = None) -> Arch | None:
-    """The facts of machine ``name`` (default: this one), None when unknown."""
     return ARCHES.get(name or machine())
 
 
 def watch_unsupported(name: str | None = None) -> str | None:
-    """Why the watch tracer cannot run on machine ``name`` (default: this one), or None."""
     name = name or machine()
     arch = ARCHES.get(name)
     if arch is not None and arch.watch:
         return None
-    return f"the watch tracer needs x86-64 (this machine is {name}): use tracer = \"gdb\""
+    return f'the watch tracer needs x86-64 (this machine is {name}): use tracer = "gdb"'

@@ -1,13 +1,11 @@
 """The one atomic file writer: readers see the old file or all of the new one.
 
-A temporary file beside the target (O_EXCL|O_NOFOLLOW, so nothing planted
-there is followed or reused), written whole, fsync'd, renamed over the
-target, then the directory fsync'd so that the rename itself survives a
-power cut.  Everything is relative to a directory fd the caller holds, so a
-directory swapped for a symlink meanwhile is not followed either.
+A temporary file beside the target (O_EXCL|O_NOFOLLOW), written, fsync'd,
+renamed over the target, then the directory fsync'd.  All relative to a
+directory fd the caller holds, so a directory swapped for a symlink is not followed.
 
-Security: the mode (and owner, when given) is set on the open file before
-the rename, whatever the umask; the name must be a plain file name.
+Security: mode (and owner, if given) set on the open file before the rename,
+whatever the umask; the name must be a plain file name.
 
 Diagnostics: any OSError is raised after the temporary file is removed; the
 target is then untouched.
@@ -42,7 +40,7 @@ def write_at(
 
 def write_file(path: Path, data: bytes, mode: int = 0o600, *, owner: tuple[int, int] | None = None,
                prefix: str = ".tracerd-") -> None:  # fmt: skip
-    """:func:`write_at` for a path: its directory is opened (not followed if a symlink) for the call."""
+    """:func:`write_at` for a path."""
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         write_at(dir_fd, path.name, data, mode, owner=owner, prefix=prefix)
@@ -53,8 +51,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o600, *, owner: tuple[int, 
 def write_stream_at(
     dir_fd: int, name: str, fill: Callable[[int], int], mode: int = 0o600, *, prefix: str = ".tracerd-",
 ) -> int:  # fmt: skip
-    """:func:`write_at` for data too large to hold in memory: ``fill(fd)`` writes the
-    temporary file and returns its size; the rename happens only if it returns."""
+    """:func:`write_at` streaming: ``fill(fd)`` writes the temporary file and returns its size."""
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"not a file name: {name!r}")
     temp = prefix + secrets.token_hex(8)

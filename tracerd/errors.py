@@ -1,15 +1,19 @@
 """The project's own exceptions and their stable wire codes.
 
-OS errors are translated into these at each backend's edge (``raise ... from
-err``), so that the server maps every failure to one reply code in one place
-and a failing tracer is recorded on its session instead of killing the daemon.
+OS errors are translated into these at each backend's edge, so the server maps
+every failure to one reply code in one place and a failing tracer is recorded
+on its session instead of killing the daemon.
+
+Security: messages are one line, fit to show the caller.
+
+Diagnostics: each class carries ``code``, its stable error code on the wire.
 """
 
 from __future__ import annotations
 
 
 class TracerdError(Exception):
-    """Base class: ``code`` is the stable error code sent on the wire."""
+    """Base class: ``code`` is the wire code."""
 
     code = "internal"
 

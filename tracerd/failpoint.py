@@ -1,18 +1,13 @@
 """Fail points: named instants where a test can freeze tracerd to kill things.
 
-The README promises that nothing is left stopped "at every instant of a
-capture".  To prove it, the tests must kill tracerd, the watcher or gdb at
-chosen instants, which no timing can hit reliably.  With
-``TRACERD_FAILPOINTS=NAME:SECONDS[,NAME:SECONDS]`` in tracerd's environment,
-reaching NAME logs ``failpoint NAME`` on stderr and pauses that one task (not
-the daemon) for SECONDS.  Without the variable this is a dictionary lookup.
+For the tests of "nothing left stopped at every instant of a capture":
+``TRACERD_FAILPOINTS=NAME:SECONDS[,...]`` makes reaching NAME log ``failpoint
+NAME`` on stderr and pause that task for SECONDS.  Names: ``capture-start``,
+``capture-running``, ``report-written``.  Unset, it costs a dict lookup.
 
-Names: ``capture-start`` (marker written, no gdb yet), ``capture-running``
-(gdb holds or reads the crash, no report yet), ``report-written`` (report
-stored, process not yet released).
+Security: only tracerd's own environment sets them (root's or the unit's).
 
-Security: only the environment tracerd was started with can set them: that
-is root's (or the unit's) to decide, like every other setting.
+Diagnostics: a malformed item is ignored.
 """
 
 from __future__ import annotations

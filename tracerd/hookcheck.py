@@ -1,19 +1,13 @@
 """Does the hook that Postfix's debugger_command names exist, and can root run it?
 
-Shared by ``tracerctl postfix enable``/``status`` and by ``tracerd`` at start
-and ``--check`` (tracerctl(8), "Commands"): a debugger_command that names a
-missing pftrace-hook makes every ``-D`` process start untraced, and sh's
-"not found" goes to a stderr that Postfix throws away.
+For ``tracerctl postfix enable``/``status`` and tracerd's start and ``--check``:
+a missing pftrace-hook makes every ``-D`` process start untraced, and sh's
+"not found" goes to a stderr Postfix throws away.  Standard library only.
 
-Standard library only.
+Security: reads only stat(2), the ``#!`` line and, for make's stub, the
+directory it loads hook.py from; executes nothing but postconf (argv, timeout).
 
-Security: only stat(2), the first line of the file (its ``#!``) and, for the
-stub make writes (contrib/pftrace-hook.in), the directory it loads hook.py
-from are read; nothing is executed.  :func:`postfix_debugger_command` runs postconf from an
-argv list with a timeout.
-
-Diagnostics: :func:`hook_problem` returns a one-line reason, or None when
-the hook looks runnable.
+Diagnostics: :func:`hook_problem` returns a one-line reason, or None.
 """
 
 from __future__ import annotations
@@ -51,8 +45,7 @@ def _runnable(path: str) -> str | None:
 
 
 def hook_problem(path: str) -> str | None:
-    """Why root could not run ``path`` (missing, not executable, its #! interpreter or, for make's
-    stub, its hook.py missing); None if it can."""
+    """Why root could not run ``path`` (itself, its #! interpreter, or its stub's hook.py); None if it can."""
     if not os.path.isabs(path):
         return "is not an absolute path"
     problem = _runnable(path)
@@ -78,9 +71,8 @@ def hook_problem(path: str) -> str | None:
 
 
 def postfix_debugger_command(timeout: float = POSTCONF_TIMEOUT) -> str | None:
-    """Postfix's debugger_command (``postconf -h``, honouring $MAIL_CONFIG); None without postconf,
-    and without a main.cf, where postconf is not run (it fails only after a 1 s sleep: each start of
-    tracerd on a machine with Postfix installed but not configured waited for it)."""
+    """Postfix's debugger_command (honours $MAIL_CONFIG); None without postconf or main.cf
+    (postconf without main.cf fails only after a 1 s sleep, on every tracerd start)."""
     postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/usr/bin:/sbin:/bin")
     if postconf is None or not os.path.isfile(os.path.join(os.environ.get("MAIL_CONFIG") or "/etc/postfix", "main.cf")):
         return None
@@ -93,7 +85,6 @@ def postfix_debugger_command(timeout: float = POSTCONF_TIMEOUT) -> str | None:
 
 
 def postfix_hook_warning() -> str | None:
-    """A warning when Postfix's debugger_command names a pftrace-hook that root cannot run."""
     path = hook_path(postfix_debugger_command())
     problem = hook_problem(path) if path else None
     if path is None or problem is None:

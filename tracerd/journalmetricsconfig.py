@@ -1,17 +1,13 @@
 """The ``[journal]`` and ``[metrics]`` sections of the configuration.
 
-:mod:`tracerd.config` reads the file and calls :func:`journal` and
-:func:`metrics` with each table and its error reporter, so that these
-sections' errors come in line order with the others (docs/fleet.md, "Fleet:
-journald, structured syslog, metrics").
+tracerd.config calls :func:`journal` and :func:`metrics` with each table and its
+error reporter, so errors come in line order with the rest (docs/fleet.md).
 
-Security: root's file; every value is still checked.  A metrics address
-that other hosts could reach (anything but a loopback address) is refused
-unless ``allow_remote = true`` says it is meant: the exposition names the
-programs traced and how often they crash.
+Security: root's file, still checked.  A metrics address other hosts could reach
+is refused without ``allow_remote = true``: it names the programs and their crashes.
 
-Diagnostics: every problem goes to ``error(message, key)`` as a one-line
-message (``must be ...``); the section then keeps its valid keys.
+Diagnostics: each problem goes to ``error(message, key)`` as one line; the
+section keeps its valid keys.
 """
 
 from __future__ import annotations
@@ -60,7 +56,7 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
     port = int(found["p6"] or found["p4"])
     if host != "localhost":
         ipaddress.ip_address(host)  # ValueError for 1.2.3 and the like
-    if not 0 <= port < 65536:  # 0: any free port (tracerd logs the one it got: metrics_listening)
+    if not 0 <= port < 65536:  # 0: any free port (logged as metrics_listening)
         raise ValueError(listen)
     return "tcp", host, port
 
@@ -110,10 +106,12 @@ def metrics(value: object, error: Report) -> MetricsConfig | None:
     checks: dict[str, Callable[[Any], bool]] = {
         "listen": lambda v: isinstance(v, str) and (v == "" or _listen_ok(v)),
         "allow_remote": lambda v: isinstance(v, bool),
-        "textfile": lambda v: isinstance(v, str) and (v == "" or (v.startswith("/") and v.endswith(".prom")
-                                                                  and "\0" not in v)),
-        "textfile_interval": lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-        and math.isfinite(v) and 1 <= v <= 3600,
+        "textfile": lambda v: (
+            isinstance(v, str) and (v == "" or (v.startswith("/") and v.endswith(".prom") and "\0" not in v))
+        ),
+        "textfile_interval": lambda v: (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 1 <= v <= 3600
+        ),
     }
     for key, item in value.items():
         if key not in checks:

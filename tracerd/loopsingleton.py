@@ -1,10 +1,12 @@
-"""One object per running event loop, made on first use: the daemon's one
-watcher supervisor and one warm gdb pool (tracerd.tracers.watch.supervisor,
-tracerd.gdb.warm).  A new loop (a daemon started again in the same process,
-as tests do) gets a new object; the old one is dropped.
+"""One object per running event loop, made on first use.
 
-Security: holds nothing from outside.  Diagnostics: none; :meth:`PerLoop.current`
-is None outside a running loop or before the first :meth:`PerLoop.get`.
+The watcher supervisor and the warm gdb pool.  A new loop (a daemon started
+again in one process, as in tests) gets a new object; the old one is dropped.
+
+Security: holds nothing from outside.
+
+Diagnostics: none; :meth:`PerLoop.current` is None outside a running loop or
+before the first :meth:`PerLoop.get`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ class PerLoop(Generic[T]):
         return self._value
 
     def current(self) -> T | None:
-        """The running loop's object if one was made, else None."""
         try:
             loop = id(asyncio.get_running_loop())
         except RuntimeError:

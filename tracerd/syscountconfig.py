@@ -1,19 +1,13 @@
-"""The ``[syscount]`` section of the configuration (docs/syscount.md, man tracerd.toml(5)).
+"""The ``[syscount]`` section of the configuration (docs/syscount.md, tracerd.toml(5)).
 
-:mod:`tracerd.config` calls :func:`syscount` with the table and its error
-reporter, as it does for :mod:`tracerd.journalmetricsconfig`'s sections.
-
-- ``interval``: seconds between two tables in a session's log (1 to 86400,
-  default 10); the last table is written at the session's end whatever it is.
-- ``latency``: also time each call and keep a log2 histogram per system call
-  (default false).  It costs the traced process 6 to 7 times what counting
-  alone costs (docs/syscount.md, "Figures"); it applies from the shared
-  bpftrace's next start (a tracerd restart).
+tracerd.config calls :func:`syscount` with the table and its error reporter:
+``interval`` (1 to 86400 s) and ``latency`` (applies from the shared
+bpftrace's next start, i.e. a tracerd restart).
 
 Security: root's file; every value is checked.
 
-Diagnostics: every problem goes to ``error(message, key)`` as one line
-(``must be ...``); the section keeps its valid keys.
+Diagnostics: each problem goes to ``error(message, key)`` as one line; the
+section keeps its valid keys.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """One control-character cleaner for text that came from outside.
 
-Everything that shows or stores text a traced process, a core or a log file
-wrote (syslog records, crash reports, ``tracerctl crash`` views, mail log
-excerpts, bug reports) passes it through :func:`clean` first.
+Whatever shows or stores text a traced process, a core or a log file wrote
+(syslog, crash reports and views, mail log excerpts, bug reports) passes it
+through :func:`clean` first.
 
-Security: the text is hostile.  C0 controls (``\\x00``-``\\x1f``), DEL and the
-C1 controls (``\\x80``-``\\x9f``, which some terminals take as escape
-sequences) become ``?``, so no forged second log record and no terminal escape
-survives; only the layout characters the caller names in ``keep`` (tab,
-newline) pass.
+Security: the text is hostile.  C0, DEL and C1 controls become ``?`` (no forged
+log record, no terminal escape); only the layout characters in ``keep`` pass.
 
 Diagnostics: none; :func:`clean` never raises (any object is ``str()``-ed).
 """

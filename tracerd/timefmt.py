@@ -1,6 +1,7 @@
 """The one UTC time format of tracerd's files and JSON: ``2026-11-24T16:18:14.123Z``.
 
 Security: none needed: a clock reading in, text out.
+
 Diagnostics: none: it cannot fail for a valid epoch.
 """
 
