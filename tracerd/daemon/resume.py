@@ -1,32 +1,18 @@
-"""Re-adoption: the sessions a previous tracerd left in sessions.json, traced again (docs/design.md, "Reliability").
+"""Re-adoption: the sessions a previous tracerd left in sessions.json, traced again.
 
-At start, after the socket accepts (hooks are served meanwhile), each entry
-of ``{state_dir}/sessions.json`` (tracerd.daemon.sessionsfile) is checked on
-its own, then handled, :data:`CONCURRENCY` at a time:
+At start, once the socket accepts, each entry is checked, then handled
+:data:`CONCURRENCY` at a time: the same process (pid and start time) is
+traced again as by ``tracerctl attach``, keeping its ``started`` and log;
+one gone or recycled is never touched, only listed ``ended while tracerd was
+down``. See docs/design.md, "Restart".
 
-- the same process still runs (pid *and* start time): traced again with the
-  recorded tracer, through the same path as ``tracerctl attach``; the session
-  keeps its original ``started``, is flagged ``readopted``, and its log (the
-  same file, appended to) gets "re-attached after tracerd restart";
-  the ``readopted`` counter counts it;
-- the pid is gone, or names another process now (recycled): never touched;
-  the session is listed ended (state ``exited``, error ``ended while tracerd
-  was down``; counter ``ended_while_down``) and its log gets that closing line.
+Security: the file is hostile; an entry is used only when every field has
+its form, its log is ``log_dir/NAME.PID.log`` in force, and it passes every
+request's rules. Recorded args are ignored: the rules in force give them.
 
-Security: the file is read as hostile.  An entry is used only when every
-field has its type and form (pid an integer above 1, start a non-negative
-integer, name as a request's name, tracer one tracerd knows and finds, args
-a list of strings, started a timestamp) and its log is exactly
-``log_dir/NAME.PID.log`` under the log_dir in force; then the rules every
-request obeys apply (not pid 1, not tracerd nor its ancestors, not one of
-its tracers).  The recorded args are not used: the tracer gets the args the
-rules in force give it.
-
-Diagnostics: a bad entry is skipped with one ``sessions_file_entry_ignored``
-warning saying why, a file unusable as a whole with one
-``sessions_file_ignored``; a process that cannot be traced again gets a
-``readopt_failed`` warning (a tracer that failed is tried once more, and
-warned about again if it fails again).  None of these stops the start.
+Diagnostics: ``sessions_file_entry_ignored`` per bad entry,
+``sessions_file_ignored`` for an unusable file, ``readopt_failed`` per process
+(a failed tracer is tried once more). None of these stops the start.
 """
 
 from __future__ import annotations
@@ -119,9 +105,8 @@ def validate(raw: Any, log_dir: Path) -> Entry:
 
 
 def check_rules(entry: Entry, refused: set[int]) -> None:
-    """The rules every request obeys (Invalid otherwise): a target tracerd may trace
-    (``refused``: see :func:`untraceable`), a tracer it finds."""
-    try:  # a kernel thread or a thread named by a tampered file; a zombie: adopt() ends it
+    """The rules every request obeys, else Invalid: a traceable target, a tracer found."""
+    try:  # a kernel thread or a non-leader thread is refused; a zombie: adopt() ends it
         procinfo.check_user_process(entry.pid)
     except TargetGone:
         pass
@@ -149,8 +134,7 @@ def _zombie(pid: int) -> bool:
 
 
 def untraceable(tracer_pids: set[int]) -> set[int]:
-    """What Authorizer.check_traceable refuses, computed once for all entries: pid 1,
-    tracerd, its ancestors, its tracers."""
+    """What Authorizer.check_traceable refuses, computed once for all entries."""
     return {1, *OWN_ANCESTRY.pids(), *tracer_pids}
 
 
@@ -200,7 +184,7 @@ class Readoption:
             async with gate:
                 try:
                     await self.adopt(entry)
-                except Exception:  # a bug here must cost this entry only, never the others
+                except Exception:  # a bug costs this entry only
                     log.exception("readopt_failed", pid=entry.pid, name=entry.name)
                 finally:
                     self.file.pending.pop(entry.pid, None)
@@ -233,7 +217,6 @@ class Readoption:
             try:
                 await self.runner.start(identity, entry.name, entry.tracer, readopt_started=entry.started)
             except TracerdError as err:
-                # a tracer that did not attach in time (a loaded machine) gets one more chance
                 again = attempt < ATTEMPTS and isinstance(err, TracerFailed) and identity.alive()
                 log.warning("readopt_failed", pid=entry.pid, name=entry.name, tracer=entry.tracer, error=str(err),
                             attempt=attempt, again=again)  # fmt: skip
@@ -244,7 +227,7 @@ class Readoption:
             return
 
     async def _released(self, identity: ProcessIdentity) -> bool:
-        """Wait (bounded) until no tracer holds the process: a killed tracerd's tracers are letting go."""
+        """Wait (bounded) until no tracer holds it: a killed tracerd's tracers are letting go."""
         deadline = asyncio.get_running_loop().time() + RELEASE_WAIT
         while True:
             try:
@@ -270,7 +253,7 @@ class Readoption:
 
 
 def snapshot(service: TracerdService) -> list[dict[str, Any]]:
-    """The attached sessions as sessions.json records them (SessionsFile's snapshot)."""
+    """The attached sessions as sessions.json records them."""
     records = []
     for session in service.registry.active():
         if session.state == State.ATTACHED:

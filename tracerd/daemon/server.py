@@ -1,31 +1,18 @@
 """The unix-socket server: framing, peer credentials, per-connection isolation.
 
-Security: this is where hostile bytes arrive.  A frame is capped at
-``MAX_REQUEST_BYTES`` (an oversize one gets an error and the connection is
-closed, since the rest of its stream cannot be trusted to be framed); an idle
-connection is closed after ``idle_timeout``; the number of connections at
-once is capped, and so is each peer's share (per uid, or per process for
-root).  Every exception raised for one
-connection becomes an error reply to that connection only; cancellation is
-re-raised.  Peer credentials come from SO_PEERCRED, taken once at accept.
+Binds the socket (umask first, then 0660 and ``socket_group``, else 0600),
+replacing only a dead socket file; under socket activation it takes systemd's
+and never unlinks it. A request with ``"ack": true`` gets ``{"ack": true}``
+when its handler calls ``ack``, then its reply.
 
-The socket is created with a umask that leaves no window in which it is
-world-writable, then given mode 0660 and ``socket_group`` (0600 without one).
-An existing socket file is replaced only when nobody listens on it.
-Under socket activation (:mod:`tracerd.daemon.listenfds`) the socket is
-systemd's: tracerd gives it the same mode and group from its config, never
-unlinks it, and only closes its own descriptor on exit, so that connections
-made while tracerd restarts wait in the backlog for the next one.  The first
-connection accepted is logged (``first_accept``) with the time since exec.
+Security: hostile bytes arrive here. Frames are capped at MAX_REQUEST_BYTES
+(oversize: error, then close); idle connections close after ``idle_timeout``;
+connections are capped in total and per peer. Credentials are SO_PEERCRED's,
+taken once at accept.
 
-A request that asks for an acknowledgement (a hook's ``"ack": true``) gets
-the interim line ``{"ack": true}`` when its handler calls the ``ack``
-callback it is given (once the request is authorised), then its reply; the
-callback only queues those few bytes (it never blocks nor raises), and does
-nothing for a request that did not ask.
-
-Diagnostics: a refusal is a JSON error reply ``{"ok": false, "error": CODE,
-"message": TEXT}``; the daemon's own log records each one.
+Diagnostics: an exception for one connection is an error reply to it only
+(``{"ok": false, "error": CODE, "message": TEXT}``), logged; cancellation is
+re-raised. The first accept is logged with the time since exec.
 """
 
 from __future__ import annotations
@@ -85,9 +72,7 @@ class Server:
             set_access(self.path, self.group_gid)
         else:
             sock = bind_socket(self.path, self.group_gid)
-        self._server = await asyncio.start_unix_server(
-            self._serve, sock=sock, limit=MAX_REQUEST_BYTES + 1
-        )
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST_BYTES + 1)
 
     async def close(self) -> None:
         """Stop accepting; requests in flight are cancelled."""
@@ -132,9 +117,7 @@ class Server:
                 await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
             self._tasks.discard(task)
 
-    async def _converse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
-    ) -> None:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         while True:
             try:
                 frame = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)
@@ -176,9 +159,7 @@ class Server:
 def _acknowledger(writer: asyncio.StreamWriter, request: Request) -> Ack:
     """The ``ack`` callback for one request: the first call writes ACK, if asked for.
 
-    Only queued on the transport, not drained: a dozen bytes, written at once
-    when the client reads at all; the reply that follows is drained.  A client
-    gone already is no error here (its reply will fail the usual way)."""
+    Queued, not drained (it never blocks nor raises); the reply that follows is drained."""
     wanted = [request.ack]
 
     def ack() -> None:
@@ -190,9 +171,8 @@ def _acknowledger(writer: asyncio.StreamWriter, request: Request) -> Ack:
 
 
 def _peer_key(peer: Peer) -> tuple[str, int]:
-    """Whose share of the connections this is: a non-root uid as a whole (one
-    user cannot starve the others), root per process (every Postfix daemon
-    start is a root hook of its own, and a burst of them must all get in)."""
+    """Whose share of the connections: a non-root uid as a whole, root per process
+    (each Postfix daemon start is a root hook of its own; a burst must all get in)."""
     return ("pid", peer.pid) if peer.uid == 0 else ("uid", peer.uid)
 
 
