@@ -1,12 +1,7 @@
 """What tracerctl's commands share: exit codes, error output, tables, programs.
 
-Every module under ``tracerd/ctl`` may import this one, and it imports none
-of theirs (nor :mod:`tracerd.ctl.main`): the import graph has no cycle
-(tests/test_layout.py checks it).
-
-Exit codes (tracerctl(8), "Commands"): 0 ok, 1 refused or failed, 2 usage, 3 the
-daemon is not reachable.  Under ``--json`` an error is one JSON document on
-stdout, ``{"error": REASON, "exit": N}``, as well as the usual line on stderr.
+Every ``tracerd/ctl`` module may import this one; it imports none of theirs
+(no cycle; tests/test_layout.py checks).  Exit codes: tracerctl(8).
 
 Security: the replies rendered here are the daemon's (or its store's),
 laid out as text without being interpreted.
@@ -37,8 +32,7 @@ def print_json(document: Any) -> None:
 
 
 def fail(message: str, code: int, *, as_json: bool = False, extra: dict[str, Any] | None = None) -> int:
-    """Report a failure: ``tracerctl: MESSAGE`` on stderr, and under --json the
-    document ``{"error": MESSAGE, "exit": CODE}`` (plus ``extra``) on stdout; the exit code."""
+    """``tracerctl: MESSAGE`` on stderr; under --json also ``{"error", "exit"}`` (and ``extra``) on stdout."""
     if as_json:
         print_json({**(extra or {}), "error": message, "exit": code})
     print(f"tracerctl: {message}", file=sys.stderr)
@@ -121,9 +115,8 @@ def _ending(session: dict[str, Any]) -> str:
 
 
 def render_session(session: dict[str, Any], history: list[dict[str, Any]] | None = None,
-                   syscalls: list[dict[str, Any]] | None = None) -> str:
-    """One session, key by key; a syscount session's live top system calls; then the pid's earlier
-    sessions (``show``), one line each, newest first."""
+                   syscalls: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """One session, key by key; a syscount session's live top calls; then its pid's earlier sessions."""
     lines = [f"{key:10} {'-' if value is None else value}" for key, value in session.items()]
     if syscalls is not None:
         from tracerd.tracers.syscount.table import render  # noqa: PLC0415 -- only show of a syscount session

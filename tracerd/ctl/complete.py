@@ -1,25 +1,16 @@
 """tracerctl _complete: the words a shell completion script offers.
 
-A hidden command (not in ``--help``), for the bash completion script:
+A hidden command: ``_complete commands``, ``services [-c DIR]`` (what
+``postfix enable`` accepts, from ``postconf -M``), ``crashes [--state-dir
+DIR]`` (from tracerd, else its store); see tracerctl(8).  One word a line,
+sorted; exit 0 even with nothing to offer.  Bounded by ``--timeout``
+(tracerd) and postconf's 60 s.
 
-- ``tracerctl _complete commands``: tracerctl's commands (not the hidden one);
-- ``tracerctl _complete services [-c DIR]``: the SERVICE names ``tracerctl
-  postfix enable`` accepts, from ``postconf -M`` as that command reads it:
-  every ``name/type``, and the bare ``name`` where only one type has it;
-- ``tracerctl _complete crashes [--state-dir DIR]``: crash ids, from tracerd
-  (``crashes``), else from its crash store when tracerd is down.
+Security: words from postconf, tracerd or its store are offered only if
+printable non-space characters (the script splits on whitespace).
 
-One word a line on stdout, sorted, nothing else; exit 0 even when there is
-nothing to offer (no Postfix, no daemon, no store): a completion never prints
-an error into the user's command line.  Each source is bounded (tracerd:
-``--timeout``, default 30 s, which a completion script should lower; postconf:
-60 s).
-
-Security: the words come from postconf and from tracerd or its store; they
-are printed one a line and only those made of printable non-space characters
-are offered (a completion script splits on whitespace).
-
-Diagnostics: none by design (see above).
+Diagnostics: none by design: a completion never prints an error into the
+user's command line.
 """
 
 from __future__ import annotations

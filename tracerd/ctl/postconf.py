@@ -78,8 +78,7 @@ def undo(text: bytes, patch: dict[str, str] | None) -> bytes | None:
 
 
 def replace_file(path: Path, data: bytes, like: os.stat_result | None = None) -> None:
-    """Atomic, with the owner and mode of ``like`` (else ours, 0600): a temporary
-    file beside it, fsync, rename, fsync of the directory."""
+    """Atomic (temp file, fsync, rename), with the owner and mode of ``like`` (else ours, 0600)."""
     mode = stat.S_IMODE(like.st_mode) if like else 0o600
     owner = (like.st_uid, like.st_gid) if like is not None else None
     atomic.write_file(path, data, mode, owner=owner, prefix=f".{path.name}.tracerd-")
@@ -88,8 +87,7 @@ def replace_file(path: Path, data: bytes, like: os.stat_result | None = None) ->
 class Instance:
     """One Postfix instance, read and edited through postconf and postfix.
 
-    Every change goes through :meth:`edit`, :meth:`restore`, :meth:`save_state`
-    or :meth:`reload`, which in a dry run only record what they would do."""
+    Every change goes through edit, restore, save_state or reload: in a dry run they only record it."""
 
     def __init__(self, config_dir: str | None, dry_run: bool = False) -> None:
         if config_dir is None:
@@ -125,10 +123,8 @@ class Instance:
         return line.partition(" =")[2][1:] if line else None
 
     def master(self) -> psutil.Process | None:
-        """This instance's running master, from its pid file; when that may not be
-        read (it is root's, 0600, for a non-root tracerctl), from the process list.
-        Never ``postfix status``: as non-root that logs a fatal into the mail log.
-        When None, :attr:`master_state` says "not running" or "unknown"."""
+        """The running master: from its pid file, else (root's) the process list; never ``postfix status``
+        (tracerctl(8)).  None: :attr:`master_state` says "not running" or "unknown"."""
         self.master_state = "not running"
         pid_file = Path(self.postconf("-h", "queue_directory").strip()) / "pid" / "master.pid"
         try:
@@ -243,9 +239,7 @@ class Instance:
 
 @contextlib.contextmanager
 def locked(directory: Path) -> Iterator[None]:
-    """One tracerctl postfix at a time per instance (postconf locks each edit only).
-
-    The wait is bounded: the holder runs only postconf and postfix, each within 60 s."""
+    """One tracerctl postfix at a time per instance (postconf locks each edit only); bounded: 60 s a step."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
