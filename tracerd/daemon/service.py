@@ -1,27 +1,18 @@
 """The daemon's requests: who may ask, what each operation answers, and SIGHUP.
 
-The server (:mod:`tracerd.daemon.server`) hands every validated request here
-with the caller's kernel credentials.  Each operation is declared once in
-:data:`tracerd.protocol.OPERATIONS` (fields, read-only or not, handler): this
-module holds the handlers (``op_NAME``), the crash store, ``status``, and the
-live part of a reload.  Sessions themselves are the runner's
-(:mod:`tracerd.daemon.runner`).
+The server hands each validated request here with the caller's credentials.
+Operations are declared in tracerd.protocol.OPERATIONS; this module holds
+their handlers (``op_NAME``), the crash store, ``status`` and the live part
+of a reload. Sessions are the runner's.
 
-Security: authorization happens first, in :meth:`TracerdService.handle`,
-before any /proc read about the target; hook requests also pass the ancestor
-rule (a hook in another pid namespace names its caller by that namespace's
-pid, mapped back through the caller's ancestors: :func:`hook_target`).  No
-kernel thread, zombie, non-leader thread or process another tracer holds is
-handed to a tracer (:meth:`TracerdService.check_target`).  Every process is
-an identity (pid, start time) from the moment the request is accepted.  A
-hook request is acknowledged (``ack``) only after all of those checks, just
-before its tracer starts.
+Security: :meth:`TracerdService.handle` authorizes before any /proc read of
+the target; hooks also pass the ancestor rule (:func:`hook_target` maps a
+container's pid). :meth:`TracerdService.check_target` refuses what no tracer
+may get. A hook is acked only after every check.
 
-Diagnostics: a refusal is one ``request_refused`` log line and the
-request's error reply; a failing tracer fails its own session only.  On
-SIGHUP what cannot change live (socket, state_dir, the socket's group) is
-logged as ``restart_needed`` and syslogged once; ``status`` shows the values
-in force, not the file's.
+Diagnostics: a refusal is one ``request_refused`` line and an error reply; a
+failing tracer fails its own session only. SIGHUP logs what only a restart
+applies (``restart_needed``); ``status`` shows the values in force.
 """
 
 from __future__ import annotations
@@ -71,13 +62,14 @@ class TracerdService:
             0,
         )  # fmt: skip
         self.crashes = CrashStore(
-            config.state_dir / "crashes", flood_window=config.crash_flood_window, max_bytes=config.max_crash_bytes,
+            config.state_dir / "crashes",
+            flood_window=config.crash_flood_window,
+            max_bytes=config.max_crash_bytes,
             max_core_bytes=config.max_core_bytes,
         )
         self._crash_lock = asyncio.Lock()
-        # why the last SIGHUP's config did not load (None: the one in force loaded fine)
-        self.config_error: str | None = None
-        self.restart_needed: list[str] = []  # keys changed in the file that only a restart applies
+        self.config_error: str | None = None  # why the last SIGHUP's config did not load
+        self.restart_needed: list[str] = []
         self._retired_logdirs: list[LogDir] = []  # log_dir before a SIGHUP moved it (live logs use it)
         self._old_sinks_sent = self._old_sinks_dropped = 0
         self.capture_dir: Path | None = None
@@ -90,8 +82,7 @@ class TracerdService:
                                     record_crash=self.record_crash, capture_dir=self.capture_dir)  # fmt: skip
         self.registry = self.runner.registry
         journalmetrics.hub.open(config, self)
-        # tracerctl gdb (docs/debugging.md, "Interactive debugging")
-        self.catches = Catches()
+        self.catches = Catches()  # tracerctl gdb (docs/debugging.md)
         self.handoffs = HandOffs(self.runner, lambda: self.sink)
 
     def _record_interrupted(self, markers: list[dict[str, Any]]) -> None:
@@ -113,7 +104,7 @@ class TracerdService:
                 log.error("crash_store_failed", error=str(err))
 
     def _store_crash(self, config: Config, report: CrashReport) -> dict[str, Any]:
-        """In the store's thread: the mail log and core request, then the report (one hop off the loop)."""
+        """In the store's thread: the mail log and core request, then the report."""
         return self.crashes.record(report, postmortem_input(config, report))
 
     async def record_crash(self, report: CrashReport) -> dict[str, Any] | None:
@@ -131,8 +122,7 @@ class TracerdService:
     # -- requests -------------------------------------------------------------
 
     async def handle(self, request: Request, peer: Peer, ack: Ack = lambda: None) -> dict[str, Any]:
-        """One request's reply; ``ack`` tells a hook that its request was accepted.  Every event
-        logged meanwhile (and by a session it starts, until it binds its own) names the peer."""
+        """One request's reply; ``ack`` tells a hook its request was accepted. Log lines name the peer."""
         self.counters["requests"] += 1
         structlog.contextvars.bind_contextvars(peer=peer.pid, peer_uid=peer.uid)  # this connection's task only
         try:
@@ -149,8 +139,8 @@ class TracerdService:
         return {"ok": True, **reply}
 
     def check_target(self, identity: procinfo.ProcessIdentity) -> None:
-        """The rules of every target: tracerd's (auth) and the kernel's (no kernel thread,
-        zombie, non-leader thread, nor a process another tracer holds), each a one-line refusal."""
+        """tracerd's rules (auth) and ptrace's (no kernel thread, zombie, non-leader thread,
+        or process another tracer holds), each a one-line refusal."""
         ours = self.runner.tracer_pids()
         self.auth.check_traceable(identity, ours)
         procinfo.check_ptraceable(identity.pid, ours)
@@ -177,7 +167,7 @@ class TracerdService:
         identity = procinfo.identify(hook_target(request.pid, peer))
         self.check_target(identity)
         self.auth.check_ancestor(identity, peer)
-        ack()  # accepted: the hook now waits its --timeout for the attach
+        ack()  # the hook now waits its --timeout for the attach
         catch = self.catches.take(request.name)
         if catch is not None:
             return await self._caught(identity, request, peer, catch)
@@ -185,12 +175,11 @@ class TracerdService:
         journalmetrics.hub.hook_attached(session.tracer, time.monotonic() - started)
         return {"session": session.to_json()}
 
-    # -- tracerctl gdb (docs/debugging.md, "Interactive debugging") -----------------------
+    # -- tracerctl gdb (docs/debugging.md) -----------------------------------
 
     async def _caught(self, identity: procinfo.ProcessIdentity, request: Request, peer: Peer,
                       catch: Catch) -> dict[str, Any]:  # fmt: skip
-        """A hook for an armed name: answered once the human's gdb attached, or once the
-        process is back under its tracer (the hold passed, tracerctl or the hook ended)."""
+        """A hook for an armed name: answered once the human's gdb attached, or the process is back."""
         assert request.name is not None
         handoff = self.handoffs.caught(identity, request.name, request.tracer, by=catch.by, hold=catch.hold,
                                        hook=peer.pid)  # fmt: skip
@@ -203,8 +192,7 @@ class TracerdService:
         return {"session": session.to_json()}
 
     def _traces_name(self, name: str) -> bool:
-        """A name some service traces: tracerd has had a session of it, or a [[rule]] names it
-        (its very name, not a pattern that happens to match)."""
+        """tracerd has had a session of ``name``, or a [[rule]] names it exactly (not by pattern)."""
         return any(session.name == name for session in self.registry.all()) or any(
             rule.process == name for rule in self.config.rules
         )
@@ -251,11 +239,11 @@ class TracerdService:
     async def op_crash(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
         assert request.id is not None
         report = self.crashes.get(request.id)
-        # locals and memory are root's (docs/design.md, "Security model"): socket_group gets the rest
+        # locals and memory are root's (docs/design.md, "Security model")
         return {"crash": report if self.auth.privileged(peer) else redact.for_group(report)}
 
     async def op_crash_delete(self, request: Request, peer: Peer, ack: Ack) -> dict[str, Any]:
-        """Retention (tracerd.crash.retention): one crash, or all older than ``older_than`` seconds."""
+        """One crash, or all older than ``older_than`` seconds (tracerd.crash.retention)."""
         if (request.id is None) == (request.older_than is None):
             raise BadRequest("crash-delete: give a crash id or older_than (one of them)")
         async with self._crash_lock:  # not while a crash is being recorded
@@ -295,7 +283,6 @@ class TracerdService:
                 "syslog": dataclasses.asdict(self.config.syslog),
                 "config_error": self.config_error,
                 "restart_needed": self.restart_needed,
-                # README: why syslog lines are dropped (no /dev/log...), else null
                 "syslog_warning": syslogcheck.warning(
                     self.config.syslog, self._old_sinks_dropped + self.sink.dropped, self.sink.last_error
                 ),
@@ -308,7 +295,7 @@ class TracerdService:
                 **tracers.counters(),
                 **journalmetrics.hub.counters(),
             },
-            "warm_gdb": warm.status(),  # README: the warm gdb (None until a watch session)
+            "warm_gdb": warm.status(),  # None until a watch session
             "sessions": [session.to_json() for session in self.registry.all()],
             "catches": self.catches.to_json(),
             "handoffs": self.handoffs.to_json(),
@@ -333,12 +320,7 @@ class TracerdService:
         self.sink.close()
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: apply what can change live; the rest waits for a restart (and says so).
-
-        Live: rules, tracers, limits, history, max_log_bytes (open logs too),
-        ``[syslog]`` (a new sink for every session), log_dir (new sessions;
-        open logs are reopened where they are), socket_group's access rule.
-        """
+        """SIGHUP: apply what can change live (all but RESTART_KEYS); the rest waits, and says so."""
         old = self.config
         self.restart_needed = [key for key in RESTART_KEYS if getattr(config, key) != getattr(old, key)]
         applied = dataclasses.replace(config, socket=old.socket, state_dir=old.state_dir)
@@ -348,7 +330,6 @@ class TracerdService:
                            + " changed: restart tracerd to apply")  # fmt: skip
         self.auth = Authorizer(config.socket_group)
         self.registry.resize(config.max_sessions, config.history)
-        # the crash store's limits apply to the next crash (its directory stays)
         self.crashes.flood_window = config.crash_flood_window
         self.crashes.max_bytes = config.max_crash_bytes
         self.crashes.max_core_bytes = config.max_core_bytes
@@ -376,8 +357,7 @@ class TracerdService:
                 log.error("log_dir_reopen_failed", error=str(err))
         self.logdir.max_log_bytes = new.max_log_bytes
         for running in self.runner.running():
-            # LogFile copies the cap when opened and has no setter (sinks/ is not
-            # the daemon's): the new cap applies from the next line on
+            # LogFile has no setter for its cap: the new one applies from the next line
             running.output.logfile._limit = new.max_log_bytes
             running.output.logfile.reopen()
         return new
@@ -404,9 +384,7 @@ class TracerdService:
 
 
 def hook_target(pid: int, peer: Peer) -> int:
-    """Our pid of the process a hook names: a hook in another pid namespace (a container)
-    names its caller by that namespace's pid, which is mapped back through the caller's
-    nearest ancestors (the ancestor rule's own bound), or refused."""
+    """Our pid for a hook's pid; a container's is found among the caller's nearest ancestors, or refused."""
     if procinfo.pid_namespace(peer.pid) == procinfo.pid_namespace("self"):
         return pid
     found = procinfo.ancestor_by_inner_pid(pid, peer.pid, MAX_HOOK_DEPTH)
@@ -431,8 +409,8 @@ __all__ = ["TracerdService", "comm_name"]
 
 
 def postmortem_input(config: Config, report: CrashReport) -> corefile.CoreRequest | None:
-    """The crashed pid's last mail log lines into the report, and its core's rules (docs/crashes.md
-    "Cores and retrace"); runs while the process is still held: both are bounded."""
+    """The pid's last mail log lines into the report, and its core's rules (docs/crashes.md);
+    runs while the process is held, so both are bounded."""
     errors: list[str] = []
     if report.process.get("capture") != "interrupted":
         try:
