@@ -1,25 +1,18 @@
 """``tracerctl gdb CRASH-ID``: gdb on a crash's saved core (docs/crashes.md "Cores and retrace").
 
-:func:`run_postmortem` finds the report and its core in tracerd's crash
-store (``{state_dir}/crashes``, read-only), checks the executable and every
-library the report names against the files on disk by build-id (a Postfix
-upgraded since the crash no longer matches: it says which files differ),
-decompresses the core into a private temporary directory and runs gdb on
-the executable and the core with sysroot ``/``; the temporary core is
-removed when gdb exits.  ``tracerctl gdb`` (:mod:`tracerd.ctl.gdbcmd`) calls
-it when its argument is a crash id; ``python -m tracerd.ctl.postmortem ID``
-runs it alone.
+:func:`run_postmortem` finds the report and core in the crash store (read
+only), checks the executable and libraries on disk by build-id (naming the
+ones that changed since), decompresses the core into a private temporary
+directory and runs gdb on it; the copy goes when gdb exits.
 
-Security: the core holds the crashed process's memory; the store is root's
-(0750) and the decompressed copy is 0600 in a 0700 directory of
-:func:`tempfile.mkdtemp`.  The report's paths are only stat'ed, read for
-their build-id and given to gdb as argv (no shell); a crash id must match
-the store's pattern.
+Security: the core is the process's memory: the store is root's (0750), the
+copy 0600 in a 0700 :func:`tempfile.mkdtemp`.  The report's paths are only
+stat'ed, read for a build-id and passed to gdb as argv; a crash id must
+match the store's pattern.
 
-Diagnostics: one ``tracerctl: ...`` line per problem: no store or no
-permission, no such crash, no core (and why: the policy, the budget, the
-size limit), a damaged core, a missing executable; exit 1 for those, 2 for a
-bad argument, else gdb's own exit status.
+Diagnostics: one ``tracerctl: ...`` line (no store, no crash, no core and
+why, a damaged core, a missing executable), exit 1; 2 for a bad argument;
+else gdb's own exit status.
 """
 
 from __future__ import annotations

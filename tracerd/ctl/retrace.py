@@ -1,28 +1,19 @@
 """``tracerctl retrace ID``: name a crash's frames again from the debug symbols available now.
 
-The report is read from tracerd's crash store: ``--state-dir``, else the
-state_dir of the tracerd that answers on ``--socket`` (its ``status``),
-else the configured one; read-only.  :func:`tracerd.crash.retrace.retrace`
-looks the frames gdb left unnamed up in the local debug roots
-(``--debug-dir``, default ``/usr/lib/debug``: installed ``-dbgsym``
-packages) and, unless ``--no-debuginfod``, on the debuginfod servers
-(``$DEBUGINFOD_URLS``, then ``[debuginfod] urls`` of tracerd.toml; bounded
-by ``$DEBUGINFOD_MAXTIME``).  When the store directory is writable (root),
-the record is kept beside the report as ``ID.retrace`` and put into the
-report: by that tracerd (its ``crash-retrace`` operation: it owns the store
-and its index), or, when no tracerd serves the store, here
-(:func:`tracerd.crash.retrace.keep`).  So ``crash ID`` and ``crashes`` show
-the names from then on.  It prints which frames changed and from which
-source, then the report as stored (``crash ID``); ``--json``: the retrace
-record, with ``kept`` (docs/crashes.md "Cores and retrace").
+Reads the report from the crash store (``--state-dir``, else the answering
+tracerd's, else the configured one) and runs :func:`tracerd.crash.retrace.retrace`
+(``--debug-dir``, then debuginfod unless ``--no-debuginfod``).  Where the
+store is writable the record is kept as ``ID.retrace`` and in the report:
+by tracerd when it serves the store, else here.  Prints the changed frames,
+then the report.  See docs/crashes.md, "Cores and retrace".
 
 Security: as :mod:`tracerd.crash.retrace`; the crash id must match the
-store's pattern; the record and the report are written atomically; only
-root (or tracerd's own uid) may have tracerd keep a retrace.
+store's pattern; writes are atomic; only root (or tracerd's uid) may have
+tracerd keep a retrace.
 
-Diagnostics: one line ``tracerctl: ...``: no store, no such crash, a report
-without retrace fields; exit 1.  Modules without symbols are listed, not
-failures; a retrace that could not be kept says why on stderr (exit 0).
+Diagnostics: one line ``tracerctl: ...`` (no store, no crash, no retrace
+fields), exit 1.  Modules without symbols are listed, not failures; a
+retrace that could not be kept says why on stderr, exit 0.
 """
 
 from __future__ import annotations
@@ -136,8 +127,7 @@ def _same(one: Path, other: Path) -> bool:
 
 
 def _keep(args: argparse.Namespace, directory: Path, crash_id: str, served: bool) -> tuple[str | None, str]:
-    """The record into the stored report: by tracerd when it serves the store, else here.
-    (how it was kept, or None; why not)."""
+    """The record into the stored report, by tracerd when it serves the store, else here: how, or (None, why)."""
     if served:
         try:
             reply = call(args.socket, {"op": "crash-retrace", "id": crash_id}, timeout=float(args.timeout))

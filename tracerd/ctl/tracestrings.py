@@ -1,26 +1,11 @@
-"""Quoted strings of strace and ltrace lines, parsed by their grammar: for
-``bugreport --anonymize``, which shows each as its length only.
+"""Quoted strings of strace and ltrace lines, parsed by their grammar, for ``bugreport --anonymize``.
 
-strace and ltrace print a buffer or path argument as a C string literal: ``"``,
-then printable characters and escapes (``\\"``, ``\\\\``, ``\\t``, ``\\n``,
-``\\r``, ``\\v``, ``\\f``, octal ``\\0`` to ``\\377``, hex ``\\xNN``), then ``"``,
-then ``...`` when ``-s`` cut it.  ltrace leaves a ``"`` inside a buffer
-unescaped, so a quote closes a literal only where syntax follows it (``,``
-``)`` ``]`` ``}``, the line's end, `` <unfinished``) and the text up to the next
-literal has blanks only after commas; any other quote is content.  :func:`scrub_line` replaces every such string
-of a *call line* by ``<N bytes>`` (``<N+ bytes>`` when cut: N is what was
-shown), N being the bytes the literal stands for, so ``read(15, "Subject:
-x\\r\\n", 4096) = 11`` becomes ``read(15, <11 bytes>, 4096) = 11``.  A call line
-is any line holding ``NAME(`` (a system call, ``SYS_read(``, ltrace's
-``lib->func(``) or ``<... NAME resumed>``; the strings after the first one are
-replaced, whatever precedes it (a syslog header, ``[pid N]``, a timestamp, a
-crash report's indentation).  A string that never closes (a line cut short)
-runs to the end of the line.  Lines without a call (Postfix's ``lookup error
-for "x"``, gdb's ``given=0x7ffe "x"``) keep their strings.
-
-:data:`ESCAPE` is the escape grammar alone, for :mod:`tracerd.ctl.anonymize`:
-an address right after ``\\t`` or ``\\0`` starts after the escape, not on its
-last letter or digit.
+:func:`scrub_line` shows each C string literal after a call line's first
+call (``NAME(`` or ``<... NAME resumed>``) as ``<N bytes>`` (``<N+ bytes>``
+when ``-s`` cut it), N being the bytes it stands for; lines without a call
+keep their strings.  ltrace leaves a ``"`` in a buffer unescaped, so a quote
+closes a literal only where syntax follows it.  :data:`ESCAPE` is the escape
+grammar alone, for :mod:`anonymize`.  Rules: docs/crashes.md, ``--anonymize``.
 
 Security: the input is untrusted (a traced process chooses its strings); one
 left-to-right pass per line, linear regular expressions, no decoding beyond
@@ -33,8 +18,7 @@ from __future__ import annotations
 
 import re
 
-# longest first: \\ is one escape, \x41 one escape, \012 one escape (strace pads
-# an octal escape to three digits when a digit follows it)
+# longest first: \\, \x41 and \012 are one escape each (strace pads octal to three digits before a digit)
 ESCAPE = re.compile(r"""\\(?:x[0-9A-Fa-f]{2}|[0-7]{1,3}|[abtnvfre"'?\\])""")
 _CALL = re.compile(r"(?<![\w$])(?:[A-Za-z_][\w@.]*(?:->[A-Za-z_][\w@.]*)?\(|<\.\.\. [A-Za-z_]\w* resumed>)")
 _PLAIN = re.compile(r'[^"\\]+')
@@ -45,10 +29,7 @@ _GAP = re.compile(r"(?:[^\s\"]|(?<=,) )*")
 
 
 def string_at(line: str, start: int) -> tuple[int, int, bool]:
-    """The literal opening at ``line[start] == '"'``: (end offset, bytes it stands for, cut by ``-s``).
-
-    Unclosed: the end of the line, and cut.
-    """
+    """The literal opening at ``line[start]``: (end offset, bytes it stands for, cut); unclosed: line's end, cut."""
     position, size = start + 1, 0
     while position < len(line):
         char = line[position]
@@ -75,8 +56,7 @@ def string_at(line: str, start: int) -> tuple[int, int, bool]:
 
 
 def _closes(line: str, end: int) -> bool:
-    """Whether a quote ending at ``end`` closes its literal: what follows is syntax,
-    up to the next quote (ltrace prints a quote in a buffer unescaped)."""
+    """Whether a quote ending at ``end`` closes its literal: syntax follows, up to the next quote."""
     if not _FOLLOWER.match(line, end):
         return False
     following = line.find('"', end)
