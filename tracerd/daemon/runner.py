@@ -1,21 +1,16 @@
 """The session runner: start, run, finish, reattach, detach and shut down sessions.
 
-:class:`SessionRunner` drives one backend per traced process (docs/design.md,
-"Tracers") through its states (:mod:`tracerd.daemon.sessions`): it opens the
-per-process log, builds the backend from the tracer registry
-(:mod:`tracerd.tracers`), waits for the attach, then for the ending, and
-closes the log with its final line.  A tracer that went away while its
-process runs on is traced again (``reattach``).  :meth:`SessionRunner.shutdown`
-lets go of every process within one overall bound (README: exit within 5 s).
+:class:`SessionRunner` drives one backend per traced process through its
+states: opens the log, builds the backend (tracerd.tracers), waits for the
+attach and the ending, closes the log with its final line. A tracer gone
+while its process runs on is attached again. Shutdown is bounded (README).
 
-Security: the runner acts only on a process identity (pid, start time) that
-the request handler (:mod:`tracerd.daemon.service`) has authorized; tracers
-are started by their backends without a shell.
+Security: acts only on a (pid, start time) identity the request handler has
+authorized; backends start tracers without a shell.
 
-Diagnostics: a failing tracer fails its own session (state ``failed``, a
-syslog warning saying why) and the request's reply; it never reaches the
-other sessions or the daemon.  A tracer that does not let go at shutdown is
-logged (``shutdown_abandoned``) and its session closed ``failed``.
+Diagnostics: a failing tracer fails its own session (``failed``, a syslog
+warning) and the request; never other sessions or the daemon. A tracer that
+does not let go at shutdown is logged ``shutdown_abandoned``.
 """
 
 from __future__ import annotations
@@ -52,9 +47,8 @@ RecordCrash = Callable[[CrashReport], Awaitable[dict[str, Any] | None]]
 class SessionOutput:
     """Fans a backend's output out to the session counters, its log and syslog.
 
-    Output lines go to syslog only when ``forward`` (config.syslog_output_for:
-    off for system-call tracers unless a rule says ``syslog_output = true``);
-    warnings and crash summaries always."""
+    Lines go to syslog only when ``forward`` (config.syslog_output_for); warnings
+    and crash summaries always."""
 
     def __init__(self, session: Session, logfile: LogFile, syslog: SessionSyslog, *, forward: bool = True,
                  record_crash: RecordCrash, capture_dir: Path | None) -> None:  # fmt: skip
@@ -96,7 +90,7 @@ class SessionOutput:
         entry = await self._record_crash(report)
         where = entry["report"] if entry and entry.get("report") else "not stored (see the log)"
         journalmetrics.hub.crash(report, entry)
-        # the summary names NAME[PID] itself: straight to the sink, untagged (RFC 5424: with its SD element)
+        # the summary names NAME[PID] itself: straight to the sink, untagged
         self.syslog.sink.send(LOG_CRIT, report.summary(str(where)), sd=("crash", sdata.crash_element(report, entry)))
         self.session.crash = entry["id"] if entry else None
         return self.session.crash
@@ -113,7 +107,7 @@ class Running:
 
 
 def _copy_health(session: Session, running: Running) -> None:
-    """A live session's log health and lost events onto the session (status, show, history)."""
+    """A live session's log health and lost events onto the session."""
     session.log_error = running.output.logfile.error
     session.log_dropped = running.output.logfile.dropped
     session.lost_events = running.backend.lost_events
@@ -133,9 +127,8 @@ class SessionRunner:
         self.capture_dir = capture_dir
         self.shutting_down = False
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()  # every task we start, until it ends
-        # called when the set of attached sessions changes (sessions.json, docs/design.md "Files")
-        self.on_change: Callable[[], None] = lambda: None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_change: Callable[[], None] = lambda: None  # the attached set changed (sessions.json)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)
@@ -167,19 +160,15 @@ class SessionRunner:
     ) -> Session:
         """Start tracing ``identity``; return once the tracer is attached.
 
-        ``readopt_started``: a session of a previous tracerd re-adopted
-        (tracerd.daemon.resume): it keeps that ``started``, and its log gets
-        a "re-attached after tracerd restart" line."""
+        ``readopt_started``: a re-adopted session (tracerd.daemon.resume) keeps that ``started``."""
         if self.shutting_down:
             raise Busy("tracerd is shutting down")
         existing = self.registry.current(identity)
         if existing is not None and existing.running is not None:
-            # a second hook for the same process: it is (being) traced already
             await asyncio.shield(existing.running.attached)
             return existing
         if not procinfo.free_fds(FD_RESERVE):
-            # keep descriptors for what must not fail: crash capture (gdb's
-            # pipes), the log of a crash, and clients asking what is going on
+            # keep descriptors for what must not fail: crash capture, its log, status clients
             raise Busy("too few file descriptors left for a new session (RLIMIT_NOFILE); raise LimitNOFILE")
         tracer_name, args = self.config.tracer_for(name, requested)
         backend_cls = tracers.backend(tracer_name)
@@ -213,14 +202,14 @@ class SessionRunner:
 
     def _log_error_reporter(self, output: SessionOutput) -> Callable[[str], None]:
         def report(error: str) -> None:
-            # called from the log writer's thread: hop onto the loop
+            # called from the log writer's thread
             message = f"tracerd: cannot write {output.session.log}: {error}; output dropped"
             self._loop.call_soon_threadsafe(output.warn, message)
 
         return report
 
     async def _run(self, session: Session, running: Running) -> None:
-        # this task's events (and its tracer's) name the session: bound in its own context
+        # this task's context only: its events and its tracer's name the session
         structlog.contextvars.bind_contextvars(pid=session.pid, name=session.name, tracer=session.tracer)
         backend, output = running.backend, running.output
         try:
@@ -246,7 +235,7 @@ class SessionRunner:
         if session.readopted:
             attached = f"tracerd: {session.tag} re-attached after tracerd restart"
             output.logfile.write_line(attached)
-        output.syslog.notice(LOG_INFO, attached)  # a session's start, whatever its output does (its end: finish)
+        output.syslog.notice(LOG_INFO, attached)  # whatever ``forward`` says
         log.info("attached")  # pid, name, tracer: bound above
         running.attached.set_result(None)
         self.on_change()
@@ -311,11 +300,7 @@ class SessionRunner:
         return session
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Let go of every process and stop every backend, all within ``timeout``.
-
-        Every log gets its closing line: ``detached (tracerd shutting down)``,
-        or ``failed`` for a tracer that did not let go in time.
-        """
+        """Let go of every process and stop every backend, all within ``timeout``."""
         self.shutting_down = True
         deadline = self._loop.time() + timeout
         active = self.running()
@@ -323,7 +308,7 @@ class SessionRunner:
         tasks = [r.task for r in active if r.task is not None]
         pending = {*detaches, *tasks, *self._tasks}
         if pending:
-            # most of the budget for the sessions, the rest for the backends' own shutdown
+            # 80% for the sessions, the rest for the backends' own shutdown
             await asyncio.wait(pending, timeout=max(0.0, (deadline - self._loop.time()) * 0.8))
         for running in active:
             session = running.output.session
