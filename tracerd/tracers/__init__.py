@@ -1,17 +1,13 @@
 """Tracer backends behind one interface, chosen once by name.
 
-:data:`BACKENDS` is the one registry: a tracer name maps to the module and
-class of its backend, imported on first use (so that ``tracerd --check``,
-the config and tracerctl never import gdb or ptrace code they do not run).
-Adding a tracer is one module (a :class:`~tracerd.tracers.base.Tracer`
-subclass) and one line here; the config validates tracer names against
-:data:`NAMES`.
+:data:`BACKENDS` is the one registry, imported on first use (``--check``, the
+config and tracerctl never import ptrace code).  A new tracer: one Tracer
+subclass module and one line here.
 
-Security: only the names listed here are ever imported; a request's tracer
-name is a key into this table, never a module path.
+Security: only the names listed here are imported; a request's tracer name is
+a key, never a module path.
 
-Diagnostics: an unknown or uninstalled tracer raises
-:class:`~tracerd.errors.TracerUnavailable` saying why, in one line.
+Diagnostics: an unknown or uninstalled tracer raises TracerUnavailable, one line.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ from tracerd.errors import TracerUnavailable
 if TYPE_CHECKING:
     from tracerd.tracers.base import Tracer
 
-# name -> "module:Class"; the order is the order README and --help list them
+# name -> "module:Class", in README's and --help's order
 BACKENDS: dict[str, str] = {
     "watch": "tracerd.tracers.watch.backend:WatchTracer",
     "gdb": "tracerd.tracers.gdb:GdbTracer",
@@ -37,8 +33,7 @@ BACKENDS: dict[str, str] = {
     "syscount": "tracerd.tracers.syscount.backend:SyscountTracer",
 }
 NAMES: tuple[str, ...] = tuple(BACKENDS)
-# whose output lines go to syslog unless a rule says otherwise (config.syslog_output_for): the watcher's
-# and gdb's are few and tracerd's own (a child's exit); a system-call tracer's are one per call, mail data in them
+# lines to syslog by default: watch and gdb say little; a system-call tracer's lines carry mail data
 SYSLOG_OUTPUT: tuple[str, ...] = ("watch", "gdb")
 
 
@@ -49,7 +44,6 @@ def _load(name: str) -> type[Tracer]:
 
 
 def backend(name: str) -> type[Tracer]:
-    """The backend class for ``name``, or TracerUnavailable saying why not."""
     if name not in BACKENDS:
         raise TracerUnavailable(f"tracer {name!r} is not available in this version")
     cls = _load(name)
@@ -72,7 +66,7 @@ def loaded() -> list[type[Tracer]]:
 
 
 async def shutdown(timeout: float = 5.0) -> None:
-    """Each loaded backend's :meth:`~tracerd.tracers.base.Tracer.shutdown`, within ``timeout`` overall."""
+    """Each loaded backend's shutdown, within ``timeout`` overall."""
     import asyncio  # noqa: PLC0415 -- here: config imports this module and need not load asyncio
 
     hooks = [cls.shutdown() for cls in loaded()]
@@ -86,7 +80,7 @@ async def shutdown(timeout: float = 5.0) -> None:
 
 
 def counters() -> dict[str, int]:
-    """Every loaded backend's own counters (for ``status``)."""
+    """Every loaded backend's counters (for ``status``)."""
     merged: dict[str, int] = {}
     for cls in loaded():
         merged.update(cls.counters())

@@ -1,9 +1,11 @@
 """The ktrace backend (BSD): ``ktrace [ARGS] -p PID``.
 
-ktrace writes to a trace file for kdump rather than to its output; tracerd
-runs it with ``-f /dev/stdout`` unless the rule's args say otherwise.  Not
-part of Linux: where it is absent the session fails at once with "ktrace is
-not installed on this system".
+Run with ``-f /dev/stdout`` unless the rule's args give ``-f``.
+
+Security: ARGS come from root's config only; argv, no shell.
+
+Diagnostics: absent (as on Linux), the session fails at once: "ktrace is not
+installed on this system".
 """
 
 from __future__ import annotations

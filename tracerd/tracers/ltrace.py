@@ -1,12 +1,12 @@
 """The ltrace backend: ``ltrace [ARGS] -p PID``, library calls to log and syslog.
 
-ltrace ends with ``+++ exited (status N) +++`` or ``+++ killed by SIGSEGV
-+++``, read whatever the output options put before it (``-f``, ``-t``,
-``-tt``, ``-ttt``, ``-r``, ``-i``: see :mod:`tracerd.tracers.tracetext`).  A
-fatal signal gets a crash report of what ltrace printed (its ``--- SIGSEGV
-(Segmentation fault) ---`` line, no siginfo, and the trace's last lines).
-SIGTERM makes it remove its breakpoints and detach; a SIGKILLed ltrace would
-leave breakpoints behind, so detaching always asks first.
+Its ``+++`` closing line is read under any output options (tracetext).  A fatal
+signal gets a crash report of what ltrace printed (no siginfo).  Detach always
+sends SIGTERM first: a SIGKILLed ltrace would leave breakpoints behind.
+
+Security: ARGS come from root's config only; lines are data (tracetext).
+
+Diagnostics: as CommandTracer: ltrace's last line when it fails.
 """
 
 from __future__ import annotations

@@ -1,47 +1,18 @@
 """The perf backend: system calls from the kernel's tracepoints, recorded, without ptrace stops.
 
-``perf trace record --switch-output=1s -p PID`` records the raw_syscalls
-tracepoints through perf_event_open into a private directory, and
-:mod:`tracerd.tracers.perfrecord` prints every file it closes (each second,
-and at its end) with ``perf trace -i FILE [ARGS]``.  The process is never
-stopped, and it wakes perf only when perf's buffer fills: a live ``perf
-trace`` asks the kernel to wake it at every event, which costs the process
-about what strace's stops cost (docs/performance.md "Figures").  The price is a delay:
-lines reach the log and syslog about a second after the calls.  Before perf
-runs, :mod:`tracerd.tracers.perfcheck` refuses the session with one line
-when tracefs is not mounted or the kernel (``kernel.perf_event_paranoid``, a
-seccomp filter) would not let it open the events.  perf is no ptrace tracer,
-so TracerPid says nothing: the attachment is confirmed when perf, holding
-its perf_event descriptors, waits in poll() for events (its main loop,
-entered only once the events are enabled).
+``perf trace record --switch-output=1s -p PID``; perfrecord prints each closed
+file, so the process wakes perf only when its buffer fills, and lines arrive
+about a second late.  perfcheck refuses first what the kernel would not allow.
+No TracerPid: attached once perf holds perf_event fds and waits in poll().
+ARGS, lost events and endings: docs/design.md, "The perf tracer".  A process
+killed by a signal ends "exit status unknown", with no crash report.
 
-The rule's ARGS are perf trace's options for printing (``--duration 1``,
-``--failure``, ``-T``...), except ``-m PAGES`` and ``--max-size SIZE``
-(perf record's buffer and one file's bound);
-``-e`` is refused, as ``perf trace -i`` ignores it.  The printed lines (``
-0.049 ( 0.013 ms): smtpd/42 getppid() = 1``) go to the log and syslog.
-Events lost (perf's buffer was full) are read from the files, written to
-the log as ``LOST 123 events!``, added up on the session (``lost_events`` in
-``status``, the LOST column of ``tracerctl status``), and the first is one
-syslog warning.  The session ends as perf saw the process end:
-``exit_group()`` (status 0; perf omits zero arguments) or
-``exit_group(error_code: 3)``.  A process killed by a signal makes no such
-call; its session ends "exit status unknown", with no crash report (use the
-watch tracer for those).  perf ends by itself when the process has gone;
-SIGINT makes it stop cleanly otherwise; either way its last file is printed
-before the session's closing line.
+Security: ARGS come from root's config only.  A traced process chooses little
+of the lines (its comm); lost events are counted from records, not text; a
+forged exit_group line could at most misstate the exit status shown.
 
-Security: arguments come from root's config file only; perf prints buffer
-and string arguments as addresses, so a traced process chooses little text
-of these lines: its 15-byte comm, after the timestamp.  Lost events are
-counted from perf's records, never from text; a line is read as
-``exit_group`` only when it matches whole, so a forged one could at most
-misstate the exit status shown; nothing here acts on what it reads.
-
-Diagnostics: a refused preflight fails the session with its one line; perf
-exiting before it attached fails it with perf's last line (as for strace);
-perf stopping at its size limit (more than perfrecord.MAX_SIZE in a second)
-fails the session saying so.
+Diagnostics: a refused preflight, perf exiting before it attached (its last
+line), or perf's size limit fails the session with one line.
 """
 
 from __future__ import annotations
@@ -69,7 +40,7 @@ EXIT_RE = re.compile(
 class PerfTracer(CommandTracer):
     name = "perf"
     program = "perf"
-    detach_signal = signal.SIGINT  # perf record stops its events, writes its last file and exits on SIGINT
+    detach_signal = signal.SIGINT  # perf record writes its last file and exits
     exits_with_target = True  # its events hang up as the process exits, before the pidfd wakes us
     total_lost: ClassVar[int] = 0
 
@@ -112,7 +83,6 @@ class PerfTracer(CommandTracer):
             raise
 
     def confirmed(self, child: Child) -> bool:
-        """perf holds its events and waits for them in poll()."""
         facts = arch.of()
         calls = facts.poll_calls if facts is not None else None
         try:
@@ -126,7 +96,7 @@ class PerfTracer(CommandTracer):
             return False  # perf exited (attach() sees its status) or is between states
 
     def _on_lines(self, lines: list[str]) -> None:
-        """perf record's own words: a closed file is printed; its chatter stays out of the log."""
+        """perf record's own lines: a closed file is printed; its chatter stays out of the log."""
         kept: list[str] = []
         for line in lines:
             if line.startswith("[ perf record: "):
@@ -141,7 +111,6 @@ class PerfTracer(CommandTracer):
             self.output.lines(kept)
 
     def _on_trace_lines(self, lines: list[str]) -> None:
-        """What perf trace -i printed of one file."""
         self._find_ending(lines)
         self.output.lines(lines)
 
@@ -163,7 +132,7 @@ class PerfTracer(CommandTracer):
         PerfTracer.total_lost += lost
 
     async def _drain(self) -> None:
-        """Print what perf left, within a bound: the session must end even if perf trace -i hangs."""
+        """Print what perf left, bounded: the session must end even if perf trace -i hangs."""
         if self._replayer is None:
             return
         try:

@@ -1,28 +1,16 @@
 """Can ``perf trace`` work from here?  The perf tracer's checks before it runs.
 
-``perf trace -p PID`` reads the system-call tracepoints: it needs tracefs
-mounted (the tracepoints' ids and formats) and the kernel's leave to open a
-per-task tracepoint event (perf_event_open).  :func:`refusal` answers with
-one line naming what is missing, or None (docs/design.md "Tracers"):
+:func:`refusal` names in one line what is missing (docs/design.md, "Tracers"):
+a tracefs mount in tracerd's own mount namespace (perf's too), and the kernel's
+leave to open the raw_syscalls:sys_enter event on the target, probed once
+(EACCES: perf_event_paranoid; EPERM: a seccomp filter).  Under a seccomp
+filter the probe runs in a child, as a filter may kill the caller (SIGSYS).
 
-- tracefs: a ``tracefs`` mount at /sys/kernel/tracing (or the old
-  /sys/kernel/debug/tracing) in tracerd's own mount namespace, which is the
-  one perf will run in (a unit's sandbox or ``unshare -m`` may differ from
-  the host's);
-- perf_event_open: the very event perf opens (the raw_syscalls:sys_enter
-  tracepoint, on the target, kernel side included) is opened once and closed.
-  EACCES is ``kernel.perf_event_paranoid`` (above 1 without CAP_PERFMON), EPERM
-  under a seccomp filter is that filter (systemd's SystemCallFilter=).  When a
-  seccomp filter is in force (/proc/self/status ``Seccomp: 2``) the probe runs
-  in a child process, since a filter may kill the caller (SIGSYS) instead of
-  refusing; without one it runs in tracerd itself.
+Security: reads only /proc/self, perf_event_paranoid and the tracepoint's id;
+the probe event is disabled and closed at once and never reads the target.
 
-Security: reads only /proc/self, /proc/sys/kernel/perf_event_paranoid and the
-tracepoint's id in tracefs; the probe's event is disabled and closed at once,
-it never reads the target.  The target pid is an integer checked by the caller.
-
-Diagnostics: every failure is a one-line string for the session's refusal;
-nothing raises past :func:`refusal`.
+Diagnostics: every failure is a one-line string; nothing raises past
+:func:`refusal`.
 """
 
 from __future__ import annotations
@@ -57,7 +45,6 @@ PROBE_CHILD = (
 
 
 def tracefs_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """Where tracefs is mounted (one of TRACEFS_MOUNTS), else None."""
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as file:
             lines = file.read().splitlines()
@@ -78,7 +65,7 @@ def tracefs_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
 
 
 def seccomp_filtered(status: str = "/proc/self/status") -> bool:
-    """True when a seccomp filter is in force on tracerd (``Seccomp: 2``, or 1: strict)."""
+    """A seccomp filter in force on tracerd (``Seccomp: 2``, or 1: strict)."""
     try:
         with open(status, encoding="ascii", errors="replace") as file:
             for line in file:
@@ -163,7 +150,6 @@ def tracepoint_id() -> int | str:
 
 
 async def refusal(pid: int) -> str | None:
-    """Why perf trace cannot trace ``pid`` from here (one line), or None."""
     tracepoint = tracepoint_id()
     if isinstance(tracepoint, str):
         return tracepoint

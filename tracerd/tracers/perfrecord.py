@@ -1,33 +1,18 @@
 """perf's recording on disk, printed a file at a time (the perf tracer's buffered mode).
 
-``perf trace record --switch-output=1s`` writes the process's system calls
-into a private directory; every second (and when it ends) it closes the
-file as ``perf.data.<timestamp>`` and says ``[ perf record: Dump ... ]``.
-:class:`Replayer` then prints each closed file with ``perf trace -i FILE
-[ARGS]``, hands its lines on in order, counts the events the file records as
-lost, and deletes it.  So the traced process only wakes perf when its buffer
-fills (not at every event, as a live ``perf trace`` asks), and its lines
-reach the log about a second late (docs/design.md "Tracers").
+perf closes ``perf.data.<timestamp>`` every second and says ``[ perf record:
+Dump ... ]``; :class:`Replayer` prints each with ``perf trace -i FILE [ARGS]``,
+in order, counts its lost events and deletes it (docs/design.md, "Tracers").
+Lost events come from PERF_RECORD_LOST records, raised to the kernel's
+PERF_RECORD_LOST_SAMPLES totals at perf's end if those are higher.
 
-Lost events are read from the file itself, not from perf's text: each
-``PERF_RECORD_LOST`` record (the ring buffer was full) adds its count, and
-the ``PERF_RECORD_LOST_SAMPLES`` records perf writes at its end (the
-kernel's per-event totals for the whole session) raise the sum to theirs if
-they are higher.
+Security: a 0700 directory of ours under state_dir (or the tmp dir), removed
+at the end (a killed tracerd's, before the next session); names matched whole,
+argv lists only.  The files hold addresses and numbers, bounded by --max-size.
 
-Security: the directory is created 0700 by tracerd (root) under its
-state_dir (or the system's temporary directory), checked to be a real
-directory of ours, and removed at the session's end (those a killed tracerd
-left are removed before its successor's first perf session); file names are matched
-whole (``perf.data.<digits>``) and passed to perf in an argv list, never
-through a shell.  The files hold what the process did (addresses and
-numbers, no buffer contents) and live for about a second each; each is
-bounded by ``--max-size`` (perf stops recording, and the session fails
-saying so, should one second of events exceed it).
-
-Diagnostics: a file perf cannot print gives a log line with perf's last
-words; a replay that hangs is killed after REPLAY_TIMEOUT seconds; nothing
-here raises past :meth:`Replayer.drain` but the caller's own exceptions.
+Diagnostics: a file perf cannot print gives a log line with perf's last words;
+a hung replay is killed after REPLAY_TIMEOUT; only the caller's own exceptions
+escape :meth:`Replayer.drain`.
 """
 
 from __future__ import annotations
@@ -50,13 +35,13 @@ from tracerd.spawn import Child
 
 SWITCH = "1s"  # how often perf closes a file: the lines' delay
 MAX_SIZE = "64M"  # one file's bound (one second of events)
-# a buffer per thread (not per CPU) of 1 MiB: no loss at a getppid() loop's rate here (docs/performance.md "Figures")
+# 1 MiB per thread: no loss at a getppid() loop's rate (docs/performance.md, "Figures")
 BUFFER = ("--per-thread", "-m", "256")
 FILE_RE = re.compile(r"perf\.data\.\d{1,20}")
 REPLAY_TIMEOUT = 60.0
 CHECK_TIMEOUT = 10.0
 OPTION_ERROR = 129  # perf's exit status for a bad option
-# perf trace options that size the recording (given to perf record), with a value
+# perf trace options that size the recording: given to perf record
 RECORD_OPTIONS = ("-m", "--mmap-pages", "--max-size")
 # perf trace -i does not apply these to recorded events: refused rather than ignored
 UNSUPPORTED = ("-e", "--event", "--expr")
@@ -98,11 +83,8 @@ def split_args(args: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]
 
 
 async def check_replay_args(args: list[str]) -> str | None:
-    """perf's own word on printing options it would reject (one line), or None.
-
-    perf trace -i parses its options before it opens its input, so a path that
-    cannot exist shows a bad option at once, rather than at every file.
-    """
+    """perf's one-line rejection of the printing options, or None (options are parsed before the
+    input is opened, so an impossible path shows a bad option at once)."""
     if not args:
         return None
     proc = await asyncio.create_subprocess_exec(
@@ -152,7 +134,7 @@ _swept: set[Path] = set()
 
 
 def sweep(base: Path) -> None:
-    """Remove the session directories a tracerd that did not stop cleanly left in ``base``."""
+    """Remove the session directories a tracerd that died left in ``base``."""
     for entry in os.scandir(base):
         if entry.name.startswith("perf-") and entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -189,7 +171,7 @@ class Replayer:
         self.replay_args = replay_args
         self.on_lines = on_lines
         self.on_lost = on_lost
-        # the last files again, without the rule's args: what they filtered out (exit_group), not logged
+        # the last file again, without the rule's args, for what they filtered (exit_group); not logged
         self.on_unprinted = on_unprinted
         self._kept: str | None = None  # the newest file printed, kept for that when args filter
         self.lost = 0
@@ -198,7 +180,6 @@ class Replayer:
         self._task: asyncio.Task[None] | None = None
 
     def kick(self) -> None:
-        """perf closed a file: print it soon."""
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         self._kick.set()
@@ -210,7 +191,7 @@ class Replayer:
             await self._ready()
 
     async def drain(self) -> None:
-        """perf has ended: print what it left (after the file being printed, if any), and stop."""
+        """perf has ended: print what it left, and stop."""
         await self._ready()
         task, self._task = self._task, None
         if task is not None:  # idle now: it waits for a kick, or for the lock we just let go
@@ -225,7 +206,6 @@ class Replayer:
                 _forget(kept)
 
     def close(self) -> None:
-        """Remove the directory and whatever is left in it."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -269,7 +249,7 @@ class Replayer:
             last[0] = next((line.strip() for line in reversed(lines) if line.strip()), last[0])
             sink(lines)
 
-        # -o: perf writes its lines through stdio's buffer (stderr, its default, costs a write() per line)
+        # -o: through stdio's buffer (stderr, the default, costs a write() per line)
         child = Child(["perf", "trace", "-i", path, "-o", "/dev/stdout", *args], on_lines)
         try:
             code = await asyncio.wait_for(asyncio.shield(child.wait()), REPLAY_TIMEOUT)

@@ -1,32 +1,16 @@
 """What a strace or ltrace session saw of its process, and the crash report made of it.
 
-:class:`TraceObserver` reads every batch of tracer output (cheaply: a line is
-parsed only when it holds ``+++``, ``--- SIG`` or starts `` > ``) and keeps:
+:class:`TraceObserver` keeps the process's own ending (a ``[pid N]`` line is
+the process's only for N = its pid; a line without one is the process's), the
+last delivery of each signal with any strace -k frames, and the trace's tail.
+A fatal signal makes a CrashReport of that; it is written after the death, so
+(unlike watch and gdb) the parent may see the death before the report exists.
 
-- the traced process's own ending, the first one that is its: a ``[pid N]``
-  line names its task, and only N = the traced pid is the process; a line with
-  no ``[pid N]`` is the process's (strace drops the field when a single task
-  is left, ltrace has none without ``-f``).  A thread's or a forked child's
-  ending under ``-f`` is not the session's end;
-- the last signal delivery line for each signal (the crashing thread's, under
-  ``-f``), with strace ``-k``'s stack frames printed right after it;
-- the last :data:`TAIL_LINES` lines of the trace, in a bounded ring.
+Security: lines are stored as data, never interpreted past tracetext; each
+kept line is cut at MAX_LINE_CHARS.
 
-When the process was killed by a fatal signal, :meth:`TraceObserver.report`
-makes a :class:`~tracerd.crash.report.CrashReport` of that: siginfo as far as the
-tracer printed it, the trace's last lines, the crashing task, and frames only
-from ``strace -k``.  Otherwise the report says plainly that this tracer gives
-no backtrace.  It is written after the fact: the tracer prints ``+++ killed
-by`` once the process is already dead, so (unlike the watch and gdb
-tracers) the process's parent may see the death before the report exists.
-
-Security: the lines are the tracer's (the target's text appears only escaped
-inside them); they are stored as data, never interpreted past
-:mod:`tracerd.tracers.tracetext`.  Each kept line is cut at
-:data:`MAX_LINE_CHARS`.
-
-Diagnostics: what the tracer did not print (``-e signal=none``, a thread
-strace does not trace) is said in the report's notice, never guessed.
+Diagnostics: what the tracer did not print is said in the report's notice,
+never guessed.
 """
 
 from __future__ import annotations
@@ -72,7 +56,7 @@ class TraceObserver:
         self._frames_of: str | None = None
 
     def feed(self, lines: list[str]) -> bool:
-        """Read one batch; True when it brought the process's own ending."""
+        """True when the batch brought the process's own ending."""
         self.tail.extend(lines)
         found = False
         for line in lines:
@@ -111,7 +95,7 @@ class TraceObserver:
         return self.ending is not None and self.ending.state == "crashed"
 
     def report(self, process: dict[str, Any], tracer: str, log_path: str | None) -> CrashReport:
-        """The crash report of what was seen; call once the ending is a fatal signal."""
+        """Call once the ending is a fatal signal."""
         assert self.ending is not None
         assert self.ending.signal is not None
         name = self.ending.signal
@@ -126,7 +110,7 @@ class TraceObserver:
             signal["tracer_line"] = None
             when, tid = time.time(), self.pid
         signal["tid"] = tid
-        # no frames, no thread: the report says there is no backtrace rather than show an empty one
+        # no frames, no thread: the report says there is no backtrace
         threads = [Thread(id=1, tid=tid, name=None, crashed=True, frames=[_frame(i, f) for i, f in enumerate(frames)])]
         tail = [line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "...(cut)" for line in self.tail]
         report = CrashReport(
@@ -178,7 +162,7 @@ def process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
     try:
         proc = psutil.Process(identity.pid)
         exe, cmdline, uid = proc.exe(), proc.cmdline(), proc.uids().real
-        if identity.alive():  # still this very process, not a recycled pid
+        if identity.alive():  # not a recycled pid
             info.update(exe=exe, cmdline=cmdline, uid=uid)
     except (psutil.Error, OSError):
         pass

@@ -1,32 +1,16 @@
 """What strace and ltrace say, whatever their output options: the line parser.
 
-A trace line is a *prefix* made of the options' fields, then a *body*.  The
-fields, in the order strace 6 and ltrace 0.7 print them:
+A line is a prefix of option fields (``[pid N]`` of -f/-Y; the time of
+-t/-tt/-ttt/-r; -i's instruction pointer) and a body.  Bodies read: a task's
+ending (``+++ exited with 3 +++``, ``+++ killed by SIGSEGV (core dumped) +++``),
+a signal's delivery (``--- SIGSEGV {si_signo=...} ---``) and a frame of strace
+-k's stack (`` > /usr/bin/x(func+0x1e) [0x1247]``).
 
-- ``[pid N]`` (``-f``, once more than one task is traced; ltrace always under
-  ``-f``), ``[pid N<comm>]`` with strace's ``-Y``;
-- a time: ``HH:MM:SS`` (``-t``), ``HH:MM:SS.micros`` (``-tt``, or nanoseconds
-  with ``--timestamps=...,ns``), ``EPOCH.micros`` (``-ttt``), the delta of
-  ``-r`` (right-aligned: leading blanks), and ``(+ DELTA)`` when ``-r`` is given
-  with ``-t``;
-- the instruction pointer of ``-i``: ``[00005567c9153247]`` (strace),
-  ``[0x562c0b75a247]`` (ltrace), ``[????????????????]`` on an exit line.
+Security: the target chooses text only inside quoted strings, which the
+tracers escape; a body must match whole after a prefix of option fields only,
+so a string argument never passes for an ending.  Nothing here acts.
 
-``-T`` only appends ``<0.000012>`` to system-call lines, never to the lines
-read here.  Bodies read: the ending of a task (``+++ exited with 3 +++``,
-``+++ exited (status 3) +++``, ``+++ killed by SIGSEGV (core dumped) +++``), a
-signal's delivery (``--- SIGSEGV {si_signo=SIGSEGV, si_code=SEGV_MAPERR,
-si_addr=NULL} ---``, ``--- SIGSEGV (Segmentation fault) ---``) and a frame of
-strace ``-k``'s stack trace (`` > /usr/bin/x(func+0x1e) [0x1247]``).
-
-Security: every line is the tracer's rendering of the target's activity, so
-its text is the target's to choose only inside quoted strings, which strace
-and ltrace escape; a body must match whole, after a prefix made only of the
-fields above, so a string argument can never pass for an ending.  Nothing
-here acts on what it reads.
-
-Diagnostics: a line that is none of these is simply not an ending, signal or
-frame (``None``); nothing raises.
+Diagnostics: a line that is none of these gives None; nothing raises.
 """
 
 from __future__ import annotations
@@ -83,7 +67,7 @@ for _names in SI_BY_SIGNAL.values():
 class EndLine:
     """A task's end: exit code, or the signal that killed it."""
 
-    pid: int | None  # None: no [pid N] prefix (the only task traced, or no -f)
+    pid: int | None  # None: no [pid N] prefix
     code: int | None
     signal: str | None
     core_dumped: bool = False
@@ -102,7 +86,7 @@ class SignalLine:
 
 @dataclass(frozen=True)
 class StackFrame:
-    """One frame of strace -k's stack trace; address is an offset into object."""
+    """One frame of strace -k; address is an offset into object."""
 
     object: str | None
     function: str | None
@@ -122,7 +106,7 @@ def split_prefix(line: str) -> tuple[int | None, str | None, str]:
 
 
 def parse_end(line: str, dialect: str) -> EndLine | None:
-    """The task ending ``line`` reports (``dialect``: strace or ltrace), else None."""
+    """The task ending ``line`` reports (``dialect``: strace or ltrace)."""
     if "+++" not in line:
         return None
     pid, _ip, body = split_prefix(line)
@@ -134,7 +118,6 @@ def parse_end(line: str, dialect: str) -> EndLine | None:
 
 
 def parse_signal(line: str) -> SignalLine | None:
-    """The signal delivery ``line`` reports, else None."""
     if "--- SIG" not in line:
         return None
     pid, ip, body = split_prefix(line)
@@ -147,7 +130,6 @@ def parse_signal(line: str) -> SignalLine | None:
 
 
 def parse_frame(line: str) -> StackFrame | None:
-    """A frame of strace -k's stack trace, else None."""
     if not line.startswith(" > "):
         return None
     match = _FRAME.fullmatch(line.rstrip())
@@ -200,17 +182,8 @@ def _number(text: str) -> int | None:
 
 
 def siginfo(line: SignalLine, own_pid: int | None = None) -> dict[str, object]:
-    """The report's ``signal`` dict from a signal line, as far as the tracer printed it.
-
-    The keys of the watch and gdb tracers' reports (docs/design.md "Files"): number,
-    name, si_code (a number) and si_code_name (si_code_meaning is left
-    None), user_sent (si_code <= 0), sender_pid and sender_uid (si_pid and
-    si_uid, for the codes whose siginfo names a sender), self_sent (the
-    sender is ``own_pid``: raise(), abort()), fault_address (si_addr, ``NULL``
-    being ``0x0``, only for a fault the kernel raised), syscall (SIGSYS);
-    then the ip of ``-i`` as instruction_pointer, and the tracer's line itself.
-    A field the line does not hold, or that does not belong to its code, is None.
-    """
+    """The report's ``signal`` dict (docs/design.md, "Files"), as far as the line holds it; a field
+    absent or not of its si_code's layout is None; self_sent: the sender is ``own_pid``."""
     info: dict[str, object] = {
         "number": signal_number(line.name), "name": line.name, "si_code": None, "si_code_name": None,
         "si_code_meaning": None, "user_sent": None, "sender_pid": None, "sender_uid": None, "self_sent": None,
@@ -235,7 +208,7 @@ def siginfo(line: SignalLine, own_pid: int | None = None) -> dict[str, object]:
 
 
 def _by_code(info: dict[str, object], signal_name: str, code: int, raw: dict[str, str], own_pid: int | None) -> None:
-    """The fields that belong to ``code``'s siginfo layout, as the kernel's siginfo_layout() says."""
+    """The fields of ``code``'s siginfo layout (the kernel's siginfo_layout())."""
     info["user_sent"] = code <= SI_GENERIC["SI_USER"]
     if code == SI_GENERIC["SI_USER"] or (code < 0 and code not in (SI_GENERIC["SI_TIMER"], SI_GENERIC["SI_SIGIO"])):
         pid, uid = _number(raw.get("si_pid", "")), _number(raw.get("si_uid", ""))
@@ -257,7 +230,6 @@ def _comment(value: str) -> str | None:
 
 
 def si_code_name(signal_name: str, code: int) -> str | None:
-    """The symbolic name of ``code`` for ``signal_name``, when Linux defines one."""
     for name, number in SI_GENERIC.items():
         if number == code:
             return name

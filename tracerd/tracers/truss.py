@@ -1,7 +1,9 @@
 """The truss backend (Solaris, illumos, FreeBSD): ``truss [ARGS] -p PID``.
 
-Not part of Linux: where truss is absent the session fails at once with
-"truss is not installed on this system" and the hook fails open.
+Security: ARGS come from root's config only; argv, no shell.
+
+Diagnostics: absent (as on Linux), the session fails at once ("truss is not
+installed on this system") and the hook fails open.
 """
 
 from __future__ import annotations
