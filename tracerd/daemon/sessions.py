@@ -1,19 +1,15 @@
 """Sessions: one traced process each, their state machine, limits and history.
 
-State (:class:`State`) runs ``attaching -> attached -> exited | crashed |
-detached | failed`` (or ``attaching -> failed``); :meth:`Session.transition`
-is the only way a state changes, and it refuses any other move.  The
-registry is the one map of active sessions, keyed by pid (the session
-runner hangs its moving parts on ``Session.running``); an ended session
-moves to a bounded history so that ``status`` still shows it, and a pid
-recycled later starts a new session of its own.
+``attaching -> attached -> exited | crashed | detached | failed`` (or
+``attaching -> failed``); :meth:`Session.transition` is the only way a state
+changes. The registry maps active sessions by pid; ended ones go to a bounded
+history, and a recycled pid starts a session of its own.
 
-Security: a session holds the process identity (pid, start time) it was
-created for; nothing here acts on a pid alone.
+Security: a session holds its (pid, start time) identity; nothing here acts
+on a pid alone.
 
-Diagnostics: an illegal state change raises :class:`IllegalTransition` (a
-bug in tracerd, never a client's doing); limits raise Busy, an unknown pid
-NotFound, each with a one-line message.
+Diagnostics: an illegal move raises IllegalTransition (a tracerd bug); limits
+raise Busy, an unknown pid NotFound, each in one line.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ class State(enum.StrEnum):
 
 ACTIVE_STATES = frozenset({State.ATTACHING, State.ATTACHED})
 ENDINGS = frozenset({State.EXITED, State.CRASHED, State.DETACHED, State.FAILED})
-# state -> the states it may move to; an ended session moves no more
 LEGAL: dict[State, frozenset[State]] = {
     State.ATTACHING: frozenset({State.ATTACHED, State.FAILED}),
     State.ATTACHED: ENDINGS,
@@ -76,7 +71,7 @@ class Session:
     tracer_pid: int | None = None
     log_error: str | None = None  # the log cannot be written (disk full...): flagged
     log_dropped: int = 0
-    readopted: bool = False  # traced again after a tracerd restart (docs/design.md, "Reliability")
+    readopted: bool = False  # traced again after a tracerd restart
     lost_events: int = 0  # events the tracer lost (perf), as it reported them
     running: Any = field(default=None, repr=False, compare=False)  # the runner's parts while active
 
@@ -113,7 +108,7 @@ class Session:
             self.error = ending.reason
 
     def to_json(self) -> dict[str, Any]:
-        """The session as README's "Status JSON" lists it (plus a few extras)."""
+        """The session as docs/json.md's status JSON lists it."""
         return {
             "pid": self.pid,
             "name": self.name,
@@ -190,7 +185,7 @@ class SessionRegistry:
         raise NotFound(f"no session for pid {pid}")
 
     def earlier(self, pid: int) -> list[Session]:
-        """pid's sessions before the one :meth:`find` gives (a gdb hand-off, a detach and attach), newest first."""
+        """pid's sessions before the one :meth:`find` gives, newest first."""
         sessions = [*self._history, *([self._active[pid]] if pid in self._active else [])]
         return [session for session in sessions if session.pid == pid][::-1][1:]
 
