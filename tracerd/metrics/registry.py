@@ -1,21 +1,16 @@
 """tracerd's metrics: a prometheus_client registry of its own (never the global one).
 
-:class:`Metrics` holds the counters, gauges and histograms README lists
-("Fleet: journald, structured syslog, metrics"); prometheus_client writes
-every exposition (text for node_exporter, OpenMetrics when a scraper asks),
-so none is written by hand here.  Values that tracerd already keeps (active
-sessions, syslog and journal drops, the watcher) are read at collection time
-by :class:`_Live` rather than copied.
+:class:`Metrics` holds the metrics docs/fleet.md lists; prometheus_client
+writes every exposition.  Values tracerd keeps anyway (active sessions,
+drops, the watcher) are read at collection time by :class:`_Live`.
 
-Security: labels are bounded, so a stream of hostile names cannot grow the
-exposition: ``program`` is a Postfix daemon's name or a name a ``[[rule]]``
-gives literally, else ``other``; ``tracer`` is a registry name; ``syscall`` a
-system call's name, at most 64 a program (syscount's counts), else ``other``; ``signal``
-one of the fatal signals, else ``other``; ``reason`` one of the error codes
-of :mod:`tracerd.errors`, else ``other``.  The signature is never a label.
+Security: labels are bounded, so hostile names cannot grow the exposition:
+``program`` a Postfix daemon or a literal ``[[rule]]`` name, ``signal`` a
+fatal signal, ``reason`` a :mod:`tracerd.errors` code, ``syscall`` at most
+64 a program, else ``other``; ``tracer`` a registry name; never the signature.
 
-Diagnostics: nothing here raises on a value from outside; collection reads
-/proc for the watcher's RSS and reports 0 when it cannot.
+Diagnostics: nothing here raises on a value from outside; the watcher's RSS
+is 0 when /proc cannot be read.
 """
 
 from __future__ import annotations
@@ -29,8 +24,7 @@ from prometheus_client.registry import Collector
 
 from tracerd import tracers
 
-# Postfix 3.x's daemons (postconf -M's commands): the program label knows them
-# without a rule; master.cf's services run these, whatever the service is named.
+# Postfix 3.x's daemons: the program label knows them without a rule, whatever the service's name.
 POSTFIX_PROGRAMS = frozenset({
     "anvil", "bounce", "cleanup", "discard", "dnsblog", "error", "flush", "lmtp", "local", "master",
     "oqmgr", "pickup", "pipe", "postlogd", "postscreen", "proxymap", "qmgr", "qmqpd", "scache",

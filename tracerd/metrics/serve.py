@@ -1,28 +1,19 @@
 """Where the metrics go: an HTTP endpoint on the loop, and a node_exporter textfile.
 
 :class:`MetricsEndpoint` answers ``GET /metrics`` on ``[metrics] listen``
-(a loopback ``HOST:PORT`` or a unix socket path) with prometheus_client's
-exposition, OpenMetrics when the scraper's Accept header asks for it.  It
-runs on tracerd's asyncio loop, like everything that reads the sessions, so
-the registry is never read while the loop changes it.  :class:`Textfile`
-writes the text exposition to ``[metrics] textfile`` every
-``textfile_interval`` seconds and at shutdown, atomically
-(:mod:`tracerd.atomic`: a ``.tracerd-*`` temp file beside it, which
-node_exporter's ``*.prom`` glob never reads half-written).
+on tracerd's asyncio loop (so the registry is never read mid-change);
+:class:`Textfile` rewrites ``[metrics] textfile`` atomically every interval
+and at shutdown.  See docs/fleet.md.
 
-Security: a scraper is untrusted.  A request head is read up to 8 KiB
-within 5 s, only ``GET``/``HEAD`` of ``/metrics`` (or ``/``) is answered,
-at most 16 connections are served at once (more are closed at once), and
-every connection is closed after its one answer.  The address is root's
-configuration; a routable one needs ``allow_remote`` (tracerd.journalmetricsconfig).
-A unix socket is 0666 (a loopback port is open to every local user too);
-a stale socket at its path is replaced, anything else there is refused.
+Security: a scraper is untrusted: a request head of at most 8 KiB in 5 s,
+only GET/HEAD of ``/metrics`` or ``/``, 16 connections at once, one answer
+each.  A routable address needs ``allow_remote``; a unix socket is 0666, as
+open as a loopback port; a stale socket is replaced, any other file refused.
 
-Diagnostics: a port in use, an unusable socket path or a textfile
-directory that does not exist give one warning each
-(``metrics_unavailable``, ``metrics_textfile_failed``) and tracing goes on;
-the textfile is retried every interval and ``metrics_textfile_recovered``
-says when it works again.
+Diagnostics: a port in use, a bad socket path or a missing textfile
+directory give one warning each (``metrics_unavailable``,
+``metrics_textfile_failed``) and tracing goes on; ``metrics_textfile_recovered``
+says when the textfile works again.
 """
 
 from __future__ import annotations
