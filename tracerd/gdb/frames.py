@@ -1,19 +1,15 @@
 """Bounded unwinding: a thread's innermost and outermost frames, never its whole stack.
 
-A stack overflow leaves tens of thousands of frames: listing them all took
-gdb past its 30 s timeout (and ``bt full`` past 60 s) while the process was
-held.  Per thread, gdb lists the innermost :data:`INNER` + :data:`OUTER`
-frames (``-stack-list-frames 0 39``); a stack as deep or deeper is counted
-with ``-stack-info-depth`` bounded by a limit (:data:`DEPTH_LIMIT` for the
-crashed thread, :data:`OTHER_DEPTH_LIMIT` for the others: gdb unwinds about
-40 µs a frame), and, when under it, its outermost :data:`OUTER` frames are
-listed too.  Deeper than the limit, only the innermost are kept, and the
-depth is unknown (or, for an overflow, estimated: :mod:`tracerd.crash.overflow`).
+A stack overflow has tens of thousands of frames; listing them held the
+process past gdb's timeouts. Per thread: the innermost :data:`INNER` +
+:data:`OUTER` frames; a deeper stack is counted by ``-stack-info-depth`` up to
+a limit (gdb unwinds ~40 µs a frame) and, under it, its outermost frames
+listed too. Past the limit the depth is unknown (see tracerd.crash.overflow).
 
-Security: the commands are built from gdb's own thread ids and integers.
+Security: commands are built from gdb's own thread ids and integers.
 
-Diagnostics: a step that fails is recorded by the caller's ``run`` (it
-returns None) and leaves what was listed so far.
+Diagnostics: a failed step is the caller's ``run`` returning None; what was
+listed so far stays.
 """
 
 from __future__ import annotations

@@ -1,26 +1,16 @@
 """An asyncio client for gdb's machine interface (MI3), parsed by pygdbmi.
 
-pygdbmi's controller ends a read after a quiet period rather than when the
-command is complete, so a slow ``bt full`` can be cut in half, and it blocks
-a thread per gdb.  We keep pygdbmi's MI parser and drive gdb ourselves:
-every command carries a token, and :meth:`GdbMI.command` waits for *that*
-token's result record (``^done``/``^error``), bounded by a timeout.
-Asynchronous ``*stopped`` records go to a queue that the tracer reads.
-Console output (``~"..."``) between a command and its result belongs to that
-command: commands are serialized by a lock, so nothing interleaves.  Console
-records carry no token, though, and a command that timed out may still print
-and answer later, during the next command: its token is remembered, and when
-its late result record comes, everything the current command has gathered so
-far is the late command's (gdb runs commands one after the other) and is
-dropped.
+Every command carries a token; :meth:`GdbMI.command` waits for that token's
+result record, bounded (why not pygdbmi's controller: docs/design.md,
+"Development"). ``*stopped`` records go to a queue. Commands are serialized,
+so console output before a result is that command's; a timed-out command's
+late result discards what the current one gathered so far.
 
-Security: gdb is started from an argv list with ``-nx`` (no ~/.gdbinit nor
-a system gdbinit of the target's choosing), and CLI text we send is quoted
-as an MI c-string, so a hostile name cannot inject commands.
+Security: gdb runs from an argv list with ``-nx``; CLI text is quoted as an
+MI c-string, so a hostile name cannot inject commands.
 
-Diagnostics: an ``^error`` raises :class:`MIError` with gdb's message; a
-timeout raises :class:`~tracerd.errors.TracerFailed` naming the command;
-gdb's death fails every pending command at once.
+Diagnostics: ``^error`` raises MIError with gdb's message; a timeout raises
+TracerFailed naming the command; gdb's death fails every pending command.
 """
 
 from __future__ import annotations
@@ -38,7 +28,7 @@ from tracerd.errors import TracerFailed
 from tracerd.spawn import Child
 
 GDB_ARGV = ("gdb", "--interpreter=mi3", "-nx", "-q")
-# one MI record is one line: ``-thread-info`` of 300 threads is ~140 KB, past spawn's 64 KiB line cut
+# one MI record is one line: ``-thread-info`` of 300 threads is ~140 KB
 MAX_RECORD = 32 * 1024 * 1024
 SETTINGS = (
     "-gdb-set mi-async on",
@@ -48,11 +38,9 @@ SETTINGS = (
     "-gdb-set height 0",
     "-gdb-set print thread-events off",
     "-gdb-set print inferior-events off",
-    # the default sysroot "target:" enters the target's mount namespace, which
-    # needs CAP_SYS_ADMIN; under systemd's ProtectSystem= tracerd has its own
-    # namespace, and every file would fail ("?? ()" frames): read ours
+    # "target:" needs CAP_SYS_ADMIN to enter the target's mount namespace: read ours
     "-gdb-set sysroot /",
-    # no network here, and a prompt would stall the session
+    # no network, and a prompt would stall the session
     "-gdb-set debuginfod enabled off",
 )
 
@@ -194,5 +182,3 @@ class GdbMI:
                 self.child.write(b"-gdb-exit\n")
             await self.child.exit_or_kill(timeout)
         self.child.close()
-
-
