@@ -1,45 +1,35 @@
-"""The one interface every tracer backend implements.
+"""The interface every tracer backend implements, and the pidfd exit watch they share.
 
-A backend is given a :class:`Target` (a process identity, its name, the
-rule's extra args and the attach timeout) and a :class:`Output` to report
-through.  The session runner (:mod:`tracerd.daemon.service`) drives it:
+The session runner (:mod:`tracerd.daemon.service`) drives a backend:
+``attach()`` returns once the kernel or the tracer confirms the attachment;
+``wait()`` returns the :class:`Ending`; ``detach()`` leaves the process
+running.  :meth:`Tracer.shutdown` ends what a backend keeps for all its
+sessions, at daemon exit; :meth:`Tracer.counters` feeds ``status``.
 
-1. ``await attach()`` returns once the tracer is attached, as the kernel or
-   the tracer itself confirms it (TracerPid, or the tracer's own word); it
-   raises :class:`~tracerd.errors.TracerFailed` or ``TargetGone`` otherwise.
-2. ``await wait()`` returns an :class:`Ending` when the process ended (exit,
-   signal, crash), the tracer died (``failed``) or ``detach()`` was called.
-3. ``await detach()`` lets go of the process, leaving it running, never
-   stopped.
+Security: a backend trusts its Target (checked by the daemon) and nothing a
+traced process writes; :class:`ExitWatch` re-checks the identity through the pidfd.
 
-A backend that keeps something for all its sessions (the watch backend's
-watcher process) releases it in the class method :meth:`Tracer.shutdown`,
-which the daemon calls once at exit for every backend it loaded
-(:func:`tracerd.tracers.shutdown`); :meth:`Tracer.counters` adds its numbers
-to ``status``.
-
-Security: a backend trusts its Target (checked by the daemon before it is
-built) and nothing a traced process writes.
-
-Diagnostics: backends never raise OS errors past their edge: those become
-the project's exceptions with ``raise ... from err``.
+Diagnostics: backends raise the project's exceptions (``raise ... from err``),
+never OS errors; a target gone before the watch opens raises TargetGone.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import os
 import shutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from tracerd import procinfo
 from tracerd.errors import TracerFailed
 from tracerd.procinfo import ProcessIdentity
 
 if TYPE_CHECKING:
     from tracerd.crash.report import CrashReport
-
 
 
 @dataclass(frozen=True)
@@ -58,6 +48,30 @@ class Target:
     @property
     def pid(self) -> int:
         return self.identity.pid
+
+
+class ExitWatch:
+    """A pidfd on the target: ``gone`` is done once it has exited; ``close()`` ends the watch."""
+
+    def __init__(self, identity: ProcessIdentity) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.fd = procinfo.open_pidfd(identity)
+        self.gone: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        self._loop.remove_reader(self.fd)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def close(self) -> None:
+        """Stop watching and close the pidfd (again: nothing); ``gone`` keeps its state."""
+        if self.fd >= 0:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._loop.remove_reader(self.fd)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 @dataclass(frozen=True)
@@ -100,18 +114,10 @@ class Output(Protocol):
         """A problem worth one syslog warning."""
 
     def capturing(self, identity: ProcessIdentity, name: str, signal: str) -> AbstractContextManager[Any]:
-        """Mark a crash capture as running, for as long as the context lasts.
-
-        A marker still there when tracerd next starts is listed as an
-        interrupted capture.
-        """
+        """Mark a crash capture as running while the context lasts (left over: an interrupted capture)."""
 
     async def crash(self, report: CrashReport) -> str | None:
-        """Store a crash report (atomically), log its backtrace, syslog its summary.
-
-        Returns the crash id, or None when it could not be stored; the
-        summary reaches syslog either way.
-        """
+        """Store the report atomically, log its backtrace, syslog its summary; the crash id or None."""
 
 
 class Tracer(abc.ABC):
@@ -158,11 +164,7 @@ class Tracer(abc.ABC):
 
 
 async def poll_until(check: Check, timeout: float, what: str) -> None:
-    """Poll ``check`` with a short back-off until it returns True, bounded.
-
-    Used to *see* an attachment happen (TracerPid), never as a fixed sleep:
-    the first look is immediate and the interval grows from 1 ms to 20 ms.
-    """
+    """Poll ``check`` (first at once, then 1 ms growing to 20 ms) until True; TimeoutError past ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     interval = 0.001

@@ -1,33 +1,24 @@
 """Shared machinery of the command-line tracers: strace, ltrace, truss, ktrace, perf.
 
-Each is one program run from an argv list as ``PROGRAM [ARGS] -p PID``.  The
-attachment is confirmed by the kernel: /proc/PID/status names the tracer's
-pid as TracerPid (perf, no ptrace tracer, has its own :meth:`confirmed` and
-its checks in :meth:`preflight`: :mod:`tracerd.tracers.perf`).  The end of
-the traced process is seen through a pidfd; how
-it ended (exit status or signal) is read from the tracer's own closing line
-(``+++ exited with 3 +++``), since only the real parent can wait for it.
-strace and ltrace lines are read by :mod:`tracerd.tracers.tracecrash`
-whatever the rule's output options (``-f``, ``-t``/``-tt``/``-ttt``, ``-r``,
-``-i``, ``-T``); a process killed by a fatal signal gets a crash report of
-what the tracer saw (docs/design.md "Tracers").  Once the process is gone and its
-ending read, a tracer still tracing its children (``-f``) is told to detach:
-they run on untraced, and the session ends without waiting for them.
+Each runs as ``PROGRAM [ARGS] -p PID``; TracerPid confirms the attachment
+(perf has its own :meth:`confirmed`).  A pidfd sees the process end; its
+exit status or signal comes from the tracer's closing line (``+++ exited
+with 3 +++``).  strace and ltrace lines go to
+:mod:`tracerd.tracers.tracecrash`: a fatal signal gets a crash report.  A
+tracer still tracing children (``-f``) once the process is gone is told to
+detach; they run on untraced.
 
-Security: arguments come from root's config file only; the pid is an identity
+Security: arguments come from root's config only; the pid is an identity
 checked by the caller and re-checked through the pidfd.
 
-Diagnostics: a tracer that exits before attaching fails the session with its
-last output line as the reason ("strace: attach: ptrace(PTRACE_SEIZE, 42):
-Operation not permitted"); a tracer that dies while the process lives marks
-the session ``failed`` and the process runs on untraced.
+Diagnostics: a tracer that exits before attaching fails the session with
+its last line as the reason; one that dies while the process lives marks
+the session ``failed``, the process runs on untraced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import signal
 from collections import deque
@@ -37,7 +28,7 @@ from tracerd import procinfo
 from tracerd.crash.siginfo import FATAL_SIGNALS
 from tracerd.errors import Busy, TargetGone, TracerFailed
 from tracerd.spawn import Child
-from tracerd.tracers.base import Ending, Tracer, poll_until
+from tracerd.tracers.base import Ending, ExitWatch, Tracer, poll_until
 from tracerd.tracers.tracecrash import TraceObserver, process_info
 
 LAST_WORDS = 5.0  # seconds the tracer has to print the process's ending once it is gone
@@ -59,8 +50,7 @@ class CommandTracer(Tracer):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.child: Child | None = None
-        self._pidfd = -1
-        self._gone: asyncio.Future[None] | None = None
+        self._exit: ExitWatch | None = None
         self._ending: Ending | None = None
         self._recent: deque[str] = deque(maxlen=4)
         self._detaching = False
@@ -115,10 +105,7 @@ class CommandTracer(Tracer):
     async def attach(self) -> None:
         pid = self.target.pid
         await self.preflight()
-        self._pidfd = procinfo.open_pidfd(self.target.identity)
-        loop = asyncio.get_running_loop()
-        self._gone = loop.create_future()
-        loop.add_reader(self._pidfd, self._process_gone)
+        self._exit = ExitWatch(self.target.identity)
         self.child = child = Child(self.argv(), self._on_lines, coalesce=0.01)
         self.tracer_pid = child.pid
 
@@ -157,31 +144,26 @@ class CommandTracer(Tracer):
             raise TargetGone(f"process {pid} ended while {self.program} attached")
         self._process = process_info(self.target.identity, self.target.name)
 
-    def _process_gone(self) -> None:
-        if self._pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-        if self._gone is not None and not self._gone.done():
-            self._gone.set_result(None)
-
     async def wait(self) -> Ending:
         assert self.child is not None
-        assert self._gone is not None
+        assert self._exit is not None
         child = self.child
+        gone = self._exit.gone
         tracer_done = asyncio.ensure_future(child.wait())
-        waiting: set[asyncio.Future[Any]] = {tracer_done, self._gone}
+        waiting: set[asyncio.Future[Any]] = {tracer_done, gone}
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if self._detaching:
                 await tracer_done
                 return Ending("detached")
-            if self._gone.done():
+            if gone.done():
                 await self._last_words(tracer_done)
                 return await self._finish()
             code = tracer_done.result()
             if (code == 0 and self.exits_with_target) or self._ending is not None:
                 # the tracer saw the process go and left first: the pidfd is about to say so
-                await asyncio.wait({self._gone}, timeout=LAST_WORDS)
-            if self._gone.done() or not self.target.identity.alive():
+                await asyncio.wait({gone}, timeout=LAST_WORDS)
+            if gone.done() or not self.target.identity.alive():
                 return await self._finish()
             last = self._recent[-1] if self._recent else ""
             return Ending("failed", reason=f"{self.program} ended with status {code} {last}".strip())
@@ -191,10 +173,7 @@ class CommandTracer(Tracer):
             self._release()
 
     async def _last_words(self, tracer_done: asyncio.Future[int]) -> None:
-        """The process is gone: let the tracer print its ending, then make sure it ends.
-
-        Under -f it may trace children still: told to detach, they run on untraced.
-        """
+        """The process is gone: let the tracer print its ending, then end it (children run on untraced)."""
         assert self.child is not None
         seen = asyncio.ensure_future(self._ending_seen.wait())
         either: set[asyncio.Future[Any]] = {tracer_done, seen}
@@ -227,11 +206,7 @@ class CommandTracer(Tracer):
         await self.child.stop(self.detach_signal)
 
     def _release(self) -> None:
-        if self._pidfd >= 0:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._pidfd)
-            with contextlib.suppress(OSError):
-                os.close(self._pidfd)
-            self._pidfd = -1
+        if self._exit is not None:
+            self._exit.close()
         if self.child is not None and self.child.returncode is not None:
             self.child.close()

@@ -1,32 +1,19 @@
 """The gdb backend: one gdb per process, through MI, for the process's life.
 
-What the seed's ``(echo cont; echo where; sleep 8640000) | gdb`` recipe
-meant, done right:
+Attach, then confirm (gdb's ``^done`` and TracerPid naming gdb).  Signals
+pass silently but for a fatal one that will kill the process: it is held
+while the crash report and gcore are written, then gdb detaches delivering
+that signal, so the parent sees the wait status it would see untraced.  A
+fatal signal the program handles goes to its handler.
 
-- attach, and only then confirm the hook (gdb's ``^done`` for
-  ``-target-attach`` and TracerPid naming gdb);
-- every signal but the fatal ones passes without stopping or printing, so a
-  SIGPIPE or SIGTERM reaches the daemon as it would untraced;
-- a fatal signal (SEGV, BUS, ILL, FPE, ABRT, SYS, TRAP) that will really kill
-  the process stops it: the crash report is captured and written first,
-  then gdb detaches *delivering that same signal*, so the process dies of it
-  and its parent sees exactly the wait status it would see untraced
-  (Postfix's master logs "killed by signal 11"); then gdb exits;
-- a fatal signal the program handles itself is passed on: its handler runs;
-- gdb dying on its own fails the session; the kernel has detached the
-  process, which runs on untraced.
+Security: trusts its Target; gdb opens the target's objects only through a
+sysroot of verified files (:mod:`tracerd.gdb.sysroot`, rebuilt at a crash
+for a library loaded since), so a FIFO in their place blocks nothing; the
+pidfd re-checks the identity.
 
-gdb opens the target's objects only through a sysroot of verified files
-(:mod:`tracerd.gdb.sysroot`), built at the attach and again at a crash when
-a library was loaded since: a library the target replaced by a FIFO cannot
-block the attach or the capture.
-
-Every wait is bounded: ``detach()`` waits at most ``detach_timeout`` seconds
-for the session loop to detach cleanly (it may be busy with a capture, or not
-running at all), then ends gdb, which leaves the process untraced.
-
-Diagnostics: gdb's own error messages (``&"..."`` log records) are kept and
-reported when an attach or capture fails.
+Diagnostics: gdb's own errors (``&"..."`` records) are the reason when an
+attach or capture fails; gdb dying alone fails the session, the process
+runs on untraced; every wait is bounded (``detach_timeout``), then gdb ends.
 """
 
 from __future__ import annotations
@@ -47,7 +34,7 @@ from tracerd.gdb import sysroot
 from tracerd.gdb.capture import capture
 from tracerd.gdb.mi import GdbMI, MIError, quote
 from tracerd.procinfo import signal_is_fatal
-from tracerd.tracers.base import Ending, Tracer, poll_until
+from tracerd.tracers.base import Ending, ExitWatch, Tracer, poll_until
 
 FATAL_HANDLE = " ".join(sorted(FATAL_SIGNALS - {"SIGTRAP"}))
 
@@ -60,8 +47,7 @@ class GdbTracer(Tracer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.mi = GdbMI()
-        self._pidfd = -1
-        self._gone: asyncio.Future[None] | None = None
+        self._exit: ExitWatch | None = None
         self._requests: asyncio.Queue[str] = asyncio.Queue()
         self._where: asyncio.Future[str] | None = None
         self._detached = asyncio.Event()
@@ -73,7 +59,7 @@ class GdbTracer(Tracer):
         current = procinfo.tracer_pid(pid)
         if current:
             raise Busy(f"process {pid} is already traced by pid {current}")
-        self._watch_exit()
+        self._exit = ExitWatch(self.target.identity)
         await self.mi.start()
         self.tracer_pid = self.mi.pid
         try:
@@ -85,25 +71,13 @@ class GdbTracer(Tracer):
             raise
 
     async def _use_sysroot(self, *, exe: bool) -> None:
-        """Give gdb a new sysroot of the target's verified files (and, at the attach, its program)."""
+        """A new sysroot of the target's verified files for gdb (and its program, at the attach)."""
         root = await asyncio.to_thread(sysroot.build, self.target.pid, self.target.capture_dir)
         self._roots.append(root)
         for command in sysroot.gdb_commands(root.path):  # a new sysroot makes gdb reload every library
             await self.mi.command(command, timeout=self.target.attach_timeout)
         if exe and root.exe:
             await self.mi.command(f"-file-exec-and-symbols {quote(root.exe)}", timeout=self.target.attach_timeout)
-
-    def _watch_exit(self) -> None:
-        self._pidfd = procinfo.open_pidfd(self.target.identity)
-        loop = asyncio.get_running_loop()
-        self._gone = loop.create_future()
-
-        def gone() -> None:
-            loop.remove_reader(self._pidfd)
-            if self._gone is not None and not self._gone.done():
-                self._gone.set_result(None)
-
-        loop.add_reader(self._pidfd, gone)
 
     async def _attach_and_continue(self, pid: int) -> None:
         timeout = self.target.attach_timeout
@@ -121,7 +95,7 @@ class GdbTracer(Tracer):
         await poll_until(lambda: procinfo.tracer_pid(pid) == gdb_pid, timeout, "gdb attach")
 
     async def wait(self) -> Ending:
-        assert self._gone is not None
+        assert self._exit is not None
         assert self.mi.child is not None
         gdb_exit = asyncio.ensure_future(self.mi.child.wait())
         request = asyncio.ensure_future(self._requests.get())
@@ -144,7 +118,7 @@ class GdbTracer(Tracer):
                         return ending
                     continue
                 # gdb is gone; the kernel detached the process (if it still lives)
-                if self._gone.done() or not self.target.identity.alive():
+                if self._exit.gone.done() or not self.target.identity.alive():
                     return Ending("exited", reason="exit status unknown (gdb ended with it)")
                 return Ending("failed", reason=f"gdb exited unexpectedly ({self.mi.last_complaint()})")
         finally:
@@ -188,16 +162,14 @@ class GdbTracer(Tracer):
 
     async def _crash(self, stop: dict[str, Any], name: str) -> Ending:
         """Report first, then let the process die of the same signal."""
-        # The kernel drops the signal of a thread in signal-delivery-stop
-        # whose tracer dies (gdb killed with -9): a second copy, queued now
-        # while every thread is stopped, makes the process die of it anyway.
+        # a tracer killed in signal-delivery-stop drops the signal: this copy still kills
         with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(self._pidfd, int(getattr(signal.Signals, name)))
+            signal.pidfd_send_signal(self._pidfd(), int(getattr(signal.Signals, name)))
         crash_id: str | None = None
         with self.output.capturing(self.target.identity, self.target.name, name):
             try:
                 await failpoint.reached("capture-start")
-                if sysroot.missing(self._roots[-1], self.target.pid):  # a library loaded since the attach
+                if sysroot.missing(self._roots[-1], self.target.pid):
                     await self._use_sysroot(exe=False)
                 report = await capture(
                     self.mi, self.target.identity, self.target.name, stop,
@@ -221,8 +193,7 @@ class GdbTracer(Tracer):
         return Ending("crashed", signal=name, crash=crash_id)
 
     async def _gcore(self, report: CrashReport) -> None:
-        """gdb's gcore of the held process into the capture directory, bounded by core_timeout;
-        the store keeps it as the core policy says (docs/crashes.md "Cores and retrace")."""
+        """gcore the held process into capture_dir, bounded by core_timeout (kept as the core policy says)."""
         if self.target.core == "none" or not self.target.capture_dir:
             report.core = corefile.skipped('core = "none"' if self.target.core == "none" else "no capture directory")
             return
@@ -241,20 +212,18 @@ class GdbTracer(Tracer):
             report.core = corefile.skipped(f"gcore wrote no core: {said.strip()[:200]}")
 
     async def _release_with_signal(self) -> None:
-        # gdb's detach delivers the pending signal (its handle state is "pass"),
-        # so the process dies of it untraced, and its parent reaps it as usual.
+        # the detach delivers the pending signal ("pass"): the process dies of it untraced
         try:
             await self.mi.command("-target-detach", timeout=10.0)
         except TracerdError as err:
             self.output.warn(f"gdb detach failed ({err}); ending gdb to release the process")
         await self._end_gdb()
-        assert self._gone is not None
+        assert self._exit is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._gone), timeout=5.0)
+            await asyncio.wait_for(asyncio.shield(self._exit.gone), timeout=5.0)
 
     async def where(self) -> str:
-        """Interrupt, take every thread's backtrace, continue (done by wait()'s loop,
-        which owns gdb's stop records)."""
+        """Every thread's backtrace, taken by wait()'s loop (it owns gdb's stop records)."""
         if self.mi.child is None or self.mi.child.returncode is not None:
             raise TracerFailed("gdb is not running")
         self._where = asyncio.get_running_loop().create_future()
@@ -284,9 +253,7 @@ class GdbTracer(Tracer):
             await self._end_gdb()
 
     async def hand_off(self) -> None:
-        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.gdbhandoff):
-        interrupted, SIGSTOP queued while gdb holds it, then detached, so it
-        stays in group-stop and never runs untraced."""
+        """Detach leaving the process stopped (SIGSTOP queued first), for tracerd.daemon.gdbhandoff."""
         if self.mi.child is None or self.mi.child.returncode is not None:
             raise TracerFailed("gdb is not running")
         self._requests.put_nowait("handoff")
@@ -301,7 +268,7 @@ class GdbTracer(Tracer):
             await self.mi.command("-exec-interrupt", timeout=5.0)
             await asyncio.wait_for(self.mi.stops.get(), timeout=5.0)
             if stopped:  # pending through the detach: the process stops before its next instruction
-                signal.pidfd_send_signal(self._pidfd, signal.SIGSTOP)
+                signal.pidfd_send_signal(self._pidfd(), signal.SIGSTOP)
             await self.mi.command("-target-detach", timeout=5.0)
         except (TracerdError, TimeoutError, OSError) as err:
             self.output.warn(f"gdb detach was not clean ({err}); ending gdb")
@@ -316,10 +283,9 @@ class GdbTracer(Tracer):
             root.close()
         self._roots.clear()
 
+    def _pidfd(self) -> int:
+        return self._exit.fd if self._exit is not None else -1
+
     def _release_pidfd(self) -> None:
-        if self._pidfd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._pidfd)
-            with contextlib.suppress(OSError):
-                os.close(self._pidfd)
-            self._pidfd = -1
+        if self._exit is not None:
+            self._exit.close()

@@ -1,14 +1,12 @@
 """The syscount backend: a session is its pid in the shared bpftrace's map (docs/syscount.md).
 
 attach: the refusals of :mod:`tracerd.tracers.syscount.check`, the shared
-bpftrace started if it is not (:mod:`tracerd.tracers.syscount.loader`), the
-pid put in ``@pids``; the hook returns then.  eBPF never stops the target:
-its system calls are counted in the kernel as they happen, no signal, no
-ptrace stop, nothing for the process to wait on.  Every ``interval`` seconds
-and at the end the session's log gets its table, in ``strace -c``'s shape
-(:mod:`tracerd.tracers.syscount.table`): totals since the attach.  The end of
-the process is seen through a pidfd; its exit status is the one bpftrace saw
-(sched_process_exit).  ``tracerctl detach`` takes the pid out of the map.
+bpftrace started if need be (:mod:`tracerd.tracers.syscount.loader`), the pid
+put in ``@pids``.  The target is never stopped: eBPF counts its system calls
+in the kernel.  Every ``interval`` seconds and at the end the log gets a
+``strace -c``-shaped table (:mod:`tracerd.tracers.syscount.table`).  A pidfd
+sees the end; the exit status is bpftrace's (sched_process_exit).
+``tracerctl detach`` takes the pid out of the map.
 
 Security: the target is an identity checked by the caller and re-checked
 through the pidfd; nothing the target does reaches a parser but counts.
@@ -21,19 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from typing import Any
 
-from tracerd import procinfo
 from tracerd.errors import TracerFailed
-from tracerd.tracers.base import Ending, Tracer
+from tracerd.tracers.base import Ending, ExitWatch, Tracer
 from tracerd.tracers.syscount import check, loader, table
 
 EXIT_WORD_WAIT = 1.0  # seconds to wait for bpftrace's exit line once the pidfd says the process is gone
 TOP = 15  # rows of tracerctl show
-
-
 
 
 class SyscountTracer(Tracer):
@@ -46,8 +40,7 @@ class SyscountTracer(Tracer):
         settings = self.target.syscount
         self.interval = float(getattr(settings, "interval", 10.0))
         self.latency = bool(getattr(settings, "latency", False))
-        self._pidfd = -1
-        self._gone: asyncio.Future[None] | None = None
+        self._exit: ExitWatch | None = None
         self._detached = asyncio.Event()
         self._failed: str | None = None
         self._status: int | None = None
@@ -97,45 +90,37 @@ class SyscountTracer(Tracer):
     # -- Tracer ---------------------------------------------------------------
 
     async def attach(self) -> None:
-        self._pidfd = procinfo.open_pidfd(self.target.identity)
-        loop = asyncio.get_running_loop()
-        self._gone = loop.create_future()
-        loop.add_reader(self._pidfd, self._process_gone)
+        self._exit = ExitWatch(self.target.identity)
         try:
             await self.loader.add(self.target.pid, self, self.target.name, self.interval, self.latency)
         except BaseException:
             self._release()
             raise
         self._deaths = self.loader.died
-        self._last_table = loop.time()
+        self._last_table = asyncio.get_running_loop().time()
         self.tracer_pid = self.loader.pid
         if self.loader.latency != self.latency:
             self.output.line(f"tracerd: syscount latency is {'on' if self.loader.latency else 'off'} until the"
                              " shared bpftrace restarts (tracerd restart)")  # fmt: skip
 
-    def _process_gone(self) -> None:
-        if self._pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-        if self._gone is not None and not self._gone.done():
-            self._gone.set_result(None)
-
     async def wait(self) -> Ending:
         """The process's end (pidfd) or a detach; then the last read and table, the pid out of the map."""
-        assert self._gone is not None
+        assert self._exit is not None
+        gone = self._exit.gone
         detached = asyncio.ensure_future(self._detached.wait())
-        waiting: set[asyncio.Future[Any]] = {self._gone, detached}
+        waiting: set[asyncio.Future[Any]] = {gone, detached}
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             detached.cancel()
-        if self._gone.done():
+        if gone.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_seen.wait(), EXIT_WORD_WAIT)
         counts = await self.loader.remove(self.target.pid)
         self._release()
         self._note_death()
         self._write_table(counts, "at the end")
-        if not self._gone.done():
+        if not gone.done():
             return Ending("failed", reason=self._failed) if self._failed else Ending("detached")
         return self._ending()
 
@@ -173,8 +158,5 @@ class SyscountTracer(Tracer):
         return tally.totals().rows(TOP) if tally is not None else []
 
     def _release(self) -> None:
-        if self._pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-            with contextlib.suppress(OSError):
-                os.close(self._pidfd)
-            self._pidfd = -1
+        if self._exit is not None:
+            self._exit.close()
