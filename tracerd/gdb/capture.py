@@ -1,23 +1,17 @@
 """Crash capture: everything gdb can tell about a process stopped by a fatal signal.
 
-Shared by the gdb tracer (gdb is attached for the process's life) and the
-watch tracer (gdb is attached only once the signal came).  Given a
-:class:`~tracerd.gdb.mi.GdbMI` whose inferior is stopped at the signal, it
-collects every thread's frames and ``bt full``, the registers, the signal
-decoded from gdb's ``$_siginfo`` alone (:mod:`tracerd.crash.siginfo`: si_code by
-name, the sender of a user-sent signal, the fault address of a fault),
-``x/16i $pc``, the shared libraries with build-ids and, for the objects
-whose frames lack file:line, their packages and how to get their symbols
-(:mod:`tracerd.crash.debugsyms`), into a :class:`~tracerd.crash.report.CrashReport`.
+Shared by the gdb and watch tracers. Given a GdbMI whose inferior is stopped
+at the signal, it collects every thread's frames and ``bt full``, registers,
+the signal (from ``$_siginfo`` alone), ``x/16i $pc``, libraries with
+build-ids and debug-symbol advice into a CrashReport. Fields: docs/design.md,
+"Files".
 
-Security: all of it reads the target through gdb and /proc; the report's
-strings are the target's own and are treated as data only.  The ELF files
-and the package lookups (dpkg, apt-cache) run in a worker thread, so a slow
-disk or package database never stalls tracerd's event loop.
+Security: the target is read through gdb and /proc; its strings are data
+only. ELF reads and dpkg/apt-cache run in a worker thread, off the loop.
 
-Diagnostics: each step is bounded and optional: a step that fails or times
-out leaves its part of the report empty and says so in ``errors``, so a
-half-broken target still gets a report and is still released.
+Diagnostics: every step is bounded and optional: one that fails or times out
+leaves its part empty and says so in ``capture_errors``; the report is still
+written and the process still released.
 """
 
 from __future__ import annotations
@@ -85,8 +79,7 @@ def process_info(identity: ProcessIdentity, name: str) -> dict[str, Any]:
 
 
 async def host_and_package(process: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-    """The host's facts, and the executable's package and version into ``process``: dpkg in a
-    thread, bounded (past the bound the package is left unknown)."""
+    """The host's facts; the executable's package into ``process`` (dpkg in a thread, bounded)."""
     process.update(package=None, package_version=None)
     try:
         async with asyncio.timeout(left(deadline, PACKAGE_TIMEOUT) or 0.1):
@@ -110,8 +103,8 @@ async def capture(
     deadline: float | None = None,
     sysroot: str | None = None,
 ) -> CrashReport:
-    """Collect the crash report of the process gdb holds stopped at ``stop``; no step
-    runs past ``deadline`` (time.monotonic()): the rest are skipped, and said so."""
+    """The crash report of the process gdb holds at ``stop``; steps past ``deadline``
+    (time.monotonic()) are skipped, and said so."""
     errors: list[str] = []
 
     async def step(what: str, cli: str | None = None, mi_command: str | None = None) -> Any:
@@ -160,12 +153,12 @@ async def capture(
     full = await step("bt full", cli=f"thread apply all bt full {frames.BT_FULL}") or ""
     full = _without_sysroot(threads, full, sysroot)
     _attach_text(threads, full)
-    facts.number_threads(threads, identity.pid, stack_overflow)  # as the other tracer numbers them
+    facts.number_threads(threads, identity.pid, stack_overflow)  # numbered alike under both tracers
     libs_payload = await step("libraries", mi_command="-file-list-shared-libraries") or {}
     process = process_info(identity, name)
     host = await host_and_package(process, deadline)
     libraries, missing, advice = await asyncio.to_thread(_objects, libs_payload, process.get("exe"), threads)
-    # for a retrace later: bias, range, (deleted), build-ids of the mapped copies; pc and module offset
+    # for a later retrace: each module's range and build-id, each pc's module offset
     modules.annotate(await asyncio.to_thread(modules.read_modules, identity.pid), libraries, threads)
     abort_message = await _abort_message(mi, deadline) if signal.get("name") == "SIGABRT" else None
     report = CrashReport(
@@ -191,8 +184,8 @@ async def capture(
 
 
 async def _overflowed(run: frames.Run, thread: str, found: dict[str, Any]) -> tuple[list[Frame], dict[str, Any]]:
-    """The overflowed thread's bounded frames and the overflow's analysis: unwound to the end
-    (exact depth, outermost frames) only when the estimate says it is under the depth limit."""
+    """The overflowed thread's bounded frames and analysis; unwound fully only if the estimate
+    is under the depth limit."""
     stack = await frames.unwind(run, thread, limit=frames.DEPTH_LIMIT, count_depth=False)
     inner = [_frame(raw) for raw in stack.frames]
     if stack.complete:  # a short stack after all
@@ -251,7 +244,7 @@ async def _signal(mi: GdbMI, pid: int, stop_name: object, errors: list[str],
         errors.append("siginfo: gdb could not read $_siginfo; si_code unknown")
         return siginfo.decode(fallback, None)
     if expected is not None and signo != expected:
-        # e.g. gdb attached to a process someone else stopped: the siginfo is the SIGSTOP's
+        # gdb attached to a process someone else stopped: the siginfo is the SIGSTOP's
         errors.append(f"siginfo: $_siginfo is {siginfo.signal_name(signo)}'s, not {expected.name}'s; si_code unknown")
         return siginfo.decode(fallback, None)
     fields = {key: await read(expression) for key, expression in siginfo.fields_to_read(signo, si_code).items()}
@@ -286,8 +279,7 @@ def _objects(
 
 
 def _without_sysroot(threads: list[Thread], full: str, sysroot: str | None) -> str:
-    """gdb names an object by where it found it, ``/SYSROOT/usr/lib/...``: its own path instead,
-    in the frames and in ``bt full``'s text (returned)."""
+    """Strip the sysroot gdb read objects from (``/SYSROOT/usr/lib/...``) off frames and ``bt full``."""
     if not sysroot:
         return full
     for thread in threads:
