@@ -11,8 +11,7 @@ Security: every edit goes through postconf, argv lists, never a shell.
 Trusted: postconf's output and the state file, only if a regular file of
 ours that no one else may write (its lines go back into main.cf, run as
 root).  SERVICE must match :data:`SERVICE_RE`, debugger_command words
-:data:`SAFE_WORD` (no ``$``, no shell syntax).  ``enable`` refuses a hook
-root cannot run unless ``--force``.
+:data:`SAFE_WORD` (no ``$``, no shell syntax); a hook root cannot run needs ``--force``.
 
 Diagnostics: ``tracerctl: postfix: REASON``, exit 1, on failure or refusal;
 ``tracerctl: warning: ...`` for what goes on regardless; ``status`` exits 1
