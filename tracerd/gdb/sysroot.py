@@ -1,44 +1,19 @@
 """A sysroot of verified files for the gdb of one crash (issue 23).
 
-gdb opens an object by the name the target gives it: the path in
-``/proc/PID/maps`` (the core's ``NT_FILE``) and the ``l_name`` of the
-dynamic loader's link map, prefixed with gdb's ``sysroot``.  Both are the
-target's: a library replaced by a FIFO after its ``dlopen`` made root's gdb
-block on it, and a link map written by a hostile process can name any path,
-device nodes included.  So a capture's gdb gets a sysroot of its own (a
-0700 directory of tracerd's in the capture directory), whose only entries
-are symlinks to files tracerd itself opened and checked:
+gdb opens objects by names the target gives (maps, link map). So each
+capture's gdb gets a 0700 sysroot whose only entries are links to
+``/proc/TRACERD/fd/N`` of files tracerd opened itself: each mapping through
+``/proc/PID/map_files`` (else its path, ``O_NOFOLLOW|O_NONBLOCK``), kept only
+if regular and the (device, inode) the maps show; placed under the mapping's
+path and each link-map name in it. See docs/design.md, "Tracers".
 
-- each file-backed mapping is opened through ``/proc/PID/map_files/RANGE``
-  (the mapped inode, whatever the path now names), after a ``stat`` says it
-  is a regular file; without CAP_SYS_ADMIN, through its path with
-  ``O_RDONLY|O_NONBLOCK|O_NOFOLLOW`` after an ``lstat``; either way the
-  open file must be regular and the very (device, inode) the maps show;
-- the link is ``/proc/TRACERD/fd/N`` of that open file, kept open until the
-  capture ends, under the mapping's path and under every link-map name
-  whose ``l_ld`` lies in that mapping (``/lib/...`` for ``/usr/lib/...``,
-  a SONAME for its versioned file);
-- the program is ``/proc/PID/exe``, opened and checked the same way;
-- gdb looks for a ``.gnu_debuglink`` file beside the object's *real* path
-  (it resolves our link: gdb PR 9538) and opens a ``.gnu_debugaltlink``
-  path as written, both blocking: an object naming either gets an entry
-  only if its real directory (and its ``.debug``) is root's alone, the
-  debuglink a plain file name, the altlink under ``/usr/lib/debug/``.
+Security: no file is opened by a target path but as above; names not absolute
+and normalized get no entry; gdb's cwd is the sysroot and it is never asked
+for a source line. Objects with a debuglink or altlink need a root-only
+directory (:func:`symbols_safe`). The link map is read with bounds.
 
-gdb checks a source file is regular before it opens it; it never opens
-one here but to print a source line, which tracerd never asks for.
-
-A name that is not absolute and normalized (``..``, ``.``, ``//``) gets no
-entry; gdb's cwd is the sysroot too, so a relative name finds nothing.
-
-Security: nothing is opened by a target path except as above; the link map
-is read from ``/proc/PID/mem`` of the held process with bounds (names of at
-most 4096 bytes, 4096 objects).
-
-Diagnostics: a mapping that cannot be verified gets no entry (gdb says it
-could not load its symbols; the report still has its module from
-:mod:`tracerd.crash.modules`); nothing raises but a sysroot directory that
-cannot be created (OSError).
+Diagnostics: an unverifiable mapping gets no entry (gdb lacks its symbols;
+the report still lists its module); only creating the directory raises.
 """
 
 from __future__ import annotations
@@ -95,8 +70,8 @@ def clean(name: str) -> bool:
 
 
 def build(pid: int, parent: str | None) -> Sysroot:
-    """The sysroot of the held process ``pid``, in a new 0700 directory under ``parent`` (the
-    temporary directory where ``parent`` is not a path gdb takes verbatim: quotes, spaces...)."""
+    """The sysroot of held ``pid`` in a new 0700 directory under ``parent`` (else the temporary
+    directory, where ``parent`` is not a plain path gdb takes verbatim)."""
     if parent is not None and not PLAIN_PATH.fullmatch(parent):
         parent = None
     root = Sysroot(tempfile.mkdtemp(prefix=f".sysroot-{pid}-", dir=parent))
@@ -139,10 +114,8 @@ def build(pid: int, parent: str | None) -> Sysroot:
 
 
 def gdb_commands(path: str) -> list[str]:
-    """gdb finds every object in the sysroot at ``path``, and nothing beside it: the sysroot
-    as cwd (a relative name), no auto-loaded scripts next to an object, no opening of the
-    program by the target's own path.  ``-gdb-set`` takes the rest of its line verbatim,
-    quotes included (a quoted sysroot names no directory), so the path must be plain."""
+    """gdb settings to find every object in the sysroot and nothing beside it (cwd, no auto-load).
+    ``-gdb-set`` takes its line verbatim, quotes included, so the path must be plain."""
     if not PLAIN_PATH.fullmatch(path):
         raise TracerFailed(f"gdb cannot use a sysroot at {path!r}: use a plain state_dir path")
     return [f"-gdb-set sysroot {path}", f'-environment-cd "{path}"', "-gdb-set auto-load off",
@@ -155,7 +128,9 @@ def missing(root: Sysroot, pid: int) -> bool:
 
 
 def symbols_safe(fd: int) -> bool:
-    """May gdb be given the object open at ``fd``?  (See the module's docstring.)"""
+    """May gdb get the object at ``fd``? gdb opens its debuglink beside the real path and its
+    altlink as written, blocking: only a plain debuglink name, an altlink under /usr/lib/debug/,
+    in a directory (and ``.debug``) root's alone."""
     debuglink, altlink = elfinfo.debug_links(fd)
     if debuglink is None and altlink is None:
         return True
