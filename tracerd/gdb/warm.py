@@ -1,34 +1,19 @@
 """The warm gdb: one gdb kept ready for the next watch crash (a pool of one).
 
-A watch crash used to pay for a gdb start-up and for reading the symbols of
-libc and the dynamic loader (with their debug symbols installed, most of the
-~175 ms from fault to report).  The pool keeps one gdb started ahead of time:
-settings loaded (:data:`~tracerd.gdb.mi.SETTINGS`), no target, and the
-symbols of the libraries every process maps (libc, ld.so, as tracerd itself
-maps them) read once through ``add-symbol-file`` at an address no process can
-use (kernel space), so the core's own copies of these libraries reuse what
-gdb has read (gdb shares an object file's symbols between its uses).  The
-capture then only reads the executable and the core.
+The gdb is started ahead with settings loaded, no target, and libc's and
+ld.so's symbols read once at a kernel-space address, so the core's copies
+reuse them. :meth:`WarmPool.borrow` hands it to one capture; it is closed
+after, and a fresh one started once the capture is done. With none ready the
+capture waits for one starting, else starts a cold gdb: slower, never lost.
+See docs/design.md, "Tracers".
 
-:meth:`WarmPool.borrow` hands the warm gdb to one capture, which owns it; the
-gdb is closed after use and a fresh one is started once the capture is done
-(not during it: on a small machine a gdb start-up would slow the capture down).
-When no warm gdb is ready (two crashes at once, or the warm one died), the
-capture waits for one being started, else starts a cold gdb of its own: a
-crash is never lost for want of a warm gdb, it is only slower.
+Security: gdb starts as in tracerd.gdb.mi (argv, ``-nx``); preloaded paths
+are tracerd's own mappings, plain paths only, quoted as MI c-strings.
 
-Memory is bounded: the idle gdb's RSS is read after its start and before each
-hand-out; above :data:`MAX_RSS_KB` it is replaced by one without preloaded
-libraries.  ``status`` shows it (``warm_gdb``: pid, RSS, what it preloaded).
-
-Security: gdb is started as in :mod:`tracerd.gdb.mi` (argv, ``-nx``); the
-preloaded paths are tracerd's own mappings (``/proc/self/maps``), plain paths
-only, quoted as MI c-strings.
-
-Diagnostics: a warm gdb that dies (even by SIGKILL) is logged
-(``warm_gdb_died``) and replaced after a delay growing with deaths in a row
-(the first at once, then :data:`BACKOFF_FIRST` doubling to :data:`BACKOFF_MAX`); one that fails to
-start is logged (``warm_gdb_failed``) and the next crash starts a cold gdb.
+Diagnostics: a death is ``warm_gdb_died``, replaced at once, then after
+:data:`BACKOFF_FIRST` doubling to :data:`BACKOFF_MAX`; a failed start is
+``warm_gdb_failed`` (the next crash starts cold); over :data:`MAX_RSS_KB` it is
+replaced by a bare one. ``status`` shows it (``warm_gdb``).
 """
 
 from __future__ import annotations
@@ -62,8 +47,8 @@ _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 
 def common_libraries(maps: str = "/proc/self/maps") -> list[str]:
-    """libc and the dynamic loader as this process maps them (every target maps them too),
-    by real path: the name gdb gives an add-symbol-file (see :func:`forget_preloads`)."""
+    """libc and the dynamic loader as this process maps them, by real path (gdb's name for
+    an add-symbol-file)."""
     found: list[str] = []
     with contextlib.suppress(OSError), open(maps) as lines:
         for line in lines:
@@ -106,11 +91,8 @@ async def start_gdb(preload: list[str]) -> GdbMI:
 
 
 async def forget_preloads(mi: GdbMI, preload: list[str]) -> None:
-    """Drop the preloaded symbol files once the core's own copies are loaded (they
-    keep the shared symbols): a lookup by name (``__abort_msg``) must find the
-    core's libc, not the copy at :data:`PRELOAD_BASE`.  gdb names an
-    add-symbol-file by its real path; a gdb without preloads answers an error
-    per path, which is ignored."""
+    """Drop the preloads once the core's copies are loaded, so ``__abort_msg`` is the core's
+    libc's, not the copy at :data:`PRELOAD_BASE`; errors (no preloads) are ignored."""
     for path in preload:
         with contextlib.suppress(MIError, TracerdError):
             await mi.console(f"remove-symbol-file {quote(path)}", timeout=5.0)
@@ -127,7 +109,7 @@ class WarmPool:
         self._starting: asyncio.Task[None] | None = None
         self._stopped = False
         self._backing_off = False  # the start under way is waiting out a delay
-        self.started = 0  # warm gdbs started
+        self.started = 0
         self.taken = 0  # captures that got a warm gdb
         self.cold = 0  # captures that had to start their own
         self.deaths = 0  # warm gdbs that died idle or failed to start, in a row
@@ -147,11 +129,11 @@ class WarmPool:
         if self._starting is task:
             self._starting = None
         if not task.cancelled() and task.exception() is not None:
-            self.deaths += 1  # the next try waits (a broken gdb must not spin the daemon)
+            self.deaths += 1  # back off: a broken gdb must not spin the daemon
             log.warning("warm_gdb_failed", error=str(task.exception()), deaths=self.deaths)
 
     async def _start(self) -> None:
-        if self.deaths > 1:  # the first replacement at once, then slower and slower
+        if self.deaths > 1:  # the first replacement at once
             self._backing_off = True
             try:
                 await asyncio.sleep(restart_delay(self.deaths - 1, BACKOFF_FIRST, BACKOFF_MAX))
@@ -253,7 +235,7 @@ class WarmPool:
         try:
             yield mi
         finally:
-            # closed in the background: the crashed process need not wait for gdb's exit
+            # in the background: the crashed process need not wait for gdb's exit
             self._spawn(self._retire(mi))
 
     async def _retire(self, mi: GdbMI) -> None:
