@@ -1,26 +1,18 @@
 """The watch backend (the default): the shared ptrace watcher, gdb only at a crash.
 
-A session costs a few kilobytes in the watcher and no process of its own.
-The hook is confirmed as soon as PTRACE_SEIZE succeeded on every thread.
-When the watcher reports ``fatal``, the process is *held* by the watcher (in
-its ptrace signal-delivery-stop, every thread stopped) and a core file of it
-is written: the warm gdb (:mod:`tracerd.gdb.warm`, started ahead of the
-crash, used for this crash only) reads that core
-(never the live process, which it could not attach to), the full report is
-written (the same as the gdb tracer's), and only then is the watcher told
-to ``finish``: it detaches the process delivering its signal, so it dies of
-it as it would untraced.  If tracerd, the watcher or gdb dies at any
-instant of this, the process still dies of its signal (see
-:mod:`tracerd.tracers.watch.watcher`), and a marker left in the capture directory makes
-the next tracerd list the crash as an interrupted capture.
+A session costs a few kilobytes in the watcher, no process of its own; the
+hook is confirmed once every thread is seized.  On ``fatal`` the watcher holds
+the process and writes a core; the warm gdb reads the core (never the live
+process), the report is written, then ``finish`` lets the process die of its
+signal.  If tracerd, watcher or gdb dies meanwhile it still dies of it, and a
+marker lists the crash as an interrupted capture.  ``where`` hands the process
+to gdb for a backtrace and seizes it again.
 
-``where`` hands the process to gdb for a live backtrace and seizes it again.
+Security: the watcher checks (pid, start time) before seizing; every signal we
+send goes through a pidfd; gdb opens only a sysroot of verified files.
 
-Security: the watcher checks (pid, start time) before seizing; every signal
-we send goes through a pidfd of the very process.
-
-Diagnostics: the watcher dying ends the session ``failed`` with
-``reattach``: tracerd traces the process again if it still runs.
+Diagnostics: the watcher dying ends the session ``failed`` with ``reattach``;
+gdb failing or out of time gives the fallback report.
 """
 
 from __future__ import annotations
@@ -62,15 +54,15 @@ class WatchTracer(Tracer):
         self.supervisor = supervisor()
         if self.target.capture_dir:
             self.supervisor.capture_dir = self.target.capture_dir
-        self.supervisor.core_limit = self.target.core_limit  # from the watcher's next start on
+        self.supervisor.core_limit = self.target.core_limit  # applies from the watcher's next start
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._in_where = False
-        self._capturing = False  # a crash is being captured: it will die, not be let go of
-        self.handed_off = False  # released for tracerctl gdb (docs/debugging.md, "Interactive debugging")
+        self._capturing = False  # a crash being captured dies, it is not let go of
+        self.handed_off = False  # released for tracerctl gdb
 
     @classmethod
     async def shutdown(cls) -> None:
-        """End of input for the watcher: it releases every process and exits."""
+        """The watcher releases every process and exits; the warm gdb pool stops."""
         running = supervisors.current()
         pool = warm.current()
         try:
@@ -103,7 +95,7 @@ class WatchTracer(Tracer):
 
     async def attach(self) -> None:
         await self._seize()
-        warm.pool().ensure()  # a gdb ready for this process's crash (README: warm gdb)
+        warm.pool().ensure()  # a gdb ready for this process's crash
 
     async def _seize(self) -> None:
         identity = self.target.identity
@@ -115,7 +107,6 @@ class WatchTracer(Tracer):
         try:
             return await self._wait()
         finally:
-            # the watcher no longer routes this process's events to us
             self.supervisor.forget(self.target.pid, self)
 
     async def _wait(self) -> Ending:
@@ -157,13 +148,8 @@ class WatchTracer(Tracer):
         await self.supervisor.release(self.target.pid)
 
     async def hand_off(self) -> None:
-        """Let go of the process *stopped*, for an interactive gdb (tracerd.daemon.gdbhandoff).
-
-        SIGSTOP is queued while the watcher still holds it, then the watcher
-        detaches: whether the stop is delivered before the detach (a
-        group-stop, which survives it) or after (pending, taken before any
-        user instruction runs), the process is never running untraced.
-        """
+        """Let go of the process *stopped*, for tracerctl gdb: SIGSTOP is queued before the detach,
+        so it never runs untraced."""
         self._not_capturing()
         self.handed_off = True
         pidfd = procinfo.open_pidfd(self.target.identity)
@@ -174,7 +160,6 @@ class WatchTracer(Tracer):
         await self.detach()
 
     async def where(self) -> str:
-        """Hand the process to gdb for a backtrace of every thread, then watch it again."""
         identity = self.target.identity
         self._not_capturing()
         self._in_where = True
@@ -196,7 +181,7 @@ class WatchTracer(Tracer):
     # -- crashes --------------------------------------------------------------
 
     async def _crash(self, event: dict[str, Any]) -> str | None:
-        """One gdb for this crash, on the core the watcher wrote; then the process dies."""
+        """gdb on the watcher's core; then the process dies."""
         pid, signal_name = int(event["pid"]), str(event["signal"])
         try:
             identity = procinfo.identify(pid)
@@ -223,14 +208,13 @@ class WatchTracer(Tracer):
         return crash_id
 
     async def _capture(self, identity: ProcessIdentity, name: str, event: dict[str, Any]) -> str | None:
-        """The report by gdb within :func:`gdb_budget`, else (gdb failed, hung or ran out of
-        time) the report of what is known without it (:mod:`tracerd.crash.fallback`)."""
+        """gdb's report within :func:`gdb_budget`, else crash.fallback's."""
         began = time.monotonic()
         steps: dict[str, float] = {}
         report: CrashReport | None = None
         allowed = gdb_budget(identity.pid)
         try:
-            async with asyncio.timeout(allowed + 1.0):  # the backstop of every step's own deadline
+            async with asyncio.timeout(allowed + 1.0):  # backstop of each step's deadline
                 report = await self._gdb_report(identity, name, event, began + allowed, steps)
         except (TracerdError, TimeoutError, OSError) as err:
             reason = str(err) or f"gdb did not finish within {allowed:g} s"
@@ -240,7 +224,7 @@ class WatchTracer(Tracer):
                                              log_path=self.output.log_path)  # fmt: skip
         core = event.get("core")
         if core and not event.get("core_skipped"):
-            report.core_source = str(core)  # kept (compressed) by the store as the core policy says
+            report.core_source = str(core)  # kept as the core policy says
         steps["capture_ms"] = time.monotonic() - began
         await failpoint.reached("capture-running")
         if event.get("core_skipped"):
@@ -252,14 +236,13 @@ class WatchTracer(Tracer):
             )
         crash_id = await self.output.crash(report)
         steps["report_ms"] = time.monotonic() - began
-        # where a crash's time goes (bench/crash_latency.py reads these): cumulative ms
+        # cumulative ms (bench/crash_latency.py reads these)
         log.info("watch_capture", pid=identity.pid, **{k: round(v * 1000, 1) for k, v in steps.items()})
         return crash_id
 
     async def _gdb_report(self, identity: ProcessIdentity, name: str, event: dict[str, Any], deadline: float,
                           steps: dict[str, float]) -> CrashReport:  # fmt: skip
-        """gdb on the core, every file it opens served from a sysroot of verified files
-        (:mod:`tracerd.gdb.sysroot`: never a path the target controls), each step bounded by ``deadline``."""
+        """gdb on the core, its files from a sysroot of verified files, each step bounded by ``deadline``."""
         core = event.get("core")
         if not core:
             raise TracerFailed(str(event.get("core_error") or "the watcher wrote no core"))
@@ -281,7 +264,7 @@ class WatchTracer(Tracer):
                     await mi.command(command, timeout=budget())
                 await mi.command(f"-file-exec-and-symbols {quote(_executable(identity.pid, root))}", timeout=budget())
                 await mi.command(f"-target-select core {core}", timeout=budget())
-                if event["signal"] == "SIGABRT":  # __abort_msg is looked up by name: the core's libc's
+                if event["signal"] == "SIGABRT":  # __abort_msg must be the core's libc's
                     await warm.forget_preloads(mi, warm.pool().preload)
                 thread_id = await _gdb_thread_of(mi, int(event["tid"]), budget())
                 steps["load_ms"] = time.monotonic() - began
@@ -292,12 +275,12 @@ class WatchTracer(Tracer):
             root.close()
 
 
-GDB_BUDGET = 7.0  # seconds of gdb per watch crash: with the rest, the process dies within 10 s of its fault
-THREAD_BUDGET = 0.04  # and per thread past the first: gdb unwinds and prints each (301 threads: 19 s)
+GDB_BUDGET = 7.0  # seconds of gdb per crash: the process dies within 10 s of its fault
+THREAD_BUDGET = 0.04  # per thread past the first (301 threads: 19 s)
 
 
 def gdb_budget(pid: int) -> float:
-    """The seconds gdb has for this crash: :data:`GDB_BUDGET`, more for a many-threaded process."""
+    """GDB_BUDGET, plus THREAD_BUDGET per extra thread."""
     try:
         threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
@@ -306,8 +289,7 @@ def gdb_budget(pid: int) -> float:
 
 
 def _executable(pid: int, root: sysroot.Sysroot | None = None) -> str:
-    """The program's path for gdb: its verified entry in the crash's sysroot; else
-    /proc/PID/exe when it was replaced or deleted."""
+    """The sysroot's verified program; else its path, or /proc/PID/exe when replaced or deleted."""
     if root is not None and root.exe:
         return root.exe
     try:

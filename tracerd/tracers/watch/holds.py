@@ -1,20 +1,16 @@
 """The watcher's crash holds: keep a crashed process stopped, write its core, let it die.
 
-Part of the watcher process (:mod:`tracerd.tracers.watch.watcher`, whose
-class mixes this one in).  When a fatal signal would kill a watched process,
-:meth:`CrashHolder._hold` keeps the crashing thread in its
-signal-delivery-stop, stops the others, and queues the signal again
-(tgkill) so that whoever dies from here on, the process dies of it; once
-every thread is stopped :meth:`CrashHolder._maybe_held` writes the core
-(:mod:`tracerd.crash.coredump`) and reports ``fatal``.  ``finish`` detaches
-the crashing thread delivering its signal; a hold never outlasts
-:data:`HOLD_LIMIT`.
+Mixed into the watcher's class.  On a fatal signal, :meth:`CrashHolder._hold`
+keeps the crashing thread in its signal-delivery-stop, stops the others and
+queues the signal again (tgkill); once all are stopped the core is written and
+``fatal`` reported.  ``finish`` detaches the crashing thread with its signal;
+no hold outlasts HOLD_LIMIT.
 
-Security: cores are written 0600 with O_EXCL|O_NOFOLLOW into the capture
-directory tracerd names (its own), or kept in a memfd.
+Security: cores are 0600, O_EXCL|O_NOFOLLOW, in tracerd's capture directory,
+or kept in a memfd.
 
-Diagnostics: a core that cannot be written is reported in the ``fatal``
-event (``core_error``); other failures are one stderr line each.
+Diagnostics: an unwritten core is the ``fatal`` event's ``core_error``; other
+failures are one stderr line each.
 """
 
 from __future__ import annotations
@@ -38,13 +34,8 @@ PTRACE_INTERRUPT = 0x4207
 HOLD_LIMIT = 120.0  # seconds a crash is held at most, whatever tracerd does
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# A watched process's modes and the only moves between them (the end of
-# every mode is being forgotten: exited, released, finished):
-#   run       -> releasing (release, or a seize rolled back), holding (a fatal signal)
-#   releasing -> (each thread detached at its next stop)
-#   holding   -> held (every thread stopped, core written)
-#   held      -> (finish: the crashing thread detached delivering its signal)
-# A move not declared here is refused and logged (:meth:`CrashHolder.move`).
+# A watched process's modes and the only moves between them; any mode ends by being forgotten.
+# An undeclared move is refused and logged (CrashHolder.move).
 Mode = Literal["run", "releasing", "holding", "held"]
 TRANSITIONS: dict[str, frozenset[str]] = {
     "run": frozenset({"releasing", "holding"}),
@@ -68,12 +59,11 @@ class Watched:
     stopped: set[int] = field(default_factory=set)  # threads held in a ptrace-stop
     held_since: float = 0.0
     core_fd: int = -1  # a core kept in memory, closed when the crash is let go
-    waiters: list[Any] = field(default_factory=list)  # ids of release requests answered at ``released``
+    waiters: list[Any] = field(default_factory=list)  # release ids, answered at ``released``
 
 
 class CrashHolder:
-    """The crash-holding half of the watcher (see the module docstring);
-    the watcher provides ``emit``, ``complain``, ``_forget_thread`` and ``_drop``."""
+    """The crash-holding half of the watcher, which provides the methods declared below."""
 
     processes: dict[int, Watched]
     capture_dir: str | None
@@ -84,7 +74,7 @@ class CrashHolder:
     _drop: Callable[[Watched], None]
 
     def move(self, watched: Watched, mode: Mode) -> bool:
-        """Change ``watched``'s mode if TRANSITIONS declares the move; else log it and refuse."""
+        """Change mode if TRANSITIONS declares the move; else log and refuse."""
         if mode not in TRANSITIONS[watched.mode]:
             self.complain(f"undeclared transition of {watched.pid}: {watched.mode} -> {mode} (refused)")
             return False
@@ -110,8 +100,7 @@ class CrashHolder:
                 self.complain(f"PTRACE_DETACH {tid}: {os.strerror(err.errno)}")
 
     def finish(self, pid: int, rid: Any = None) -> None:
-        """Let a held crash die of its own signal: detach its crashing thread
-        delivering the signal (the other threads are taken down with it)."""
+        """Let a held crash die: detach its crashing thread delivering the signal."""
         watched = self.processes.get(pid)
         if watched is None or watched.mode not in HOLDING:
             self.emit("finished", pid=pid, id=rid)
@@ -119,13 +108,12 @@ class CrashHolder:
         self._detach(watched.crash_tid, watched.crash_signal)
         for tid in sorted(watched.stopped - {watched.crash_tid}):
             self._detach(tid, 0)
-        # threads still running (not yet stopped) die with the process; we
-        # reap whatever status they still report to us
+        # threads not yet stopped die with the process; their statuses are reaped
         self.emit("finished", pid=pid, id=rid)
         self._drop(watched)
 
     def expire_holds(self) -> None:
-        """A crash is never held past HOLD_LIMIT, even if tracerd forgot it."""
+        """No crash is held past HOLD_LIMIT, even if tracerd forgot it."""
         now = time.monotonic()
         for watched in list(self.processes.values()):
             if watched.mode in HOLDING and now - watched.held_since > HOLD_LIMIT:
@@ -133,9 +121,7 @@ class CrashHolder:
                 self.finish(watched.pid)
 
     def _hold(self, watched: Watched, tid: int, sig: int, info: Any) -> None:
-        """Keep a crashed process: this thread in its signal-delivery-stop,
-        the others stopped; queue the signal again so that whoever dies
-        from here on, the process dies of it."""
+        """Hold a crashed process; the signal is queued again so that it dies of it whatever happens."""
         name, si_code = signal.Signals(sig).name, int(info.si_code)
         fault = info._sifields._sigfault._addr if si_code > 0 else None
         if not self.move(watched, "holding"):
@@ -152,9 +138,7 @@ class CrashHolder:
             watched.fatal["siginfo"] = coredump.read_siginfo(tid).hex()
         except OSError as err:
             self.complain(f"siginfo of {tid}: {err}")
-        # The kernel drops the signal of a thread in signal-delivery-stop
-        # whose tracer dies; a second copy queued on the thread survives it.
-        # The thread is stopped under us, so its tid cannot be recycled.
+        # a tracer's death drops a signal-delivery-stop's signal; a queued copy survives (tid is ours: stopped)
         facts = arch.of()
         if facts is None or _libc.syscall(facts.tgkill, watched.pid, tid, sig) != 0:
             self.complain(f"tgkill {tid}: {os.strerror(ctypes.get_errno())}")
@@ -163,7 +147,6 @@ class CrashHolder:
         self._maybe_held(watched)
 
     def _maybe_held(self, watched: Watched) -> None:
-        """Once every thread is stopped: write the core, report ``fatal``."""
         if watched.mode != "holding" or watched.threads - watched.stopped:
             return
         self.move(watched, "held")
@@ -185,7 +168,7 @@ class CrashHolder:
         self.emit("fatal", **fatal)
 
     def _write_core(self, watched: Watched, states: list[coredump.ThreadState], siginfo: bytes) -> coredump.CoreFile:
-        """On disk in the capture directory; in memory when the disk will not take it."""
+        """In the capture directory; in memory when the disk will not take it."""
         if self.capture_dir:
             path = os.path.join(self.capture_dir, f"{watched.pid}.{time.time_ns()}.core")
             try:

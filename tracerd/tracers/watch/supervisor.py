@@ -1,27 +1,17 @@
 """tracerd's side of the ptrace watcher: start it, talk to it, restart it.
 
-One :class:`WatchSupervisor` per daemon owns the watcher process
-(:mod:`tracerd.tracers.watch.watcher`), sends it seize and release commands, and routes its
-events to the :class:`~tracerd.tracers.watch.backend.WatchTracer` of each session.
-When the watcher dies (even by SIGKILL) the kernel has already detached every
-watched process, so they run on; the supervisor tells every session, which
-ends ``failed`` and asks to be traced again, and the next seize starts a new
-watcher.  A watcher that keeps dying is restarted after a growing delay
-(:data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`; reset once one has
-lived :data:`BACKOFF_RESET` seconds), so a broken watcher cannot spin the
-daemon; ``status`` shows ``watcher_restarts``, ``watcher_deaths`` (in a row)
-and ``watcher_restart_delay_ms``.  Only the re-seize of a process the dead
-watcher held waits that delay; a new attach (a hook: Postfix waits) never
-waits more than :data:`ATTACH_WAIT`: it is refused at once, saying why, and
-the process runs untraced.  Each command carries an id that its answer
-echoes, so concurrent requests for one pid each get their own answer.
+One :class:`WatchSupervisor` per daemon owns the watcher process, sends it
+commands (each with an id its answer echoes) and routes its events to each
+session's WatchTracer.  When the watcher dies the kernel has detached all, so
+processes run on; sessions end ``failed``.  Restarts back off (docs/json.md);
+only re-seizes wait the delay, a new attach waits at most ATTACH_WAIT or is
+refused at once (Postfix waits on the hook).
 
-Security: the watcher is our own program (``python -m``), started with no
-shell; its lines are parsed as JSON and trusted no further than routing.
+Security: the watcher is our own program (``python -m``), no shell; its lines
+are parsed as JSON and trusted no further than routing.
 
-Diagnostics: the watcher's stderr lines are logged, each delayed restart too
-(``watcher_restart_delayed``); a command that gets no
-answer within its bound fails that one request with TracerFailed.
+Diagnostics: the watcher's stderr lines and delayed restarts are logged; a
+command unanswered within its bound fails that request with TracerFailed.
 """
 
 from __future__ import annotations
@@ -48,7 +38,7 @@ ATTACH_WAIT = 0.5  # seconds a new attach waits for a delayed restart; longer, i
 
 
 class WatcherDied(TracerFailed):
-    """The watcher died with the request pending (the kernel let go of all it held)."""
+    """The watcher died with the request pending."""
 
 
 class WatchClient(Protocol):
@@ -64,20 +54,20 @@ class WatchSupervisor:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> its answer
         self._ids = itertools.count(1)
         self._died_at = 0.0  # loop time of the last unexpected death
-        self.survivors: set[int] = set()  # processes the dead watcher held: their re-seize waits the delay
+        self.survivors: set[int] = set()  # held by the dead watcher: their re-seize waits the delay
         self.clients: dict[int, WatchClient] = {}
         self._start_lock = asyncio.Lock()
         self.restarts = 0
         self.deaths = 0  # unexpected deaths in a row (see BACKOFF_RESET)
         self._started_at = 0.0
-        self.capture_dir: str | None = None  # where the watcher writes crash cores
+        self.capture_dir: str | None = None  # for crash cores
         self.core_limit = 1 << 30
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     @property
     def restart_delay(self) -> float:
-        """How long the next start waits: 0, then BACKOFF_FIRST doubling per death in a row."""
+        """How long the next start waits."""
         return restart_delay(self.deaths, BACKOFF_FIRST, BACKOFF_MAX)
 
     def counters(self) -> dict[str, int]:
@@ -97,9 +87,8 @@ class WatchSupervisor:
         return max(0.0, self._died_at + self.restart_delay - asyncio.get_running_loop().time())
 
     async def ensure_started(self, patient: bool = True) -> None:
-        """A running watcher; after deaths in a row, not before the backoff
-        delay: ``patient=False`` (a new attach) is refused at once when that
-        is more than ATTACH_WAIT away."""
+        """A running watcher, after the backoff; ``patient=False`` (a new attach) is refused at once
+        when that is more than ATTACH_WAIT away."""
         if not patient and self._delay_left() > ATTACH_WAIT:
             raise TracerFailed(
                 f"the ptrace watcher died {self.deaths} times in a row; it restarts in"
@@ -156,20 +145,18 @@ class WatchSupervisor:
         if client is not None and kind in ("exited", "killed", "fatal", "released"):
             client.on_event(event)
         elif kind == "fatal":
-            # nobody to capture it (its session gave up): it must not stay
-            # held; let it die of its signal as it would untraced
+            # nobody to capture it: let it die of its signal as untraced
             log.warning("crash_without_session", pid=event.get("pid"), signal=event.get("signal"))
             self._send({"op": "finish", "pid": pid})
             discard_core(event)
 
     def _spawn(self, coro: Any) -> None:
-        """A background task we keep a reference to until it ends."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _send(self, command: dict[str, Any]) -> None:
-        """Fire and forget (no answer awaited)."""
+        """Fire and forget."""
         if self.child is not None and self.child.returncode is None:
             with contextlib.suppress(OSError):
                 self.child.write(json.dumps(command).encode() + b"\n")
@@ -221,7 +208,7 @@ class WatchSupervisor:
             self._waiting.pop(rid, None)
 
     async def seize(self, client: WatchClient, pid: int, start: int, follow_forks: bool, timeout: float) -> None:
-        patient = pid in self.survivors  # a process the dead watcher held waits out the backoff
+        patient = pid in self.survivors
         self.survivors.discard(pid)
         self.clients[pid] = client
         command = {"op": "seize", "pid": pid, "start": start, "follow_forks": follow_forks}
@@ -229,13 +216,12 @@ class WatchSupervisor:
             try:
                 event = await self._request(command, timeout, patient)
             except WatcherDied:
-                # sent to a watcher that was dying: whatever it seized, the
-                # kernel has let go of; the next watcher takes it
+                # sent to a dying watcher: the next one takes it
                 event = await self._request(command, timeout, patient)
         except BaseException:
             if self.clients.get(pid) is client:
                 self.clients.pop(pid, None)
-            # the seize may still succeed in the watcher: let go of it then
+            # the seize may still succeed in the watcher
             self._send({"op": "release", "pid": pid})
             raise
         if event.get("event") != "seized":
@@ -247,8 +233,7 @@ class WatchSupervisor:
             raise TracerFailed(f"watch could not attach: {error}")
 
     async def release(self, pid: int, timeout: float = 10.0) -> None:
-        """Detach from pid, leaving it running; the client stops hearing of it.
-        Refused (Busy) while the watcher holds its crash: it dies once captured."""
+        """Detach from pid, leaving it running; Busy while its crash is held."""
         if self.child is None or self.child.returncode is not None:
             self.clients.pop(pid, None)
             return
@@ -262,20 +247,19 @@ class WatchSupervisor:
         self.clients.pop(pid, None)
 
     async def finish(self, pid: int, timeout: float = 5.0) -> None:
-        """Let a held crash die of its signal (the watcher detaches it delivering it)."""
+        """Let a held crash die of its signal."""
         if self.child is None or self.child.returncode is not None:
             return  # a dead watcher has already let it die
         with contextlib.suppress(TracerFailed):
             await self._request({"op": "finish", "pid": pid}, timeout)
 
     def forget(self, pid: int, client: WatchClient | None = None) -> None:
-        """Stop routing pid's events (to ``client`` only, when given: a newer
-        session of the same process keeps its own)."""
+        """Stop routing pid's events (to ``client`` only, if given: a newer session keeps its own)."""
         if client is None or self.clients.get(pid) is client:
             self.clients.pop(pid, None)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """End of input: the watcher releases everything and exits."""
+        """Close the watcher's input: it releases everything and exits."""
         self._stopping = True
         child = self.child
         if child is None or child.returncode is not None:
@@ -297,10 +281,8 @@ def discard_core(event: dict[str, Any]) -> None:
 
 
 def current() -> WatchSupervisor | None:
-    """The running loop's supervisor if one was made (None: watch never used)."""
     return _supervisors.current()
 
 
 def supervisor() -> WatchSupervisor:
-    """The supervisor of the running event loop (one daemon, one watcher)."""
     return _supervisors.get()

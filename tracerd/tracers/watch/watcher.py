@@ -1,35 +1,19 @@
 """The ptrace watcher: one small process that watches every ``watch`` session.
 
-Started as ``python -m tracerd.tracers.watch.watcher``; JSON lines in on stdin
-(commands), out on stdout (events).  A process of its own, single-threaded:
-ptrace requests must come from the attaching thread, and ``waitpid(-1)``
-would steal tracerd's other children's statuses.
+``python -m tracerd.tracers.watch.watcher``: JSON commands on stdin, events on
+stdout.  Its own single-threaded process: ptrace wants the attaching thread,
+and ``waitpid(-1)`` would steal tracerd's children.  PTRACE_SEIZE of every
+thread (TRACECLONE), no syscall stops; signals re-injected, group-stops
+LISTENed.  A fatal unhandled signal is held (holds.py) until ``finish``,
+tracerd's end or HOLD_LIMIT, and queued again, so nothing is left stopped.
 
-Each process is seized (PTRACE_SEIZE, every thread, new ones through
-TRACECLONE) with no syscall stops.  Non-fatal signals are re-injected at once;
-group-stops get PTRACE_LISTEN; an exiting process is reaped at once, so its
-parent reaps it as usual.  A fatal signal without a handler is *held*
-(:mod:`tracerd.tracers.watch.holds`): core written, ``fatal`` reported, and
-only ``finish``, tracerd's end or ``HOLD_LIMIT`` lets it die of that signal.
-The signal is also queued again (tgkill) when caught, so a release by
-anybody's death delivers it: nothing is ever left stopped.
+Commands: ``seize`` (id, pid, start, follow_forks), ``release``, ``finish``.
+Events: ``seized``, ``seize_failed``, ``released``, ``release_refused``,
+``finished``, ``exited``, ``killed``, ``fatal``.  End of input or SIGTERM:
+release all, let held crashes die, exit.
 
-Commands: ``seize`` (id, pid, start, follow_forks), ``release`` (id, pid;
-``release_refused`` while a crash is held), ``finish`` (id, pid).  Events:
-``seized``, ``seize_failed``, ``released``, ``release_refused``,
-``finished`` (with the command's ``id``), ``exited``, ``killed``,
-``fatal`` (signal, tid, si_code, fault_address, core, core_bytes,
-core_error).  End of input or SIGTERM: release everything, let held crashes
-die, exit.
-
-A seize races with thread births (TRACECLONE makes them ours before we list
-them) and deaths (EPERM/ESRCH): neither fails it.  A failed seize is rolled
-back, every thread released; a stop from a thread we cannot place is
-detached with its signal.
-
-Security: commands come only from tracerd's pipe; a pid is checked against
-its start time.  Cores are 0600, O_EXCL|O_NOFOLLOW, in tracerd's capture
-directory.  Our death (even SIGKILL) detaches every tracee: no EXITKILL.
+Security: commands only from tracerd's pipe; pids checked against start time;
+cores 0600, O_EXCL|O_NOFOLLOW.  Our death detaches every tracee (no EXITKILL).
 
 Diagnostics: one stderr line per error; a failed command's event has ``error``.
 """
@@ -69,9 +53,9 @@ from tracerd.tracers.watch.holds import HOLDING, CrashHolder, Watched
 PTRACE_SEIZE = 0x4206
 PTRACE_LISTEN = 0x4208
 PTRACE_EVENT_STOP = 128
-PF_EXITING = 0x4  # /proc/PID/task/TID/stat flags: the thread is exiting
-SEIZE_ROUNDS = 200  # listings of /proc/PID/task before a seize gives up on threads that keep coming
-WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children alike
+PF_EXITING = 0x4  # in /proc/PID/task/TID/stat flags
+SEIZE_ROUNDS = 200  # listings of /proc/PID/task before giving up on threads that keep coming
+WALL = 0x40000000  # __WALL
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 
@@ -149,8 +133,7 @@ class Watcher(CrashHolder):
         self.emit("seized", pid=pid, id=rid, threads=len(watched.threads))
 
     def _seize_threads(self, watched: Watched, options: int) -> str | None:
-        """Seize the leader, then every thread, listing again until nothing is
-        new; None, or why the seize failed."""
+        """Seize the leader, then every thread until a listing shows none new; None, or why not."""
         pid, skipped = watched.pid, set[int]()
         for _ in range(SEIZE_ROUNDS):
             try:
@@ -178,9 +161,7 @@ class Watcher(CrashHolder):
         return f"threads of {pid} kept coming for {SEIZE_ROUNDS} listings"
 
     def _abandon(self, watched: Watched) -> None:
-        """Roll a half-seized process back: release every thread we hold (it
-        keeps running); threads TRACECLONE gave us meanwhile report a stop we
-        release too (:meth:`on_status`)."""
+        """Roll back a half-seized process (late TRACECLONE threads are released in on_status)."""
         self.move(watched, "releasing")
         for tid in list(watched.threads):
             self._interrupt(tid)
@@ -199,14 +180,13 @@ class Watcher(CrashHolder):
         if watched.mode == "releasing":
             return  # already on its way: answered with the others
         self.move(watched, "releasing")
-        # a thread can only be detached from a ptrace-stop: interrupt them all,
-        # each is detached when its stop is reported
+        # detach needs a ptrace-stop: interrupt all, detach each at its stop
         for tid in list(watched.threads):
             self._interrupt(tid)
         self._maybe_done(watched)
 
     def release_all(self) -> None:
-        """End of input: running processes are released, held crashes die."""
+        """Running processes are released, held crashes die."""
         for pid, watched in list(self.processes.items()):
             if watched.mode in HOLDING:
                 self.finish(pid)
@@ -257,8 +237,7 @@ class Watcher(CrashHolder):
         watched = self.processes.get(pid) if pid is not None else self._adopt(tid)
         if watched is None:
             if os.WIFSTOPPED(status):
-                # ours (waitpid reports only our tracees) yet no process of ours:
-                # born while its process was let go of; never leave it stopped
+                # born while its process was let go of: never leave it stopped
                 self._detach(tid, os.WSTOPSIG(status) if status >> 16 == 0 else 0)
             return
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -280,13 +259,11 @@ class Watcher(CrashHolder):
         sig = os.WSTOPSIG(status)
         event = status >> 16
         if watched.mode in HOLDING:
-            # keep every thread of a crashed process stopped until finish
             watched.stopped.add(tid)
             self._maybe_held(watched)
             return
         if watched.mode != "run":
-            # releasing or handing off: detach each thread at its first stop,
-            # re-injecting a signal it was about to receive
+            # releasing: detach at the first stop, re-injecting its signal
             deliver = sig if event == 0 else 0
             self._detach(tid, deliver)
             self._forget_thread(tid)
@@ -304,7 +281,7 @@ class Watcher(CrashHolder):
         self._ptrace_event(watched, tid, event)
 
     def _ptrace_event(self, watched: Watched, tid: int, event: int) -> None:
-        """A clone, fork, vfork or exec stop (or one we do not ask for): note it, go on."""
+        """A clone, fork, vfork or exec stop: note it, go on."""
         if event in (PTRACE_EVENT_CLONE, PTRACE_EVENT_FORK, PTRACE_EVENT_VFORK):
             new = ptrace_geteventmsg(tid)
             if event == PTRACE_EVENT_CLONE:
@@ -317,9 +294,7 @@ class Watcher(CrashHolder):
             ptrace(PTRACE_CONT, tid, 0, 0)
             return
         if event == PTRACE_EVENT_EXEC:
-            # after exec only the leader's tid remains; the other threads were
-            # reported exited, except the one that called exec when it was not
-            # the leader: it now has the leader's tid, and its old one is gone
+            # a non-leader exec'ing thread takes the leader's tid; its old tid is gone
             former = ptrace_geteventmsg(tid)
             if former != tid:
                 self._forget_thread(former)
@@ -379,7 +354,6 @@ def _our_tracee(tid: int) -> bool:
 
 
 def _exiting(pid: int, tid: int) -> bool:
-    """The thread is gone, a zombie, or past do_exit's PF_EXITING."""
     try:
         with open(f"/proc/{pid}/task/{tid}/stat") as file:
             fields = file.read().rsplit(")", 1)[1].split()
@@ -416,8 +390,7 @@ def main() -> int:
             eof = True
             watcher.release_all()
         if eof and give_up == float("inf"):
-            # a thread that never reports must not keep us: the kernel detaches
-            # whatever is left when we exit
+            # a thread that never reports must not keep us: exit detaches the rest
             give_up = time.monotonic() + 3.0
         readable, _, _ = select.select([wake_r] + ([] if eof else [stdin]), [], [], 0.2 if eof else 1.0)
         if wake_r in readable:
