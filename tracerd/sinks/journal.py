@@ -1,29 +1,17 @@
 """journald's native protocol: one datagram of ``KEY=VALUE`` fields per entry.
 
-:class:`JournalSink` sends an entry to ``[journal] socket``
-(``/run/systemd/journal/socket``; a journal namespace's is
-``/run/systemd/journal.NAMESPACE/socket``) the way sd_journal_sendv() does:
-``KEY=VALUE\\n`` for a value without a newline, ``KEY\\n`` + its length as 64-bit
-little-endian + the bytes + ``\\n`` for one with newlines or binary, and an
-entry too large for one datagram written to a sealed memfd whose descriptor
-goes over the socket (SCM_RIGHTS).  Written with the standard library: the
-python-systemd binding needs libsystemd and a compiler to install, and
-always sends to the system socket, where tracerd must also reach a
-namespace's.  The MESSAGE_IDs and fields are README's ("Fleet: journald,
-structured syslog, metrics"); :func:`crash_fields` and :func:`session_fields`
-build them.
+:class:`JournalSink` sends as sd_journal_sendv() does: ``KEY=VALUE``, or a
+length-prefixed value for one with newlines or binary; an entry too large for
+a datagram goes as a sealed memfd (SCM_RIGHTS). Standard library only, so it
+can reach a journal namespace's socket. MESSAGE_IDs and fields: docs/fleet.md.
 
-Security: the socket path is root's configuration.  Field names are ours
-(:func:`encode` refuses anything but ``[A-Z0-9_]``, not leading ``_`` or a
-digit); values may hold anything the traced process put in its symbols
-or a report path, and the length-prefixed encoding carries any bytes without
-forging a second field.
+Security: the socket path is root's config. Field names are ours
+(:func:`encode` refuses anything but ``[A-Z0-9_]``); values may hold any bytes
+and the length prefix keeps them from forging a field.
 
-Diagnostics: :meth:`JournalSink.send` never blocks and never raises: it
-sends with MSG_DONTWAIT, and what journald cannot take now (absent: ENOENT,
-ECONNREFUSED; full: EAGAIN) is dropped and counted (``dropped``,
-``last_error``).  The first failure logs one ``journal_unavailable`` warning;
-the next success logs ``journal_recovered`` and re-arms the warning.
+Diagnostics: :meth:`JournalSink.send` never blocks nor raises: what journald
+cannot take is dropped and counted (``dropped``, ``last_error``), with one
+``journal_unavailable`` warning until ``journal_recovered``.
 """
 
 from __future__ import annotations
@@ -45,7 +33,7 @@ import structlog
 log = structlog.get_logger("tracerd")
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-# README documents these: `journalctl MESSAGE_ID=...` finds tracerd's entries.
+# documented in docs/fleet.md: `journalctl MESSAGE_ID=...`
 MESSAGE_CRASH = "0c6e0a9e258b4252923570996a2fc059"
 MESSAGE_SESSION_STARTED = "0ebc6f015f5642b683fa1ffe44367abd"
 MESSAGE_SESSION_ENDED = "b8944b91a5074f9a9239322fa579f256"
@@ -148,7 +136,7 @@ class JournalSink:
 
 
 def crash_fields(report: Any, entry: Mapping[str, Any] | None, host_repeats: int) -> dict[str, object]:
-    """The crash entry: MESSAGE_ID, PRIORITY=2 and the TRACERD_* fields (README)."""
+    """The crash entry: MESSAGE_ID, PRIORITY=2 and the TRACERD_* fields (docs/fleet.md)."""
     process, signal = report.process, report.signal
     path = entry.get("report") if entry else None
     summary = report.summary(str(path or "not stored (see the log)"))
@@ -164,8 +152,9 @@ def crash_fields(report: Any, entry: Mapping[str, Any] | None, host_repeats: int
         "TRACERD_SIGNAL": signal.get("name"),
         "TRACERD_SI_CODE": signal.get("si_code_name") or signal.get("si_code") or "",
         "TRACERD_TOP": "\n".join(report.top),
-        "TRACERD_BUILD_IDS": "\n".join(sorted({f"{lib.path} {lib.build_id}" for lib in report.libraries
-                                               if lib.build_id})),
+        "TRACERD_BUILD_IDS": "\n".join(
+            sorted({f"{lib.path} {lib.build_id}" for lib in report.libraries if lib.build_id})
+        ),
         "TRACERD_REPORT": path or "",
         "TRACERD_CRASH_ID": (entry or {}).get("id") or "",
         "TRACERD_COUNT": (entry or {}).get("count") or 1,

@@ -1,20 +1,15 @@
 """RFC 5424 structured data: the crash line's ``[tracerd@32473 ...]`` element.
 
-:func:`element` builds one SD-ELEMENT: SD-ID and PARAM-NAMEs are printable
-US-ASCII without ``=``, space, ``]`` or ``"``, at most 32 characters (section
-6.3.3); a PARAM-VALUE is UTF-8 with ``"``, ``\\`` and ``]`` escaped by a
-backslash (section 6.3.3).  :func:`crash_element` is the one tracerd sends
-with a crash summary on the ``udp://``/``tcp://`` syslog path (docs/fleet.md,
-"Fleet: journald, structured syslog, metrics"); :func:`parse` reads elements
-back (tests, and anyone checking a collector's output).
+:func:`element` builds one SD-ELEMENT (RFC 5424 6.3.3); :func:`crash_element`
+is the one sent with a crash summary on the ``udp://``/``tcp://`` path
+(docs/fleet.md); :func:`parse` reads elements back.
 
-Security: values are the target's (function names) and the configuration's
-(report path): escaping keeps any of them from closing the element or the
-value early, control characters become ``?`` as in every other syslog
-field, and each value is capped at :data:`MAX_VALUE` bytes.
+Security: values are the target's and the config's: ``"``, ``\\`` and ``]``
+are escaped, control characters become ``?``, each is capped at
+:data:`MAX_VALUE` bytes.
 
-Diagnostics: :func:`element` raises ValueError for a name that is not a
-valid SD-NAME (a bug, never input); nothing else raises.
+Diagnostics: :func:`element` raises ValueError for an invalid SD-NAME (a bug,
+never input); nothing else raises.
 """
 
 from __future__ import annotations
@@ -25,8 +20,7 @@ from typing import Any
 
 from tracerd import textclean
 
-# tracerd's SD-ID: NAME@PEN, PEN 32473 being the one RFC 5612 reserves for examples
-# and documentation; a site that registers its own may change it here.
+# NAME@PEN: 32473 is RFC 5612's documentation PEN; a site with its own may change it here
 SD_ID = "tracerd@32473"
 MAX_VALUE = 1024
 _SD_NAME = re.compile(r"[!#-\\^-~]{1,32}")  # printable US-ASCII but '=', ' ', ']', '"'
