@@ -310,7 +310,7 @@ def warn_syslog(path: str, message: str) -> None:
         sock.setblocking(False)
         sock.sendto(line.encode("utf-8", "replace")[:8192], path)
     except OSError:
-        pass  # no syslog: stderr still carries the reason
+        pass
     finally:
         sock.close()
 
