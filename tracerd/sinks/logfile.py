@@ -1,31 +1,19 @@
 """Per-process log files: ``{log_dir}/{name}.{pid}.log``.
 
-A :class:`LogDir` keeps an fd on the log directory and opens every log
-relative to it, so that a directory renamed or replaced under our feet cannot
-redirect a log elsewhere until SIGHUP says so (:meth:`LogDir.reopen_dir`).
-One :class:`LogWriter` thread does all the writing for every log: the asyncio
-loop that drains the tracers' pipes only queues bytes
-(:meth:`LogFile.write_line`), so a slow or full disk can never stall a
-tracer, and through it a traced Postfix daemon.
+:class:`LogDir` holds the directory by fd and opens every log relative to it,
+so a swapped directory redirects nothing until SIGHUP. The loop only queues
+bytes; one LogWriter thread writes, so a slow or full disk never stalls a
+tracer, nor through it a Postfix daemon.
 
-Security: ``log_dir`` is trusted only after checking it: not a symlink, owned
-by us, writable by nobody else (otherwise anyone could plant files in it).
-Inside it nothing is trusted.  A log is opened with O_NOFOLLOW, so that nobody
-can lure us into clobbering a file through a planted symlink; with O_NONBLOCK,
-so that a planted FIFO cannot hang the daemon in open(); never with O_TRUNC,
-because a recycled pid must not wipe the previous process's log; and the
-opened file must then be a regular file, owned by us, with one link (a hard
-link to, say, /etc/shadow is refused like a symlink).  A name that could
-leave the directory is refused even though the caller validated it already.
+Security: log_dir must not be a symlink, must be ours and writable by nobody
+else. A log opens with O_NOFOLLOW|O_NONBLOCK (no planted symlink or FIFO),
+never O_TRUNC (a recycled pid keeps the old log), and must be a regular file
+of ours with one link.
 
-Diagnostics: :class:`LogDir` raises :class:`~tracerd.errors.ConfigError`
-(key ``log_dir``) when the directory is unusable: fatal at start-up.
-:meth:`LogDir.open_log` raises :class:`OSError` when a log cannot be opened,
-:class:`UnsafeLogFile` (an OSError) when something is planted at its path;
-the session fails, the daemon goes on.  Once open, a log never raises: what
-cannot be queued or written is dropped and counted (``dropped``), the last
-write error is kept in ``error`` and reported once per failure through
-``on_error``, and writing resumes by itself when the disk has space again.
+Diagnostics: an unusable log_dir raises ConfigError (fatal at start); a log
+that cannot open raises OSError (UnsafeLogFile for a planted one): that
+session fails. An open log never raises: lost lines are counted
+(``dropped``), the error kept in ``error``, reported once via ``on_error``.
 """
 
 from __future__ import annotations
@@ -67,9 +55,7 @@ class LogDir:
         self.path = path
         self.max_log_bytes = max_log_bytes
         self.writer = writer
-        # Guards _fd: the loop opens logs, the writer thread reopens them, and
-        # SIGHUP swaps the fd; an fd closed under a concurrent openat() could
-        # be reused by an unrelated open.
+        # guards _fd (loop opens, writer reopens, SIGHUP swaps): a closed fd could be reused
         self._lock = threading.Lock()
         self._fd: int | None = _open_dir(path)
 
@@ -79,10 +65,7 @@ class LogDir:
         return LogFile(self, filename, self._open_file(filename))
 
     def reopen_dir(self) -> None:
-        """SIGHUP: open the directory afresh (it may have been recreated).
-
-        Raises ConfigError when the new one is unusable; the old fd is then kept.
-        """
+        """SIGHUP: open the directory afresh; ConfigError keeps the old fd."""
         fd = _open_dir(self.path)
         with self._lock:
             old, self._fd = self._fd, fd
@@ -117,7 +100,7 @@ class LogDir:
 
 
 def _open_dir(path: Path) -> int:
-    # The lstat gives the clear message; O_NOFOLLOW closes the race after it.
+    # the lstat gives the clear message; O_NOFOLLOW closes the race after it
     if path.is_symlink():
         raise ConfigError(f"{path} is a symlink; refusing to write logs through it", key="log_dir")
     try:
@@ -151,15 +134,10 @@ def _check_log_fd(fd: int, path: str) -> None:
 
 
 class LogFile:
-    """One process's log.  Loop thread: write_*, reopen, close.  Writer thread: the rest.
+    """One process's log. Loop thread: write_*, reopen, close. Writer thread: the rest.
 
-    ``lines`` and ``bytes`` count what was accepted for the file (tracer
-    output plus tracerd's own truncation and closing lines); ``dropped``
-    counts lines refused at the door (queue full, over the cap, closed) plus
-    lines accepted but lost to a write error.  The size cap counts this
-    object's bytes, not the file's: a log appended after pid reuse or reopened
-    after rotation keeps one budget per traced process.
-    """
+    The cap counts this object's bytes, not the file's: one budget per traced process,
+    across pid reuse and rotation."""
 
     def __init__(self, logdir: LogDir, filename: str, fd: int) -> None:
         self.name = filename
@@ -173,8 +151,7 @@ class LogFile:
         self._writer = logdir.writer
         self._limit = logdir.max_log_bytes
         self._fd: int | None = fd  # after construction, touched by the writer thread only
-        # Two counters so that each is incremented by one thread only.
-        self._refused = 0  # loop thread
+        self._refused = 0  # loop thread (one counter per thread)
         self._lost = 0  # writer thread
         self._closed = False
         self._midline = False  # writer: a partial write left the file mid-line
@@ -188,7 +165,7 @@ class LogFile:
         return self._closed
 
     def write_line(self, text: str) -> None:
-        """Queue one line; never blocks.  Dropped and counted when it cannot be queued."""
+        """Queue one line; never blocks. Dropped and counted when it cannot be queued."""
         self._accept([text])
 
     def write_lines(self, lines: list[str]) -> None:
@@ -241,8 +218,7 @@ class LogFile:
                 self._refused += taken
         if taken < len(lines):
             self._refused += len(lines) - taken
-            # Forced past the queue budget: the reader of the log must learn
-            # why it stops, and it is one line per file.
+            # forced past the queue budget: one line per file saying why the log stops
             self.truncated = True
             marker = _encode(TRUNCATION_LINE.format(limit=self._limit))
             if self._writer.submit(self, _WRITE, marker, 1, force=True):

@@ -1,15 +1,13 @@
-"""The one writer thread behind every per-process log (see :mod:`tracerd.sinks.logfile`).
+"""The one writer thread behind every per-process log (see tracerd.sinks.logfile).
 
-The asyncio loop never touches a disk: it queues bytes here, bounded in
-bytes, and one daemon thread writes them, coalescing consecutive writes to
-the same file.
+The loop queues bytes here, bounded; one daemon thread writes them,
+coalescing consecutive writes to one file.
 
-Security: it writes only through the LogFile objects it is handed (their
-fds were opened safely by LogDir).
+Security: writes only through the LogFile objects it is handed (fds opened
+safely by LogDir).
 
-Diagnostics: past its byte bound a line is dropped and counted on its
-LogFile; a write error is recorded on that LogFile, never raised into the
-loop.
+Diagnostics: over its bound a line is dropped and counted on its LogFile; a
+write error is recorded there, never raised into the loop.
 """
 
 from __future__ import annotations
@@ -32,11 +30,10 @@ class LogFile(Protocol):
 
     def _fail(self, error: str) -> None: ...
 
+
 DEFAULT_QUEUE_BYTES = 8 << 20
 _WRITE, _REOPEN, _CLOSE = "write", "reopen", "close"  # what a queued item asks of its LogFile
-# Consecutive queued chunks for one file are joined up to this size: one
-# write(2) per burst instead of one per line.
-_COALESCE_BYTES = 64 << 10
+_COALESCE_BYTES = 64 << 10  # one write(2) per burst for a file, not one per line
 
 _Item = tuple[LogFile, str, bytes, int]  # (file, op, data, lines in data)
 
@@ -90,7 +87,7 @@ class LogWriter:
                 self._queued += len(data)
                 self._work.notify()
                 return True
-        # The thread has ended: nobody else touches the fd any more.
+        # the thread has ended: nobody else touches the fd any more
         if op == _CLOSE:
             logfile._close_fd()
             return True
