@@ -1,33 +1,18 @@
 """Syslog forwarding: session events, crash summaries and (where a rule asks) tracer output.
 
-:class:`SyslogSink` owns one connection to ``[syslog] address``: a unix
-socket path (``/dev/log``: the traditional local format that rsyslog and
-journald parse), ``udp://HOST:PORT`` (RFC 5424) or ``tcp://HOST:PORT``
-(RFC 5424 with RFC 6587 octet counting).  :class:`SessionSyslog` is one
-session's view of it: every message tagged ``NAME[PID]: `` once (tracerd's own
-lines lose their ``tracerd: ``, which the record's APP[PID] says already), tracer
-lines rate limited per second, summaries not.
+:class:`SyslogSink` owns one connection to ``[syslog] address``: a unix path
+(local format), ``udp://`` (RFC 5424) or ``tcp://`` (RFC 5424, octet
+counting). :class:`SessionSyslog` is one session's view: ``NAME[PID]: `` once
+per message, tracer lines rate limited, summaries not. Loop thread only: no
+locks; other threads hop onto the loop first.
 
-Security: the address is root's configuration and trusted.  Message text is
-not: a tracer line can hold anything the traced process wrote, so control
-characters (C0 but tab, DEL, C1) become ``?`` (no forged second record, no
-terminal escapes in a log viewer), text is sent as UTF-8 with undecodable
-characters replaced, and a record is cut at 8 KiB on a character boundary.
+Security: the address is root's config. Text is not trusted: control
+characters become ``?``, invalid UTF-8 is replaced, a record is cut at 8 KiB.
 
-Diagnostics: :meth:`SyslogSink.send` never blocks and never raises: what
-cannot go out at once is dropped and counted (``dropped``; ``last_error``
-says why).  Datagrams go with MSG_DONTWAIT; a receiver that is absent or
-restarted is reconnected lazily, at most once a second.  TCP connects without
-blocking, keeps at most 256 KiB waiting (kept across reconnects, so a central
-rsyslog restart loses little), and backs off from 1 s to 30 s after errors.
-A host name is resolved on a short-lived background thread, never in send().
-Frames still waiting after a send() go out on their own: while any wait, a
-loop timer retries (every 0.1 s, or when the reconnect backoff ends), so a
-crash summary does not wait for the next message.
-
-Threads: a sink and its sessions are used from the asyncio loop thread only;
-nothing here takes a lock.  Other threads hop onto the loop first (the log
-writer's error reports do, through ``call_soon_threadsafe``).
+Diagnostics: :meth:`SyslogSink.send` never blocks nor raises: what cannot go
+out is dropped and counted (``dropped``, ``last_error``). Reconnects are lazy
+(at least 1 s apart; tcp backs off to 30 s, keeps 256 KiB waiting); names
+resolve on a background thread; a loop timer flushes waiting frames.
 """
 
 from __future__ import annotations
@@ -72,10 +57,9 @@ MAX_PENDING_BYTES = 256 << 10
 RETRY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 CONNECT_TIMEOUT = 10.0
-PUMP_INTERVAL = 0.1  # how often waiting frames are retried while the socket is full or connecting
+PUMP_INTERVAL = 0.1  # retry of waiting frames while the socket is full or connecting
 OWN_PREFIX = "tracerd: "  # tracerd's own lines in a per-process log start so
-# The receiver is there but busy, or this record is too big: drop this one,
-# keep the socket.  Any other error means reconnecting (later).
+# busy receiver or oversize record: drop it, keep the socket; other errors reconnect
 _BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EMSGSIZE}
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -111,14 +95,14 @@ class SyslogSink:
             self._resolve()
 
     def send(self, severity: int, message: str, sd: tuple[str, str] | None = None) -> bool:
-        """Send one record now or queue it (tcp); False when dropped.  Never blocks.
+        """Send one record now or queue it (tcp); False when dropped. Never blocks.
 
-        ``sd``: (MSGID, structured data) for the RFC 5424 formats; /dev/log has no place for them."""
+        ``sd``: (MSGID, structured data), RFC 5424 only."""
         if not self.config.enabled or self._closed:
             return False
         try:
             return self._send(severity, message, sd)
-        except Exception as err:  # last line of defence: a sink bug must not reach the loop
+        except Exception as err:  # a sink bug must not reach the loop
             self._note(f"internal error: {err}")
             self.dropped += 1
             return False
@@ -152,11 +136,7 @@ class SyslogSink:
     # -- internals ----------------------------------------------------------
 
     def _arm(self) -> None:
-        """Frames waiting: a loop timer flushes them later, without another send().
-
-        Called on the loop thread; with no running loop (a plain script) nothing
-        is armed and flush() is the caller's job.
-        """
+        """Frames waiting: a loop timer flushes them later (no running loop: flush() is the caller's)."""
         if self._timer is not None or self._closed or not self._frames:
             return
         try:
@@ -253,7 +233,7 @@ class SyslogSink:
         sock = socket.socket(family, kind)
         sock.setblocking(False)
         code = sock.connect_ex(target)
-        # A unix stream connect never says EINPROGRESS: EAGAIN there is a full backlog.
+        # a unix stream connect never says EINPROGRESS: EAGAIN there is a full backlog
         if code not in (0, errno.EISCONN) and not (kind == socket.SOCK_STREAM
                                                     and code == errno.EINPROGRESS):  # fmt: skip
             sock.close()
@@ -392,8 +372,7 @@ class SessionSyslog:
             self.sink.send(LOG_INFO, f"{self.tag}: {count} lines suppressed (rate limit)")
 
     def tagged(self, text: str) -> str:
-        """``NAME[PID]: TEXT``, NAME[PID] once: ``tracerd: NAME[PID] exited ...``
-        (as the per-process log says it) becomes ``NAME[PID]: exited ...``."""
+        """``NAME[PID]: TEXT``, the tag once: ``tracerd: NAME[PID] exited`` -> ``NAME[PID]: exited``."""
         if text.startswith(OWN_PREFIX):
             text = text[len(OWN_PREFIX) :]
             if text.startswith(f"{self.tag} ") or text.startswith(f"{self.tag}: "):

@@ -1,14 +1,13 @@
 """Syslog wire formats: the address grammar, the local and RFC 5424 records.
 
-Pure functions, no sockets: :mod:`tracerd.sinks.syslog` sends what these build.
+Pure functions, no sockets: tracerd.sinks.syslog sends what these build.
 
-Security: the address is root's configuration.  Message text is not trusted:
-callers pass it through :func:`clean` (control characters, C1 included, become
-``?``) and :func:`fit` caps a record at 8 KiB on a character boundary; header
-fields keep printable US-ASCII only.
+Security: message text is untrusted: callers pass it through :func:`clean`,
+and :func:`fit` caps a record at 8 KiB on a character boundary; header fields
+keep printable US-ASCII only.
 
-Diagnostics: :func:`parse_address` raises ConfigError naming ``syslog.address``;
-the rest never raises.
+Diagnostics: :func:`parse_address` raises ConfigError naming
+``syslog.address``; nothing else raises.
 """
 
 from __future__ import annotations
@@ -70,10 +69,7 @@ def fit(record: bytes, limit: int = MAX_RECORD_BYTES) -> bytes:
 
 
 def format_local(pri: int, app: str, pid: int, message: str, *, now: float) -> bytes:
-    """``<PRI>Mmm dd hh:mm:ss APP[PID]: MESSAGE``: what /dev/log readers expect.
-
-    Local time, English month, day padded with a space (RFC 3164, glibc).
-    """
+    """``<PRI>Mmm dd hh:mm:ss APP[PID]: MESSAGE`` in local time, as glibc writes /dev/log."""
     t = time.localtime(now)
     stamp = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     return f"<{pri}>{stamp} {app}[{pid}]: {message}".encode("utf-8", "replace")
@@ -89,5 +85,5 @@ def format_rfc5424(
 
 
 def header_field(value: str, limit: int) -> str:
-    # RFC 5424 header fields are printable US-ASCII without spaces.
+    # RFC 5424 header fields are printable US-ASCII without spaces
     return "".join(c if 33 <= ord(c) <= 126 else "_" for c in value)[:limit] or "-"
