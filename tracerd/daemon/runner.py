@@ -45,10 +45,9 @@ RecordCrash = Callable[[CrashReport], Awaitable[dict[str, Any] | None]]
 
 
 class SessionOutput:
-    """Fans a backend's output out to the session counters, its log and syslog.
+    """A backend's output to the session counters, its log and syslog.
 
-    Lines go to syslog only when ``forward`` (config.syslog_output_for); warnings
-    and crash summaries always."""
+    Lines reach syslog only when ``forward``; warnings and crash summaries always."""
 
     def __init__(self, session: Session, logfile: LogFile, syslog: SessionSyslog, *, forward: bool = True,
                  record_crash: RecordCrash, capture_dir: Path | None) -> None:  # fmt: skip

@@ -136,8 +136,7 @@ def _check_log_fd(fd: int, path: str) -> None:
 class LogFile:
     """One process's log. Loop thread: write_*, reopen, close. Writer thread: the rest.
 
-    The cap counts this object's bytes, not the file's: one budget per traced process,
-    across pid reuse and rotation."""
+    The cap counts this object's bytes, not the file's: one budget per process."""
 
     def __init__(self, logdir: LogDir, filename: str, fd: int) -> None:
         self.name = filename
