@@ -1,10 +1,8 @@
 """Socket activation: the listening socket systemd passes (docs/design.md, "Restart").
 
-:func:`listen_fds` is sd_listen_fds(3) with ``unset_environment``: the
-variables are removed and each fd made close-on-exec, so no tracer inherits
-them. ``SOCKET.restarting`` tells hooks in the backlog that a tracerd is
-coming (they wait up to --timeout, not --ack-timeout); removed once sessions
-are re-adopted.
+:func:`listen_fds` is sd_listen_fds(3) with ``unset_environment``, fds made
+close-on-exec: no tracer inherits them. ``SOCKET.restarting`` tells hooks in
+the backlog a tracerd is coming; removed once sessions are re-adopted.
 
 Security: LISTEN_FDS counts only when LISTEN_PID is this process; an fd is
 used only if the kernel says it is a listening unix stream socket on exactly

@@ -1,10 +1,9 @@
 """Re-adoption: the sessions a previous tracerd left in sessions.json, traced again.
 
-At start, once the socket accepts, each entry is checked, then handled
-:data:`CONCURRENCY` at a time: the same process (pid and start time) is
-traced again as by ``tracerctl attach``, keeping its ``started`` and log;
-one gone or recycled is never touched, only listed ``ended while tracerd was
-down``. See docs/design.md, "Restart".
+Once the socket accepts, each entry is checked, then handled
+:data:`CONCURRENCY` at a time: the same process (pid, start time) is traced
+again, keeping ``started`` and log; one gone or recycled is only listed
+``ended while tracerd was down``. See docs/design.md, "Restart".
 
 Security: the file is hostile; an entry is used only when every field has
 its form, its log is ``log_dir/NAME.PID.log`` in force, and it passes every

@@ -5,10 +5,9 @@ replacing only a dead socket file; under socket activation it takes systemd's
 and never unlinks it. A request with ``"ack": true`` gets ``{"ack": true}``
 when its handler calls ``ack``, then its reply.
 
-Security: hostile bytes arrive here. Frames are capped at MAX_REQUEST_BYTES
-(oversize: error, then close); idle connections close after ``idle_timeout``;
-connections are capped in total and per peer. Credentials are SO_PEERCRED's,
-taken once at accept.
+Security: hostile bytes arrive here. Frames are capped (oversize: error, then
+close); idle connections close; connections are capped in total and per peer.
+Credentials are SO_PEERCRED's, taken once at accept.
 
 Diagnostics: an exception for one connection is an error reply to it only
 (``{"ok": false, "error": CODE, "message": TEXT}``), logged; cancellation is

@@ -1,11 +1,9 @@
 """The warm gdb: one gdb kept ready for the next watch crash (a pool of one).
 
-The gdb is started ahead with settings loaded, no target, and libc's and
-ld.so's symbols read once at a kernel-space address, so the core's copies
-reuse them. :meth:`WarmPool.borrow` hands it to one capture; it is closed
-after, and a fresh one started once the capture is done. With none ready the
-capture waits for one starting, else starts a cold gdb: slower, never lost.
-See docs/design.md, "Tracers".
+Started ahead: settings loaded, no target, libc's and ld.so's symbols read
+at a kernel-space address for the core's copies to reuse. :meth:`WarmPool.borrow`
+lends it to one capture, then a fresh one starts; with none ready a capture
+waits or starts a cold gdb: slower, never lost. See docs/design.md, "Tracers".
 
 Security: gdb starts as in tracerd.gdb.mi (argv, ``-nx``); preloaded paths
 are tracerd's own mappings, plain paths only, quoted as MI c-strings.

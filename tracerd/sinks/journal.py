@@ -1,9 +1,8 @@
 """journald's native protocol: one datagram of ``KEY=VALUE`` fields per entry.
 
-:class:`JournalSink` sends as sd_journal_sendv() does: ``KEY=VALUE``, or a
-length-prefixed value for one with newlines or binary; an entry too large for
-a datagram goes as a sealed memfd (SCM_RIGHTS). Standard library only, so it
-can reach a journal namespace's socket. MESSAGE_IDs and fields: docs/fleet.md.
+Sent as sd_journal_sendv() does (length-prefixed values for newlines or
+binary; an oversize entry as a sealed memfd), standard library only, so a
+journal namespace's socket works too. MESSAGE_IDs and fields: docs/fleet.md.
 
 Security: the socket path is root's config. Field names are ours
 (:func:`encode` refuses anything but ``[A-Z0-9_]``); values may hold any bytes

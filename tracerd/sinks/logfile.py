@@ -1,19 +1,17 @@
 """Per-process log files: ``{log_dir}/{name}.{pid}.log``.
 
-:class:`LogDir` holds the directory by fd and opens every log relative to it,
-so a swapped directory redirects nothing until SIGHUP. The loop only queues
-bytes; one LogWriter thread writes, so a slow or full disk never stalls a
-tracer, nor through it a Postfix daemon.
+:class:`LogDir` holds the directory by fd (a swapped one redirects nothing
+until SIGHUP). The loop only queues bytes; one LogWriter thread writes, so a
+slow or full disk never stalls a tracer, nor through it Postfix.
 
-Security: log_dir must not be a symlink, must be ours and writable by nobody
-else. A log opens with O_NOFOLLOW|O_NONBLOCK (no planted symlink or FIFO),
-never O_TRUNC (a recycled pid keeps the old log), and must be a regular file
-of ours with one link.
+Security: log_dir must be ours, no symlink, writable by nobody else. A log
+opens O_NOFOLLOW|O_NONBLOCK (no planted symlink or FIFO), never O_TRUNC (pid
+reuse keeps the old log), and must be a regular file of ours with one link.
 
-Diagnostics: an unusable log_dir raises ConfigError (fatal at start); a log
-that cannot open raises OSError (UnsafeLogFile for a planted one): that
-session fails. An open log never raises: lost lines are counted
-(``dropped``), the error kept in ``error``, reported once via ``on_error``.
+Diagnostics: a bad log_dir raises ConfigError (fatal at start); a log that
+cannot open raises OSError (UnsafeLogFile if planted): its session fails. An
+open log never raises: lost lines count in ``dropped``, the error is
+``error``, reported once via ``on_error``.
 """
 
 from __future__ import annotations
