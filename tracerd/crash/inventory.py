@@ -1,41 +1,19 @@
 """The crash inventory for the commands that are not the daemon (triage, bugreport, tracerctl).
 
-:func:`load_inventory` asks the daemon (``crashes`` and ``status`` requests
-on its socket) and, when nobody answers or the daemon refuses, reads the
-store ``{state_dir}/crashes`` directly (its index reconciled with the report
-files, read-only: :func:`open_store`).  :func:`store_reply` answers
-``tracerctl crashes`` and ``crash ID`` from the store the same way while
-tracerd is down.  :meth:`CrashInventory.match` answers triage's question
-"is there a crash report for the smtpd pid 4567 that master says was killed
-by signal 11 at 16:56:57?":
+load_inventory() asks the daemon (``crashes``, ``status``), else reads the store
+``{state_dir}/crashes`` read-only; store_reply() answers ``crashes`` and ``crash
+ID`` from the store while tracerd is down.  CrashInventory.match() ties a
+``killed by signal`` log line to a report, or a repeat, by pid, name and time
+(docs/crashes.md, "Triage and bug reports").
 
-- candidates are every full report's pid (every report id a signature
-  lists, whose last number is its pid, whether the list came from the daemon
-  or the files, so that older reports of a signature are found after a
-  restart of tracerd; plus the crashed sessions the daemon still lists) and
-  every repeat's pid (a crash within the flood window
-  of an earlier one with the same signature: no report of its own, so the
-  match names the signature's full report and says it is a repeat);
-- a candidate matches on pid, on the program name when both are known, and
-  on time when both are known: the report at most :data:`LATE` before the
-  log line and :data:`EARLY` after it, so that a recycled pid in an old log
-  is not tied to today's crash.  The closest in time wins.
+Security: the files hold strings from crashed programs and are data only: sizes
+capped (MAX_JSON), a crash id checked before it names a file, opened O_NOFOLLOW
+relative to the crash directory.  Anyone but root and the store's owner gets the
+``socket_group`` view (redact.for_group), as from the daemon.
 
-Security: the index and reports are tracerd's files, but they hold strings
-taken from crashed programs, so they are data only: sizes are capped
-(:data:`MAX_JSON`), a crash id is checked against the protocol's pattern
-before it names a file, files are opened with ``O_NOFOLLOW`` relative to the
-crash directory, and nothing is evaluated.
-
-Diagnostics: the inventory says where it came from (``source``: ``daemon``,
-``index`` or None) and why not (``error``: "tracerd is not running (no
-socket ...); crash store ...: permission denied"), so that the caller can
-print it; a report that cannot be read is None, never an exception.
-A report read from the store by someone who is neither root nor the store's
-owner is the one a ``socket_group`` member gets from the daemon, without
-locals and memory (:func:`privileged_reader`, tracerd.crash.redact).
-:class:`StoreUnreadable` carries one line: no store, permission denied, an
-unsafe directory.
+Diagnostics: ``source`` (``daemon``, ``index``, None) and ``error`` say where the
+inventory came from, or why not; an unreadable report is None.  StoreUnreadable
+carries one line: no store, permission denied, an unsafe directory.
 """
 
 from __future__ import annotations
@@ -154,12 +132,12 @@ class CrashInventory:
         return self._reports[crash_id]
 
     def _complete(self, candidate: CrashMatch) -> None:
-        # A session or an older report knows its id but not (all of) its time and frames.
+        # a session or an older report knows its id, not (all of) its time and frames
         if candidate.repeat:
             return
         report = self.report(candidate.crash_id)
         if not report:
-            # deleted to stay under max_crash_bytes: its id still says when it was stored, and whose it was
+            # evicted by max_crash_bytes: its id still says when it was stored, and whose it was
             parsed = _ID_PID.fullmatch(candidate.crash_id)
             if parsed and int(parsed.group("pid")) == candidate.pid and candidate.time is None:
                 candidate.time = _time_of_id(parsed.group("stamp"))
@@ -168,8 +146,7 @@ class CrashInventory:
         if isinstance(process, dict):
             candidate.name = candidate.name or _str(process.get("name"))
             if process.get("pid") != candidate.pid:
-                # a session whose crash was a repeat names its signature's report, another pid's:
-                # that report's time is not this crash's
+                # a repeat's session names another pid's report, whose time is not this crash's
                 candidate.repeat = True
         if not candidate.repeat:
             candidate.time = candidate.time or _time(report.get("time"))
@@ -274,9 +251,7 @@ def store_reply(command: str, crash_id: str | None, state_dir: Path) -> dict[str
 
 
 def privileged_reader(owner: int) -> bool:
-    """Whether this process sees whole reports read from a store ``owner`` owns: as the
-    daemon answers (tracerd.daemon.auth), root and the store's own uid do; anyone
-    else gets tracerd.crash.redact's view, whatever the files let them read."""
+    """Root and the store's owner see whole reports, as the daemon answers; others the redacted view."""
     return os.geteuid() in (0, owner)
 
 

@@ -1,40 +1,20 @@
 """The crash store: reports on disk, deduplicated by signature, capped in size.
 
-The store keeps one full report per signature per flood window in
-``ID.json``; repeats within the window only bump the signature's entry in
-``index.json`` (docs/json.md, "Crash JSON", plus ``repeats``), unless a repeat's
-report names more frames than the one the entry shows: it is kept too.  An
-entry shows (``id``, ``pid``, ``top``) its report naming most frames, the
-latest of those.  Every file
-is written atomically: temp file ``.tmp-*`` beside it, fsync, rename, fsync
-of the directory.
+One full report per signature per flood window (``ID.json``); repeats only
+bump the signature's entry in ``index.json`` (docs/json.md), unless one names
+more frames.  Every write is atomic: temp file, fsync, rename, fsync of the
+directory.  ``read_only`` (tracerctl, tracerd down) never writes or deletes.
 
-Security: the directory must be ours, not a symlink, not writable by group
-or others (ConfigError otherwise); it is held open and every file is reached
-relative to it with ``O_NOFOLLOW`` (temp files also ``O_EXCL``), so a planted
-or swapped-in symlink cannot redirect a write.  A client's crash id must
-match ``[A-Za-z0-9._-]{1,128}`` and is only compared with names listed in the
-directory, never joined into a path.  Reports and index together are capped
-at ``max_bytes``, the oldest reports deleted first, so a crash loop never
-fills the disk.
+Security: the directory must be ours (read-only: any owner), not a symlink,
+not writable by group or others; files are opened relative to it with
+O_NOFOLLOW.  A client's crash id must match ``[A-Za-z0-9._-]{1,128}`` and is
+only compared with listed names.  Reports and index are capped at ``max_bytes``.
 
-Opened with ``read_only=True`` (tracerctl while tracerd is down) the store
-is only read: the directory is not created, its owner may be another uid
-(root's store read by a ``socket_group`` member) but it must still not be a
-symlink nor writable by group or others, nothing is deleted or rewritten,
-the index is reconciled with the report files in memory only, and every
-file is read with a cap of :data:`MAX_FILE` bytes.
-
-Diagnostics: :meth:`CrashStore.record` raises OSError (ENOSPC...) when the
-report cannot be written, after removing its temp file, leaving the store as
-it was.  A failed index write alone does not fail the record (the report is
-safe; the index is rebuilt from the reports at start): it is returned as
-``index_error``.  A missing or corrupt index is rebuilt at start; a report
-file that cannot be parsed is skipped, and deleted first when space is
-needed.  :meth:`CrashStore.get` raises NotFound with the reason.  A read-only
-store that cannot be opened raises FileNotFoundError, PermissionError or
-ConfigError (symlink, unsafe mode); an index it may not read,
-PermissionError.
+Diagnostics: record() raises OSError with the store unchanged; a failed index
+write alone is returned as ``index_error``.  A missing or corrupt index is
+rebuilt from the reports; an unparsable report is skipped, deleted first.
+get() raises NotFound; opening raises ConfigError (unsafe directory),
+FileNotFoundError or PermissionError.
 """
 
 from __future__ import annotations
@@ -82,9 +62,7 @@ class CrashStore:
         self.max_bytes = max_bytes
         self.max_core_bytes = max_core_bytes
         self._clock = clock
-        # record() runs in a worker thread and fsyncs; list() and get() run on the
-        # event loop and must not wait for it, so they read a snapshot that
-        # record() replaces whole when it is done.
+        # record() fsyncs in a worker thread; list() and get() read a snapshot it replaces whole
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = {}  # signature -> index entry
         self._snapshot: dict[str, dict[str, Any]] = {}
@@ -110,17 +88,16 @@ class CrashStore:
     # -- public ---------------------------------------------------------------
 
     def record(self, report: CrashReport, core: corefile.CoreRequest | None = None) -> dict[str, Any]:
-        """Store a crash: a full report, or only a count if its signature is flooding;
-        with ``core``, its core as the policy says (:mod:`tracerd.crash.corefile`)."""
+        """A full report, or only a count while its signature floods; ``core`` kept by policy."""
         if self.read_only:
             raise PermissionError(f"crash store {self.directory} is open read-only")
         with self._lock:
             now = self._clock()
             sig, pid, name = report.signature, report.process.get("pid"), report.process.get("name")
             entry = self._entries.get(sig)
-            # A clock stepped back (elapsed < 0) must not silence full reports for as long.
+            # a clock stepped back must not silence full reports for as long
             flooding = entry is not None and 0 <= now - _epoch(entry["last_full"]) < self.flood_window
-            # a repeat naming more frames than the kept report (strace's, then the watcher's) is kept too
+            # a repeat naming more frames than the kept report is kept too
             better = entry is not None and report.named_frames > _kept_frames(entry)
             full = entry is None or entry["report"] is None or not flooding or better
             crash_id = None
@@ -357,8 +334,7 @@ class CrashStore:
         return read_json_at(self._fd, name)
 
     def _write_atomic(self, name: str, data: bytes) -> None:
-        """Write ``name`` so that readers see the old file or all of the new one,
-        and the rename survives a power cut (or the report may vanish)."""
+        """Readers see the old file or all of the new one; the rename survives a power cut."""
         atomic.write_at(self._fd, name, data, 0o640, prefix=TEMP_PREFIX)
 
 
@@ -421,8 +397,7 @@ def _open_for_reading(directory: Path) -> int:
 
 
 def read_json_at(dir_fd: int, name: str) -> Any:
-    """A JSON file of the crash directory ``dir_fd``: never through a symlink,
-    a regular file, at most MAX_FILE bytes (the store's and the readers' one rule)."""
+    """A regular JSON file of the crash directory, never via a symlink, at most MAX_FILE bytes."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
