@@ -1,34 +1,19 @@
 """Cores kept beside the reports: the policy, zstd compression, the budget.
 
-The tracer takes a core while it still holds the crashed process (the watch
-tracer's own ELF core, :mod:`tracerd.crash.coredump`; the gdb tracer's
-``gcore``).  :meth:`tracerd.crash.store.CrashStore.record` then asks this
-module whether to keep it (:func:`wanted`: ``core = "none" | "first" |
-"all"``, per rule or global; ``first`` keeps a core when its signature has
-none on disk) and :func:`keep` compresses it with zstd into
-``{crashes}/ID.core.zst``, atomically (temp file, fsync, rename, fsync of
-the directory: :func:`tracerd.atomic.write_stream_at`), before the process
-is released.  Cores are budgeted apart from the reports
-(:func:`over_budget`: ``max_core_bytes``, cores without a report first, then
-the oldest): a large core never evicts the small JSON reports, and a report
-whose core went says so (``core.state = "evicted"``).
+The store asks wanted() whether to keep a tracer's raw core (``core = "none" |
+"first" | "all"``); keep() compresses it into ``{crashes}/ID.core.zst``,
+atomically, before the process is released.  over_budget() evicts cores (never
+reports) for ``max_core_bytes``.  The report's ``core`` field: docs/crashes.md,
+"Cores and retrace".
 
-The report's ``core`` field (docs/crashes.md "Cores and retrace")::
+Security: the raw core is tracerd's own file or the watcher's memfd, opened
+O_NOFOLLOW, a regular file.  The compressed core is created 0600 relative to
+the store's fd: it holds the process's memory (passwords, mail).  Names are the
+store's crash ids, never a client's text.
 
-    {"state": "saved" | "skipped" | "evicted", "file": "ID.core.zst" | null,
-     "raw_bytes": N, "bytes": N, "seconds": S, "reason": "..." | null}
-
-Security: the raw core is tracerd's own file (capture directory) or the
-watcher's memfd; it is opened with O_NOFOLLOW and must be a regular file.
-The compressed core is created 0600 in the store's directory, relative to
-its fd, so only root (tracerd) reads it: a core holds the process's memory
-(passwords, mail).  Names are the store's crash ids, never a client's text.
-
-Diagnostics: every way a core is not kept is one line in ``reason`` (the
-policy, ``max_core_process_bytes``, ``core_timeout``, ``max_core_bytes``, an
-OSError); the compression stops at the ``core_timeout`` deadline and leaves
-nothing behind, so the process is released in time.  :func:`decompress`
-raises :class:`CoreError` with one line for a damaged or truncated core.
+Diagnostics: every core not kept is one line in ``reason``; the compression
+stops at ``core_timeout`` and leaves nothing behind.  decompress() raises
+CoreError, one line, for a damaged or truncated core.
 """
 
 from __future__ import annotations
@@ -115,8 +100,7 @@ def keep(dir_fd: int, crash_id: str, request: CoreRequest, *, temp_prefix: str) 
 
 
 def written_bytes(fd: int) -> int:
-    """A raw core's bytes written: the pages the file holds, not its holes (the watcher's core,
-    as the kernel's, is sparse: a thread's untouched stack is a hole)."""
+    """A raw core's bytes written: its pages, not its holes (a thread's untouched stack is one)."""
     info = os.fstat(fd)
     return min(info.st_size, info.st_blocks * 512)
 
@@ -230,8 +214,7 @@ def cores_on_disk(dir_fd: int) -> list[tuple[int, str, int]]:
 
 
 def over_budget(dir_fd: int, max_bytes: int, reports: set[str], keep_id: str | None) -> list[str]:
-    """Delete cores until they fit ``max_bytes``: cores without a report first, then the oldest
-    (``keep_id``, the core just written, last of all); the crash ids whose core went."""
+    """Delete cores to fit ``max_bytes``, reportless first, then oldest, ``keep_id`` last; the ids gone."""
     cores = cores_on_disk(dir_fd)
     total = sum(size for _, _, size in cores)
     order = sorted(cores, key=lambda c: (c[1] in reports, c[1] == keep_id, c[0]))

@@ -1,18 +1,17 @@
 """Crash reports: the model every tracer fills, and its signature.
 
-A tracer that sees a fatal signal fills a :class:`CrashReport` and hands it
-to :meth:`tracerd.crash.store.CrashStore.record` before releasing the process.
-Its signature (:mod:`tracerd.crash.signature`) is program, signal, an
-assertion's location and the top frames past libc's abort path, never
-addresses, so the same bug in another pid (or moved by ASLR) is the same
-crash.  A signal another process sent (``kill -SEGV``, see
-:func:`tracerd.crash.siginfo.sent_by_another`) is no bug in the top frame:
-its signature is :func:`sent_signature`, the program and the signal, and the
-report says so (``signature_basis``).
+A tracer that sees a fatal signal fills a CrashReport and hands it to
+CrashStore.record() before releasing the process.  The signature
+(tracerd.crash.signature) is program, signal, an assertion's location and the
+top frames, never addresses; a signal another process sent is signed by
+program and signal only, and ``signature_basis`` says which.
 
-Security: the report's strings are the target's and are data only; they
-never name a file, and the summary and log block replace control characters
-so a hostile symbol cannot forge log lines.
+Security: the report's strings are the target's and data only; they never
+name a file, and the summary and log block replace control characters so a
+hostile symbol cannot forge log lines.
+
+Diagnostics: no I/O here; crashed_thread() raises ValueError for a report
+without threads; an unnamed frame prints as ``??``.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ from tracerd.textclean import LINES, clean
 INDEX = "index.json"
 TEMP_PREFIX = ".tmp-"
 MAX_REPEATS = 100
-# A crash id (or a signature): what the store names report files by, and all
-# that a request or the command line may give for one.
+# a crash id or signature: all a request or the command line may give for one
 CRASH_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PUBLIC_FIELDS = (
     "id", "signature", "count", "first_seen", "last_seen", "name", "pid", "signal", "top", "report", "capture",
@@ -58,7 +56,7 @@ class Frame:
     line: int | None
     object: str | None
     address: str | None
-    pc: str | None = None  # absolute program counter (docs/crashes.md "Cores and retrace")
+    pc: str | None = None  # absolute (docs/crashes.md "Cores and retrace")
     module_offset: str | None = None  # pc - the module's load bias: the address in its ELF file
     build_id: str | None = None  # of the module the pc is in
 
@@ -82,7 +80,7 @@ class Library:
     debug_package: str | None = None
     bias: str | None = None  # load bias: where the ELF's vaddr 0 is in the process
     deleted: bool = False  # the mapped file was deleted or replaced on disk ("(deleted)")
-    build_id_source: str | None = None  # "map_files": read from the mapped copy; "path": from the file on disk
+    build_id_source: str | None = None  # "map_files" (the mapped copy) or "path" (the file on disk)
 
 
 def _clean(text: object, *, lines: bool = False) -> str:
@@ -167,8 +165,7 @@ class CrashReport:
 
     @property
     def signature_kind(self) -> str:
-        """``sender`` (kill from another process), ``overflow`` (a recursion's cycle), ``frames``,
-        or ``program`` (no frames)."""
+        """``sender`` (another process's kill), ``overflow`` (a recursion), ``frames`` or ``program``."""
         if self.sent_by_another:
             return "sender"
         if overflow_cycle(self.stack_overflow, self._crashed_frames()):

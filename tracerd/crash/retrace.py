@@ -1,36 +1,19 @@
 """Retrace: name a stored report's frames again from the debug files available now.
 
-A report keeps, for each frame, its module's build-id and the offset of its
-pc in that module (:mod:`tracerd.crash.modules`).  :func:`retrace` looks
-for each build-id's debug file, first under the local roots
-(``/usr/lib/debug/.build-id/xx/yyyy.debug``, where Debian's ``-dbgsym``
-packages put them), then from debuginfod (:mod:`tracerd.crash.debuginfod`),
-and asks binutils' ``addr2line`` for the function and file:line of every
-frame of that module at once.  A return address (every frame but the
-innermost, and the one a signal interrupted) is looked up one byte back, so
-that the line is the call's.  Only what gdb left unnamed is filled: a frame
-with a function and file:line keeps them (gdb knows inlined frames, addr2line
-without ``-i`` does not); a named frame without file:line gets only those.
-addr2line's file names are normalised (``./nptl/./nptl/x.c`` ->
-``nptl/x.c``).  The result records which frames changed, to what, and from
-which source (docs/crashes.md "Cores and retrace").
+retrace() finds each frame's debug file by build-id (the local ``.build-id``
+roots, then debuginfod) and asks binutils' ``addr2line`` for what gdb left
+unnamed; a return address is looked up one byte back.  keep() puts the record
+(``ID.retrace``) into the stored report and its index entry, atomically, under
+the store's lock.  Rules and record: docs/crashes.md, "Cores and retrace".
 
-:func:`keep` puts a record (``ID.retrace``, beside the report) into the stored
-report: its frames, gdb's ``bt full`` lines of those frames, its ``top`` and
-the index entry's, written atomically under the store's lock, so ``crash
-ID`` and ``crashes`` show the names.  tracerd runs it for ``tracerctl
-retrace`` (the ``crash-retrace`` operation, root only); with tracerd down,
-tracerctl runs it on the store itself.
+Security: the report is data: a build-id must be hex and an offset an integer
+before either reaches a path or addr2line's argv (no shell); addr2line runs
+with a timeout, on files found by build-id only.
 
-Security: the report is data: a build-id must be hex and an offset an
-integer before either reaches a path or addr2line's argv (no shell);
-addr2line runs with a timeout on files found by build-id only.
-
-Diagnostics: a module without a debug file, a debuginfod failure or an
-addr2line failure is one line in ``errors`` and its frames stay as they
-were; nothing raises past :class:`RetraceError` (a report without the
-fields a retrace needs).  :func:`keep` raises NotFound (no report, no
-record) or OSError (the report not written: it stays as it was).
+Diagnostics: a module without a debug file, a debuginfod or addr2line failure
+is one line in ``errors``, its frames unchanged; RetraceError for a report
+without the fields a retrace needs.  keep() raises NotFound (no report, no
+record) or OSError (the report left as it was).
 """
 
 from __future__ import annotations
@@ -153,8 +136,7 @@ def named_by_gdb(frame: dict[str, Any]) -> bool:
 
 
 def source_path(name: str) -> str:
-    """addr2line's file name, normalised: its directory joined twice (``./nptl/./nptl/x.c``,
-    binutils on DWARF 5) once, and ``.``/``..`` resolved; absolute names stay absolute."""
+    """addr2line's file name normalised (DWARF 5's ``./nptl/./nptl/x.c`` is ``nptl/x.c``)."""
     head, sep, tail = name.partition("/./")
     stem = os.path.normpath(head) if sep else ""
     if sep and stem not in (".", "/") and (tail == stem or tail.startswith(stem + "/")):
@@ -196,8 +178,7 @@ def _addr2line(path: Path, offsets: list[int]) -> list[tuple[str | None, str | N
 
 
 def apply(report: dict[str, Any], record: dict[str, Any]) -> int:
-    """The record's names into the report's frames gdb left unnamed (the same pc), their
-    lines of gdb's ``bt full`` text, and the report's ``top``; how many frames changed."""
+    """The record's names into frames gdb left unnamed, their ``bt full`` lines, ``top``; the count."""
     changes = {(c.get("thread"), c.get("level")): c for c in record.get("changed") or [] if isinstance(c, dict)}
     applied = 0
     for thread in report.get("threads") or []:
@@ -265,10 +246,7 @@ def _text(value: object) -> str | None:
 
 
 def keep(store: CrashStore, crash_id: str) -> dict[str, Any]:
-    """The record ``ID.retrace`` into the stored report ``ID.json`` and its index entry.
-
-    Runs in tracerd (``crash-retrace``) or, with tracerd down, in tracerctl.
-    Returns ``{"id", "applied", "top"}``; NotFound without a report or record."""
+    """The record ``ID.retrace`` into the report ``ID.json`` and its entry: ``{"id", "applied", "top"}``."""
     if store.read_only:
         raise PermissionError(f"crash store {store.directory} is open read-only")
     with store._lock:
