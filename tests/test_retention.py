@@ -110,15 +110,17 @@ def test_delete_older_than(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
 
 
 @pytest.mark.parametrize("age", ["30", "30x", "-1d", "0s", "1.5d", "d", "30 d", "99999999999d"])
-def test_bad_age_is_one_line(daemon: Any, age: str) -> None:
-    result = daemon.ctl("crash-delete", f"--older-than={age}")
+def test_bad_age_is_one_line(shared_daemon: Any, age: str) -> None:
+    result = shared_daemon.ctl("crash-delete", f"--older-than={age}")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
         f"tracerctl: tracerctl crash-delete: argument --older-than: bad age {age!r}: want a whole number above 0"
         " and a unit: s, m, h or d (30d), at most 100 years")  # fmt: skip
 
 
-def test_unknown_id_and_usage(daemon: Any) -> None:
+def test_unknown_id_and_usage(shared_daemon: Any) -> None:
+    """Refusals: nothing is deleted, so the module's one tracerd serves them."""
+    daemon = shared_daemon
     result = daemon.ctl("crash-delete", "20200101T000000Z-deadbeef-1")
     assert result.returncode == 1
     assert result.stderr == ("tracerctl: no crash 20200101T000000Z-deadbeef-1 (an id as `tracerctl crashes`"
