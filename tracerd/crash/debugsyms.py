@@ -1,33 +1,19 @@
 """Debug-symbol advice that works here: which objects lack line info, and how to get it.
 
-A frame without file:line has no debug info, named function or not.  For
-every object with such frames :func:`missing_symbols` gives its Debian
-package (``dpkg -S``) and exact installed version (``dpkg-query``), the
-package holding its detached symbols (``P-dbgsym``, or ``libc6-dbg``), and
-whether apt can install exactly that version now (``apt-cache policy``).
-:func:`advice` says what to do on this system: the ``debian-debug`` archive
-line for this release (``VERSION_CODENAME`` of /etc/os-release), needed
-when apt cannot see the ``-dbgsym`` package, or debuginfod
-(``https://debuginfod.debian.net``), each with whether it is already
-configured.  The ``-dbgsym`` package is built per source package version:
-the advice installs ``P-dbgsym=VERSION``, each once however many of its
-objects lack symbols (the later objects' notes point at the first's).  A
-file no package owns gets its note only: no archive or debuginfod advice,
-which could not name it.  See docs/design.md, "Files".
+missing_symbols() gives each object with frames lacking file:line its Debian
+package and version, its ``-dbgsym`` package and whether apt offers that exact
+version; advice() says once how to get them on this system (the debian-debug
+archive line, debuginfod).  Fields: docs/design.md, "Files".  These run dpkg
+and apt-cache: call them from a thread.  Answers are cached per object and
+build-id, apt's until apt's lists change.
 
-These functions run dpkg and apt-cache: call them from a thread, never on
-the event loop (:mod:`tracerd.gdb.capture` does, through ``asyncio.to_thread``).
-Per object path and build-id the answers are cached; apt's are also keyed
-on the time apt's lists last changed (an ``apt-get update`` is seen).
+Security: object paths are the crashed process's, untrusted: dpkg gets only
+absolute paths without glob characters (elfinfo), package names are checked
+against Debian's syntax, every program runs from an argv with a fixed
+environment and a timeout.
 
-Security: the objects are the crashed process's, so their paths are
-untrusted: dpkg only gets absolute paths without glob characters (see
-:mod:`tracerd.crash.elfinfo`), package names are checked against Debian's syntax
-before they reach dpkg-query or apt-cache, every program runs from an argv
-list with a fixed environment and a timeout.
-
-Diagnostics: none raise.  A missing or slow dpkg or apt-cache leaves the
-fields it would have filled None, and the note says what is not known.
+Diagnostics: none raise.  A missing or slow dpkg or apt-cache leaves its fields
+None, and the note says what is not known.
 """
 
 from __future__ import annotations
@@ -203,11 +189,7 @@ def _is_debian() -> bool:
 
 
 def missing_symbols(threads: list[Any], build_ids: Mapping[str, str | None]) -> list[dict[str, Any]]:
-    """Every object with frames lacking file:line, with its package facts and a note.
-
-    ``threads`` are :class:`~tracerd.crash.report.Thread`; ``build_ids`` maps object
-    paths to build-ids already read.  Runs dpkg and apt-cache: not on the loop.
-    """
+    """Every object with frames lacking file:line, its package facts and a note; not on the loop."""
     counts: dict[str, int] = {}
     for thread in threads:
         for frame in thread.frames:
@@ -231,8 +213,7 @@ def missing_symbols(threads: list[Any], build_ids: Mapping[str, str | None]) -> 
 
 
 def advice(missing: list[dict[str, Any]], environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """How to get the symbols of ``missing`` on this system, once; None when no package owns
-    any of them (each unowned object's note says what to do)."""
+    """How to get ``missing``'s symbols on this system; None when no package owns any of them."""
     owned = [entry for entry in missing if entry.get("package")]
     if not owned:
         return None

@@ -1,30 +1,19 @@
 """ELF facts a crash report needs: the GNU build-id, and who ships the symbols.
 
-:func:`build_id` reads the ``NT_GNU_BUILD_ID`` note of an ELF file (32- or
-64-bit, little or big endian) with :mod:`struct`: from the ``PT_NOTE``
-segments when the file has program headers (executables, shared objects),
-else from its ``SHT_NOTE`` sections (detached ``.debug`` files, objects).
+build_id() reads the ``NT_GNU_BUILD_ID`` note (32/64-bit, either endian) from
+the PT_NOTE segments, else the SHT_NOTE sections (detached ``.debug`` files).
+owner(), debug_file_owner() and debug_package_of() name the Debian package of a
+file or of its symbols (``-dbgsym``; ``libc6-dbg``); they run dpkg: call them
+from a thread.
 
-:func:`owner` names the Debian package (and architecture) that installed a
-file, per ``dpkg -S``; :func:`debug_file_owner` the owner of
-``/usr/lib/debug/.build-id/xx/rest.debug`` when that file exists, and
-:func:`debug_package_of` a package's debug package (``-dbgsym``; ``libc6``
-ships ``libc6-dbg`` instead).  They run dpkg: call them from a thread (:mod:`tracerd.crash.debugsyms`).
+Security: the files are the crashed process's objects, untrusted: opened
+O_NONBLOCK, read only if regular; an ``untrusted`` path is resolved by readlink
+alone, opened O_NOFOLLOW and only if lstat says regular.  Offsets and sizes are
+checked against the file's size, note reads capped.  dpkg runs from an argv, no
+shell, 5 s timeout, given only absolute paths without glob characters.
 
-Security: the files read are the crashed process's objects, so they are
-untrusted input.  Each is opened with ``O_NONBLOCK`` (a FIFO planted under a
-library's name cannot hang us) and read only if it is a regular file; a path
-the target names is resolved by readlink alone (``realpath``) and not opened
-at all unless lstat says it is a regular file, then never through a symlink
-(``O_NOFOLLOW``); every
-offset and size read from the file is checked against the file's size, and
-the note area read is capped.  dpkg runs from an argv list, no shell, with a
-5 s timeout, and is only ever given an absolute path without glob characters
-(``dpkg -S`` treats anything else as a search pattern).
-
-Diagnostics: none raise.  A file that is not ELF, is truncated, has no
-build-id or cannot be read gives None; so do a missing or slow dpkg and a
-file no package owns.
+Diagnostics: none raise.  Not ELF, truncated, no build-id, unreadable: None;
+likewise a missing or slow dpkg, and a file no package owns.
 """
 
 from __future__ import annotations
@@ -52,12 +41,10 @@ DEBUG_PACKAGE_EXCEPTIONS = {"libc6": "libc6-dbg"}
 
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _HEX_RE = re.compile(r"[0-9a-f]{4,512}")
-# usrmerge: dpkg knows a file by the path its package shipped, which may be
-# the other side of a /lib -> usr/lib symlink.
+# usrmerge: dpkg knows the shipped path, maybe across a /lib -> usr/lib symlink
 _MERGED = (("/usr/lib/", "/lib/"), ("/usr/lib64/", "/lib64/"), ("/usr/bin/", "/bin/"), ("/usr/sbin/", "/sbin/"))
 
-# Per ELF class: the header after e_ident, then the program and section
-# header rows with where their (type, offset, size, align) fields sit.
+# per ELF class: the header after e_ident; header table rows, where (type, offset, size, align) sit
 _HEADER = {1: "HHIIIIIHHHHHH", 2: "HHIQQQIHHHHHH"}
 _PHDR = {1: ("IIIIIIII", (0, 1, 4, 7)), 2: ("IIQQQQQQ", (0, 2, 5, 7))}
 _SHDR = {1: ("IIIIIIIIII", (1, 4, 5, 8)), 2: ("IIQQQQIIQQ", (1, 4, 5, 8))}
@@ -67,9 +54,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def build_id(path: str | Path, *, untrusted: bool = False) -> str | None:
-    """The GNU build-id of the ELF file at ``path`` as hex, or None.  An ``untrusted``
-    path (one the target names) is opened only when lstat says it is a regular
-    file, and never through a symlink (O_NOFOLLOW): no device node is ever opened."""
+    """The GNU build-id of the ELF file at ``path`` as hex, or None; ``untrusted``: see open_regular."""
     try:
         fd = open_regular(path, untrusted=untrusted)
     except (OSError, ValueError, TypeError):
@@ -85,7 +70,7 @@ def build_id(path: str | Path, *, untrusted: bool = False) -> str | None:
 
 
 def open_regular(path: str | Path, *, untrusted: bool = False) -> int:
-    """``path`` opened read-only without blocking (a FIFO cannot hang us); see :func:`build_id`."""
+    """``path`` read-only, non-blocking (a FIFO cannot hang us); ``untrusted``: no symlink, no device."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     if untrusted:  # links resolved by readlink alone (a SONAME), then the file itself, never a device
         path = os.path.realpath(path)
@@ -96,8 +81,7 @@ def open_regular(path: str | Path, *, untrusted: bool = False) -> int:
 
 
 def debug_links(fd: int) -> tuple[bytes | None, bytes | None]:
-    """The ``.gnu_debuglink`` file name and ``.gnu_debugaltlink`` path of the ELF file
-    open at ``fd`` (what gdb opens to find its symbols), each None when absent."""
+    """The ``.gnu_debuglink`` name and ``.gnu_debugaltlink`` path of the ELF at ``fd``, None when absent."""
     try:
         with os.fdopen(os.dup(fd), "rb") as elf:
             return _debug_links(elf, os.fstat(elf.fileno()).st_size)
@@ -244,10 +228,7 @@ def debug_package_of(package: str) -> str:
 
 
 def owner(path: str) -> tuple[str, str | None] | None:
-    """(package, architecture or None) that ``dpkg -S`` says installed ``path``, or None.
-
-    Tried under each name dpkg may know the file by (see :func:`_candidates`).
-    """
+    """(package, architecture or None) that ``dpkg -S`` says installed ``path``, under any of its names."""
     dpkg = _dpkg()
     if dpkg is None:
         return None

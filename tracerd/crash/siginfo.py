@@ -1,30 +1,18 @@
 """Fatal signals decoded from their siginfo, never guessed.
 
-A crash report says *why* the signal came: :data:`CODES` names every Linux
-``si_code`` of the fatal signals (SEGV, BUS, ILL, FPE, ABRT, SYS, TRAP) and
-the generic ones (``SI_USER``, ``SI_KERNEL``, ``SI_QUEUE``, ``SI_TKILL``...),
-as ``include/uapi/asm-generic/siginfo.h`` defines them.  Which union member
-of ``_sifields`` holds data follows the kernel's ``siginfo_layout()``:
+GENERIC and SPECIFIC name every Linux ``si_code`` of the fatal signals and the
+generic ones (include/uapi/asm-generic/siginfo.h).  Which ``_sifields`` member
+holds data follows the kernel's ``siginfo_layout()``: the sender for SI_USER and
+the negative codes, the fault address for a kernel-raised SEGV/BUS/ILL/FPE/TRAP,
+neither for SI_KERNEL, the system call for SIGSYS.  fields_to_read() says what
+to ask gdb; decode() makes the report's ``signal`` (docs/design.md, "Files").
 
-- ``SI_USER`` and the negative codes but ``SI_TIMER``/``SI_SIGIO`` were sent
-  by a process (kill, tgkill, sigqueue): ``_kill.si_pid``/``si_uid`` name
-  the sender; there is no fault address;
-- a code between 1 and the signal's last code, for SEGV, BUS, ILL, FPE and
-  TRAP, is a fault the kernel raised: ``_sigfault.si_addr`` is the address;
-- ``SI_KERNEL`` (e.g. a general protection fault on x86-64) carries neither;
-- SYS with ``SYS_SECCOMP``/``SYS_USER_DISPATCH`` names the system call.
+Security: pure functions over integers.  The sender's pid and uid are the
+kernel's for SI_USER and SI_TKILL, but what the sender claimed for SI_QUEUE and
+the other sigqueue codes: reported, never trusted for access.
 
-:func:`fields_to_read` says which ``$_siginfo`` fields to ask gdb for, given
-si_signo and si_code; :func:`decode` turns the answers into the report's
-``signal`` dict (see docs/design.md, "Files").
-
-Security: pure functions over integers, standard library only.  For
-``SI_USER`` and ``SI_TKILL`` the kernel fills the sender's pid and uid; for
-``SI_QUEUE`` and the other sigqueue codes they are what the sending process
-claimed (rt_sigqueueinfo), so they are reported, never trusted for access.
-
-Diagnostics: none raise; an unknown code gets a None name, an unreadable
-field a None value.
+Diagnostics: none raise; an unknown code gets a None name, an unreadable field
+a None value.
 """
 
 from __future__ import annotations
@@ -33,8 +21,7 @@ import re
 import signal as signalmod
 from typing import Any
 
-# The signals whose default action kills with a core: the ones a crash report
-# is for (every part of tracerd takes them from here).
+# the signals whose default action dumps core: what a crash report is for, tracerd-wide
 FATAL_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
 SI_USER = 0
 SI_KERNEL = 0x80
@@ -60,8 +47,7 @@ GENERIC: dict[int, tuple[str, str]] = {
     SI_ASYNCNL: ("SI_ASYNCNL", "asynchronous name lookup completed"),
 }
 
-# Per signal: code -> (name, meaning).  The codes run 1..N without gaps; N is
-# the kernel's NSIGxxx, past which a code has no fault layout.
+# per signal: code -> (name, meaning), 1..N without gaps; past the kernel's NSIGxxx, no fault layout
 SPECIFIC: dict[int, dict[int, tuple[str, str]]] = {
     signalmod.SIGILL: {
         1: ("ILL_ILLOPC", "illegal opcode"),
@@ -202,13 +188,8 @@ def decode(
     *,
     own_pid: int | None = None,
 ) -> dict[str, Any]:
-    """The report's ``signal`` dict from si_signo, si_code and the fields read.
-
-    ``fields`` holds what :func:`fields_to_read` asked for (missing or None:
-    unreadable); ``own_pid`` is the crashed process's pid as it knows itself,
-    to tell raise()/abort() (``self_sent``) from a kill by another process.
-    A field that does not belong to the code is never reported.
-    """
+    """The report's ``signal``; ``fields`` as fields_to_read() asked (missing or None: unreadable).
+    ``own_pid``, the pid as the process knows itself, tells raise()/abort() (``self_sent``) from a kill."""
     fields = fields or {}
     out: dict[str, Any] = {
         "number": signo,
