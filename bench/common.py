@@ -14,12 +14,14 @@ import dataclasses
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +41,7 @@ BIN = support.BIN
 # what bench scripts import from here
 __all__ = ["BIN", "C_DIR", "ROOT", "proc_state", "reap", "wait_until"]
 RESULTS = ROOT / "bench" / "results"
+ENDED = ("exited", "crashed", "detached", "failed")  # a session's end states (tracerd/daemon/sessions.py)
 
 
 def compile_c(name: str, out: Path, *flags: str) -> Path:
@@ -151,6 +154,66 @@ def stderr_lines(root: Path, *words: str, limit: int = 10) -> list[str]:
 def request(sock: Path, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
     """One request to tracerd's socket, exactly as tracerctl sends it."""
     return call(str(sock), {"op": op, **fields}, timeout=timeout)
+
+
+def wait_ended(sock: Path, pid: int, timeout: float = 60.0) -> dict[str, Any]:
+    """The session of ``pid`` once it has ended; AssertionError past ``timeout``."""
+
+    def ended() -> dict[str, Any] | None:
+        session: dict[str, Any] = request(sock, "show", pid=pid).get("session") or {}
+        return session if session.get("state") in ENDED else None
+
+    session: dict[str, Any] | None = wait_until(ended, f"session {pid} ended", timeout, interval=0.02)
+    assert session is not None
+    return session
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    """The target's next stdout line, stripped; RuntimeError if none within ``timeout``."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise RuntimeError(f"target {proc.pid} printed nothing within {timeout} s")
+    return proc.stdout.readline().decode().strip()
+
+
+class Crasher:
+    """A hooked target that faults on one byte on stdin; its parent's waitpid() is timed on a thread.
+
+    A context manager: the target is reaped on the way out, whatever happened.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.pid = self.proc.pid
+        self._gone: list[float] = []
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+
+    def __enter__(self) -> Crasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        reap(self.proc)
+
+    def _wait(self) -> None:
+        self.proc.wait()
+        self._gone.append(time.monotonic())
+
+    def line(self, timeout: float = 60.0) -> str:
+        return read_line(self.proc, timeout)
+
+    def fault(self) -> float:
+        """Start timing the waitpid(), send the byte; the monotonic time just before it."""
+        assert self.proc.stdin is not None
+        self._waiter.start()
+        at = time.monotonic()
+        self.proc.stdin.write(b"x")
+        return at
+
+    def gone(self, timeout: float) -> float | None:
+        """When the waitpid() returned (monotonic), or None if not within ``timeout``."""
+        self._waiter.join(timeout=timeout)
+        return self._gone[0] if self._gone else None
 
 
 def no_core_dumps() -> None:

@@ -59,7 +59,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,14 +71,17 @@ import overflow_case
 import threads_case
 from common import (
     BIN,
+    Crasher,
     compile_c,
     no_core_dumps,
     private_tracerd,
+    read_line,
     reap,
     request,
     save,
     stderr_events,
     summary,
+    wait_ended,
     wait_until,
 )
 
@@ -101,7 +103,6 @@ IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 REPORT_NAME = re.compile(r"^[A-Za-z0-9._-]+\.json$")
 EXPECTED_TOP = ["crash_here", "level_two", "level_one"]
-ENDED = ("exited", "crashed", "detached", "failed")
 
 
 class Inotify:
@@ -144,23 +145,6 @@ class Inotify:
         os.close(self.fd)
 
 
-def read_line(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        raise RuntimeError(f"target {proc.pid} printed nothing within {timeout} s")
-    return proc.stdout.readline().decode().strip()
-
-
-def wait_ended(sock: Path, pid: int, timeout: float = 60.0) -> dict[str, Any]:
-    """The session of pid once it has ended (so that crashes never overlap)."""
-    def ended() -> dict[str, Any] | None:
-        session: dict[str, Any] = request(sock, "show", pid=pid).get("session") or {}
-        return session if session.get("state") in ENDED else None
-
-    return wait_until(ended, f"session {pid} ended", timeout, interval=0.02)
-
-
 @dataclass
 class Setup:
     exe: Path
@@ -188,48 +172,35 @@ def wait_warm(sock: Path, timeout: float = 30.0) -> bool:
 def one_crash(setup: Setup, kind: str) -> dict[str, Any]:
     """One segv; returns fault->report and fault->gone in ms (report None when untraced)."""
     exe, hook, sock, crashes, watch = setup.exe, setup.hook, setup.sock, setup.crashes, setup.watch
-    name = f"crash-{kind}"
-    argv = [str(exe), "-" if kind == "untraced" else hook, name, "segv"]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-    gone: list[float] = []
-    try:
-        line = read_line(proc)
+    argv = [str(exe), "-" if kind == "untraced" else hook, f"crash-{kind}", "segv"]
+    with Crasher(argv) as target:
+        line = target.line()
         if line != "hook=0":
-            return {"kind": kind, "pid": proc.pid, "error": f"hook failed: {line}"}
+            return {"kind": kind, "pid": target.pid, "error": f"hook failed: {line}"}
         warm = wait_warm(sock)
         watch.names()  # forget anything older than this crash
-
-        def wait_for_it() -> None:  # the parent's waitpid(), timed when it returns
-            proc.wait()
-            gone.append(time.monotonic())
-
-        waiter = threading.Thread(target=wait_for_it, daemon=True)
-        waiter.start()
-        assert proc.stdin is not None
-        fault = time.monotonic()
-        proc.stdin.write(b"x")
+        fault = target.fault()
         report = None if kind == "untraced" else watch.wait_report(fault + 60.0)
-        waiter.join(timeout=60.0)
-        result: dict[str, Any] = {"kind": kind, "pid": proc.pid, "status": proc.returncode, "warm_ready": warm}
-        if not gone:
+        gone = target.gone(timeout=60.0)
+        result: dict[str, Any] = {"kind": kind, "pid": target.pid, "status": target.proc.returncode,
+                                  "warm_ready": warm}  # fmt: skip
+        if gone is None:
             result["error"] = "target did not end within 60 s"
             return result
-        result["gone_ms"] = (gone[0] - fault) * 1000
+        result["gone_ms"] = (gone - fault) * 1000
         if kind != "untraced":
-            session = wait_ended(sock, proc.pid)
+            session = wait_ended(sock, target.pid)
             result["state"] = session.get("state")
             if report is None:
                 result["error"] = f"no report within 60 s (session {session.get('state')}, {session.get('error')})"
                 return result
             result["report_ms"] = (report[0] - fault) * 1000
             body = json.loads((crashes / report[1]).read_text())
-            result["report_pid_ok"] = body.get("process", {}).get("pid") == proc.pid
+            result["report_pid_ok"] = body.get("process", {}).get("pid") == target.pid
             result["report_top_ok"] = body.get("top", [])[:3] == EXPECTED_TOP
             result["report_libraries"] = len(body.get("libraries") or [])
             result["report_bytes"] = (crashes / report[1]).stat().st_size
         return result
-    finally:
-        reap(proc)
 
 
 def daemon_tree(sock: Path) -> tuple[psutil.Process, list[psutil.Process]]:

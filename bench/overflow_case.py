@@ -17,13 +17,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, no_core_dumps, private_tracerd, reap, request, summary, wait_until
+from common import BIN, Crasher, no_core_dumps, private_tracerd, summary, wait_ended
 
 from tests.support import compile_c  # -O0, as the tests build it: at -O2 gcc turns the recursion into a loop
 
@@ -35,39 +33,22 @@ CONFIG = "crash_flood_window = 0\n" + "".join(
 
 
 def one_overflow(exe: Path, hook: str, sock: Path, tracer: str, mode: str) -> dict[str, Any]:
-    proc = subprocess.Popen([str(exe), hook, f"overflow-{tracer}", mode], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, bufsize=0)  # fmt: skip
-    gone: list[float] = []
-    try:
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        if proc.stdout.readline() != b"hook=0\n":
-            return {"tracer": tracer, "mode": mode, "error": "hook failed"}
-        def wait_for_it() -> None:  # the parent's waitpid(), timed when it returns
-            proc.wait()
-            gone.append(time.monotonic())
-
-        waiter = threading.Thread(target=wait_for_it, daemon=True)
-        waiter.start()
-        proc.stdin.write(b"x")
-        start = float(proc.stdout.readline().decode().split("=", 1)[1])
-        waiter.join(timeout=300)
-        result: dict[str, Any] = {"tracer": tracer, "mode": mode, "status": proc.returncode}
-        if not gone:
+    with Crasher([str(exe), hook, f"overflow-{tracer}", mode]) as target:
+        line = target.line()
+        if line != "hook=0":
+            return {"tracer": tracer, "mode": mode, "error": f"hook failed: {line}"}
+        target.fault()
+        start = float(target.line().split("=", 1)[1])  # the target's clock, just before it recurses
+        gone = target.gone(timeout=300)
+        result: dict[str, Any] = {"tracer": tracer, "mode": mode, "status": target.proc.returncode}
+        if gone is None:
             return {**result, "error": "not gone within 300 s"}
-        result["gone_ms"] = (gone[0] - start) * 1000
-
-        def ended() -> str | None:
-            session: dict[str, Any] = request(sock, "show", pid=proc.pid).get("session") or {}
-            return str(session.get("crash")) if session.get("state") in ("crashed", "exited", "failed") else None
-
-        crash = wait_until(ended, "session ended", 60)
+        result["gone_ms"] = (gone - start) * 1000
+        crash = wait_ended(sock, target.pid).get("crash")
         shown = subprocess.run([str(BIN / "tracerctl"), "--socket", str(sock), "--json", "crash", str(crash)],
                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         info = json.loads(shown.stdout)["crash"].get("stack_overflow") or {} if shown.returncode == 0 else {}
         return {**result, **{key: info.get(key) for key in ("depth", "depth_source", "cycle", "cycle_count")}}
-    finally:
-        reap(proc)
 
 
 def run(runs: int) -> dict[str, Any]:

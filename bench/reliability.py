@@ -50,6 +50,7 @@ from common import (
     request,
     save,
     support,
+    wait_ended,
     wait_until,
 )
 
@@ -207,12 +208,7 @@ def fifo_lib_run(tmp: Path) -> dict[str, object]:
         status = proc.wait(timeout=120)
         held = time.monotonic() - fault
         reap(proc)
-
-        def ended() -> dict[str, object] | None:
-            session: dict[str, object] = request(sock, "show", pid=proc.pid).get("session") or {}
-            return session if session.get("state") not in (None, "attached") else None
-
-        session = wait_until(ended, "the session's end", timeout=30)
+        session = wait_ended(sock, proc.pid, timeout=30)
         crash = session.get("crash")
         frames = 0
         if crash:

@@ -19,13 +19,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, no_core_dumps, private_tracerd, reap, request, summary, wait_until
+from common import BIN, Crasher, no_core_dumps, private_tracerd, summary, wait_ended, wait_until
 
 from tests.support import compile_c
 
@@ -53,24 +52,12 @@ def kernel_core_bytes(exe: Path) -> int | None:
 
 
 def one_crash(exe: Path, hook: str, sock: Path, crashes: Path, tracer: str) -> dict[str, Any]:
-    proc = subprocess.Popen([str(exe), hook, f"threads-{tracer}", WORKERS], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, bufsize=0)  # fmt: skip
-    gone: list[float] = []
-    try:
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        if proc.stdout.readline() != b"hook=0\n":
-            return {"tracer": tracer, "error": "hook failed"}
+    with Crasher([str(exe), hook, f"threads-{tracer}", WORKERS]) as target:
+        line = target.line()
+        if line != "hook=0":
+            return {"tracer": tracer, "error": f"hook failed: {line}"}
         before = set(crashes.glob("*.json"))
-
-        def wait_for_it() -> None:  # the parent's waitpid(), timed when it returns
-            proc.wait()
-            gone.append(time.monotonic())
-
-        waiter = threading.Thread(target=wait_for_it, daemon=True)
-        waiter.start()
-        fault = time.monotonic()
-        proc.stdin.write(b"x")
+        fault = target.fault()
 
         def new_report() -> tuple[float, Path] | None:
             fresh = [p for p in set(crashes.glob("*.json")) - before if p.name != "index.json"]
@@ -79,13 +66,13 @@ def one_crash(exe: Path, hook: str, sock: Path, crashes: Path, tracer: str) -> d
         found = wait_until(new_report, "the report", 300, 0.01)
         assert found is not None
         reported, path = found
-        waiter.join(timeout=300)
-        result: dict[str, Any] = {"tracer": tracer, "status": proc.returncode, "report_ms": (reported - fault) * 1000}
-        if not gone:
+        gone = target.gone(timeout=300)
+        result: dict[str, Any] = {"tracer": tracer, "status": target.proc.returncode,
+                                  "report_ms": (reported - fault) * 1000}  # fmt: skip
+        if gone is None:
             return {**result, "error": "not gone within 300 s"}
-        result["gone_ms"] = (gone[0] - fault) * 1000
-        wait_until(lambda: (request(sock, "show", pid=proc.pid).get("session") or {}).get("state")
-                   in ("crashed", "exited", "failed"), "session ended", 60)  # fmt: skip
+        result["gone_ms"] = (gone - fault) * 1000
+        wait_ended(sock, target.pid)
         report = json.loads(path.read_text())
         result["threads"] = len(report.get("threads") or [])
         result["named_worker_wait"] = sum(
@@ -95,8 +82,6 @@ def one_crash(exe: Path, hook: str, sock: Path, crashes: Path, tracer: str) -> d
         result.update(core_state=core.get("state"), core_raw_bytes=core.get("raw_bytes"),
                       capture_errors=len(report.get("process", {}).get("capture_errors") or []))  # fmt: skip
         return result
-    finally:
-        reap(proc)
 
 
 def run(runs: int) -> dict[str, Any]:

@@ -53,6 +53,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BIN,
+    Crasher,
     TracerCpu,
     compile_c,
     no_core_dumps,
@@ -64,6 +65,7 @@ from common import (
     stderr_events,
     stderr_lines,
     summary,
+    wait_ended,
     wait_until,
 )
 
@@ -191,38 +193,26 @@ def check_running(targets: list[Target], status: dict[str, Any]) -> dict[str, in
 
 def crash_one(exe: Path, hook: str, sock: Path, root: Path) -> dict[str, Any]:
     """One more process, watched, crashes; is it reported?"""
-    proc = subprocess.Popen(
-        [str(exe), hook, "bench-crash", "segv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
-    )
-    result: dict[str, Any] = {"pid": proc.pid}
-    try:
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        result["hook"] = proc.stdout.readline().decode().strip()
-        fault = time.monotonic()
-        proc.stdin.write(b"x")
-        proc.wait(timeout=60)
-        result["gone_ms"] = (time.monotonic() - fault) * 1000
-        result["status"] = proc.returncode
+    with Crasher([str(exe), hook, "bench-crash", "segv"]) as target:
+        result: dict[str, Any] = {"pid": target.pid, "hook": target.line()}
+        fault = target.fault()
+        gone = target.gone(timeout=60)
+        if gone is None:
+            raise RuntimeError(f"crashing target {target.pid} not gone within 60 s")
+        result["gone_ms"] = (gone - fault) * 1000
+        result["status"] = target.proc.returncode
         result.update(state=None, crash=None, report_on_disk=False)
         if result["hook"] != "hook=0":
             return result  # not traced: no session to wait for
-        last: list[dict[str, Any]] = [{}]
-
-        def ended() -> bool:
-            last[0] = request(sock, "show", pid=proc.pid).get("session") or {}
-            return last[0].get("state") not in (None, "attaching", "attached")
-
-        with contextlib.suppress(AssertionError):  # not ended in time: its state says so
-            wait_until(ended, f"session {proc.pid} ended", timeout=60)
-        session = last[0]
+        try:
+            session = wait_ended(sock, target.pid)
+        except AssertionError:  # not ended in time: its state says so
+            session = request(sock, "show", pid=target.pid).get("session") or {}
         result["state"] = session.get("state")
         result["crash"] = session.get("crash")
         report = root / "state" / "crashes" / f"{session.get('crash')}.json"
         result["report_on_disk"] = bool(session.get("crash")) and report.exists()
         return result
-    finally:
-        reap(proc)
 
 
 def wait_sessions_end(sock: Path, start: float, timeout: float = 300.0) -> tuple[float, int]:
