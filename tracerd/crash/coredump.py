@@ -1,35 +1,18 @@
 """An ELF core file of a process the watcher holds stopped, for gdb to read.
 
-The watch tracer must never let go of a crashed process before it dies: the
-process stays in its ptrace signal-delivery-stop, held by the watcher, whose
-death (or tracerd's) lets it die of its own signal.  gdb cannot attach to a
-process that is already traced, so the watcher writes what gdb needs into a
-core file, as the kernel would, and gdb reads that instead of the live
-process:
+gdb cannot attach to a process already traced, so the watcher writes what gdb
+needs into a core, as the kernel would: per thread NT_PRSTATUS and NT_FPREGSET
+(the crashing thread first: gdb's current thread), NT_PRPSINFO, NT_SIGINFO,
+NT_AUXV, NT_FILE; then the memory coremaps plans, zero pages left as holes (a
+sparse file).  x86-64 Linux only.
 
-- one ``NT_PRSTATUS`` and ``NT_FPREGSET`` per thread (the crashing thread
-  first: gdb takes the first as the current thread), ``NT_PRPSINFO``,
-  ``NT_SIGINFO`` (so ``$_siginfo`` is the real one), ``NT_AUXV`` and
-  ``NT_FILE`` (the file-backed mappings, so gdb finds the objects);
-- the memory :mod:`tracerd.crash.coremaps` plans, as the kernel's default
-  ``coredump_filter`` does: of anonymous mappings only the pages present or
-  swapped are read, and zero pages are left as holes (a sparse file), so
-  thread stacks cost the pages they used.
+Security: registers and memory are the target's; the file is created
+O_EXCL|O_NOFOLLOW, mode 0600, in a directory tracerd owns, and only gdb reads it.
 
-x86-64 Linux only (the register layouts are the kernel's ``elf_gregset_t``
-and ``user_fpregs_struct``).
-
-Security: every register set and byte of memory comes from the target; the
-file is created with O_EXCL|O_NOFOLLOW, mode 0600, in a directory tracerd
-owns, and is only ever read by gdb.
-
-Diagnostics: a core that cannot be written to disk (full, read-only) can be
-written to a memfd instead (``write_core_in_memory``).  A mapping that
-cannot be read is written as a hole (gdb says
-"Cannot access memory" for it); ptrace failures raise ``OSError``.  A core
-whose pages written exceed ``limit`` loses the least needed memory first
-(:mod:`tracerd.crash.coremaps`: never what unwinding needs), and says
-which in ``CoreFile.skipped``; ``CoreFile.size`` is the bytes written.
+Diagnostics: with the disk full or read-only the core can go to a memfd
+(write_core_in_memory); an unreadable mapping is a hole; ptrace failures raise
+OSError.  Over ``limit`` the least needed memory goes first, named in
+``CoreFile.skipped``; ``CoreFile.size`` is the bytes written.
 """
 
 from __future__ import annotations
@@ -153,8 +136,7 @@ def _nt_file(mappings: list[Mapping]) -> bytes:
 
 
 def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, limit: int) -> CoreFile:
-    """Write the core of ``pid`` (all ``threads`` stopped by us) to ``path``,
-    under a temporary name first: the core appears whole or not at all."""
+    """The core of ``pid`` (all ``threads`` stopped by us) at ``path``, whole or not at all."""
     partial = path + ".part"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -170,8 +152,7 @@ def write_core(pid: int, threads: list[ThreadState], siginfo: bytes, path: str, 
 
 
 def write_core_in_memory(pid: int, threads: list[ThreadState], siginfo: bytes, limit: int) -> tuple[int, CoreFile]:
-    """The same core in a memfd (when the disk is full): gdb reads it as
-    ``/proc/OURPID/fd/FD``; the caller closes the fd once gdb is done."""
+    """The same core in a memfd, for gdb as ``/proc/OURPID/fd/FD``; the caller closes the fd."""
     fd = os.memfd_create("tracerd-core", os.MFD_CLOEXEC)
     try:
         core = write_core_to(fd, pid, threads, siginfo, limit)
@@ -230,8 +211,7 @@ def write_core_to(fd: int, pid: int, threads: list[ThreadState], siginfo: bytes,
 
 
 def _copy(mem: int, fd: int, mapping: Mapping, offset: int) -> int:
-    """Copy a mapping's planned runs, page by page; zero or unreadable pages stay holes.
-    The bytes written."""
+    """A mapping's planned runs, zero or unreadable pages left as holes; the bytes written."""
     written = 0
     for start, length in mapping.runs:
         done = 0

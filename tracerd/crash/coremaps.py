@@ -1,32 +1,18 @@
 """Which memory goes into the watcher's core, and what it costs: the pages written.
 
-:mod:`tracerd.crash.coredump` writes a core of a held process; this module
-plans its memory, as the kernel's coredump does with its default
-``coredump_filter``:
+plan() chooses as the kernel's default ``coredump_filter`` does: anonymous and
+written private mappings whole, file-backed ones only an ELF header page; of
+anonymous memory only pages present or swapped (pagemap) are read, the rest stay
+holes.  Over ``max_core_process_bytes`` (pages written, not address space) the
+stack below each sp goes first, then the largest anonymous mappings; never what
+gdb needs to unwind (stacks, heap, vdso, libraries and their .bss, ld.so's link
+map).  Each drop is listed in ``Plan.skipped`` (docs/crashes.md).
 
-- anonymous and written private mappings are dumped, file-backed ones only
-  their first page when it holds an ELF header (gdb reads code from files);
-- of an anonymous mapping only the pages present or swapped
-  (``/proc/PID/pagemap``) are read: the rest were never touched, are zero,
-  and stay holes in a sparse file (the kernel's ``dump_skip``).  A thread's
-  8 MiB stack costs the few pages it used;
-- the cap (``max_core_process_bytes``) counts those pages, the bytes
-  written, never the address space reserved.
+Security: maps, pagemap and memory are the target's; the link map walk is
+bounded and reads only through ``/proc/PID/mem``.
 
-Over the cap, the least needed memory goes first, each listed in
-``Plan.skipped``: the dead part of each thread's stack (below its sp) first,
-then the other anonymous mappings, the largest first.  Never dropped, as
-gdb needs them to unwind: the live stacks, the heap, the vdso, every
-file-backed mapping (the libraries' data: ``r_debug``, GOT), the anonymous
-``.bss`` right after a library's data, and the mappings holding ld.so's
-link map (found from the executable's ``DT_DEBUG``).
-
-Security: everything read here comes from the target (its maps, pagemap,
-memory); the link map walk is bounded and only ever reads through
-``/proc/PID/mem``.
-
-Diagnostics: a pagemap that cannot be read counts (and reads) the whole
-mapping; a link map that cannot be walked protects nothing more.
+Diagnostics: an unreadable pagemap counts (and reads) the whole mapping; a link
+map that cannot be walked protects nothing more.
 """
 
 from __future__ import annotations
@@ -212,8 +198,7 @@ def _trim(result: Plan, stack_pointers: list[int], limit: int) -> None:
 
 
 def _link_map_addresses(pid: int, mem: int) -> list[int]:
-    """Addresses of ld.so's ``struct link_map`` nodes and their names (r_debug's list, through
-    the executable's DT_DEBUG), so the memory holding them is never dropped; [] when not found."""
+    """Addresses of ld.so's ``link_map`` nodes and names (r_debug via DT_DEBUG), never dropped; [] if none."""
     try:
         with open(f"/proc/{pid}/auxv", "rb") as file:
             raw = file.read()
