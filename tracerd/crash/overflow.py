@@ -1,28 +1,16 @@
 """Stack overflow: recognised from the fault, its recursion collapsed and counted.
 
-A SIGSEGV is a stack overflow (:func:`recognise`) when its fault address
+recognise(): a SIGSEGV whose fault address is within BELOW_SP under or ABOVE_SP
+above the crashed thread's sp, in no mapping or a no-access one, with a writable
+anonymous stack mapping at most GUARD_REACH above it.  find_cycle() finds the
+recursion's cycle among the innermost frames gdb listed; analyse() counts it,
+exactly when gdb unwound the whole stack (``unwound``), else from the stack's
+size over the bytes per frame (``estimated``).  Report fields: docs/design.md.
 
-- lies within :data:`BELOW_SP` below or :data:`ABOVE_SP` above the crashed
-  thread's stack pointer (a push or call just under sp, or a store into the
-  frame just made, which may be anywhere in it), and
-- is in the stack's guard: in no mapping, or in a no-access one (a thread's
-  guard page), with the nearest accessible mapping above it, at most
-  :data:`GUARD_REACH` away, a writable anonymous one (``[stack]``, or a
-  thread's stack, which is unnamed).
+Security: pure functions over the target's numbers and names; no file is read.
 
-The mappings are the live process's ``/proc/PID/maps`` (:func:`tracerd.crash.segv.read_maps`): both tracers read
-them while the process is held.  Such a stack is tens of thousands of frames
-deep, so gdb lists only the innermost and the outermost
-(:mod:`tracerd.gdb.frames`); :func:`find_cycle` finds the recursion's
-repeating cycle among the innermost frames, and :func:`analyse` counts it:
-exactly when gdb unwound the whole stack (``depth_source`` ``unwound``), else
-from the stack's size over the cycle's bytes per frame (``estimated``).
-
-Security: pure functions over the target's numbers and names (data only);
-no file is read here.
-
-Diagnostics: nothing raises; what cannot be told (no sp, no fault address,
-maps unreadable) is simply not called a stack overflow.
+Diagnostics: nothing raises; what cannot be told (no sp, no fault address, maps
+unreadable) is not called a stack overflow.
 """
 
 from __future__ import annotations
@@ -53,8 +41,7 @@ def stack_pointer(registers: dict[str, str]) -> int | None:
 
 
 def recognise(signal: dict[str, Any], registers: dict[str, str], maps: Sequence[Mapping]) -> dict[str, Any] | None:
-    """The overflow's facts (fault address, sp, the stack's mapping) when this SIGSEGV is
-    stack exhaustion; else None."""
+    """The overflow's facts (fault address, sp, the stack's mapping) if this SIGSEGV is one; else None."""
     if signal.get("name") != "SIGSEGV" or siginfo.sent_by_another(signal):
         return None
     fault, sp = number(signal.get("fault_address")), stack_pointer(registers)
@@ -81,8 +68,7 @@ def _key(frame: FrameLike) -> str:
 
 
 def find_cycle(frames: Sequence[FrameLike]) -> tuple[int, int] | None:
-    """(first level, period) of the shortest cycle repeating to the end of ``frames``
-    (innermost first), at least :data:`MIN_REPEATS` times; None when there is none."""
+    """(first level, period) of the shortest cycle repeating MIN_REPEATS times to the end, or None."""
     keys = [_key(frame) for frame in frames]
     for lead in range(min(MAX_LEAD, len(keys)) + 1):
         rest = keys[lead:]
@@ -95,9 +81,8 @@ def find_cycle(frames: Sequence[FrameLike]) -> tuple[int, int] | None:
 
 def analyse(found: dict[str, Any], inner: Sequence[FrameLike], outer: Sequence[FrameLike], *, thread: int,
             depth: int | None, sp_at_last: int | None) -> dict[str, Any]:  # fmt: skip
-    """``found`` (from :func:`recognise`) with the cycle and the depth: ``inner`` the innermost
-    listed frames, ``outer`` the outermost (when unwound), ``depth`` gdb's count (None: too deep to
-    unwind), ``sp_at_last`` $sp in the last of ``inner`` (for the estimate)."""
+    """``found`` with the cycle and depth; ``depth`` is gdb's count (None: too deep to unwind),
+    ``sp_at_last`` $sp in the last of ``inner`` (for the estimate)."""
     info = dict(found, thread=thread, depth=depth, depth_source="unwound" if depth is not None else None)
     sp, top = number(found.get("sp")), number(found.get("stack_top"))
     if sp is not None and top is not None and sp_at_last is not None and len(inner) > 1 and sp < sp_at_last < top:
@@ -140,8 +125,7 @@ def describe(info: dict[str, Any]) -> str:
 
 
 def listing(frames: Sequence[FrameLike], line: Callable[[Any], str], info: dict[str, Any] | None) -> list[str]:
-    """Frame lines, with a line where levels jump (frames gdb was not asked for) and one for the
-    frames past the last listed of an overflow too deep to unwind."""
+    """Frame lines, with a ``...`` line where levels jump and one for the frames gdb did not unwind."""
     out: list[str] = []
     previous: int | None = None
     for frame in frames:

@@ -1,30 +1,14 @@
 """Crash retention: delete one crash, or every crash older than an age.
 
-``tracerctl crash-delete ID`` and ``tracerctl crash-delete --older-than
-30d`` (docs/crashes.md, "Crash retention") reach :func:`delete` through the daemon's
-``crash-delete`` operation: tracerd is the one writer of its store, and its
-index lives in its memory, so deleting files behind its back would leave
-``crashes`` listing what is gone.  Like coredumpctl's retention, it removes
-the report (``ID.json``) and its core (``ID.core.zst``, 0600: it holds the
-process's memory, mail included).
+delete() serves ``tracerctl crash-delete ID | --older-than AGE`` through the
+daemon's ``crash-delete`` operation (tracerd is its store's one writer, its index
+in memory): reports (``ID.json``) and cores of an id, of a signature, or stored
+before the cutoff.  Under the store's lock the index is written first, then the
+files go.  Rules: docs/crashes.md, "Crash retention".
 
-ID is a crash id as ``crashes`` lists it (the signature's entry then points
-at its newest report left, its count one less) or a signature (all its
-reports, cores and repeats).  ``older_than`` seconds: every report and core
-stored before then (by the time its id carries), the repeats seen before
-then, and each signature left without a report.  A signature goes with its
-last report.
-
-Atomic enough: all of it happens under the store's lock, and the store's
-readers see its published snapshot, replaced once at the end, so ``crashes``
-shows an entry whole or not at all.  On disk the index is written first (an
-atomic rename), then the files go: a tracerd killed in between finds the
-reports still there at start and lists them again, whole, as not deleted.
-
-Security: the daemon allows the operation to root (and the uid it runs as)
-only, never to ``socket_group`` (tracerd.daemon.auth).  Names come from the
-directory listing and the index, never a client's text joined into a path
-(an id is only compared with them).
+Security: root (and tracerd's own uid) only, never ``socket_group``
+(tracerd.daemon.auth).  Names come from the directory listing and the index; a
+client's id is only compared with them, never joined into a path.
 
 Diagnostics: an unknown id raises NotFound (``no crash ID``); an index that
 cannot be written raises OSError and deletes nothing.
@@ -59,9 +43,7 @@ def stored_at(crash_id: str) -> float | None:
 
 
 def delete(store: CrashStore, crash_id: str | None = None, older_than: float | None = None) -> dict[str, Any]:
-    """Delete ``crash_id`` (an id or a signature) or everything older than ``older_than`` seconds.
-
-    Returns ``{"deleted": [ids], "cores": [files], "signatures": [gone], "cutoff": ISO | null}``."""
+    """Delete ``crash_id`` (id or signature) or all older than ``older_than`` s; the ``--json`` record."""
     if store.read_only:
         raise PermissionError(f"crash store {store.directory} is open read-only")
     with store._lock:

@@ -1,28 +1,15 @@
 """Crash signatures: which crashes are one bug (as apport's StacktraceTop, ABRT's duphash).
 
-A signature is 16 hex digits of sha256 over what tells one bug from another,
-and never over what changes from run to run (pid, ASLR, time):
+16 hex digits of sha256 over the program, the signal, an assert()'s
+``file:line`` and the crashing thread's top DEPTH frames past libc's and
+ld.so's FATAL_PATH (a named frame by its function, an unnamed one as
+``module+0xOFFSET``); never pid, ASLR or time.  frames_basis() says in words
+what went in.  Rules: docs/design.md, "Files", Signature.
 
-- the program (the service name the hook gave, else the executable's name)
-  and the signal's name;
-- for an abort with an assert() message, the assertion's ``file:line``
-  (:func:`assertion_location`);
-- the crashing thread's top :data:`DEPTH` frames after the fatal-path frames
-  of libc and ld.so are skipped (:data:`FATAL_PATH`: signal trampolines,
-  raise, abort, assert, pthread_kill...): a named frame counts as its
-  function's name, an unnamed one as its module's basename plus the offset
-  within it (``crashd+0x1189``), which ASLR does not move and which tells
-  two crash sites of one stripped binary apart.
+Security: frame names and the abort message are the target's; they are hashed
+and shown, never evaluated.
 
-:func:`frames_basis` says in words what went in (the report's
-``signature_basis``).  Entries a store already holds keep the signature
-they were recorded under (docs/design.md "Files", Signature).
-
-Security: frame names and the abort message are the target's; they are
-hashed and shown, never evaluated.
-
-Diagnostics: nothing raises; what is unknown (no name, no offset) counts as
-``?`` or ``?@module``.
+Diagnostics: nothing raises; what is unknown counts as ``?`` or ``?@module``.
 """
 
 from __future__ import annotations
@@ -35,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 DEPTH = 5
 TRAMPOLINES = frozenset({"<signal handler called>", "__restore_rt", "__kernel_rt_sigreturn"})
-# glibc's (and ld.so's) way from a fatal condition to the signal: never the bug.
+# glibc's (and ld.so's) way from a fatal condition to the signal: never the bug
 FATAL_PATH = TRAMPOLINES | {
     "__pthread_kill_implementation", "__pthread_kill_internal", "__pthread_kill", "pthread_kill",
     "raise", "gsignal", "abort", "__assert_fail_base", "__assert_fail", "__assert_perror_fail",
@@ -141,8 +128,7 @@ def program_signature(program: str, signal_name: str) -> str:
 
 
 def overflow_cycle(info: dict[str, Any] | None, frames: Sequence[FrameLike]) -> list[str]:
-    """A stack overflow's recursion cycle as frame tokens, in the rotation that sorts first (the
-    fault may hit any function of a mutual recursion); [] when there is none."""
+    """The overflow's recursion cycle as tokens, rotated to sort first (the fault may hit any of it); [] if none."""
     if not info or not info.get("cycle"):
         return []
     start, period = int(info.get("cycle_start") or 0), len(info["cycle"])
