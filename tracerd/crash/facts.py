@@ -1,21 +1,13 @@
 """The facts around a crash that coredumpctl and apport show: process, host, package, threads.
 
-- :func:`process_facts`: ppid, gid, cwd, the cgroup and its systemd unit, the
-  executable's mtime, from /proc/PID while the process is held;
-- :func:`host_facts`: hostname, boot id, kernel release, distro (PRETTY_NAME);
-- :func:`package_facts`: the executable's package and installed version
-  (``dpkg -S``, ``dpkg-query``: blocking, bounded by their own timeouts; call
-  it from a thread);
-- :func:`number_threads`: both tracers number threads alike (1..N, the main
-  thread first, then by thread id, as gdb numbers a process whose threads it
-  saw start) and name each by its /proc/PID/task/TID/comm;
-- :func:`frame_label`: an unnamed frame as coredumpctl shows it,
-  ``(smtpd + 0x1427)``.
+process_facts() (ppid, gid, cwd, cgroup, unit, exe mtime: read while the
+process is held), host_facts(), package_facts() (runs dpkg: call it from a
+thread), number_threads() (both tracers alike: the main thread first, then by
+tid) and frame_label() (``(smtpd + 0x1427)``).  /proc/PID/environ is never read:
+it holds secrets.
 
-The process's environment (/proc/PID/environ) is never read: it holds secrets.
-
-Security: everything read is the target's and is data only; paths are
-/proc's own (pid and tid are integers), never a name the target chose.
+Security: what is read is the target's and data only; paths are /proc's own
+(integer pid and tid), never a name the target chose.
 
 Diagnostics: nothing raises; a fact that cannot be read is None.
 """
@@ -115,9 +107,8 @@ def comm(pid: int, tid: int) -> str | None:
 
 
 def number_threads(threads: list[Any], pid: int, stack_overflow: dict[str, Any] | None = None) -> dict[int, int]:
-    """Renumber ``threads`` in place (1..N, the main thread first, then by tid), name each by its
-    comm where /proc still has it, and return {old id: new id}; gdb's ``Thread N`` heads and a
-    stack overflow's ``thread`` follow."""
+    """Renumber ``threads`` in place (1..N, main first, then by tid), named by comm; {old id: new id}.
+    gdb's ``Thread N`` heads and a stack overflow's ``thread`` follow."""
     ordered = sorted(threads, key=lambda t: (t.tid != pid, t.tid if t.tid is not None else 1 << 62, t.id))
     renumbered: dict[int, int] = {}
     for number, thread in enumerate(ordered, start=1):
@@ -144,8 +135,7 @@ def frame_label(frame: FrameLike) -> str:
 
 
 def describe(process: object, host: object) -> list[tuple[str, str]]:
-    """(label, text) lines of the facts above, for a human; what a report lacks is left out. The
-    text is the target's (cwd, cgroup): the renderer cleans it."""
+    """(label, text) lines of the facts for a human, what is lacking left out; the renderer cleans them."""
     proc = process if isinstance(process, dict) else {}
     box = host if isinstance(host, dict) else {}
 

@@ -1,24 +1,13 @@
 """Fault analysis: what a SIGSEGV or SIGBUS did, in words, as apport's SegvAnalysis.
 
-:func:`analyse` reads the decoded signal (si_code and fault address), the
-crashed thread's pc and sp, the instruction at pc (gdb's ``x/16i $pc``, AT&T
-syntax) and the process's mappings at the fault (/proc/PID/maps, read while
-the process is held), and says one of:
+analyse() reads the decoded signal, the crashed thread's pc and sp, the
+instruction at pc (gdb's ``x/16i $pc``, AT&T) and /proc/PID/maps (read while the
+process is held), and says one of ``stack overflow``, ``pc outside any
+mapping``, ``NULL + 0x44 (read)``, ``write to a read-only mapping of X``... (the
+list: docs/design.md, ``analysis``).
 
-- ``stack overflow`` (already said by :mod:`tracerd.crash.overflow`, or the
-  fault is in the stack's guard next to sp);
-- ``pc outside any mapping (pc 0x...)`` or ``jump to non-executable memory
-  (pc 0x... in X)``: a call through a bad function pointer, a smashed return
-  address;
-- ``NULL + 0x44 (read)``: a fault address below ``NULL_REACH``;
-- ``write to a read-only mapping of X``, ``access to a no-access mapping of X``;
-- ``read from unmapped address 0x...`` (``write to``, or ``access to`` when
-  the instruction does not tell);
-- for SIGBUS ``BUS_ADRERR`` in a file mapping: ``access past the end of the
-  file mapped from X``.
-
-Security: pure functions over the target's numbers and gdb's text of its
-code (data only).
+Security: pure functions over the target's numbers and gdb's text of its code
+(data only).
 
 Diagnostics: nothing raises; a signal that is no fault (sent by another
 process, no fault address) gets no analysis (None).
