@@ -10,13 +10,9 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <fcntl.h>
-#include <unistd.h>
+#include "hook.h"  /* run_hook(); stdio, stdlib, string, sys/wait, unistd */
 
 static volatile int *null_pointer;
 
@@ -63,19 +59,15 @@ static void send_datagrams(void)
 
 int main(int argc, char **argv)
 {
-    char command[8192];
     char buf[256];
-    int status, null_fd, pipe_fds[2];
+    int null_fd, pipe_fds[2];
     size_t i;
 
     if (argc != 3) {
         fprintf(stderr, "usage: mailtrace HOOK_COMMAND NAME\n");
         return 2;
     }
-    snprintf(command, sizeof(command), "%s %s %ld", argv[1], argv[2], (long) getpid());
-    status = system(command);
-    printf("hook=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    fflush(stdout);
+    run_hook(argv[1], argv[2]);
     if (read(0, buf, 1) < 0)
         return 2;
     null_fd = open("/dev/null", O_WRONLY);
