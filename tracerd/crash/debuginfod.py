@@ -1,23 +1,19 @@
 """A small debuginfod client: ``GET URL/buildid/ID/debuginfo``, bounded, checked, cached.
 
-Used by ``tracerctl retrace`` only, never while a process is held.  The
-servers are ``$DEBUGINFOD_URLS`` (space-separated, as elfutils reads it)
-then ``[debuginfod] urls`` of tracerd.toml.  Written on the standard library
-rather than by running ``debuginfod-find``: the whole fetch of one build-id
-over every server is bounded by ``$DEBUGINFOD_MAXTIME`` (default
-:data:`DEFAULT_MAXTIME` s) as a deadline we hold, not a per-transfer
-timeout; the answer is checked before it is used (an ELF file whose build-id
-is the one asked for); and nothing but Python is needed.
+For ``tracerctl retrace`` only, never while a process is held.  Servers:
+``$DEBUGINFOD_URLS``, then ``[debuginfod] urls``.  The standard library, not
+``debuginfod-find``: one build-id over every server is bounded by
+``$DEBUGINFOD_MAXTIME`` as one deadline, and the answer is checked before use
+(docs/crashes.md, "Cores and retrace").
 
-Security: server answers are untrusted: size-capped
-(``$DEBUGINFOD_MAXSIZE``, default :data:`DEFAULT_MAXSIZE`), only http(s)
-URLs and redirects, the body written 0600 to a temporary file in the cache
-and renamed into place only once its build-id matches.  The build-id is
-checked to be hex before it is put in a URL or a file name.  The cache is
-``$XDG_CACHE_HOME/tracerd/debuginfod`` (else ``~/.cache/...``), the user's own.
+Security: answers are untrusted: size-capped (``$DEBUGINFOD_MAXSIZE``), http(s)
+URLs and redirects only, written 0600 to a temp file in the cache and renamed
+only once its build-id matches.  A build-id must be hex before it reaches a URL
+or a file name.  The cache (``$XDG_CACHE_HOME/tracerd/debuginfod``) is the
+user's own.
 
-Diagnostics: :class:`FetchError` with one line per server tried (timeout,
-HTTP status, not ELF, wrong build-id, too large).
+Diagnostics: FetchError, one line per server tried (timeout, HTTP status, not
+ELF, wrong build-id, too large).
 """
 
 from __future__ import annotations

@@ -1,23 +1,17 @@
 """A crashed daemon's last words: its pid's last lines in the mail log.
 
-Postfix logs ``panic:`` or ``fatal:`` just before ``abort()`` or ``exit``;
-the report keeps the crashed pid's last :data:`MAX_LINES` lines
-(``postfix/smtpd[PID]: ...``), none older than :data:`MAX_AGE`, read from
-the end of the mail log with the triage reader's line parser
-(:mod:`tracerd.ctl.maillog`).  Which log: ``mail_log`` in tracerd.toml, else
-Postfix's own answer (``postconf -x -h maillog_file``, with ``-c`` the
-crashed process's ``MAIL_CONFIG`` when that directory is root's and not
-writable by others), else the syslog locations.
+The report keeps the crashed pid's last MAX_LINES lines, none older than
+MAX_AGE, from the end of the mail log: ``mail_log``, else postconf's
+``maillog_file``, else syslog (docs/crashes.md, "The daemon's last words").
 
-Security: the log's lines are untrusted text: parsed, control characters
-replaced, each capped by the reader; only lines whose pid is the crashed
-pid and whose program is its name are kept.  At most :data:`TAIL_BYTES` of
-the file are read, never through a FIFO or device (the reader's rule), and
-postconf runs from an argv list with a timeout.
+Security: the log is untrusted text, parsed by the triage reader (control
+characters replaced, lines capped); only the crashed pid's and program's lines
+are kept.  At most TAIL_BYTES are read, never through a FIFO or device;
+``MAIL_CONFIG`` is used only if root's alone; postconf runs from an argv with a
+timeout.
 
-Diagnostics: no log, an unreadable log, a postconf failure: an empty list
-and the reason in ``errors`` (the report's ``capture_errors``); the capture
-goes on.
+Diagnostics: no log, an unreadable log, a postconf failure: an empty list and
+the reason in ``errors`` (``capture_errors``); the capture goes on.
 """
 
 from __future__ import annotations
@@ -58,9 +52,8 @@ def mail_config_of(pid: int) -> str | None:
 
 
 def find_log(configured: Path | None, pid: int) -> Path:
-    """The mail log to read; raises maillog.LogError.  postconf's answer is kept
-    :data:`CACHE_SECONDS` per configuration directory (it runs while the process is held),
-    and postconf is not asked where there is no main.cf (it would fail after a 1 s sleep)."""
+    """The mail log to read; raises maillog.LogError.  postconf's answer is cached (the process is held);
+    without a main.cf postconf is not asked (it would fail after a 1 s sleep)."""
     if configured is not None:
         return configured
     config_dir = mail_config_of(pid)

@@ -1,24 +1,17 @@
-"""What re-symbolizing a report later needs: each module's load bias, range,
-``(deleted)`` flag and build-id, and each frame's module offset.
+"""What retracing a report later needs: each module's bias, range and build-id, each frame's offset.
 
-Read from ``/proc/PID/maps`` while the process is still held.  A module's
-build-id is read from the mapped copy itself, through
-``/proc/PID/map_files/START-END``, so that a library replaced on disk since
-the process started (an upgrade) still gives the build-id of the code that
-ran; only when map_files cannot be opened (no CAP_SYS_ADMIN) is the file on
-disk read, and the library says which (``build_id_source``).  The load bias
-is where the ELF's virtual address 0 sits in the process: the start of the
-mapping at file offset 0 less the page of the first ``PT_LOAD``'s vaddr.  A
-frame's ``module_offset`` is ``pc - bias``: the address to look up in the
-module's ELF or its separate debug file (docs/crashes.md "Cores and retrace").
+Read from /proc/PID/maps while the process is held.  The build-id is read from
+the mapped copy (``/proc/PID/map_files``), so an upgraded library still gives
+the code that ran; from the file on disk only when map_files cannot be opened
+(``build_id_source``).  The bias is where ELF vaddr 0 sits; a frame's
+``module_offset`` is ``pc - bias`` (docs/crashes.md, "Cores and retrace").
 
-Security: the maps and the mapped files are the target's; paths are data
-(never opened except through the pid's own map_files links, else the path
-when lstat says it is a regular file, with O_NONBLOCK|O_NOFOLLOW); ELF headers
-are parsed with bounds by :mod:`tracerd.crash.elfinfo`, the one ELF reader.
+Security: maps and mapped files are the target's; a path is opened only through
+the pid's map_files, else when lstat says regular, O_NONBLOCK|O_NOFOLLOW; ELF
+headers are parsed with bounds by elfinfo, the one ELF reader.
 
-Diagnostics: a module whose header cannot be read has no bias (None) and
-its frames no module offset; nothing raises.
+Diagnostics: nothing raises; a module whose header cannot be read has no bias
+(None), and its frames no module offset.
 """
 
 from __future__ import annotations
@@ -87,8 +80,7 @@ def module_of(modules: list[Module], address: int) -> Module | None:
 
 
 def annotate(modules: list[Module], libraries: list[Library], threads: list[Thread]) -> None:
-    """Bias, range, deleted flag and the mapped build-id into the libraries;
-    pc, module offset and build-id into the frames."""
+    """Bias, range, deleted flag and mapped build-id into the libraries; pc, offset, build-id into frames."""
     by_path = {m.path: m for m in modules}
     for library in libraries:
         path = library.path[: -len(DELETED)] if library.path.endswith(DELETED) else library.path
