@@ -1,23 +1,18 @@
 """The report of a watch crash whose gdb failed or ran out of time (issue 23).
 
-A crash is never lost for want of gdb: what is known without it goes into
-the report, and the process is released on time.  From the watcher's
-``fatal`` event: the signal, its si_code and fault address.  From the core
-the watcher wrote (:mod:`tracerd.crash.coredump`): every thread's
-``NT_PRSTATUS``, so each thread's registers and program counter (the
-crashing thread is the first).  From ``/proc/PID`` of the still-held
-process (:mod:`tracerd.crash.modules`): the modules with their bias,
-range and build-id, so that each thread's one frame names its module and
-module offset, and ``tracerctl retrace`` can symbolize it later.  Why gdb
-failed is said in ``notice`` and ``process.capture_errors``.
+A crash is never lost for want of gdb: the process is released on time, and the
+report holds what is known without it: the signal from the watcher's ``fatal``
+event, each thread's registers and pc from the core's NT_PRSTATUS (the crashing
+thread first), the modules from /proc/PID, so that ``tracerctl retrace`` can
+name each thread's one frame later.  Why gdb failed: ``notice`` and
+``process.capture_errors``.
 
-Security: the core is tracerd's own file (or the watcher's memfd), opened
-as :func:`tracerd.crash.corefile` opens it (regular file, ``O_NONBLOCK``,
-no symlink); its headers and notes are parsed with bounds (notes read are
-capped at :data:`MAX_NOTES`).  Everything in it is the target's and is data.
+Security: the core is tracerd's own file or the watcher's memfd, opened as
+corefile does (regular, O_NONBLOCK, no symlink); headers and notes are parsed
+with bounds, notes capped at MAX_NOTES.  What it holds is the target's: data.
 
-Diagnostics: nothing raises; a core that cannot be read leaves the report
-without registers or threads and says so in ``capture_errors``.
+Diagnostics: nothing raises; an unreadable core leaves the report without
+registers or threads and says so in ``capture_errors``.
 """
 
 from __future__ import annotations

@@ -1,21 +1,18 @@
 """Captures in flight: a marker per crash being captured, and the cores of them.
 
-``{state_dir}/capture/`` holds, while a crash is captured, one marker
-``PID.START.json`` (who crashed, of which signal, when, which tracer) and,
-for the watch tracer, the core file the watcher wrote.  Both are removed
-when the capture ends.  A marker found when tracerd starts is a capture
-that tracerd (or the machine) did not live to finish: the process died of
-its signal all the same (see docs/design.md, "Reliability"), and the crash is
-recorded as an *interrupted capture*, with what the marker knew.
+``{state_dir}/capture/`` holds, while a crash is captured, a marker
+``PID.START.json`` (who, which signal, when, which tracer) and the watcher's
+core.  A marker found at start is a capture tracerd did not live to finish: the
+process died of its signal anyway, and the crash is listed as an interrupted
+capture (docs/design.md, "Reliability").
 
-Security: the directory is created 0700 and must be a real directory owned
-by us, not writable by others; markers are written with O_EXCL|O_NOFOLLOW
-and read back only as JSON data, size-capped.  Any other file there is
-left alone, except our own stale ``*.core`` files.
+Security: the directory is created 0700 and must be ours, a real directory, not
+writable by others; markers are written O_EXCL|O_NOFOLLOW and read back as
+size-capped JSON.  Other files are left alone, but our own stale ``*.core``.
 
-Diagnostics: a marker that cannot be written (disk full) is skipped and the
-capture goes on (a marker is a record, not a lock); then an interrupted
-capture goes unlisted.  One that cannot be read is skipped and removed.
+Diagnostics: a marker that cannot be written is skipped and the capture goes on
+(a record, not a lock: that crash then goes unlisted if interrupted); one that
+cannot be read is removed.
 """
 
 from __future__ import annotations
@@ -70,8 +67,7 @@ def marker(directory: Path | None, record: dict[str, Any]) -> Iterator[Path | No
 
 
 def leftovers(directory: Path) -> list[dict[str, Any]]:
-    """Markers of captures that never ended (removed as they are read), and
-    stale cores removed.  Call once at start, before any capture."""
+    """Markers of captures that never ended, removed as read; stale cores removed.  Once, at start."""
     found: list[dict[str, Any]] = []
     try:
         names = sorted(os.listdir(directory))

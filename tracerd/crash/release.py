@@ -1,14 +1,13 @@
 """After a crash capture: make sure the process has died of its own signal.
 
-The tracer that held the crashed process lets it go delivering its signal
-(the watcher's ``finish``, gdb's detach).  This waits, bounded, for the
-process to be gone, watching a pidfd so that a recycled pid can never be
-mistaken for it.  A process still there after the wait is sent its own
-signal again (and SIGCONT, in case something stopped it), through that
-pidfd.
+The tracer lets the process go delivering its signal (the watcher's ``finish``,
+gdb's detach); this waits, bounded, on a pidfd for it to be gone.  A process
+still there is sent its own signal again, and SIGCONT.
 
-Diagnostics: a process that will not die is reported through ``warn``; it
-is never killed with another signal than its own.
+Security: every signal goes through the pidfd, so a recycled pid is never
+signalled; never a signal but its own.
+
+Diagnostics: a process that will not die is reported through ``warn``.
 """
 
 from __future__ import annotations
