@@ -75,7 +75,7 @@ class CrashMatch:
 class CrashInventory:
     source: str | None = None  # "daemon", "index" or None
     error: str | None = None
-    entries: list[dict[str, Any]] = field(default_factory=list)  # the crash JSON of the README
+    entries: list[dict[str, Any]] = field(default_factory=list)  # docs/json.md's crash JSON
     socket: str | None = None
     directory: Path | None = None
     _extra: list[CrashMatch] = field(default_factory=list)  # sessions' and older reports' crashes

@@ -272,7 +272,7 @@ class CrashStore:
                     entry["reports"].remove(rid)
                 if entry["id"] == rid:
                     entry["report"] = None
-        # Still too big: the index itself has grown; forget the oldest signatures whose reports are gone.
+        # still too big, the index having grown: forget the oldest signatures whose reports are gone
         stale = sorted(
             (e for e in self._entries.values() if e["report"] is None and e["signature"] != keep_signature),
             key=lambda e: _epoch(e["last_seen"]),
