@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -14,16 +16,34 @@ import pytest
 
 from tests.conftest import have, proc_state, script
 from tests.support import wait_until
+from tracerd.daemon import main as tracerd_main
 from tracerd.hook import DEFAULT_TIMEOUT as HOOK_TIMEOUT
 
 
-def check(config_text: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def check(
+    config_text: str, tmp_path: Path, env: dict[str, str] | None = None, *, fresh: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """tracerd --config FILE --check: its exit code, stdout and stderr.  tracerd's main() in this
+    process with ``env`` as its environment (what --check reads is the file and PATH); with ``fresh``,
+    a tracerd process (where the command itself is under test)."""
     path = tmp_path / "check.toml"
     path.write_text(config_text)
-    return subprocess.run(
-        [*script("tracerd"), "--config", str(path), "--check"],
-        capture_output=True, text=True, timeout=30, check=False, env=env,
-    )  # fmt: skip
+    argv = ["--config", str(path), "--check"]
+    if fresh:
+        return subprocess.run([*script("tracerd"), *argv], capture_output=True, text=True, timeout=30, check=False,
+                              env=env)  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = tracerd_main.main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["tracerd", *argv], code, out.getvalue(), err.getvalue())
 
 
 def path_with(tmp_path: Path, *programs: str) -> dict[str, str]:
@@ -42,8 +62,8 @@ def events(daemon: Any) -> list[dict[str, Any]]:
 
 
 def test_check_accepts_a_good_config(tmp_path: Path) -> None:
-    """--check on a valid file: exit 0 and says OK."""
-    result = check('default_tracer = "strace"\n[syslog]\nfacility = "local3"\n', tmp_path)
+    """--check on a valid file: exit 0 and says OK (a tracerd process: the command as run)."""
+    result = check('default_tracer = "strace"\n[syslog]\nfacility = "local3"\n', tmp_path, fresh=True)
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
 
@@ -150,8 +170,9 @@ def test_daemon_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     assert "max_sessions: must be an integer >= 1 (line 1)" in result.stderr
 
 
-def test_second_daemon_on_same_socket_refuses(daemon: Any) -> None:
+def test_second_daemon_on_same_socket_refuses(shared_daemon: Any) -> None:
     """A second tracerd on a live socket exits 1 instead of stealing it."""
+    daemon = shared_daemon
     result = subprocess.run(
         [*script("tracerd"), "--config", str(daemon.config)], capture_output=True, text=True, timeout=30, check=False
     )
@@ -160,8 +181,9 @@ def test_second_daemon_on_same_socket_refuses(daemon: Any) -> None:
     assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
 
 
-def test_own_log_is_json_lines(daemon: Any) -> None:
+def test_own_log_is_json_lines(shared_daemon: Any) -> None:
     """tracerd's own log on stderr is structlog JSON, one object a line."""
+    daemon = shared_daemon
     daemon.status()
     lines = [line for line in daemon.stderr().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]
