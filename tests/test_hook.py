@@ -347,8 +347,10 @@ def test_ack_timeout_from_the_environment(daemon: Any) -> None:
     assert "tracerd did not acknowledge within 0.3 s" in by_option.stderr
 
 
-def test_refusal_is_reported_with_the_daemons_reason(daemon: Any, cbin: Any, spawn: Any) -> None:
-    """The hook naming a non-ancestor: exit 1 with the daemon's reason; pid 1 never."""
+def test_refusal_is_reported_with_the_daemons_reason(shared_daemon: Any, cbin: Any, spawn: Any) -> None:
+    """The hook naming a non-ancestor: exit 1 with the daemon's reason; pid 1 never.  Refusals only:
+    the module's one tracerd."""
+    daemon = shared_daemon
     sleeper = spawn(cbin("sleeper"))
     assert sleeper.readline() == "ready\n"
     result, _ = run_hook("--socket", str(daemon.socket), "smtpd", str(sleeper.pid))
@@ -359,8 +361,9 @@ def test_refusal_is_reported_with_the_daemons_reason(daemon: Any, cbin: Any, spa
     assert result.stderr == "pftrace-hook: warning: smtpd[1]: not traced: refusing to trace pid 1 (init)\n"
 
 
-def test_daemon_refuses_to_trace_itself(daemon: Any) -> None:
-    """attach of tracerd's own pid is refused, even for root."""
+def test_daemon_refuses_to_trace_itself(shared_daemon: Any) -> None:
+    """attach of tracerd's own pid is refused, even for root (the module's one tracerd)."""
+    daemon = shared_daemon
     result = daemon.ctl("attach", str(daemon.proc.pid))
     assert result.returncode == 1
     assert "tracerd itself" in result.stderr
