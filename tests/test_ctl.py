@@ -59,8 +59,9 @@ def test_show_and_detach(daemon: Any, cbin: Any, spawn: Any) -> None:
     assert daemon.session(sleeper.pid)["state"] == "detached"
 
 
-def test_exit_codes(daemon: Any, tmp_path: Path) -> None:
+def test_exit_codes(shared_daemon: Any, tmp_path: Path) -> None:
     """0 ok, 1 refused or failed, 2 usage, 3 daemon not reachable."""
+    daemon = shared_daemon  # it only reads and refuses: the module's one tracerd
     assert daemon.ctl("status").returncode == 0
     assert daemon.ctl("show", "999999").returncode == 1
     failed = daemon.ctl("detach", "1")
@@ -77,8 +78,9 @@ def test_exit_codes(daemon: Any, tmp_path: Path) -> None:
     assert result.stderr.startswith("tracerctl: tracerd is not running")
 
 
-def test_attach_with_unavailable_tracer_fails_cleanly(daemon: Any, cbin: Any, spawn: Any) -> None:
+def test_attach_with_unavailable_tracer_fails_cleanly(shared_daemon: Any, cbin: Any, spawn: Any) -> None:
     """truss and ktrace are not on Linux: a clear one-line error, exit 1."""
+    daemon = shared_daemon  # it only reads and refuses: the module's one tracerd
     sleeper = spawn(cbin("sleeper"))
     assert sleeper.readline() == "ready\n"
     for tracer in ("truss", "ktrace"):
