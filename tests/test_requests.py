@@ -57,8 +57,9 @@ def test_bad_requests_get_a_clear_error(shared_daemon: Any, payload: bytes, need
     assert shared_daemon.status()["counters"]["bad_requests"] > before
 
 
-def test_oversize_request_is_refused_and_connection_closed(daemon: Any) -> None:
+def test_oversize_request_is_refused_and_connection_closed(shared_daemon: Any) -> None:
     """A frame over the cap: one error reply, then the connection is closed."""
+    daemon = shared_daemon  # the connection is closed, tracerd serves on: the module's one tracerd
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(str(daemon.socket))
@@ -84,15 +85,17 @@ def test_nonexistent_pid(shared_daemon: Any) -> None:
     assert reply == {"ok": False, "error": "no_such_process", "message": f"no such process {pid_max}"}
 
 
-def test_pid_that_is_not_an_ancestor_is_refused(daemon: Any, cbin: Any, spawn: Any) -> None:
+def test_pid_that_is_not_an_ancestor_is_refused(shared_daemon: Any, cbin: Any, spawn: Any) -> None:
     """A root caller naming a sibling process with a hook request is refused."""
+    daemon = shared_daemon  # a refusal: the module's one tracerd
     sleeper = spawn(cbin("sleeper"))
     assert sleeper.readline() == "ready\n"
+    before = daemon.status()["counters"]["refused"]
     reply = daemon.request(hook_request("smtpd", sleeper.pid))
     assert reply["ok"] is False
     assert reply["error"] == "denied"
     assert "not an ancestor" in reply["message"]
-    assert daemon.status()["counters"]["refused"] >= 1
+    assert daemon.status()["counters"]["refused"] == before + 1
     # the sibling was not traced
     assert "TracerPid:\t0" in Path(f"/proc/{sleeper.pid}/status").read_text()
 
@@ -158,8 +161,9 @@ def test_socket_group_member_reads_status_but_cannot_attach(daemon_factory: Any,
     assert daemon.status()["daemon"]["pid"] == daemon.proc.pid
 
 
-def test_one_bad_client_does_not_harm_another(daemon: Any) -> None:
+def test_one_bad_client_does_not_harm_another(shared_daemon: Any) -> None:
     """A client that connects and sends half a frame does not block others."""
+    daemon = shared_daemon  # the half frame goes with its connection: the module's one tracerd
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
         slow.connect(str(daemon.socket))
         slow.sendall(b'{"op": "sta')
@@ -226,9 +230,10 @@ open(out, "wb").write(data)
 
 
 @pytest.mark.parametrize("ack", ["ack", "noack"])
-def test_hook_acknowledgement_on_the_wire(daemon: Any, cbin: Any, spawn: Any, tmp_path: Path, ack: str) -> None:
+def test_hook_acknowledgement_on_the_wire(shared_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path, ack: str) -> None:
     """An accepted hook with ``"ack": true`` gets ``{"ack": true}`` and then the
     final reply; without it (older hooks) the final reply is the only line."""
+    daemon = shared_daemon  # its own pid's session only: the module's one tracerd
     client = tmp_path / "raw_hook.py"
     client.write_text(RAW_HOOK)
     out = tmp_path / "lines"
