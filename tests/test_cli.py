@@ -70,8 +70,9 @@ def test_every_hook_option_has_help_text() -> None:
         assert f" --{option}" in HELP, option
 
 
-def test_json_after_the_command(daemon: Any) -> None:
+def test_json_after_the_command(shared_daemon: Any) -> None:
     """``tracerctl status --json`` is the same JSON document as ``tracerctl --json status``."""
+    daemon = shared_daemon  # it only reads: the module's one tracerd
     after = daemon.ctl("status", "--json")
     before = daemon.ctl("--json", "status")
     assert (after.returncode, before.returncode) == (0, 0)
@@ -80,9 +81,10 @@ def test_json_after_the_command(daemon: Any) -> None:
     assert json.loads(daemon.ctl("crashes", "--json").stdout)["crashes"] == []
 
 
-def test_errors_are_json_under_json(daemon: Any, tmp_path: Path) -> None:
+def test_errors_are_json_under_json(shared_daemon: Any, tmp_path: Path) -> None:
     """Under --json every failure is a JSON document on stdout with the exit code:
     unreachable (3), usage (2, even a usage error argparse finds), refused (1)."""
+    daemon = shared_daemon  # usage errors and refusals: the module's one tracerd
     gone = run(*script("tracerctl"), "--socket", tmp_path / "none.sock", "status", "--json")
     assert gone.returncode == 3
     document = json.loads(gone.stdout)
