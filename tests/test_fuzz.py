@@ -63,10 +63,11 @@ class Conn:
         self.sock.close()
 
 
-def test_hypothesis_requests_always_get_a_well_formed_reply(daemon: Any) -> None:
+def test_hypothesis_requests_always_get_a_well_formed_reply(shared_daemon: Any) -> None:
     """Any JSON object a client can send gets one reply with ok true or false
     and, when false, a stable error code and a message; no request traces a
     process (root is the caller, but hook pids fail the ancestor rule)."""
+    daemon = shared_daemon  # refusals and reads only: the module's one tracerd
     conn = Conn(str(daemon.socket))
     codes = {"bad_request", "denied", "no_such_process", "not_found", "busy", "tracer_failed",
              "tracer_unavailable", "internal"}  # fmt: skip
@@ -170,8 +171,9 @@ def test_100k_garbage_frames_bounded_rss_and_every_frame_answered(daemon: Any) -
     assert growth_mb < 64, f"RSS grew by {growth_mb:.1f} MB"
 
 
-def test_oversize_frames_close_the_connection(daemon: Any) -> None:
+def test_oversize_frames_close_the_connection(shared_daemon: Any) -> None:
     """Frames just under the cap are answered; one over it closes the connection."""
+    daemon = shared_daemon  # the connection is closed, tracerd serves on: the module's one tracerd
     conn = Conn(str(daemon.socket))
     try:
         under = b'{"op": "status", "x": "' + b"a" * (MAX_REQUEST_BYTES - 40) + b'"}\n'
@@ -185,8 +187,9 @@ def test_oversize_frames_close_the_connection(daemon: Any) -> None:
         conn.close()
 
 
-def test_a_byte_a_second_client_does_not_block_others(daemon: Any) -> None:
+def test_a_byte_a_second_client_does_not_block_others(shared_daemon: Any) -> None:
     """Slow clients trickling bytes hold only their own connection."""
+    daemon = shared_daemon  # the slow connections are closed at the end: the module's one tracerd
     slow = []
     for _ in range(5):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
