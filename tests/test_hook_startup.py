@@ -68,13 +68,11 @@ def test_make_writes_the_hook_isolated_without_site(hook_script: Path) -> None:
 
 
 def test_a_real_attach_imports_nothing_but_the_standard_library_and_the_hook(
-    hook_script: Path, shared_daemon: Any, cbin: Any, spawn: Any
+    hook_script: Path, daemon: Any, cbin: Any, spawn: Any
 ) -> None:
     """A hook run through system() that gets its process traced loads only the hook and the
     standard library beyond a bare interpreter: no tracerd package, no site, nothing of
-    site-packages (the hook's own interpreter with -X importtime, which lists every import).  It
-    reads only its own pid's session: the module's one tracerd."""
-    daemon = shared_daemon
+    site-packages (the hook's own interpreter with -X importtime, which lists every import)."""
     bare = subprocess.run([*interpreter(hook_script), "-X", "importtime", "-c", "pass"],
                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
     command = shlex.join([*interpreter(hook_script), "-X", "importtime", str(hook_script)])
@@ -97,13 +95,11 @@ def imported(importtime: str) -> set[str]:
 
 
 def test_a_hostile_environment_changes_nothing(
-    hook_script: Path, shared_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path
+    hook_script: Path, daemon: Any, cbin: Any, spawn: Any, tmp_path: Path
 ) -> None:
     """PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, PYTHONINSPECT and a working directory full of
     modules named like the hook's (hook, _socket, _json, time, sitecustomize, ...) are all
-    ignored: the process is traced and none of the planted modules ran (its own pid's session: the
-    module's one tracerd)."""
-    daemon = shared_daemon
+    ignored: the process is traced and none of the planted modules ran."""
     evil = tmp_path / "evil"
     evil.mkdir()
     marker = tmp_path / "ran"
