@@ -230,10 +230,9 @@ open(out, "wb").write(data)
 
 
 @pytest.mark.parametrize("ack", ["ack", "noack"])
-def test_hook_acknowledgement_on_the_wire(shared_daemon: Any, cbin: Any, spawn: Any, tmp_path: Path, ack: str) -> None:
+def test_hook_acknowledgement_on_the_wire(daemon: Any, cbin: Any, spawn: Any, tmp_path: Path, ack: str) -> None:
     """An accepted hook with ``"ack": true`` gets ``{"ack": true}`` and then the
     final reply; without it (older hooks) the final reply is the only line."""
-    daemon = shared_daemon  # its own pid's session only: the module's one tracerd
     client = tmp_path / "raw_hook.py"
     client.write_text(RAW_HOOK)
     out = tmp_path / "lines"
