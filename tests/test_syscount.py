@@ -90,6 +90,16 @@ def map_ids(pid: int) -> list[int]:
     return ids
 
 
+def link_types(pid: int) -> list[str]:
+    """The BPF links process ``pid`` holds (its fdinfo's ``link_type``)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError):
+            found += [line.split()[1] for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                      if line.startswith("link_type:")]  # fmt: skip
+    return found
+
+
 def map_pids(bpftrace: int) -> set[int]:
     """The pids in @pids of this very bpftrace (found by its own fds, never by a machine-wide name)."""
     for map_id in map_ids(bpftrace):
@@ -109,6 +119,10 @@ def test_exact_counts_threads_child_table_show_and_exit_status(shared: Daemon, c
     target = start(shared, cbin, spawn)
     session = shared.session(target.pid)
     assert (session["state"], session["tracer"]) == ("attached", "syscount")
+    if os.uname().machine == "x86_64":  # returning calls are counted by tracerd's own sys_exit program
+        assert shared.status()["counters"]["syscount_rawcount"] == 1
+        assert shared.proc is not None
+        assert "raw_tracepoint" in link_types(shared.proc.pid)
     assert target.pid in map_pids(session["tracer_pid"])  # the hook returned: the pid is in the map
     one_round(target, 1)
     shown = shared.ctl("show", str(target.pid), check=True).stdout
@@ -212,6 +226,47 @@ def test_kill9_of_bpftrace_restarts_it_and_keeps_the_counts(daemon_factory: Any,
     rows = last_table(text)
     assert rows["getppid"][0] == 2 * ROUND_GETPPID
     assert rows["close"][:2] == (2 * ROUND_CLOSE, 2 * ROUND_CLOSE)
+
+
+def test_bpftrace_counts_alone_when_the_raw_program_is_refused(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
+    """The kernel refusing tracerd's sys_exit program (a fail point here): a warning, bpftrace's own
+    raw_syscalls probes count instead, and the counts are as exact."""
+    daemon = daemon_factory(CONFIG, env={**os.environ, "TRACERD_FAILPOINTS": "rawcount-refused"})
+    target = start(daemon, cbin, spawn)
+    assert daemon.status()["counters"]["syscount_rawcount"] == 0
+    assert daemon.proc is not None
+    assert "raw_tracepoint" not in link_types(daemon.proc.pid)
+    assert "syscount_rawcount_refused" in daemon.stderr()
+    one_round(target, 1)
+    target.close_stdin()
+    assert target.wait() == 3
+    rows = last_table(closed_log(daemon.wait_session(target.pid, "exited")["log"]))
+    assert rows["getppid"] == (ROUND_GETPPID, 0, "")
+    assert rows["close"] == (ROUND_CLOSE, ROUND_CLOSE, f"EBADF:{ROUND_CLOSE}")
+
+
+def test_a_bpftrace_that_cannot_be_restarted_ends_its_sessions_failed(daemon_factory: Any, cbin: Any, spawn: Any,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """kill -9 of the bpftrace once bpftrace is gone from PATH: the restart is refused, the session ends
+    failed saying why, and its process runs on (never stopped) to its own exit."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for program in ("setpriv", "strace", "bpftrace"):
+        found = shutil.which(program)
+        if found:
+            (bare / program).symlink_to(found)
+    daemon = daemon_factory(CONFIG, env={**os.environ, "PATH": f"{bare}"})
+    target = start(daemon, cbin, spawn)
+    one_round(target, 1)
+    (bare / "bpftrace").unlink()
+    os.kill(daemon.session(target.pid)["tracer_pid"], signal.SIGKILL)
+    ended = daemon.wait_session(target.pid, "failed", 30)
+    assert "syscount's bpftrace died and could not be restarted: " in (ended.get("error") or ""), ended
+    assert "bpftrace is not installed" in ended["error"]
+    assert proc_state(target.pid) == "S"
+    one_round(target, 2)  # it runs on, untraced
+    target.close_stdin()
+    assert target.wait() == 3
 
 
 def _is_bpftrace_of(pid: int, daemon: Daemon) -> bool:

@@ -3,7 +3,8 @@
 For the tests of "nothing left stopped at every instant of a capture":
 ``TRACERD_FAILPOINTS=NAME:SECONDS[,...]`` makes reaching NAME log ``failpoint
 NAME`` on stderr and pause that task for SECONDS.  Names: ``capture-start``,
-``capture-running``, ``report-written``.  Unset, it costs a dict lookup.
+``capture-running``, ``report-written``; ``rawcount-refused`` makes
+syscount's raw tracepoint load fail instead (:func:`fails`).  Unset, it costs a dict lookup.
 
 Security: only tracerd's own environment sets them (root's or the unit's).
 
@@ -37,3 +38,8 @@ async def reached(name: str) -> None:
         return
     print(f"failpoint {name}", file=sys.stderr, flush=True)
     await asyncio.sleep(seconds)
+
+
+def fails(name: str) -> bool:
+    """Whether fail point NAME is set (it makes that step fail instead of pausing)."""
+    return name in _POINTS

@@ -32,6 +32,7 @@ call raises TracerFailed saying which.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,10 +40,11 @@ from typing import Any, Protocol
 
 import structlog
 
+from tracerd import failpoint
 from tracerd.errors import TracerFailed
 from tracerd.loopsingleton import PerLoop
 from tracerd.spawn import Child, restart_delay
-from tracerd.tracers.syscount import check, script
+from tracerd.tracers.syscount import check, rawcount, script
 from tracerd.tracers.syscount.bpfmap import BpfMap, open_maps
 from tracerd.tracers.syscount.table import Counts, syscall_name
 
@@ -115,13 +117,16 @@ class Loader:
         self._ticker: asyncio.Task[None] | None = None
         self._recent: list[str] = []
         self.last_read = 0.0
+        self.counter: rawcount.Attached | None = None  # the sys_exit program counting for bpftrace's maps
+        self.raw_refused: str | None = None  # why the kernel refused it (then bpftrace counts, as it can)
 
     @property
     def pid(self) -> int | None:
         return self.child.pid if self.child is not None and self.child.returncode is None else None
 
     def counters(self) -> dict[str, int]:
-        return {"syscount_restarts": self.restarts, "syscount_sessions": len(self.tallies)}
+        return {"syscount_restarts": self.restarts, "syscount_sessions": len(self.tallies),
+                "syscount_rawcount": int(self.counter is not None)}  # fmt: skip
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -138,22 +143,41 @@ class Loader:
                 raise TracerFailed(reason)
             self._close_maps()
             self.latency, self._recent = latency, []
-            loop = asyncio.get_running_loop()
-            self._ready = loop.create_future()
-            self._started_at = loop.time()
-            env = {**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(script.KEYS_MAX)}
-            self.child = child = Child(["bpftrace", "-e", script.program(latency)], self._on_lines, env=env)
-            self._spawn(self._monitor(child))
-            try:
-                await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT)
-                self.maps = self._find_maps(child.pid)
-            except (TimeoutError, TracerFailed) as err:
-                await child.stop()
-                why = "; ".join(self._recent[-2:]) or str(err) or "no word from it"
-                raise TracerFailed(f"syscount: bpftrace did not start: {why}") from None
-            log.info("syscount_bpftrace_started", pid=child.pid, latency=latency, maps=sorted(self.maps))
+            raw = not latency and self.raw_refused is None and rawcount.available()
+            child = await self._start(latency, raw)
+            if raw:
+                try:
+                    if failpoint.fails("rawcount-refused"):
+                        raise OSError(errno.EPERM, "refused by fail point rawcount-refused")
+                    self.counter = rawcount.attach(self.maps["pids"].fd, self.maps["c"].fd, self.maps["e"].fd)
+                except (OSError, KeyError) as err:  # counted by bpftrace's tracepoints instead, from now on
+                    self.raw_refused = str(err)
+                    log.warning("syscount_rawcount_refused", error=self.raw_refused)
+                    self.child = None  # not a death to restart from
+                    await child.stop()
+                    self._close_maps()
+                    child = await self._start(latency, False)
+            log.info("syscount_bpftrace_started", pid=child.pid, latency=latency, maps=sorted(self.maps),
+                     rawcount=self.counter is not None)  # fmt: skip
             if self._ticker is None or self._ticker.done():
-                self._ticker = loop.create_task(self._tick())
+                self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _start(self, latency: bool, raw: bool) -> Child:
+        """bpftrace started with its program, its maps taken: TracerFailed saying why not."""
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._started_at = loop.time()
+        env = {**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(script.KEYS_MAX)}
+        self.child = child = Child(["bpftrace", "-e", script.program(latency, raw)], self._on_lines, env=env)
+        self._spawn(self._monitor(child))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT)
+            self.maps = self._find_maps(child.pid)
+        except (TimeoutError, TracerFailed) as err:
+            await child.stop()
+            why = "; ".join(self._recent[-2:]) or str(err) or "no word from it"
+            raise TracerFailed(f"syscount: bpftrace did not start: {why}") from None
+        return child
 
     def _find_maps(self, pid: int) -> dict[str, BpfMap]:
         try:
@@ -171,6 +195,9 @@ class Loader:
         return maps
 
     def _close_maps(self) -> None:
+        if self.counter is not None:
+            self.counter.close()
+            self.counter = None
         for bpf in self.maps.values():
             bpf.close()
         self.maps = {}

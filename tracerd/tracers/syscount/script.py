@@ -44,6 +44,14 @@ tracepoint:raw_syscalls:sys_exit /args->ret < 0 && args->ret > -4096/ {
 }
 END { clear(@pids); clear(@c); clear(@e); }
 """
+# with rawcount's sys_exit program: the maps it counts into, and the two calls that never return
+_RAW = """
+tracepoint:syscalls:sys_enter_exit, tracepoint:syscalls:sys_enter_exit_group {
+  $r = @pids[pid]; if ($r) { @c[$r, (int64)args->__syscall_nr] = count(); }
+}
+END { clear(@pids); clear(@c); clear(@e); }
+"""
+_RAW_MAPS = "@c[(uint64)0, (int64)0] = count(); @e[(uint64)0, (int64)0, (int64)0] = count();"
 _TIMED = """
 tracepoint:raw_syscalls:sys_enter { $r = @pids[pid]; if ($r) { @c[$r, args->id] = count(); @t[tid] = nsecs; } }
 tracepoint:raw_syscalls:sys_exit /@t[tid]/ {
@@ -58,8 +66,11 @@ END { clear(@pids); clear(@c); clear(@e); clear(@t); clear(@ns); clear(@h); }
 """
 
 
-def program(latency: bool) -> str:
-    return (_BEGIN % ("@t[0] = (uint64)0;" if latency else "")) + _COMMON + (_TIMED if latency else _PLAIN)
+def program(latency: bool, raw: bool = False) -> str:
+    """bpftrace's program: ``raw`` leaves the counting of returning calls to :mod:`rawcount`."""
+    if latency:
+        return _BEGIN % "@t[0] = (uint64)0;" + _COMMON + _TIMED
+    return _BEGIN % (_RAW_MAPS if raw else "") + _COMMON + (_RAW if raw else _PLAIN)
 
 
 def u64s(raw: bytes) -> list[int]:
