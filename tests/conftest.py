@@ -9,6 +9,7 @@ and reaps every one it starts (PID 1 here does not reap orphans).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -223,20 +224,27 @@ def daemon(daemon_factory: Any) -> Daemon:
     return d
 
 
-@pytest.fixture(scope="module")
-def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One tracerd (default config) for the tests of a module that only send it requests and read the
-    replies: never for a test that counts from zero, traces, reloads, stops or kills it (`daemon`)."""
+@contextlib.contextmanager
+def module_daemon(tmp_path_factory: pytest.TempPathFactory, extra_config: str = "") -> Iterator[Daemon]:
+    """A started tracerd with a syslog receiver of its own, for a module-scoped fixture."""
     root = tmp_path_factory.mktemp("shared")
     receiver = SyslogReceiver(root / "syslog.sock")
     (root / "d").mkdir()
-    daemon = Daemon(root / "d", receiver.path)
+    daemon = Daemon(root / "d", receiver.path, extra_config)
     try:
         daemon.start()
         yield daemon
     finally:
         daemon.stop()
         receiver.close()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One tracerd (default config) for the tests of a module that only send it requests and read the
+    replies: never for a test that counts from zero, traces, reloads, stops or kills it (`daemon`)."""
+    with module_daemon(tmp_path_factory) as daemon:
+        yield daemon
 
 
 @pytest.fixture
