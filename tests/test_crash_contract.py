@@ -9,14 +9,15 @@ import json
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import have, proc_state
-from tests.support import wait_until
+from tests.conftest import have, module_daemon, proc_state
+from tests.support import Daemon, wait_until
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
@@ -74,10 +75,23 @@ def assert_clean(daemon: Any, pid: int) -> None:
     wait_until(lambda: left() == [], "no gdb left running", 10)
 
 
+def rule(tracer: str) -> str:
+    return f'[[rule]]\nprocess = "crash*"\ntracer = "{tracer}"\n'
+
+
 @pytest.fixture(params=["gdb", "watch"])
 def gdb_daemon(daemon_factory: Any, request: pytest.FixtureRequest) -> Any:
     """A daemon tracing crash* processes with the tracer under test."""
-    return daemon_factory(f'[[rule]]\nprocess = "crash*"\ntracer = "{request.param}"\n')
+    return daemon_factory(rule(request.param))
+
+
+@pytest.fixture(scope="module", params=["gdb", "watch"])
+def calm_daemon(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A daemon for each tracer, shared by the module's tests whose process ends without a crash (an
+    exit, a harmless signal, its own handler): each reads only its own pid's session, and the crash
+    store stays empty.  A test that crashes or counts has a daemon of its own (gdb_daemon)."""
+    with module_daemon(tmp_path_factory, rule(request.param)) as daemon:
+        yield daemon
 
 
 def crash_report(daemon: Any, crash_id: str) -> dict[str, Any]:
@@ -147,40 +161,40 @@ def test_crash_in_second_thread(gdb_daemon: Any, cbin: Any, spawn: Any) -> None:
     assert_clean(gdb_daemon, target.pid)
 
 
-def test_own_sigsegv_handler_runs_as_untraced(gdb_daemon: Any, cbin: Any, spawn: Any) -> None:
+def test_own_sigsegv_handler_runs_as_untraced(calm_daemon: Any, cbin: Any, spawn: Any) -> None:
     """A program's own SIGSEGV handler runs; no crash report; same exit status."""
     baseline, out = untraced_status(cbin, spawn, "handler")
-    code, traced_out, target = traced_status(gdb_daemon, cbin, spawn, "handler")
+    code, traced_out, target = traced_status(calm_daemon, cbin, spawn, "handler")
     assert (code, traced_out) == (baseline, out) == (7, "handled\n")
-    session = gdb_daemon.wait_session(target.pid, "exited")
+    session = calm_daemon.wait_session(target.pid, "exited")
     assert session["exit_code"] == 7
     assert session["crash"] is None
-    assert json.loads(gdb_daemon.ctl("--json", "crashes").stdout)["crashes"] == []
-    assert_clean(gdb_daemon, target.pid)
+    assert json.loads(calm_daemon.ctl("--json", "crashes").stdout)["crashes"] == []
+    assert_clean(calm_daemon, target.pid)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1])
-def test_harmless_signals_are_delivered_as_untraced(gdb_daemon: Any, cbin: Any, spawn: Any, signum: int) -> None:
+def test_harmless_signals_are_delivered_as_untraced(calm_daemon: Any, cbin: Any, spawn: Any, signum: int) -> None:
     """SIGPIPE, SIGTERM, SIGHUP, SIGUSR1: delivered, no stall, no crash report."""
     baseline, _ = untraced_status(cbin, spawn, "wait", send=signum)
-    code, _, target = traced_status(gdb_daemon, cbin, spawn, "wait", send=signum)
+    code, _, target = traced_status(calm_daemon, cbin, spawn, "wait", send=signum)
     assert code == baseline == -signum
-    session = gdb_daemon.wait_session(target.pid, "exited")
+    session = calm_daemon.wait_session(target.pid, "exited")
     assert session["signal"] == signal.Signals(signum).name
     assert session["crash"] is None
-    assert_clean(gdb_daemon, target.pid)
+    assert_clean(calm_daemon, target.pid)
 
 
-def test_normal_exit_with_code_3(gdb_daemon: Any, cbin: Any, spawn: Any) -> None:
+def test_normal_exit_with_code_3(calm_daemon: Any, cbin: Any, spawn: Any) -> None:
     """exit(3): session exited with 3, log closed, gdb gone."""
-    code, _, target = traced_status(gdb_daemon, cbin, spawn, "exit3")
+    code, _, target = traced_status(calm_daemon, cbin, spawn, "exit3")
     assert code == 3
-    session = gdb_daemon.wait_session(target.pid, "exited")
+    session = calm_daemon.wait_session(target.pid, "exited")
     assert session["exit_code"] == 3
     log = Path(session["log"])
     wait_until(lambda: log.read_text().rstrip().endswith("exited with status 3"), "the log's closing line", 10)
     assert log.read_text().rstrip().endswith(f"crashd[{target.pid}] exited with status 3")
-    assert_clean(gdb_daemon, target.pid)
+    assert_clean(calm_daemon, target.pid)
 
 
 def test_same_crash_in_five_pids_one_signature(gdb_daemon: Any, cbin: Any, spawn: Any) -> None:
