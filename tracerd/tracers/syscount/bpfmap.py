@@ -1,18 +1,12 @@
 """bpftrace's maps used from tracerd itself, through the bpf(2) system call.
 
-The shared bpftrace's map descriptors are copied into tracerd with
-pidfd_getfd(2) (the descriptor numbers come from ``/proc/PID/fdinfo``, so the
-maps are that very process's, never found by their machine-wide names), and
-named with BPF_OBJ_GET_INFO_BY_FD.  Then a pid goes in or out of ``@pids``
-with one system call (no bpftool process: microseconds, not milliseconds), and
-a map is read key by key (BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM), each
-per-CPU value summed over the possible CPUs.
+Descriptors are copied from the bpftrace process with pidfd_getfd(2) (found
+in its ``/proc/PID/fdinfo``, never by machine-wide name), then updated,
+deleted and read key by key, per-CPU values summed.
 
-Security: the descriptors are taken from our own child (bpftrace, started by
-us); nothing is read from the traced processes.
+Security: the descriptors are our own child's; nothing is read from the targets.
 
-Diagnostics: a failing call raises OSError with the kernel's errno;
-:func:`open_maps` raises it too when a descriptor cannot be copied.
+Diagnostics: a failing call raises OSError with the kernel's errno.
 """
 
 from __future__ import annotations

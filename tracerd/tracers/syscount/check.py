@@ -1,19 +1,10 @@
 """Can syscount count here?  Its checks before the shared bpftrace starts, each a one-line refusal.
 
-In order: bpftrace installed (the apt package of that name; tracerd uses
-its maps itself through bpf(2), so bpftool is for looking at them only);
-the kernel's BTF (/sys/kernel/btf/vmlinux: bpftrace reads the kernel's types
-from it, since Debian ships no kernel headers); tracefs (the tracepoints'
-ids); the capabilities to load BPF programs and open tracepoint events
-(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN).
+bpftrace installed, the kernel's BTF, tracefs (mounted by tracerd itself
+with CAP_SYS_ADMIN, logged ``tracefs_mounted``), CAP_BPF and CAP_PERFMON (or
+CAP_SYS_ADMIN).  The lines and fixes: docs/syscount.md, "Requirements".
 
-tracefs: when it is not mounted and tracerd runs with CAP_SYS_ADMIN, tracerd
-mounts it itself (``mount -t tracefs nodev /sys/kernel/tracing``, what
-systemd does at boot; left mounted, as the kernel's own API is) and logs
-``tracefs_mounted``; otherwise the refusal names that command.
-
-Security: reads /proc/self/status and mountinfo; runs ``mount`` with a fixed
-argv.  Nothing here reads the target.
+Security: reads /proc/self/status and mountinfo; runs ``mount`` with a fixed argv.
 
 Diagnostics: :func:`refusal` returns the one line, or None; it never raises.
 """

@@ -1,32 +1,19 @@
 """The one bpftrace of a daemon, shared by every syscount session: started, fed pids, read, restarted.
 
-:class:`Loader` (one per event loop, :mod:`tracerd.loopsingleton`) starts
-``bpftrace -e PROGRAM`` (:mod:`tracerd.tracers.syscount.script`) at the
-first session, and keeps it.  Its maps are taken from the bpftrace process's
-own descriptors (:mod:`tracerd.tracers.syscount.bpfmap`: pidfd_getfd): map
-names are machine-wide, two daemons' bpftraces never mix.  A session's root
-pid goes into ``@pids`` with one bpf(2) call (the hook returns once it has
-returned); at its end the session is read a last time and its keys are
-deleted.  Sessions ending together (a shutdown) share one read.
+Started at the first session and kept (docs/syscount.md, "Design").  Its
+maps are taken from its own descriptors (:mod:`bpfmap`); on x86-64 the
+returning calls are counted by tracerd's own program (:mod:`rawcount`).  A
+session's pid goes into ``@pids`` with one bpf(2) call; the maps are read
+every tick and at the session's end, which deletes its keys.  A dead
+bpftrace is restarted (growing delay) with every live root put back.
+Metrics keep at most :data:`MAX_NAMES` names a service, :data:`MAX_SERVICES`
+services.
 
-Counts are read every tick (the shortest ``interval`` of the live sessions,
-and at ``tracerctl show``): the maps are cumulative, so a read loses
-nothing; a session's totals are what earlier bpftraces counted (``base``)
-plus what this one has.  When bpftrace dies (even by SIGKILL) the counts
-since the last read are lost: the next one is started (after a growing delay
-when it keeps dying, as the watcher is) and every live root is put back,
-with the descendants it has then.
+Security: bpftrace runs from a fixed argv (no shell); of its output only the
+ready line and ``exit PID CODE`` lines are read.
 
-Metrics: the increase of each read is added per service and system call
-name (at most :data:`MAX_NAMES` names a service, :data:`MAX_SERVICES`
-services, the rest ``other``).
-
-Security: bpftrace is run from a fixed argv (no shell); its output is read
-only as its ready line and ``exit PID CODE`` lines.
-
-Diagnostics: bpftrace's own words are logged (``syscount_bpftrace_says``),
-its deaths (``syscount_bpftrace_died``) and restarts too; a failing bpf(2)
-call raises TracerFailed saying which.
+Diagnostics: bpftrace's words, deaths and restarts are logged
+(``syscount_bpftrace_*``); a failing bpf(2) call raises TracerFailed.
 """
 
 from __future__ import annotations

@@ -1,21 +1,16 @@
-"""The counting half of syscount on x86-64: one raw tracepoint program at ``sys_exit``.
+"""The counting half of syscount on x86-64: tracerd's own raw tracepoint program at ``sys_exit``.
 
-A tracepoint program (bpftrace's ``raw_syscalls`` probes) costs every system
-call of every process on the machine the perf buffer's set-up, twice (entry
-and exit).  A raw tracepoint program runs on the tracepoint's own arguments:
-at ``sys_exit`` it looks the caller's tgid up in bpftrace's ``@pids`` and, if
-counted, adds one to ``@c[root, nr]`` and, for a failure, ``@e[root, nr,
-errno]`` — the very maps and keys of :mod:`tracerd.tracers.syscount.script`'s
-plain program, which then keeps only fork, exit, exit and exit_group (those
-never reach ``sys_exit``).  bpftrace 0.17 has no raw tracepoint probe, so
-tracerd loads these 40 instructions itself (bpf(2), no compiler).  The link
-is tracerd's descriptor: it ends with tracerd, as bpftrace does.
+One program a call instead of bpftrace's two tracepoint programs, and no
+perf buffer: it looks the tgid up in bpftrace's ``@pids`` and adds one to
+``@c[root, nr]`` and, for a failure, ``@e[root, nr, errno]`` (the number
+from ``pt_regs->orig_ax``).  bpftrace 0.17 has no raw tracepoint probe: the
+40 instructions are assembled here and loaded with bpf(2).  The link is a
+descriptor of tracerd's, so it ends with tracerd, as bpftrace does.
 
-Security: the program is a constant of ours; the kernel's verifier checks it.
-The map descriptors are the ones taken from our own bpftrace.
+Security: the program is a constant of ours, checked by the kernel's verifier;
+the maps are our own bpftrace's.
 
-Diagnostics: :func:`attach` raises OSError with the kernel's errno (and the
-verifier's last words); :func:`available` says whether to try.
+Diagnostics: :func:`attach` raises OSError with the errno and the verifier's last words.
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
 """The bpftrace program every syscount session shares, and how its maps are read.
 
-Maps (bpftrace names them ``AT_`` + the map's name; found by the bpftrace
-process's own descriptors, never by name, since map names are machine-wide):
-
-- ``@pids[tgid] = root``: the processes counted, each under its session's
-  root tgid.  tracerd adds and removes roots; the program adds a child at
-  ``sched_process_fork`` from a counted process (every thread is looked up
-  by its tgid, so threads count under their process) and removes it when it
-  exits.
-- ``@c[root, nr] = count()``: calls, at ``raw_syscalls:sys_enter``
-  (per-CPU counters: exact, no lost increments).
-- ``@e[root, nr, errno] = count()``: failed calls, at ``sys_exit``.
-- with latency: ``@ns[root, nr] = sum(ns)`` and ``@h[root, nr] = hist(ns)``,
-  from ``@t[tid]``, the entry time.
-
-The maps are cumulative; tracerd reads them (:func:`parse_dump`) and keeps
-the differences.  A root's process exiting prints ``exit ROOT CODE``, its
-wait status (so that the session ends with its exit status).
+``@pids[tgid] = root`` (children added at fork, removed at exit; threads
+looked up by tgid), ``@c[root, nr]`` calls, ``@e[root, nr, errno]`` failures,
+with latency ``@ns``/``@h`` from ``@t[tid]``.  With ``raw`` the returning
+calls are counted by :mod:`rawcount`, and bpftrace only counts exit and
+exit_group.  Maps are cumulative; a root's exit prints ``exit ROOT CODE``.
 
 Security: the program is ours; tracerd writes only pids into ``@pids``.
 
-Diagnostics: none here; bpftrace's own errors go to its output, which the
-loader reads.
+Diagnostics: none here; bpftrace's errors go to its output, which the loader reads.
 """
 
 from __future__ import annotations
