@@ -14,13 +14,15 @@ import resource
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import tracerd
-from tests.support import BIN, SYSTEM_PYTHON, installed_python_hook, wait_until
+from tests.conftest import module_daemon
+from tests.support import BIN, SYSTEM_PYTHON, Daemon, installed_python_hook, wait_until
 from tracerd import client, hook, procinfo
 from tracerd.protocol import ACK, encode, error_reply
 
@@ -53,6 +55,14 @@ def hook_script(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return venv_form(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def hooked_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One tracerd for the module's hooks: each test reads only its own target's session, which
+    ends with the target."""
+    with module_daemon(tmp_path_factory) as daemon:
+        yield daemon
+
+
 def interpreter(script: Path) -> list[str]:
     """The #! line's words: the interpreter and its flags."""
     first = script.read_text().splitlines()[0]
@@ -68,11 +78,12 @@ def test_make_writes_the_hook_isolated_without_site(hook_script: Path) -> None:
 
 
 def test_a_real_attach_imports_nothing_but_the_standard_library_and_the_hook(
-    hook_script: Path, daemon: Any, cbin: Any, spawn: Any
+    hook_script: Path, hooked_daemon: Daemon, cbin: Any, spawn: Any
 ) -> None:
     """A hook run through system() that gets its process traced loads only the hook and the
     standard library beyond a bare interpreter: no tracerd package, no site, nothing of
     site-packages (the hook's own interpreter with -X importtime, which lists every import)."""
+    daemon = hooked_daemon
     bare = subprocess.run([*interpreter(hook_script), "-X", "importtime", "-c", "pass"],
                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
     command = shlex.join([*interpreter(hook_script), "-X", "importtime", str(hook_script)])
@@ -95,11 +106,12 @@ def imported(importtime: str) -> set[str]:
 
 
 def test_a_hostile_environment_changes_nothing(
-    hook_script: Path, daemon: Any, cbin: Any, spawn: Any, tmp_path: Path
+    hook_script: Path, hooked_daemon: Daemon, cbin: Any, spawn: Any, tmp_path: Path
 ) -> None:
     """PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, PYTHONINSPECT and a working directory full of
     modules named like the hook's (hook, _socket, _json, time, sitecustomize, ...) are all
     ignored: the process is traced and none of the planted modules ran."""
+    daemon = hooked_daemon
     evil = tmp_path / "evil"
     evil.mkdir()
     marker = tmp_path / "ran"
