@@ -73,6 +73,29 @@ XDIST_GROUPS: dict[str, str | None] = {
     "tests/test_install.py::test_uninstall_disables_postfix_first_and_lists_the_data_it_leaves": None,
     "tests/test_quickstart.py::test_quick_start_as_written": None,
 }
+# The tests on a module-scoped tracerd (shared_daemon, or a module's own): a module's run on one worker,
+# one after another, so that the module starts its tracerd once, not once on each worker.
+MODULE_DAEMON_TESTS: dict[str, tuple[str, ...]] = {
+    "tests/test_cli.py": ("test_json_after_the_command", "test_errors_are_json_under_json"),
+    "tests/test_crash_contract.py": ("test_own_sigsegv_handler_runs_as_untraced",
+                                     "test_harmless_signals_are_delivered_as_untraced", "test_normal_exit_with_code_3"),
+    "tests/test_ctl.py": ("test_exit_codes", "test_attach_with_unavailable_tracer_fails_cleanly"),
+    "tests/test_daemon.py": ("test_second_daemon_on_same_socket_refuses", "test_own_log_is_json_lines"),
+    "tests/test_fuzz.py": ("test_hypothesis_requests_always_get_a_well_formed_reply",
+                           "test_oversize_frames_close_the_connection",
+                           "test_a_byte_a_second_client_does_not_block_others"),
+    "tests/test_hook.py": ("test_refusal_is_reported_with_the_daemons_reason", "test_daemon_refuses_to_trace_itself"),
+    "tests/test_hook_startup.py": ("test_a_real_attach_imports_nothing_but_the_standard_library_and_the_hook",
+                                   "test_a_hostile_environment_changes_nothing"),
+    "tests/test_requests.py": ("test_bad_requests_get_a_clear_error",
+                               "test_oversize_request_is_refused_and_connection_closed", "test_nonexistent_pid",
+                               "test_pid_that_is_not_an_ancestor_is_refused",
+                               "test_one_bad_client_does_not_harm_another", "test_ack_is_a_hook_only_boolean",
+                               "test_refused_hook_gets_no_acknowledgement"),
+    "tests/test_retention.py": ("test_bad_age_is_one_line", "test_unknown_id_and_usage"),
+}  # fmt: skip
+XDIST_GROUPS.update({f"{file}::{name}": f"module daemon {file}" for file, names in MODULE_DAEMON_TESTS.items()
+                     for name in names})  # fmt: skip
 
 
 def xdist_group(nodeid: str) -> str | None:
