@@ -93,6 +93,12 @@ MODULE_DAEMON_TESTS: dict[str, tuple[str, ...]] = {
                                "test_one_bad_client_does_not_harm_another", "test_ack_is_a_hook_only_boolean",
                                "test_refused_hook_gets_no_acknowledgement"),
     "tests/test_retention.py": ("test_bad_age_is_one_line", "test_unknown_id_and_usage"),
+    "tests/test_signatures.py": ("test_two_asserts_in_two_functions_are_two_entries_shown_by_their_functions",
+                                 "test_one_assert_in_two_programs_is_two_entries",
+                                 "test_sigfpe_and_sigill_in_one_stripped_binary_are_two_entries",
+                                 "test_the_stripped_and_the_unstripped_binary_of_one_bug_are_two_entries",
+                                 "test_twenty_runs_of_one_bug_are_one_entry_of_count_twenty",
+                                 "test_the_watchers_report_replaces_stracess_as_the_one_shown"),
 }  # fmt: skip
 XDIST_GROUPS.update({f"{file}::{name}": f"module daemon {file}" for file, names in MODULE_DAEMON_TESTS.items()
                      for name in names})  # fmt: skip
