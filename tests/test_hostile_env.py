@@ -32,9 +32,9 @@ def syscw(pid: int) -> int:
 
 
 def progresses(pid: int) -> bool:
+    """A write within 0.5 s (the sleeper writes every 50 ms): as soon as it shows, not after 0.5 s."""
     before = syscw(pid)
-    time.sleep(0.5)
-    return syscw(pid) > before
+    return wait_until(lambda: syscw(pid) > before, f"process {pid} writing on", 0.5, interval=0.01)
 
 
 def sleeper_attached(daemon: Any, cbin: Any, spawn: Any, name: str = "sleeper") -> Any:
