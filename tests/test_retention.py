@@ -86,6 +86,7 @@ def test_delete_by_id_and_signature(daemon_factory: Any, cbin: Any, spawn: Any) 
     assert files(daemon) == set()
 
 
+@pytest.mark.slow  # 9 s of waiting by design: under xdist it starts first, beside the others' work
 def test_delete_older_than(daemon_factory: Any, cbin: Any, spawn: Any) -> None:
     """--older-than: the crash stored before the cutoff goes (report, core,
     its signature); the later one stays.  The two are 8 s apart, so the
