@@ -128,12 +128,13 @@ class PostfixInstance:
             [MASTER, "-c", str(self.config_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         master = self.master
+        started = self.log_text().count("daemon started")  # this master's line, not an earlier one's
 
         def serving() -> bool:
             if master.poll() is not None:
                 raise AssertionError(f"postfix master exited: {self.log_text()[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return "daemon started" in self.log_text()
+                return self.log_text().count("daemon started") > started
             return False
 
         wait_until(serving, "postfix started", timeout)
@@ -195,6 +196,15 @@ class PostfixInstance:
                 self.master.kill()
                 self.master.wait()
         reap_orphans()
+
+        def closed() -> bool:  # master's children hold the listener a moment longer than master
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return True
+            return False
+
+        wait_until(closed, f"port {self.port} closed after postfix stop", 20)
 
 
 POSTFIX_PROGRAMS = frozenset({
