@@ -50,6 +50,9 @@ class SyscountTracer(Tracer):
 
     @classmethod
     def unavailable(cls) -> str | None:
+        running = loader.current()
+        if running is not None and running.pid is not None:
+            return None  # bpftrace runs: no PATH search per session
         return check.missing_program()  # the rest (BTF, capabilities, tracefs) before bpftrace starts
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Descriptors are copied from the bpftrace process with pidfd_getfd(2) (found
 in its ``/proc/PID/fdinfo``, never by machine-wide name), then updated,
-deleted and read key by key, per-CPU values summed.
+deleted and read in batches (BPF_MAP_*_BATCH, Linux 5.6+; key by key
+where the kernel refuses batches), per-CPU values summed.
 
 Security: the descriptors are our own child's; nothing is read from the targets.
 
@@ -14,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 from dataclasses import dataclass
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351, "i686": 357, "i386": 357}
 SYS_PIDFD_GETFD = 438  # the same number on every architecture
-LOOKUP, UPDATE, DELETE, NEXT_KEY, OBJ_INFO = 1, 2, 3, 4, 15
+LOOKUP, UPDATE, DELETE, NEXT_KEY, OBJ_INFO, LOOKUP_BATCH, DELETE_BATCH = 1, 2, 3, 4, 15, 24, 27
+NO_BATCH = {errno.EINVAL, errno.EOPNOTSUPP, 524}  # 524: the kernel's ENOTSUPP
+BATCH = 1024  # keys a batch call reads or deletes
 PERCPU_TYPES = {5, 6, 10}  # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 ATTR_SIZE = 128
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -34,12 +38,13 @@ def _syscall(number: int, *args: object) -> int:
     return result
 
 
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     return _syscall(SYS_BPF[os.uname().machine], ctypes.c_int(cmd), attr, ctypes.c_uint(ATTR_SIZE))
 
 
+@functools.cache
 def possible_cpus() -> int:
-    """How many slots a per-CPU value has (``/sys/devices/system/cpu/possible``)."""
+    """How many slots a per-CPU value has (``/sys/devices/system/cpu/possible``, fixed at boot)."""
     try:
         with open("/sys/devices/system/cpu/possible", encoding="ascii") as file:
             text = file.read().strip()
@@ -75,44 +80,106 @@ class BpfMap:
 
     def update(self, key: bytes, value: bytes) -> None:
         key_buffer, value_buffer = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value)
-        _bpf(UPDATE, self._attr(key_buffer, value_buffer))  # the buffers live until the call returned
+        bpf(UPDATE, self._attr(key_buffer, value_buffer))  # the buffers live until the call returned
+
+    def _batch_attr(self, token: ctypes.Array[ctypes.c_char] | None, out: ctypes.Array[ctypes.c_char] | None,
+                    keys: ctypes.Array[ctypes.c_char], values: ctypes.Array[ctypes.c_char] | None,
+                    count: int) -> ctypes.Array[ctypes.c_char]:  # fmt: skip
+        attr = ctypes.create_string_buffer(ATTR_SIZE)
+        for offset, buffer in ((0, token), (8, out), (16, keys), (24, values)):
+            ctypes.c_uint64.from_buffer(attr, offset).value = ctypes.addressof(buffer) if buffer is not None else 0
+        ctypes.c_uint32.from_buffer(attr, 32).value = count
+        ctypes.c_uint32.from_buffer(attr, 36).value = self.fd
+        return attr
 
     def delete(self, key: bytes) -> bool:
         """Delete ``key``; False when it was not there."""
         key_buffer = ctypes.create_string_buffer(key, len(key))
         try:
-            _bpf(DELETE, self._attr(key_buffer, None))
+            bpf(DELETE, self._attr(key_buffer, None))
         except OSError as err:
             if err.errno == errno.ENOENT:
                 return False
             raise
         return True
 
+    def delete_many(self, keys: list[bytes]) -> None:
+        """Delete ``keys``, in batches; one that is not there (the program deleted it) is skipped."""
+        while keys:
+            chunk = keys[:BATCH]
+            buffer = ctypes.create_string_buffer(b"".join(chunk), len(chunk) * self.key_size)
+            attr = self._batch_attr(None, None, buffer, None, len(chunk))
+            try:
+                bpf(DELETE_BATCH, attr)
+                done = len(chunk)
+            except OSError as err:
+                if err.errno in NO_BATCH:
+                    for key in keys:
+                        self.delete(key)
+                    return
+                if err.errno != errno.ENOENT:
+                    raise
+                done = ctypes.c_uint32.from_buffer(attr, 32).value + 1  # the missing key's index, skipped
+            keys = keys[done:]
+
     def items(self, limit: int = 1 << 20) -> list[tuple[bytes, int]]:
         """Every (key, value) now: the value's first 8 bytes as a signed integer, summed over CPUs."""
         cpus = possible_cpus() if self.kind in PERCPU_TYPES else 1
+        try:
+            return self._items_batched(cpus, limit)
+        except OSError as err:
+            if err.errno not in NO_BATCH:
+                raise
+        return self._items_one_by_one(cpus, limit)
+
+    def _sum(self, raw: bytes, offset: int, cpus: int) -> int:
+        return sum(int.from_bytes(raw[offset + i * self.slot : offset + i * self.slot + 8], "little", signed=True)
+                   for i in range(cpus))  # fmt: skip
+
+    def _items_batched(self, cpus: int, limit: int) -> list[tuple[bytes, int]]:
+        keys = ctypes.create_string_buffer(BATCH * self.key_size)
+        values = ctypes.create_string_buffer(BATCH * self.slot * cpus)
+        token, out = None, ctypes.create_string_buffer(max(self.key_size, 8))
+        found: list[tuple[bytes, int]] = []
+        while len(found) < limit:
+            attr = self._batch_attr(token, out, keys, values, BATCH)
+            try:
+                bpf(LOOKUP_BATCH, attr)
+                last = False
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+                last = True  # the end: count says how many this call still filled
+            count = ctypes.c_uint32.from_buffer(attr, 32).value
+            raw_keys, raw_values = keys.raw, values.raw
+            for i in range(count):
+                found.append((raw_keys[i * self.key_size : (i + 1) * self.key_size],
+                              self._sum(raw_values, i * self.slot * cpus, cpus)))  # fmt: skip
+            if last:
+                break
+            token = ctypes.create_string_buffer(out.raw, len(out))
+        return found[:limit]
+
+    def _items_one_by_one(self, cpus: int, limit: int) -> list[tuple[bytes, int]]:
         value = ctypes.create_string_buffer(self.slot * cpus)
         found: list[tuple[bytes, int]] = []
         current: ctypes.Array[ctypes.c_char] | None = None
         while len(found) < limit:
             following = ctypes.create_string_buffer(self.key_size)
             try:
-                _bpf(NEXT_KEY, self._attr(current, following))
+                bpf(NEXT_KEY, self._attr(current, following))
             except OSError as err:
                 if err.errno == errno.ENOENT:
                     break
                 raise
             current = following
             try:
-                _bpf(LOOKUP, self._attr(current, value))
+                bpf(LOOKUP, self._attr(current, value))
             except OSError as err:
                 if err.errno == errno.ENOENT:
                     continue  # deleted meanwhile
                 raise
-            raw = value.raw
-            total = sum(int.from_bytes(raw[i * self.slot : i * self.slot + 8], "little", signed=True)
-                        for i in range(cpus))  # fmt: skip
-            found.append((current.raw, total))
+            found.append((current.raw, self._sum(value.raw, 0, cpus)))
         return found
 
     def close(self) -> None:
@@ -126,7 +193,7 @@ def _info(fd: int) -> BpfMap:
     ctypes.c_uint32.from_buffer(attr, 0).value = fd
     ctypes.c_uint32.from_buffer(attr, 4).value = len(info)
     ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(info)
-    _bpf(OBJ_INFO, attr)
+    bpf(OBJ_INFO, attr)
     raw = info.raw
     # struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags (u32 each), name[16]
     kind, key_size, value_size = (int.from_bytes(raw[o : o + 4], "little") for o in (0, 8, 12))

@@ -21,7 +21,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from tracerd.tracers.syscount.bpfmap import ATTR_SIZE, _bpf
+from tracerd.tracers.syscount.bpfmap import ATTR_SIZE, bpf
 
 PROG_LOAD, RAW_TRACEPOINT_OPEN = 5, 17
 RAW_TRACEPOINT = 17  # BPF_PROG_TYPE_RAW_TRACEPOINT
@@ -169,7 +169,7 @@ def _load(code: bytes, log_size: int) -> int:
                      ctypes.addressof(words) if log_size else 0)  # fmt: skip
     struct.pack_into("16s", attr, 48, b"tracerd_count")  # prog_name
     try:
-        return _bpf(PROG_LOAD, attr)
+        return bpf(PROG_LOAD, attr)
     except OSError as err:
         said = words.value.decode("ascii", "replace").strip().splitlines()[-2:]
         raise OSError(err.errno, " ".join([err.strerror or "", *said]).strip()) from None
@@ -186,7 +186,7 @@ def attach(pids: int, calls: int, errors: int) -> Attached:
     attr = ctypes.create_string_buffer(ATTR_SIZE)
     struct.pack_into("<QI", attr, 0, ctypes.addressof(name), prog)
     try:
-        link = _bpf(RAW_TRACEPOINT_OPEN, attr)
+        link = bpf(RAW_TRACEPOINT_OPEN, attr)
     except OSError:
         os.close(prog)
         raise
