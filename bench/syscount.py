@@ -5,11 +5,17 @@ cheapest system call: any per-call cost shows in full) and prints the time
 its loop took (the hook is not timed).  Kinds, each against the untraced
 baseline of the same run:
 
-- untraced: the hook is skipped (bpftrace is loaded for the other kinds, so
-  this baseline pays what its probes cost every process of the machine);
-- untraced, no bpftrace: the same, first, before any bpftrace is loaded;
+- untraced: the hook is skipped, no bpftrace loaded;
 - syscount: ``pftrace-hook --tracer syscount`` through a private tracerd;
-- syscount+latency: the same with ``[syscount] latency = true`` (a second tracerd);
+- untraced, syscount loaded: another process, while that tracerd's programs
+  are loaded: what syscount costs every process of the machine;
+- syscount+latency: the same with ``[syscount] latency = true`` (a tracerd
+  of its own, alone loaded);
+- floor: untraced, while an empty program (``r0 = 0; exit``) is attached at
+  ``sys_exit``: what any system call probe costs, before it does any work;
+- bpftrace one-liner: ``tracepoint:raw_syscalls:sys_enter /pid == PID/ {
+  @[args->id] = count(); }`` attached while the target waits stopped
+  (issue 25's reference: one probe, a pid compare, no map of pids);
 - strace: ``pftrace-hook --tracer strace`` (tracerd's own strace path);
 - strace -c: ``strace -c -o FILE`` running the target;
 - perf trace -s: ``perf trace -s -o FILE`` running the target.
@@ -17,7 +23,9 @@ baseline of the same run:
 The slow tracers run --slow-iterations calls (their cost is per call: the
 ratio is taken per call).  Then the attach latency through the hook: the
 hook's wall time for a running process, the first (bpftrace's start) and
-the next --attaches ones.  Prints every figure, writes bench/results/syscount.json.
+the next --attaches ones.  Each round starts its tracerds afresh (a tracerd
+keeps its bpftrace), so that every kind pays for its own programs only.
+Prints every figure, writes bench/results/syscount.json.
 
 Usage: .venv/bin/python bench/syscount.py [--runs 5] [--iterations 2000000] [--slow-iterations 200000]
 """
@@ -25,8 +33,10 @@ Usage: .venv/bin/python bench/syscount.py [--runs 5] [--iterations 2000000] [--s
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,9 +47,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, compile_c, private_tracerd, request, save, summary, wait_until
 
+from tests.support import proc_state
+from tracerd.tracers.syscount import rawcount
+
 GOAL = 1.6  # syscount's loop time, at most this many times untraced (issue 25)
 OUTPUT = re.compile(r"hook=(-?\d+) elapsed_us=(\d+)")
 LATENCY = "[syscount]\nlatency = true\n"
+HOOK = f"{BIN / 'pftrace-hook'} --socket {{}} --timeout 60 --tracer {{}}"
+LOADED = "untraced, syscount loaded"  # another process, while syscount's programs are loaded
+FLOOR = "floor: an empty program at sys_exit"  # what any system call probe costs, before any work
+ONE_LINER = "bpftrace one-liner, pid filter"  # issue 25's reference: raw_syscalls:sys_enter /pid == PID/
+FAST = ["syscount", LOADED, "syscount+latency", FLOOR, ONE_LINER]
+SLOW = {"strace -c": ["strace", "-f", "-c", "-o", "{tmp}/strace.out"],
+        "perf trace -s": ["perf", "trace", "-s", "-o", "{tmp}/perf.out"]}  # fmt: skip
 
 
 def loop_ns(argv: list[str], iterations: int) -> float | None:
@@ -60,20 +80,68 @@ def wait_ended(sock: Path, pid: int) -> None:
     wait_until(ended, f"session {pid} ended", timeout=600)
 
 
-def run(exe: Path, kind: str, iterations: int, hooks: dict[str, tuple[str, Path]], tmp: Path) -> float | None:
-    name = f"bench-{kind.replace(' ', '').replace('+', '-')}"
-    if kind == "untraced":
-        return loop_ns([str(exe), "-", name, str(iterations)], iterations)
-    if kind in hooks:
-        hook, sock = hooks[kind]
-        proc = subprocess.Popen([str(exe), hook, name, str(iterations)], stdout=subprocess.PIPE, text=True)
-        out, _ = proc.communicate(timeout=3600)
-        wait_ended(sock, proc.pid)
-        match = OUTPUT.search(out)
-        return int(match.group(2)) * 1000.0 / iterations if match and match.group(1) == "0" else None
-    prefix = {"strace -c": ["strace", "-f", "-c", "-o", str(tmp / "strace.out")],
-              "perf trace -s": ["perf", "trace", "-s", "-o", str(tmp / "perf.out")]}[kind]  # fmt: skip
-    return loop_ns([*prefix, str(exe), "-", name, str(iterations)], iterations)
+def run(
+    exe: Path, hook: tuple[str, Path] | None, iterations: int, prefix: list[str] | None = None, tmp: Path | None = None
+) -> float | None:
+    """ns per call of one target: untraced (no hook), through the hook (``(command, socket)``), or
+    run by a tracer (``prefix``, its output file in ``tmp``)."""
+    if hook is None:
+        argv = [*(p.format(tmp=tmp) for p in prefix or [])]
+        return loop_ns([*argv, str(exe), "-", "bench-untraced" if not prefix else "bench-slow", str(iterations)],
+                       iterations)  # fmt: skip
+    command, sock = hook
+    proc = subprocess.Popen([str(exe), command, "bench-syscount", str(iterations)], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=3600)
+    wait_ended(sock, proc.pid)
+    match = OUTPUT.search(out)
+    return int(match.group(2)) * 1000.0 / iterations if match and match.group(1) == "0" else None
+
+
+def floor_ns(exe: Path, iterations: int) -> float | None:
+    """An untraced run while an empty program (``r0 = 0; exit``) is attached at ``sys_exit``."""
+    asm = rawcount.Asm()
+    asm.movi(rawcount.R0, 0)
+    asm.op(0x95)
+    prog = rawcount.load(asm.bytes())
+    try:
+        link = rawcount.link(prog)
+        try:
+            return run(exe, None, iterations)
+        finally:
+            os.close(link)
+    finally:
+        os.close(prog)
+
+
+def one_liner_ns(exe: Path, iterations: int) -> float | None:
+    """bpftrace counting the target's calls by number, attached while the target waits stopped."""
+    argv = ["sh", "-c", 'kill -STOP $$; exec "$0" "$@"', str(exe), "-", "bench-one-liner", str(iterations)]
+    target = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    wait_until(lambda: proc_state(target.pid) == "T", "the target stopped", timeout=10)
+    script = (f"tracepoint:raw_syscalls:sys_enter /pid == {target.pid}/ {{ @[args->id] = count(); }}"
+              ' BEGIN { printf("ready\\n"); }')  # fmt: skip
+    tracer = subprocess.Popen(["bpftrace", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert tracer.stdout is not None
+        said = [tracer.stdout.readline()]
+        while said[-1] and "ready" not in said[-1]:
+            said.append(tracer.stdout.readline())
+        assert "ready" in said[-1], said
+        os.kill(target.pid, signal.SIGCONT)
+        out, _ = target.communicate(timeout=3600)
+    finally:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+        tracer.send_signal(signal.SIGINT)
+        tracer.communicate(timeout=60)
+    match = OUTPUT.search(out)
+    return int(match.group(2)) * 1000.0 / iterations if match and match.group(1) == "0" else None
+
+
+def note(times: dict[str, list[float]], kind: str, value: float | None) -> None:
+    if value is not None:
+        times.setdefault(kind, []).append(value)
 
 
 def attach_latency(timed: Path, hook: str, sock: Path, count: int) -> list[float]:
@@ -96,48 +164,48 @@ def main() -> int:
     parser.add_argument("--slow-iterations", type=int, default=200_000)
     parser.add_argument("--attaches", type=int, default=20)
     args = parser.parse_args()
-    fast = ["untraced", "syscount", "syscount+latency"]
     slow = ["strace", "strace -c"] + (["perf trace -s"] if shutil.which("perf") else [])
-    times: dict[str, list[float]] = {kind: [] for kind in fast + slow}
-    with tempfile.TemporaryDirectory() as tmpdir, private_tracerd() as (sock, _), \
-            private_tracerd(LATENCY) as (sock_lat, _):  # fmt: skip
+    times: dict[str, list[float]] = {kind: [] for kind in ["untraced", *FAST, *slow]}
+    first: list[float] = []
+    warm: list[float] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         exe = compile_c("bench_syscalls", tmp)
         timed = compile_c("timed_hook", tmp)
-        base = f"{BIN / 'pftrace-hook'} --socket {{}} --timeout 60 --tracer {{}}"
-        hooks = {"syscount": (base.format(sock, "syscount"), sock),
-                 "syscount+latency": (base.format(sock_lat, "syscount"), sock_lat),
-                 "strace": (base.format(sock, "strace"), sock)}  # fmt: skip
-        for _ in range(args.runs):  # no bpftrace loaded yet: what its probes cost every other process
-            value = run(exe, "untraced", args.iterations, hooks, tmp)
-            if value is not None:
-                times.setdefault("untraced, no bpftrace", []).append(value)
-        first = attach_latency(timed, hooks["syscount"][0], sock, 1)  # bpftrace's start
-        run(exe, "syscount+latency", 1000, hooks, tmp)  # its bpftrace started too
-        for round_ in range(args.runs):
-            order = fast if round_ % 2 == 0 else fast[::-1]
-            for kind in order:
-                value = run(exe, kind, args.iterations, hooks, tmp)
-                if value is not None:
-                    times[kind].append(value)
-        for kind in slow:
-            value = run(exe, kind, args.slow_iterations, hooks, tmp)
-            if value is not None:
-                times[kind].append(value)
-            value = run(exe, "untraced", args.slow_iterations, hooks, tmp)
-            if value is not None:
-                times.setdefault("untraced (slow count)", []).append(value)
-        warm = attach_latency(timed, hooks["syscount"][0], sock, args.attaches)
+        for round_ in range(args.runs):  # each kind with only its own bpftrace loaded, if any
+            note(times, "untraced", run(exe, None, args.iterations))
+            note(times, FLOOR, floor_ns(exe, args.iterations))
+            note(times, ONE_LINER, one_liner_ns(exe, args.iterations))
+            with private_tracerd() as (sock, _):
+                hook = HOOK.format(sock, "syscount")
+                if round_ == 0:
+                    first = attach_latency(timed, hook, sock, 1)  # bpftrace's start
+                else:
+                    attach_latency(timed, hook, sock, 1)
+                pair = [("syscount", hook), (LOADED, None)]
+                for kind, kind_hook in pair if round_ % 2 == 0 else pair[::-1]:
+                    note(times, kind, run(exe, (kind_hook, sock) if kind_hook else None, args.iterations))
+                if round_ == args.runs - 1:
+                    warm = attach_latency(timed, hook, sock, args.attaches)
+            with private_tracerd(LATENCY) as (sock, _):
+                hook = HOOK.format(sock, "syscount")
+                attach_latency(timed, hook, sock, 1)  # its bpftrace's start, not timed in the loop
+                note(times, "syscount+latency", run(exe, (hook, sock), args.iterations))
+        with private_tracerd() as (sock, _):  # no bpftrace: no syscount session in this one
+            for kind in slow:
+                hook_of = (HOOK.format(sock, "strace"), sock) if kind == "strace" else None
+                note(times, kind, run(exe, hook_of, args.slow_iterations, SLOW.get(kind), tmp))
+                note(times, "untraced (slow count)", run(exe, None, args.slow_iterations))
     medians = {kind: statistics.median(values) for kind, values in times.items() if values}
     untraced = medians["untraced"]
     print(f"getppid() loop: {args.iterations} calls ({args.slow_iterations} for strace and perf), median of"
           f" {args.runs} runs (slow ones: 1)\n")  # fmt: skip
-    print(f"{'kind':22} {'ns/call':>9} {'x untraced':>11}")
+    print(f"{'kind':38} {'ns/call':>9} {'x untraced':>11}")
     ratios = {}
     for kind, value in medians.items():
         ratios[kind] = value / untraced
         goal = f"   (goal <= {GOAL})" if kind == "syscount" else ""
-        print(f"{kind:22} {value:9.1f} {ratios[kind]:11.2f}{goal}")
+        print(f"{kind:38} {value:9.1f} {ratios[kind]:11.2f}{goal}")
     print(f"\nattach through the hook: first (bpftrace starts) {first[0]:.0f} ms; next {args.attaches}: "
           f"median {statistics.median(warm):.1f} ms, max {max(warm):.1f} ms")  # fmt: skip
     result: dict[str, Any] = {"iterations": args.iterations, "slow_iterations": args.slow_iterations,

@@ -389,6 +389,8 @@ def test_the_bench_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"^syscount\s+[\d.]+\s+[\d.]+\s+\(goal <= 1.6\)$", result.stdout, re.M), result.stdout
     assert "attach through the hook: first" in result.stdout
+    for row in ("untraced, syscount loaded", "floor: an empty program at sys_exit", "bpftrace one-liner, pid filter"):
+        assert re.search(rf"^{row}\s+[\d.]+\s+[\d.]+$", result.stdout, re.M), result.stdout
     assert json.loads((tmp_path / "syscount.json").read_text())["ratios"]["syscount"] > 0
 
 

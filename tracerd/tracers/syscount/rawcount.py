@@ -64,6 +64,16 @@ class Asm:
         self.op(0x18, dst, 1, 0, fd)  # BPF_LD_IMM64 with BPF_PSEUDO_MAP_FD: two slots
         self.op(0)
 
+    def pointer(self, dst: int, off: int) -> None:
+        """``dst = fp + off``: the address of a stack slot."""
+        self.mov(dst, FP)
+        self.addi(dst, off)
+
+    def map_key(self, fd: int, key: int) -> None:
+        """The first two arguments of a map helper: r1 = the map, r2 = the key at ``fp + key``."""
+        self.map_fd(R1, fd)
+        self.pointer(R2, key)
+
     def jump(self, code: int, dst: int, imm: int, label: str) -> None:
         self.op(code, dst, imm=imm, to=label)
 
@@ -79,9 +89,7 @@ class Asm:
 
 def _count(asm: Asm, fd: int, key: int, name: str) -> None:
     """``map[key at fp+key] += 1`` on this CPU; created at 1 when absent (a lost creation race adds again)."""
-    asm.map_fd(R1, fd)
-    asm.mov(R2, FP)
-    asm.addi(R2, key)
+    asm.map_key(fd, key)
     asm.call(LOOKUP)
     asm.jump(0x15, R0, 0, f"{name}_new")  # if r0 == 0
     asm.label(f"{name}_add")
@@ -91,17 +99,12 @@ def _count(asm: Asm, fd: int, key: int, name: str) -> None:
     asm.jump(0x05, 0, 0, f"{name}_done")
     asm.label(f"{name}_new")
     asm.op(0x7A, FP, off=ONE, imm=1)  # *(u64 *)(fp + ONE) = 1
-    asm.map_fd(R1, fd)
-    asm.mov(R2, FP)
-    asm.addi(R2, key)
-    asm.mov(R3, FP)
-    asm.addi(R3, ONE)
+    asm.map_key(fd, key)
+    asm.pointer(R3, ONE)
     asm.movi(R4, NOEXIST)
     asm.call(UPDATE)
     asm.jump(0x15, R0, 0, f"{name}_done")
-    asm.map_fd(R1, fd)
-    asm.mov(R2, FP)
-    asm.addi(R2, key)
+    asm.map_key(fd, key)
     asm.call(LOOKUP)
     asm.jump(0x55, R0, 0, f"{name}_add")  # if r0 != 0: another CPU created it first
     asm.label(f"{name}_done")
@@ -114,9 +117,7 @@ def program(pids: int, calls: int, errors: int) -> bytes:
     asm.call(GET_PID_TGID)
     asm.op(0x77, R0, imm=32)  # r0 >>= 32: the tgid
     asm.store(FP, KEY_PID, R0)
-    asm.map_fd(R1, pids)
-    asm.mov(R2, FP)
-    asm.addi(R2, KEY_PID)
+    asm.map_key(pids, KEY_PID)
     asm.call(LOOKUP)
     asm.jump(0x15, R0, 0, "out")
     asm.load(R7, R0, 0)  # the root
@@ -124,8 +125,7 @@ def program(pids: int, calls: int, errors: int) -> bytes:
     asm.load(R8, R6, 8)  # the return value
     asm.load(R3, R6, 0)
     asm.addi(R3, ORIG_AX)
-    asm.mov(R1, FP)
-    asm.addi(R1, KEY_C + 8)
+    asm.pointer(R1, KEY_C + 8)
     asm.movi(R2, 8)
     asm.call(PROBE_READ_KERNEL)  # the number (zeroed when unreadable)
     _count(asm, calls, KEY_C, "c")
@@ -175,19 +175,27 @@ def _load(code: bytes, log_size: int) -> int:
         raise OSError(err.errno, " ".join([err.strerror or "", *said]).strip()) from None
 
 
-def attach(pids: int, calls: int, errors: int) -> Attached:
-    """Load the program for these maps and attach it to ``sys_exit``; the caller closes it."""
-    code = program(pids, calls, errors)
+def load(code: bytes) -> int:
+    """A raw tracepoint program's descriptor; OSError with the verifier's last words when refused."""
     try:
-        prog = _load(code, 0)
+        return _load(code, 0)
     except OSError:
-        prog = _load(code, 1 << 16)  # again, for the verifier's words
-    name = ctypes.create_string_buffer(b"sys_exit")
+        return _load(code, 1 << 16)  # again, for the verifier's words
+
+
+def link(prog: int, tracepoint: bytes = b"sys_exit") -> int:
+    """Attach ``prog`` to ``tracepoint``: the link's descriptor (closing it detaches)."""
+    name = ctypes.create_string_buffer(tracepoint)
     attr = ctypes.create_string_buffer(ATTR_SIZE)
     struct.pack_into("<QI", attr, 0, ctypes.addressof(name), prog)
+    return bpf(RAW_TRACEPOINT_OPEN, attr)
+
+
+def attach(pids: int, calls: int, errors: int) -> Attached:
+    """Load the program for these maps and attach it to ``sys_exit``; the caller closes it."""
+    prog = load(program(pids, calls, errors))
     try:
-        link = bpf(RAW_TRACEPOINT_OPEN, attr)
+        return Attached(prog, link(prog))
     except OSError:
         os.close(prog)
         raise
-    return Attached(prog, link)
