@@ -242,6 +242,15 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def drained(sock: Path, timeout: float = 120.0) -> None:
+    """Wait until tracerd has no session attaching or attached: each ended, its tracer gone."""
+    def idle() -> bool:
+        return not any(s["state"] in ("attaching", "attached") for s in request(sock, "status")["sessions"])
+
+    wait_until(idle, "every session of the run ended", timeout)
+    time.sleep(0.2)  # the tracer processes reaped
+
+
 def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Namespace, tracerd_pid: int) -> tuple[
         float, float, float, float]:  # fmt: skip
     """msg/s and banner ms with smtpd starting as Postfix starts them; the CPU ms per message of
@@ -254,7 +263,7 @@ def one_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.Nam
         rate = throughput(instance, args.messages, args.sessions)
     finally:
         stop(instance, tracerd_pid)
-    time.sleep(0.5)  # the last sessions' end in tracerd
+    drained(sock)  # the last sessions' end in tracerd (perf's takes seconds), inside this run's measure
     tracer = cpu.since().total
     everything = children_cpu() - reaped + tracer
     return rate, delay, everything / args.messages * 1000, tracer / args.messages * 1000
@@ -268,6 +277,7 @@ def steady_run(instance: PostfixInstance, mode: str, sock: Path, args: argparse.
         return steady_throughput(instance, args, sock, tracerd_pid)
     finally:
         stop(instance, tracerd_pid)
+        drained(sock)  # not in the next run's measure
 
 
 def stop(instance: PostfixInstance, tracerd_pid: int) -> None:
