@@ -37,6 +37,14 @@ BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
+def send_signal(pid: int | None, sig: int) -> None:
+    """``os.kill`` for a pid a test found (not a Popen's): never 0 or below, which name process groups
+    (0 is the test run's own: a ``kill(0, SIGKILL)`` ends the whole run)."""
+    if pid is None or int(pid) <= 0:
+        raise AssertionError(f"no process to send signal {sig} to (pid {pid!r})")
+    os.kill(int(pid), sig)
+
+
 def wait_until(check: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.05) -> T:
     """Call ``check`` until it returns something true; return that.
 

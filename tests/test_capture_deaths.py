@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from tests.conftest import Daemon, proc_state, reap_zombies
-from tests.support import wait_until
+from tests.support import send_signal, wait_until
 from tracerd.procinfo import tracer_pid
 
 WATCH = '[[rule]]\nprocess = "*"\ntracer = "watch"'
@@ -92,7 +92,7 @@ def test_kill_at_every_instant_of_a_capture(
         assert proc_state(target.pid) in ("t", "T"), "the crash must be held during the capture"
     for victim in victims:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pids[victim] or 0), signal.SIGKILL)
+            send_signal(pids[victim], signal.SIGKILL)
     status = target.wait(timeout=30)
     assert status == -signal.SIGSEGV, f"the process must die of its own signal, got {status}"
     if daemon.proc is not None and "tracerd" in victims:
@@ -152,10 +152,10 @@ def test_real_fault_with_everything_killed_mid_capture(
     target.release()
     wait_for(lambda: "failpoint capture-running" in daemon.stderr(), "the fail point")
     assert daemon.proc is not None
-    gdb = capture_gdb(daemon, watcher)
+    gdb = wait_for(lambda: capture_gdb(daemon, watcher), "the capture gdb")
     for pid in (daemon.proc.pid, watcher, gdb):
-        with contextlib.suppress(ProcessLookupError, TypeError):
-            os.kill(int(pid or 0), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            send_signal(pid, signal.SIGKILL)
     assert target.wait(timeout=30) == -signal.SIGSEGV
     daemon.proc.wait(timeout=30)
     reap_zombies(HELPERS)

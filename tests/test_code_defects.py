@@ -70,7 +70,7 @@ EMFILE_PIDFD = textwrap.dedent("""
     error = asyncio.run(main())
     left = children()
     for pid in left:  # the test's process must not inherit them
-        os.kill(pid, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     print(json.dumps({"error": error, "left": left}))
 """)

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, reap_zombies, script
-from tests.support import assert_running, assert_untraced, reap, tracer_pid, wait_until
+from tests.support import assert_running, assert_untraced, reap, send_signal, tracer_pid, wait_until
 
 pytestmark = pytest.mark.skipif(not (have("gdb") and have("strace")), reason="needs gdb and strace")
 
@@ -116,7 +116,7 @@ def test_kill9_of_watcher_or_one_gdb_under_load(daemon_factory: Any, cbin: Any, 
     killed = sessions[hit[0].pid]["tracer_pid"]
     if victim == "gdb":
         hit = hit[:1]
-    os.kill(killed, signal.SIGKILL)
+    send_signal(killed, signal.SIGKILL)
     time.sleep(2.0)
     for target in targets:
         assert_running(target.pid)

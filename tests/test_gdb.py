@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Any
@@ -11,7 +10,7 @@ import psutil
 import pytest
 
 from tests.conftest import have
-from tests.support import assert_untraced
+from tests.support import assert_untraced, send_signal
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
@@ -28,7 +27,7 @@ def test_gdb_killed_fails_the_session_and_the_process_runs_on(
     assert target.readline() == "waiting\n"
     gdb = daemon.session(target.pid)["tracer_pid"]
     assert psutil.Process(gdb).name() == "gdb"
-    os.kill(gdb, signal.SIGKILL)
+    send_signal(gdb, signal.SIGKILL)
     session = daemon.wait_session(target.pid, "failed")
     assert "gdb exited unexpectedly" in session["error"]
     warning = syslog_receiver.wait_for(f"orphaned[{target.pid}]: tracer failed")

@@ -18,7 +18,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from tests.support import assert_running, proc_state, reap_zombies, script, tracer_pid, wait_until
+from tests.support import assert_running, proc_state, reap_zombies, script, send_signal, tracer_pid, wait_until
 from tests.test_daemon import check
 
 GDB_PROMPT = r"\(gdb\) "
@@ -431,7 +431,7 @@ def test_ddd_gdb_becomes_the_tracer(watch_daemon: Any, cbin: Any, spawn: Any, tm
         assert _is_descendant(gdb, ddd.pid)
         for pid in sorted(_children(ddd.pid)):
             if Path(f"/proc/{pid}/comm").read_text().strip() == "ddd":
-                os.kill(pid, signal.SIGTERM)
+                send_signal(pid, signal.SIGTERM)
         try:
             ddd.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -464,7 +464,7 @@ def _kill_tree(pid: int, only: str | None = None) -> None:
     for child in tree:
         with contextlib.suppress(OSError):
             if only is None or Path(f"/proc/{child}/comm").read_text().strip() == only:
-                os.kill(child, signal.SIGKILL)
+                send_signal(child, signal.SIGKILL)
 
 
 def _is_descendant(pid: int, ancestor: int) -> bool:

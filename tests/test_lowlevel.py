@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import threading
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.support import send_signal
 from tracerd import procinfo
 from tracerd.crash.report import _clean as report_clean
 from tracerd.ctl import crashview, maillog
@@ -57,7 +57,7 @@ def _run_guarded(scenario: Callable[[dict[str, int]], Coroutine[Any, Any, T]], p
     if hung:
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                send_signal(pid, signal.SIGKILL)
         thread.join(30)
     assert not hung, "the event loop blocked"
     if errors:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import SyslogReceiver, script
-from tests.support import wait_until
+from tests.support import send_signal, wait_until
 from tracerd.sinks.logfile import TRUNCATION_LINE
 
 
@@ -97,7 +97,7 @@ def test_watcher_restarts_back_off(daemon: Any, cbin: Any, spawn: Any) -> None:
     for deaths, delay in ((1, 250), (2, 500)):
         watcher = daemon.session(sleeper.pid)["tracer_pid"]
         assert watcher
-        os.kill(watcher, signal.SIGKILL)
+        send_signal(watcher, signal.SIGKILL)
 
         def traced_again(old: int = watcher) -> bool:
             session = daemon.session(sleeper.pid)

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import have, proc_state, reap_zombies
 from tests.postfix_instance import PostfixInstance
-from tests.support import Daemon, listening_socket, tracer_pid, wait_until
+from tests.support import Daemon, listening_socket, send_signal, tracer_pid, wait_until
 from tests.test_faults import LOAD_RULES as RULES
 from tests.test_faults import TRACER_NAMES as HELPERS
 from tests.test_faults import start_load
@@ -372,7 +372,7 @@ def test_postfix_qmgr_watched_again_after_a_restart_and_its_crash_reported(
     daemon.start()
     wait_readopted(daemon, {qmgr: before})
     wait_idle(qmgr)
-    os.kill(qmgr, signal.SIGSEGV)
+    send_signal(qmgr, signal.SIGSEGV)
     session = daemon.wait_session(qmgr, "crashed", timeout=60)
     assert session["crash"], (session, daemon.stderr()[-4000:])
     report = json.loads(daemon.ctl("--json", "crash", session["crash"]).stdout)["crash"]

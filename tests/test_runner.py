@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import send_signal
 from tracerd import procinfo, tracers
 from tracerd.config import Config, SyslogConfig, parse, replace
 from tracerd.daemon.auth import Peer
@@ -235,7 +236,7 @@ def test_tracer_death_reattaches(tmp_path: Path, sleeper: subprocess.Popen[bytes
 
     async def body(service: TracerdService) -> None:
         first = await attach(service, sleeper.pid, "toy")
-        os.kill(first["tracer_pid"], signal.SIGKILL)
+        send_signal(first["tracer_pid"], signal.SIGKILL)
 
         def reattached() -> bool:
             current = service.registry.active_by_pid(sleeper.pid)

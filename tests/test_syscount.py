@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, Target, proc_state, wait_until
+from tests.support import Daemon, Target, proc_state, send_signal, wait_until
 from tracerd.tracers.syscount import check
 
 pytestmark = [
@@ -210,7 +210,7 @@ def test_kill9_of_bpftrace_restarts_it_and_keeps_the_counts(daemon_factory: Any,
     one_round(target, 1)
     assert f"{ROUND_GETPPID}" in daemon.ctl("show", str(target.pid), check=True).stdout
     old = daemon.session(target.pid)["tracer_pid"]
-    os.kill(old, signal.SIGKILL)
+    send_signal(old, signal.SIGKILL)
     wait_until(lambda: daemon.status()["counters"].get("syscount_restarts") == 1, "bpftrace restarted", 30)
     new = daemon.status()["counters"]
     assert new["syscount_sessions"] == 1

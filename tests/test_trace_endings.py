@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import have, proc_state
-from tests.support import wait_until
+from tests.support import send_signal, wait_until
 
 README_ARGS = ("-f", "-tt", "-s", "256")  # README's and contrib/tracerd.toml.example's rule
 STRACE_SETS = [(), README_ARGS, ("-t",), ("-ttt",), ("-r",), ("-T",), ("-i",), ("-f", "-r", "-tt", "-i", "-T", "-Y")]
@@ -218,7 +218,7 @@ def test_children_left_running_are_let_go_untraced(daemon_factory: Any, cbin: An
         assert proc_state(orphan) in ("S", "R")
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(orphan, signal.SIGKILL)
+            send_signal(orphan, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(orphan, 0)  # ours: the test process is a subreaper
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, script
-from tests.support import wait_until
+from tests.support import send_signal, wait_until
 from tracerd.ctl import main as ctl
 from tracerd.ctl.maillog import MAX_LINE
 from tracerd.ctl.triage import message_shape
@@ -81,7 +81,7 @@ def crash_an_smtpd(postfix: Any, daemon: Any) -> tuple[int, str]:
         assert conn.recv(100).startswith(b"220")
         pid = serving_smtpd(postfix, conn)
         daemon.wait_session(pid, "attached")
-        os.kill(pid, signal.SIGSEGV)
+        send_signal(pid, signal.SIGSEGV)
         postfix.wait_log(f"pid {pid} killed by signal 11")
     session = daemon.wait_session(pid, "crashed")
     assert session["crash"], f"no crash report for smtpd[{pid}]: {session}\n{daemon.stderr()[-3000:]}"

@@ -11,7 +11,6 @@ in ``status`` with its memory, which stays under its bound.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from typing import Any
 
@@ -19,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, reap_zombies
-from tests.support import wait_until
+from tests.support import send_signal, wait_until
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 CONFIG = 'crash_flood_window = 0.0\n[[rule]]\nprocess = "*"\ntracer = "watch"\n'
@@ -113,7 +112,7 @@ def test_kill_9_of_the_warm_gdb_is_survived(daemon_factory: Any, cbin: Any, spaw
     daemon = daemon_factory(CONFIG)
     target = crasher(daemon, cbin, spawn, "victim")
     row = ready_warm(daemon)
-    os.kill(row["pid"], signal.SIGKILL)
+    send_signal(row["pid"], signal.SIGKILL)
     target.release()
     assert target.wait(timeout=60) == -signal.SIGSEGV
     full_report(daemon, target.pid)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, proc_state
-from tests.support import assert_running, wait_until
+from tests.support import assert_running, send_signal, wait_until
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 
@@ -179,7 +179,7 @@ def test_watcher_killed_leaves_processes_running_and_they_are_watched_again(
         targets.append(target)
     watcher = watch_daemon.session(targets[0].pid)["tracer_pid"]
     assert "tracerd.tracers.watch.watcher" in psutil.Process(watcher).cmdline()
-    os.kill(watcher, signal.SIGKILL)
+    send_signal(watcher, signal.SIGKILL)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         assert all(proc_state(t.pid) != "t" for t in targets)

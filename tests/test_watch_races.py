@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from tests.conftest import have, proc_state
-from tests.support import Target, tracer_pid, wait_until
+from tests.support import Target, send_signal, tracer_pid, wait_until
 from tracerd import arch
 from tracerd.procinfo import identify
 from tracerd.tracers.watch import supervisor as supervisors
@@ -96,7 +96,7 @@ def test_fresh_attaches_right_after_a_watcher_death_all_succeed(
         holder = tracer_pid(victim.pid)
         os.kill(victim.pid, signal.SIGSEGV)
         wait_until(lambda: "failpoint capture-running" in daemon.stderr(), "the capture running", 20)
-        os.kill(holder, signal.SIGKILL)
+        send_signal(holder, signal.SIGKILL)
         replies: list[dict[str, Any]] = []
         # 4 clients at once (tracerd's connection limit is not under test)
         threads = [
