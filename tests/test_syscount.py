@@ -190,16 +190,26 @@ def test_latency_adds_time_columns_and_histograms(daemon_factory: Any, cbin: Any
 
 
 def test_metrics_count_per_service(daemon_factory: Any, cbin: Any, spawn: Any, tmp_path: Path) -> None:
-    """The textfile exposition has tracerd_syscalls per program and system call name."""
+    """The textfile exposition has tracerd_syscalls per program and system call name, exact while
+    sessions end one by one (an ending session's read counts its own calls; the others' at the next
+    read, neither lost nor counted twice)."""
     prom = tmp_path / "tracerd.prom"
     daemon = daemon_factory(CONFIG + f'[metrics]\ntextfile = "{prom}"\ntextfile_interval = 1\n')
-    target = start(daemon, cbin, spawn)
-    one_round(target, 1)
-    daemon.ctl("show", str(target.pid), check=True)  # a read now
-    line = f'tracerd_syscalls_total{{program="smtpd",syscall="getppid"}} {float(ROUND_GETPPID)}'
+    first, second = start(daemon, cbin, spawn), start(daemon, cbin, spawn)
+    one_round(first, 1)
+    one_round(second, 1)
+    daemon.ctl("show", str(first.pid), check=True)  # a read now
+    line = f'tracerd_syscalls_total{{program="smtpd",syscall="getppid"}} {float(2 * ROUND_GETPPID)}'
     wait_until(lambda: prom.exists() and line in prom.read_text(), "the getppid count in the textfile", 15)
-    target.close_stdin()
-    assert target.wait() == 3
+    one_round(second, 2)
+    first.close_stdin()
+    assert first.wait() == 3
+    daemon.wait_session(first.pid, "exited")
+    second.close_stdin()
+    assert second.wait() == 3
+    daemon.wait_session(second.pid, "exited")
+    line = f'tracerd_syscalls_total{{program="smtpd",syscall="getppid"}} {float(3 * ROUND_GETPPID)}'
+    wait_until(lambda: line in prom.read_text(), "both sessions' getppid counts in the textfile", 15)
 
 
 def test_kill9_of_bpftrace_restarts_it_and_keeps_the_counts(daemon_factory: Any, cbin: Any, spawn: Any) -> None:

@@ -103,7 +103,6 @@ class Loader:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._recent: list[str] = []
-        self.last_read = 0.0
         self.counter: rawcount.Attached | None = None  # the sys_exit program counting for bpftrace's maps
         self.raw_refused: str | None = None  # why the kernel refused it (then bpftrace counts, as it can)
 
@@ -275,7 +274,7 @@ class Loader:
             self._removing.pop(root, None)
         try:
             if self.pid is not None and any(root in self.tallies for root in futures):
-                dumps = await self._read_locked(with_pids=True)
+                dumps = await self._read_locked(with_pids=True, roots=set(futures))
                 keys = [(kind, key) for kind in ("c", "e", "ns", "h", "pids") for key, value in dumps.get(kind, [])
                         if (script.root_of(key) if kind != "pids" else value) in futures]  # fmt: skip
                 self._delete(keys)
@@ -310,15 +309,22 @@ class Loader:
         async with self._lock:
             await self._read_locked()
 
-    async def _read_locked(self, with_pids: bool = False) -> dict[str, list[tuple[bytes, int]]]:
+    async def _read_locked(self, with_pids: bool = False,
+                           roots: set[int] | None = None) -> dict[str, list[tuple[bytes, int]]]:  # fmt: skip
+        """Read the maps; the counts of ``roots`` only (ending sessions), or of every session."""
         if self.pid is None:
             return {}
         dumps = self._dumps(("c", "e", "ns", "h", "pids") if with_pids else ("c", "e", "ns", "h"))
         fresh: dict[int, Counts] = {}
+        prefixes = {script.pid_key(root) for root in roots} if roots is not None else None
         for kind in ("c", "e", "ns", "h"):
-            script.parse_dump(kind, dumps.get(kind, []), fresh)
-        self.last_read = asyncio.get_running_loop().time()
+            entries = dumps.get(kind, [])
+            if prefixes is not None:  # the others' keys are parsed at the next full read, not at every end
+                entries = [entry for entry in entries if entry[0][:8] in prefixes]
+            script.parse_dump(kind, entries, fresh)
         for root, tally in self.tallies.items():
+            if roots is not None and root not in roots:
+                continue
             now = fresh.get(root, Counts())
             kept = tally.service in self.by_service or len(self.by_service) < MAX_SERVICES
             service = tally.service if kept else "other"
