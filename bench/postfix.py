@@ -60,7 +60,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import BIN, TracerCpu, no_core_dumps, private_tracerd, request, save, summary, wait_until
+from common import BIN, ENDED, TracerCpu, no_core_dumps, private_tracerd, request, save, summary, wait_until
 
 from tests import support
 from tests.postfix_instance import PostfixInstance, available
@@ -245,7 +245,7 @@ def children_cpu() -> float:
 def drained(sock: Path, timeout: float = 120.0) -> None:
     """Wait until tracerd has no session attaching or attached: each ended, its tracer gone."""
     def idle() -> bool:
-        return not any(s["state"] in ("attaching", "attached") for s in request(sock, "status")["sessions"])
+        return all(s["state"] in ENDED for s in request(sock, "status")["sessions"])
 
     wait_until(idle, "every session of the run ended", timeout)
     time.sleep(0.2)  # the tracer processes reaped

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, compile_c, private_tracerd, request, save, summary, wait_until
+from common import BIN, compile_c, private_tracerd, save, summary, wait_ended, wait_until
 
 from tests.support import proc_state
 from tracerd.tracers.syscount import rawcount
@@ -72,14 +72,6 @@ def loop_ns(argv: list[str], iterations: int) -> float | None:
     return int(match.group(2)) * 1000.0 / iterations
 
 
-def wait_ended(sock: Path, pid: int) -> None:
-    def ended() -> bool:
-        session = request(sock, "show", pid=pid).get("session") or {}
-        return session.get("state") not in ("attaching", "attached")
-
-    wait_until(ended, f"session {pid} ended", timeout=600)
-
-
 def run(
     exe: Path, hook: tuple[str, Path] | None, iterations: int, prefix: list[str] | None = None, tmp: Path | None = None
 ) -> float | None:
@@ -92,9 +84,11 @@ def run(
     command, sock = hook
     proc = subprocess.Popen([str(exe), command, "bench-syscount", str(iterations)], stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=3600)
-    wait_ended(sock, proc.pid)
     match = OUTPUT.search(out)
-    return int(match.group(2)) * 1000.0 / iterations if match and match.group(1) == "0" else None
+    if not match or match.group(1) != "0":
+        return None  # the hook failed: no session to wait for
+    wait_ended(sock, proc.pid, timeout=600)
+    return int(match.group(2)) * 1000.0 / iterations
 
 
 def floor_ns(exe: Path, iterations: int) -> float | None:
@@ -150,9 +144,9 @@ def attach_latency(timed: Path, hook: str, sock: Path, count: int) -> list[float
     for _ in range(count):
         proc = subprocess.Popen([str(timed), hook, "bench-attach"], stdout=subprocess.PIPE, text=True)
         out, _ = proc.communicate(timeout=120)
-        wait_ended(sock, proc.pid)
         found = re.search(r"elapsed_us=(\d+) status=0", out)
         if found:
+            wait_ended(sock, proc.pid, timeout=600)
             times.append(int(found.group(1)) / 1000)
     return times
 

@@ -274,10 +274,8 @@ class Loader:
             self._removing.pop(root, None)
         try:
             if self.pid is not None and any(root in self.tallies for root in futures):
-                dumps = await self._read_locked(with_pids=True, roots=set(futures))
-                keys = [(kind, key) for kind in ("c", "e", "ns", "h", "pids") for key, value in dumps.get(kind, [])
-                        if (script.root_of(key) if kind != "pids" else value) in futures]  # fmt: skip
-                self._delete(keys)
+                mine = await self._read_locked(with_pids=True, roots=set(futures))
+                self._delete([(kind, key) for kind, entries in mine.items() for key, _ in entries])
         except TracerFailed as err:
             log.warning("syscount_remove_failed", pids=sorted(futures), error=str(err))
         finally:
@@ -311,17 +309,19 @@ class Loader:
 
     async def _read_locked(self, with_pids: bool = False,
                            roots: set[int] | None = None) -> dict[str, list[tuple[bytes, int]]]:  # fmt: skip
-        """Read the maps; the counts of ``roots`` only (ending sessions), or of every session."""
+        """Read the maps; the counts of ``roots`` only (ending sessions: the dumps returned are their
+        keys, ``@pids`` by value), or of every session."""
         if self.pid is None:
             return {}
         dumps = self._dumps(("c", "e", "ns", "h", "pids") if with_pids else ("c", "e", "ns", "h"))
+        if roots is not None:  # the others' keys are parsed at the next full read, not at every end
+            prefixes = {script.pid_key(root) for root in roots}
+            dumps = {kind: [(key, value) for key, value in entries
+                            if (key[:8] in prefixes if kind != "pids" else value in roots)]
+                     for kind, entries in dumps.items()}  # fmt: skip
         fresh: dict[int, Counts] = {}
-        prefixes = {script.pid_key(root) for root in roots} if roots is not None else None
         for kind in ("c", "e", "ns", "h"):
-            entries = dumps.get(kind, [])
-            if prefixes is not None:  # the others' keys are parsed at the next full read, not at every end
-                entries = [entry for entry in entries if entry[0][:8] in prefixes]
-            script.parse_dump(kind, entries, fresh)
+            script.parse_dump(kind, dumps.get(kind, []), fresh)
         for root, tally in self.tallies.items():
             if roots is not None and root not in roots:
                 continue

@@ -85,8 +85,3 @@ def parse_dump(kind: str, entries: list[tuple[bytes, int]], into: dict[int, Coun
 def pid_key(pid: int) -> bytes:
     """A pid as an @pids key (or value): 8 bytes, little-endian."""
     return pid.to_bytes(8, "little")
-
-
-def root_of(raw: bytes) -> int:
-    """The first u64 of a key (or value): the root pid of a count, the session of a pid."""
-    return int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
